@@ -1,0 +1,146 @@
+"""REST API: sign-up, the caller's identity, API keys."""
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors, services
+from accounts.models import ApiKey, ApiKeyMode, User
+from accounts.tenancy import IsOrganizationManager, TenantMixin
+from billing_site.api.pagination import paginated_response
+from billing_site.errors import InvalidRequest, NotFound
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo is an error rather than silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+
+class RegisterApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class Input(StrictSerializer):
+        email = serializers.EmailField(max_length=254)
+        password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+        organization = serializers.CharField(max_length=120)
+
+        class Meta:
+            ref_name = "RegisterInput"
+
+    class Output(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        organization = serializers.DictField()
+
+        class Meta:
+            ref_name = "RegisterOutput"
+
+    @extend_schema(request=Input, responses={201: Output}, auth=[])
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            user, organization = services.user_register(
+                email=data.validated_data["email"],
+                password=data.validated_data["password"],
+                organization_name=data.validated_data["organization"],
+            )
+        except DjangoValidationError as exc:
+            raise InvalidRequest("The password is too weak.", details={"password": exc.messages}) from exc
+        body = {"id": user.pk, "email": user.email, "organization": {"slug": organization.slug, "name": organization.name}}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class MeApi(APIView):
+    permission_classes = [IsAuthenticated]
+
+    class MembershipOutput(serializers.Serializer):
+        organization = serializers.CharField(source="organization.slug")
+        name = serializers.CharField(source="organization.name")
+        role = serializers.CharField()
+
+        class Meta:
+            ref_name = "MeMembership"
+
+    class Output(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        name = serializers.CharField()
+        memberships = serializers.ListField(child=serializers.DictField())
+
+        class Meta:
+            ref_name = "MeOutput"
+
+    @extend_schema(responses={200: Output})
+    def get(self, request):
+        if not isinstance(request.user, User):
+            raise InvalidRequest("This endpoint describes a person; sign in with a JWT, not an API key.")
+        memberships = self.MembershipOutput(selectors.membership_list(user=request.user), many=True).data
+        return Response(
+            {"id": request.user.pk, "email": request.user.email, "name": request.user.name, "memberships": memberships}
+        )
+
+
+class ApiKeyOutput(serializers.ModelSerializer):
+    class Meta:
+        model = ApiKey
+        ref_name = "ApiKey"
+        fields = ["id", "name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent"]
+
+
+class ApiKeyListCreateApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    class Input(StrictSerializer):
+        name = serializers.CharField(max_length=100)
+        mode = serializers.ChoiceField(choices=ApiKeyMode.choices, default=ApiKeyMode.LIVE)
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+        spend_cap = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False, allow_null=True)
+
+        class Meta:
+            ref_name = "ApiKeyCreateInput"
+
+    class CreatedOutput(ApiKeyOutput):
+        secret = serializers.CharField()
+
+        class Meta(ApiKeyOutput.Meta):
+            ref_name = "ApiKeyCreated"
+            fields = [*ApiKeyOutput.Meta.fields, "secret"]
+
+    @extend_schema(responses={200: ApiKeyOutput(many=True)})
+    def get(self, request):
+        keys = selectors.api_key_list(organization=self.tenant.organization)
+        return paginated_response(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
+
+    @extend_schema(request=Input, responses={201: CreatedOutput})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = services.api_key_create(
+            organization=self.tenant.organization, created_by=self.tenant.user, **data.validated_data
+        )
+        created.api_key.secret = created.secret
+        return Response(self.CreatedOutput(created.api_key).data, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyRevokeApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    @extend_schema(responses={200: ApiKeyOutput})
+    def delete(self, request, api_key_id: int):
+        try:
+            api_key = selectors.api_key_get(organization=self.tenant.organization, api_key_id=api_key_id)
+        except ApiKey.DoesNotExist as exc:
+            raise NotFound("No such API key.") from exc
+        services.api_key_revoke(api_key=api_key)
+        return Response(ApiKeyOutput(api_key).data)

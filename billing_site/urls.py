@@ -1,0 +1,43 @@
+from django.contrib import admin
+from django.http import JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairView, TokenRefreshView
+
+from accounts import api as accounts_api
+from billing_site import health
+
+api_v1 = [
+    path("auth/register/", accounts_api.RegisterApi.as_view(), name="register"),
+    path("auth/token/", TokenObtainPairView.as_view(), name="token"),
+    path("auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
+    path("auth/token/blacklist/", TokenBlacklistView.as_view(), name="token-blacklist"),
+    path("me/", accounts_api.MeApi.as_view(), name="me"),
+    path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
+    path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key"),
+    path("", include("payments.urls")),
+    path("", include("metering.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include((api_v1, "api"), namespace="v1")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("", include("django_prometheus.urls")),
+]
+
+
+def _json_error(code: str, message: str, status: int):
+    def view(request, exception=None):
+        return JsonResponse({"error": {"code": code, "message": message, "details": {}}}, status=status)
+
+    return view
+
+
+# Unknown URLs and crashes outside DRF still answer the API's error body.
+handler404 = _json_error("not_found", "Not found.", 404)
+handler500 = _json_error("internal_error", "Something went wrong on our side.", 500)

@@ -1,0 +1,157 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import ApiKey, Organization
+from billing_site.money import MoneyField
+from payments.models import Transfer
+
+
+class CalcMethod(models.TextChoices):
+    TOKENS = "TOKENS", "Tokens (input and output per 1M)"
+    CHAR_COUNT = "CHAR_COUNT", "Characters (per 1K)"
+    WORD_COUNT = "WORD_COUNT", "Words (per 1K)"
+    IMAGE_RESOLUTION = "IMAGE_RESOLUTION", "Image tiles of 512×512 (per tile)"
+    REQUEST = "REQUEST", "Requests (per request)"
+
+
+class Service(models.Model):
+    """Something billable, e.g. gpt-4o."""
+
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    calc_method = models.CharField(max_length=20, choices=CalcMethod.choices)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Price(models.Model):
+    """The unit prices of a service from `effective_from` on, for every organization or for one.
+    Never edited in place (a trigger refuses UPDATE): a change of rate is a new row."""
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="prices")
+    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="prices",
+                                     help_text="Empty: the general price. Set: an override for this organization only.")  # fmt: skip
+    effective_from = models.DateTimeField(default=timezone.now)
+    input_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 input tokens.")
+    output_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 output tokens.")
+    unit_price = MoneyField(null=True, blank=True, help_text="Per 1,000 characters / 1,000 words / tile / request.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["service", "organization", "-effective_from"], name="price_lookup")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(input_price__isnull=True) | Q(input_price__gte=0))
+                & (Q(output_price__isnull=True) | Q(output_price__gte=0))
+                & (Q(unit_price__isnull=True) | Q(unit_price__gte=0)),
+                name="price_nonnegative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = (self.organization_id and f"org {self.organization_id}") or "all"
+        return f"{self.service} ({scope}) from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+class UsageRecord(models.Model):
+    """One metered event. Immutable: UPDATE and DELETE are refused by a database trigger."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    quantity = models.BigIntegerField()
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    input_price = MoneyField(null=True, blank=True)
+    output_price = MoneyField(null=True, blank=True)
+    unit_price = MoneyField(null=True, blank=True)
+    cost = MoneyField()
+    test = models.BooleanField(default=False)
+    idempotency_key = models.CharField(max_length=255)
+    request_hash = models.CharField(
+        max_length=64, help_text="SHA-256 of the canonical request, to tell a replay from a conflict."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
+    balance_after = MoneyField(null=True, blank=True)
+    hold = models.ForeignKey("Hold", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organization", "-created_at", "-id"], name="usage_org_time"),
+            models.Index(fields=["created_at"], name="usage_time"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="usage_idempotency_key_per_org"),
+            models.CheckConstraint(condition=Q(cost__gte=0) & Q(quantity__gte=0), name="usage_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"usage #{self.pk}"
+
+
+class UsageRollup(models.Model):
+    """Daily totals per (organization, service, day, live/test), kept current with every record so
+    that summaries never scan usage records."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+", db_index=False)
+    day = models.DateField()
+    test = models.BooleanField(default=False)
+    events = models.BigIntegerField(default=0)
+    quantity = models.DecimalField(max_digits=30, decimal_places=0, default=0)
+    input_tokens = models.DecimalField(max_digits=30, decimal_places=0, default=0)
+    output_tokens = models.DecimalField(max_digits=30, decimal_places=0, default=0)
+    cost = MoneyField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "day", "service", "test"], name="rollup_unique_day"),
+        ]
+
+
+class HoldStatus(models.TextChoices):
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Hold(models.Model):
+    """Money reserved for a long or streamed call; moves no money until captured."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    amount = MoneyField()
+    maxima = models.JSONField(default=dict, blank=True, help_text="The quantities the amount was estimated from.")
+    test = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=HoldStatus.choices, default=HoldStatus.ACTIVE)
+    idempotency_key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], condition=Q(status="active"), name="hold_active_expiry")]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="hold_idempotency_key_per_org"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold #{self.pk} ({self.status})"

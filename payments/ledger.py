@@ -1,0 +1,184 @@
+"""The ledger: the one place money moves.
+
+Every change of a wallet's `balance` or `held` happens here, and every balance change posts a
+transfer whose entries sum to zero (a database trigger refuses any that do not).
+
+Locking. A wallet row is the only row ever locked for money, and it is locked by the UPDATE
+that changes it (an UPDATE takes the same row lock as SELECT … FOR UPDATE, without the extra
+round trip). Callers that must lock more than the wallet take locks in this order:
+organization's wallet → hold → payment. Nothing here talks to the network.
+
+Each posting is ONE statement (a data-modifying CTE): check the limit, move the balance, write
+the transfer and both entries. So the wallet's row lock is held for one round trip plus the
+commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing_site.errors import DomainError, ErrorCode
+from billing_site.money import ZERO
+from payments.models import Account, TransferKind, Wallet
+
+
+class InsufficientBalance(DomainError):
+    code = ErrorCode.INSUFFICIENT_BALANCE
+    message = "The organization's available balance is too low for this request."
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    transfer_id: int | None  # None when nothing moved (a zero amount)
+    balance_after: Decimal
+    held_after: Decimal
+
+
+_POST_SQL = """
+WITH w AS (
+    UPDATE payments_wallet
+       SET balance = balance + %(delta)s, held = held + %(held_delta)s
+     WHERE organization_id = %(org)s
+       AND (%(may_overdraw)s OR balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit)
+ RETURNING balance, held
+), t AS (
+    INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
+    SELECT %(org)s, %(kind)s, %(reference)s, %(user)s, %(memo)s, %(now)s FROM w
+ RETURNING id
+), e AS (
+    INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
+    SELECT t.id, %(org)s, 'wallet', %(delta)s, w.balance, %(now)s FROM t, w
+    UNION ALL
+    SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
+)
+SELECT t.id, w.balance, w.held FROM w, t
+"""
+
+_HELD_SQL = """
+UPDATE payments_wallet
+   SET held = held + %(held_delta)s
+ WHERE organization_id = %(org)s
+   AND (%(held_delta)s <= 0 OR balance - (held + %(held_delta)s) >= -credit_limit)
+RETURNING balance, held
+"""
+
+
+def wallet_open_for_organization(sender, *, organization, **kwargs) -> Wallet:
+    """Receiver of `organization_created`: every organization has exactly one wallet, from birth."""
+    return Wallet.objects.create(organization=organization, currency=settings.CURRENCY)
+
+
+def transfer_post(
+    *,
+    organization_id: int,
+    kind: TransferKind,
+    amount: Decimal,
+    counter_account: Account,
+    reference: str = "",
+    memo: str = "",
+    created_by_id: int | None = None,
+    release_held: Decimal = ZERO,
+    may_overdraw: bool = False,
+) -> Posting:
+    """Move `amount` into the wallet (negative: out of it) against `counter_account`, and free
+    `release_held` of the wallet's holds in the same statement.
+
+    Refuses (InsufficientBalance, nothing written) when the wallet would end below
+    `-credit_limit` after the move, unless `may_overdraw` (a hold's capture of usage already
+    delivered, SPEC §2.4) or the amount is a credit. Joins the caller's transaction if any.
+    """
+    if counter_account == Account.WALLET:
+        raise ValueError("a transfer's counter account must be a system account")
+    if amount == ZERO:
+        return _held_change(organization_id=organization_id, held_delta=-release_held)
+    params = {
+        "org": organization_id,
+        "delta": amount,
+        "held_delta": -release_held,
+        "may_overdraw": may_overdraw or amount > ZERO,
+        "kind": kind,
+        "reference": reference,
+        "user": created_by_id,
+        "memo": memo,
+        "now": timezone.now(),
+        "counter": counter_account,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_POST_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise InsufficientBalance()
+    return Posting(transfer_id=row[0], balance_after=row[1], held_after=row[2])
+
+
+def _held_change(*, organization_id: int, held_delta: Decimal) -> Posting:
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD_SQL, {"org": organization_id, "held_delta": held_delta})
+        row = cursor.fetchone()
+    if row is None:
+        raise InsufficientBalance()
+    return Posting(transfer_id=None, balance_after=row[0], held_after=row[1])
+
+
+def wallet_hold(*, organization_id: int, amount: Decimal) -> Posting:
+    """Reserve `amount` (no entry is posted); refused when `available` would end below the limit."""
+    if amount < ZERO:
+        raise ValueError("a hold reserves a non-negative amount")
+    return _held_change(organization_id=organization_id, held_delta=amount)
+
+
+def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:
+    """Free `amount` of the wallet's holds."""
+    return _held_change(organization_id=organization_id, held_delta=-amount)
+
+
+def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", release_held: Decimal = ZERO,
+                 may_overdraw: bool = False) -> Posting:  # fmt: skip
+    """Debit usage: wallet → revenue."""
+    return transfer_post(
+        organization_id=organization_id,
+        kind=TransferKind.USAGE,
+        amount=-cost,
+        counter_account=Account.REVENUE,
+        reference=reference,
+        release_held=release_held,
+        may_overdraw=may_overdraw,
+    )
+
+
+def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created_by_id: int | None) -> Posting:
+    """A staff adjustment with a mandatory reason: `adjustments` ↔ wallet. A negative adjustment
+    may not take the wallet below its limit."""
+    if not reason.strip():
+        raise ValueError("an adjustment needs a reason")
+    with transaction.atomic(durable=True):
+        return transfer_post(
+            organization_id=organization_id,
+            kind=TransferKind.ADJUSTMENT,
+            amount=amount,
+            counter_account=Account.ADJUSTMENTS,
+            reference="staff",
+            memo=reason,
+            created_by_id=created_by_id,
+        )
+
+
+def wallet_credit(*, organization_id: int, amount: Decimal, kind: TransferKind, counter_account: Account,
+                  reference: str, memo: str = "", created_by_id: int | None = None) -> Posting:  # fmt: skip
+    """Credit the wallet (recharge from payments_clearing, redemption from promotions, …)."""
+    if amount <= ZERO:
+        raise ValueError("a credit is positive")
+    return transfer_post(
+        organization_id=organization_id,
+        kind=kind,
+        amount=amount,
+        counter_account=counter_account,
+        reference=reference,
+        memo=memo,
+        created_by_id=created_by_id,
+    )
