@@ -19,3 +19,8 @@ def money_round(amount: Decimal) -> Decimal:
 
 def MoneyField(**kwargs) -> models.DecimalField:  # noqa: N802 - reads like a field class at call sites
     return models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES, **kwargs)
+
+
+def money_str(amount: Decimal | None) -> str | None:
+    """An amount as the API's JSON string: plain notation, never an exponent."""
+    return None if amount is None else format(amount, "f")

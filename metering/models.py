@@ -119,6 +119,9 @@ class UsageRollup(models.Model):
             models.UniqueConstraint(fields=["organization", "day", "service", "test"], name="rollup_unique_day"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.service_id} on {self.day}"
+
 
 class HoldStatus(models.TextChoices):
     ACTIVE = "active"

@@ -15,6 +15,7 @@ commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -149,6 +150,57 @@ def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", re
         release_held=release_held,
         may_overdraw=may_overdraw,
     )
+
+
+_BATCH_TRANSFERS_SQL = """
+WITH t AS (
+    INSERT INTO payments_transfer (id, organization_id, kind, reference, memo, created_at)
+    SELECT u.id, %(org)s, 'usage', u.reference, '', %(now)s FROM unnest(%(ids)s::bigint[], %(references)s::text[]) AS u(id, reference)
+)
+INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
+SELECT u.id, %(org)s, 'wallet', -u.cost, u.balance_after, %(now)s
+  FROM unnest(%(ids)s::bigint[], %(costs)s::numeric[], %(balances)s::numeric[]) AS u(id, cost, balance_after)
+UNION ALL
+SELECT u.id, %(org)s, 'revenue', u.cost, NULL, %(now)s FROM unnest(%(ids)s::bigint[], %(costs)s::numeric[]) AS u(id, cost)
+"""
+
+
+def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal, str]]) -> list[Posting | None]:
+    """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits (None
+    where it does not), as if they came one by one. Must run inside the caller's transaction.
+    A transfer per charge; four statements whatever the batch size."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("usage_charge_batch must run inside a transaction")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %s FOR UPDATE", [organization_id]
+        )
+        balance, held, credit_limit = cursor.fetchone()
+        postings: list[Posting | None] = []
+        charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
+        for cost, reference in charges:
+            if cost == ZERO:
+                postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
+            elif balance - cost - held < -credit_limit:
+                postings.append(None)
+            else:
+                balance -= cost
+                charged.append((cost, reference, balance, len(postings)))
+                postings.append(None)  # filled in below once the transfer ids exist
+        if not charged:
+            return postings
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('payments_transfer', 'id')) FROM generate_series(1, %s)", [len(charged)]
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute(_BATCH_TRANSFERS_SQL, {
+            "org": organization_id, "now": timezone.now(), "ids": ids, "references": [c[1] for c in charged],
+            "costs": [c[0] for c in charged], "balances": [c[2] for c in charged],
+        })  # fmt: skip
+        cursor.execute("UPDATE payments_wallet SET balance = %s WHERE organization_id = %s", [balance, organization_id])
+    for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):
+        postings[index] = Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held)
+    return postings
 
 
 def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created_by_id: int | None) -> Posting:

@@ -55,7 +55,9 @@ class Transfer(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="transfers")
     kind = models.CharField(max_length=12, choices=TransferKind.choices)
-    reference = models.CharField(max_length=100, blank=True, help_text="What caused it, e.g. usage:123 or payment:45.")
+    reference = models.CharField(
+        max_length=300, blank=True, help_text="What caused it, e.g. usage:<idempotency key> or payment:45."
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     memo = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

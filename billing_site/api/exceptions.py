@@ -54,6 +54,8 @@ def exception_handler(exc, context):
     if isinstance(exc, drf.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         message = "The request is invalid; see details."
+    elif isinstance(exc.detail, dict):  # simplejwt's InvalidToken carries {"detail", "code", "messages"}
+        details, message = {}, str(exc.detail.get("detail", "Authentication failed."))
     else:
         details, message = {}, str(exc.detail)
     return error_response(code, message, details, status=exc.status_code, headers=headers)

@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('kind', models.CharField(choices=[('recharge', 'Recharge'), ('usage', 'Usage'), ('refund', 'Refund'), ('adjustment', 'Adjustment'), ('redemption', 'Redemption')], max_length=12)),
-                ('reference', models.CharField(blank=True, help_text='What caused it, e.g. usage:123 or payment:45.', max_length=100)),
+                ('reference', models.CharField(blank=True, help_text='What caused it, e.g. usage:<idempotency key> or payment:45.', max_length=300)),
                 ('memo', models.TextField(blank=True)),
                 ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
                 ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),

@@ -1,0 +1,463 @@
+"""REST API for services, usage and holds (SPEC §3)."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Organization
+from accounts.tenancy import TenantMixin
+from billing_site.api.pagination import paginated_response
+from billing_site.api.staff import StaffMayChange
+from billing_site.errors import DomainError, InvalidRequest, NotFound
+from billing_site.money import money_str
+from metering import selectors, services
+from metering.calculators import ALL_QUANTITY_FIELDS
+from metering.models import CalcMethod, Hold, Service, UsageRecord
+from metering.pricing import price_fields
+
+USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
+
+
+def _event_from(body: Any, *, header_key: str | None, index: int | None = None) -> services.UsageEvent:
+    """Parse one usage event; InvalidRequest names the offending fields."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Each usage event must be a JSON object.")
+    unknown = sorted(set(body) - USAGE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown})
+    service = body.get("service")
+    if not isinstance(service, str) or not service:
+        raise InvalidRequest("`service` is required.", details={"service": ["This field is required."]})
+    key = body.get("idempotency_key") if body.get("idempotency_key") is not None else header_key
+    return services.UsageEvent(
+        service=service,
+        idempotency_key=services.validate_idempotency_key(key),
+        data={name: body[name] for name in ALL_QUANTITY_FIELDS if name in body},
+        metadata=services.validate_metadata(body.get("metadata")),
+    )
+
+
+def usage_body(record: UsageRecord) -> dict[str, Any]:
+    body = {
+        "id": record.pk,
+        "service": record.service.slug,
+        "quantity": record.quantity,
+        "cost": money_str(record.cost),
+        "balance_after": money_str(record.balance_after),
+        "test": record.test,
+        "idempotency_key": record.idempotency_key,
+        "created_at": record.created_at.isoformat().replace("+00:00", "Z"),
+        "metadata": record.metadata,
+    }
+    if record.input_tokens is not None:
+        body["input_tokens"] = record.input_tokens
+        body["output_tokens"] = record.output_tokens
+    for name in ("input_price", "output_price", "unit_price"):
+        if getattr(record, name) is not None:
+            body[name] = money_str(getattr(record, name))
+    return body
+
+
+UsageInput = inline_serializer(
+    "UsageInput",
+    {
+        "service": serializers.CharField(),
+        "idempotency_key": serializers.CharField(required=False, max_length=255),
+        "input_tokens": serializers.IntegerField(required=False, min_value=0),
+        "output_tokens": serializers.IntegerField(required=False, min_value=0),
+        "text": serializers.CharField(required=False),
+        "characters": serializers.IntegerField(required=False, min_value=0),
+        "words": serializers.IntegerField(required=False, min_value=0),
+        "width": serializers.IntegerField(required=False, min_value=1, max_value=16384),
+        "height": serializers.IntegerField(required=False, min_value=1, max_value=16384),
+        "images": serializers.IntegerField(required=False, min_value=1),
+        "metadata": serializers.DictField(required=False),
+    },
+)
+
+
+class UsageOutput(serializers.Serializer):
+    """Documents the usage body; renders through `usage_body` so the hot path and the schema agree."""
+
+    id = serializers.IntegerField()
+    service = serializers.CharField()
+    quantity = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(required=False)
+    output_tokens = serializers.IntegerField(required=False)
+    cost = serializers.DecimalField(max_digits=28, decimal_places=12)
+    balance_after = serializers.DecimalField(max_digits=28, decimal_places=12, allow_null=True)
+    test = serializers.BooleanField()
+    idempotency_key = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    metadata = serializers.DictField()
+
+    class Meta:
+        ref_name = "Usage"
+
+    def to_representation(self, instance):
+        return usage_body(instance)
+
+
+IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
+
+
+class UsageApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=UsageInput, responses={201: UsageOutput, 200: UsageOutput}, parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request):
+        event = _event_from(request.data, header_key=request.headers.get("Idempotency-Key"))
+        outcome = services.usage_record(tenant=self.tenant, event=event)
+        return Response(usage_body(outcome.record), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("service", str),
+            OpenApiParameter("from", OpenApiTypes.DATETIME),
+            OpenApiParameter("to", OpenApiTypes.DATETIME),
+            OpenApiParameter("api_key", int),
+            OpenApiParameter("test", bool),
+        ],
+        responses={200: UsageOutput(many=True)},
+    )
+    def get(self, request):
+        records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
+        return paginated_response(request=request, view=self, queryset=records, serializer_class=UsageOutput)
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    parsed = parse_datetime(value)
+    if parsed is None:
+        day = parse_date(value)
+        if day is None:
+            raise InvalidRequest(f"`{name}` must be an ISO date or time.", details={name: ["Invalid date or time."]})
+        parsed = datetime(day.year, day.month, day.day)
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.UTC)
+
+
+def usage_filters(request) -> dict[str, Any]:
+    params = request.query_params
+    test = params.get("test")
+    if test not in (None, "", "true", "false", "1", "0"):
+        raise InvalidRequest("`test` must be true or false.", details={"test": ["Must be true or false."]})
+    api_key = params.get("api_key")
+    if api_key and not api_key.isdigit():
+        raise InvalidRequest("`api_key` must be a key id.", details={"api_key": ["Must be an integer id."]})
+    return {
+        "service": params.get("service") or None,
+        "created_from": _when(params.get("from"), "from"),
+        "created_to": _when(params.get("to"), "to"),
+        "api_key_id": int(api_key) if api_key else None,
+        "test": None if test in (None, "") else test in ("true", "1"),
+    }
+
+
+class UsageBatchApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        request=inline_serializer("UsageBatchInput", {"events": serializers.ListField(child=UsageInput, max_length=1000)}),
+        responses={200: inline_serializer("UsageBatchOutput", {"results": serializers.ListField(child=serializers.DictField())})},
+    )
+    def post(self, request):
+        events = request.data.get("events") if isinstance(request.data, dict) else None
+        if not isinstance(events, list) or not events:
+            raise InvalidRequest("`events` must be a non-empty list.", details={"events": ["Must be a non-empty list."]})
+        if len(events) > settings.USAGE_BATCH_MAX_EVENTS:
+            raise InvalidRequest(f"At most {settings.USAGE_BATCH_MAX_EVENTS} events per batch.",
+                                 details={"events": [f"At most {settings.USAGE_BATCH_MAX_EVENTS} events."]})  # fmt: skip
+        parsed: list[services.UsageEvent | DomainError] = []
+        for body in events:
+            try:
+                parsed.append(_event_from(body, header_key=None))
+            except DomainError as error:
+                parsed.append(error)
+        results = services.usage_record_batch(tenant=self.tenant, events=parsed)
+        return Response({"results": [_batch_item(index, result) for index, result in enumerate(results)]})
+
+
+def _batch_item(index: int, result: services.BatchResult) -> dict[str, Any]:
+    if result.error is not None:
+        error = result.error
+        return {
+            "index": index,
+            "status": result.status,
+            "error": {"code": str(error.code), "message": error.message, "details": error.details},
+        }
+    return {"index": index, "status": result.status, "usage": usage_body(result.record)}
+
+
+class UsageSummaryApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("group_by", str, enum=["day", "service"]),
+            OpenApiParameter("from", OpenApiTypes.DATE),
+            OpenApiParameter("to", OpenApiTypes.DATE),
+            OpenApiParameter("test", bool),
+        ],
+        responses={
+            200: inline_serializer("UsageSummary", {"group_by": serializers.CharField(), "rows": serializers.ListField()})
+        },
+    )
+    def get(self, request):
+        params = request.query_params
+        group_by = params.get("group_by", "day")
+        if group_by not in ("day", "service"):
+            raise InvalidRequest("`group_by` is day or service.", details={"group_by": ["Must be day or service."]})
+        today = timezone.now().date()
+        day_to = _day(params.get("to"), "to") or today
+        day_from = _day(params.get("from"), "from") or day_to - timedelta(days=29)
+        if day_from > day_to:
+            raise InvalidRequest("`from` is after `to`.", details={"from": ["Must not be after `to`."]})
+        rows = selectors.usage_summary(organization_id=self.tenant.organization.pk, group_by=group_by, day_from=day_from,
+                                       day_to=day_to, test=params.get("test") in ("true", "1"))  # fmt: skip
+        for row in rows:
+            row["cost"] = money_str(row["cost"])
+            if group_by == "day":
+                row["day"] = row["day"].isoformat()
+        total = sum((r["events"] for r in rows), 0)
+        return Response(
+            {"group_by": group_by, "from": day_from.isoformat(), "to": day_to.isoformat(), "events": total, "rows": rows}
+        )
+
+
+def _day(value: str | None, name: str) -> date | None:
+    if not value:
+        return None
+    day = parse_date(value)
+    if day is None:
+        raise InvalidRequest(f"`{name}` must be an ISO date.", details={name: ["Invalid date."]})
+    return day
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "cost", "balance_after", "test",
+                  "api_key_id", "idempotency_key"]  # fmt: skip
+
+
+class UsageExportApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request):
+        if self.tenant.user is None:
+            raise InvalidRequest("The CSV export is for people signed in with a JWT.")
+        records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
+        writer = csv.writer(_Echo())
+
+        def rows():
+            yield writer.writerow(EXPORT_COLUMNS)
+            for record in records.iterator(chunk_size=2000):
+                yield writer.writerow([
+                    record.pk, record.created_at.isoformat(), record.service.slug, record.quantity, record.input_tokens,
+                    record.output_tokens, money_str(record.cost), money_str(record.balance_after), record.test, record.api_key_id,
+                    record.idempotency_key,
+                ])  # fmt: skip
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
+
+
+class ServiceListApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: inline_serializer("ServiceWithPrices", {
+        "slug": serializers.CharField(), "name": serializers.CharField(), "calc_method": serializers.CharField(),
+        "prices": serializers.DictField(child=serializers.DecimalField(max_digits=28, decimal_places=12)),
+    }, many=True)})  # fmt: skip
+    def get(self, request):
+        rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)
+        return Response([
+            {"slug": service.slug, "name": service.name, "calc_method": service.calc_method,
+             "prices": {name: money_str(getattr(price, name)) for name in price_fields(service.calc_method)} if price else None}
+            for service, price in rows
+        ])  # fmt: skip
+
+
+# --- Holds ----------------------------------------------------------------------------------------
+
+HOLD_FIELDS = frozenset({"service", "idempotency_key", "amount", "expires_in", *ALL_QUANTITY_FIELDS})
+
+
+def hold_body(hold: Hold, record: UsageRecord | None = None) -> dict[str, Any]:
+    body = {
+        "id": hold.pk,
+        "service": hold.service.slug,
+        "amount": money_str(hold.amount),
+        "maxima": hold.maxima,
+        "status": hold.status,
+        "test": hold.test,
+        "expires_at": hold.expires_at.isoformat().replace("+00:00", "Z"),
+        "created_at": hold.created_at.isoformat().replace("+00:00", "Z"),
+        "idempotency_key": hold.idempotency_key,
+    }
+    if record is not None:
+        body["usage"] = usage_body(record)
+    return body
+
+
+HoldOutput = inline_serializer("HoldOutput", {
+    "id": serializers.IntegerField(), "service": serializers.CharField(), "amount": serializers.DecimalField(max_digits=28, decimal_places=12),
+    "status": serializers.ChoiceField(choices=["active", "captured", "released", "expired"]), "test": serializers.BooleanField(),
+    "expires_at": serializers.DateTimeField(), "usage": UsageOutput(required=False),
+})  # fmt: skip
+
+
+class HoldCreateApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(request=inline_serializer("HoldInput", {
+        "service": serializers.CharField(), "idempotency_key": serializers.CharField(required=False),
+        "amount": serializers.DecimalField(max_digits=28, decimal_places=12, required=False),
+        "expires_in": serializers.IntegerField(required=False, min_value=1),
+    }), responses={201: HoldOutput, 200: HoldOutput}, parameters=[IDEMPOTENCY_HEADER])  # fmt: skip
+    def post(self, request):
+        body = request.data
+        if not isinstance(body, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+        unknown = sorted(set(body) - HOLD_FIELDS)
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown}
+            )
+        amount_field = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, allow_null=True)
+        try:
+            amount = amount_field.run_validation(body.get("amount")) if body.get("amount") is not None else None
+        except serializers.ValidationError as exc:
+            raise InvalidRequest("`amount` must be a non-negative decimal string.", details={"amount": exc.detail}) from exc
+        expires_in = body.get("expires_in")
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, int)):
+            raise InvalidRequest(
+                "`expires_in` must be an integer number of seconds.", details={"expires_in": ["Must be an integer."]}
+            )
+        service = body.get("service")
+        if not isinstance(service, str) or not service:
+            raise InvalidRequest("`service` is required.", details={"service": ["This field is required."]})
+        key = body.get("idempotency_key") if body.get("idempotency_key") is not None else request.headers.get("Idempotency-Key")
+        outcome = services.hold_create(
+            tenant=self.tenant, service=service, idempotency_key=services.validate_idempotency_key(key), amount=amount,
+            maxima={name: body[name] for name in ALL_QUANTITY_FIELDS if name in body}, expires_in=expires_in,
+        )  # fmt: skip
+        return Response(hold_body(outcome.hold), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
+
+
+class _HoldActionApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated]
+
+    def hold(self, hold_id: int) -> Hold:
+        try:
+            return selectors.hold_get(organization_id=self.tenant.organization.pk, hold_id=hold_id)
+        except Hold.DoesNotExist as exc:
+            raise NotFound("No such hold.") from exc
+
+
+class HoldCaptureApi(_HoldActionApi):
+    @extend_schema(request=UsageInput, responses={201: HoldOutput, 200: HoldOutput})
+    def post(self, request, hold_id: int):
+        body = request.data if isinstance(request.data, dict) else None
+        if body is None:
+            raise InvalidRequest("The body must be a JSON object.")
+        unknown = sorted(set(body) - ALL_QUANTITY_FIELDS)
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown}
+            )
+        outcome = services.hold_capture(tenant=self.tenant, hold=self.hold(hold_id), data=body)
+        return Response(
+            hold_body(outcome.hold, outcome.record), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED
+        )
+
+
+class HoldReleaseApi(_HoldActionApi):
+    @extend_schema(request=None, responses={200: HoldOutput})
+    def post(self, request, hold_id: int):
+        outcome = services.hold_release(hold=self.hold(hold_id))
+        return Response(hold_body(outcome.hold))
+
+
+# --- Staff: services and prices ------------------------------------------------------------------------
+
+
+class ServiceAdminApi(APIView):
+    permission_classes = [IsAuthenticated, StaffMayChange]
+    required_permission = "metering.add_service"
+
+    class Input(serializers.Serializer):
+        slug = serializers.SlugField(max_length=80)
+        name = serializers.CharField(max_length=120)
+        calc_method = serializers.ChoiceField(choices=CalcMethod.choices)
+        active = serializers.BooleanField(default=True)
+
+        class Meta:
+            ref_name = "ServiceAdminInput"
+
+    @extend_schema(request=Input, responses={201: Input})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        if Service.objects.filter(slug=data.validated_data["slug"]).exists():
+            raise InvalidRequest("A service with this slug exists.", details={"slug": ["Already exists."]})
+        service = services.service_create(**data.validated_data)
+        return Response(self.Input(service).data, status=status.HTTP_201_CREATED)
+
+
+class PriceAdminApi(APIView):
+    permission_classes = [IsAuthenticated, StaffMayChange]
+    required_permission = "metering.add_price"
+
+    class Input(serializers.Serializer):
+        service = serializers.SlugField()
+        organization = serializers.SlugField(allow_null=True, required=False)
+        effective_from = serializers.DateTimeField(required=False)
+        input_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
+        output_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
+        unit_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
+
+        class Meta:
+            ref_name = "PriceAdminInput"
+
+    @extend_schema(request=Input, responses={201: inline_serializer("PriceAdminOutput", {
+        "id": serializers.IntegerField(), "service": serializers.CharField(), "organization": serializers.CharField(allow_null=True),
+        "effective_from": serializers.DateTimeField(), "prices": serializers.DictField()})})  # fmt: skip
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        service = Service.objects.filter(slug=values["service"]).first()
+        if service is None:
+            raise NotFound("No such service.")
+        organization = None
+        if values.get("organization"):
+            organization = Organization.objects.filter(slug=values["organization"]).first()
+            if organization is None:
+                raise NotFound("No such organization.")
+        price = services.price_create(
+            service=service, organization_id=organization.pk if organization else None, effective_from=values.get("effective_from"),
+            created_by_id=request.user.pk, **{name: values.get(name) for name in ("input_price", "output_price", "unit_price")},
+        )  # fmt: skip
+        return Response({
+            "id": price.pk, "service": service.slug, "organization": organization.slug if organization else None,
+            "effective_from": price.effective_from, "prices": {n: money_str(getattr(price, n)) for n in price_fields(service.calc_method)},
+        }, status=status.HTTP_201_CREATED)  # fmt: skip

@@ -1,0 +1,126 @@
+"""`manage.py seed_demo`: the demo that `make run` starts with. Idempotent: a second run changes nothing."""
+
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import connection, transaction
+
+from accounts import services as account_services
+from accounts.models import ApiKey, ApiKeyMode, Organization, Role, User
+from metering.models import CalcMethod, Price, Service
+from payments.ledger import wallet_adjust
+from payments.models import LedgerEntry, Wallet
+
+ADMIN_EMAIL = "admin@tollgate.local"
+OWNER_EMAIL = "owner@demo.tollgate.local"
+ORGANIZATION_NAME = "Demo AI Co"
+PRICES_FROM = datetime(2025, 1, 1, tzinfo=UTC)
+
+# (slug, name, calc_method, prices) — units per SPEC §3: tokens per 1M, characters and words per 1K,
+# images per 512×512 tile, requests per request.
+SERVICES: tuple[tuple[str, str, str, dict[str, Decimal]], ...] = (
+    ("gpt-4o", "GPT-4o", CalcMethod.TOKENS, {"input_price": Decimal("2.50"), "output_price": Decimal("10.00")}),
+    ("gpt-4o-mini", "GPT-4o mini", CalcMethod.TOKENS, {"input_price": Decimal("0.15"), "output_price": Decimal("0.60")}),
+    ("translate", "Translation", CalcMethod.CHAR_COUNT, {"unit_price": Decimal("0.020")}),
+    ("summarize-words", "Summarization", CalcMethod.WORD_COUNT, {"unit_price": Decimal("0.040")}),
+    ("dall-e-3", "DALL·E 3", CalcMethod.IMAGE_RESOLUTION, {"unit_price": Decimal("0.010")}),
+    ("moderation", "Moderation", CalcMethod.REQUEST, {"unit_price": Decimal("0.0005")}),
+)
+
+# Serializes concurrent seeds (two `make run`s at once) for the whole command, across its transactions.
+_ADVISORY_LOCK_KEY = 7_346_021_901
+
+
+class Command(BaseCommand):
+    help = "Create the demo staff user, organization, services, prices, balance and API keys, once."
+
+    def handle(self, *args, **options) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [_ADVISORY_LOCK_KEY])
+        try:
+            self._seed()
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_ADVISORY_LOCK_KEY])
+
+    def _seed(self) -> None:
+        admin_password = os.environ.get("DEMO_ADMIN_PASSWORD", "tollgate-admin")
+        owner_password = os.environ.get("DEMO_OWNER_PASSWORD", "tollgate-demo")
+        with transaction.atomic():
+            admin, admin_created = _user(email=ADMIN_EMAIL, password=admin_password, staff=True)
+            owner, owner_created = _user(email=OWNER_EMAIL, password=owner_password, staff=False)
+            organization = Organization.objects.filter(
+                name=ORGANIZATION_NAME, memberships__user=owner, memberships__role=Role.OWNER
+            ).first() or account_services.organization_create(name=ORGANIZATION_NAME, owner=owner)
+            new_services = _services(created_by=admin)
+
+        # The starting balance goes through the ledger like any money (wallet_adjust is its own
+        # durable transaction); an organization with any entry already got it.
+        credited = False
+        if not LedgerEntry.objects.filter(organization=organization).exists():
+            wallet_adjust(
+                organization_id=organization.pk,
+                amount=settings.STARTING_DEMO_BALANCE,
+                reason="Demo starting balance",
+                created_by_id=admin.pk,
+            )
+            credited = True
+
+        keys = []
+        if not ApiKey.objects.filter(organization=organization).exists():
+            for mode, name in ((ApiKeyMode.TEST, "Demo test key"), (ApiKeyMode.LIVE, "Demo live key")):
+                keys.append(account_services.api_key_create(organization=organization, name=name, mode=mode, created_by=owner))
+
+        self._report(
+            admin_password=admin_password if admin_created else None,
+            owner_password=owner_password if owner_created else None,
+            organization=organization,
+            new_services=new_services,
+            credited=credited,
+            keys=keys,
+        )
+
+    def _report(self, *, admin_password, owner_password, organization, new_services, credited, keys) -> None:
+        write = self.stdout.write
+        unchanged = "(unchanged; set when first seeded)"
+        write("Demo logins")
+        write(f"  staff (admin):      {ADMIN_EMAIL} / {admin_password or unchanged}")
+        write(f"  owner of {organization.name}: {OWNER_EMAIL} / {owner_password or unchanged}")
+        write(f"  organization slug:  {organization.slug}")
+        if new_services:
+            write(f"  services created:   {', '.join(new_services)}")
+        balance = Wallet.objects.get(organization=organization).balance
+        credit_note = f" (credited {settings.STARTING_DEMO_BALANCE} now)" if credited else ""
+        write(f"  balance:            {balance.normalize():f} {settings.CURRENCY}{credit_note}")
+        if keys:
+            write("API keys (shown once, store them now):")
+            for created in keys:
+                write(f"  {created.api_key.mode:<4}  {created.secret}")
+        else:
+            write("API keys: the demo organization already has keys; create more in the API (POST /api/v1/api-keys/).")
+
+
+def _user(*, email: str, password: str, staff: bool) -> tuple[User, bool]:
+    user = User.objects.filter(email=email).first()
+    if user is not None:
+        return user, False
+    if staff:
+        return User.objects.create_superuser(email=email, password=password), True
+    return User.objects.create_user(email=email, password=password), True
+
+
+def _services(*, created_by: User) -> list[str]:
+    """Create the demo services, each with a general price in force, unless they already exist."""
+    created = []
+    for slug, name, calc_method, prices in SERVICES:
+        service, service_created = Service.objects.get_or_create(slug=slug, defaults={"name": name, "calc_method": calc_method})
+        if not Price.objects.filter(service=service, organization__isnull=True).exists():
+            price = Price(service=service, organization=None, effective_from=PRICES_FROM, created_by=created_by, **prices)
+            price.full_clean()
+            price.save()
+        if service_created:
+            created.append(slug)
+    return created

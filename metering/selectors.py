@@ -1,0 +1,151 @@
+"""Reads for services, prices and usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import Count, QuerySet, Sum
+from django.utils import timezone
+
+from billing_site.errors import DomainError, ErrorCode
+from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
+from metering.pricing import UnitPrices, price_fields
+
+
+class ServiceNotFound(DomainError):
+    code = ErrorCode.SERVICE_NOT_FOUND
+    message = "No active service with this slug."
+
+
+class PriceNotSet(DomainError):
+    code = ErrorCode.PRICE_NOT_SET
+    message = "This service has no price in force for your organization."
+
+
+@dataclass(frozen=True, slots=True)
+class PricedService:
+    service_id: int
+    slug: str
+    calc_method: str
+    prices: UnitPrices
+
+
+# The price in force: the latest effective override for the organization, else the latest effective
+# general price. One indexed query together with the service.
+_PRICED_SERVICE_SQL = """
+SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_price
+  FROM metering_service s
+  LEFT JOIN LATERAL (
+        SELECT id, input_price, output_price, unit_price
+          FROM metering_price
+         WHERE service_id = s.id
+           AND (organization_id = %(org)s OR organization_id IS NULL)
+           AND effective_from <= %(at)s
+         ORDER BY organization_id IS NULL, effective_from DESC, id DESC
+         LIMIT 1
+       ) p ON true
+ WHERE s.slug = %(slug)s AND s.active
+"""
+
+
+def priced_service_get(*, slug: str, organization_id: int, at: datetime | None = None) -> PricedService:
+    """The active service `slug` with its prices in force; ServiceNotFound / PriceNotSet otherwise."""
+    if not isinstance(slug, str) or not slug:
+        raise ServiceNotFound()
+    with connection.cursor() as cursor:
+        cursor.execute(_PRICED_SERVICE_SQL, {"org": organization_id, "at": at or timezone.now(), "slug": slug})
+        row = cursor.fetchone()
+    if row is None:
+        raise ServiceNotFound()
+    service_id, slug, calc_method, price_id, input_price, output_price, unit_price = row
+    prices = UnitPrices(price_id=price_id, input_price=input_price, output_price=output_price, unit_price=unit_price)
+    if price_id is None or any(getattr(prices, field) is None for field in price_fields(calc_method)):
+        raise PriceNotSet()
+    return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices)
+
+
+def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict[int, Price]:
+    """service id → the Price row in force for this organization (override first)."""
+    at = at or timezone.now()
+    rows = (
+        Price.objects.filter(effective_from__lte=at, service__active=True)
+        .filter(organization_id__isnull=True)
+        .union(Price.objects.filter(effective_from__lte=at, service__active=True, organization_id=organization_id))
+    )
+    best: dict[int, Price] = {}
+    for price in sorted(rows, key=lambda p: (p.organization_id is not None, p.effective_from, p.id)):
+        best[price.service_id] = price  # later keys win: overrides after general, newer after older
+    return best
+
+
+def service_list_with_prices(*, organization_id: int) -> list[tuple[Service, Price | None]]:
+    prices = prices_in_force(organization_id=organization_id)
+    return [(service, prices.get(service.id)) for service in Service.objects.filter(active=True).order_by("slug")]
+
+
+def usage_list(
+    *,
+    organization_id: int,
+    service: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    api_key_id: int | None = None,
+    test: bool | None = None,
+) -> QuerySet[UsageRecord]:
+    """Newest first; every filter optional; always scoped to one organization."""
+    records = UsageRecord.objects.filter(organization_id=organization_id).select_related("service")
+    if service:
+        records = records.filter(service__slug=service)
+    if created_from:
+        records = records.filter(created_at__gte=created_from)
+    if created_to:
+        records = records.filter(created_at__lt=created_to)
+    if api_key_id is not None:
+        records = records.filter(api_key_id=api_key_id)
+    if test is not None:
+        records = records.filter(test=test)
+    return records.order_by("-created_at", "-id")
+
+
+def usage_summary(*, organization_id: int, group_by: str, day_from: date, day_to: date, test: bool = False) -> list[dict]:
+    """Totals by `day` or `service` over [day_from, day_to], read from the daily rollups."""
+    rollups = UsageRollup.objects.filter(organization_id=organization_id, test=test, day__gte=day_from, day__lte=day_to)
+    key = "day" if group_by == "day" else "service__slug"
+    rows = (
+        rollups.values(key)
+        .annotate(
+            events=Sum("events"),
+            quantity=Sum("quantity"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost=Sum("cost"),
+            services=Count("service", distinct=True),
+        )
+        .order_by(key)
+    )
+    return [
+        {
+            group_by: row[key],
+            "events": row["events"],
+            "quantity": int(row["quantity"]),
+            "input_tokens": int(row["input_tokens"]),
+            "output_tokens": int(row["output_tokens"]),
+            "cost": row["cost"],
+        }
+        for row in rows
+    ]
+
+
+def spend_total(*, organization_id: int, day_from: date, day_to: date) -> Decimal:
+    total = UsageRollup.objects.filter(organization_id=organization_id, test=False, day__gte=day_from, day__lte=day_to).aggregate(
+        total=Sum("cost")
+    )["total"]
+    return total or Decimal(0)
+
+
+def hold_get(*, organization_id: int, hold_id: int) -> Hold:
+    """Raises Hold.DoesNotExist for another organization's hold (answers 404)."""
+    return Hold.objects.select_related("service").get(organization_id=organization_id, pk=hold_id)

@@ -1,0 +1,571 @@
+"""Writes for metering: usage events (single and batch), holds, services and prices.
+
+The hot path (`usage_record`) does everything it can before the wallet lock: authentication has
+run, the service and price are read, the quantities measured and the cost computed. Then one
+short transaction: the ledger posting (which takes the wallet's row lock) and one statement that
+writes the usage record, its daily rollup and the key's spend; commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.tenancy import Tenant
+from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
+from billing_site.money import ZERO, money_round
+from metering import selectors
+from metering.calculators import Quantities, measure
+from metering.models import Hold, HoldStatus, Price, Service, UsageRecord
+from metering.pricing import price_fields, strategy_for
+from payments import ledger
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_METADATA_BYTES = 4096
+
+
+class SpendCapExceeded(DomainError):
+    code = ErrorCode.SPEND_CAP_EXCEEDED
+    message = "This API key has reached its spend cap."
+
+
+class HoldNotActive(DomainError):
+    code = ErrorCode.HOLD_NOT_ACTIVE
+    message = "This hold is no longer active."
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One metering request as the client sent it."""
+
+    service: str
+    idempotency_key: str
+    data: Mapping[str, Any]  # the method's quantity fields, as sent
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def request_hash(self) -> str:
+        canonical = {"service": self.service, "metadata": self.metadata, **{k: v for k, v in self.data.items() if v is not None}}
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageOutcome:
+    record: UsageRecord
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _PricedEvent:
+    event: UsageEvent
+    service_id: int
+    calc_method: str
+    quantities: Quantities
+    prices: dict[str, Decimal | None]
+    cost: Decimal
+    request_hash: str
+
+
+def validate_idempotency_key(key: Any) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidRequest("An idempotency key is required (body `idempotency_key` or header Idempotency-Key).",
+                             details={"idempotency_key": ["This field is required."]})  # fmt: skip
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            "The idempotency key is too long.", details={"idempotency_key": [f"At most {MAX_IDEMPOTENCY_KEY} characters."]}
+        )
+    return key
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("`metadata` must be an object.", details={"metadata": ["Must be an object."]})
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidRequest("`metadata` is too large.", details={"metadata": [f"At most {MAX_METADATA_BYTES} bytes of JSON."]})
+    return metadata
+
+
+def _price(event: UsageEvent, *, organization_id: int, services: dict | None = None) -> _PricedEvent:
+    """Everything that can happen before the lock: service, price in force, quantities, cost.
+    `services` memoizes the service lookups of a batch (slug → PricedService or its error)."""
+    services = {} if services is None else services
+    priced = services.get(event.service)
+    if priced is None:
+        try:
+            priced = selectors.priced_service_get(slug=event.service, organization_id=organization_id)
+        except DomainError as error:
+            priced = error
+        services[event.service] = priced
+    if isinstance(priced, DomainError):
+        raise priced
+    quantities = measure(priced.calc_method, event.data)
+    cost = strategy_for(priced.calc_method).cost(priced.calc_method, quantities, priced.prices)
+    prices = {name: getattr(priced.prices, name) for name in price_fields(priced.calc_method)}
+    return _PricedEvent(event, priced.service_id, priced.calc_method, quantities, prices, cost, event.request_hash())
+
+
+# One statement: the record (unless its idempotency key exists), its daily rollup, and the key's spend.
+_INSERT_USAGE_SQL = """
+WITH rec AS (
+    INSERT INTO metering_usagerecord (
+        organization_id, service_id, api_key_id, user_id, quantity, input_tokens, output_tokens,
+        input_price, output_price, unit_price, cost, test, idempotency_key, request_hash, metadata,
+        transfer_id, balance_after, hold_id, created_at)
+    VALUES (%(org)s, %(service)s, %(key)s, %(user)s, %(quantity)s, %(input_tokens)s, %(output_tokens)s,
+            %(input_price)s, %(output_price)s, %(unit_price)s, %(cost)s, %(test)s, %(idem)s, %(hash)s, %(metadata)s,
+            %(transfer)s, %(balance_after)s, %(hold)s, %(now)s)
+    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+    RETURNING id
+), roll AS (
+    INSERT INTO metering_usagerollup AS r
+           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
+    SELECT %(org)s, %(service)s, %(day)s, %(test)s, 1, %(quantity)s, %(input_tokens_sum)s, %(output_tokens_sum)s, %(cost)s
+      FROM rec
+    ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
+       SET events = r.events + 1, quantity = r.quantity + EXCLUDED.quantity,
+           input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+           output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost
+), spend AS (
+    UPDATE accounts_apikey SET spent = spent + %(cost)s
+     WHERE id = %(key)s AND NOT %(test)s AND EXISTS (SELECT 1 FROM rec)
+    RETURNING spent, spend_cap
+)
+SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
+"""
+
+
+class _AlreadyRecorded(Exception):
+    """The idempotency key exists: roll back whatever this attempt moved, then replay."""
+
+
+def _insert_usage(priced: _PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None,
+                  hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+    quantities = priced.quantities
+    params = {
+        "org": tenant.organization.pk,
+        "service": priced.service_id,
+        "key": tenant.api_key.pk if tenant.api_key else None,
+        "user": tenant.user.pk if tenant.user else None,
+        "quantity": quantities.quantity,
+        "input_tokens": quantities.input_tokens,
+        "output_tokens": quantities.output_tokens,
+        "input_tokens_sum": quantities.input_tokens or 0,
+        "output_tokens_sum": quantities.output_tokens or 0,
+        "input_price": priced.prices.get("input_price"),
+        "output_price": priced.prices.get("output_price"),
+        "unit_price": priced.prices.get("unit_price"),
+        "cost": priced.cost,
+        "test": tenant.is_test,
+        "idem": priced.event.idempotency_key,
+        "hash": priced.request_hash,
+        "metadata": json.dumps(priced.event.metadata),
+        "transfer": posting.transfer_id if posting else None,
+        "balance_after": posting.balance_after if posting else None,
+        "hold": hold_id,
+        "now": now,
+        "day": now.date(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_USAGE_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise _AlreadyRecorded()
+    record_id, spent, spend_cap = row
+    if spend_cap is not None and spent > spend_cap:
+        raise SpendCapExceeded(details={"spend_cap": str(spend_cap)})
+    return UsageRecord(
+        pk=record_id,
+        organization_id=params["org"],
+        service_id=priced.service_id,
+        api_key_id=params["key"],
+        user_id=params["user"],
+        quantity=quantities.quantity,
+        input_tokens=quantities.input_tokens,
+        output_tokens=quantities.output_tokens,
+        input_price=params["input_price"],
+        output_price=params["output_price"],
+        unit_price=params["unit_price"],
+        cost=priced.cost,
+        test=params["test"],
+        idempotency_key=priced.event.idempotency_key,
+        request_hash=priced.request_hash,
+        metadata=priced.event.metadata,
+        transfer_id=params["transfer"],
+        balance_after=params["balance_after"],
+        hold_id=hold_id,
+        created_at=now,
+    )
+
+
+def _replay(*, organization_id: int, idempotency_key: str, request_hash: str) -> UsageOutcome | None:
+    record = UsageRecord.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+    if record is None:
+        return None
+    if record.request_hash != request_hash:
+        raise IdempotencyConflict()
+    return UsageOutcome(record=record, replayed=True)
+
+
+def usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
+    """Meter one event and debit its cost (SPEC §2): exactly once per idempotency key; a replay
+    answers the first record; a different body under the same key is refused (409). Test keys
+    record but move no money. Raises ServiceNotFound, PriceNotSet, InvalidRequest,
+    InsufficientBalance, SpendCapExceeded, IdempotencyConflict."""
+    organization_id = tenant.organization.pk
+    priced = _price(event, organization_id=organization_id)
+    try:
+        with transaction.atomic(durable=True):
+            posting = None
+            if not tenant.is_test:
+                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost,
+                                              reference=f"usage:{event.idempotency_key}")  # fmt: skip
+            record = _insert_usage(priced, tenant=tenant, now=timezone.now(), posting=posting)
+    except (_AlreadyRecorded, ledger.InsufficientBalance, SpendCapExceeded):
+        # A key that was already used answers its first result even if the wallet is now empty.
+        replay = _replay(organization_id=organization_id, idempotency_key=event.idempotency_key, request_hash=priced.request_hash)
+        if replay is not None:
+            return replay
+        raise
+    record.service = Service(pk=priced.service_id, slug=event.service, calc_method=priced.calc_method)
+    return UsageOutcome(record=record, replayed=False)
+
+
+# --- Batches ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BatchResult:
+    status: int
+    record: UsageRecord | None = None
+    error: DomainError | None = None
+
+
+def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainError]) -> list[BatchResult]:
+    """Apply up to USAGE_BATCH_MAX_EVENTS events in order under one wallet lock, each with its own
+    idempotency key and outcome (201 new, 200 replay, 4xx refused) — as if sent one by one."""
+    organization_id = tenant.organization.pk
+    results: list[BatchResult | None] = [None] * len(events)
+    priced_events: list[tuple[int, _PricedEvent]] = []
+    services: dict[str, selectors.PricedService | DomainError] = {}
+    for index, event in enumerate(events):
+        if isinstance(event, DomainError):
+            results[index] = BatchResult(status=event.status, error=event)
+            continue
+        try:
+            priced_events.append((index, _price(event, organization_id=organization_id, services=services)))
+        except DomainError as error:
+            results[index] = BatchResult(status=error.status, error=error)
+
+    existing = {
+        record.idempotency_key: record
+        for record in UsageRecord.objects.filter(
+            organization_id=organization_id, idempotency_key__in=[p.event.idempotency_key for _, p in priced_events]
+        ).select_related("service")
+    }
+    with transaction.atomic(durable=True):
+        fresh: list[tuple[int, _PricedEvent]] = []
+        seen: dict[str, _PricedEvent] = {}
+        for index, priced in priced_events:
+            key = priced.event.idempotency_key
+            first = existing.get(key) or seen.get(key)
+            if first is None:
+                seen[key] = priced
+                fresh.append((index, priced))
+            elif first.request_hash != priced.request_hash:
+                results[index] = BatchResult(status=409, error=IdempotencyConflict())
+            else:
+                results[index] = BatchResult(status=200, record=first) if isinstance(first, UsageRecord) else None
+        postings = ledger.usage_charge_batch(
+            organization_id=organization_id,
+            charges=[(ZERO if tenant.is_test else p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh],
+        )
+        accepted: list[tuple[int, _PricedEvent, ledger.Posting | None]] = []
+        for (index, priced), posting in zip(fresh, postings, strict=True):
+            if posting is None:
+                results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
+            else:
+                accepted.append((index, priced, None if tenant.is_test else posting))
+        records = _insert_usage_batch(accepted, tenant=tenant, now=timezone.now())
+        for (index, _, _), record in zip(accepted, records, strict=True):
+            results[index] = BatchResult(status=201, record=record)
+    # A duplicate key inside the batch replays the record its first occurrence wrote.
+    written = {r.record.idempotency_key: r.record for r in results if r is not None and r.status == 201}
+    for index, priced in priced_events:
+        if results[index] is None:
+            first = written.get(priced.event.idempotency_key)
+            results[index] = (
+                BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
+            )
+    return results  # type: ignore[return-value]
+
+
+_INSERT_USAGE_BATCH_SQL = """
+INSERT INTO metering_usagerecord (
+    organization_id, service_id, api_key_id, user_id, quantity, input_tokens, output_tokens,
+    input_price, output_price, unit_price, cost, test, idempotency_key, request_hash, metadata,
+    transfer_id, balance_after, created_at)
+SELECT %(org)s, u.service, %(key)s, %(user)s, u.quantity, u.input_tokens, u.output_tokens,
+       u.input_price, u.output_price, u.unit_price, u.cost, %(test)s, u.idem, u.hash, u.metadata::jsonb,
+       u.transfer, u.balance_after, %(now)s
+  FROM unnest(%(service)s::bigint[], %(quantity)s::bigint[], %(input_tokens)s::bigint[], %(output_tokens)s::bigint[],
+              %(input_price)s::numeric[], %(output_price)s::numeric[], %(unit_price)s::numeric[], %(cost)s::numeric[],
+              %(idem)s::text[], %(hash)s::text[], %(metadata)s::text[], %(transfer)s::bigint[], %(balance_after)s::numeric[])
+       AS u(service, quantity, input_tokens, output_tokens, input_price, output_price, unit_price, cost,
+            idem, hash, metadata, transfer, balance_after)
+ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+RETURNING id, idempotency_key
+"""
+
+_ROLLUP_BATCH_SQL = """
+INSERT INTO metering_usagerollup AS r (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
+SELECT %(org)s, u.service, %(day)s, %(test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost
+  FROM unnest(%(service)s::bigint[], %(events)s::bigint[], %(quantity)s::numeric[], %(input_tokens)s::numeric[],
+              %(output_tokens)s::numeric[], %(cost)s::numeric[]) AS u(service, events, quantity, input_tokens, output_tokens, cost)
+ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
+   SET events = r.events + EXCLUDED.events, quantity = r.quantity + EXCLUDED.quantity,
+       input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+       output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost
+"""
+
+
+def _insert_usage_batch(accepted, *, tenant: Tenant, now: datetime) -> list[UsageRecord]:
+    if not accepted:
+        return []
+    organization_id = tenant.organization.pk
+    columns: dict[str, list] = {name: [] for name in (
+        "service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price", "unit_price", "cost",
+        "idem", "hash", "metadata", "transfer", "balance_after")}  # fmt: skip
+    rollup: dict[int, list] = {}
+    for _, priced, posting in accepted:
+        q = priced.quantities
+        for name, value in (
+            ("service", priced.service_id), ("quantity", q.quantity), ("input_tokens", q.input_tokens),
+            ("output_tokens", q.output_tokens), ("input_price", priced.prices.get("input_price")),
+            ("output_price", priced.prices.get("output_price")), ("unit_price", priced.prices.get("unit_price")),
+            ("cost", priced.cost), ("idem", priced.event.idempotency_key), ("hash", priced.request_hash),
+            ("metadata", json.dumps(priced.event.metadata)), ("transfer", posting.transfer_id if posting else None),
+            ("balance_after", posting.balance_after if posting else None),
+        ):  # fmt: skip
+            columns[name].append(value)
+        totals = rollup.setdefault(priced.service_id, [0, 0, 0, 0, ZERO])
+        totals[0] += 1
+        totals[1] += q.quantity
+        totals[2] += q.input_tokens or 0
+        totals[3] += q.output_tokens or 0
+        totals[4] += priced.cost
+    common = {
+        "org": organization_id,
+        "key": tenant.api_key.pk if tenant.api_key else None,
+        "user": tenant.user.pk if tenant.user else None,
+        "test": tenant.is_test,
+        "now": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_USAGE_BATCH_SQL, {**common, **columns})
+        ids = {key: record_id for record_id, key in cursor.fetchall()}
+        if len(ids) != len(accepted):
+            # Another request wrote one of these keys after our pre-check: the unique index saw it.
+            raise IdempotencyConflict(
+                "An idempotency key in this batch was used concurrently by another request; retry the batch."
+            )
+        service_ids = list(rollup)
+        cursor.execute(_ROLLUP_BATCH_SQL, {
+            "org": organization_id, "day": now.date(), "test": tenant.is_test, "service": service_ids,
+            "events": [rollup[s][0] for s in service_ids], "quantity": [rollup[s][1] for s in service_ids],
+            "input_tokens": [rollup[s][2] for s in service_ids], "output_tokens": [rollup[s][3] for s in service_ids],
+            "cost": [rollup[s][4] for s in service_ids],
+        })  # fmt: skip
+        total_cost = sum((priced.cost for _, priced, _ in accepted), ZERO)
+        if tenant.api_key is not None and not tenant.is_test and total_cost:
+            cursor.execute(
+                "UPDATE accounts_apikey SET spent = spent + %s WHERE id = %s RETURNING spent, spend_cap",
+                [total_cost, tenant.api_key.pk],
+            )
+            spent, spend_cap = cursor.fetchone()
+            if spend_cap is not None and spent > spend_cap:
+                raise SpendCapExceeded(details={"spend_cap": str(spend_cap)})
+    return [
+        UsageRecord(
+            pk=ids[key], organization_id=organization_id, service_id=service, api_key_id=common["key"], user_id=common["user"],
+            quantity=quantity, input_tokens=input_tokens, output_tokens=output_tokens, cost=cost, test=common["test"],
+            idempotency_key=key, balance_after=balance_after, created_at=now, metadata=json.loads(metadata),
+            input_price=input_price, output_price=output_price, unit_price=unit_price, transfer_id=transfer,
+        )
+        for service, quantity, input_tokens, output_tokens, input_price, output_price, unit_price, cost, key, _, metadata, transfer,
+        balance_after in zip(*columns.values(), strict=True)
+    ]  # fmt: skip
+
+
+# --- Holds --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOutcome:
+    hold: Hold
+    replayed: bool
+    record: UsageRecord | None = None
+
+
+def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: Decimal | None, maxima: Mapping[str, Any],
+                expires_in: int | None) -> HoldOutcome:  # fmt: skip
+    """Reserve `amount`, or the cost of `maxima` at the price in force, until it expires. Moves no
+    money; `available` shrinks. InsufficientBalance when it does not fit."""
+    organization_id = tenant.organization.pk
+    priced = selectors.priced_service_get(slug=service, organization_id=organization_id)
+    maxima_quantities = None
+    if amount is None:
+        maxima_quantities = measure(priced.calc_method, maxima)
+        amount = strategy_for(priced.calc_method).cost(priced.calc_method, maxima_quantities, priced.prices)
+    elif maxima:
+        raise InvalidRequest("Send `amount` or the method's maximum quantities, not both.")
+    else:
+        amount = money_round(amount)
+    ttl = timedelta(seconds=expires_in) if expires_in is not None else settings.HOLD_DEFAULT_TTL
+    if not timedelta(seconds=1) <= ttl <= settings.HOLD_MAX_TTL:
+        raise InvalidRequest(
+            "`expires_in` is out of range.", details={"expires_in": [f"1..{int(settings.HOLD_MAX_TTL.total_seconds())} seconds."]}
+        )
+    request_hash = UsageEvent(service=service, idempotency_key=idempotency_key, data={"amount": str(amount), "expires_in": expires_in,
+                              **dict(maxima)}).request_hash()  # fmt: skip
+    now = timezone.now()
+    hold = Hold(
+        organization_id=organization_id, service_id=priced.service_id, api_key=tenant.api_key, user=tenant.user, amount=amount,
+        maxima=maxima_quantities.as_dict() if maxima_quantities else {}, test=tenant.is_test, status=HoldStatus.ACTIVE,
+        idempotency_key=idempotency_key, request_hash=request_hash, expires_at=now + ttl, created_at=now,
+    )  # fmt: skip
+    existing = Hold.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+    if existing is None:
+        try:
+            with transaction.atomic(durable=True):
+                if not tenant.is_test:
+                    ledger.wallet_hold(organization_id=organization_id, amount=amount)
+                hold.save()  # the unique (organization, idempotency key) refuses a concurrent twin
+            return HoldOutcome(hold=hold, replayed=False)
+        except IntegrityError:
+            existing = Hold.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+            if existing is None:
+                raise
+    if existing.request_hash != request_hash:
+        raise IdempotencyConflict()
+    return HoldOutcome(hold=existing, replayed=True)
+
+
+def _hold_finish(*, hold: Hold, status: HoldStatus) -> None:
+    Hold.objects.filter(pk=hold.pk).update(status=status, finished_at=timezone.now())
+    hold.status = status
+
+
+def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> HoldOutcome:
+    """Write the usage of the actual quantities at the price in force and free the hold, in one
+    transaction. The actual cost may exceed the hold (SPEC §2.4: the service was delivered).
+    Capturing again answers the same outcome; capturing a released or expired hold is refused."""
+    organization_id = tenant.organization.pk
+    event = UsageEvent(service=hold.service.slug, idempotency_key=f"hold:{hold.pk}", data=data)
+    if hold.status == HoldStatus.CAPTURED:
+        return _capture_replay(hold, event)
+    if hold.status != HoldStatus.ACTIVE:
+        raise HoldNotActive()
+    priced = _price(event, organization_id=organization_id)
+    try:
+        with transaction.atomic(durable=True):
+            posting = None
+            if not hold.test:
+                # Lock order: the wallet (by this posting), then the hold.
+                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost, reference=f"hold:{hold.pk}",
+                                              release_held=hold.amount, may_overdraw=True)  # fmt: skip
+            locked = Hold.objects.select_for_update().get(pk=hold.pk)
+            if locked.status != HoldStatus.ACTIVE:
+                raise _AlreadyRecorded()
+            capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
+            record = _insert_usage(priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk)
+            _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
+    except _AlreadyRecorded:
+        hold.refresh_from_db()
+        if hold.status == HoldStatus.CAPTURED:
+            return _capture_replay(hold, event)
+        raise HoldNotActive() from None
+    record.service = hold.service
+    return HoldOutcome(hold=hold, replayed=False, record=record)
+
+
+def _capture_replay(hold: Hold, event: UsageEvent) -> HoldOutcome:
+    record = UsageRecord.objects.select_related("service").get(
+        organization_id=hold.organization_id, idempotency_key=event.idempotency_key
+    )
+    if record.request_hash != event.request_hash():
+        raise IdempotencyConflict("This hold was already captured with other quantities.")
+    return HoldOutcome(hold=hold, replayed=True, record=record)
+
+
+def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> HoldOutcome:
+    """Free the hold (idempotent: releasing a released hold answers it again). A captured hold
+    cannot be released."""
+    if hold.status == status:
+        return HoldOutcome(hold=hold, replayed=True)
+    if hold.status != HoldStatus.ACTIVE:
+        raise HoldNotActive()
+    with transaction.atomic(durable=True):
+        if not hold.test:
+            ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
+        locked = Hold.objects.select_for_update().get(pk=hold.pk)
+        if locked.status != HoldStatus.ACTIVE:
+            raise HoldNotActive()
+        _hold_finish(hold=hold, status=status)
+    return HoldOutcome(hold=hold, replayed=False)
+
+
+def holds_expire(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Expire active holds past their time (the beat task); answers how many were expired."""
+    now = now or timezone.now()
+    expired = 0
+    for hold in Hold.objects.filter(status=HoldStatus.ACTIVE, expires_at__lte=now).order_by("expires_at")[:limit]:
+        try:
+            hold_release(hold=hold, status=HoldStatus.EXPIRED)
+            expired += 1
+        except HoldNotActive:
+            continue  # captured or released meanwhile
+    return expired
+
+
+# --- Services and prices (staff) --------------------------------------------------------------------
+
+
+def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
+    service = Service(slug=slug, name=name, calc_method=calc_method, active=active)
+    service.full_clean()
+    service.save()
+    return service
+
+
+def price_create(*, service: Service, organization_id: int | None, effective_from: datetime | None, created_by_id: int | None,
+                 input_price: Decimal | None = None, output_price: Decimal | None = None,
+                 unit_price: Decimal | None = None) -> Price:  # fmt: skip
+    """A new price row (rates are never edited in place). The fields must be exactly the ones the
+    service's method uses (SPEC §3)."""
+    given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
+    needed = set(price_fields(service.calc_method))
+    missing = sorted(name for name in needed if given[name] is None)
+    foreign = sorted(name for name, value in given.items() if value is not None and name not in needed)
+    if missing or foreign:
+        raise InvalidRequest(
+            f"A {service.calc_method} price takes {', '.join(sorted(needed))}.",
+            details={
+                **{n: ["This field is required."] for n in missing},
+                **{n: ["Does not apply to this method."] for n in foreign},
+            },
+        )
+    price = Price(service=service, organization_id=organization_id, effective_from=effective_from or timezone.now(),
+                  created_by_id=created_by_id, **given)  # fmt: skip
+    price.full_clean()
+    price.save()
+    return price
