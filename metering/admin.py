@@ -1,0 +1,122 @@
+"""Back office for services, prices, usage and holds. Prices are history: new rows only."""
+
+import csv
+
+from django.contrib import admin
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+
+from billing_site.money import money_str
+from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
+from payments.admin import ReadOnlyAdmin
+
+
+class PriceInline(admin.TabularInline):
+    """The whole price history of a service. Existing rows are read-only (the database refuses
+    UPDATE too); a rate change is a new row with its effective date."""
+
+    model = Price
+    extra = 1
+    fields = ["organization", "effective_from", "input_price", "output_price", "unit_price", "created_by", "created_at"]
+    readonly_fields = ["created_by", "created_at"]
+    autocomplete_fields = ["organization"]
+    ordering = ["-effective_from", "-id"]
+    can_delete = False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "calc_method", "active", "created_at"]
+    list_filter = ["calc_method", "active"]
+    search_fields = ["slug", "name"]
+    inlines = [PriceInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The method decides what every written record's quantities mean: fixed once created.
+        return ["calc_method"] if obj else []
+
+    def save_formset(self, request, form, formset, change):
+        for price in formset.save(commit=False):
+            price.created_by = request.user
+            price.full_clean()
+            price.save()
+        formset.save_m2m()
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    list_display = ["service", "organization", "effective_from", "input_price", "output_price", "unit_price", "created_by"]
+    list_filter = ["service"]
+    search_fields = ["service__slug", "organization__slug"]
+    date_hierarchy = "effective_from"
+    autocomplete_fields = ["organization"]
+    readonly_fields = ["created_by", "created_at"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # A scheduled price may be withdrawn before it takes effect; history may not.
+        return obj is not None and obj.effective_from > timezone.now() and super().has_delete_permission(request, obj)
+
+    def save_model(self, request, obj, form, change):
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+EXPORT_FIELDS = ["id", "created_at", "organization_id", "service_id", "api_key_id", "quantity", "input_tokens", "output_tokens",
+                 "cost", "balance_after", "test", "idempotency_key"]  # fmt: skip
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = ["id", "created_at", "organization", "service", "quantity", "cost", "test", "api_key_id"]
+    list_filter = ["test", "service"]
+    search_fields = ["idempotency_key", "organization__slug"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # no full-table count on every page load
+    list_select_related = ["organization", "service"]
+    actions = ["export_csv"]
+
+    @admin.action(description="Export selected to CSV")
+    def export_csv(self, request, queryset):
+        writer = csv.writer(_Echo())
+
+        def rows():
+            yield writer.writerow(EXPORT_FIELDS)
+            for record in queryset.order_by("id").iterator(chunk_size=2000):
+                yield writer.writerow(
+                    [
+                        money_str(v) if f in ("cost", "balance_after") else v
+                        for f, v in ((f, getattr(record, f)) for f in EXPORT_FIELDS)
+                    ]
+                )
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        return response
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = ["day", "organization", "service", "test", "events", "quantity", "cost"]
+    list_filter = ["test", "service"]
+    date_hierarchy = "day"
+    list_select_related = ["organization", "service"]
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnlyAdmin):
+    list_display = ["id", "organization", "service", "amount", "status", "test", "expires_at", "created_at"]
+    list_filter = ["status", "test"]
+    search_fields = ["idempotency_key", "organization__slug"]
+    date_hierarchy = "created_at"
+    list_select_related = ["organization", "service"]
