@@ -21,6 +21,10 @@ class UserManager(BaseUserManager):
         extra.setdefault("is_superuser", False)
         return self._create_user(email, password, **extra)
 
+    def get_by_natural_key(self, email: str):
+        # Emails are stored lower-cased (above), so signing in must not depend on the case typed.
+        return self.get(email=self.normalize_email(email).lower())
+
     def create_superuser(self, email: str, password: str | None = None, **extra):
         extra.update(is_staff=True, is_superuser=True)
         return self._create_user(email, password, **extra)
@@ -43,6 +47,11 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+    def clean(self):
+        super().clean()
+        # Forms (the admin's too) save without the manager: store the email as the manager does.
+        self.email = User.objects.normalize_email(self.email).lower()
 
 
 class Organization(models.Model):

@@ -36,13 +36,20 @@ def _unique_slug(name: str) -> str:
 
 def organization_create(*, name: str, owner: User) -> Organization:
     """Create an organization with `owner` as its owner; its wallet opens in the same transaction."""
-    with transaction.atomic():
-        organization = Organization(name=name, slug=_unique_slug(name))
-        organization.full_clean()
-        organization.save()
-        Membership.objects.create(organization=organization, user=owner, role=Role.OWNER)
-        organization_created.send(sender=Organization, organization=organization)
-    return organization
+    for attempt in range(5):
+        try:
+            with transaction.atomic():
+                organization = Organization(name=name, slug=_unique_slug(name))
+                organization.full_clean(validate_unique=False)
+                organization.save()
+                Membership.objects.create(organization=organization, user=owner, role=Role.OWNER)
+                organization_created.send(sender=Organization, organization=organization)
+            return organization
+        except IntegrityError:
+            # Another sign-up took the same slug between our check and our insert: pick again.
+            if attempt == 4 or not Organization.objects.filter(slug=organization.slug).exists():
+                raise
+    raise AssertionError("unreachable")
 
 
 def user_register(*, email: str, password: str, organization_name: str) -> tuple[User, Organization]:
@@ -50,12 +57,13 @@ def user_register(*, email: str, password: str, organization_name: str) -> tuple
     email = User.objects.normalize_email(email).lower()
     candidate = User(email=email)
     validate_password(password, user=candidate)
-    try:
-        with transaction.atomic():
-            user = User.objects.create_user(email=email, password=password)
-            organization = organization_create(name=organization_name, owner=user)
-    except IntegrityError as exc:
-        raise InvalidRequest("An account with this email already exists.", details={"email": ["already registered"]}) from exc
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(email=email, password=password)
+        except IntegrityError as exc:
+            raise InvalidRequest("An account with this email already exists.", details={"email": ["already registered"]}) from exc
+        organization = organization_create(name=organization_name, owner=user)
     return user, organization
 
 
@@ -68,6 +76,8 @@ class CreatedApiKey:
 def api_key_create(*, organization: Organization, name: str, mode: str = ApiKeyMode.LIVE, created_by: User | None = None,
                    expires_at: datetime | None = None, spend_cap: Decimal | None = None) -> CreatedApiKey:  # fmt: skip
     """Create a key; the answer holds the only copy of the secret there will ever be."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidRequest("`expires_at` must be in the future.", details={"expires_at": ["Must be in the future."]})
     random_part = secrets.token_urlsafe(32)  # 256 bits
     secret = API_KEY_PREFIXES[ApiKeyMode(mode)] + random_part
     api_key = ApiKey(
