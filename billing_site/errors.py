@@ -23,6 +23,9 @@ class ErrorCode(StrEnum):
     HOLD_NOT_ACTIVE = "hold_not_active"
     PRICE_NOT_SET = "price_not_set"
     THROTTLED = "throttled"
+    INVALID_CODE = "invalid_code"
+    INVALID_SIGNATURE = "invalid_signature"
+    PROVIDER_ERROR = "provider_error"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -45,7 +48,10 @@ HTTP_STATUS = {
     ErrorCode.PRICE_NOT_SET: 409,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.THROTTLED: 429,
+    ErrorCode.INVALID_CODE: 400,
+    ErrorCode.INVALID_SIGNATURE: 400,
     ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.PROVIDER_ERROR: 502,
 }
 
 

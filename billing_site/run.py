@@ -33,6 +33,9 @@ STATE_FILE = embedded.DATA_DIR / "run.json"
 STOP_TIMEOUT = 30.0  # seconds a child gets to finish (a Celery warm shutdown ends running tasks)
 READY_TIMEOUT = 90.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# One stop request often arrives twice at once (`timeout` and `kill -- -pgid` signal the process and
+# its group); only a signal after this window means "kill now".
+DUPLICATE_SIGNAL_WINDOW = 1.0
 
 
 class Stop(Exception):
@@ -50,18 +53,21 @@ class Child:
 
 @dataclass
 class Supervisor:
-    port: int
     signals: list[int] = field(default_factory=list)
+    first_signal_at: float = 0.0
     children: list[Child] = field(default_factory=list)
     owned_servers: set[str] = field(default_factory=set)
+    servers_ensured: bool = False
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
 
     def on_signal(self, signum: int, frame) -> None:
-        self.signals.append(signum)
-        if len(self.signals) == 1:
-            say(f"{signal.Signals(signum).name} received: stopping (again to kill)")
-        else:
+        # No output here: a print could re-enter a write the main loop is in the middle of.
+        now = time.monotonic()
+        if not self.signals:
+            self.first_signal_at = now
+        elif now - self.first_signal_at > DUPLICATE_SIGNAL_WINDOW:
             self.kill_children(signal.SIGKILL)
+        self.signals.append(signum)
 
     def check_signals(self) -> None:
         if self.signals:
@@ -176,20 +182,21 @@ class Supervisor:
             self.selector.unregister(key.fileobj)
 
     # --- embedded servers --------------------------------------------------------------------
-    def ensure_servers(self, inherited: set[str]) -> None:
+    def ensure_servers(self) -> None:
         """Start (or reuse) the embedded servers that DATABASE_URL / REDIS_URL do not replace. This
-        run owns, and stops at exit, the ones it started and those a crashed run left behind."""
+        run owns, and stops at exit, the ones it starts (and, from `claim`, those a crashed run left)."""
+        self.servers_ensured = True
         if not os.environ.get("DATABASE_URL"):
             state = _postgres_state()
             if state == "stale":
                 _remove_stale_postgres_files()
             embedded.ensure_postgres()
-            if state != "running" or "postgres" in inherited:
+            if state != "running":
                 self.owned_servers.add("postgres")
         if not os.environ.get("REDIS_URL"):
             answered = embedded._redis_answers()
             embedded.ensure_redis()
-            if not answered or "redis" in inherited:
+            if not answered:
                 self.owned_servers.add("redis")
 
     def stop_servers(self) -> None:
@@ -202,19 +209,19 @@ class Supervisor:
         elif "redis" in self.owned_servers:
             say("stopping the embedded Redis")
             _stop_redis()
-        elif not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+        elif self.servers_ensured and not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
             say("leaving the embedded servers running: they were already up before this run")
 
     # --- state file --------------------------------------------------------------------------
-    def claim(self) -> set[str]:
-        """Refuse to start beside a live run; clean up after a dead one. Answers the servers the
-        dead run owned."""
+    def claim(self) -> None:
+        """Refuse to start beside a live run; clean up after a dead one, taking over the servers
+        it owned."""
         import psutil
 
         try:
             previous = json.loads(STATE_FILE.read_text())
         except (FileNotFoundError, ValueError):
-            return set()
+            return
         if _alive(previous.get("pid"), previous.get("create_time")):
             raise SystemExit(f"run: another `make run` (pid {previous['pid']}) uses {embedded.DATA_DIR}; stop it first.")
         for child in previous.get("children", []):
@@ -226,7 +233,7 @@ class Supervisor:
                     psutil.Process(child["pid"]).wait(10)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(child["pid"], signal.SIGKILL)
-        return set(previous.get("owned_servers", []))
+        self.owned_servers |= set(previous.get("owned_servers", []))
 
     def save(self) -> None:
         import psutil
@@ -364,20 +371,20 @@ def _banner(port: int, seed_output: str) -> str:
 
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
-    supervisor = Supervisor(port=port)
+    supervisor = Supervisor()
     for sig in SIGNALS:
         # Installed explicitly: a shell starts background jobs with SIGINT ignored.
         signal.signal(sig, supervisor.on_signal)
     os.chdir(BASE_DIR)
     exit_code, claimed, announced, seed_output = 0, False, False, ""
     try:
-        inherited = supervisor.claim()
+        supervisor.claim()
         claimed = True
-        supervisor.ensure_servers(inherited)
-        supervisor.save()
-        supervisor.check_signals()
         if not _port_free(port):
             raise SystemExit(f"run: port {port} is in use; stop what uses it or set PORT to another port.")
+        supervisor.ensure_servers()
+        supervisor.save()
+        supervisor.check_signals()
         say("migrating")
         supervisor.manage("migrate", "--noinput")
         say("seeding the demo")
@@ -418,6 +425,8 @@ def main() -> int:
             print(exc.code, file=sys.stderr, flush=True)
         exit_code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        if supervisor.signals:
+            say(f"{signal.Signals(supervisor.signals[0]).name} received: stopping (signal again to kill)")
         supervisor.stop_children()
         if claimed:
             supervisor.stop_servers()

@@ -5,6 +5,7 @@ under `.data/` (development and tests); with them set, it is production-like and
 start without SECRET_KEY.
 """
 
+import hmac
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -126,6 +127,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(embedded.DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "metering.tasks.holds_expire", "schedule": 60.0},
+    "payments-sweep": {"task": "payments.tasks.payments_sweep", "schedule": 120.0},
+    "reconcile": {"task": "payments.tasks.reconcile", "schedule": 3600.0},
 }
 
 # --- Auth
@@ -180,6 +183,24 @@ HOLD_DEFAULT_TTL = timedelta(seconds=env.int("HOLD_DEFAULT_TTL_SECONDS", default
 HOLD_MAX_TTL = timedelta(seconds=env.int("HOLD_MAX_TTL_SECONDS", default=86400))
 USAGE_BATCH_MAX_EVENTS = 1000
 STARTING_DEMO_BALANCE = Decimal("25.00")
+
+# --- Payments
+PORT = env.int("PORT", default=8000)
+SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{PORT}")
+PAYMENT_PROVIDERS = env.list("PAYMENT_PROVIDERS", default=["sandbox", "stripe"])
+RECHARGE_MIN = Decimal(env.str("RECHARGE_MIN", default="1.00"))
+RECHARGE_MAX = Decimal(env.str("RECHARGE_MAX", default="10000.00"))
+PAYMENT_PENDING_TTL = timedelta(hours=env.int("PAYMENT_PENDING_TTL_HOURS", default=24))
+# Derived from SECRET_KEY unless set, so a fresh checkout works and no secret sits in the repository.
+SANDBOX_WEBHOOK_SECRET = (
+    env.str("SANDBOX_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"sandbox-webhook", "sha256").hexdigest()
+)
+SANDBOX_WEBHOOK_URL = env.str("SANDBOX_WEBHOOK_URL", default=f"{SITE_URL}/api/v1/payments/webhooks/sandbox/")
+ALERT_WEBHOOK_SECRET = (
+    env.str("ALERT_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"alert-webhook", "sha256").hexdigest()
+)
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 
 # --- i18n, static
 LANGUAGE_CODE = "en-us"

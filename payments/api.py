@@ -1,8 +1,9 @@
 """REST API: balance, ledger, and staff adjustments."""
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -10,10 +11,11 @@ from accounts.models import Organization
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.pagination import paginated_response
 from billing_site.api.staff import StaffMayChange
-from billing_site.errors import InvalidRequest, NotFound
+from billing_site.errors import DomainError, ErrorCode, InvalidRequest, NotFound
 from billing_site.money import money_str
-from payments import ledger, selectors
-from payments.models import LedgerEntry, Wallet
+from payments import ledger, selectors, services
+from payments.models import LedgerEntry, Payment, Wallet
+from payments.providers import WebhookRefused
 
 
 def balance_body(wallet: Wallet) -> dict:
@@ -29,6 +31,12 @@ def balance_body(wallet: Wallet) -> dict:
 
 
 Amount = serializers.DecimalField(max_digits=28, decimal_places=12)
+IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
+
+
+class SignatureRefused(DomainError):
+    code = ErrorCode.INVALID_SIGNATURE
+    message = "The notification was refused."
 
 
 class BalanceApi(TenantMixin, APIView):
@@ -89,3 +97,95 @@ class AdjustApi(APIView):
         posting = ledger.wallet_adjust(organization_id=organization.pk, amount=data.validated_data["amount"],
                                        reason=data.validated_data["reason"], created_by_id=request.user.pk)  # fmt: skip
         return Response({"transfer_id": posting.transfer_id, "balance_after": money_str(posting.balance_after)}, status=201)
+
+
+# --- Recharges, webhooks, codes ---------------------------------------------------------------------
+
+
+class PaymentOutput(serializers.ModelSerializer):
+    amount = Amount
+    refunded_amount = Amount
+
+    class Meta:
+        model = Payment
+        ref_name = "Payment"
+        fields = ["id", "provider", "amount", "currency", "status", "checkout_url", "refunded_amount", "created_at", "settled_at"]
+
+
+class RechargeApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    class Input(serializers.Serializer):
+        amount = serializers.DecimalField(max_digits=28, decimal_places=12)
+        provider = serializers.CharField(max_length=20)
+
+        class Meta:
+            ref_name = "RechargeInput"
+
+    @extend_schema(request=Input, responses={201: PaymentOutput, 200: PaymentOutput}, parameters=[IDEMPOTENCY_HEADER])
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        payment, replayed = services.payment_recharge_start(
+            organization=self.tenant.organization, user=self.tenant.user, amount=data.validated_data["amount"],
+            provider=data.validated_data["provider"], idempotency_key=request.headers.get("Idempotency-Key"),
+        )  # fmt: skip
+        return Response(PaymentOutput(payment).data, status=200 if replayed else 201)
+
+
+class PaymentListApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    @extend_schema(responses={200: PaymentOutput(many=True)})
+    def get(self, request):
+        payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
+        return paginated_response(request=request, view=self, queryset=payments, serializer_class=PaymentOutput)
+
+
+class PaymentDetailApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    @extend_schema(responses={200: PaymentOutput})
+    def get(self, request, payment_id: int):
+        payment = selectors.payment_list(organization_id=self.tenant.organization.pk).filter(pk=payment_id).first()
+        if payment is None:
+            raise NotFound("No such payment.")
+        return Response(PaymentOutput(payment).data)
+
+
+class WebhookApi(APIView):
+    """A provider's notification: verified, stored once, settled by Celery after commit; 2xx fast."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes: list = []  # the raw body is what the signature covers
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT}, auth=[])
+    def post(self, request, provider: str):
+        try:
+            receipt = services.webhook_receive(provider=provider, body=request.body, headers=request.headers)
+        except WebhookRefused as refused:
+            raise SignatureRefused(str(refused)) from refused
+        return Response({"received": True, "duplicate": receipt.duplicate})
+
+
+class RedeemApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    class Input(serializers.Serializer):
+        code = serializers.CharField(max_length=64)
+
+        class Meta:
+            ref_name = "RedeemInput"
+
+    @extend_schema(request=Input, responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount, "amount": Amount})})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        before = selectors.wallet_get(organization_id=self.tenant.organization.pk).balance
+        posting = services.code_redeem(
+            organization=self.tenant.organization, user=self.tenant.user, code=data.validated_data["code"]
+        )
+        return Response(
+            {"amount": money_str(posting.balance_after - before), "balance_after": money_str(posting.balance_after)}, status=201
+        )

@@ -15,6 +15,7 @@ commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,6 +27,8 @@ from django.utils import timezone
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
 from payments.models import Account, TransferKind, Wallet
+
+logger = logging.getLogger(__name__)
 
 
 class InsufficientBalance(DomainError):
@@ -43,10 +46,12 @@ class Posting:
 _POST_SQL = """
 WITH w AS (
     UPDATE payments_wallet
-       SET balance = balance + %(delta)s, held = held + %(held_delta)s
+       SET balance = balance + %(delta)s, held = held + %(held_delta)s,
+           -- a credit that lifts the balance back to the threshold re-arms the low-balance alert
+           low_balance_alerted = low_balance_alerted AND NOT (%(delta)s > 0 AND balance + %(delta)s >= low_balance_threshold)
      WHERE organization_id = %(org)s
        AND (%(may_overdraw)s OR balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit)
- RETURNING balance, held
+ RETURNING balance, held, balance < low_balance_threshold AND NOT low_balance_alerted AS crossed
 ), t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
     SELECT %(org)s, %(kind)s, %(reference)s, %(user)s, %(memo)s, %(now)s FROM w
@@ -57,7 +62,7 @@ WITH w AS (
     UNION ALL
     SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
 )
-SELECT t.id, w.balance, w.held FROM w, t
+SELECT t.id, w.balance, w.held, w.crossed FROM w, t
 """
 
 _HELD_SQL = """
@@ -114,7 +119,25 @@ def transfer_post(
         row = cursor.fetchone()
     if row is None:
         raise InsufficientBalance()
-    return Posting(transfer_id=row[0], balance_after=row[1], held_after=row[2])
+    transfer_id, balance_after, held_after, crossed_threshold = row
+    if crossed_threshold:
+        _alert_low_balance_after_commit(organization_id)
+    return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after)
+
+
+def _alert_low_balance_after_commit(organization_id: int) -> None:
+    """Queue the low-balance alert once the debit commits. The task re-checks and flips the flag
+    under the wallet lock, so a crossing alerts once however many debits saw it."""
+
+    def enqueue() -> None:
+        from payments.tasks import low_balance_alert
+
+        try:
+            low_balance_alert.delay(organization_id)
+        except Exception:  # a broker outage must never fail a debit that already committed
+            logger.exception("could not queue the low-balance alert of organization %s", organization_id)
+
+    transaction.on_commit(enqueue)
 
 
 def _held_change(*, organization_id: int, held_delta: Decimal) -> Posting:
@@ -173,9 +196,11 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
         raise RuntimeError("usage_charge_batch must run inside a transaction")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %s FOR UPDATE", [organization_id]
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted"
+            " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
+            [organization_id],
         )
-        balance, held, credit_limit = cursor.fetchone()
+        balance, held, credit_limit, threshold, alerted = cursor.fetchone()
         postings: list[Posting | None] = []
         charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
         for cost, reference in charges:
@@ -198,6 +223,8 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
             "costs": [c[0] for c in charged], "balances": [c[2] for c in charged],
         })  # fmt: skip
         cursor.execute("UPDATE payments_wallet SET balance = %s WHERE organization_id = %s", [balance, organization_id])
+    if balance < threshold and not alerted:
+        _alert_low_balance_after_commit(organization_id)
     for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):
         postings[index] = Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held)
     return postings

@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import Organization
@@ -17,6 +17,10 @@ class Wallet(models.Model):
     held = MoneyField(default=0, editable=False)
     credit_limit = MoneyField(default=0, help_text="How far below zero a postpaid tenant may go.")
     low_balance_threshold = MoneyField(default=0)
+    low_balance_alerted = models.BooleanField(
+        default=False, editable=False, help_text="Set when an alert went out; re-armed by a top-up."
+    )
+    alert_webhook_url = models.URLField(max_length=500, blank=True, help_text="Optional: a signed POST goes here on low balance.")
 
     class Meta:
         constraints = [
@@ -97,3 +101,140 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount}"
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REFUNDED = "refunded"
+    PARTIALLY_REFUNDED = "partially_refunded"
+
+
+FINAL_PAYMENT_STATUSES = frozenset({PaymentStatus.FAILED, PaymentStatus.CANCELED})
+
+
+class Payment(models.Model):
+    """A recharge through a provider. Credited at most once (its `transfer`), by the settlement task."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="payments")
+    provider = models.CharField(max_length=20)
+    amount = MoneyField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.PENDING)
+    provider_reference = models.CharField(max_length=255, blank=True, help_text="The provider's id, e.g. a Checkout Session id.")
+    checkout_url = models.URLField(max_length=2000, blank=True)
+    livemode = models.BooleanField(default=False)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True)
+    refunded_amount = MoneyField(default=0)
+    transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    failure_reason = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="payment_org_time"),
+            models.Index(fields=["status", "created_at"], name="payment_status_time"),
+            models.Index(fields=["provider", "provider_reference"], name="payment_provider_ref"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="payment_idempotency_key_per_org"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=F("amount")), name="payment_refund_within_amount"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"payment #{self.pk} {self.amount} {self.currency} ({self.status})"
+
+
+class WebhookEvent(models.Model):
+    """A provider notification, stored once per (provider, event id) before anything acts on it."""
+
+    provider = models.CharField(max_length=20)
+    event_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["provider", "event_id"], name="webhook_event_once")]
+        indexes = [models.Index(fields=["processed_at", "received_at"], name="webhook_unprocessed")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} {self.event_id}"
+
+
+class RefundStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Refund(models.Model):
+    """Money returned to the payer. Reserved on the wallet (as a hold) before the provider is
+    called; posted as a `refund` transfer once the provider accepted it, released otherwise."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount = MoneyField()
+    status = models.CharField(max_length=10, choices=RefundStatus.choices, default=RefundStatus.PENDING)
+    reason = models.TextField()
+    forced = models.BooleanField(default=False, help_text="Allowed below the wallet's available balance.")
+    provider_reference = models.CharField(max_length=255, blank=True)
+    transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"refund #{self.pk} of payment #{self.payment_id}"
+
+
+class RedemptionCode(models.Model):
+    """A voucher. Only a digest of the code is stored; the codes are shown once at generation."""
+
+    batch = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12)
+    digest = models.CharField(max_length=64, unique=True)
+    amount = MoneyField()
+    currency = models.CharField(max_length=3, default="USD")
+    max_uses = models.PositiveIntegerField(default=1)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="code_amount_positive"),
+            models.CheckConstraint(condition=Q(uses__lte=F("max_uses")), name="code_uses_within_max"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.batch})"
+
+
+class Redemption(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    code = models.ForeignKey(RedemptionCode, on_delete=models.PROTECT, related_name="redemptions")
+    transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "code"], name="redemption_once_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.code} by {self.organization_id}"

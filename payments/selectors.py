@@ -2,7 +2,7 @@
 
 from django.db.models import QuerySet
 
-from payments.models import LedgerEntry, Wallet
+from payments.models import LedgerEntry, Payment, Wallet
 
 
 def wallet_get(*, organization_id: int) -> Wallet:
@@ -14,3 +14,7 @@ def ledger_entry_list(*, organization_id: int) -> QuerySet[LedgerEntry]:
     return (
         LedgerEntry.objects.filter(organization_id=organization_id, account="wallet").select_related("transfer").order_by("-id")
     )
+
+
+def payment_list(*, organization_id: int) -> QuerySet[Payment]:
+    return Payment.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")

@@ -5,5 +5,10 @@ from payments import api
 urlpatterns = [
     path("balance/", api.BalanceApi.as_view(), name="balance"),
     path("ledger/", api.LedgerApi.as_view(), name="ledger"),
+    path("payments/", api.PaymentListApi.as_view(), name="payments"),
+    path("payments/recharge/", api.RechargeApi.as_view(), name="recharge"),
+    path("payments/<int:payment_id>/", api.PaymentDetailApi.as_view(), name="payment"),
+    path("payments/webhooks/<slug:provider>/", api.WebhookApi.as_view(), name="payment-webhook"),
+    path("redeem/", api.RedeemApi.as_view(), name="redeem"),
     path("admin/organizations/<slug:slug>/adjust/", api.AdjustApi.as_view(), name="admin-adjust"),
 ]

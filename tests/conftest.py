@@ -67,3 +67,35 @@ def key_client(secret: str) -> APIClient:
 @pytest.fixture
 def live_client(live_key) -> APIClient:
     return key_client(live_key.secret)
+
+
+@pytest.fixture
+def other_organization(db):
+    """A second tenant, with its own owner, for isolation tests."""
+    return organization_create(name="Globex")
+
+
+@pytest.fixture
+def other_owner(other_organization):
+    return other_organization.memberships.get(role=Role.OWNER).user
+
+
+@pytest.fixture
+def other_key(other_organization):
+    return account_services.api_key_create(organization=other_organization, name="globex")
+
+
+@pytest.fixture
+def other_client(other_key) -> APIClient:
+    return key_client(other_key.secret)
+
+
+@pytest.fixture
+def staff_user(db):
+    """Back-office user with every permission (billing rights)."""
+    return UserFactory(is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def staff_client(staff_user) -> APIClient:
+    return jwt_client(staff_user)

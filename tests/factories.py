@@ -44,3 +44,23 @@ def service_with_price(*, slug: str, calc_method: str = CalcMethod.REQUEST, **pr
     service = ServiceFactory(slug=slug, calc_method=calc_method)
     Price.objects.create(service=service, effective_from="2000-01-01T00:00:00Z", **{k: Decimal(v) for k, v in prices.items()})
     return service
+
+
+def price_add(*, service: Service, organization=None, effective_from=None, **prices: Decimal | str) -> Price:
+    """A new price row through the real service (rates are never edited in place)."""
+    from metering import services as metering_services
+
+    return metering_services.price_create(
+        service=service,
+        organization_id=organization.pk if organization is not None else None,
+        effective_from=effective_from,
+        created_by_id=None,
+        **{name: Decimal(value) for name, value in prices.items()},
+    )
+
+
+def wallet_fund(organization: Organization, amount: Decimal | str, *, reason: str = "test funding"):
+    """Credit (or debit) a wallet through the ledger's staff adjustment."""
+    from payments import ledger
+
+    return ledger.wallet_adjust(organization_id=organization.pk, amount=Decimal(amount), reason=reason, created_by_id=None)

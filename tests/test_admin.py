@@ -1,5 +1,6 @@
 """The back office: staff groups, read-only history, adjustments only through the ledger."""
 
+import importlib
 from decimal import Decimal
 
 import pytest
@@ -9,6 +10,15 @@ from django.test import Client
 from metering.models import Price
 from payments.models import LedgerEntry, Transfer, Wallet
 from tests.factories import UserFactory, service_with_price
+
+
+@pytest.fixture(autouse=True)
+def _staff_groups(db):
+    """The groups come from a data migration; transactional tests elsewhere truncate them, so
+    re-run that migration's function (it is idempotent)."""
+    from django.apps import apps
+
+    importlib.import_module("metering.migrations.0003_staff_groups").create_groups(apps, None)
 
 
 def staff_client(group: str | None = None, *, superuser: bool = False) -> tuple[Client, object]:

@@ -15,9 +15,9 @@ BILLING_EXTRA = [
 
 def create_groups(apps, schema_editor):
     for app_config in apps.get_app_configs():
-        app_config.models_module = True
+        original, app_config.models_module = app_config.models_module, True
         create_permissions(app_config, verbosity=0)
-        app_config.models_module = None
+        app_config.models_module = original
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
 

@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth.hashers import check_password
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
 from accounts import services as account_services
 from accounts.models import ApiKey, ApiKeyMode, Organization, Role, User
+from metering import services as metering_services
 from metering.models import CalcMethod, Price, Service
 from payments.ledger import wallet_adjust
 from payments.models import LedgerEntry, Wallet
@@ -50,8 +52,8 @@ class Command(BaseCommand):
         admin_password = os.environ.get("DEMO_ADMIN_PASSWORD", "tollgate-admin")
         owner_password = os.environ.get("DEMO_OWNER_PASSWORD", "tollgate-demo")
         with transaction.atomic():
-            admin, admin_created = _user(email=ADMIN_EMAIL, password=admin_password, staff=True)
-            owner, owner_created = _user(email=OWNER_EMAIL, password=owner_password, staff=False)
+            admin = _user(email=ADMIN_EMAIL, password=admin_password, staff=True)
+            owner = _user(email=OWNER_EMAIL, password=owner_password, staff=False)
             organization = Organization.objects.filter(
                 name=ORGANIZATION_NAME, memberships__user=owner, memberships__role=Role.OWNER
             ).first() or account_services.organization_create(name=ORGANIZATION_NAME, owner=owner)
@@ -75,21 +77,22 @@ class Command(BaseCommand):
                 keys.append(account_services.api_key_create(organization=organization, name=name, mode=mode, created_by=owner))
 
         self._report(
-            admin_password=admin_password if admin_created else None,
-            owner_password=owner_password if owner_created else None,
+            admin=admin,
+            owner=owner,
+            admin_password=admin_password,
+            owner_password=owner_password,
             organization=organization,
             new_services=new_services,
             credited=credited,
             keys=keys,
         )
 
-    def _report(self, *, admin_password, owner_password, organization, new_services, credited, keys) -> None:
+    def _report(self, *, admin, owner, admin_password, owner_password, organization, new_services, credited, keys) -> None:
         write = self.stdout.write
-        unchanged = "(unchanged; set when first seeded)"
-        write("Demo logins")
-        write(f"  staff (admin):      {ADMIN_EMAIL} / {admin_password or unchanged}")
-        write(f"  owner of {organization.name}: {OWNER_EMAIL} / {owner_password or unchanged}")
-        write(f"  organization slug:  {organization.slug}")
+        write("Demo logins (email / password)")
+        write(f"  staff, /admin/:     {ADMIN_EMAIL} / {_shown_password(admin, admin_password)}")
+        write(f"  organization owner: {OWNER_EMAIL} / {_shown_password(owner, owner_password)}")
+        write(f"  organization:       {organization.name} (slug {organization.slug})")
         if new_services:
             write(f"  services created:   {', '.join(new_services)}")
         balance = Wallet.objects.get(organization=organization).balance
@@ -103,24 +106,31 @@ class Command(BaseCommand):
             write("API keys: the demo organization already has keys; create more in the API (POST /api/v1/api-keys/).")
 
 
-def _user(*, email: str, password: str, staff: bool) -> tuple[User, bool]:
+def _shown_password(user: User, password: str) -> str:
+    # hashers.check_password, not user.check_password: the latter may rehash and save.
+    return password if check_password(password, user.password) else "(changed since it was seeded)"
+
+
+def _user(*, email: str, password: str, staff: bool) -> User:
+    """The user with this email; created with `password` if missing (an existing one is left as is)."""
     user = User.objects.filter(email=email).first()
     if user is not None:
-        return user, False
+        return user
     if staff:
-        return User.objects.create_superuser(email=email, password=password), True
-    return User.objects.create_user(email=email, password=password), True
+        return User.objects.create_superuser(email=email, password=password)
+    return User.objects.create_user(email=email, password=password)
 
 
 def _services(*, created_by: User) -> list[str]:
     """Create the demo services, each with a general price in force, unless they already exist."""
     created = []
     for slug, name, calc_method, prices in SERVICES:
-        service, service_created = Service.objects.get_or_create(slug=slug, defaults={"name": name, "calc_method": calc_method})
-        if not Price.objects.filter(service=service, organization__isnull=True).exists():
-            price = Price(service=service, organization=None, effective_from=PRICES_FROM, created_by=created_by, **prices)
-            price.full_clean()
-            price.save()
-        if service_created:
+        service = Service.objects.filter(slug=slug).first()
+        if service is None:
+            service = metering_services.service_create(slug=slug, name=name, calc_method=calc_method)
             created.append(slug)
+        if not Price.objects.filter(service=service, organization__isnull=True).exists():
+            metering_services.price_create(
+                service=service, organization_id=None, effective_from=PRICES_FROM, created_by_id=created_by.pk, **prices
+            )
     return created

@@ -1,0 +1,60 @@
+"""Low-balance alerts: once per crossing of the threshold, re-armed by a top-up (the ledger clears
+the flag when a credit lifts the balance back to the threshold)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import requests
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import MANAGER_ROLES, Membership
+from billing_site.money import money_str
+from payments.models import Wallet
+from payments.providers.sandbox import sign
+
+logger = logging.getLogger(__name__)
+ALERT_SIGNATURE_HEADER = "Tollgate-Signature"
+
+
+def low_balance_claim(*, organization_id: int) -> Wallet | None:
+    """Flip the wallet's alert flag if it is below its threshold and not yet alerted; answer the
+    wallet when this call won the flip (so exactly one alert goes out per crossing)."""
+    claimed = Wallet.objects.filter(
+        organization_id=organization_id, low_balance_alerted=False, balance__lt=F("low_balance_threshold")
+    ).update(low_balance_alerted=True)
+    return Wallet.objects.select_related("organization").get(organization_id=organization_id) if claimed else None
+
+
+def low_balance_notify(*, wallet: Wallet) -> None:
+    """Email the owners and admins; POST a signed JSON body to the alert webhook if one is set."""
+    organization = wallet.organization
+    recipients = list(
+        Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES).values_list("user__email", flat=True)
+    )
+    balance, threshold = money_str(wallet.balance), money_str(wallet.low_balance_threshold)
+    if recipients:
+        send_mail(
+            subject=f"[Tollgate] {organization.name}: balance below {threshold} {wallet.currency}",
+            message=f"The balance of {organization.name} is {balance} {wallet.currency}, below your alert threshold of "
+            f"{threshold}. Top up to keep your API calls flowing.",
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=recipients,
+        )
+    if wallet.alert_webhook_url:
+        body = json.dumps({"type": "balance.low", "organization": organization.slug, "balance": balance, "threshold": threshold,
+                           "currency": wallet.currency, "created_at": timezone.now().isoformat()}).encode()  # fmt: skip
+        response = requests.post(
+            wallet.alert_webhook_url,
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                ALERT_SIGNATURE_HEADER: sign(body, secret=settings.ALERT_WEBHOOK_SECRET),
+            },
+            timeout=5,
+        )
+        response.raise_for_status()

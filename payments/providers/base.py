@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from payments.models import Payment
+
+
+class ProviderError(Exception):
+    """The provider could not be reached or refused the call."""
+
+
+class WebhookRefused(Exception):
+    """A notification we will not act on: bad signature, stale, malformed, or not matching."""
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    IGNORED = "ignored"  # a valid event that changes nothing (e.g. an unpaid async session)
+
+
+@dataclass(frozen=True)
+class Checkout:
+    reference: str
+    url: str
+    livemode: bool = False
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    event_id: str
+    event_type: str
+    outcome: Outcome
+    payment_id: int | None  # our payment, as the provider echoes it back
+    amount: Decimal | None
+    currency: str | None
+    livemode: bool
+    payload: dict[str, Any] = field(default_factory=dict)
+    provider_reference: str = ""
+
+
+class Provider(Protocol):
+    name: str
+
+    def create_checkout(self, payment: Payment, *, success_url: str, cancel_url: str) -> Checkout: ...
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent: ...
+
+    def refund(self, payment: Payment, amount: Decimal) -> str: ...
+
+
+# Minor units per currency (ISO 4217 exponents); the default is 2.
+CURRENCY_EXPONENTS = {
+    "JPY": 0,
+    "KRW": 0,
+    "VND": 0,
+    "CLP": 0,
+    "ISK": 0,
+    "HUF": 2,
+    "BHD": 3,
+    "KWD": 3,
+    "OMR": 3,
+    "JOD": 3,
+    "TND": 3,
+}
+
+
+def currency_exponent(currency: str) -> int:
+    return CURRENCY_EXPONENTS.get(currency.upper(), 2)
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    minor = amount.scaleb(currency_exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{amount} has more decimals than {currency} allows")
+    return int(minor)
+
+
+def from_minor_units(minor: int, currency: str) -> Decimal:
+    return Decimal(minor).scaleb(-currency_exponent(currency))

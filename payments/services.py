@@ -1,0 +1,336 @@
+"""Writes for payments: recharges, provider notifications, settlement, refunds, redemption codes.
+
+A provider is never called inside a transaction or under a lock: commit a pending state, call
+out, then lock again and apply. Money moves only through `payments.ledger`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Organization, User
+from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
+from billing_site.money import ZERO
+from payments import ledger
+from payments.models import (
+    Account,
+    Payment,
+    PaymentStatus,
+    Redemption,
+    RedemptionCode,
+    Refund,
+    RefundStatus,
+    TransferKind,
+    WebhookEvent,
+)
+from payments.providers import ProviderError, ProviderEvent, WebhookRefused, provider_get
+from payments.providers.base import Outcome, currency_exponent
+
+logger = logging.getLogger(__name__)
+
+
+class ProviderUnavailable(DomainError):
+    code = ErrorCode.PROVIDER_ERROR
+    message = "The payment provider could not be reached; nothing was charged. Try again."
+
+
+class InvalidCode(DomainError):
+    code = ErrorCode.INVALID_CODE
+    message = "This code cannot be redeemed."
+
+
+# --- Recharge ---------------------------------------------------------------------------------------
+
+
+def recharge_amount_validate(amount: Decimal, currency: str) -> Decimal:
+    """Amount bounds and decimal places come from settings and the currency; InvalidRequest otherwise."""
+    places = currency_exponent(currency)
+    if not amount.is_finite() or amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise InvalidRequest(
+            f"{currency} amounts have at most {places} decimal places.", details={"amount": [f"At most {places} decimal places."]}
+        )
+    if not settings.RECHARGE_MIN <= amount <= settings.RECHARGE_MAX:
+        raise InvalidRequest(f"A recharge is between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX} {currency}.",
+                             details={"amount": [f"Between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX}."]})  # fmt: skip
+    return amount
+
+
+def _request_hash(**fields) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def payment_recharge_start(*, organization: Organization, user: User | None, amount: Decimal, provider: str,
+                           idempotency_key: str | None = None) -> tuple[Payment, bool]:  # fmt: skip
+    """Create a pending payment and its provider checkout. Answers (payment, replayed). The
+    provider is called after the pending payment committed, outside any transaction."""
+    try:
+        provider_impl = provider_get(provider)
+    except KeyError as exc:
+        raise InvalidRequest(f"Unknown payment provider {provider!r}.", details={"provider": ["Unknown provider."]}) from exc
+    currency = organization.wallet.currency
+    amount = recharge_amount_validate(amount, currency)
+    request_hash = _request_hash(amount=amount, provider=provider)
+    if idempotency_key:
+        existing = Payment.objects.filter(organization=organization, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise IdempotencyConflict()
+            return existing, True
+    payment = Payment(organization=organization, provider=provider, amount=amount, currency=currency, created_by=user,
+                      idempotency_key=idempotency_key or None, request_hash=request_hash)  # fmt: skip
+    try:
+        payment.save()
+    except IntegrityError:
+        existing = Payment.objects.get(organization=organization, idempotency_key=idempotency_key)
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict() from None
+        return existing, True
+    site = settings.SITE_URL.rstrip("/")
+    try:
+        checkout = provider_impl.create_checkout(payment, success_url=f"{site}/dashboard/payments/{payment.pk}/?result=success",
+                                                 cancel_url=f"{site}/dashboard/payments/{payment.pk}/?result=cancel")  # fmt: skip
+    except ProviderError as exc:
+        Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(
+            status=PaymentStatus.FAILED, failure_reason=str(exc)[:255], updated_at=timezone.now()
+        )
+        raise ProviderUnavailable() from exc
+    Payment.objects.filter(pk=payment.pk).update(provider_reference=checkout.reference, checkout_url=checkout.url,
+                                                 livemode=checkout.livemode, updated_at=timezone.now())  # fmt: skip
+    payment.refresh_from_db()
+    return payment, False
+
+
+# --- Webhooks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookReceipt:
+    event: WebhookEvent
+    duplicate: bool
+
+
+def webhook_receive(*, provider: str, body: bytes, headers) -> WebhookReceipt:
+    """Verify a provider notification, check it against our payment, store it once (per provider
+    event id) and queue settlement after commit. Raises WebhookRefused, changing nothing."""
+    try:
+        provider_impl = provider_get(provider)
+    except KeyError as exc:
+        raise WebhookRefused(f"unknown provider {provider!r}") from exc
+    event = provider_impl.parse_webhook(body, headers)
+    payment = None
+    if event.outcome != Outcome.IGNORED:
+        payment = _payment_matching(provider, event)
+    try:
+        with transaction.atomic():
+            stored = WebhookEvent.objects.create(
+                provider=provider, event_id=event.event_id, event_type=event.event_type, payload=event.payload,
+                organization_id=payment.organization_id if payment else None, payment=payment,
+                processed_at=timezone.now() if payment is None else None,
+            )  # fmt: skip
+            if payment is not None:
+                transaction.on_commit(lambda: _queue_settlement(stored.pk))
+    except IntegrityError:
+        return WebhookReceipt(event=WebhookEvent.objects.get(provider=provider, event_id=event.event_id), duplicate=True)
+    return WebhookReceipt(event=stored, duplicate=False)
+
+
+def _payment_matching(provider: str, event: ProviderEvent) -> Payment:
+    """The payment an event speaks of, if amount, currency and mode all match it exactly."""
+    payment = Payment.objects.filter(pk=event.payment_id, provider=provider).first()
+    if payment is None:
+        raise WebhookRefused("the event names no payment of this provider")
+    if event.amount != payment.amount or event.currency != payment.currency:
+        raise WebhookRefused("the event's amount or currency differs from the payment")
+    if event.livemode != payment.livemode:
+        raise WebhookRefused("the event's live/test mode differs from the payment")
+    if event.provider_reference and payment.provider_reference and event.provider_reference != payment.provider_reference:
+        raise WebhookRefused("the event's provider reference differs from the payment")
+    return payment
+
+
+def _queue_settlement(event_id: int) -> None:
+    from payments.tasks import payment_settle
+
+    try:
+        payment_settle.delay(event_id)
+    except Exception:  # the sweeper settles it later; the notification itself is safely stored
+        logger.exception("could not queue settlement of webhook event %s", event_id)
+
+
+# --- Settlement ---------------------------------------------------------------------------------------
+
+OUTCOME_STATUS = {Outcome.FAILED: PaymentStatus.FAILED, Outcome.CANCELED: PaymentStatus.CANCELED}
+
+
+class _NothingToDo(Exception):
+    pass
+
+
+def payment_settle(*, event_id: int) -> Payment | None:
+    """Apply a stored notification: credit the wallet and mark the payment succeeded, or mark it
+    failed / canceled. At most once per payment, however often it runs (SPEC §2.5)."""
+    event = WebhookEvent.objects.select_related("payment").filter(pk=event_id).first()
+    if event is None or event.payment is None:
+        return None
+    payment = event.payment
+    outcome = _event_outcome(event)
+    try:
+        with transaction.atomic(durable=True):
+            posting = None
+            if outcome == Outcome.SUCCEEDED and payment.status == PaymentStatus.PENDING:
+                # Lock order: the wallet (by this posting), then the payment.
+                posting = ledger.wallet_credit(organization_id=payment.organization_id, amount=payment.amount, kind=TransferKind.RECHARGE,
+                                               counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}")  # fmt: skip
+            locked = Payment.objects.select_for_update().get(pk=payment.pk)
+            WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
+            if locked.status != PaymentStatus.PENDING or outcome == Outcome.IGNORED:
+                raise _NothingToDo()  # rolls back the credit above, keeps nothing
+            now = timezone.now()
+            if posting is not None:
+                Payment.objects.filter(pk=payment.pk).update(status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now,
+                                                             updated_at=now)  # fmt: skip
+            else:
+                Payment.objects.filter(pk=payment.pk).update(status=OUTCOME_STATUS[outcome], settled_at=now, updated_at=now)
+    except _NothingToDo:
+        WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
+    payment.refresh_from_db()
+    return payment
+
+
+def _event_outcome(event: WebhookEvent) -> Outcome:
+    provider_event = event.event_type
+    if event.provider == "sandbox":
+        return {"payment.succeeded": Outcome.SUCCEEDED, "payment.failed": Outcome.FAILED}.get(provider_event, Outcome.IGNORED)
+    if provider_event == "checkout.session.completed":
+        session = event.payload.get("data", {}).get("object", {})
+        return Outcome.SUCCEEDED if session.get("payment_status") in ("paid", "no_payment_required") else Outcome.IGNORED
+    return {
+        "checkout.session.async_payment_succeeded": Outcome.SUCCEEDED,
+        "checkout.session.async_payment_failed": Outcome.FAILED,
+        "checkout.session.expired": Outcome.CANCELED,
+    }.get(provider_event, Outcome.IGNORED)
+
+
+def payments_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Settle notifications that were stored but never applied (a worker died in between), and
+    cancel pending payments older than PAYMENT_PENDING_TTL."""
+    now = now or timezone.now()
+    stale_events = WebhookEvent.objects.filter(
+        processed_at__isnull=True, payment__isnull=False, received_at__lt=now - timedelta(seconds=60)
+    )
+    settled = 0
+    for event_id in stale_events.values_list("pk", flat=True)[:500]:
+        payment_settle(event_id=event_id)
+        settled += 1
+    canceled = Payment.objects.filter(status=PaymentStatus.PENDING, created_at__lt=now - settings.PAYMENT_PENDING_TTL).update(
+        status=PaymentStatus.CANCELED, failure_reason="expired before the payer finished", updated_at=now
+    )
+    return {"settled": settled, "canceled": canceled}
+
+
+# --- Refunds ---------------------------------------------------------------------------------------------
+
+
+def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: User, force: bool = False) -> Refund:
+    """Refund part or all of a succeeded payment through its provider, then post a `refund`
+    transfer. The amount is first reserved on the wallet (a hold), so the wallet cannot spend it
+    while the provider is called; `force` (with a reason) allows going below the available balance."""
+    if not reason.strip():
+        raise InvalidRequest("A refund needs a reason.", details={"reason": ["This field is required."]})
+    if amount <= ZERO:
+        raise InvalidRequest("A refund is a positive amount.", details={"amount": ["Must be positive."]})
+    with transaction.atomic(durable=True):
+        if not force:
+            ledger.wallet_hold(organization_id=payment.organization_id, amount=amount)
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        pending = sum(locked.refunds.filter(status=RefundStatus.PENDING).values_list("amount", flat=True), ZERO)
+        if locked.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED):
+            raise InvalidRequest("Only a succeeded payment can be refunded.")
+        if amount > locked.amount - locked.refunded_amount - pending:
+            raise InvalidRequest("That is more than remains refundable on this payment.",
+                                 details={"amount": [f"At most {locked.amount - locked.refunded_amount - pending}."]})  # fmt: skip
+        refund = Refund.objects.create(organization_id=payment.organization_id, payment=locked, amount=amount, reason=reason, forced=force,
+                                       created_by=staff)  # fmt: skip
+    try:
+        reference = provider_get(payment.provider).refund(locked, amount)
+    except ProviderError as exc:
+        with transaction.atomic(durable=True):
+            if not force:
+                ledger.wallet_release(organization_id=payment.organization_id, amount=amount)
+            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.FAILED, provider_reference=str(exc)[:255])
+        raise ProviderUnavailable("The provider refused the refund; nothing moved.") from exc
+    with transaction.atomic(durable=True):
+        posting = ledger.transfer_post(
+            organization_id=payment.organization_id, kind=TransferKind.REFUND, amount=-amount, counter_account=Account.PAYMENTS_CLEARING,
+            reference=f"payment:{payment.pk}", memo=reason, created_by_id=staff.pk, release_held=ZERO if force else amount,
+            may_overdraw=True,
+        )  # fmt: skip
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        refunded = locked.refunded_amount + amount
+        status = PaymentStatus.REFUNDED if refunded == locked.amount else PaymentStatus.PARTIALLY_REFUNDED
+        Payment.objects.filter(pk=payment.pk).update(
+            refunded_amount=F("refunded_amount") + amount, status=status, updated_at=timezone.now()
+        )
+        Refund.objects.filter(pk=refund.pk).update(
+            status=RefundStatus.SUCCEEDED, provider_reference=reference, transfer_id=posting.transfer_id
+        )
+    refund.refresh_from_db()
+    return refund
+
+
+# --- Redemption codes -------------------------------------------------------------------------------------
+
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read and typed by people
+
+
+def code_digest(code: str) -> str:
+    return hashlib.sha256(code.strip().upper().replace("-", "").encode()).hexdigest()
+
+
+def redemption_codes_generate(*, batch: str, amount: Decimal, count: int, max_uses: int = 1, expires_at: datetime | None,
+                              created_by: User | None) -> list[str]:  # fmt: skip
+    """Create `count` unguessable codes (100 bits each) and answer them: the only time they exist in clear."""
+    if not 1 <= count <= 10_000 or max_uses < 1 or amount <= ZERO:
+        raise InvalidRequest("Between 1 and 10,000 codes, each worth a positive amount, usable at least once.")
+    codes = ["-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(5)) for _ in range(4)) for _ in range(count)]
+    RedemptionCode.objects.bulk_create(
+        RedemptionCode(batch=batch, prefix=code[:5], digest=code_digest(code), amount=amount, currency=settings.CURRENCY,
+                       max_uses=max_uses, expires_at=expires_at, created_by=created_by)
+        for code in codes
+    )  # fmt: skip
+    return codes
+
+
+def code_redeem(*, organization: Organization, user: User | None, code: str) -> ledger.Posting:
+    """Credit the wallet with a code's value (a `redemption` transfer from promotions). Refused,
+    moving nothing, when the code is unknown, expired, used up, or already redeemed by this
+    organization; concurrent redemptions never exceed max uses (the row update is conditional)."""
+    voucher = RedemptionCode.objects.filter(digest=code_digest(code)).first() if isinstance(code, str) else None
+    if voucher is None:
+        raise InvalidCode("Unknown code.")
+    now = timezone.now()
+    if voucher.expires_at is not None and voucher.expires_at <= now:
+        raise InvalidCode("This code has expired.")
+    try:
+        with transaction.atomic(durable=True):
+            posting = ledger.wallet_credit(organization_id=organization.pk, amount=voucher.amount, kind=TransferKind.REDEMPTION,
+                                           counter_account=Account.PROMOTIONS, reference=f"code:{voucher.pk}",
+                                           created_by_id=user.pk if user else None)  # fmt: skip
+            claimed = RedemptionCode.objects.filter(pk=voucher.pk, uses__lt=F("max_uses")).update(uses=F("uses") + 1)
+            if not claimed:
+                raise InvalidCode("This code has been used up.")
+            Redemption.objects.create(organization=organization, code=voucher, transfer_id=posting.transfer_id, created_by=user)
+    except IntegrityError as exc:
+        raise InvalidCode("Your organization already redeemed this code.") from exc
+    return posting

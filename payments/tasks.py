@@ -1,0 +1,54 @@
+"""Celery tasks: load by id, call a service, own the retry policy."""
+
+import logging
+
+from celery import shared_task
+
+from payments import alerts, reconciliation, services
+
+logger = logging.getLogger(__name__)
+TRANSIENT = (ConnectionError, TimeoutError, OSError)
+
+
+@shared_task(
+    name="payments.tasks.payment_settle", autoretry_for=TRANSIENT, retry_backoff=True, retry_backoff_max=300, max_retries=10
+)
+def payment_settle(event_id: int) -> str | None:
+    payment = services.payment_settle(event_id=event_id)
+    return payment.status if payment else None
+
+
+@shared_task(name="payments.tasks.payments_sweep")
+def payments_sweep() -> dict:
+    return services.payments_sweep()
+
+
+@shared_task(name="payments.tasks.low_balance_alert", bind=True, max_retries=5, retry_backoff=True)
+def low_balance_alert(self, organization_id: int, claimed: bool = False) -> bool:
+    from payments.models import Wallet
+
+    wallet = (
+        Wallet.objects.select_related("organization").get(organization_id=organization_id)
+        if claimed
+        else alerts.low_balance_claim(organization_id=organization_id)
+    )
+    if wallet is None:
+        return False  # not below the threshold any more, or already alerted for this crossing
+    try:
+        alerts.low_balance_notify(wallet=wallet)
+    except Exception as exc:
+        raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True}) from exc
+    return True
+
+
+@shared_task(name="payments.tasks.sandbox_webhook_deliver", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=8)
+def sandbox_webhook_deliver(payment_id: int, outcome: str) -> int:
+    from payments.providers import sandbox
+
+    return sandbox.deliver(payment_id=payment_id, outcome=outcome)
+
+
+@shared_task(name="payments.tasks.reconcile")
+def reconcile() -> dict:
+    report = reconciliation.reconciliation_run()
+    return {"ok": report.ok, "mismatches": len(report.wallet_mismatches)}
