@@ -6,6 +6,7 @@ from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairVi
 
 from accounts import api as accounts_api
 from billing_site import health
+from payments import admin as payments_admin
 from payments import views as payments_views
 
 api_v1 = [
@@ -25,6 +26,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/reconciliation/", admin.site.admin_view(payments_admin.reconciliation_view), name="admin-reconciliation"),
     path("admin/", admin.site.urls),
     path("sandbox/checkout/<str:token>/", payments_views.sandbox_checkout, name="sandbox-checkout"),
     path("healthz", health.healthz, name="healthz"),

@@ -1,16 +1,24 @@
 """Back office for organizations, wallets and the ledger. Money changes only through the
 ledger: the adjustment action writes an `adjustment` transfer with a reason."""
 
+import csv
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
 from django.shortcuts import render
+from django.urls import path
+from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import Organization
-from payments import ledger
-from payments.models import LedgerEntry, Transfer, Wallet
+from billing_site.errors import DomainError
+from payments import ledger, reconciliation, services
+from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -142,3 +150,150 @@ class WalletAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# --- Payments, refunds, codes, reconciliation ----------------------------------------------------------
+
+
+class WebhookEventInline(admin.TabularInline):
+    model = WebhookEvent
+    extra = 0
+    can_delete = False
+    fields = ["provider", "event_id", "event_type", "received_at", "processed_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class RefundInline(admin.TabularInline):
+    model = Refund
+    extra = 0
+    can_delete = False
+    fields = ["amount", "status", "reason", "forced", "provider_reference", "created_by", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class RefundForm(forms.Form):
+    amount = forms.DecimalField(max_digits=28, decimal_places=12, min_value=Decimal("0.000000000001"))
+    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+    force = forms.BooleanField(
+        required=False, help_text="Refund even if the wallet has already spent the money (goes below available)."
+    )
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "organization",
+        "provider",
+        "amount",
+        "currency",
+        "status",
+        "refunded_amount",
+        "created_at",
+        "settled_at",
+    ]
+    list_filter = ["status", "provider"]
+    search_fields = ["organization__slug", "provider_reference"]
+    date_hierarchy = "created_at"
+    list_select_related = ["organization"]
+    inlines = [WebhookEventInline, RefundInline]
+    actions = ["refund"]
+
+    @admin.action(description="Refund (fully or partly)…", permissions=["refund"])
+    def refund(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Refund one payment at a time.", messages.WARNING)
+            return None
+        payment = queryset.get()
+        remaining = payment.amount - payment.refunded_amount
+        form = RefundForm(request.POST if "apply" in request.POST else None, initial={"amount": remaining})
+        if form.is_valid():
+            try:
+                refund = services.payment_refund(payment=payment, amount=form.cleaned_data["amount"], reason=form.cleaned_data["reason"],
+                                                 staff=request.user, force=form.cleaned_data["force"])  # fmt: skip
+            except DomainError as error:
+                self.message_user(request, f"Refused: {error.message}", messages.ERROR)
+                return None
+            self.log_change(request, payment, f"Refunded {refund.amount}: {refund.reason}")
+            self.message_user(request, f"Refunded {refund.amount} {payment.currency} of payment #{payment.pk}.", messages.SUCCESS)
+            return None
+        context = {**self.admin_site.each_context(request), "form": form, "payment": payment, "remaining": remaining,
+                   "opts": self.model._meta, "title": f"Refund payment #{payment.pk}"}  # fmt: skip
+        return render(request, "admin/payments/refund.html", context)
+
+    def has_refund_permission(self, request) -> bool:
+        return request.user.has_perm("payments.add_refund")
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "provider", "event_type", "event_id", "payment", "received_at", "processed_at"]
+    list_filter = ["provider", "event_type"]
+    search_fields = ["event_id"]
+    date_hierarchy = "received_at"
+
+
+class CodeBatchForm(forms.Form):
+    batch = forms.CharField(max_length=100, help_text="A label, e.g. launch-promo-2026.")
+    amount = forms.DecimalField(max_digits=28, decimal_places=2, min_value=Decimal("0.01"))
+    count = forms.IntegerField(min_value=1, max_value=10_000)
+    max_uses = forms.IntegerField(min_value=1, initial=1, help_text="How many organizations may redeem each code.")
+    expires_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM (UTC); empty for no expiry.")
+
+
+@admin.register(RedemptionCode)
+class RedemptionCodeAdmin(ReadOnlyAdmin):
+    list_display = ["prefix", "batch", "amount", "currency", "uses", "max_uses", "expires_at", "created_by", "created_at"]
+    list_filter = ["batch"]
+    search_fields = ["batch", "prefix"]
+    change_list_template = "admin/payments/redemptioncode/change_list.html"
+
+    def get_urls(self):
+        return [path("generate/", self.admin_site.admin_view(self.generate_view), name="payments_redemptioncode_generate"),
+                *super().get_urls()]  # fmt: skip
+
+    def generate_view(self, request):
+        """Generate a batch; the codes exist in clear only in the CSV this answers."""
+        if not request.user.has_perm("payments.add_redemptioncode"):
+            raise PermissionDenied
+        form = CodeBatchForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            codes = services.redemption_codes_generate(batch=data["batch"], amount=data["amount"], count=data["count"], max_uses=data["max_uses"],
+                                                       expires_at=data["expires_at"], created_by=request.user)  # fmt: skip
+            first = RedemptionCode.objects.get(digest=services.code_digest(codes[0]))
+            self.log_addition(request, first, f"Generated batch {data['batch']}: {len(codes)} codes worth {data['amount']} each")
+            response = HttpResponse(content_type="text/csv")
+            response["Content-Disposition"] = f'attachment; filename="codes-{data["batch"]}.csv"'
+            writer = csv.writer(response)
+            writer.writerow(["code", "amount", "currency", "max_uses", "expires_at"])
+            for code in codes:
+                writer.writerow([code, data["amount"], settings.CURRENCY, data["max_uses"], data["expires_at"] or ""])
+            return response
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "opts": self.model._meta,
+            "title": "Generate redemption codes",
+        }
+        return render(request, "admin/payments/generate_codes.html", context)
+
+
+def reconciliation_view(request):
+    """The back office's reconciliation page: SPEC §2.2's identity over a period, and every wallet."""
+    if not request.user.has_perm("payments.view_ledgerentry"):
+        raise PermissionDenied
+    start = parse_date(request.GET.get("from", "") or "")
+    end = parse_date(request.GET.get("to", "") or "")
+    report = reconciliation.reconciliation_report(
+        start=datetime(start.year, start.month, start.day, tzinfo=UTC) if start else None,
+        end=datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1) if end else None,
+    )
+    context = {**admin.site.each_context(request), "report": report, "title": "Reconciliation", "start": start, "end": end}
+    return render(request, "admin/payments/reconciliation.html", context)

@@ -18,7 +18,7 @@ def _staff_groups(db):
     re-run that migration's function (it is idempotent)."""
     from django.apps import apps
 
-    importlib.import_module("metering.migrations.0003_staff_groups").create_groups(apps, None)
+    importlib.import_module("metering.migrations.0004_staff_groups_payments").extend_groups(apps, None)
 
 
 def staff_client(group: str | None = None, *, superuser: bool = False) -> tuple[Client, object]:
@@ -99,3 +99,69 @@ def test_price_history_is_new_rows_only(db):
     assert Price.objects.count() == 2
     assert Price.objects.get(pk=old.pk).unit_price == Decimal("0.015")
     assert Price.objects.exclude(pk=old.pk).get().created_by == user
+
+
+def _succeeded_payment(organization, amount="20.00"):
+    from payments.models import Payment, WebhookEvent
+    from payments.services import payment_settle
+
+    payment = Payment.objects.create(organization=organization, provider="sandbox", amount=Decimal(amount), currency="USD")
+    event = WebhookEvent.objects.create(provider="sandbox", event_id=f"evt_{payment.pk}", event_type="payment.succeeded", payload={},
+                                        organization=organization, payment=payment)  # fmt: skip
+    payment_settle(event_id=event.pk)
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    return payment
+
+
+def test_billing_admin_refunds_part_of_a_payment(db, organization):
+    payment = _succeeded_payment(organization)
+    client, user = staff_client("Billing admins")
+    response = client.post(
+        "/admin/payments/payment/",
+        {"action": "refund", "_selected_action": [payment.pk], "apply": "1", "amount": "5", "reason": "unused credit"},
+    )
+    assert response.status_code == 302
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_amount) == ("partially_refunded", Decimal(5))
+    wallet = Wallet.objects.get(organization=organization)
+    assert (wallet.balance, wallet.held) == (Decimal(15), Decimal(0))
+    refund_transfer = Transfer.objects.get(kind="refund")
+    assert (refund_transfer.memo, refund_transfer.created_by) == ("unused credit", user)
+
+
+def test_support_cannot_refund(db, organization):
+    payment = _succeeded_payment(organization)
+    client, _ = staff_client("Support")
+    client.post(
+        "/admin/payments/payment/",
+        {"action": "refund", "_selected_action": [payment.pk], "apply": "1", "amount": "5", "reason": "x"},
+    )
+    assert not Transfer.objects.filter(kind="refund").exists()
+
+
+def test_code_batch_downloads_codes_that_redeem(db, organization, owner_client):
+    client, _ = staff_client("Billing admins")
+    response = client.post(
+        "/admin/payments/redemptioncode/generate/", {"batch": "launch", "amount": "3.00", "count": "4", "max_uses": "1"}
+    )
+    assert response.status_code == 200 and response["Content-Type"] == "text/csv"
+    rows = response.content.decode().strip().splitlines()
+    assert len(rows) == 5
+    code = rows[1].split(",")[0]
+    redeemed = owner_client.post("/api/v1/redeem/", {"code": code}, format="json")
+    assert redeemed.status_code == 201, redeemed.content
+    assert Wallet.objects.get(organization=organization).balance == Decimal(3)
+
+
+def test_reconciliation_page_shows_balanced_ledger_and_flags_a_tampered_wallet(db, organization):
+    _succeeded_payment(organization)
+    client, _ = staff_client("Support")
+    page = client.get("/admin/reconciliation/")
+    assert page.status_code == 200 and "Balanced" in page.content.decode()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s", [organization.pk])
+    page = client.get("/admin/reconciliation/")
+    assert "Mismatch" in page.content.decode()

@@ -13,9 +13,9 @@ BILLING_EXTRA = [
 ]  # fmt: skip
 
 
-def create_groups(apps, schema_editor):
+def create_groups(apps, schema_editor, extra_view=(), extra_billing=()):
     for app_config in apps.get_app_configs():
-        original, app_config.models_module = app_config.models_module, True
+        original, app_config.models_module = getattr(app_config, "models_module", None), True
         create_permissions(app_config, verbosity=0)
         app_config.models_module = original
     Group = apps.get_model("auth", "Group")
@@ -24,11 +24,11 @@ def create_groups(apps, schema_editor):
     def perms(pairs):
         return [Permission.objects.get(content_type__app_label=app, codename=codename) for app, codename in pairs]
 
-    view = perms([(app, f"view_{model}") for app, model in VIEW_MODELS])
+    view = perms([(app, f"view_{model}") for app, model in [*VIEW_MODELS, *extra_view]])
     support, _ = Group.objects.get_or_create(name="Support")
-    support.permissions.set(view)
+    support.permissions.add(*view)
     billing, _ = Group.objects.get_or_create(name="Billing admins")
-    billing.permissions.set(view + perms(BILLING_EXTRA))
+    billing.permissions.add(*view, *perms([*BILLING_EXTRA, *extra_billing]))
 
 
 def remove_groups(apps, schema_editor):
