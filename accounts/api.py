@@ -6,11 +6,13 @@ from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairView, TokenRefreshView
 
 from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyMode, User
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.pagination import paginated_response
+from billing_site.api.throttling import AnonymousRateThrottle
 from billing_site.errors import InvalidRequest, NotFound
 
 
@@ -33,6 +35,7 @@ class StrictSerializer(serializers.Serializer):
 class RegisterApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes = [AnonymousRateThrottle]
 
     class Input(StrictSerializer):
         email = serializers.EmailField(max_length=254)
@@ -149,3 +152,15 @@ class ApiKeyRevokeApi(TenantMixin, APIView):
             raise NotFound("No such API key.") from exc
         services.api_key_revoke(api_key=api_key)
         return Response(ApiKeyOutput(api_key).data)
+
+
+class TokenObtainApi(TokenObtainPairView):
+    throttle_classes = [AnonymousRateThrottle]
+
+
+class TokenRefreshApi(TokenRefreshView):
+    throttle_classes = [AnonymousRateThrottle]
+
+
+class TokenBlacklistApi(TokenBlacklistView):
+    throttle_classes = [AnonymousRateThrottle]

@@ -60,6 +60,10 @@ class Organization(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=60, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Override of the per-key/user rate limit.")
+    batch_events_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Override of the usage/batch/ event rate limit."
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
 
     def __str__(self) -> str:

@@ -154,7 +154,15 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     "COERCE_DECIMAL_TO_STRING": True,
+    "DEFAULT_THROTTLE_CLASSES": ["billing_site.api.throttling.PrincipalRateThrottle"],
 }
+
+# Rate limits per minute (Redis-backed; see billing_site/api/throttling.py). Organizations may carry overrides.
+THROTTLE_ENABLED = env.bool("THROTTLE_ENABLED", default=True)
+THROTTLE_KEY_PER_MINUTE = env.int("THROTTLE_KEY_PER_MINUTE", default=60_000)
+THROTTLE_USER_PER_MINUTE = env.int("THROTTLE_USER_PER_MINUTE", default=6_000)
+THROTTLE_BATCH_EVENTS_PER_MINUTE = env.int("THROTTLE_BATCH_EVENTS_PER_MINUTE", default=1_200_000)
+THROTTLE_ANONYMOUS_PER_MINUTE = env.int("THROTTLE_ANONYMOUS_PER_MINUTE", default=120)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),

@@ -1,9 +1,12 @@
-"""Test settings: the real PostgreSQL and Redis of `settings`, with a cache namespace of its own
+"""Test settings: the real PostgreSQL and Redis of `settings`, with a Redis database and cache
+namespace of their own (tests flush the cache; a `make run` beside them keeps its broker queue),
 and a fast password hasher."""
 
 from billing_site.settings import *  # noqa: F403
-from billing_site.settings import CACHES
+from billing_site.settings import CACHES, REDIS_URL
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+TEST_REDIS_URL = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + "db=1"
+CACHES["default"]["LOCATION"] = TEST_REDIS_URL
 CACHES["default"]["KEY_PREFIX"] = "tollgate-test"
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -2,7 +2,6 @@ from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairView, TokenRefreshView
 
 from accounts import api as accounts_api
 from billing_site import health
@@ -11,9 +10,9 @@ from payments import views as payments_views
 
 api_v1 = [
     path("auth/register/", accounts_api.RegisterApi.as_view(), name="register"),
-    path("auth/token/", TokenObtainPairView.as_view(), name="token"),
-    path("auth/token/refresh/", TokenRefreshView.as_view(), name="token-refresh"),
-    path("auth/token/blacklist/", TokenBlacklistView.as_view(), name="token-blacklist"),
+    path("auth/token/", accounts_api.TokenObtainApi.as_view(), name="token"),
+    path("auth/token/refresh/", accounts_api.TokenRefreshApi.as_view(), name="token-refresh"),
+    path("auth/token/blacklist/", accounts_api.TokenBlacklistApi.as_view(), name="token-blacklist"),
     path("me/", accounts_api.MeApi.as_view(), name="me"),
     path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +21,7 @@ from accounts.models import Organization
 from accounts.tenancy import TenantMixin
 from billing_site.api.pagination import paginated_response
 from billing_site.api.staff import StaffMayChange
+from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
 from billing_site.errors import DomainError, InvalidRequest, NotFound
 from billing_site.money import money_str
 from metering import selectors, services
@@ -141,13 +142,16 @@ class UsageApi(TenantMixin, APIView):
 def _when(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
-    parsed = parse_datetime(value)
+    try:  # Django's parsers answer None for a bad shape but raise ValueError for e.g. month 13
+        parsed = parse_datetime(value)
+        if parsed is None:
+            day = parse_date(value)
+            parsed = datetime(day.year, day.month, day.day) if day is not None else None
+    except ValueError:
+        parsed = None
     if parsed is None:
-        day = parse_date(value)
-        if day is None:
-            raise InvalidRequest(f"`{name}` must be an ISO date or time.", details={name: ["Invalid date or time."]})
-        parsed = datetime(day.year, day.month, day.day)
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.UTC)
+        raise InvalidRequest(f"`{name}` must be an ISO date or time.", details={name: ["Invalid date or time."]})
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
 
 
 def usage_filters(request) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def usage_filters(request) -> dict[str, Any]:
 
 class UsageBatchApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
+    throttle_classes = [PrincipalRateThrottle, BatchEventRateThrottle]
 
     @extend_schema(
         request=inline_serializer("UsageBatchInput", {"events": serializers.ListField(child=UsageInput, max_length=1000)}),
@@ -241,7 +246,10 @@ class UsageSummaryApi(TenantMixin, APIView):
 def _day(value: str | None, name: str) -> date | None:
     if not value:
         return None
-    day = parse_date(value)
+    try:
+        day = parse_date(value)
+    except ValueError:  # well formed but not a date, e.g. 2026-13-01
+        day = None
     if day is None:
         raise InvalidRequest(f"`{name}` must be an ISO date.", details={name: ["Invalid date."]})
     return day
