@@ -1,6 +1,8 @@
 """gunicorn settings: `gunicorn -c gunicorn.conf.py` (the app is billing_site.wsgi). Read from the environment."""
 
 import os
+import shutil
+import tempfile
 
 
 def _cpus() -> int:
@@ -28,8 +30,29 @@ worker_tmp_dir = _SHM if os.path.isdir(_SHM) else None
 # two servers on one machine would fight over; nothing here uses gunicornc.
 control_socket_disable = True
 
-accesslog = "-"
+# Our own access line (billing_site.observability) carries the request id and tenant; gunicorn's is
+# opt-in so lines are not doubled.
+accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # client, request line, status, bytes, duration in ms, referrer, user agent
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
+
+
+# Metrics: each worker writes its samples to files that /metrics sums (prometheus_client's
+# multiprocess mode); `make run` points this at .data/metrics, shared with the Celery worker.
+METRICS_DIR = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"tollgate-metrics-{os.getpid()}")
+)
+
+
+def on_starting(server):
+    if not os.environ.get("TOLLGATE_KEEP_METRICS"):
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+    os.makedirs(METRICS_DIR, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -7,6 +7,7 @@ from rest_framework.permissions import BasePermission
 
 from accounts.models import MANAGER_ROLES, ApiKey, Membership, Organization, Role, User
 from billing_site.errors import NotFound, OrganizationRequired
+from billing_site.observability import bind_tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,9 @@ class TenantMixin:
                 api_key=request.auth if isinstance(request.auth, ApiKey) else None,
                 organization_slug=request.headers.get("X-Organization"),
             )
+            tenant = request.tenant
+            bind_tenant(organization=tenant.organization.slug,
+                        principal=f"key:{tenant.api_key.prefix}" if tenant.api_key else f"user:{tenant.user.pk}")  # fmt: skip
         super().check_permissions(request)
 
     @property

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -392,6 +393,13 @@ def main() -> int:
         say("collecting static files")
         supervisor.manage("collectstatic", "--noinput", "--verbosity", "0")
         supervisor.check_signals()
+
+        # Web workers and the Celery worker write their metrics into one folder that /metrics sums.
+        metrics_dir = embedded.DATA_DIR / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["TOLLGATE_KEEP_METRICS"] = "1"  # cleared here, before any child writes
 
         python = sys.executable
         for child in (

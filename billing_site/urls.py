@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from accounts import api as accounts_api
-from billing_site import health
+from billing_site import health, metrics
 from payments import admin as payments_admin
 from payments import views as payments_views
 
@@ -30,7 +30,8 @@ urlpatterns = [
     path("sandbox/checkout/<str:token>/", payments_views.sandbox_checkout, name="sandbox-checkout"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics.metrics_view, name="metrics"),
+    path("", include("dashboard.urls")),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.tenancy import Tenant
+from billing_site import metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO, money_round
 from metering import selectors
@@ -217,6 +219,22 @@ def _replay(*, organization_id: int, idempotency_key: str, request_hash: str) ->
 
 
 def usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
+    """Meter one event and debit its cost; see `_usage_record`. Counts outcomes and latency."""
+    started = time.perf_counter()
+    try:
+        outcome = _usage_record(tenant=tenant, event=event)
+    except DomainError as error:
+        service = "unknown" if isinstance(error, selectors.ServiceNotFound) else event.service
+        metrics.USAGE_EVENTS.labels(service, str(error.code)).inc()
+        raise
+    metrics.USAGE_EVENTS.labels(event.service, "replayed" if outcome.replayed else "created").inc()
+    metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
+    if not outcome.replayed and not outcome.record.test:
+        metrics.REVENUE.labels(settings.CURRENCY).inc(float(outcome.record.cost))
+    return outcome
+
+
+def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     """Meter one event and debit its cost (SPEC §2): exactly once per idempotency key; a replay
     answers the first record; a different body under the same key is refused (409). Test keys
     record but move no money. Raises ServiceNotFound, PriceNotSet, InvalidRequest,
@@ -296,7 +314,9 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             else:
                 accepted.append((index, priced, None if tenant.is_test else posting))
         records = _insert_usage_batch(accepted, tenant=tenant, now=timezone.now())
-        for (index, _, _), record in zip(accepted, records, strict=True):
+        for (index, priced, _), record in zip(accepted, records, strict=True):
+            # The service is known from pricing: set it, so rendering a result costs no query per event.
+            record.service = Service(pk=priced.service_id, slug=priced.event.service, calc_method=priced.calc_method)
             results[index] = BatchResult(status=201, record=record)
     # A duplicate key inside the batch replays the record its first occurrence wrote.
     written = {r.record.idempotency_key: r.record for r in results if r is not None and r.status == 201}
@@ -306,7 +326,25 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             results[index] = (
                 BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
             )
+    _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
+
+
+def _count_batch(results: Sequence[BatchResult], *, tenant: Tenant) -> None:
+    outcomes: dict[tuple[str, str], int] = {}
+    revenue = ZERO
+    for result in results:
+        if result.record is not None:
+            key = (result.record.service.slug, "created" if result.status == 201 else "replayed")
+            if result.status == 201 and not tenant.is_test:
+                revenue += result.record.cost
+        else:
+            key = ("unknown" if isinstance(result.error, selectors.ServiceNotFound) else "batch", str(result.error.code))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    for (service, outcome), count in outcomes.items():
+        metrics.USAGE_EVENTS.labels(service, outcome).inc(count)
+    if revenue:
+        metrics.REVENUE.labels(settings.CURRENCY).inc(float(revenue))
 
 
 _INSERT_USAGE_BATCH_SQL = """
@@ -478,14 +516,17 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
     priced = _price(event, organization_id=organization_id)
     try:
         with transaction.atomic(durable=True):
-            posting = None
+            # Lock order: the wallet, then the hold; the hold is checked before its amount is freed, so a
+            # racing capture, release or expiry of the same hold cannot free it twice.
             if not hold.test:
-                # Lock order: the wallet (by this posting), then the hold.
-                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost, reference=f"hold:{hold.pk}",
-                                              release_held=hold.amount, may_overdraw=True)  # fmt: skip
+                ledger.wallet_lock(organization_id=organization_id)
             locked = Hold.objects.select_for_update().get(pk=hold.pk)
             if locked.status != HoldStatus.ACTIVE:
                 raise _AlreadyRecorded()
+            posting = None
+            if not hold.test:
+                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost, reference=f"hold:{hold.pk}",
+                                              release_held=hold.amount, may_overdraw=True)  # fmt: skip
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = _insert_usage(priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
@@ -515,11 +556,17 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
     if hold.status != HoldStatus.ACTIVE:
         raise HoldNotActive()
     with transaction.atomic(durable=True):
+        # Lock order: the wallet, then the hold (see hold_capture).
         if not hold.test:
-            ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
+            ledger.wallet_lock(organization_id=hold.organization_id)
         locked = Hold.objects.select_for_update().get(pk=hold.pk)
         if locked.status != HoldStatus.ACTIVE:
+            if locked.status == status:  # a concurrent twin released it first
+                hold.status = locked.status
+                return HoldOutcome(hold=hold, replayed=True)
             raise HoldNotActive()
+        if not hold.test:
+            ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
         _hold_finish(hold=hold, status=status)
     return HoldOutcome(hold=hold, replayed=False)
 

@@ -16,6 +16,7 @@ commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing_site import metrics
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
 from payments.models import Account, TransferKind, Wallet
@@ -114,9 +116,11 @@ def transfer_post(
         "now": timezone.now(),
         "counter": counter_account,
     }
+    started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(_POST_SQL, params)
         row = cursor.fetchone()
+    metrics.WALLET_LOCK_SECONDS.observe(time.perf_counter() - started)
     if row is None:
         raise InsufficientBalance()
     transfer_id, balance_after, held_after, crossed_threshold = row
@@ -159,6 +163,15 @@ def wallet_hold(*, organization_id: int, amount: Decimal) -> Posting:
 def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:
     """Free `amount` of the wallet's holds."""
     return _held_change(organization_id=organization_id, held_delta=-amount)
+
+
+def wallet_lock(*, organization_id: int) -> None:
+    """Lock the wallet's row until the caller's transaction ends: for callers that must check another
+    row (a hold) under the wallet's lock before moving money, in the documented order wallet → hold."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("wallet_lock must run inside a transaction")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM payments_wallet WHERE organization_id = %s FOR UPDATE", [organization_id])
 
 
 def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", release_held: Decimal = ZERO,

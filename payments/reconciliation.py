@@ -12,13 +12,13 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
-from prometheus_client import Gauge
 
+from billing_site import metrics
 from billing_site.money import ZERO
 from payments.models import Account, LedgerEntry
 
 logger = logging.getLogger(__name__)
-MISMATCH_GAUGE = Gauge("tollgate_reconciliation_mismatches", "Wallets or identities that failed the last reconciliation")
+MISMATCH_GAUGE = metrics.RECONCILIATION_MISMATCHES
 
 
 @dataclass

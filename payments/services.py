@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from billing_site import metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO
 from payments import ledger
@@ -104,7 +105,9 @@ def payment_recharge_start(*, organization: Organization, user: User | None, amo
         Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(
             status=PaymentStatus.FAILED, failure_reason=str(exc)[:255], updated_at=timezone.now()
         )
+        metrics.PAYMENTS.labels(provider, PaymentStatus.FAILED).inc()
         raise ProviderUnavailable() from exc
+    metrics.PAYMENTS.labels(provider, PaymentStatus.PENDING).inc()
     Payment.objects.filter(pk=payment.pk).update(provider_reference=checkout.reference, checkout_url=checkout.url,
                                                  livemode=checkout.livemode, updated_at=timezone.now())  # fmt: skip
     payment.refresh_from_db()
@@ -204,7 +207,15 @@ def payment_settle(*, event_id: int) -> Payment | None:
                 Payment.objects.filter(pk=payment.pk).update(status=OUTCOME_STATUS[outcome], settled_at=now, updated_at=now)
     except _NothingToDo:
         WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
+        metrics.SETTLEMENTS.labels("no_change").inc()
+        payment.refresh_from_db()
+        return payment
     payment.refresh_from_db()
+    metrics.SETTLEMENTS.labels(payment.status).inc()
+    metrics.PAYMENTS.labels(payment.provider, payment.status).inc()
+    metrics.SETTLEMENT_LAG.observe((timezone.now() - event.received_at).total_seconds())
+    if payment.status == PaymentStatus.SUCCEEDED:
+        metrics.RECHARGES.labels(payment.currency).inc(float(payment.amount))
     return payment
 
 
@@ -263,7 +274,9 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
         refund = Refund.objects.create(organization_id=payment.organization_id, payment=locked, amount=amount, reason=reason, forced=force,
                                        created_by=staff)  # fmt: skip
     try:
-        reference = provider_get(payment.provider).refund(locked, amount)
+        # Keyed by our Refund row: a retry of this refund is deduplicated by the provider, while a
+        # second refund of the same amount (even one started concurrently) is a refund of its own.
+        reference = provider_get(payment.provider).refund(locked, amount, idempotency_key=f"tollgate-refund-{refund.pk}")
     except ProviderError as exc:
         with transaction.atomic(durable=True):
             if not force:

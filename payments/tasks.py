@@ -4,6 +4,7 @@ import logging
 
 from celery import shared_task
 
+from billing_site import metrics
 from payments import alerts, reconciliation, services
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def low_balance_alert(self, organization_id: int, claimed: bool = False) -> bool
         alerts.low_balance_notify(wallet=wallet)
     except Exception as exc:
         raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True}) from exc
+    metrics.LOW_BALANCE_ALERTS.inc()
     return True
 
 
