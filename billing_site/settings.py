@@ -131,6 +131,7 @@ CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "metering.tasks.holds_expire", "schedule": 60.0},
     "payments-sweep": {"task": "payments.tasks.payments_sweep", "schedule": 120.0},
     "reconcile": {"task": "payments.tasks.reconcile", "schedule": 3600.0},
+    "usage-retention": {"task": "metering.tasks.usage_retention", "schedule": 86400.0},
 }
 
 # --- Auth
@@ -193,6 +194,9 @@ API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env.int("API_KEY_LAST_USED_SECO
 HOLD_DEFAULT_TTL = timedelta(seconds=env.int("HOLD_DEFAULT_TTL_SECONDS", default=600))
 HOLD_MAX_TTL = timedelta(seconds=env.int("HOLD_MAX_TTL_SECONDS", default=86400))
 USAGE_BATCH_MAX_EVENTS = 1000
+# Usage records older than this many days are archived (gzip'd JSON Lines) and dropped; 0 keeps them forever.
+USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=0)
+USAGE_ARCHIVE_DIR = env.str("USAGE_ARCHIVE_DIR", default=str(embedded.DATA_DIR / "archive"))
 STARTING_DEMO_BALANCE = Decimal("25.00")
 
 # --- Payments

@@ -6,3 +6,13 @@ from metering import services
 @shared_task(name="metering.tasks.holds_expire")
 def holds_expire() -> int:
     return services.holds_expire()
+
+
+@shared_task(name="metering.tasks.usage_retention")
+def usage_retention() -> dict | None:
+    from metering.retention import usage_retention_scheduled
+
+    result = usage_retention_scheduled()
+    return (
+        None if result is None else {"exported": result.exported, "deleted": result.deleted, "cutoff": result.cutoff.isoformat()}
+    )
