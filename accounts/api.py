@@ -11,7 +11,7 @@ from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairVi
 from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyMode, User
 from accounts.tenancy import IsOrganizationManager, TenantMixin
-from billing_site.api.pagination import paginated_response
+from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.throttling import AnonymousRateThrottle
 from billing_site.errors import InvalidRequest, NotFound
 
@@ -125,7 +125,7 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
             ref_name = "ApiKeyCreated"
             fields = [*ApiKeyOutput.Meta.fields, "secret"]
 
-    @extend_schema(responses={200: ApiKeyOutput(many=True)})
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: paginated(ApiKeyOutput, "ApiKeyPage")})
     def get(self, request):
         keys = selectors.api_key_list(organization=self.tenant.organization)
         return paginated_response(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Organization
 from accounts.tenancy import TenantMixin
-from billing_site.api.pagination import paginated_response
+from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
 from billing_site.errors import DomainError, InvalidRequest, NotFound
@@ -131,8 +131,9 @@ class UsageApi(TenantMixin, APIView):
             OpenApiParameter("to", OpenApiTypes.DATETIME),
             OpenApiParameter("api_key", int),
             OpenApiParameter("test", bool),
+            *PAGE_PARAMETERS,
         ],
-        responses={200: UsageOutput(many=True)},
+        responses={200: paginated(UsageOutput, "UsagePage")},
     )
     def get(self, request):
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
@@ -147,11 +148,14 @@ def _when(value: str | None, name: str) -> datetime | None:
         if parsed is None:
             day = parse_date(value)
             parsed = datetime(day.year, day.month, day.day) if day is not None else None
-    except ValueError:
+        if parsed is not None:
+            # In UTC before it reaches PostgreSQL, which refuses offsets Python accepts (e.g. -20:16).
+            parsed = parsed.astimezone(UTC) if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         parsed = None
     if parsed is None:
         raise InvalidRequest(f"`{name}` must be an ISO date or time.", details={name: ["Invalid date or time."]})
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
+    return parsed
 
 
 def usage_filters(request) -> dict[str, Any]:
@@ -293,7 +297,7 @@ class ServiceListApi(TenantMixin, APIView):
 
     @extend_schema(responses={200: inline_serializer("ServiceWithPrices", {
         "slug": serializers.CharField(), "name": serializers.CharField(), "calc_method": serializers.CharField(),
-        "prices": serializers.DictField(child=serializers.DecimalField(max_digits=28, decimal_places=12)),
+        "prices": serializers.DictField(child=serializers.DecimalField(max_digits=28, decimal_places=12), allow_null=True),
     }, many=True)})  # fmt: skip
     def get(self, request):
         rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Organization
 from accounts.tenancy import IsOrganizationManager, TenantMixin
-from billing_site.api.pagination import paginated_response
+from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, NotFound
 from billing_site.money import money_str
@@ -30,7 +30,12 @@ def balance_body(wallet: Wallet) -> dict:
     }
 
 
-Amount = serializers.DecimalField(max_digits=28, decimal_places=12)
+def Amount() -> serializers.DecimalField:  # noqa: N802 - reads like a field class at call sites
+    # A new field each time: one instance shared by several names binds to the last name only, and
+    # the others vanish from the output and the schema.
+    return serializers.DecimalField(max_digits=28, decimal_places=12)
+
+
 IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
 
 
@@ -43,8 +48,8 @@ class BalanceApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(responses={200: inline_serializer("Balance", {
-        "organization": serializers.CharField(), "currency": serializers.CharField(), "balance": Amount, "available": Amount,
-        "held": Amount, "credit_limit": Amount, "low_balance_threshold": Amount})})  # fmt: skip
+        "organization": serializers.CharField(), "currency": serializers.CharField(), "balance": Amount(), "available": Amount(),
+        "held": Amount(), "credit_limit": Amount(), "low_balance_threshold": Amount()})})  # fmt: skip
     def get(self, request):
         return Response(balance_body(selectors.wallet_get(organization_id=self.tenant.organization.pk)))
 
@@ -65,7 +70,7 @@ class LedgerEntryOutput(serializers.ModelSerializer):
 class LedgerApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(responses={200: LedgerEntryOutput(many=True)})
+    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: paginated(LedgerEntryOutput, "LedgerEntryPage")})
     def get(self, request):
         entries = selectors.ledger_entry_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=entries, serializer_class=LedgerEntryOutput)
@@ -85,7 +90,7 @@ class AdjustApi(APIView):
             ref_name = "AdjustInput"
 
     @extend_schema(request=Input, responses={201: inline_serializer("AdjustOutput", {
-        "transfer_id": serializers.IntegerField(), "balance_after": Amount})})  # fmt: skip
+        "transfer_id": serializers.IntegerField(), "balance_after": Amount()})})  # fmt: skip
     def post(self, request, slug: str):
         organization = Organization.objects.filter(slug=slug).first()
         if organization is None:
@@ -103,8 +108,8 @@ class AdjustApi(APIView):
 
 
 class PaymentOutput(serializers.ModelSerializer):
-    amount = Amount
-    refunded_amount = Amount
+    amount = Amount()
+    refunded_amount = Amount()
 
     class Meta:
         model = Payment
@@ -136,7 +141,7 @@ class RechargeApi(TenantMixin, APIView):
 class PaymentListApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(responses={200: PaymentOutput(many=True)})
+    @extend_schema(operation_id="v1_payments_list", parameters=PAGE_PARAMETERS, responses={200: paginated(PaymentOutput, "PaymentPage")})
     def get(self, request):
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=payments, serializer_class=PaymentOutput)
@@ -178,7 +183,9 @@ class RedeemApi(TenantMixin, APIView):
         class Meta:
             ref_name = "RedeemInput"
 
-    @extend_schema(request=Input, responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount, "amount": Amount})})
+    @extend_schema(
+        request=Input, responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount(), "amount": Amount()})}
+    )
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)

@@ -1,0 +1,113 @@
+"""The OpenAPI description validates, and the live app honours it: schemathesis drives every
+operation with generated requests (with a real JWT and a real API key) and checks that nothing
+answers 5xx and that every response matches the schema."""
+
+import os
+from decimal import Decimal
+
+import pytest
+import schemathesis
+from django.core.management import call_command
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from hypothesis import HealthCheck, given, settings
+from schemathesis import checks as st_checks
+
+from accounts import services as account_services
+from billing_site.wsgi import application
+from payments import ledger
+from tests.conftest import jwt_client
+from tests.factories import service_with_price
+
+
+def test_schema_validates_with_no_warnings(db, tmp_path):
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+    assert "/api/v1/usage/" in (tmp_path / "schema.yaml").read_text()
+
+
+def test_schema_documents_errors_auth_and_headers(db, client):
+    schema = client.get("/api/schema/?format=json").json()
+    usage = schema["paths"]["/api/v1/usage/"]["post"]
+    assert {"200", "201", "400", "401", "402", "403", "404", "409", "415", "429"} <= set(usage["responses"])
+    assert usage["responses"]["402"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert {p["name"] for p in usage["parameters"]} >= {"Idempotency-Key", "X-Organization"}
+    assert set(schema["components"]["securitySchemes"]) == {"ApiKey", "JWT"}
+
+
+def test_docs_pages_are_served_without_a_cdn(db, client):
+    for url in ("/api/docs/", "/api/redoc/"):
+        page = client.get(url).content.decode()
+        assert "cdn." not in page and "unpkg" not in page and "jsdelivr" not in page
+
+
+@pytest.fixture
+def principals(db):
+    """An organization with money, a service per method, an owner (JWT) and a live API key."""
+    from tests.factories import UserFactory, organization_create
+
+    owner = UserFactory()
+    organization = organization_create(name="Fuzz", owner=owner)
+    ledger.wallet_adjust(organization_id=organization.pk, amount=Decimal(1000), reason="fuzz", created_by_id=None)
+    service_with_price(slug="gpt", calc_method="TOKENS", input_price="1", output_price="2")
+    service_with_price(slug="ping", calc_method="REQUEST", unit_price="0.001")
+    key = account_services.api_key_create(organization=organization, name="fuzz", created_by=owner)
+    token = jwt_client(owner)._credentials["HTTP_AUTHORIZATION"]
+    return {"jwt": {"Authorization": token}, "key": {"Authorization": f"Bearer {key.secret}"}}
+
+
+@pytest.fixture
+def kept_connection():
+    """Requests go through the real WSGI handler in-process. Like Django's test client, keep it
+    from closing the test's database connection (and its transaction) after each request."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+CHECKS = [
+    st_checks.not_a_server_error,
+    st_checks.status_code_conformance,
+    st_checks.content_type_conformance,
+    st_checks.response_schema_conformance,
+    st_checks.response_headers_conformance,
+]
+EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+
+
+def _summary(failure: BaseException) -> str:
+    """The gist of a schemathesis failure group: what failed, and how to reproduce it."""
+    text = "\n".join(str(e) for e in getattr(failure, "exceptions", [failure]))
+    keep = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip().startswith(("- ", "Received", "Documented", "curl", "[", "Path"))
+    ]
+    return "\n".join(keep[:20]) or text[:1500]
+
+
+def _fuzz(api_schema, headers) -> dict[str, str]:
+    """Drive every operation with generated cases; answer {operation: first failure}."""
+    failures = {}
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def run(case):
+            case.call_and_validate(headers=headers, checks=CHECKS)
+
+        try:
+            run()
+        except (Exception, BaseExceptionGroup) as failure:  # noqa: BLE001 - collected, then reported together
+            failures[operation.label] = _summary(failure)
+    return failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("principal", ["jwt", "key"])
+def test_api_honours_its_schema(principals, principal, kept_connection):
+    api_schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
+    failures = _fuzz(api_schema, principals[principal])
+    assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
