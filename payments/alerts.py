@@ -30,14 +30,15 @@ def low_balance_claim(*, organization_id: int) -> Wallet | None:
     return Wallet.objects.select_related("organization").get(organization_id=organization_id) if claimed else None
 
 
-def low_balance_notify(*, wallet: Wallet) -> None:
-    """Email the owners and admins; POST a signed JSON body to the alert webhook if one is set."""
+def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = True) -> None:
+    """Email the owners and admins (`email`); POST a signed JSON body to the alert webhook if one
+    is set (`webhook`). The task sends each separately, so a retried webhook never re-sends the email."""
     organization = wallet.organization
     recipients = list(
         Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES).values_list("user__email", flat=True)
     )
     balance, threshold = money_str(wallet.balance), money_str(wallet.low_balance_threshold)
-    if recipients:
+    if email and recipients:
         send_mail(
             subject=f"[Tollgate] {organization.name}: balance below {threshold} {wallet.currency}",
             message=f"The balance of {organization.name} is {balance} {wallet.currency}, below your alert threshold of "
@@ -45,7 +46,7 @@ def low_balance_notify(*, wallet: Wallet) -> None:
             from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=recipients,
         )
-    if wallet.alert_webhook_url:
+    if webhook and wallet.alert_webhook_url:
         body = json.dumps({"type": "balance.low", "organization": organization.slug, "balance": balance, "threshold": threshold,
                            "currency": wallet.currency, "created_at": timezone.now().isoformat()}).encode()  # fmt: skip
         response = requests.post(

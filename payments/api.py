@@ -141,7 +141,9 @@ class RechargeApi(TenantMixin, APIView):
 class PaymentListApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(operation_id="v1_payments_list", parameters=PAGE_PARAMETERS, responses={200: paginated(PaymentOutput, "PaymentPage")})
+    @extend_schema(
+        operation_id="v1_payments_list", parameters=PAGE_PARAMETERS, responses={200: paginated(PaymentOutput, "PaymentPage")}
+    )
     def get(self, request):
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=payments, serializer_class=PaymentOutput)

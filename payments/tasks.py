@@ -25,7 +25,7 @@ def payments_sweep() -> dict:
 
 
 @shared_task(name="payments.tasks.low_balance_alert", bind=True, max_retries=5, retry_backoff=True)
-def low_balance_alert(self, organization_id: int, claimed: bool = False) -> bool:
+def low_balance_alert(self, organization_id: int, claimed: bool = False, emailed: bool = False) -> bool:
     from payments.models import Wallet
 
     wallet = (
@@ -36,9 +36,13 @@ def low_balance_alert(self, organization_id: int, claimed: bool = False) -> bool
     if wallet is None:
         return False  # not below the threshold any more, or already alerted for this crossing
     try:
-        alerts.low_balance_notify(wallet=wallet)
+        if not emailed:
+            alerts.low_balance_notify(wallet=wallet, webhook=False)
+            emailed = True
+        alerts.low_balance_notify(wallet=wallet, email=False)
     except Exception as exc:
-        raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True}) from exc
+        # Retry only what failed: once the people were emailed, a retry is for the webhook alone.
+        raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True, "emailed": emailed}) from exc
     metrics.LOW_BALANCE_ALERTS.inc()
     return True
 

@@ -53,7 +53,9 @@ class Provider(Protocol):
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent: ...
 
-    def refund(self, payment: Payment, amount: Decimal) -> str: ...
+    def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
+        """Return `amount` of `payment` to the payer; one provider refund per idempotency key."""
+        ...
 
 
 # Minor units per currency (ISO 4217 exponents); the default is 2.

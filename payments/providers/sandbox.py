@@ -92,7 +92,7 @@ class SandboxProvider:
         except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
             raise WebhookRefused("malformed sandbox event") from exc
 
-    def refund(self, payment, amount: Decimal) -> str:
+    def refund(self, payment, amount: Decimal, *, idempotency_key: str) -> str:
         return f"sbx_re_{uuid.uuid4().hex[:16]}"
 
 

@@ -80,7 +80,8 @@ class StripeProvider:
         if event.type not in ACTING_EVENTS:
             return ProviderEvent(event_id=event.id, event_type=event.type, outcome=Outcome.IGNORED, payment_id=None, amount=None,
                                  currency=None, livemode=bool(event.livemode), payload=payload)  # fmt: skip
-        session = event.data.object
+        # A plain dict: the pinned `stripe` package's objects are no longer dicts (no `.get`).
+        session = (payload.get("data") or {}).get("object") or {}
         reference = session.get("client_reference_id") or (session.get("metadata") or {}).get("payment_id")
         if event.type == "checkout.session.completed":
             outcome = Outcome.SUCCEEDED if session.get("payment_status") in ("paid", "no_payment_required") else Outcome.IGNORED
@@ -101,14 +102,14 @@ class StripeProvider:
             livemode=bool(event.livemode), payload=payload, provider_reference=session.get("id", ""),
         )  # fmt: skip
 
-    def refund(self, payment, amount: Decimal) -> str:
+    def refund(self, payment, amount: Decimal, *, idempotency_key: str) -> str:
         client = _client()
         try:
             session = client.v1.checkout.sessions.retrieve(payment.provider_reference)
             refund = client.v1.refunds.create(
                 params={"payment_intent": session.payment_intent, "amount": to_minor_units(amount, payment.currency),
                         "metadata": {"payment_id": str(payment.pk)}},
-                options={"idempotency_key": f"tollgate-refund-{payment.pk}-{payment.refunded_amount}-{amount}"},
+                options={"idempotency_key": idempotency_key},
             )  # fmt: skip
         except stripe.StripeError as exc:
             raise ProviderError(f"Stripe refused the refund: {exc.user_message or exc.__class__.__name__}") from exc

@@ -1,0 +1,56 @@
+"""Assertions shared by the money-path tests: SPEC §2 invariants, checked against the database."""
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from django.db.models import Count, Sum
+
+from metering.models import Hold, HoldStatus
+from payments.models import LedgerEntry, Transfer, Wallet
+
+ZERO = Decimal(0)
+
+
+def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, holds: bool = True) -> None:
+    """SPEC §2.2 and §2.4 for the given wallets (all when None): balance == Σ entries; each
+    balance_after is the running sum in entry-id (commit) order; held == Σ active live Hold rows
+    (unless `holds` is False, for tests that reserve through the ledger directly); held ≥ 0; every
+    transfer sums to zero over at least two entries."""
+    wallets = Wallet.objects.all()
+    if organization_ids is not None:
+        wallets = wallets.filter(organization_id__in=list(organization_ids))
+    for wallet in wallets:
+        entries = LedgerEntry.objects.filter(organization_id=wallet.organization_id, account="wallet").order_by("id")
+        running = ZERO
+        for entry in entries.values("id", "amount", "balance_after"):
+            running += entry["amount"]
+            assert entry["balance_after"] == running, (wallet.organization_id, entry, running)
+        assert wallet.balance == running, (wallet.organization_id, wallet.balance, running)
+        assert wallet.held >= ZERO
+        if not holds:
+            continue
+        active = Hold.objects.filter(organization_id=wallet.organization_id, status=HoldStatus.ACTIVE, test=False)
+        assert wallet.held == (active.aggregate(s=Sum("amount"))["s"] or ZERO), wallet.organization_id
+    transfers = Transfer.objects.all()
+    if organization_ids is not None:
+        transfers = transfers.filter(organization_id__in=list(organization_ids))
+    unbalanced = [
+        row
+        for row in transfers.values("id").annotate(total=Sum("entries__amount"), n=Count("entries"))
+        if row["total"] != ZERO or row["n"] < 2
+    ]
+    assert unbalanced == [], unbalanced
+
+
+def wallet_of(organization) -> Wallet:
+    return Wallet.objects.get(organization_id=organization.pk)
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """The response is SPEC §3's error body with this status and code."""
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    return body["error"]

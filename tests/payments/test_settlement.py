@@ -1,0 +1,222 @@
+"""services.payment_settle and payments_sweep: a payment is credited at most once (SPEC §2.5)."""
+
+import threading
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+from rest_framework.test import APIClient
+
+from payments import services, tasks
+from payments.models import PaymentStatus, WebhookEvent
+from tests.payments.helpers import assert_money_invariants, wallet_of
+from tests.payments.payment_helpers import (
+    assert_credited_once,
+    money_snapshot,
+    post_sandbox,
+    recharge_credits,
+    sandbox_body,
+    sandbox_payment,
+)
+
+D = Decimal
+
+
+def stored_event(payment, *, event_type: str = "payment.succeeded", event_id: str | None = None) -> WebhookEvent:
+    """A verified notification stored by the real webhook endpoint whose settlement message was
+    lost (as if the broker or the worker died): stored, not processed."""
+    event_id = event_id or f"evt_{uuid.uuid4().hex}"
+    with mock.patch.object(tasks.payment_settle, "delay") as queued:
+        response = post_sandbox(APIClient(), sandbox_body(payment, event_type=event_type, event_id=event_id))
+    assert response.status_code == 200, response.content
+    event = WebhookEvent.objects.get(event_id=event_id)
+    assert event.processed_at is None
+    assert queued.call_count in (0, 1)  # 1 when the transaction really committed (transaction=True tests)
+    return event
+
+
+def test_settle_credits_the_wallet_and_marks_the_event_processed(organization):
+    payment = sandbox_payment(organization, "40.00")
+    event = stored_event(payment)
+
+    settled = services.payment_settle(event_id=event.pk)
+
+    assert settled.pk == payment.pk and settled.status == PaymentStatus.SUCCEEDED
+    assert_credited_once(payment)
+    event.refresh_from_db()
+    assert event.processed_at is not None
+    assert wallet_of(organization).balance == D("40")
+    assert_money_invariants([organization.pk])
+
+
+def test_settle_run_twice_credits_once(organization):
+    payment = sandbox_payment(organization, "40.00")
+    event = stored_event(payment)
+    services.payment_settle(event_id=event.pk)
+    before = money_snapshot(organization)
+
+    again = services.payment_settle(event_id=event.pk)
+
+    assert again.status == PaymentStatus.SUCCEEDED
+    assert money_snapshot(organization) == before
+    assert_credited_once(payment)
+
+
+def test_settle_of_an_unknown_event_does_nothing(organization):
+    before = money_snapshot(organization)
+
+    assert services.payment_settle(event_id=987654321) is None
+    assert money_snapshot(organization) == before
+
+
+def test_settle_task_reports_the_payment_status(organization):
+    payment = sandbox_payment(organization, "40.00")
+    failed = sandbox_payment(organization, "15.00")
+    success, failure = stored_event(payment), stored_event(failed, event_type="payment.failed")
+
+    assert tasks.payment_settle.apply(args=[success.pk]).get() == "succeeded"
+    assert tasks.payment_settle.apply(args=[failure.pk]).get() == "failed"
+    assert tasks.payment_settle.apply(args=[987654321]).get() is None
+    assert wallet_of(organization).balance == D("40")
+
+
+# --- The sweeper --------------------------------------------------------------------------------------
+
+
+def test_sweep_settles_stored_but_unprocessed_events(organization):
+    payment = sandbox_payment(organization, "40.00")
+    failed = sandbox_payment(organization, "15.00")
+    stored_event(payment)
+    stored_event(failed, event_type="payment.failed")
+
+    fresh = services.payments_sweep()  # younger than a minute: the worker may still be on it
+    later = services.payments_sweep(now=timezone.now() + timedelta(seconds=61))
+
+    assert fresh == {"settled": 0, "canceled": 0}
+    assert later == {"settled": 2, "canceled": 0}
+    assert_credited_once(payment)
+    failed.refresh_from_db()
+    assert failed.status == PaymentStatus.FAILED
+    assert not WebhookEvent.objects.filter(processed_at__isnull=True).exists()
+    assert services.payments_sweep(now=timezone.now() + timedelta(seconds=61)) == {"settled": 0, "canceled": 0}
+    assert wallet_of(organization).balance == D("40")
+
+
+def test_sweep_cancels_pending_payments_older_than_the_ttl(organization, settings):
+    settings.PAYMENT_PENDING_TTL = timedelta(hours=2)
+    stale = sandbox_payment(organization, "10.00")
+    succeeded = sandbox_payment(organization, "20.00")
+    services.payment_settle(event_id=stored_event(succeeded).pk)
+    now = timezone.now()
+    before = money_snapshot(organization)
+
+    untouched = services.payments_sweep(now=now + timedelta(hours=2) - timedelta(seconds=5))
+    swept = services.payments_sweep(now=now + timedelta(hours=2, seconds=1))
+
+    assert untouched == {"settled": 0, "canceled": 0}
+    assert swept == {"settled": 0, "canceled": 1}
+    stale.refresh_from_db()
+    assert stale.status == PaymentStatus.CANCELED
+    assert stale.failure_reason
+    assert_credited_once(succeeded)
+    after = money_snapshot(organization)
+    assert (after["balance"], after["ledger_entries"]) == (before["balance"], before["ledger_entries"])
+
+
+def test_a_success_after_the_payment_was_canceled_credits_nothing(organization):
+    payment = sandbox_payment(organization, "10.00")
+    services.payments_sweep(now=timezone.now() + timedelta(days=2))
+
+    services.payment_settle(event_id=stored_event(payment).pk)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.CANCELED
+    assert recharge_credits(payment) == []
+    assert wallet_of(organization).balance == 0
+
+
+def test_a_broker_outage_at_queue_time_is_caught_up_by_the_sweep(api_client, organization, monkeypatch,
+                                                                 django_capture_on_commit_callbacks):  # fmt: skip
+    payment = sandbox_payment(organization, "40.00")
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to the broker. Connection refused.")
+
+    monkeypatch.setattr(tasks.payment_settle, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_sandbox(api_client, sandbox_body(payment))
+
+    assert response.status_code == 200  # the notification is safely stored; the provider must not retry forever
+    assert WebhookEvent.objects.get().processed_at is None
+    assert wallet_of(organization).balance == 0
+
+    assert tasks.payments_sweep.apply(kwargs={}).get()["canceled"] == 0
+    assert services.payments_sweep(now=timezone.now() + timedelta(minutes=2))["settled"] == 1
+    assert_credited_once(payment)
+
+
+# --- Concurrency ------------------------------------------------------------------------------------------
+
+
+def _run_concurrently(functions) -> list:
+    barrier = threading.Barrier(len(functions))
+    outcomes: list = [None] * len(functions)
+
+    def run(index, function):
+        try:
+            barrier.wait(timeout=10)
+            outcomes[index] = function()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            outcomes[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_settlements_of_one_event_credit_once(organization):
+    payment = sandbox_payment(organization, "40.00")
+    event = stored_event(payment)
+
+    outcomes = _run_concurrently([lambda: services.payment_settle(event_id=event.pk)] * 8)
+
+    assert [type(o).__name__ for o in outcomes] == ["Payment"] * 8, outcomes
+    assert {o.status for o in outcomes} == {PaymentStatus.SUCCEEDED}
+    assert_credited_once(payment)
+    assert wallet_of(organization).balance == D("40")
+    assert_money_invariants([organization.pk])
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_success_and_failure_events_settle_one_outcome(organization):
+    payment = sandbox_payment(organization, "40.00")
+    events = [stored_event(payment, event_id=f"evt_ok_{i}") for i in range(4)]
+    events += [stored_event(payment, event_type="payment.failed", event_id=f"evt_ko_{i}") for i in range(4)]
+
+    outcomes = _run_concurrently([lambda e=e: services.payment_settle(event_id=e.pk) for e in events])
+
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
+    payment.refresh_from_db()
+    assert payment.status in (PaymentStatus.SUCCEEDED, PaymentStatus.FAILED)
+    credits = recharge_credits(payment)
+    if payment.status == PaymentStatus.SUCCEEDED:
+        assert_credited_once(payment)
+        assert wallet_of(organization).balance == D("40")
+    else:
+        assert credits == []
+        assert wallet_of(organization).balance == 0
+    assert not WebhookEvent.objects.filter(processed_at__isnull=True).exists()
+    assert_money_invariants([organization.pk])
