@@ -163,6 +163,8 @@ def usage_filters(request) -> dict[str, Any]:
     test = params.get("test")
     if test not in (None, "", "true", "false", "1", "0"):
         raise InvalidRequest("`test` must be true or false.", details={"test": ["Must be true or false."]})
+    if "\x00" in (params.get("service") or ""):
+        raise InvalidRequest("`service` contains a NUL character.", details={"service": ["NUL characters are not allowed."]})
     api_key = params.get("api_key")
     if api_key and not api_key.isdigit():
         raise InvalidRequest("`api_key` must be a key id.", details={"api_key": ["Must be an integer id."]})

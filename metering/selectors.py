@@ -53,7 +53,7 @@ SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_
 
 def priced_service_get(*, slug: str, organization_id: int, at: datetime | None = None) -> PricedService:
     """The active service `slug` with its prices in force; ServiceNotFound / PriceNotSet otherwise."""
-    if not isinstance(slug, str) or not slug:
+    if not isinstance(slug, str) or not slug or "\x00" in slug:
         raise ServiceNotFound()
     with connection.cursor() as cursor:
         cursor.execute(_PRICED_SERVICE_SQL, {"org": organization_id, "at": at or timezone.now(), "slug": slug})

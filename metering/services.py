@@ -80,6 +80,10 @@ def validate_idempotency_key(key: Any) -> str:
     if not isinstance(key, str) or not key.strip():
         raise InvalidRequest("An idempotency key is required (body `idempotency_key` or header Idempotency-Key).",
                              details={"idempotency_key": ["This field is required."]})  # fmt: skip
+    if "\x00" in key:
+        raise InvalidRequest(
+            "The idempotency key contains a NUL character.", details={"idempotency_key": ["NUL characters are not allowed."]}
+        )
     if len(key) > MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(
             "The idempotency key is too long.", details={"idempotency_key": [f"At most {MAX_IDEMPOTENCY_KEY} characters."]}
@@ -87,11 +91,23 @@ def validate_idempotency_key(key: Any) -> str:
     return key
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def validate_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object.", details={"metadata": ["Must be an object."]})
+    if _has_nul(metadata):  # PostgreSQL's jsonb cannot store NUL characters
+        raise InvalidRequest("`metadata` contains a NUL character.", details={"metadata": ["NUL characters are not allowed."]})
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
         raise InvalidRequest("`metadata` is too large.", details={"metadata": [f"At most {MAX_METADATA_BYTES} bytes of JSON."]})
     return metadata

@@ -111,3 +111,31 @@ def test_api_honours_its_schema(principals, principal, kept_connection):
     api_schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
     failures = _fuzz(api_schema, principals[principal])
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/api/v1/usage/", {"service": "ping\x00", "idempotency_key": "a"}),
+        ("/api/v1/usage/", {"service": "ping", "idempotency_key": "a\x00"}),
+        ("/api/v1/usage/", {"service": "ping", "idempotency_key": "a", "metadata": {"k": ["x\x00"]}}),
+        ("/api/v1/holds/", {"service": "gpt\x00", "idempotency_key": "h", "amount": "1"}),
+    ],
+)
+def test_nul_characters_are_refused_not_crashed_on(principals, url, body):
+    # Found by the fuzzer: PostgreSQL text cannot hold NUL, which used to surface as a 500.
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=principals["key"]["Authorization"])
+    response = client.post(url, body, format="json")
+    assert response.status_code in (400, 404), response.content
+    assert response.json()["error"]["code"] in ("invalid_request", "service_not_found")
+
+
+def test_nul_in_a_query_filter_is_refused(principals):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=principals["key"]["Authorization"])
+    assert client.get("/api/v1/usage/", {"service": "a\x00b"}).status_code == 400
