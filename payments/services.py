@@ -191,13 +191,13 @@ def payment_settle(*, event_id: int) -> Payment | None:
     try:
         with transaction.atomic(durable=True):
             posting = None
-            if outcome == Outcome.SUCCEEDED and payment.status == PaymentStatus.PENDING:
+            if outcome == Outcome.SUCCEEDED and _awaits(payment, outcome):
                 # Lock order: the wallet (by this posting), then the payment.
                 posting = ledger.wallet_credit(organization_id=payment.organization_id, amount=payment.amount, kind=TransferKind.RECHARGE,
                                                counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}")  # fmt: skip
             locked = Payment.objects.select_for_update().get(pk=payment.pk)
             WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
-            if locked.status != PaymentStatus.PENDING or outcome == Outcome.IGNORED:
+            if outcome == Outcome.IGNORED or not _awaits(locked, outcome):
                 raise _NothingToDo()  # rolls back the credit above, keeps nothing
             now = timezone.now()
             if posting is not None:
@@ -217,6 +217,17 @@ def payment_settle(*, event_id: int) -> Payment | None:
     if payment.status == PaymentStatus.SUCCEEDED:
         metrics.RECHARGES.labels(payment.currency).inc(float(payment.amount))
     return payment
+
+
+EXPIRED_REASON = "expired before the payer finished"
+
+
+def _awaits(payment: Payment, outcome: Outcome) -> bool:
+    """Whether this outcome may still apply. A payment our sweep gave up on (never one the provider
+    canceled) still takes a late success: the provider says the money arrived, so it is credited."""
+    if payment.status == PaymentStatus.PENDING:
+        return True
+    return outcome == Outcome.SUCCEEDED and payment.status == PaymentStatus.CANCELED and payment.failure_reason == EXPIRED_REASON
 
 
 def _event_outcome(event: WebhookEvent) -> Outcome:
@@ -245,7 +256,7 @@ def payments_sweep(*, now: datetime | None = None) -> dict[str, int]:
         payment_settle(event_id=event_id)
         settled += 1
     canceled = Payment.objects.filter(status=PaymentStatus.PENDING, created_at__lt=now - settings.PAYMENT_PENDING_TTL).update(
-        status=PaymentStatus.CANCELED, failure_reason="expired before the payer finished", updated_at=now
+        status=PaymentStatus.CANCELED, failure_reason=EXPIRED_REASON, updated_at=now
     )
     return {"settled": settled, "canceled": canceled}
 

@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from rest_framework.test import APIClient
 
 from payments import services, tasks
-from payments.models import PaymentStatus, WebhookEvent
+from payments.models import Payment, PaymentStatus, WebhookEvent
 from tests.payments.helpers import assert_money_invariants, wallet_of
 from tests.payments.payment_helpers import (
     assert_credited_once,
@@ -128,15 +128,30 @@ def test_sweep_cancels_pending_payments_older_than_the_ttl(organization, setting
     assert (after["balance"], after["ledger_entries"]) == (before["balance"], before["ledger_entries"])
 
 
-def test_a_success_after_the_payment_was_canceled_credits_nothing(organization):
+def test_a_late_success_after_our_sweep_gave_up_is_still_credited_once(organization):
+    # The sweep only stops waiting; if the provider later says the money arrived, it must count.
     payment = sandbox_payment(organization, "10.00")
     services.payments_sweep(now=timezone.now() + timedelta(days=2))
 
     services.payment_settle(event_id=stored_event(payment).pk)
+    services.payment_settle(event_id=stored_event(payment).pk)
 
     payment.refresh_from_db()
-    assert payment.status == PaymentStatus.CANCELED
-    assert recharge_credits(payment) == []
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert_credited_once(payment)
+    assert wallet_of(organization).balance == D("10")
+
+
+def test_a_success_after_a_failure_or_provider_cancel_credits_nothing(organization):
+    for status in (PaymentStatus.FAILED, PaymentStatus.CANCELED):
+        payment = sandbox_payment(organization, "10.00")
+        Payment.objects.filter(pk=payment.pk).update(status=status, failure_reason="provider said so")
+
+        services.payment_settle(event_id=stored_event(payment).pk)
+
+        payment.refresh_from_db()
+        assert payment.status == status
+        assert recharge_credits(payment) == []
     assert wallet_of(organization).balance == 0
 
 
