@@ -22,7 +22,7 @@ from accounts.tenancy import TenantMixin
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
-from billing_site.errors import DomainError, InvalidRequest, NotFound
+from billing_site.errors import DomainError, ErrorCode, InvalidRequest, NotFound
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
@@ -158,6 +158,14 @@ def _when(value: str | None, name: str) -> datetime | None:
     return parsed
 
 
+def _flag(value: str | None, name: str) -> bool:
+    if value in (None, "", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise InvalidRequest(f"`{name}` must be true or false.", details={name: ["Must be true or false."]})
+
+
 def usage_filters(request) -> dict[str, Any]:
     params = request.query_params
     test = params.get("test")
@@ -238,7 +246,7 @@ class UsageSummaryApi(TenantMixin, APIView):
         if day_from > day_to:
             raise InvalidRequest("`from` is after `to`.", details={"from": ["Must not be after `to`."]})
         rows = selectors.usage_summary(organization_id=self.tenant.organization.pk, group_by=group_by, day_from=day_from,
-                                       day_to=day_to, test=params.get("test") in ("true", "1"))  # fmt: skip
+                                       day_to=day_to, test=_flag(params.get("test"), "test"))  # fmt: skip
         for row in rows:
             row["cost"] = money_str(row["cost"])
             if group_by == "day":
@@ -261,6 +269,11 @@ def _day(value: str | None, name: str) -> date | None:
     return day
 
 
+class PermissionRefused(DomainError):
+    code = ErrorCode.PERMISSION_DENIED
+    message = "Not allowed."
+
+
 class _Echo:
     def write(self, value):
         return value
@@ -276,7 +289,7 @@ class UsageExportApi(TenantMixin, APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request):
         if self.tenant.user is None:
-            raise InvalidRequest("The CSV export is for people signed in with a JWT.")
+            raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
         writer = csv.writer(_Echo())
 

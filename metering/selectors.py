@@ -47,16 +47,22 @@ SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_
          ORDER BY organization_id IS NULL, effective_from DESC, id DESC
          LIMIT 1
        ) p ON true
- WHERE s.slug = %(slug)s AND s.active
+ WHERE s.slug = %(slug)s AND (s.active OR %(include_inactive)s)
 """
 
 
-def priced_service_get(*, slug: str, organization_id: int, at: datetime | None = None) -> PricedService:
-    """The active service `slug` with its prices in force; ServiceNotFound / PriceNotSet otherwise."""
+def priced_service_get(
+    *, slug: str, organization_id: int, at: datetime | None = None, include_inactive: bool = False
+) -> PricedService:
+    """The active service `slug` with its prices in force; ServiceNotFound / PriceNotSet otherwise.
+    `include_inactive` prices usage already delivered (a hold's capture) after a service was retired."""
     if not isinstance(slug, str) or not slug or "\x00" in slug:
         raise ServiceNotFound()
     with connection.cursor() as cursor:
-        cursor.execute(_PRICED_SERVICE_SQL, {"org": organization_id, "at": at or timezone.now(), "slug": slug})
+        cursor.execute(
+            _PRICED_SERVICE_SQL,
+            {"org": organization_id, "at": at or timezone.now(), "slug": slug, "include_inactive": include_inactive},
+        )
         row = cursor.fetchone()
     if row is None:
         raise ServiceNotFound()

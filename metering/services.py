@@ -33,6 +33,11 @@ from payments import ledger
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_METADATA_BYTES = 4096
+RESERVED_KEY_PREFIX = "tollgate:"  # usage Tollgate records itself (hold captures) lives under it
+
+
+def hold_capture_key(hold_id: int) -> str:
+    return f"{RESERVED_KEY_PREFIX}hold:{hold_id}"
 
 
 class SpendCapExceeded(DomainError):
@@ -80,6 +85,9 @@ def validate_idempotency_key(key: Any) -> str:
     if not isinstance(key, str) or not key.strip():
         raise InvalidRequest("An idempotency key is required (body `idempotency_key` or header Idempotency-Key).",
                              details={"idempotency_key": ["This field is required."]})  # fmt: skip
+    if key.startswith(RESERVED_KEY_PREFIX):
+        raise InvalidRequest(f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved.",
+                             details={"idempotency_key": ["Reserved prefix."]})  # fmt: skip
     if "\x00" in key:
         raise InvalidRequest(
             "The idempotency key contains a NUL character.", details={"idempotency_key": ["NUL characters are not allowed."]}
@@ -113,14 +121,18 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     return metadata
 
 
-def _price(event: UsageEvent, *, organization_id: int, services: dict | None = None) -> _PricedEvent:
+def _price(
+    event: UsageEvent, *, organization_id: int, services: dict | None = None, include_inactive: bool = False
+) -> _PricedEvent:
     """Everything that can happen before the lock: service, price in force, quantities, cost.
     `services` memoizes the service lookups of a batch (slug → PricedService or its error)."""
     services = {} if services is None else services
     priced = services.get(event.service)
     if priced is None:
         try:
-            priced = selectors.priced_service_get(slug=event.service, organization_id=organization_id)
+            priced = selectors.priced_service_get(
+                slug=event.service, organization_id=organization_id, include_inactive=include_inactive
+            )
         except DomainError as error:
             priced = error
         services[event.service] = priced
@@ -322,11 +334,14 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
         postings = ledger.usage_charge_batch(
             organization_id=organization_id,
             charges=[(ZERO if tenant.is_test else p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh],
+            budget=_spend_cap_remaining(tenant, organization_id=organization_id),
         )
         accepted: list[tuple[int, _PricedEvent, ledger.Posting | None]] = []
         for (index, priced), posting in zip(fresh, postings, strict=True):
-            if posting is None:
+            if posting == ledger.Refusal.BALANCE:
                 results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
+            elif posting == ledger.Refusal.BUDGET:
+                results[index] = BatchResult(status=402, error=SpendCapExceeded())
             else:
                 accepted.append((index, priced, None if tenant.is_test else posting))
         records = _insert_usage_batch(accepted, tenant=tenant, now=timezone.now())
@@ -344,6 +359,19 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             )
     _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
+
+
+def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | None:
+    """What a capped live key may still spend, read under the wallet's lock: every debit of the
+    organization (so of its keys) serializes on that lock, so `spent` cannot move meanwhile."""
+    api_key = tenant.api_key
+    if api_key is None or tenant.is_test or api_key.spend_cap is None:
+        return None
+    ledger.wallet_lock(organization_id=organization_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT spend_cap - spent FROM accounts_apikey WHERE id = %s", [api_key.pk])
+        (remaining,) = cursor.fetchone()
+    return remaining
 
 
 def _count_batch(results: Sequence[BatchResult], *, tenant: Tenant) -> None:
@@ -524,12 +552,12 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
     transaction. The actual cost may exceed the hold (SPEC §2.4: the service was delivered).
     Capturing again answers the same outcome; capturing a released or expired hold is refused."""
     organization_id = tenant.organization.pk
-    event = UsageEvent(service=hold.service.slug, idempotency_key=f"hold:{hold.pk}", data=data)
+    event = UsageEvent(service=hold.service.slug, idempotency_key=hold_capture_key(hold.pk), data=data)
     if hold.status == HoldStatus.CAPTURED:
         return _capture_replay(hold, event)
     if hold.status != HoldStatus.ACTIVE:
         raise HoldNotActive()
-    priced = _price(event, organization_id=organization_id)
+    priced = _price(event, organization_id=organization_id, include_inactive=True)  # delivered before any retirement
     try:
         with transaction.atomic(durable=True):
             # Lock order: the wallet, then the hold; the hold is checked before its amount is freed, so a

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -201,10 +202,17 @@ SELECT u.id, %(org)s, 'revenue', u.cost, NULL, %(now)s FROM unnest(%(ids)s::bigi
 """
 
 
-def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal, str]]) -> list[Posting | None]:
-    """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits (None
-    where it does not), as if they came one by one. Must run inside the caller's transaction.
-    A transfer per charge; four statements whatever the batch size."""
+class Refusal(StrEnum):
+    BALANCE = "balance"  # the wallet cannot afford it
+    BUDGET = "budget"  # it would pass the caller's budget (e.g. an API key's remaining spend cap)
+
+
+def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal, str]],
+                       budget: Decimal | None = None) -> list[Posting | Refusal]:  # fmt: skip
+    """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits the
+    wallet and the optional `budget` on the total, as if they came one by one; a Refusal where it
+    does not. Must run inside the caller's transaction. A transfer per charge; four statements
+    whatever the batch size."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("usage_charge_batch must run inside a transaction")
     with connection.cursor() as cursor:
@@ -214,17 +222,20 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
             [organization_id],
         )
         balance, held, credit_limit, threshold, alerted = cursor.fetchone()
-        postings: list[Posting | None] = []
+        postings: list[Posting | Refusal] = []
         charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
         for cost, reference in charges:
             if cost == ZERO:
                 postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
+            elif budget is not None and cost > budget:
+                postings.append(Refusal.BUDGET)
             elif balance - cost - held < -credit_limit:
-                postings.append(None)
+                postings.append(Refusal.BALANCE)
             else:
                 balance -= cost
+                budget = None if budget is None else budget - cost
                 charged.append((cost, reference, balance, len(postings)))
-                postings.append(None)  # filled in below once the transfer ids exist
+                postings.append(Refusal.BALANCE)  # replaced below once the transfer ids exist
         if not charged:
             return postings
         cursor.execute(

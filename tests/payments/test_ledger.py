@@ -180,9 +180,30 @@ def test_batch_skips_what_does_not_fit_and_keeps_running_balances(organization):
             charges=[(D("1"), "a"), (D("2"), "b"), (D("0"), "c"), (D("1.5"), "d"), (D("0.000000000001"), "e")],
         )
 
-    assert [p and p.balance_after for p in postings] == [D("1"), None, D("1"), D("-0.5"), None]
+    refused = ledger.Refusal.BALANCE
+    assert [p if isinstance(p, ledger.Refusal) else p.balance_after for p in postings] == [
+        D("1"),
+        refused,
+        D("1"),
+        D("-0.5"),
+        refused,
+    ]
     assert postings[2].transfer_id is None
     assert wallet_of(organization).balance == D("-0.5")
+    assert_money_invariants([organization.pk], holds=False)
+
+
+def test_batch_budget_caps_the_total_charged_in_order(organization):
+    wallet_fund(organization, "10")
+    with transaction.atomic():
+        postings = ledger.usage_charge_batch(
+            organization_id=organization.pk, charges=[(D("1"), "a"), (D("2"), "b"), (D("0.5"), "c")], budget=D("1.5")
+        )
+    assert [p if isinstance(p, ledger.Refusal) else p.balance_after for p in postings] == [
+        D("9"),
+        ledger.Refusal.BUDGET,
+        D("8.5"),
+    ]
     assert_money_invariants([organization.pk], holds=False)
 
 
