@@ -81,6 +81,11 @@ class NotFound(DomainError):
     message = "Not found."
 
 
+class PermissionRefused(DomainError):
+    code = ErrorCode.PERMISSION_DENIED
+    message = "You are not allowed to do this."
+
+
 class OrganizationRequired(DomainError):
     code = ErrorCode.ORGANIZATION_REQUIRED
     message = "You belong to several organizations: name one with the X-Organization header."

@@ -22,7 +22,7 @@ from accounts.tenancy import TenantMixin
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
-from billing_site.errors import DomainError, ErrorCode, InvalidRequest, NotFound
+from billing_site.errors import DomainError, InvalidRequest, NotFound, PermissionRefused
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
@@ -267,11 +267,6 @@ def _day(value: str | None, name: str) -> date | None:
     if day is None:
         raise InvalidRequest(f"`{name}` must be an ISO date.", details={name: ["Invalid date."]})
     return day
-
-
-class PermissionRefused(DomainError):
-    code = ErrorCode.PERMISSION_DENIED
-    message = "Not allowed."
 
 
 class _Echo:
