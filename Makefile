@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(PY) -m billing_site.run
 
 test: $(STAMP)
+	$(PY) -m tests.browser.provision
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -3,7 +3,7 @@
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -13,9 +13,9 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.models import ApiKey, ApiKeyMode, Membership, Organization, Role, User
+from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
-from billing_site.errors import InvalidRequest
+from billing_site.errors import DomainError, ErrorCode, InvalidRequest
 
 API_KEY_PREFIXES = {ApiKeyMode.LIVE: "tg_live_", ApiKeyMode.TEST: "tg_test_"}
 API_KEY_READABLE_CHARS = 6  # of the random part, kept readable next to the mode prefix
@@ -110,3 +110,173 @@ def api_key_touch(*, api_key: ApiKey) -> None:
         stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before)
         ApiKey.objects.filter(stale, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+# --- Team: invitations and memberships ------------------------------------------------------------
+#
+# Lock order (as everywhere): the organization row first. Every change of who owns an organization
+# locks it, so two owners demoting or removing each other at once cannot leave it with none.
+
+INVITATION_TTL = timedelta(days=7)
+
+
+class PermissionRefused(DomainError):
+    code = ErrorCode.PERMISSION_DENIED
+    message = "Only the organization's owners and admins may do this."
+
+
+class InvitationInvalid(DomainError):
+    code = ErrorCode.INVALID_REQUEST
+    message = "This invitation link is invalid, was revoked or has expired."
+
+
+class LastOwner(DomainError):
+    code = ErrorCode.INVALID_REQUEST
+    message = "An organization always keeps at least one owner: make someone else an owner first."
+
+
+def invitation_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _role_in(organization_id: int, user: User) -> Role | None:
+    role = Membership.objects.filter(organization_id=organization_id, user=user).values_list("role", flat=True).first()
+    return Role(role) if role else None
+
+
+def _may_grant(actor_role: Role | None, role: Role) -> bool:
+    """Owners grant any role; admins grant admin or member; members grant nothing."""
+    if actor_role == Role.OWNER:
+        return True
+    return actor_role == Role.ADMIN and role != Role.OWNER
+
+
+@dataclass(frozen=True)
+class CreatedInvitation:
+    invitation: Invitation
+    token: str  # goes into the emailed link; never stored
+
+
+def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User,
+                      ttl: timedelta = INVITATION_TTL) -> CreatedInvitation:  # fmt: skip
+    """Invite `email` with `role`; an earlier open invitation to the same address is revoked, so
+    only the newest link works. PermissionRefused unless the inviter may grant that role."""
+    try:
+        role = Role(role)
+    except ValueError as exc:
+        raise InvalidRequest("Unknown role.", details={"role": ["Unknown role."]}) from exc
+    if not _may_grant(_role_in(organization.pk, invited_by), role):
+        raise PermissionRefused("Only owners may invite owners; only owners and admins may invite.")
+    email = User.objects.normalize_email(email).lower()
+    if Membership.objects.filter(organization=organization, user__email=email).exists():
+        raise InvalidRequest(f"{email} is already a member.", details={"email": ["Already a member."]})
+    token = secrets.token_urlsafe(32)
+    now = timezone.now()
+    invitation = Invitation(organization=organization, email=email, role=role, digest=invitation_digest(token),
+                            invited_by=invited_by, created_at=now, expires_at=now + ttl)  # fmt: skip
+    invitation.full_clean(validate_constraints=False)
+    try:
+        with transaction.atomic():
+            Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True,
+                                      revoked_at__isnull=True).update(revoked_at=now)  # fmt: skip
+            invitation.save()
+    except IntegrityError as exc:  # a concurrent invitation to the same address won
+        raise InvalidRequest(f"An invitation to {email} was just sent.", details={"email": ["Just invited."]}) from exc
+    return CreatedInvitation(invitation=invitation, token=token)
+
+
+def invitation_revoke(*, invitation: Invitation, actor: User) -> Invitation:
+    if _role_in(invitation.organization_id, actor) not in MANAGER_ROLES:
+        raise PermissionRefused()
+    if invitation.accepted_at is None and invitation.revoked_at is None:
+        Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        invitation.refresh_from_db(fields=["revoked_at"])
+    return invitation
+
+
+def invitation_accept(*, token: str, user: User) -> Membership:
+    """Join the invitation's organization with its role. The signed-in user must own the invited
+    address. Accepting twice answers the same membership; a revoked, expired or foreign link is
+    InvitationInvalid, changing nothing."""
+    if not isinstance(token, str) or not token:
+        raise InvitationInvalid()
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().filter(digest=invitation_digest(token)).first()
+        if invitation is None or invitation.revoked_at is not None:
+            raise InvitationInvalid()
+        if invitation.accepted_at is not None:
+            membership = Membership.objects.filter(organization_id=invitation.organization_id, user=user).first()
+            if invitation.accepted_by_id == user.pk and membership is not None:
+                return membership
+            raise InvitationInvalid("This invitation has already been used.")
+        if invitation.expires_at <= timezone.now():
+            raise InvitationInvalid("This invitation has expired: ask for a new one.")
+        if invitation.email != user.email.lower():
+            raise InvitationInvalid(f"This invitation was sent to {invitation.email}: sign in with that address to accept it.")
+        membership, _ = Membership.objects.get_or_create(
+            organization_id=invitation.organization_id, user=user, defaults={"role": invitation.role}
+        )
+        Invitation.objects.filter(pk=invitation.pk).update(accepted_at=timezone.now(), accepted_by=user)
+    return membership
+
+
+def invitation_signup(*, token: str, password: str, name: str = "") -> tuple[User, Membership]:
+    """Create the invited person's account and accept the invitation, or do nothing at all."""
+    invitation = Invitation.objects.filter(digest=invitation_digest(token)).first() if isinstance(token, str) else None
+    if invitation is None or not invitation.is_pending():
+        raise InvitationInvalid()
+    validate_password(password, user=User(email=invitation.email, name=name))
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(email=invitation.email, password=password, name=name)
+        except IntegrityError as exc:
+            raise InvalidRequest("An account with this email already exists: sign in to accept.",
+                                 details={"email": ["already registered"]}) from exc  # fmt: skip
+        membership = invitation_accept(token=token, user=user)
+    return user, membership
+
+
+def _locked_team_change(membership: Membership, actor: User) -> tuple[Membership, Role | None, int]:
+    """Lock the organization, then answer the membership re-read, the actor's role and the number
+    of owners, all as of the lock. Must run inside a transaction."""
+    Organization.objects.select_for_update().filter(pk=membership.organization_id).first()
+    locked = Membership.objects.select_related("user").filter(pk=membership.pk).first()
+    if locked is None:
+        raise InvalidRequest("This person is no longer a member.")
+    owners = Membership.objects.filter(organization_id=membership.organization_id, role=Role.OWNER).count()
+    return locked, _role_in(membership.organization_id, actor), owners
+
+
+def membership_role_change(*, membership: Membership, role: str, actor: User) -> Membership:
+    """Give a member another role. Owners change anyone; admins change admins and members but
+    grant no ownership; the last owner is never demoted (LastOwner)."""
+    try:
+        role = Role(role)
+    except ValueError as exc:
+        raise InvalidRequest("Unknown role.", details={"role": ["Unknown role."]}) from exc
+    with transaction.atomic():
+        locked, actor_role, owners = _locked_team_change(membership, actor)
+        if actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role)) or not _may_grant(actor_role, role):
+            raise PermissionRefused("Only owners may change an owner's role or make someone an owner.")
+        if locked.role == Role.OWNER and role != Role.OWNER and owners <= 1:
+            raise LastOwner()
+        if locked.role != role:
+            Membership.objects.filter(pk=locked.pk).update(role=role)
+            locked.role = role
+    return locked
+
+
+def membership_remove(*, membership: Membership, actor: User) -> None:
+    """Remove a member (or leave, when the actor is that member). Only owners remove owners; the
+    last owner is never removed (LastOwner)."""
+    with transaction.atomic():
+        locked, actor_role, owners = _locked_team_change(membership, actor)
+        leaving = locked.user_id == actor.pk
+        if not leaving and (actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role))):
+            raise PermissionRefused("Only owners may remove an owner; only owners and admins may remove members.")
+        if locked.role == Role.OWNER and owners <= 1:
+            raise LastOwner()
+        Membership.objects.filter(pk=locked.pk).delete()

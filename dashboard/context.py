@@ -1,0 +1,103 @@
+"""The dashboard's tenant: which organization a signed-in person is looking at, and as what.
+
+The chosen organization's slug lives in the session; it is re-checked against the person's
+memberships on every request, so a stale or forged slug falls back to one they belong to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+
+from accounts.models import MANAGER_ROLES, Membership, Organization, Role, User
+from accounts.selectors import membership_list
+
+SESSION_KEY = "dashboard_organization"
+
+# Everything the dashboard serves comes from the project itself (SPEC §4); the browser enforces it.
+CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+
+
+@dataclass(frozen=True)
+class Current:
+    user: User
+    membership: Membership
+    memberships: list[Membership]
+
+    @property
+    def organization(self) -> Organization:
+        return self.membership.organization
+
+    @property
+    def role(self) -> Role:
+        return Role(self.membership.role)
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role in MANAGER_ROLES
+
+    @property
+    def is_owner(self) -> bool:
+        return self.role == Role.OWNER
+
+
+def current_resolve(request: HttpRequest) -> Current | None:
+    """The organization chosen in the session if the user still belongs to it, else their first."""
+    memberships = list(membership_list(user=request.user))
+    if not memberships:
+        return None
+    slug = request.session.get(SESSION_KEY)
+    chosen = next((m for m in memberships if m.organization.slug == slug), memberships[0])
+    if chosen.organization.slug != slug:
+        request.session[SESSION_KEY] = chosen.organization.slug
+    return Current(user=request.user, membership=chosen, memberships=memberships)
+
+
+def organization_choose(request: HttpRequest, slug: str) -> Membership:
+    """Switch the session to `slug`; Http404 unless the user belongs to it."""
+    membership = next((m for m in membership_list(user=request.user) if m.organization.slug == slug), None)
+    if membership is None:
+        raise Http404("No such organization.")
+    request.session[SESSION_KEY] = slug
+    return membership
+
+
+def page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
+    """Render a dashboard page with the shell's context (current organization, navigation)."""
+    base = {"current": getattr(request, "current", None)}
+    response = render(request, template, {**base, **(context or {})}, status=status)
+    return secure_headers(response)
+
+
+def secure_headers(response: HttpResponse) -> HttpResponse:
+    response.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    return response
+
+
+def dashboard_view(*, managers_only: bool = False) -> Callable:
+    """Sign-in required; resolves `request.current`; answers the dashboard's own 404 page for any
+    object outside the current organization, and 403 to members on owner/admin pages."""
+
+    def decorator(view: Callable) -> Callable:
+        @login_required
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            current = current_resolve(request)
+            if current is None:
+                return redirect("dashboard:welcome")
+            request.current = current
+            if managers_only and not current.is_manager:
+                return page(request, "dashboard/403.html", status=403)
+            try:
+                return secure_headers(view(request, current, *args, **kwargs))
+            except Http404:
+                return page(request, "dashboard/404.html", status=404)
+
+        return wrapped
+
+    return decorator

@@ -1,0 +1,249 @@
+"""Dashboard forms: they validate input; services do the writing."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from urllib.parse import urlencode, urlsplit
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from accounts.models import ApiKeyMode, Role
+from dashboard import throttle
+from payments.providers.base import currency_exponent
+
+SIGNUPS_PER_IP_PER_HOUR = 20
+RESETS_PER_IP_PER_HOUR = 10
+
+
+class LoginForm(AuthenticationForm):
+    """Django's sign-in, refused for a while after LOGIN_FAILURE_LIMIT wrong passwords for the
+    same email from the same address; a locked-out attempt does not even check the password."""
+
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "invalid_login": "That email and password do not match an account.",
+        "throttled": "Too many failed attempts. Try again in %(minutes)s minute(s), or reset your password.",
+    }
+
+    def __init__(self, request=None, *args, **kwargs):
+        super().__init__(request, *args, **kwargs)
+        self.fields["username"].label = "Email"
+        self.fields["username"].widget = forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+
+    def clean(self):
+        email = self.cleaned_data.get("username") or ""
+        ip = throttle.client_ip(self.request) if self.request else ""
+        wait = throttle.login_retry_after(email, ip) if email else 0
+        if wait:
+            raise ValidationError(self.error_messages["throttled"], code="throttled", params={"minutes": -(-wait // 60)})
+        try:
+            cleaned = super().clean()
+        except ValidationError as error:
+            if email and error.code == "invalid_login":
+                throttle.login_failed(email, ip)
+            raise
+        throttle.login_succeeded(email, ip)
+        return cleaned
+
+
+class SignupForm(forms.Form):
+    email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    password = forms.CharField(strip=False, min_length=8, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+                               help_text="At least 8 characters; not a common password.")  # fmt: skip
+    organization = forms.CharField(max_length=120, label="Organization name",
+                                   widget=forms.TextInput(attrs={"autocomplete": "organization", "placeholder": "Acme AI"}))  # fmt: skip
+
+    def __init__(self, *args, request=None, **kwargs):
+        self.request = request
+        super().__init__(*args, **kwargs)
+
+    def clean(self):
+        if self.request is not None and throttle.rate_exceeded(
+            "signup", throttle.client_ip(self.request), limit=SIGNUPS_PER_IP_PER_HOUR, window=3600
+        ):
+            raise ValidationError("Too many sign-ups from your network. Try again later.", code="throttled")
+        return super().clean()
+
+
+class InvitationSignupForm(forms.Form):
+    name = forms.CharField(max_length=150, required=False, widget=forms.TextInput(attrs={"autocomplete": "name"}))
+    password = forms.CharField(strip=False, min_length=8, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+
+
+class ThrottledPasswordResetForm(PasswordResetForm):
+    """Django's reset form (silent about unknown addresses), limited per client address so it
+    cannot be used to flood an inbox."""
+
+    def __init__(self, *args, request=None, **kwargs):
+        self.request = request
+        super().__init__(*args, **kwargs)
+        self.fields["email"].widget.attrs["autofocus"] = True
+
+    def clean(self):
+        if self.request is not None and throttle.rate_exceeded(
+            "reset", throttle.client_ip(self.request), limit=RESETS_PER_IP_PER_HOUR, window=3600
+        ):
+            raise ValidationError("Too many reset requests from your network. Try again later.", code="throttled")
+        return super().clean()
+
+
+class OrganizationForm(forms.Form):
+    organization = forms.CharField(max_length=120, label="Organization name")
+
+
+# --- Usage ------------------------------------------------------------------------------------------
+
+MODE_CHOICES = [("", "Live and test"), ("live", "Live"), ("test", "Test")]
+
+
+class UsageFilterForm(forms.Form):
+    service = forms.ChoiceField(required=False)
+    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    api_key = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="API key")
+    mode = forms.ChoiceField(required=False, choices=MODE_CHOICES)
+
+    def __init__(self, *args, services: list[tuple[str, str]], api_keys: list, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["service"].choices = [("", "All services"), *services]
+        self.fields["api_key"].choices = [("", "All keys")] + [
+            (key.pk, f"{key.name} ({key.prefix}…)" + (" — revoked" if key.revoked_at else "")) for key in api_keys
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("date_from"), cleaned.get("date_to")
+        if start and end and start > end:
+            raise ValidationError("The start date is after the end date.")
+        return cleaned
+
+    def selector_filters(self) -> dict:
+        """The arguments of metering.selectors.usage_list; the dates are whole UTC days."""
+        data = self.cleaned_data if self.is_valid() else {}
+        tz = timezone.get_default_timezone()
+        start, end = data.get("date_from"), data.get("date_to")
+        return {
+            "service": data.get("service") or None,
+            "created_from": datetime.combine(start, time.min, tzinfo=tz) if start else None,
+            "created_to": datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz) if end else None,
+            "api_key_id": data.get("api_key"),
+            "test": {"live": False, "test": True}.get(data.get("mode") or ""),
+        }
+
+    def querystring(self) -> str:
+        """The filters as a query string, for the pagination and export links."""
+        data = self.cleaned_data if self.is_valid() else {}
+        params = {name: data.get(name) for name in self.fields}
+        return urlencode({k: v for k, v in params.items() if v not in (None, "")})
+
+
+# --- API keys ---------------------------------------------------------------------------------------
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Production backend"}))
+    mode = forms.ChoiceField(choices=ApiKeyMode.choices, initial=ApiKeyMode.LIVE, widget=forms.RadioSelect)
+    spend_cap = forms.DecimalField(required=False, min_value=Decimal(0), max_digits=16, decimal_places=6,
+                                   label="Spend cap", help_text="The most this key may ever spend in live mode.")  # fmt: skip
+    expires_on = forms.DateField(required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
+                                 help_text="The key stops working at the start of this day (UTC).")  # fmt: skip
+
+    def clean_expires_on(self):
+        day = self.cleaned_data.get("expires_on")
+        if day and day <= timezone.now().date():
+            raise ValidationError("Pick a day in the future.")
+        return day
+
+    def expires_at(self) -> datetime | None:
+        day = self.cleaned_data.get("expires_on")
+        return datetime.combine(day, time.min, tzinfo=timezone.get_default_timezone()) if day else None
+
+
+# --- Billing ----------------------------------------------------------------------------------------
+
+
+def available_providers() -> list[tuple[str, str]]:
+    labels = {"sandbox": "Sandbox (test payments)", "stripe": "Card (Stripe)"}
+    providers = [p for p in settings.PAYMENT_PROVIDERS if p != "stripe" or settings.STRIPE_SECRET_KEY]
+    return [(p, labels.get(p, p.title())) for p in providers]
+
+
+class RechargeForm(forms.Form):
+    amount = forms.DecimalField(min_value=Decimal(0), max_digits=16, decimal_places=6,
+                                widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))  # fmt: skip
+    provider = forms.ChoiceField(widget=forms.RadioSelect)
+    idempotency_key = forms.CharField(max_length=64, widget=forms.HiddenInput)
+
+    def __init__(self, *args, currency: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.currency = currency
+        choices = available_providers()
+        self.fields["provider"].choices = choices
+        self.fields["provider"].initial = choices[0][0] if choices else None
+        self.fields["amount"].widget.attrs.update(min=str(settings.RECHARGE_MIN), max=str(settings.RECHARGE_MAX))
+
+    def clean_amount(self):
+        amount = self.cleaned_data["amount"]
+        places = currency_exponent(self.currency)
+        if amount != amount.quantize(Decimal(1).scaleb(-places)):
+            raise ValidationError(f"At most {places} decimal places.")
+        if not settings.RECHARGE_MIN <= amount <= settings.RECHARGE_MAX:
+            raise ValidationError(f"Between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX} {self.currency}.")
+        return amount
+
+
+# --- Team -------------------------------------------------------------------------------------------
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"placeholder": "teammate@example.com"}))
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+    def __init__(self, *args, grantable: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [(value, name) for value, name in Role.choices if value in grantable]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+# --- Settings ---------------------------------------------------------------------------------------
+
+
+def webhook_url_validate(url: str) -> None:
+    """An alert webhook must be an http(s) URL on a public host (https in production): our worker
+    POSTs to it, so it must not reach into our own network."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not settings.DEVELOPMENT):
+        raise ValidationError("Use an https:// URL.")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValidationError("The URL needs a host name.")
+    if settings.DEVELOPMENT:
+        return
+    if host == "localhost" or host.endswith((".localhost", ".internal", ".local")):
+        raise ValidationError("The URL must point to a public host.")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    if not address.is_global:
+        raise ValidationError("The URL must point to a public host.")
+
+
+class AlertSettingsForm(forms.Form):
+    low_balance_threshold = forms.DecimalField(min_value=Decimal(0), max_digits=16, decimal_places=6,
+                                               label="Low-balance threshold",
+                                               help_text="We warn you (email to owners and admins, banner, webhook) when the balance falls below it. 0 turns alerts off.",
+                                               widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))  # fmt: skip
+    alert_webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https", label="Alert webhook URL",
+                                       validators=[webhook_url_validate],
+                                       help_text="We POST a signed JSON body here when the balance runs low.",
+                                       widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}))  # fmt: skip

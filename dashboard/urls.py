@@ -1,0 +1,36 @@
+"""The customer dashboard, mounted at the site root: the sign-in pages at /, the app under /dashboard/."""
+
+from django.urls import path
+
+from dashboard.views import auth, billing, keys, pages, settings, team
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", auth.home, name="home"),
+    path("signup/", auth.signup, name="signup"),
+    path("login/", auth.LoginView.as_view(), name="login"),
+    path("logout/", auth.LogoutView.as_view(), name="logout"),
+    path("password-reset/", auth.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/sent/", auth.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path("reset/<uidb64>/<token>/", auth.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
+    path("reset/done/", auth.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("invite/<str:token>/", auth.invitation, name="invitation"),
+    path("welcome/", pages.welcome, name="welcome"),
+    path("dashboard/", pages.overview, name="overview"),
+    path("dashboard/usage/", pages.usage, name="usage"),
+    path("dashboard/usage/export.csv", pages.usage_export, name="usage_export"),
+    path("dashboard/pricing/", pages.pricing, name="pricing"),
+    path("dashboard/keys/", keys.keys, name="keys"),
+    path("dashboard/keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
+    path("dashboard/billing/", billing.billing, name="billing"),
+    path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
+    path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),
+    path("dashboard/team/", team.team, name="team"),
+    path("dashboard/team/<int:membership_id>/role/", team.member_role, name="member_role"),
+    path("dashboard/team/<int:membership_id>/remove/", team.member_remove, name="member_remove"),
+    path("dashboard/team/invitations/<int:invitation_id>/revoke/", team.invitation_revoke, name="invitation_revoke"),
+    path("dashboard/settings/", settings.settings_page, name="settings"),
+    path("dashboard/settings/password/", auth.PasswordChangeView.as_view(), name="password_change"),
+    path("dashboard/switch/", settings.organization_switch, name="switch"),
+]

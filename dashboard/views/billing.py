@@ -1,0 +1,88 @@
+"""Recharge through a provider's checkout, payment history, and a payment's live status."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.paginator import Paginator
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
+
+from billing_site.errors import DomainError
+from billing_site.money import money_str
+from dashboard import forms, selectors
+from dashboard.context import dashboard_view, page
+from dashboard.templatetags.dashboard import label, money_format, tone
+from payments import selectors as payment_selectors
+from payments import services as payment_services
+from payments.models import Payment, PaymentStatus
+
+PAYMENTS_PER_PAGE = 20
+QUICK_AMOUNTS = ["10", "25", "50", "100", "250"]
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@dashboard_view(managers_only=True)
+def billing(request, current):
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    # A fresh idempotency key per rendering of the form: a double click or a resubmitted POST
+    # answers the same payment instead of opening a second one.
+    form = forms.RechargeForm(
+        request.POST or None, currency=wallet.currency, initial={"idempotency_key": uuid.uuid4().hex, "amount": "25"}
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            payment, _ = payment_services.payment_recharge_start(
+                organization=current.organization, user=request.user, amount=form.cleaned_data["amount"],
+                provider=form.cleaned_data["provider"], idempotency_key=f"dashboard:{form.cleaned_data['idempotency_key']}",
+            )  # fmt: skip
+        except DomainError as error:
+            form.add_error("amount" if "amount" in error.details else None, error.message)
+        else:
+            if payment.status == PaymentStatus.PENDING and payment.checkout_url:
+                return redirect(payment.checkout_url)
+            return redirect("dashboard:payment", payment_id=payment.pk)
+    payments = Paginator(payment_selectors.payment_list(organization_id=current.organization.pk), PAYMENTS_PER_PAGE)
+    context = {"form": form, "wallet": wallet, "payments": payments.get_page(request.GET.get("page")),
+               "quick_amounts": QUICK_AMOUNTS}  # fmt: skip
+    return page(request, "dashboard/billing.html", context, status=400 if form.errors else 200)
+
+
+def _payment(current, payment_id: int) -> Payment:
+    try:
+        return selectors.payment_get(organization_id=current.organization.pk, payment_id=payment_id)
+    except Payment.DoesNotExist as exc:
+        raise Http404 from exc
+
+
+@require_GET
+@dashboard_view(managers_only=True)
+def payment(request, current, payment_id: int):
+    """Where the provider's checkout sends the payer back (`?result=success|cancel`)."""
+    payment = _payment(current, payment_id)
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    result = request.GET.get("result")
+    return page(request, "dashboard/payment.html", {"payment": payment, "wallet": wallet, "result": result})
+
+
+@never_cache
+@require_GET
+@dashboard_view(managers_only=True)
+def payment_status(request, current, payment_id: int):
+    """A payment's status and the wallet's balance, polled by the payment pages every 2 s."""
+    payment = _payment(current, payment_id)
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    return JsonResponse({
+        "id": payment.pk,
+        "status": payment.status,
+        "status_label": label(payment.status),
+        "tone": tone(payment.status),
+        "final": payment.status != PaymentStatus.PENDING,
+        "amount": money_str(payment.amount),
+        "balance": money_str(wallet.balance),
+        "balance_display": money_format(wallet.balance, wallet.currency),
+        "available_display": money_format(wallet.available, wallet.currency),
+    })  # fmt: skip

@@ -1,0 +1,138 @@
+"""Overview, usage (with the streamed CSV export), pricing, and the no-organization page."""
+
+from __future__ import annotations
+
+import csv
+from datetime import timedelta
+
+from django.contrib.auth.decorators import login_required
+from django.http import StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods
+
+from accounts import services as account_services
+from billing_site.money import ZERO, money_str
+from dashboard import charts, forms, selectors
+from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
+from metering import selectors as metering_selectors
+from metering.pricing import price_fields
+from payments import selectors as payment_selectors
+
+CHART_DAYS = 30
+PHONE_CHART_DAYS = 14
+RECENT_PAYMENTS = 5
+USAGE_PAGE_SIZE = 50
+EXPORT_CHUNK = 2000
+
+
+@dashboard_view()
+def overview(request, current):
+    organization = current.organization
+    wallet = payment_selectors.wallet_get(organization_id=organization.pk)
+    today = timezone.now().date()
+    month_start = today.replace(day=1)
+    chart_from = today - timedelta(days=CHART_DAYS - 1)
+    rows = selectors.daily_spend_by_service(organization_id=organization.pk, day_from=min(chart_from, month_start), day_to=today)
+    chart = charts.spend_chart([r for r in rows if r["day"] >= chart_from], day_from=chart_from, day_to=today)
+    phone_from = today - timedelta(days=PHONE_CHART_DAYS - 1)
+    phone_chart = charts.spend_chart(
+        [r for r in rows if r["day"] >= phone_from], day_from=phone_from, day_to=today, frame=charts.PHONE
+    )
+    by_service = metering_selectors.usage_summary(organization_id=organization.pk, group_by="service", day_from=month_start,
+                                                  day_to=today)  # fmt: skip
+    context = {
+        "wallet": wallet,
+        "spend_today": sum((r["cost"] for r in rows if r["day"] == today), ZERO),
+        "spend_month": sum((r["cost"] for r in rows if r["day"] >= month_start), ZERO),
+        "spend_30d": chart.total,
+        "low_balance": wallet.low_balance_threshold > ZERO and wallet.balance < wallet.low_balance_threshold,
+        "exhausted": wallet.available <= -wallet.credit_limit,
+        "chart": chart,
+        "phone_chart": phone_chart,
+        "by_service": sorted(by_service, key=lambda row: -row["cost"]),
+        "recent_payments": list(payment_selectors.payment_list(organization_id=organization.pk)[:RECENT_PAYMENTS])
+        if current.is_manager
+        else [],
+        "month_start": month_start,
+    }
+    return page(request, "dashboard/overview.html", context)
+
+
+def _usage_filters(request, current) -> forms.UsageFilterForm:
+    api_keys = list(selectors.api_keys_by_id(organization_id=current.organization.pk).values())
+    form = forms.UsageFilterForm(request.GET or None, services=selectors.service_options(), api_keys=api_keys)
+    form.api_keys = {key.pk: key for key in api_keys}
+    return form
+
+
+@dashboard_view()
+def usage(request, current):
+    form = _usage_filters(request, current)
+    records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
+    usage_page = selectors.usage_page(records, before=selectors.Cursor.decode(request.GET.get("before")),
+                                      after=selectors.Cursor.decode(request.GET.get("after")), size=USAGE_PAGE_SIZE)  # fmt: skip
+    rows = [(record, form.api_keys.get(record.api_key_id)) for record in usage_page.records]
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    context = {"form": form, "page": usage_page, "rows": rows, "query": form.querystring(), "currency": wallet.currency,
+               "filtered": bool(form.querystring())}  # fmt: skip
+    return page(request, "dashboard/usage.html", context)
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price",
+                  "unit_price", "cost", "balance_after", "mode", "api_key", "idempotency_key"]  # fmt: skip
+
+
+@dashboard_view()
+def usage_export(request, current):
+    """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
+    cursor (.iterator()), so a million rows never sit in memory."""
+    form = _usage_filters(request, current)
+    records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
+    prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
+    writer = csv.writer(_Echo())
+
+    def rows():
+        yield writer.writerow(EXPORT_COLUMNS)
+        for r in records.iterator(chunk_size=EXPORT_CHUNK):
+            yield writer.writerow([
+                r.pk, r.created_at.isoformat(), r.service.slug, r.quantity, r.input_tokens, r.output_tokens,
+                money_str(r.input_price), money_str(r.output_price), money_str(r.unit_price), money_str(r.cost),
+                money_str(r.balance_after), "test" if r.test else "live", prefixes.get(r.api_key_id, ""), r.idempotency_key,
+            ])  # fmt: skip
+
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="usage-{current.organization.slug}-{stamp}.csv"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@dashboard_view()
+def pricing(request, current):
+    services = metering_selectors.service_list_with_prices(organization_id=current.organization.pk)
+    rows = [
+        (service, price, [(name, getattr(price, name)) for name in price_fields(service.calc_method)] if price else [])
+        for service, price in services
+    ]
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    return page(request, "dashboard/pricing.html", {"rows": rows, "currency": wallet.currency})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def welcome(request):
+    """For a person who belongs to no organization (e.g. removed from their last): start one."""
+    if current_resolve(request) is not None:
+        return redirect("dashboard:overview")
+    form = forms.OrganizationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        organization = account_services.organization_create(name=form.cleaned_data["organization"], owner=request.user)
+        request.session[SESSION_KEY] = organization.slug
+        return redirect("dashboard:overview")
+    return secure_headers(render(request, "dashboard/welcome.html", {"form": form}))

@@ -1,0 +1,74 @@
+"""API keys: create (secret once), list, revoke with confirmation; owners and admins only."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import ApiKey
+from tests.conftest import key_client
+from tests.dashboard.conftest import new_key
+
+pytestmark = pytest.mark.django_db
+
+
+def test_creating_a_key_shows_its_secret_once(owner_web, organization):
+    response = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"})
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    secret = response.context["created"].secret
+    assert secret.startswith("tg_live_") and secret in response.content.decode()
+    key = ApiKey.objects.get(organization=organization)
+    assert key.name == "Backend" and key.mode == "live" and secret not in (key.digest, key.prefix)
+    listing = owner_web.get("/dashboard/keys/").content.decode()
+    assert "Backend" in listing and key.prefix in listing and secret not in listing
+    assert key_client(secret).get("/api/v1/balance/").status_code == 200
+
+
+def test_creating_a_test_key_with_cap_and_expiry(admin_web, organization):
+    tomorrow = timezone.now().date() + timedelta(days=2)
+    response = admin_web.post(
+        "/dashboard/keys/", {"name": "CI", "mode": "test", "spend_cap": "5.50", "expires_on": str(tomorrow)}
+    )
+    assert response.context["created"].secret.startswith("tg_test_")
+    key = ApiKey.objects.get(organization=organization)
+    assert key.mode == "test" and str(key.spend_cap.normalize()) == "5.5" and key.expires_at.date() == tomorrow
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"name": "", "mode": "live"}, {"name": "x", "mode": "gold"}, {"name": "x", "mode": "live", "expires_on": "2000-01-01"}],
+)
+def test_invalid_key_forms_create_nothing(owner_web, organization, data):
+    assert owner_web.post("/dashboard/keys/", data).status_code == 400
+    assert not ApiKey.objects.exists()
+
+
+def test_revoking_asks_first_then_refuses_the_key(owner_web, organization):
+    key = new_key(organization, name="Old")
+    page = owner_web.get(f"/dashboard/keys/{key.pk}/revoke/")
+    assert page.status_code == 200 and "cannot be undone" in page.content.decode()
+    key.refresh_from_db()
+    assert key.revoked_at is None
+    assert owner_web.post(f"/dashboard/keys/{key.pk}/revoke/")["Location"] == "/dashboard/keys/"
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert "Revoked" in owner_web.get("/dashboard/keys/").content.decode()
+
+
+def test_another_organizations_key_answers_404(owner_web, other_key):
+    key = other_key.api_key
+    assert owner_web.get(f"/dashboard/keys/{key.pk}/revoke/").status_code == 404
+    response = owner_web.post(f"/dashboard/keys/{key.pk}/revoke/")
+    assert response.status_code == 404 and "Not found" in response.content.decode()
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_members_cannot_see_or_manage_keys(member_web, organization):
+    key = new_key(organization)
+    assert member_web.get("/dashboard/keys/").status_code == 403
+    assert member_web.post("/dashboard/keys/", {"name": "sneaky", "mode": "live"}).status_code == 403
+    assert member_web.post(f"/dashboard/keys/{key.pk}/revoke/").status_code == 403
+    key.refresh_from_db()
+    assert key.revoked_at is None and ApiKey.objects.count() == 1
+    assert "/dashboard/keys/" not in member_web.get("/dashboard/").content.decode()

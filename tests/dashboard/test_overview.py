@@ -1,0 +1,129 @@
+"""Overview: balance cards, spend from the rollups, the SVG chart, the low-balance warning."""
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from dashboard import charts, services
+from dashboard.templatetags.dashboard import money_format, money_html, plain_amount
+from metering.models import UsageRollup
+from tests.dashboard.conftest import meter, new_key
+from tests.factories import wallet_fund
+
+
+@pytest.mark.django_db
+def test_overview_shows_balance_available_and_spend(owner_web, funded, catalogue):
+    key = new_key(funded)
+    meter(key, "gpt", "a", input_tokens=1_000_000, output_tokens=0)  # 0.15
+    meter(key, "ping", "b")  # 0.001
+    meter(new_key(funded, mode="test"), "gpt", "c", input_tokens=1_000_000, output_tokens=0)  # test: never counted
+    html = owner_web.get("/dashboard/").content.decode()
+    assert 'data-testid="balance" data-balance>$9.84<span class="money-extra">9</span>' in html
+    assert 'data-testid="spend-today">$0.15<span class="money-extra">1</span>' in html
+    assert 'data-testid="spend-month">$0.15<span class="money-extra">1</span>' in html
+    assert "<svg" in html and 'class="s0"' in html
+
+
+@pytest.mark.django_db
+def test_overview_warns_below_the_threshold_only(owner_web, organization):
+    wallet_fund(organization, "5")
+    assert 'data-testid="low-balance"' not in owner_web.get("/dashboard/").content.decode()  # threshold 0: off
+    services.wallet_alerts_update(organization_id=organization.pk, low_balance_threshold=Decimal("10"), alert_webhook_url="")
+    html = owner_web.get("/dashboard/").content.decode()
+    assert 'data-testid="low-balance"' in html and "below your alert threshold of $10.00" in html
+
+
+@pytest.mark.django_db
+def test_overview_shows_members_no_payments(member_web, owner_web):
+    assert "Recent payments" in owner_web.get("/dashboard/").content.decode()
+    html = member_web.get("/dashboard/").content.decode()
+    assert "Recent payments" not in html and "Add funds" not in html
+
+
+@pytest.mark.django_db
+def test_overview_reads_only_its_own_organizations_spend(owner_web, organization, other_organization, catalogue):
+    today = timezone.now().date()
+    UsageRollup.objects.create(organization=other_organization, service=catalogue["gpt"], day=today, events=1, cost=Decimal("7"))
+    html = owner_web.get("/dashboard/").content.decode()
+    assert 'data-testid="spend-today">$0.00<' in html and "$7.00" not in html
+
+
+@pytest.mark.django_db
+def test_overview_query_count_does_not_grow_with_history(owner_web, organization, catalogue, django_assert_max_num_queries):
+    today = timezone.now().date()
+    for days_ago in range(60):
+        for service in ("gpt", "ping", "translate"):
+            UsageRollup.objects.create(organization=organization, service=catalogue[service], day=today - timedelta(days=days_ago),
+                                       events=1, cost=Decimal("0.5"))  # fmt: skip
+    with django_assert_max_num_queries(12):
+        assert owner_web.get("/dashboard/").status_code == 200
+
+
+def test_chart_stacks_services_per_day_in_proportion():
+    day = date(2026, 3, 10)
+    rows = [
+        {"day": day, "service": "a", "cost": Decimal("3")},
+        {"day": day, "service": "b", "cost": Decimal("1")},
+        {"day": day + timedelta(days=1), "service": "a", "cost": Decimal("2")},
+    ]
+    chart = charts.spend_chart(rows, day_from=day - timedelta(days=1), day_to=day + timedelta(days=1))
+    assert [bar.total for bar in chart.bars] == [0, 4, 2]
+    first, second = chart.bars[1].segments
+    assert (first.name, second.name) == ("a", "b")  # biggest spender at the bottom, same colour every day
+    assert Decimal(first.height) == 3 * Decimal(second.height)
+    assert Decimal(second.y) + Decimal(second.height) == Decimal(first.y)  # stacked
+    assert chart.ticks[-1].value >= 4 and [s.name for s in chart.series] == ["a", "b"]
+    assert chart.bars[0].segments == []
+
+
+def test_chart_groups_small_services_as_other():
+    day = date(2026, 3, 10)
+    rows = [{"day": day, "service": f"s{i}", "cost": Decimal(10 - i)} for i in range(9)]
+    chart = charts.spend_chart(rows, day_from=day, day_to=day)
+    assert [s.name for s in chart.series][-1] == "Other"
+    assert len(chart.series) == charts.SERIES_MAX
+    assert chart.series[-1].total == sum(Decimal(10 - i) for i in range(charts.SERIES_MAX - 1, 9))
+
+
+def test_empty_chart():
+    chart = charts.spend_chart([], day_from=date(2026, 1, 1), day_to=date(2026, 1, 30))
+    assert chart.empty and len(chart.bars) == 30 and chart.series == []
+
+
+@pytest.mark.parametrize(
+    ("top", "step"),
+    [
+        (Decimal("21.5"), Decimal(5)),
+        (Decimal("0.0031"), Decimal("0.001")),
+        (Decimal(100), Decimal(20)),
+        (Decimal(0), Decimal("0.25")),
+    ],
+)
+def test_nice_axis_steps(top, step):
+    assert charts.nice_step(top) == step
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (Decimal("25"), "$25.00"),
+        (Decimal("1234.5"), "$1,234.50"),
+        (Decimal("0.00015"), "$0.00015"),
+        (Decimal("0.123456789"), "$0.123457"),
+        (Decimal("0.00000015"), "<$0.000001"),
+        (Decimal("-2"), "−$2.00"),
+        (Decimal("0E-12"), "$0.00"),
+        (None, "—"),
+    ],
+)
+def test_money_format(amount, text):
+    assert money_format(amount) == text
+
+
+def test_money_format_other_currencies():
+    assert money_format(Decimal("3.5"), "CHF") == "3.50 CHF"
+    assert money_html(Decimal("12.3456"), "USD") == '$12.34<span class="money-extra">56</span>'
+    assert money_html(Decimal("12.3"), "USD") == "$12.30"
+    assert plain_amount(Decimal("150.000000000000")) == "150.00" and plain_amount(Decimal("0.0005")) == "0.0005"

@@ -1,0 +1,114 @@
+"""Usage: filters, keyset pagination, the streamed CSV export, tenant scoping."""
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.dashboard.conftest import meter, new_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def records(funded, catalogue, other_organization):
+    from tests.factories import wallet_fund
+
+    live, test = new_key(funded, name="prod"), new_key(funded, mode="test", name="ci")
+    wallet_fund(other_organization, "5")
+    return {
+        "gpt": meter(live, "gpt", "r1", input_tokens=10, output_tokens=20),
+        "ping": meter(live, "ping", "r2"),
+        "test": meter(test, "translate", "r3", text="hello"),
+        "other": meter(new_key(other_organization), "ping", "r4"),
+        "live_key": live,
+        "test_key": test,
+    }
+
+
+def ids(response) -> list[str]:
+    return [row.idempotency_key for row, _ in response.context["rows"]]
+
+
+def test_usage_lists_the_organizations_records_newest_first(owner_web, records):
+    response = owner_web.get("/dashboard/usage/")
+    assert ids(response) == ["r3", "r2", "r1"]
+    html = response.content.decode()
+    assert '10 <span class="sub">in</span> · 20 <span class="sub">out</span>' in html
+    assert records["live_key"].prefix in html
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("service=ping", ["r2"]),
+        ("mode=test", ["r3"]),
+        ("mode=live", ["r2", "r1"]),
+        ("service=gpt&mode=live", ["r1"]),
+    ],
+)
+def test_usage_filters(owner_web, records, query, expected):
+    assert ids(owner_web.get(f"/dashboard/usage/?{query}")) == expected
+
+
+def test_usage_filters_by_key_and_dates(owner_web, records):
+    assert ids(owner_web.get(f"/dashboard/usage/?api_key={records['test_key'].pk}")) == ["r3"]
+    today = timezone.now().date()
+    assert ids(owner_web.get(f"/dashboard/usage/?date_from={today}&date_to={today}")) == ["r3", "r2", "r1"]  # `to` is inclusive
+    assert ids(owner_web.get(f"/dashboard/usage/?date_to={today - timedelta(days=1)}")) == []
+
+
+def test_another_organizations_key_is_no_filter_choice(owner_web, records, other_key):
+    response = owner_web.get(f"/dashboard/usage/?api_key={other_key.api_key.pk}")
+    assert response.status_code == 200 and response.context["form"].errors
+    assert "r4" not in ids(response)
+
+
+def test_usage_pages_by_cursor(owner_web, records, monkeypatch):
+    monkeypatch.setattr("dashboard.views.pages.USAGE_PAGE_SIZE", 2)
+    first = owner_web.get("/dashboard/usage/")
+    assert ids(first) == ["r3", "r2"] and first.context["page"].newer is None
+    older = first.context["page"].older.encode()
+    second = owner_web.get(f"/dashboard/usage/?before={older}")
+    assert ids(second) == ["r1"] and second.context["page"].older is None
+    back = owner_web.get(f"/dashboard/usage/?after={second.context['page'].newer.encode()}")
+    assert ids(back) == ["r3", "r2"]
+    assert ids(owner_web.get("/dashboard/usage/?before=garbage")) == ["r3", "r2"]
+
+
+def test_usage_export_streams_the_filtered_csv(owner_web, records):
+    response = owner_web.get("/dashboard/usage/export.csv?mode=live")
+    assert response.streaming and response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert [(r["idempotency_key"], r["service"], r["mode"]) for r in rows] == [("r2", "ping", "live"), ("r1", "gpt", "live")]
+    assert rows[1]["cost"] == "0.000013500000" and rows[1]["input_tokens"] == "10"
+    assert rows[0]["api_key"] == records["live_key"].prefix
+
+
+def test_usage_export_reads_through_a_cursor_in_chunks(owner_web, records, monkeypatch):
+    """The rows are fetched with QuerySet.iterator() (a server-side cursor), never all at once."""
+    from django.db.models.query import QuerySet
+
+    calls = []
+    original = QuerySet.iterator
+
+    def spy(self, chunk_size=None):
+        calls.append(chunk_size)
+        return original(self, chunk_size=chunk_size)
+
+    monkeypatch.setattr(QuerySet, "iterator", spy)
+    response = owner_web.get("/dashboard/usage/export.csv")
+    body = b"".join(response.streaming_content).decode()
+    assert calls == [2000] and body.count("\n") == 4
+
+
+def test_usage_export_never_includes_another_organization(other_web, records):
+    body = b"".join(other_web.get("/dashboard/usage/export.csv").streaming_content).decode()
+    assert "r4" in body and "r1" not in body and "r3" not in body
+
+
+def test_members_see_usage(member_web, records):
+    assert ids(member_web.get("/dashboard/usage/")) == ["r3", "r2", "r1"]
