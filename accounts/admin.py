@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from accounts.models import ApiKey, Membership, User
+from accounts.models import ApiKey, Invitation, Membership, User
 
 
 @admin.register(User)
@@ -32,3 +32,21 @@ class ApiKeyInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are created by their organization, which alone sees the secret
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Read-only: invitations are sent and accepted by the organization's owners and admins."""
+
+    list_display = ["email", "organization", "role", "invited_by", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    list_filter = ["role"]
+    search_fields = ["email", "organization__slug"]
+    list_select_related = ["organization", "invited_by"]
+    readonly_fields = ["organization", "email", "role", "invited_by", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    exclude = ["digest"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
-from billing_site.errors import DomainError, ErrorCode, InvalidRequest
+from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
 API_KEY_PREFIXES = {ApiKeyMode.LIVE: "tg_live_", ApiKeyMode.TEST: "tg_test_"}
 API_KEY_READABLE_CHARS = 6  # of the random part, kept readable next to the mode prefix
@@ -120,11 +120,6 @@ def api_key_touch(*, api_key: ApiKey) -> None:
 INVITATION_TTL = timedelta(days=7)
 
 
-class PermissionRefused(DomainError):
-    code = ErrorCode.PERMISSION_DENIED
-    message = "Only the organization's owners and admins may do this."
-
-
 class InvitationInvalid(DomainError):
     code = ErrorCode.INVALID_REQUEST
     message = "This invitation link is invalid, was revoked or has expired."
@@ -187,7 +182,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
 
 def invitation_revoke(*, invitation: Invitation, actor: User) -> Invitation:
     if _role_in(invitation.organization_id, actor) not in MANAGER_ROLES:
-        raise PermissionRefused()
+        raise PermissionRefused("Only the organization's owners and admins may do this.")
     if invitation.accepted_at is None and invitation.revoked_at is None:
         Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True).update(
             revoked_at=timezone.now()

@@ -358,10 +358,11 @@ def _banner(port: int, seed_output: str) -> str:
         [
             rule,
             "Tollgate is running. Ctrl-C stops the web app, the worker, beat and the servers this run started.",
+            f"  Dashboard  {base}/login/   (sign up at {base}/signup/)",
             f"  API        {base}/api/v1/",
             f"  Admin      {base}/admin/",
             f"  API docs   {base}/api/docs/",
-            f"  Health     {base}/healthz   {base}/readyz",
+            f"  Health     {base}/healthz   {base}/readyz   {base}/metrics",
             f"  Data       {data}",
             "",
             seed_output.rstrip(),
