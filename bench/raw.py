@@ -1,0 +1,281 @@
+"""(1) The debit transaction as raw SQL, no Django: psycopg straight to the same PostgreSQL.
+
+`app` runs exactly the statements the app runs for one debit — BEGIN; `payments.ledger._POST_SQL`;
+`metering.services._INSERT_USAGE_SQL`; COMMIT — imported from those modules (never copied), with the
+parameters `transfer_post` and `_insert_usage` pass, through psycopg's ClientCursor as Django's
+psycopg 3 backend does (client-side binding), each BEGIN and COMMIT its own round trip as with
+Django's `transaction.atomic()`.
+
+`classic` is the 6-round-trip reference of PERF-NOTES: BEGIN; SELECT … FOR UPDATE; UPDATE the
+balance; INSERT the transfer and its entries; the app's usage statement; COMMIT.
+
+`onestmt` is a what-if, NOT what the app runs: the same two statements fused into one (derived from
+the imported strings), sent in autocommit — one round trip, the wallet's row lock held only for the
+rest of that statement and its commit. A reused idempotency key would then raise a unique violation
+(rolling the whole debit back) instead of answering no row.
+
+Each client is its own process (no GIL between clients) with its own connection; all connect,
+then start together, warm up, and are measured over the same wall-clock window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import random
+import re
+import time
+from array import array
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from metering.services import _INSERT_USAGE_SQL
+from payments.ledger import _POST_SQL
+
+CLASSIC_LOCK_SQL = "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %(org)s FOR UPDATE"
+CLASSIC_UPDATE_SQL = "UPDATE payments_wallet SET balance = %(balance)s WHERE organization_id = %(org)s"
+CLASSIC_LEDGER_SQL = """
+WITH t AS (
+    INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
+    VALUES (%(org)s, %(kind)s, %(reference)s, %(user)s, %(memo)s, %(now)s)
+    RETURNING id
+), e AS (
+    INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
+    SELECT t.id, %(org)s, 'wallet', %(delta)s, %(balance)s, %(now)s FROM t
+    UNION ALL
+    SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
+)
+SELECT id FROM t
+"""
+
+VARIANTS = {"app": "BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
+            "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)",
+            "onestmt": "what-if: ledger CTE + usage CTE fused into one autocommit statement (1 round trip)"}  # fmt: skip
+
+
+def fused_sql() -> str | None:
+    """The app's posting and usage statements as one statement, or None when their shape changed so
+    that the fusion no longer applies (the what-if is then skipped, never run on a guess)."""
+    head, sep, _ = _POST_SQL.strip().rpartition("\nSELECT ")
+    usage = _INSERT_USAGE_SQL.strip()
+    match = re.search(r"VALUES \((?P<values>.*?)\)\s*ON CONFLICT \(organization_id, idempotency_key\) DO NOTHING", usage, re.S)
+    if not sep or not head.startswith("WITH w AS") or not usage.startswith("WITH rec AS") or match is None:
+        return None
+    values = match.group("values")
+    if values.count("%(transfer)s") != 1 or values.count("%(balance_after)s") != 1:
+        return None
+    values = values.replace("%(transfer)s", "t.id").replace("%(balance_after)s", "w.balance")
+    usage = usage[: match.start()] + f"SELECT {values} FROM t, w" + usage[match.end() :]
+    return head + ",\n" + usage.removeprefix("WITH ")
+
+
+_FUSED_SQL = fused_sql()
+
+
+class Refused(Exception):
+    """The posting answered no row: the wallet would go below its limit."""
+
+
+@dataclass(frozen=True)
+class RawJob:
+    conninfo: str
+    variant: str  # app | classic
+    targets: list[tuple[int, int]]  # (organization id, api key id)
+    service_id: int
+    unit_price: Decimal
+    cost: Decimal
+    run_id: str
+    warmup: float
+    duration: float
+
+
+def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
+    now = datetime.now(UTC)
+    with conn.transaction():
+        cursor.execute(_POST_SQL, {**base_post, "org": org, "reference": f"usage:{idem}", "now": now})
+        row = cursor.fetchone()
+        if row is None:
+            raise Refused
+        transfer_id, balance_after = row[0], row[1]  # (id, balance, held, …): the app reads these two
+        cursor.execute(_INSERT_USAGE_SQL, {**base_usage, "org": org, "key": key, "idem": idem, "hash": _hash(idem),
+                                           "transfer": transfer_id, "balance_after": balance_after, "now": now,
+                                           "day": now.date()})  # fmt: skip
+        if cursor.fetchone() is None:
+            raise RuntimeError("usage record not written (idempotency key reused?)")
+
+
+def _debit_classic(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
+    now = datetime.now(UTC)
+    with conn.transaction():
+        cursor.execute(CLASSIC_LOCK_SQL, {"org": org})
+        balance, held, credit_limit = cursor.fetchone()
+        balance_after = balance - job.cost
+        if balance_after - held < -credit_limit:
+            raise Refused
+        cursor.execute(CLASSIC_UPDATE_SQL, {"balance": balance_after, "org": org})
+        cursor.execute(CLASSIC_LEDGER_SQL, {**base_post, "org": org, "reference": f"usage:{idem}", "now": now,
+                                            "balance": balance_after})  # fmt: skip
+        (transfer_id,) = cursor.fetchone()
+        cursor.execute(_INSERT_USAGE_SQL, {**base_usage, "org": org, "key": key, "idem": idem, "hash": _hash(idem),
+                                           "transfer": transfer_id, "balance_after": balance_after, "now": now,
+                                           "day": now.date()})  # fmt: skip
+        if cursor.fetchone() is None:
+            raise RuntimeError("usage record not written (idempotency key reused?)")
+
+
+def _debit_onestmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
+    now = datetime.now(UTC)
+    cursor.execute(_FUSED_SQL, {**base_post, **base_usage, "org": org, "reference": f"usage:{idem}", "now": now, "key": key,
+                                "idem": idem, "hash": _hash(idem), "day": now.date()})  # fmt: skip
+    if cursor.fetchone() is None:
+        raise Refused
+
+
+def _hash(idem: str) -> str:
+    # The app hashes the canonical request; any 64-hex string costs the database the same.
+    return hashlib.sha256(idem.encode()).hexdigest()
+
+
+def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None:
+    import signal
+
+    import psycopg
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    debit = {"app": _debit_app, "classic": _debit_classic, "onestmt": _debit_onestmt}[job.variant]
+    # transfer_post's parameters for a usage debit (kind usage, counter account revenue, no hold).
+    base_post = {"delta": -job.cost, "held_delta": -Decimal(0), "may_overdraw": False, "kind": "usage", "user": None,
+                 "memo": "", "counter": "revenue"}  # fmt: skip
+    # _insert_usage's parameters for a REQUEST event with a live key.
+    base_usage = {"service": job.service_id, "user": None, "quantity": 1, "input_tokens": None, "output_tokens": None,
+                  "input_tokens_sum": 0, "output_tokens_sum": 0, "input_price": None, "output_price": None,
+                  "unit_price": job.unit_price, "cost": job.cost, "test": False, "metadata": "{}", "hold": None}  # fmt: skip
+    rnd = random.Random(os.getpid())
+    latencies = array("d")
+    count = errors = refused = 0
+    first_error = ""
+    try:
+        conn = psycopg.connect(job.conninfo, autocommit=True, cursor_factory=psycopg.ClientCursor)
+    except psycopg.Error as exc:
+        connected.wait()
+        go.wait()
+        results.put((index, 0, 1, 0, f"connect: {exc}".strip(), b""))
+        return
+    cursor = conn.cursor()
+    connected.wait()
+    go.wait()
+    start = t0.value + job.warmup
+    end = start + job.duration
+    while time.time() < t0.value:
+        time.sleep(0.001)
+    targets, n = job.targets, 0
+    while True:
+        began_wall = time.time()
+        if began_wall >= end:
+            break
+        org, key = targets[rnd.randrange(len(targets))] if len(targets) > 1 else targets[0]
+        n += 1
+        idem = f"{job.run_id}-{job.variant}-{index}-{n}"
+        began = time.perf_counter()
+        try:
+            debit(cursor, conn, job, org, key, idem, base_post, base_usage)
+            failed = None
+        except Refused:
+            failed = "refused"
+        except psycopg.Error as exc:
+            failed = str(exc).strip()
+        except Exception as exc:  # noqa: BLE001 - a changed statement shape, …: report it, never hang the parent
+            results.put((index, count, errors + 1, refused, f"{type(exc).__name__}: {exc}", latencies.tobytes()))
+            finish.wait()
+            return
+        elapsed = time.perf_counter() - began
+        if began_wall < start:
+            continue
+        if failed is None:
+            count += 1
+            latencies.append(elapsed)
+        else:
+            errors += 1
+            refused += failed == "refused"
+            first_error = first_error or failed
+    results.put((index, count, errors, refused, first_error, latencies.tobytes()))
+    finish.wait()  # keep the connection (and its backend's CPU counters) until the parent has measured
+    conn.close()
+
+
+def _collect(results, processes) -> list[tuple]:
+    import queue
+
+    collected: list[tuple] = []
+    deadline = time.monotonic() + 120
+    while len(collected) < len(processes):
+        try:
+            collected.append(results.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p for p in processes if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"{len(dead)} raw client(s) died; {len(collected)}/{len(processes)} reported") from None
+    return collected
+
+
+@dataclass
+class RawResult:
+    transactions: int
+    errors: int
+    refused: int
+    first_error: str
+    latencies: list[float]
+    seconds: float
+    pids: list[int]
+
+
+def run(job: RawJob, clients: int, on_window=None) -> RawResult:
+    """Run `clients` processes; `on_window(start, end, pids)` is called by the parent at the
+    measured window's start (answering an object whose .stop() is called at its end)."""
+    ctx = mp.get_context("fork")
+    from django.db import connections
+
+    connections.close_all()  # nothing Django-side crosses the fork
+    connected, go, finish = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Event()
+    t0, results = ctx.Value("d", 0.0), ctx.Queue()
+    processes = [ctx.Process(target=_worker, args=(i, job, connected, go, t0, results, finish), daemon=True)
+                 for i in range(clients)]  # fmt: skip
+    for process in processes:
+        process.start()
+    try:
+        connected.wait(timeout=120)
+        t0.value = time.time() + 0.1
+        go.wait(timeout=30)
+        start = t0.value + job.warmup
+        time.sleep(max(0.0, start - time.time()))
+        window = on_window([p.pid for p in processes]) if on_window else None
+        time.sleep(max(0.0, start + job.duration - time.time()))
+        collected = _collect(results, processes)
+        if window is not None:
+            window.stop()
+        finish.set()
+        for process in processes:
+            process.join(timeout=30)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+    latencies: list[float] = []
+    for *_, blob in collected:
+        values = array("d")
+        values.frombytes(blob)
+        latencies.extend(values)
+    return RawResult(
+        transactions=sum(c[1] for c in collected),
+        errors=sum(c[2] for c in collected),
+        refused=sum(c[3] for c in collected),
+        first_error=next((c[4] for c in collected if c[4]), ""),
+        latencies=latencies,
+        seconds=job.duration,
+        pids=[p.pid for p in processes],
+    )
