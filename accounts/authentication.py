@@ -7,6 +7,7 @@ from rest_framework import authentication, exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from accounts.models import ApiKey
+from accounts.selectors import api_key_by_digest
 from accounts.services import API_KEY_PREFIXES, api_key_digest, api_key_touch
 
 _KEY_PREFIXES = tuple(API_KEY_PREFIXES.values())
@@ -46,7 +47,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if secret is None:
             return None
         digest = api_key_digest(secret)
-        api_key = ApiKey.objects.select_related("organization").filter(digest=digest).first()
+        api_key = api_key_by_digest(digest=digest)
         # The digest lookup is an index probe, not a secret comparison; compare in constant time anyway.
         if api_key is None or not hmac.compare_digest(api_key.digest, digest):
             raise exceptions.AuthenticationFailed("Unknown API key.", code="invalid_api_key")

@@ -1,11 +1,11 @@
 """Who is calling and for which organization. Every API view finds its tenant here; querysets are
 scoped to `request.tenant.organization`, never to an id taken from the body."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rest_framework.permissions import BasePermission
 
-from accounts.models import MANAGER_ROLES, ApiKey, Membership, Organization, Role, User
+from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Membership, Organization, Role, User
 from billing_site.errors import NotFound, OrganizationRequired
 from billing_site.observability import bind_tenant
 
@@ -16,10 +16,11 @@ class Tenant:
     user: User | None  # the person, when authenticated by JWT
     api_key: ApiKey | None  # the key, when authenticated by API key
     role: Role | None  # the person's role; None for a key
+    is_test: bool = field(init=False, default=False)  # a test-mode key: record usage, move no money
 
-    @property
-    def is_test(self) -> bool:
-        return self.api_key is not None and self.api_key.is_test
+    def __post_init__(self) -> None:
+        # Computed once: the batch path asks for every event.
+        object.__setattr__(self, "is_test", self.api_key is not None and self.api_key.mode == ApiKeyMode.TEST.value)
 
     @property
     def is_manager(self) -> bool:

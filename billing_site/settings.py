@@ -100,7 +100,9 @@ else:
     # Another database on the embedded server: the test suite points a real Celery worker at its test database.
     DATABASES["default"]["NAME"] = env.str("DATABASE_NAME", default=DATABASES["default"]["NAME"])
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Off by default: a check costs a round trip on every request. After a database restart, the first
+# request on each stale connection fails once (clients retry safely: every write is idempotent).
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default="test_tollgate")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

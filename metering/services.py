@@ -144,19 +144,13 @@ def _price(
     return _PricedEvent(event, priced.service_id, priced.calc_method, quantities, prices, cost, event.request_hash())
 
 
-# One statement: the record (unless its idempotency key exists), its daily rollup, and the key's spend.
-_INSERT_USAGE_SQL = """
-WITH rec AS (
-    INSERT INTO metering_usagerecord (
-        organization_id, service_id, api_key_id, user_id, quantity, input_tokens, output_tokens,
+_USAGE_COLUMNS = """organization_id, service_id, api_key_id, user_id, quantity, input_tokens, output_tokens,
         input_price, output_price, unit_price, cost, test, idempotency_key, request_hash, metadata,
-        transfer_id, balance_after, hold_id, created_at)
-    VALUES (%(org)s, %(service)s, %(key)s, %(user)s, %(quantity)s, %(input_tokens)s, %(output_tokens)s,
-            %(input_price)s, %(output_price)s, %(unit_price)s, %(cost)s, %(test)s, %(idem)s, %(hash)s, %(metadata)s,
-            %(transfer)s, %(balance_after)s, %(hold)s, %(now)s)
-    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
-    RETURNING id
-), roll AS (
+        transfer_id, balance_after, hold_id, created_at"""
+_USAGE_VALUES = """%(org)s, %(service)s, %(key)s, %(user)s, %(quantity)s, %(input_tokens)s, %(output_tokens)s,
+            %(input_price)s, %(output_price)s, %(unit_price)s, %(cost)s, %(test)s, %(idem)s, %(hash)s, %(metadata)s"""
+# The record's daily rollup and the key's spend, after a CTE `rec` that inserted the record.
+_ROLLUP_AND_SPEND = """roll AS (
     INSERT INTO metering_usagerollup AS r
            (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
     SELECT %(org)s, %(service)s, %(day)s, %(test)s, 1, %(quantity)s, %(input_tokens_sum)s, %(output_tokens_sum)s, %(cost)s
@@ -169,19 +163,37 @@ WITH rec AS (
     UPDATE accounts_apikey SET spent = spent + %(cost)s
      WHERE id = %(key)s AND NOT %(test)s AND EXISTS (SELECT 1 FROM rec)
     RETURNING spent, spend_cap
-)
+)"""
+
+# In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the
+# record unless its idempotency key exists, its rollup and the key's spend.
+_INSERT_USAGE_SQL = f"""
+WITH rec AS (
+    INSERT INTO metering_usagerecord ({_USAGE_COLUMNS})
+    VALUES ({_USAGE_VALUES}, %(transfer)s, %(balance_after)s, %(hold)s, %(now)s)
+    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+    RETURNING id
+), {_ROLLUP_AND_SPEND}
 SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
 """
+
+# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement.
+# A reused idempotency key violates the unique index and rolls the money back with it.
+_DEBIT_SQL = ledger.post_statement(f"""rec AS (
+    INSERT INTO metering_usagerecord ({_USAGE_COLUMNS})
+    SELECT {_USAGE_VALUES}, t.id, w.balance, NULL, %(now)s FROM t, w
+    RETURNING id
+), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
+IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org"
 
 
 class _AlreadyRecorded(Exception):
     """The idempotency key exists: roll back whatever this attempt moved, then replay."""
 
 
-def _insert_usage(priced: _PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None,
-                  hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+def _usage_params(priced: _PricedEvent, *, tenant: Tenant, now: datetime) -> dict[str, Any]:
     quantities = priced.quantities
-    params = {
+    return {
         "org": tenant.organization.pk,
         "service": priced.service_id,
         "key": tenant.api_key.pk if tenant.api_key else None,
@@ -199,20 +211,15 @@ def _insert_usage(priced: _PricedEvent, *, tenant: Tenant, now: datetime, postin
         "idem": priced.event.idempotency_key,
         "hash": priced.request_hash,
         "metadata": json.dumps(priced.event.metadata),
-        "transfer": posting.transfer_id if posting else None,
-        "balance_after": posting.balance_after if posting else None,
-        "hold": hold_id,
         "now": now,
         "day": now.date(),
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_USAGE_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
-        raise _AlreadyRecorded()
-    record_id, spent, spend_cap = row
-    if spend_cap is not None and spent > spend_cap:
-        raise SpendCapExceeded(details={"spend_cap": str(spend_cap)})
+
+
+def _record(priced: _PricedEvent, params: dict[str, Any], *, record_id: int, posting: ledger.Posting | None,
+            hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+    """The record as written, built from what we sent rather than read back."""
+    quantities = priced.quantities
     return UsageRecord(
         pk=record_id,
         organization_id=params["org"],
@@ -230,11 +237,43 @@ def _insert_usage(priced: _PricedEvent, *, tenant: Tenant, now: datetime, postin
         idempotency_key=priced.event.idempotency_key,
         request_hash=priced.request_hash,
         metadata=priced.event.metadata,
-        transfer_id=params["transfer"],
-        balance_after=params["balance_after"],
+        transfer_id=posting.transfer_id if posting else None,
+        balance_after=posting.balance_after if posting else None,
         hold_id=hold_id,
-        created_at=now,
+        created_at=params["now"],
     )
+
+
+def _insert_usage(priced: _PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None,
+                  hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+    """Write the record after its posting, inside the caller's transaction."""
+    params = _usage_params(priced, tenant=tenant, now=now)
+    params.update(transfer=posting.transfer_id if posting else None, balance_after=posting.balance_after if posting else None,
+                  hold=hold_id)  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_USAGE_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise _AlreadyRecorded()
+    record_id, spent, spend_cap = row
+    if spend_cap is not None and spent > spend_cap:
+        raise SpendCapExceeded(details={"spend_cap": str(spend_cap)})
+    return _record(priced, params, record_id=record_id, posting=posting, hold_id=hold_id)
+
+
+def _debit_in_one_statement(priced: _PricedEvent, *, tenant: Tenant) -> UsageRecord:
+    """The hot path: one round trip that debits, records, rolls up and commits."""
+    params = _usage_params(priced, tenant=tenant, now=timezone.now())
+    try:
+        posting, (record_id,) = ledger.usage_charge_in_one_statement(
+            statement=_DEBIT_SQL, organization_id=params["org"], cost=priced.cost,
+            reference=f"usage:{priced.event.idempotency_key}", params=params,
+        )  # fmt: skip
+    except IntegrityError as error:
+        if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
+            raise _AlreadyRecorded() from error
+        raise
+    return _record(priced, params, record_id=record_id, posting=posting)
 
 
 def _replay(*, organization_id: int, idempotency_key: str, request_hash: str) -> UsageOutcome | None:
@@ -269,13 +308,18 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     InsufficientBalance, SpendCapExceeded, IdempotencyConflict."""
     organization_id = tenant.organization.pk
     priced = _price(event, organization_id=organization_id)
+    capped = tenant.api_key is not None and tenant.api_key.spend_cap is not None
     try:
-        with transaction.atomic(durable=True):
-            posting = None
-            if not tenant.is_test:
-                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost,
-                                              reference=f"usage:{event.idempotency_key}")  # fmt: skip
-            record = _insert_usage(priced, tenant=tenant, now=timezone.now(), posting=posting)
+        if not tenant.is_test and not capped and priced.cost > ZERO:
+            record = _debit_in_one_statement(priced, tenant=tenant)
+        else:
+            # Capped keys check their cap after the posting; test keys and free events move no money.
+            with transaction.atomic(durable=True):
+                posting = None
+                if not tenant.is_test:
+                    posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost,
+                                                  reference=f"usage:{event.idempotency_key}")  # fmt: skip
+                record = _insert_usage(priced, tenant=tenant, now=timezone.now(), posting=posting)
     except (_AlreadyRecorded, ledger.InsufficientBalance, SpendCapExceeded):
         # A key that was already used answers its first result even if the wallet is now empty.
         replay = _replay(organization_id=organization_id, idempotency_key=event.idempotency_key, request_hash=priced.request_hash)

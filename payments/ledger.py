@@ -15,6 +15,7 @@ commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -46,8 +47,10 @@ class Posting:
     held_after: Decimal
 
 
-_POST_SQL = """
-WITH w AS (
+# The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock), `t` the
+# transfer, `e` its two balanced entries.
+_POST_CTES = """
+w AS (
     UPDATE payments_wallet
        SET balance = balance + %(delta)s, held = held + %(held_delta)s,
            -- a credit that lifts the balance back to the threshold re-arms the low-balance alert
@@ -57,16 +60,23 @@ WITH w AS (
  RETURNING balance, held, balance < low_balance_threshold AND NOT low_balance_alerted AS crossed
 ), t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
-    SELECT %(org)s, %(kind)s, %(reference)s, %(user)s, %(memo)s, %(now)s FROM w
+    SELECT %(org)s, %(kind)s, %(reference)s, %(created_by)s, %(memo)s, %(now)s FROM w
  RETURNING id
 ), e AS (
     INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
     SELECT t.id, %(org)s, 'wallet', %(delta)s, w.balance, %(now)s FROM t, w
     UNION ALL
     SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
-)
-SELECT t.id, w.balance, w.held, w.crossed FROM w, t
-"""
+)"""
+_POST_SQL = f"WITH {_POST_CTES}\nSELECT t.id, w.balance, w.held, w.crossed FROM w, t"
+
+
+def post_statement(companion_ctes: str) -> str:
+    """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
+    `companion_ctes` may read `w` (balance) and `t` (id) and must end in a CTE named `companion`
+    that yields one row; its columns come back after the posting's."""
+    return f"WITH {_POST_CTES},\n{companion_ctes}\nSELECT t.id, w.balance, w.held, w.crossed, companion.* FROM w, t, companion"
+
 
 _HELD_SQL = """
 UPDATE payments_wallet
@@ -112,7 +122,7 @@ def transfer_post(
         "may_overdraw": may_overdraw or amount > ZERO,
         "kind": kind,
         "reference": reference,
-        "user": created_by_id,
+        "created_by": created_by_id,
         "memo": memo,
         "now": timezone.now(),
         "counter": counter_account,
@@ -128,6 +138,43 @@ def transfer_post(
     if crossed_threshold:
         _alert_low_balance_after_commit(organization_id)
     return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after)
+
+
+def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost: Decimal, reference: str,
+                                  params: dict) -> tuple[Posting, tuple]:  # fmt: skip
+    """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
+    `post_statement`. Outside a transaction it commits by itself: one round trip, and the wallet's
+    row lock is held only while PostgreSQL runs and commits it. Raises InsufficientBalance (nothing
+    written); an error in the caller's writes (e.g. a unique violation) rolls the money back too.
+    Answers the posting and the caller's `companion` columns."""
+    if cost <= ZERO:
+        raise ValueError("a one-statement usage charge moves a positive cost")
+    params = {
+        **params,
+        "org": organization_id,
+        "delta": -cost,
+        "held_delta": ZERO,
+        "may_overdraw": False,
+        "kind": TransferKind.USAGE,
+        "reference": reference,
+        "created_by": None,
+        "memo": "",
+        "counter": Account.REVENUE,
+    }
+    params.setdefault("now", timezone.now())
+    # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
+    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    started = time.perf_counter()
+    with scope, connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    metrics.WALLET_LOCK_SECONDS.observe(time.perf_counter() - started)
+    if row is None:
+        raise InsufficientBalance()
+    transfer_id, balance_after, held_after, crossed_threshold, *companion = row
+    if crossed_threshold:
+        _alert_low_balance_after_commit(organization_id)
+    return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after), tuple(companion)
 
 
 def _alert_low_balance_after_commit(organization_id: int) -> None:
