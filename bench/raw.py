@@ -1,18 +1,15 @@
 """(1) The debit transaction as raw SQL, no Django: psycopg straight to the same PostgreSQL.
 
-`app` runs exactly the statements the app runs for one debit — BEGIN; `payments.ledger._POST_SQL`;
-`metering.services._INSERT_USAGE_SQL`; COMMIT — imported from those modules (never copied), with the
-parameters `transfer_post` and `_insert_usage` pass, through psycopg's ClientCursor as Django's
-psycopg 3 backend does (client-side binding), each BEGIN and COMMIT its own round trip as with
-Django's `transaction.atomic()`.
+`app` runs exactly the statement the app runs for one debit on its hot path: the ledger's posting
+and the usage record, rollup and key spend fused into `metering.services._DEBIT_SQL`, sent in
+autocommit (one round trip) — imported from the module (never copied), with the parameters the app
+passes, through psycopg's ClientCursor as Django's psycopg 3 backend does (client-side binding).
+
+`twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
+`payments.ledger._POST_SQL`; `metering.services._INSERT_USAGE_SQL`; COMMIT — four round trips.
 
 `classic` is the 6-round-trip reference of PERF-NOTES: BEGIN; SELECT … FOR UPDATE; UPDATE the
 balance; INSERT the transfer and its entries; the app's usage statement; COMMIT.
-
-`onestmt` is a what-if, NOT what the app runs: the same two statements fused into one (derived from
-the imported strings), sent in autocommit — one round trip, the wallet's row lock held only for the
-rest of that statement and its commit. A reused idempotency key would then raise a unique violation
-(rolling the whole debit back) instead of answering no row.
 
 Each client is its own process (no GIL between clients) with its own connection; all connect,
 then start together, warm up, and are measured over the same wall-clock window.
@@ -24,14 +21,13 @@ import hashlib
 import multiprocessing as mp
 import os
 import random
-import re
 import time
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.services import _INSERT_USAGE_SQL
+from metering.services import _DEBIT_SQL, _INSERT_USAGE_SQL
 from payments.ledger import _POST_SQL
 
 CLASSIC_LOCK_SQL = "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %(org)s FOR UPDATE"
@@ -39,7 +35,7 @@ CLASSIC_UPDATE_SQL = "UPDATE payments_wallet SET balance = %(balance)s WHERE org
 CLASSIC_LEDGER_SQL = """
 WITH t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
-    VALUES (%(org)s, %(kind)s, %(reference)s, %(user)s, %(memo)s, %(now)s)
+    VALUES (%(org)s, %(kind)s, %(reference)s, %(created_by)s, %(memo)s, %(now)s)
     RETURNING id
 ), e AS (
     INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
@@ -50,28 +46,9 @@ WITH t AS (
 SELECT id FROM t
 """
 
-VARIANTS = {"app": "BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
-            "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)",
-            "onestmt": "what-if: ledger CTE + usage CTE fused into one autocommit statement (1 round trip)"}  # fmt: skip
-
-
-def fused_sql() -> str | None:
-    """The app's posting and usage statements as one statement, or None when their shape changed so
-    that the fusion no longer applies (the what-if is then skipped, never run on a guess)."""
-    head, sep, _ = _POST_SQL.strip().rpartition("\nSELECT ")
-    usage = _INSERT_USAGE_SQL.strip()
-    match = re.search(r"VALUES \((?P<values>.*?)\)\s*ON CONFLICT \(organization_id, idempotency_key\) DO NOTHING", usage, re.S)
-    if not sep or not head.startswith("WITH w AS") or not usage.startswith("WITH rec AS") or match is None:
-        return None
-    values = match.group("values")
-    if values.count("%(transfer)s") != 1 or values.count("%(balance_after)s") != 1:
-        return None
-    values = values.replace("%(transfer)s", "t.id").replace("%(balance_after)s", "w.balance")
-    usage = usage[: match.start()] + f"SELECT {values} FROM t, w" + usage[match.end() :]
-    return head + ",\n" + usage.removeprefix("WITH ")
-
-
-_FUSED_SQL = fused_sql()
+VARIANTS = {"app": "the app's one autocommit statement: posting + usage record + rollup + spend (1 round trip)",
+            "twostmt": "the app's transactional path: BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
+            "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)"}  # fmt: skip
 
 
 class Refused(Exception):
@@ -91,7 +68,7 @@ class RawJob:
     duration: float
 
 
-def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
+def _debit_twostmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
     with conn.transaction():
         cursor.execute(_POST_SQL, {**base_post, "org": org, "reference": f"usage:{idem}", "now": now})
@@ -125,9 +102,9 @@ def _debit_classic(cursor, conn, job: RawJob, org: int, key: int, idem: str, bas
             raise RuntimeError("usage record not written (idempotency key reused?)")
 
 
-def _debit_onestmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
+def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
-    cursor.execute(_FUSED_SQL, {**base_post, **base_usage, "org": org, "reference": f"usage:{idem}", "now": now, "key": key,
+    cursor.execute(_DEBIT_SQL, {**base_post, **base_usage, "org": org, "reference": f"usage:{idem}", "now": now, "key": key,
                                 "idem": idem, "hash": _hash(idem), "day": now.date()})  # fmt: skip
     if cursor.fetchone() is None:
         raise Refused
@@ -146,9 +123,9 @@ def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    debit = {"app": _debit_app, "classic": _debit_classic, "onestmt": _debit_onestmt}[job.variant]
+    debit = {"app": _debit_app, "twostmt": _debit_twostmt, "classic": _debit_classic}[job.variant]
     # transfer_post's parameters for a usage debit (kind usage, counter account revenue, no hold).
-    base_post = {"delta": -job.cost, "held_delta": -Decimal(0), "may_overdraw": False, "kind": "usage", "user": None,
+    base_post = {"delta": -job.cost, "held_delta": -Decimal(0), "may_overdraw": False, "kind": "usage", "created_by": None,
                  "memo": "", "counter": "revenue"}  # fmt: skip
     # _insert_usage's parameters for a REQUEST event with a live key.
     base_usage = {"service": job.service_id, "user": None, "quantity": 1, "input_tokens": None, "output_tokens": None,

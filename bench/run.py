@@ -32,12 +32,12 @@ from bench import env
 
 CASES = {
     "raw": "(1) raw SQL debit",
+    "twostmt": "(1'') raw SQL, 4 round trips",
     "classic": "(1') raw SQL, 6 round trips",
-    "onestmt": "(1*) what-if: 1 statement",
     "http": "(2) POST usage/",
     "batch": "(3) POST usage/batch/",
 }
-UNITS = {"raw": "tx/s", "classic": "tx/s", "onestmt": "tx/s", "http": "req/s", "batch": "events/s"}
+UNITS = {"raw": "tx/s", "twostmt": "tx/s", "classic": "tx/s", "http": "req/s", "batch": "events/s"}
 MAX_ERROR_RATE = 0.01
 AIMS = {"spread_ratio_16": 0.20, "hot_ratio_16": 0.45, "p50_ms_1": 3.0, "batch_events_per_s": 10_000}
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default 1,16,64)")
     parser.add_argument("--modes", default="hot,spread", help="hot, spread or both (default both)")
     parser.add_argument("--cases", default="raw,classic,http,batch",
-                        help="any of raw,classic,http,batch, and onestmt (a what-if; not by default); default raw,classic,http,batch")  # fmt: skip
+                        help="any of raw,twostmt,classic,http,batch; default raw,classic,http,batch")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times, interleaved; report medians")
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch request (default 1000)")
@@ -100,8 +100,6 @@ def run_raw_cell(*, case, mode, clients, args, data, target, gunicorn, run_id) -
     from bench import cpu, raw
 
     tenants = [data.hot] if mode == "hot" else data.spread
-    if case == "onestmt" and raw.fused_sql() is None:
-        raise RuntimeError("the app's statements changed shape: the one-statement what-if no longer applies")
     job = raw.RawJob(conninfo=target.conninfo, variant={"raw": "app"}.get(case, case),
                      targets=[(t.organization_id, t.api_key_id) for t in tenants], service_id=data.service_id,
                      unit_price=data.unit_price, cost=data.cost, run_id=run_id, warmup=args.warmup,
@@ -425,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                             waited, busy = cpu.wait_quiet(limit_cores=0.35, timeout=args.wait_quiet)
                             quiet = {"waited_s": round(waited, 1), "busy_cores_before": round(busy, 2)}
                         try:
-                            if case in ("raw", "classic", "onestmt"):
+                            if case in ("raw", "twostmt", "classic"):
                                 cell = run_raw_cell(**common)
                             else:
                                 cell = run_http_cell(**common, key_files=key_files)

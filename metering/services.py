@@ -334,16 +334,52 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
 
 
 @dataclass(slots=True)
+class BatchRecord:
+    """A usage record a batch wrote, as rendered: built from what was sent, not read back, and much
+    lighter than a model instance (a batch renders a thousand)."""
+
+    pk: int
+    service: Service
+    quantity: int
+    input_tokens: int | None
+    output_tokens: int | None
+    input_price: Decimal | None
+    output_price: Decimal | None
+    unit_price: Decimal | None
+    cost: Decimal
+    balance_after: Decimal | None
+    test: bool
+    idempotency_key: str
+    request_hash: str
+    metadata: dict
+    created_at: datetime
+
+
+@dataclass(slots=True)
 class BatchResult:
     status: int
-    record: UsageRecord | None = None
+    record: UsageRecord | BatchRecord | None = None
     error: DomainError | None = None
+
+
+_BATCH_COLUMNS = ("service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price", "unit_price", "cost",
+                  "idem", "hash", "metadata")  # fmt: skip
+
+
+def _batch_row(priced: _PricedEvent) -> tuple:
+    q, prices = priced.quantities, priced.prices
+    return (priced.service_id, q.quantity, q.input_tokens, q.output_tokens, prices.get("input_price"), prices.get("output_price"),
+            prices.get("unit_price"), priced.cost, priced.event.idempotency_key, priced.request_hash,
+            json.dumps(priced.event.metadata))  # fmt: skip
 
 
 def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainError]) -> list[BatchResult]:
     """Apply up to USAGE_BATCH_MAX_EVENTS events in order under one wallet lock, each with its own
-    idempotency key and outcome (201 new, 200 replay, 4xx refused) — as if sent one by one."""
+    idempotency key and outcome (201 new, 200 replay, 4xx refused) — as if sent one by one.
+    Everything per event (pricing, replay detection, the rows to insert) is prepared before the
+    lock; under it run four ledger statements and three of ours, whatever the batch size."""
     organization_id = tenant.organization.pk
+    is_test = tenant.is_test
     results: list[BatchResult | None] = [None] * len(events)
     priced_events: list[tuple[int, _PricedEvent]] = []
     services: dict[str, selectors.PricedService | DomainError] = {}
@@ -362,45 +398,55 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             organization_id=organization_id, idempotency_key__in=[p.event.idempotency_key for _, p in priced_events]
         ).select_related("service")
     }
-    with transaction.atomic(durable=True):
-        fresh: list[tuple[int, _PricedEvent]] = []
-        seen: dict[str, _PricedEvent] = {}
-        for index, priced in priced_events:
-            key = priced.event.idempotency_key
-            first = existing.get(key) or seen.get(key)
-            if first is None:
-                seen[key] = priced
-                fresh.append((index, priced))
-            elif first.request_hash != priced.request_hash:
-                results[index] = BatchResult(status=409, error=IdempotencyConflict())
-            else:
-                results[index] = BatchResult(status=200, record=first) if isinstance(first, UsageRecord) else None
-        postings = ledger.usage_charge_batch(
-            organization_id=organization_id,
-            charges=[(ZERO if tenant.is_test else p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh],
-            budget=_spend_cap_remaining(tenant, organization_id=organization_id),
-        )
-        accepted: list[tuple[int, _PricedEvent, ledger.Posting | None]] = []
-        for (index, priced), posting in zip(fresh, postings, strict=True):
-            if posting == ledger.Refusal.BALANCE:
-                results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
-            elif posting == ledger.Refusal.BUDGET:
-                results[index] = BatchResult(status=402, error=SpendCapExceeded())
-            else:
-                accepted.append((index, priced, None if tenant.is_test else posting))
-        records = _insert_usage_batch(accepted, tenant=tenant, now=timezone.now())
-        for (index, priced, _), record in zip(accepted, records, strict=True):
-            # The service is known from pricing: set it, so rendering a result costs no query per event.
-            record.service = Service(pk=priced.service_id, slug=priced.event.service, calc_method=priced.calc_method)
-            results[index] = BatchResult(status=201, record=record)
-    # A duplicate key inside the batch replays the record its first occurrence wrote.
-    written = {r.record.idempotency_key: r.record for r in results if r is not None and r.status == 201}
+    fresh: list[tuple[int, _PricedEvent]] = []
+    duplicates: list[tuple[int, _PricedEvent]] = []  # a key seen earlier in this same batch
+    seen: dict[str, _PricedEvent] = {}
     for index, priced in priced_events:
-        if results[index] is None:
-            first = written.get(priced.event.idempotency_key)
-            results[index] = (
-                BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
-            )
+        key = priced.event.idempotency_key
+        first = existing.get(key) or seen.get(key)
+        if first is None:
+            seen[key] = priced
+            fresh.append((index, priced))
+        elif first.request_hash != priced.request_hash:
+            results[index] = BatchResult(status=409, error=IdempotencyConflict())
+        elif isinstance(first, UsageRecord):
+            results[index] = BatchResult(status=200, record=first)
+        else:
+            duplicates.append((index, priced))
+    rows = [_batch_row(priced) for _, priced in fresh]
+    charges = [(ZERO if is_test else p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh]
+
+    now = timezone.now()
+    with transaction.atomic(durable=True):
+        postings = ledger.usage_charge_batch(
+            organization_id=organization_id, charges=charges, budget=_spend_cap_remaining(tenant, organization_id=organization_id)
+        )
+        accepted = [(row, None if is_test else posting) for row, posting in zip(rows, postings, strict=True)
+                    if not isinstance(posting, ledger.Refusal)]  # fmt: skip
+        ids = _insert_usage_batch(accepted, tenant=tenant, now=now)
+
+    service_of = {p.service_id: Service(pk=p.service_id, slug=p.event.service, calc_method=p.calc_method) for _, p in fresh}
+    written: dict[str, BatchRecord] = {}
+    for (index, priced), posting in zip(fresh, postings, strict=True):
+        if posting == ledger.Refusal.BALANCE:
+            results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
+        elif posting == ledger.Refusal.BUDGET:
+            results[index] = BatchResult(status=402, error=SpendCapExceeded())
+        else:
+            q, prices, key = priced.quantities, priced.prices, priced.event.idempotency_key
+            written[key] = BatchRecord(
+                pk=ids[key], service=service_of[priced.service_id], quantity=q.quantity, input_tokens=q.input_tokens,
+                output_tokens=q.output_tokens, input_price=prices.get("input_price"), output_price=prices.get("output_price"),
+                unit_price=prices.get("unit_price"), cost=priced.cost, balance_after=None if is_test else posting.balance_after,
+                test=is_test, idempotency_key=key, request_hash=priced.request_hash, metadata=priced.event.metadata, created_at=now,
+            )  # fmt: skip
+            results[index] = BatchResult(status=201, record=written[key])
+    for index, priced in duplicates:
+        # Replays what its first occurrence in this batch wrote (or was refused).
+        first = written.get(priced.event.idempotency_key)
+        results[index] = (
+            BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
+        )
     _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
 
@@ -464,31 +510,22 @@ ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
 """
 
 
-def _insert_usage_batch(accepted, *, tenant: Tenant, now: datetime) -> list[UsageRecord]:
+def _insert_usage_batch(accepted: list[tuple[tuple, ledger.Posting | None]], *, tenant: Tenant, now: datetime) -> dict[str, int]:
+    """Insert the accepted rows, their rollups and the key's spend; answer idempotency key → id."""
     if not accepted:
-        return []
-    organization_id = tenant.organization.pk
-    columns: dict[str, list] = {name: [] for name in (
-        "service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price", "unit_price", "cost",
-        "idem", "hash", "metadata", "transfer", "balance_after")}  # fmt: skip
+        return {}
+    columns = dict(zip(_BATCH_COLUMNS, (list(column) for column in zip(*(row for row, _ in accepted), strict=True)), strict=True))
+    columns["transfer"] = [posting.transfer_id if posting else None for _, posting in accepted]
+    columns["balance_after"] = [posting.balance_after if posting else None for _, posting in accepted]
     rollup: dict[int, list] = {}
-    for _, priced, posting in accepted:
-        q = priced.quantities
-        for name, value in (
-            ("service", priced.service_id), ("quantity", q.quantity), ("input_tokens", q.input_tokens),
-            ("output_tokens", q.output_tokens), ("input_price", priced.prices.get("input_price")),
-            ("output_price", priced.prices.get("output_price")), ("unit_price", priced.prices.get("unit_price")),
-            ("cost", priced.cost), ("idem", priced.event.idempotency_key), ("hash", priced.request_hash),
-            ("metadata", json.dumps(priced.event.metadata)), ("transfer", posting.transfer_id if posting else None),
-            ("balance_after", posting.balance_after if posting else None),
-        ):  # fmt: skip
-            columns[name].append(value)
-        totals = rollup.setdefault(priced.service_id, [0, 0, 0, 0, ZERO])
+    for service, quantity, input_tokens, output_tokens, *_, cost, _idem, _hash, _metadata in (row for row, _ in accepted):
+        totals = rollup.setdefault(service, [0, 0, 0, 0, ZERO])
         totals[0] += 1
-        totals[1] += q.quantity
-        totals[2] += q.input_tokens or 0
-        totals[3] += q.output_tokens or 0
-        totals[4] += priced.cost
+        totals[1] += quantity
+        totals[2] += input_tokens or 0
+        totals[3] += output_tokens or 0
+        totals[4] += cost
+    organization_id = tenant.organization.pk
     common = {
         "org": organization_id,
         "key": tenant.api_key.pk if tenant.api_key else None,
@@ -511,7 +548,7 @@ def _insert_usage_batch(accepted, *, tenant: Tenant, now: datetime) -> list[Usag
             "input_tokens": [rollup[s][2] for s in service_ids], "output_tokens": [rollup[s][3] for s in service_ids],
             "cost": [rollup[s][4] for s in service_ids],
         })  # fmt: skip
-        total_cost = sum((priced.cost for _, priced, _ in accepted), ZERO)
+        total_cost = sum((rollup[s][4] for s in service_ids), ZERO)
         if tenant.api_key is not None and not tenant.is_test and total_cost:
             cursor.execute(
                 "UPDATE accounts_apikey SET spent = spent + %s WHERE id = %s RETURNING spent, spend_cap",
@@ -520,16 +557,7 @@ def _insert_usage_batch(accepted, *, tenant: Tenant, now: datetime) -> list[Usag
             spent, spend_cap = cursor.fetchone()
             if spend_cap is not None and spent > spend_cap:
                 raise SpendCapExceeded(details={"spend_cap": str(spend_cap)})
-    return [
-        UsageRecord(
-            pk=ids[key], organization_id=organization_id, service_id=service, api_key_id=common["key"], user_id=common["user"],
-            quantity=quantity, input_tokens=input_tokens, output_tokens=output_tokens, cost=cost, test=common["test"],
-            idempotency_key=key, balance_after=balance_after, created_at=now, metadata=json.loads(metadata),
-            input_price=input_price, output_price=output_price, unit_price=unit_price, transfer_id=transfer,
-        )
-        for service, quantity, input_tokens, output_tokens, input_price, output_price, unit_price, cost, key, _, metadata, transfer,
-        balance_after in zip(*columns.values(), strict=True)
-    ]  # fmt: skip
+    return ids
 
 
 # --- Holds --------------------------------------------------------------------------------------
