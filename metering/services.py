@@ -425,7 +425,10 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                     if not isinstance(posting, ledger.Refusal)]  # fmt: skip
         ids = _insert_usage_batch(accepted, tenant=tenant, now=now)
 
-    service_of = {p.service_id: Service(pk=p.service_id, slug=p.event.service, calc_method=p.calc_method) for _, p in fresh}
+    service_of: dict[int, Service] = {}
+    for _, p in fresh:
+        if p.service_id not in service_of:
+            service_of[p.service_id] = Service(pk=p.service_id, slug=p.event.service, calc_method=p.calc_method)
     written: dict[str, BatchRecord] = {}
     for (index, priced), posting in zip(fresh, postings, strict=True):
         if posting == ledger.Refusal.BALANCE:
