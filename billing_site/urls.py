@@ -9,6 +9,8 @@ from payments import admin as payments_admin
 from payments import views as payments_views
 
 api_v1 = [
+    # The metered paths first: Django tries patterns in order, and usage/ is the hot one.
+    path("", include("metering.urls")),
     path("auth/register/", accounts_api.RegisterApi.as_view(), name="register"),
     path("auth/token/", accounts_api.TokenObtainApi.as_view(), name="token"),
     path("auth/token/refresh/", accounts_api.TokenRefreshApi.as_view(), name="token-refresh"),
@@ -17,7 +19,6 @@ api_v1 = [
     path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key"),
     path("", include("payments.urls")),
-    path("", include("metering.urls")),
 ]
 
 urlpatterns = [
