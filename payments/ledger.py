@@ -9,8 +9,10 @@ round trip). Callers that must lock more than the wallet take locks in this orde
 organization's wallet → hold → payment. Nothing here talks to the network.
 
 Each posting is ONE statement (a data-modifying CTE): check the limit, move the balance, write
-the transfer and both entries. So the wallet's row lock is held for one round trip plus the
-commit, which is what bounds a hot wallet's throughput (see PERF-NOTES).
+the transfer and both entries. The hot path goes further: `usage_charge_in_one_statement` runs the
+posting together with the caller's own rows (metering's usage record) as a single autocommit
+statement, so the wallet's row lock is held only while PostgreSQL executes and commits it — which
+is what bounds a hot wallet's throughput (see PERF-NOTES).
 """
 
 from __future__ import annotations
