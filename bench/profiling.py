@@ -35,12 +35,15 @@ def _bucket(filename: str) -> str:
     return "other"
 
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
 def _label(func: tuple[str, int, str]) -> str:
     filename, line, name = func
     if filename == "~":
         return name
     short = filename.split("site-packages/", 1)[-1]
-    for marker in ("/work/main/", _STDLIB + "/"):
+    for marker in (str(PROJECT_DIR) + "/", _STDLIB + "/"):
         short = short.removeprefix(marker)
     return f"{short}:{line}({name})"
 
