@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts import api as accounts_api
 from billing_site import health, metrics
+from dashboard.forms import AdminLoginForm
 from payments import admin as payments_admin
 from payments import views as payments_views
 
@@ -20,6 +21,8 @@ api_v1 = [
     path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key"),
     path("", include("payments.urls")),
 ]
+
+admin.site.login_form = AdminLoginForm  # throttled against password guessing, like the dashboard's
 
 urlpatterns = [
     path("api/v1/", include((api_v1, "api"), namespace="v1")),

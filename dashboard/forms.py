@@ -9,6 +9,7 @@ from urllib.parse import urlencode, urlsplit
 
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 from django.utils import timezone
@@ -21,27 +22,18 @@ SIGNUPS_PER_IP_PER_HOUR = 20
 RESETS_PER_IP_PER_HOUR = 10
 
 
-class LoginForm(AuthenticationForm):
-    """Django's sign-in, refused for a while after LOGIN_FAILURE_LIMIT wrong passwords for the
-    same email from the same address; a locked-out attempt does not even check the password."""
+class ThrottledLoginMixin:
+    """Refuses a sign-in for a while after LOGIN_FAILURE_LIMIT wrong passwords for the same email
+    from the same address; a locked-out attempt does not even check the password."""
 
-    error_messages = {
-        **AuthenticationForm.error_messages,
-        "invalid_login": "That email and password do not match an account.",
-        "throttled": "Too many failed attempts. Try again in %(minutes)s minute(s), or reset your password.",
-    }
-
-    def __init__(self, request=None, *args, **kwargs):
-        super().__init__(request, *args, **kwargs)
-        self.fields["username"].label = "Email"
-        self.fields["username"].widget = forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+    throttled_message = "Too many failed attempts. Try again in %(minutes)s minute(s), or reset your password."
 
     def clean(self):
         email = self.cleaned_data.get("username") or ""
         ip = throttle.client_ip(self.request) if self.request else ""
         wait = throttle.login_retry_after(email, ip) if email else 0
         if wait:
-            raise ValidationError(self.error_messages["throttled"], code="throttled", params={"minutes": -(-wait // 60)})
+            raise ValidationError(self.throttled_message, code="throttled", params={"minutes": -(-wait // 60)})
         try:
             cleaned = super().clean()
         except ValidationError as error:
@@ -50,6 +42,21 @@ class LoginForm(AuthenticationForm):
             raise
         throttle.login_succeeded(email, ip)
         return cleaned
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    """Django's sign-in for the dashboard, throttled against guessing."""
+
+    error_messages = {**AuthenticationForm.error_messages, "invalid_login": "That email and password do not match an account."}
+
+    def __init__(self, request=None, *args, **kwargs):
+        super().__init__(request, *args, **kwargs)
+        self.fields["username"].label = "Email"
+        self.fields["username"].widget = forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The back office's sign-in, throttled the same way (staff accounts are the juiciest target)."""
 
 
 class SignupForm(forms.Form):

@@ -33,6 +33,7 @@ from payments.models import (
     Refund,
     RefundStatus,
     TransferKind,
+    Wallet,
     WebhookEvent,
 )
 from payments.providers import ProviderError, ProviderEvent, WebhookRefused, provider_get
@@ -346,6 +347,9 @@ def code_redeem(*, organization: Organization, user: User | None, code: str) -> 
     now = timezone.now()
     if voucher.expires_at is not None and voucher.expires_at <= now:
         raise InvalidCode("This code has expired.")
+    currency = Wallet.objects.filter(organization_id=organization.pk).values_list("currency", flat=True).get()
+    if voucher.currency != currency:
+        raise InvalidCode(f"This code is worth {voucher.currency}; your balance is kept in {currency}.")
     try:
         with transaction.atomic(durable=True):
             posting = ledger.wallet_credit(organization_id=organization.pk, amount=voucher.amount, kind=TransferKind.REDEMPTION,

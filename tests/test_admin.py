@@ -165,3 +165,14 @@ def test_reconciliation_page_shows_balanced_ledger_and_flags_a_tampered_wallet(d
         cursor.execute("UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s", [organization.pk])
     page = client.get("/admin/reconciliation/")
     assert "Mismatch" in page.content.decode()
+
+
+def test_admin_login_is_throttled_against_guessing(db):
+    staff = UserFactory(is_staff=True)
+    client = Client()
+    for _ in range(5):
+        response = client.post("/admin/login/", {"username": staff.email, "password": "wrong"})
+        assert b"Too many failed attempts" not in response.content
+    locked = client.post("/admin/login/", {"username": staff.email, "password": "correct horse battery staple"})
+    assert b"Too many failed attempts" in locked.content
+    assert "_auth_user_id" not in client.session

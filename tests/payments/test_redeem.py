@@ -183,3 +183,14 @@ def test_concurrent_redemptions_never_exceed_max_uses(db):
         assert wallet_of(organization).balance == (D("10") if organization.pk in winners else 0)
     assert LedgerEntry.objects.filter(account=Account.PROMOTIONS).count() == 3
     assert_money_invariants([o.pk for o in organizations])
+
+
+def test_a_code_in_another_currency_is_refused(organization, owner_client):
+    from payments.models import RedemptionCode
+    from payments.services import redemption_codes_generate
+
+    (code,) = redemption_codes_generate(batch="eur", amount=D("5"), count=1, expires_at=None, created_by=None)
+    RedemptionCode.objects.update(currency="EUR")
+    response = owner_client.post("/api/v1/redeem/", {"code": code}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_code"
