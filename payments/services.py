@@ -36,7 +36,7 @@ from payments.models import (
     Wallet,
     WebhookEvent,
 )
-from payments.providers import ProviderError, ProviderEvent, WebhookRefused, provider_get
+from payments.providers import ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused, provider_get
 from payments.providers.base import Outcome, currency_exponent
 
 logger = logging.getLogger(__name__)
@@ -285,33 +285,79 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
                                  details={"amount": [f"At most {locked.amount - locked.refunded_amount - pending}."]})  # fmt: skip
         refund = Refund.objects.create(organization_id=payment.organization_id, payment=locked, amount=amount, reason=reason, forced=force,
                                        created_by=staff)  # fmt: skip
+    return refund_complete(refund=refund)
+
+
+class _RefundSettled(Exception):
+    """Another run completed or failed this refund first: roll back what this run did."""
+
+
+def refund_complete(*, refund: Refund) -> Refund:
+    """Ask the provider for the refund (keyed by our Refund row, so a retry never refunds twice) and
+    settle it: post the `refund` transfer, or release the reservation on a definitive refusal. With
+    no definitive answer (network, outage) the refund stays pending for the sweeper to retry. Safe
+    to run any number of times."""
+    payment = refund.payment
     try:
-        # Keyed by our Refund row: a retry of this refund is deduplicated by the provider, while a
-        # second refund of the same amount (even one started concurrently) is a refund of its own.
-        reference = provider_get(payment.provider).refund(locked, amount, idempotency_key=f"tollgate-refund-{refund.pk}")
+        reference = provider_get(payment.provider).refund(payment, refund.amount, idempotency_key=f"tollgate-refund-{refund.pk}")
+    except ProviderUnreachable as exc:
+        raise ProviderUnavailable("The provider did not answer; the refund stays pending and will be retried.") from exc
     except ProviderError as exc:
-        with transaction.atomic(durable=True):
-            if not force:
-                ledger.wallet_release(organization_id=payment.organization_id, amount=amount)
-            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.FAILED, provider_reference=str(exc)[:255])
+        try:
+            with transaction.atomic(durable=True):
+                _lock_pending_refund(refund)
+                if not refund.forced:
+                    ledger.wallet_release(organization_id=payment.organization_id, amount=refund.amount)
+                Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.FAILED, provider_reference=str(exc)[:255])
+        except _RefundSettled:
+            pass
         raise ProviderUnavailable("The provider refused the refund; nothing moved.") from exc
-    with transaction.atomic(durable=True):
-        posting = ledger.transfer_post(
-            organization_id=payment.organization_id, kind=TransferKind.REFUND, amount=-amount, counter_account=Account.PAYMENTS_CLEARING,
-            reference=f"payment:{payment.pk}", memo=reason, created_by_id=staff.pk, release_held=ZERO if force else amount,
-            may_overdraw=True,
-        )  # fmt: skip
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        refunded = locked.refunded_amount + amount
-        status = PaymentStatus.REFUNDED if refunded == locked.amount else PaymentStatus.PARTIALLY_REFUNDED
-        Payment.objects.filter(pk=payment.pk).update(
-            refunded_amount=F("refunded_amount") + amount, status=status, updated_at=timezone.now()
-        )
-        Refund.objects.filter(pk=refund.pk).update(
-            status=RefundStatus.SUCCEEDED, provider_reference=reference, transfer_id=posting.transfer_id
-        )
+    try:
+        with transaction.atomic(durable=True):
+            locked = _lock_pending_refund(refund)
+            posting = ledger.transfer_post(
+                organization_id=payment.organization_id, kind=TransferKind.REFUND, amount=-refund.amount,
+                counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}", memo=refund.reason,
+                created_by_id=refund.created_by_id, release_held=ZERO if refund.forced else refund.amount, may_overdraw=True,
+            )  # fmt: skip
+            refunded = locked.refunded_amount + refund.amount
+            status = PaymentStatus.REFUNDED if refunded == locked.amount else PaymentStatus.PARTIALLY_REFUNDED
+            Payment.objects.filter(pk=payment.pk).update(
+                refunded_amount=F("refunded_amount") + refund.amount, status=status, updated_at=timezone.now()
+            )
+            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.SUCCEEDED, provider_reference=reference,
+                                                       transfer_id=posting.transfer_id)  # fmt: skip
+    except _RefundSettled:
+        pass
     refund.refresh_from_db()
     return refund
+
+
+def _lock_pending_refund(refund: Refund) -> Payment:
+    """Lock the wallet, the payment, then the refund (the documented order), and raise
+    _RefundSettled unless the refund is still pending — before any money moves, so a second run
+    never frees the reservation twice. Answers the locked payment."""
+    ledger.wallet_lock(organization_id=refund.organization_id)
+    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+    if Refund.objects.select_for_update().get(pk=refund.pk).status != RefundStatus.PENDING:
+        raise _RefundSettled()
+    return payment
+
+
+def refunds_sweep(*, older_than: timedelta = timedelta(minutes=5), now: datetime | None = None) -> int:
+    """Retry refunds left pending (the process died, or the provider did not answer). Answers how
+    many were settled."""
+    now = now or timezone.now()
+    settled = 0
+    for refund in Refund.objects.select_related("payment").filter(status=RefundStatus.PENDING, created_at__lt=now - older_than)[
+        :100
+    ]:
+        try:
+            if refund_complete(refund=refund).status != RefundStatus.PENDING:
+                settled += 1
+        except ProviderUnavailable:
+            logger.warning("refund %s is still pending at its provider", refund.pk)
+    return settled
 
 
 # --- Redemption codes -------------------------------------------------------------------------------------

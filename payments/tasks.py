@@ -21,7 +21,7 @@ def payment_settle(event_id: int) -> str | None:
 
 @shared_task(name="payments.tasks.payments_sweep")
 def payments_sweep() -> dict:
-    return services.payments_sweep()
+    return {**services.payments_sweep(), "refunds_settled": services.refunds_sweep()}
 
 
 @shared_task(name="payments.tasks.low_balance_alert", bind=True, max_retries=5, retry_backoff=True)

@@ -1,7 +1,7 @@
 """Payment providers behind one small interface. These modules are the only code that talks to
 a provider; nothing here runs inside a transaction or under a row lock."""
 
-from payments.providers.base import Checkout, Provider, ProviderError, ProviderEvent, WebhookRefused
+from payments.providers.base import Checkout, Provider, ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused
 
 
 def provider_get(name: str) -> Provider:
@@ -16,4 +16,4 @@ def provider_get(name: str) -> Provider:
     return providers[name]()
 
 
-__all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "WebhookRefused", "provider_get"]
+__all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "ProviderUnreachable", "WebhookRefused", "provider_get"]

@@ -12,7 +12,12 @@ if TYPE_CHECKING:
 
 
 class ProviderError(Exception):
-    """The provider could not be reached or refused the call."""
+    """The provider refused the call: a definitive answer."""
+
+
+class ProviderUnreachable(ProviderError):
+    """No definitive answer (network, timeout, rate limit, provider outage): the call may or may not
+    have taken effect, so retry it with the same idempotency key rather than assume either."""
 
 
 class WebhookRefused(Exception):

@@ -13,6 +13,7 @@ from payments.providers.base import (
     Outcome,
     ProviderError,
     ProviderEvent,
+    ProviderUnreachable,
     WebhookRefused,
     from_minor_units,
     to_minor_units,
@@ -111,6 +112,8 @@ class StripeProvider:
                         "metadata": {"payment_id": str(payment.pk)}},
                 options={"idempotency_key": idempotency_key},
             )  # fmt: skip
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise ProviderUnreachable(f"Stripe did not answer the refund: {exc.__class__.__name__}") from exc
         except stripe.StripeError as exc:
             raise ProviderError(f"Stripe refused the refund: {exc.user_message or exc.__class__.__name__}") from exc
         return refund.id

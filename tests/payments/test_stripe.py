@@ -434,3 +434,48 @@ def test_two_refunds_of_the_same_amount_are_two_stripe_refunds(organization, sta
     assert payment.refunded_amount == D("10")
     assert wallet_of(organization).balance == D("15")
     assert wallet_of(organization).held == 0
+
+
+def test_an_unanswered_refund_stays_reserved_and_the_sweeper_settles_it_once(organization, staff_user,
+                                                                             django_capture_on_commit_callbacks):  # fmt: skip
+    """No answer is not a refusal: Stripe may have refunded. The refund stays pending with its
+    reservation, and the sweeper retries under the same idempotency key until it has an answer."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    payment = settled_stripe_payment(organization, capture=django_capture_on_commit_callbacks)
+    with responses.RequestsMock() as rsps:
+        first = mock_refund_api(rsps, payment, refund_status=503)
+        with pytest.raises(services.ProviderUnavailable):
+            services.payment_refund(payment=payment, amount=D("10"), reason="customer asked", staff=staff_user)
+    refund = payment.refunds.get()
+    wallet = wallet_of(organization)
+    assert (refund.status, wallet.balance, wallet.held) == (RefundStatus.PENDING, D("25"), D("10"))
+
+    later = timezone.now() + timedelta(minutes=6)
+    with responses.RequestsMock() as rsps:
+        retried = mock_refund_api(rsps, payment)
+        assert services.refunds_sweep(now=later) == 1
+        assert services.refunds_sweep(now=later) == 0
+
+    refund.refresh_from_db()
+    wallet = wallet_of(organization)
+    assert (refund.status, wallet.balance, wallet.held) == (RefundStatus.SUCCEEDED, D("15"), 0)
+    assert {r.headers["Idempotency-Key"] for r in first + retried} == {f"tollgate-refund-{refund.pk}"}
+    assert len(retried) == 1
+    assert_money_invariants([organization.pk])
+
+
+def test_completing_a_refund_twice_posts_it_once(organization, staff_user, django_capture_on_commit_callbacks):
+    payment = settled_stripe_payment(organization, capture=django_capture_on_commit_callbacks)
+    with responses.RequestsMock() as rsps:
+        mock_refund_api(rsps, payment)
+        refund = services.payment_refund(payment=payment, amount=D("5"), reason="customer asked", staff=staff_user)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        mock_refund_api(rsps, payment)
+        services.refund_complete(refund=refund)
+    assert wallet_of(organization).balance == D("20")
+    payment.refresh_from_db()
+    assert payment.refunded_amount == D("5")
+    assert_money_invariants([organization.pk])
