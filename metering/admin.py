@@ -1,11 +1,9 @@
 """Back office for services, prices, usage and holds. Prices are history: new rows only."""
 
-import csv
-
 from django.contrib import admin
-from django.http import StreamingHttpResponse
 from django.utils import timezone
 
+from billing_site.csv_stream import csv_stream_response
 from billing_site.money import money_str
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
 from payments.admin import ReadOnlyAdmin
@@ -71,11 +69,6 @@ EXPORT_FIELDS = ["id", "created_at", "organization_id", "service_id", "api_key_i
                  "cost", "balance_after", "test", "idempotency_key"]  # fmt: skip
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "organization", "service", "quantity", "cost", "test", "api_key_id"]
@@ -88,21 +81,11 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected to CSV")
     def export_csv(self, request, queryset):
-        writer = csv.writer(_Echo())
-
-        def rows():
-            yield writer.writerow(EXPORT_FIELDS)
-            for record in queryset.order_by("id").iterator(chunk_size=2000):
-                yield writer.writerow(
-                    [
-                        money_str(v) if f in ("cost", "balance_after") else v
-                        for f, v in ((f, getattr(record, f)) for f in EXPORT_FIELDS)
-                    ]
-                )
-
-        response = StreamingHttpResponse(rows(), content_type="text/csv")
-        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
-        return response
+        rows = (
+            [money_str(getattr(record, f)) if f in ("cost", "balance_after") else getattr(record, f) for f in EXPORT_FIELDS]
+            for record in queryset.order_by("id").iterator(chunk_size=2000)
+        )
+        return csv_stream_response(EXPORT_FIELDS, rows, filename="usage.csv")
 
 
 @admin.register(UsageRollup)

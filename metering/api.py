@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
@@ -22,6 +20,7 @@ from accounts.tenancy import TenantMixin
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
+from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError, InvalidRequest, NotFound, PermissionRefused
 from billing_site.money import money_str
 from metering import selectors, services
@@ -273,11 +272,6 @@ def _day(value: str | None, name: str) -> date | None:
     return day
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "cost", "balance_after", "test",
                   "api_key_id", "idempotency_key"]  # fmt: skip
 
@@ -290,20 +284,13 @@ class UsageExportApi(TenantMixin, APIView):
         if self.tenant.user is None:
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
-        writer = csv.writer(_Echo())
-
-        def rows():
-            yield writer.writerow(EXPORT_COLUMNS)
-            for record in records.iterator(chunk_size=2000):
-                yield writer.writerow([
-                    record.pk, record.created_at.isoformat(), record.service.slug, record.quantity, record.input_tokens,
-                    record.output_tokens, money_str(record.cost), money_str(record.balance_after), record.test, record.api_key_id,
-                    record.idempotency_key,
-                ])  # fmt: skip
-
-        response = StreamingHttpResponse(rows(), content_type="text/csv")
-        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
-        return response
+        rows = (
+            [record.pk, record.created_at.isoformat(), record.service.slug, record.quantity, record.input_tokens,
+             record.output_tokens, money_str(record.cost), money_str(record.balance_after), record.test, record.api_key_id,
+             record.idempotency_key]
+            for record in records.iterator(chunk_size=2000)
+        )  # fmt: skip
+        return csv_stream_response(EXPORT_COLUMNS, rows, filename="usage.csv")
 
 
 class ServiceListApi(TenantMixin, APIView):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from accounts import services as account_services
+from billing_site.csv_stream import csv_stream_response
 from billing_site.money import ZERO, money_str
 from dashboard import charts, forms, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
@@ -79,11 +78,6 @@ def usage(request, current):
     return page(request, "dashboard/usage.html", context)
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price",
                   "unit_price", "cost", "balance_after", "mode", "api_key", "idempotency_key"]  # fmt: skip
 
@@ -95,22 +89,16 @@ def usage_export(request, current):
     form = _usage_filters(request, current)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
-    writer = csv.writer(_Echo())
-
-    def rows():
-        yield writer.writerow(EXPORT_COLUMNS)
-        for r in records.iterator(chunk_size=EXPORT_CHUNK):
-            yield writer.writerow([
-                r.pk, r.created_at.isoformat(), r.service.slug, r.quantity, r.input_tokens, r.output_tokens,
-                money_str(r.input_price), money_str(r.output_price), money_str(r.unit_price), money_str(r.cost),
-                money_str(r.balance_after), "test" if r.test else "live", prefixes.get(r.api_key_id, ""), r.idempotency_key,
-            ])  # fmt: skip
-
+    rows = (
+        [
+            r.pk, r.created_at.isoformat(), r.service.slug, r.quantity, r.input_tokens, r.output_tokens,
+            money_str(r.input_price), money_str(r.output_price), money_str(r.unit_price), money_str(r.cost),
+            money_str(r.balance_after), "test" if r.test else "live", prefixes.get(r.api_key_id, ""), r.idempotency_key,
+        ]
+        for r in records.iterator(chunk_size=EXPORT_CHUNK)
+    )  # fmt: skip
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="usage-{current.organization.slug}-{stamp}.csv"'
-    response["Cache-Control"] = "no-store"
-    return response
+    return csv_stream_response(EXPORT_COLUMNS, rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 
 
 @dashboard_view()

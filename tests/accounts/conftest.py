@@ -1,27 +1,12 @@
 import pytest
 
-from accounts import services as account_services
-from accounts.models import Role
 from tests.conftest import jwt_client
-from tests.factories import UserFactory, organization_create
 
 
 @pytest.fixture
-def other_organization(db):
-    """A second tenant with its own owner and a live key."""
-    return organization_create(name="Globex")
-
-
-@pytest.fixture
-def other_key(other_organization):
-    return account_services.api_key_create(organization=other_organization, name="globex")
-
-
-@pytest.fixture
-def admin(organization):
-    user = UserFactory()
-    organization.memberships.create(user=user, role=Role.ADMIN)
-    return user
+def admin(org_admin):
+    """This folder's name for the shared `org_admin` (a manager of `organization`)."""
+    return org_admin
 
 
 @pytest.fixture
