@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -44,6 +45,12 @@ RECONCILIATION_MISMATCHES = Gauge(
     "Wallets or identities that failed the last reconciliation",
     multiprocess_mode="mostrecent",
 )
+
+
+def amount_observed(counter: Counter, *, currency: str, amount: Decimal) -> None:
+    """Add a money amount to a counter. Prometheus samples are floats: this is the one place an
+    amount becomes one, for dashboards only — nothing reads money back from metrics."""
+    counter.labels(currency).inc(float(amount))
 
 
 class BillingStateCollector(Collector):

@@ -31,23 +31,39 @@ from metering.pricing import price_fields
 USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
 
 
-def _event_from(body: Any, *, header_key: str | None, index: int | None = None) -> services.UsageEvent:
-    """Parse one usage event; InvalidRequest names the offending fields."""
+def _json_object(body: Any, allowed: frozenset[str], *, what: str = "The body") -> dict[str, Any]:
+    """`body` as a JSON object with no field outside `allowed`; InvalidRequest names the strays."""
     if not isinstance(body, dict):
-        raise InvalidRequest("Each usage event must be a JSON object.")
-    unknown = sorted(set(body) - USAGE_FIELDS)
+        raise InvalidRequest(f"{what} must be a JSON object.")
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown})
+    return body
+
+
+def _service_and_key(body: dict[str, Any], *, header_key: str | None) -> tuple[str, str]:
+    """The service slug and the idempotency key (from the body, else the Idempotency-Key header)."""
     service = body.get("service")
     if not isinstance(service, str) or not service:
         raise InvalidRequest("`service` is required.", details={"service": ["This field is required."]})
     key = body.get("idempotency_key") if body.get("idempotency_key") is not None else header_key
-    return services.UsageEvent(
-        service=service,
-        idempotency_key=services.validate_idempotency_key(key),
-        data={name: body[name] for name in ALL_QUANTITY_FIELDS if name in body},
-        metadata=services.validate_metadata(body.get("metadata")),
-    )
+    return service, services.validate_idempotency_key(key)
+
+
+def _quantities(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: body[name] for name in ALL_QUANTITY_FIELDS if name in body}
+
+
+def _event_from(body: Any, *, header_key: str | None) -> services.UsageEvent:
+    """Parse one usage event; InvalidRequest names the offending fields."""
+    body = _json_object(body, USAGE_FIELDS, what="Each usage event")
+    service, key = _service_and_key(body, header_key=header_key)
+    return services.UsageEvent(service=service, idempotency_key=key, data=_quantities(body),
+                               metadata=services.validate_metadata(body.get("metadata")))  # fmt: skip
+
+
+def _utc_iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def usage_body(record: UsageRecord) -> dict[str, Any]:
@@ -60,7 +76,7 @@ def usage_body(record: UsageRecord) -> dict[str, Any]:
         "balance_after": money_str(record.balance_after),
         "test": record.test,
         "idempotency_key": record.idempotency_key,
-        "created_at": record.created_at.isoformat().replace("+00:00", "Z"),
+        "created_at": _utc_iso(record.created_at),
         "metadata": record.metadata,
     }
     if record.input_tokens is not None:
@@ -322,8 +338,8 @@ def hold_body(hold: Hold, record: UsageRecord | None = None) -> dict[str, Any]:
         "maxima": hold.maxima,
         "status": hold.status,
         "test": hold.test,
-        "expires_at": hold.expires_at.isoformat().replace("+00:00", "Z"),
-        "created_at": hold.created_at.isoformat().replace("+00:00", "Z"),
+        "expires_at": _utc_iso(hold.expires_at),
+        "created_at": _utc_iso(hold.created_at),
         "idempotency_key": hold.idempotency_key,
     }
     if record is not None:
@@ -347,14 +363,7 @@ class HoldCreateApi(TenantMixin, APIView):
         "expires_in": serializers.IntegerField(required=False, min_value=1),
     }), responses={201: HoldOutput, 200: HoldOutput}, parameters=[IDEMPOTENCY_HEADER])  # fmt: skip
     def post(self, request):
-        body = request.data
-        if not isinstance(body, dict):
-            raise InvalidRequest("The body must be a JSON object.")
-        unknown = sorted(set(body) - HOLD_FIELDS)
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown}
-            )
+        body = _json_object(request.data, HOLD_FIELDS)
         amount_field = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, allow_null=True)
         try:
             amount = amount_field.run_validation(body.get("amount")) if body.get("amount") is not None else None
@@ -365,14 +374,9 @@ class HoldCreateApi(TenantMixin, APIView):
             raise InvalidRequest(
                 "`expires_in` must be an integer number of seconds.", details={"expires_in": ["Must be an integer."]}
             )
-        service = body.get("service")
-        if not isinstance(service, str) or not service:
-            raise InvalidRequest("`service` is required.", details={"service": ["This field is required."]})
-        key = body.get("idempotency_key") if body.get("idempotency_key") is not None else request.headers.get("Idempotency-Key")
-        outcome = services.hold_create(
-            tenant=self.tenant, service=service, idempotency_key=services.validate_idempotency_key(key), amount=amount,
-            maxima={name: body[name] for name in ALL_QUANTITY_FIELDS if name in body}, expires_in=expires_in,
-        )  # fmt: skip
+        service, key = _service_and_key(body, header_key=request.headers.get("Idempotency-Key"))
+        outcome = services.hold_create(tenant=self.tenant, service=service, idempotency_key=key, amount=amount,
+                                       maxima=_quantities(body), expires_in=expires_in)  # fmt: skip
         return Response(hold_body(outcome.hold), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
 
 
@@ -389,14 +393,7 @@ class _HoldActionApi(TenantMixin, APIView):
 class HoldCaptureApi(_HoldActionApi):
     @extend_schema(request=UsageInput, responses={201: HoldOutput, 200: HoldOutput})
     def post(self, request, hold_id: int):
-        body = request.data if isinstance(request.data, dict) else None
-        if body is None:
-            raise InvalidRequest("The body must be a JSON object.")
-        unknown = sorted(set(body) - ALL_QUANTITY_FIELDS)
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown field(s): {', '.join(unknown)}.", details={name: ["Unknown field."] for name in unknown}
-            )
+        body = _json_object(request.data, ALL_QUANTITY_FIELDS)
         outcome = services.hold_capture(tenant=self.tenant, hold=self.hold(hold_id), data=body)
         return Response(
             hold_body(outcome.hold, outcome.record), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED

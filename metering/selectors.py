@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 
 from django.db import connection
 from django.db.models import Count, QuerySet, Sum
@@ -143,13 +142,6 @@ def usage_summary(*, organization_id: int, group_by: str, day_from: date, day_to
         }
         for row in rows
     ]
-
-
-def spend_total(*, organization_id: int, day_from: date, day_to: date) -> Decimal:
-    total = UsageRollup.objects.filter(organization_id=organization_id, test=False, day__gte=day_from, day__lte=day_to).aggregate(
-        total=Sum("cost")
-    )["total"]
-    return total or Decimal(0)
 
 
 def hold_get(*, organization_id: int, hold_id: int) -> Hold:

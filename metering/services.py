@@ -297,7 +297,7 @@ def usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     metrics.USAGE_EVENTS.labels(event.service, "replayed" if outcome.replayed else "created").inc()
     metrics.DEBIT_SECONDS.observe(time.perf_counter() - started)
     if not outcome.replayed and not outcome.record.test:
-        metrics.REVENUE.labels(settings.CURRENCY).inc(float(outcome.record.cost))
+        metrics.amount_observed(metrics.REVENUE, currency=settings.CURRENCY, amount=outcome.record.cost)
     return outcome
 
 
@@ -481,7 +481,7 @@ def _count_batch(results: Sequence[BatchResult], *, tenant: Tenant) -> None:
     for (service, outcome), count in outcomes.items():
         metrics.USAGE_EVENTS.labels(service, outcome).inc(count)
     if revenue:
-        metrics.REVENUE.labels(settings.CURRENCY).inc(float(revenue))
+        metrics.amount_observed(metrics.REVENUE, currency=settings.CURRENCY, amount=revenue)
 
 
 _INSERT_USAGE_BATCH_SQL = """

@@ -216,7 +216,7 @@ def payment_settle(*, event_id: int) -> Payment | None:
     metrics.PAYMENTS.labels(payment.provider, payment.status).inc()
     metrics.SETTLEMENT_LAG.observe((timezone.now() - event.received_at).total_seconds())
     if payment.status == PaymentStatus.SUCCEEDED:
-        metrics.RECHARGES.labels(payment.currency).inc(float(payment.amount))
+        metrics.amount_observed(metrics.RECHARGES, currency=payment.currency, amount=payment.amount)
     return payment
 
 

@@ -34,10 +34,6 @@ def _client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, max_network_retries=2)
 
 
-def _livemode() -> bool:
-    return settings.STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
-
-
 class StripeProvider:
     name = "stripe"
 
