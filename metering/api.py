@@ -385,7 +385,7 @@ class _HoldActionApi(TenantMixin, APIView):
 
     def hold(self, hold_id: int) -> Hold:
         try:
-            return selectors.hold_get(organization_id=self.tenant.organization.pk, hold_id=hold_id)
+            return selectors.hold_get(organization_id=self.tenant.organization.pk, hold_id=hold_id, test=self.tenant.is_test)
         except Hold.DoesNotExist as exc:
             raise NotFound("No such hold.") from exc
 

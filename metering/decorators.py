@@ -1,24 +1,37 @@
-"""Meter your own AI views: hold the estimated cost before the view runs, capture the actual
+"""Meter your own AI views: hold the worst-case cost before the view runs, capture the actual
 usage after it, release the hold if the view fails.
 
-    @metered("gpt-4o", estimate=lambda request: {"input_tokens": 2000, "output_tokens": 1000})
+    @metered("gpt-4o", estimate={"input_tokens": 8000, "output_tokens": 4096},
+             test_response=lambda request: JsonResponse({"answer": "test", "usage": {...}}))
     def chat(request):
         ...
         return JsonResponse({"answer": text, "usage": {"input_tokens": 812, "output_tokens": 95}})
 
-Without `estimate`, the method's quantity fields are read from the JSON request body (e.g.
-`{"input_tokens": …, "output_tokens": <max>}`); without `actual`, from the JSON response body,
-at the top level or under "usage". Unaffordable → 402 and the view is never called.
+The rules that keep a caller from getting the view for free:
+- `estimate` is the view's own worst case (a mapping, or a function of the request that the view's
+  author writes), never maxima the client declares: the hold is what bounds an over-capture
+  (SPEC §2.4), so a client that could declare zeros could get the view for almost nothing. An
+  estimate must cost something (a zero hold is refused).
+- An `Idempotency-Key` header is namespaced by the caller (API key or user) and mode, and a key
+  already used answers 409 `idempotency_conflict` naming the first call's hold and usage: the view
+  never runs twice for one key.
+- Test-mode API keys never run the view (it would be the real, paid service). With `test_response`,
+  they get that answer instead, metered and recorded as test usage; without it, 403.
+
+Without `actual`, the actual quantities are read from the view's JSON response, at the top level or
+under "usage". Unaffordable → 402 and the view is never called.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
@@ -26,13 +39,14 @@ from rest_framework.request import Request
 from accounts.authentication import ApiKeyAuthentication, JwtAuthentication
 from accounts.models import ApiKey
 from accounts.tenancy import Tenant, tenant_resolve
-from billing_site.errors import DomainError, ErrorCode
+from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, PermissionRefused
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import CALCULATORS
-from metering.models import Hold, HoldStatus, Service
+from metering.models import Hold, HoldStatus, UsageRecord
 
 Quantities = Mapping[str, Any]
+Estimate = Quantities | Callable[[Any], Quantities]
 
 
 def _json(content: bytes) -> dict[str, Any]:
@@ -43,11 +57,9 @@ def _json(content: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _fields_for(service: str, source: Mapping[str, Any]) -> dict[str, Any]:
-    """The service method's quantity fields found in `source` (top level, else under "usage")."""
-    calc_method = Service.objects.filter(slug=service, active=True).values_list("calc_method", flat=True).first()
-    if calc_method is None:
-        raise selectors.ServiceNotFound()
+def _actual_fields(service: str, source: Mapping[str, Any]) -> dict[str, Any]:
+    """The service method's quantity fields found in the view's response (top level, else under "usage")."""
+    calc_method = selectors.service_calc_method(slug=service)
     usage = source.get("usage") if isinstance(source.get("usage"), dict) else {}
     found = {name: source.get(name, usage.get(name)) for name in CALCULATORS[calc_method].fields}
     return {name: value for name, value in found.items() if value is not None}
@@ -80,35 +92,73 @@ class _Unauthenticated(DomainError):
     message = "Authentication credentials were not provided."
 
 
+class TestModeRefused(PermissionRefused):
+    message = "This endpoint serves live API keys only: a test key would get the real (paid) service."
+
+
+def _hold_key(request, tenant: Tenant) -> str:
+    """The hold's idempotency key: the client's `Idempotency-Key` namespaced by who calls (the mode
+    rides on the hold's own `test` column), under the reserved prefix clients cannot use; a fresh
+    key when the client sends none."""
+    client_key = request.headers.get("Idempotency-Key")
+    if client_key is None:
+        return f"{services.RESERVED_KEY_PREFIX}metered:{uuid.uuid4()}"
+    digest = hashlib.sha256(services.validate_idempotency_key(client_key).encode()).hexdigest()
+    principal = f"key:{tenant.api_key.pk}" if tenant.api_key else f"user:{tenant.user.pk}"
+    return f"{services.RESERVED_KEY_PREFIX}metered:{principal}:{digest}"
+
+
+def _replay_refused(hold: Hold) -> IdempotencyConflict:
+    details: dict[str, Any] = {"hold": hold.pk, "status": hold.status}
+    record = UsageRecord.objects.filter(hold_id=hold.pk).only("pk", "cost").first() if hold.status == HoldStatus.CAPTURED else None
+    if record is not None:
+        details.update(usage_id=record.pk, cost=money_str(record.cost))
+    return IdempotencyConflict(
+        "This Idempotency-Key was already used for this call; a metered call never runs twice for one key.", details=details
+    )
+
+
 class MeteredCall:
     """The hold → call → capture / release protocol, shared by the decorator and the DRF mixin."""
 
-    def __init__(
-        self, service: str, *, estimate: Callable[[Any], Quantities] | None, actual: Callable[[Any, Any], Quantities] | None
-    ):
+    def __init__(self, service: str, *, estimate: Estimate, actual: Callable[[Any, Any], Quantities] | None):
+        if estimate is None:
+            raise ImproperlyConfigured(
+                f"metered({service!r}) needs an `estimate`: the view's worst case, never the client's own maxima."
+            )
         self.service, self.estimate, self.actual = service, estimate, actual
 
-    def reserve(self, request, tenant: Tenant) -> Hold:
-        body = _json(request.body) if hasattr(request, "body") else {}
-        maxima = self.estimate(request) if self.estimate else _fields_for(self.service, body)
-        key = request.headers.get("Idempotency-Key") or f"metered:{uuid.uuid4()}"
-        return services.hold_create(tenant=tenant, service=self.service, idempotency_key=key, amount=None, maxima=maxima,
-                                    expires_in=None).hold  # fmt: skip
+    def reserve(self, request, tenant: Tenant, *, serves_test_mode: bool) -> Hold:
+        """Hold the worst case. Raises TestModeRefused, InsufficientBalance, or IdempotencyConflict
+        for a key already used (the view must then not run)."""
+        if tenant.is_test and not serves_test_mode:
+            raise TestModeRefused()
+        maxima = self.estimate(request) if callable(self.estimate) else self.estimate
+        outcome = services.hold_create(tenant=tenant, service=self.service, idempotency_key=_hold_key(request, tenant),
+                                       amount=None, maxima=maxima, expires_in=None)  # fmt: skip
+        if outcome.replayed:
+            raise _replay_refused(outcome.hold)
+        return outcome.hold
 
     def settle(self, request, response, body: Mapping[str, Any], tenant: Tenant, hold: Hold) -> None:
         """Capture the actual usage (a successful response) or release the hold (an error response)."""
         if response.status_code >= 400:
             services.hold_release(hold=hold)
             return
-        actual = self.actual(request, response) if self.actual else _fields_for(self.service, body)
+        actual = self.actual(request, response) if self.actual else _actual_fields(self.service, body)
         outcome = services.hold_capture(tenant=tenant, hold=hold, data=actual)
         response["X-Tollgate-Usage-Id"] = str(outcome.record.pk)
         response["X-Tollgate-Cost"] = money_str(outcome.record.cost)
 
+    def release_unless_done(self, hold: Hold) -> None:
+        if hold.status == HoldStatus.ACTIVE:
+            services.hold_release(hold=hold)
 
-def metered(service: str, *, estimate: Callable[[HttpRequest], Quantities] | None = None,
-            actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None):  # fmt: skip
-    """Decorate a Django view that serves an AI call so it is held, metered and charged."""
+
+def metered(service: str, *, estimate: Estimate, actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None,
+            test_response: Callable[[HttpRequest], HttpResponse] | None = None):  # fmt: skip
+    """Decorate a Django view that serves an AI call so it is held, metered and charged. `estimate`
+    is the view's worst case; `test_response` is what test-mode keys get instead of the view."""
     call = MeteredCall(service, estimate=estimate, actual=actual)
 
     def decorator(view):
@@ -116,19 +166,19 @@ def metered(service: str, *, estimate: Callable[[HttpRequest], Quantities] | Non
         def wrapper(request, *args, **kwargs):
             try:
                 tenant = _authenticated_tenant(request)
-                hold = call.reserve(request, tenant)
+                hold = call.reserve(request, tenant, serves_test_mode=test_response is not None)
             except DomainError as error:
                 return _error(error)
+            serve = test_response if tenant.is_test else None
             try:
-                response = view(request, *args, **kwargs)
+                response = serve(request) if serve is not None else view(request, *args, **kwargs)
             except BaseException:
                 services.hold_release(hold=hold)
                 raise
             try:
                 call.settle(request, response, _json(getattr(response, "content", b"")), tenant, hold)
             except DomainError as error:
-                if hold.status == HoldStatus.ACTIVE:
-                    services.hold_release(hold=hold)
+                call.release_unless_done(hold)
                 return _error(error)
             return response
 
@@ -137,37 +187,60 @@ def metered(service: str, *, estimate: Callable[[HttpRequest], Quantities] | Non
     return decorator
 
 
+class _TestModeAnswer(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Carries the test response past the view's handler (DRF has no hook between initial and handler)."""
+
+    def __init__(self, response):
+        self.response = response
+
+
 class MeteredViewMixin:
-    """For DRF views: set `metered_service` (and optionally override `metered_estimate` /
-    `metered_actual`). Runs after authentication, tenant resolution and permissions."""
+    """For DRF views: set `metered_service` and either `metered_max_quantities` (the worst case) or
+    override `metered_estimate`; optionally `metered_actual`, and `metered_test_response` to serve
+    test-mode keys (without it they get 403). Runs after authentication, tenant resolution and permissions."""
 
     metered_service: str
+    metered_max_quantities: Quantities | None = None
 
-    def metered_estimate(self, request) -> Quantities | None:
-        return None
+    def metered_estimate(self, request) -> Quantities:
+        if self.metered_max_quantities is None:
+            raise ImproperlyConfigured(f"{type(self).__name__} sets no metered_max_quantities and no metered_estimate.")
+        return self.metered_max_quantities
 
     def metered_actual(self, request, response) -> Quantities | None:
         return None
 
+    def metered_test_response(self, request):
+        """What a test-mode key gets instead of the view (a Response), or None to refuse test keys."""
+        return None
+
     def _metered_call(self) -> MeteredCall:
         overrides = type(self)
-        estimate = self.metered_estimate if overrides.metered_estimate is not MeteredViewMixin.metered_estimate else None
         actual = self.metered_actual if overrides.metered_actual is not MeteredViewMixin.metered_actual else None
-        return MeteredCall(self.metered_service, estimate=estimate, actual=actual)
+        return MeteredCall(self.metered_service, estimate=self.metered_estimate, actual=actual)
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        self._metered_hold = self._metered_call().reserve(request, request.tenant)
+        tenant = request.tenant
+        test_response = self.metered_test_response(request) if tenant.is_test else None
+        self._metered_hold = self._metered_call().reserve(request, tenant, serves_test_mode=test_response is not None)
+        if test_response is not None:
+            raise _TestModeAnswer(test_response)
+
+    def handle_exception(self, exc):
+        if isinstance(exc, _TestModeAnswer):
+            return exc.response
+        return super().handle_exception(exc)
 
     def finalize_response(self, request, response, *args, **kwargs):
         hold = getattr(self, "_metered_hold", None)
         if hold is not None:
             self._metered_hold = None
             body = response.data if isinstance(getattr(response, "data", None), dict) else {}
+            call = self._metered_call()
             try:
-                self._metered_call().settle(request, response, body, request.tenant, hold)
+                call.settle(request, response, body, request.tenant, hold)
             except DomainError as error:
-                if hold.status == HoldStatus.ACTIVE:
-                    services.hold_release(hold=hold)
+                call.release_unless_done(hold)
                 response = self.handle_exception(error)
         return super().finalize_response(request, response, *args, **kwargs)

@@ -92,7 +92,8 @@ class UsageRecord(models.Model):
             models.Index(fields=["created_at"], name="usage_time"),
         ]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="usage_idempotency_key_per_org"),
+            # Mode is part of idempotency: a test event can never answer for (and so swallow) a live one.
+            models.UniqueConstraint(fields=["organization", "test", "idempotency_key"], name="usage_idempotency_key_per_org_mode"),
             models.CheckConstraint(condition=Q(cost__gte=0) & Q(quantity__gte=0), name="usage_nonnegative"),
         ]
 
@@ -152,8 +153,9 @@ class Hold(models.Model):
     class Meta:
         indexes = [models.Index(fields=["expires_at"], condition=Q(status="active"), name="hold_active_expiry")]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "idempotency_key"], name="hold_idempotency_key_per_org"),
-            models.CheckConstraint(condition=Q(amount__gte=0), name="hold_amount_nonnegative"),
+            models.UniqueConstraint(fields=["organization", "test", "idempotency_key"], name="hold_idempotency_key_per_org_mode"),
+            # The hold bounds what an over-capture can cost (SPEC §2.4): a zero hold would bound nothing.
+            models.CheckConstraint(condition=Q(amount__gt=0), name="hold_amount_positive"),
         ]
 
     def __str__(self) -> str:

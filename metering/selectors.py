@@ -72,6 +72,15 @@ def priced_service_get(
     return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices)
 
 
+def service_calc_method(*, slug: str) -> str:
+    """The calculation method of service `slug`, retired or not (usage already delivered is measured
+    by it); ServiceNotFound when there is none."""
+    calc_method = Service.objects.filter(slug=slug).values_list("calc_method", flat=True).first()
+    if calc_method is None:
+        raise ServiceNotFound()
+    return calc_method
+
+
 def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict[int, Price]:
     """service id → the Price row in force for this organization (override first)."""
     at = at or timezone.now()
@@ -144,6 +153,7 @@ def usage_summary(*, organization_id: int, group_by: str, day_from: date, day_to
     ]
 
 
-def hold_get(*, organization_id: int, hold_id: int) -> Hold:
-    """Raises Hold.DoesNotExist for another organization's hold (answers 404)."""
-    return Hold.objects.select_related("service").get(organization_id=organization_id, pk=hold_id)
+def hold_get(*, organization_id: int, hold_id: int, test: bool) -> Hold:
+    """Raises Hold.DoesNotExist for another organization's hold, or one of the other mode (answers
+    404): a test key never captures or releases a live hold, nor a live principal a test one."""
+    return Hold.objects.select_related("service").get(organization_id=organization_id, test=test, pk=hold_id)

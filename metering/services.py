@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from accounts.tenancy import Tenant
 from billing_site import metrics
-from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
+from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest, NotFound
 from billing_site.money import ZERO, money_round
 from metering import selectors
 from metering.calculators import Quantities, measure
@@ -171,7 +171,7 @@ _INSERT_USAGE_SQL = f"""
 WITH rec AS (
     INSERT INTO metering_usagerecord ({_USAGE_COLUMNS})
     VALUES ({_USAGE_VALUES}, %(transfer)s, %(balance_after)s, %(hold)s, %(now)s)
-    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+    ON CONFLICT (organization_id, test, idempotency_key) DO NOTHING
     RETURNING id
 ), {_ROLLUP_AND_SPEND}
 SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
@@ -184,7 +184,7 @@ _DEBIT_SQL = ledger.post_statement(f"""rec AS (
     SELECT {_USAGE_VALUES}, t.id, w.balance, NULL, %(now)s FROM t, w
     RETURNING id
 ), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
-IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org"
+IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org_mode"
 
 
 class _AlreadyRecorded(Exception):
@@ -276,8 +276,8 @@ def _debit_in_one_statement(priced: _PricedEvent, *, tenant: Tenant) -> UsageRec
     return _record(priced, params, record_id=record_id, posting=posting)
 
 
-def _replay(*, organization_id: int, idempotency_key: str, request_hash: str) -> UsageOutcome | None:
-    record = UsageRecord.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+def _replay(*, organization_id: int, test: bool, idempotency_key: str, request_hash: str) -> UsageOutcome | None:
+    record = UsageRecord.objects.filter(organization_id=organization_id, test=test, idempotency_key=idempotency_key).first()
     if record is None:
         return None
     if record.request_hash != request_hash:
@@ -322,7 +322,8 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
                 record = _insert_usage(priced, tenant=tenant, now=timezone.now(), posting=posting)
     except (_AlreadyRecorded, ledger.InsufficientBalance, SpendCapExceeded):
         # A key that was already used answers its first result even if the wallet is now empty.
-        replay = _replay(organization_id=organization_id, idempotency_key=event.idempotency_key, request_hash=priced.request_hash)
+        replay = _replay(organization_id=organization_id, test=tenant.is_test, idempotency_key=event.idempotency_key,
+                         request_hash=priced.request_hash)  # fmt: skip
         if replay is not None:
             return replay
         raise
@@ -395,7 +396,7 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
     existing = {
         record.idempotency_key: record
         for record in UsageRecord.objects.filter(
-            organization_id=organization_id, idempotency_key__in=[p.event.idempotency_key for _, p in priced_events]
+            organization_id=organization_id, test=is_test, idempotency_key__in=[p.event.idempotency_key for _, p in priced_events]
         ).select_related("service")
     }
     fresh: list[tuple[int, _PricedEvent]] = []
@@ -497,7 +498,7 @@ SELECT %(org)s, u.service, %(key)s, %(user)s, u.quantity, u.input_tokens, u.outp
               %(idem)s::text[], %(hash)s::text[], %(metadata)s::text[], %(transfer)s::bigint[], %(balance_after)s::numeric[])
        AS u(service, quantity, input_tokens, output_tokens, input_price, output_price, unit_price, cost,
             idem, hash, metadata, transfer, balance_after)
-ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+ON CONFLICT (organization_id, test, idempotency_key) DO NOTHING
 RETURNING id, idempotency_key
 """
 
@@ -587,6 +588,13 @@ def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: D
         raise InvalidRequest("Send `amount` or the method's maximum quantities, not both.")
     else:
         amount = money_round(amount)
+    if amount <= ZERO:
+        # The hold is what bounds an over-capture (SPEC §2.4): a zero hold would let a wallet far below
+        # its limit keep getting service.
+        raise InvalidRequest(
+            "A hold reserves a positive amount; these maxima cost nothing.",
+            details={"amount": ["Must be greater than zero (give `amount`, or maxima that cost something)."]},
+        )
     ttl = timedelta(seconds=expires_in) if expires_in is not None else settings.HOLD_DEFAULT_TTL
     if not timedelta(seconds=1) <= ttl <= settings.HOLD_MAX_TTL:
         raise InvalidRequest(
@@ -600,7 +608,8 @@ def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: D
         maxima=maxima_quantities.as_dict() if maxima_quantities else {}, test=tenant.is_test, status=HoldStatus.ACTIVE,
         idempotency_key=idempotency_key, request_hash=request_hash, expires_at=now + ttl, created_at=now,
     )  # fmt: skip
-    existing = Hold.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+    same_key = Hold.objects.filter(organization_id=organization_id, test=tenant.is_test, idempotency_key=idempotency_key)
+    existing = same_key.first()
     if existing is None:
         try:
             with transaction.atomic(durable=True):
@@ -609,7 +618,7 @@ def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: D
                 hold.save()  # the unique (organization, idempotency key) refuses a concurrent twin
             return HoldOutcome(hold=hold, replayed=False)
         except IntegrityError:
-            existing = Hold.objects.filter(organization_id=organization_id, idempotency_key=idempotency_key).first()
+            existing = same_key.first()
             if existing is None:
                 raise
     if existing.request_hash != request_hash:
@@ -627,6 +636,8 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
     transaction. The actual cost may exceed the hold (SPEC §2.4: the service was delivered).
     Capturing again answers the same outcome; capturing a released or expired hold is refused."""
     organization_id = tenant.organization.pk
+    if hold.organization_id != organization_id or hold.test != tenant.is_test:
+        raise NotFound("No such hold.")  # a test key never captures a live hold, nor the other way round
     event = UsageEvent(service=hold.service.slug, idempotency_key=hold_capture_key(hold.pk), data=data)
     if hold.status == HoldStatus.CAPTURED:
         return _capture_replay(hold, event)
@@ -660,7 +671,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
 
 def _capture_replay(hold: Hold, event: UsageEvent) -> HoldOutcome:
     record = UsageRecord.objects.select_related("service").get(
-        organization_id=hold.organization_id, idempotency_key=event.idempotency_key
+        organization_id=hold.organization_id, test=hold.test, idempotency_key=event.idempotency_key
     )
     if record.request_hash != event.request_hash():
         raise IdempotencyConflict("This hold was already captured with other quantities.")

@@ -34,6 +34,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -> None:
+    """Apply a wallet form's changed settings through the service, never `wallet.save()`: a whole-row
+    save would write back the balance loaded with the form, undoing debits committed since."""
+    changed = {name: form.cleaned_data[name] for name in form.changed_data if name in services.WALLET_SETTINGS}
+    if not Wallet.objects.filter(pk=organization.pk).exists():  # an organization added here, not by sign-up
+        ledger.wallet_open_for_organization(Organization, organization=organization)
+    services.wallet_settings_update(organization_id=organization.pk, **changed)
+
+
 class WalletInline(admin.StackedInline):
     model = Wallet
     can_delete = False
@@ -102,6 +111,17 @@ class OrganizationAdmin(admin.ModelAdmin):
     def has_adjust_permission(self, request) -> bool:
         return request.user.has_perm("payments.add_transfer")
 
+    def save_formset(self, request, form, formset, change) -> None:
+        if formset.model is not Wallet:
+            super().save_formset(request, form, formset, change)
+            return
+        # What formset.save() would have recorded, for the admin's change message.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for wallet_form in formset.forms:
+            if wallet_form.has_changed() or not change:
+                wallet_settings_save(organization=form.instance, form=wallet_form)
+                formset.changed_objects.append((wallet_form.instance, wallet_form.changed_data))
+
 
 class LedgerEntryInline(admin.TabularInline):
     model = LedgerEntry
@@ -150,6 +170,9 @@ class WalletAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    def save_model(self, request, obj: Wallet, form, change) -> None:
+        wallet_settings_save(organization=obj.organization, form=form)
 
 
 # --- Payments, refunds, codes, reconciliation ----------------------------------------------------------

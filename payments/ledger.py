@@ -49,16 +49,31 @@ class Posting:
     held_after: Decimal
 
 
-# The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock), `t` the
-# transfer, `e` its two balanced entries.
-_POST_CTES = """
+# The overdraft rule (SPEC §2.4), over the wallet row an UPDATE is changing: nothing new starts (a
+# debit, even of zero, or a hold) while `available` is at or below `-credit_limit`, and after it
+# `available` is still at or above `-credit_limit`. Credits, releases and a hold's capture of
+# delivered usage are not checked (`%(unchecked)s`). `affordable` below is the same rule in Python.
+OVERDRAFT_RULE = (
+    "(%(unchecked)s OR (balance - held > -credit_limit"
+    " AND balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit))"
+)
+
+
+def affordable(*, balance: Decimal, held: Decimal, credit_limit: Decimal, cost: Decimal) -> bool:
+    """OVERDRAFT_RULE for a debit of `cost` (≥ 0) that changes no hold, on values read under the lock."""
+    return balance - held > -credit_limit and balance - cost - held >= -credit_limit
+
+
+# The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock and bumps
+# `ledger_seq`, which the wallet's trigger requires of every balance change), `t` the transfer, `e`
+# its two balanced entries.
+_POST_CTES = f"""
 w AS (
     UPDATE payments_wallet
-       SET balance = balance + %(delta)s, held = held + %(held_delta)s,
+       SET balance = balance + %(delta)s, held = held + %(held_delta)s, ledger_seq = ledger_seq + 1,
            -- a credit that lifts the balance back to the threshold re-arms the low-balance alert
            low_balance_alerted = low_balance_alerted AND NOT (%(delta)s > 0 AND balance + %(delta)s >= low_balance_threshold)
-     WHERE organization_id = %(org)s
-       AND (%(may_overdraw)s OR balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit)
+     WHERE organization_id = %(org)s AND {OVERDRAFT_RULE}
  RETURNING balance, held, balance < low_balance_threshold AND NOT low_balance_alerted AS crossed
 ), t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
@@ -80,11 +95,12 @@ def post_statement(companion_ctes: str) -> str:
     return f"WITH {_POST_CTES},\n{companion_ctes}\nSELECT t.id, w.balance, w.held, w.crossed, companion.* FROM w, t, companion"
 
 
-_HELD_SQL = """
+# A change of holds alone (a hold, a release, or a zero-cost debit that changes nothing but must
+# still pass the overdraft rule).
+_HELD_SQL = f"""
 UPDATE payments_wallet
-   SET held = held + %(held_delta)s
- WHERE organization_id = %(org)s
-   AND (%(held_delta)s <= 0 OR balance - (held + %(held_delta)s) >= -credit_limit)
+   SET held = held + %(held_delta)s, ledger_seq = ledger_seq + 1
+ WHERE organization_id = %(org)s AND {OVERDRAFT_RULE}
 RETURNING balance, held
 """
 
@@ -116,12 +132,12 @@ def transfer_post(
     if counter_account == Account.WALLET:
         raise ValueError("a transfer's counter account must be a system account")
     if amount == ZERO:
-        return _held_change(organization_id=organization_id, held_delta=-release_held)
+        return _held_change(organization_id=organization_id, held_delta=-release_held, unchecked=may_overdraw or release_held > ZERO)
     params = {
         "org": organization_id,
         "delta": amount,
         "held_delta": -release_held,
-        "may_overdraw": may_overdraw or amount > ZERO,
+        "unchecked": may_overdraw or amount > ZERO,
         "kind": kind,
         "reference": reference,
         "created_by": created_by_id,
@@ -156,7 +172,7 @@ def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost:
         "org": organization_id,
         "delta": -cost,
         "held_delta": ZERO,
-        "may_overdraw": False,
+        "unchecked": False,
         "kind": TransferKind.USAGE,
         "reference": reference,
         "created_by": None,
@@ -194,9 +210,9 @@ def _alert_low_balance_after_commit(organization_id: int) -> None:
     transaction.on_commit(enqueue)
 
 
-def _held_change(*, organization_id: int, held_delta: Decimal) -> Posting:
+def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) -> Posting:
     with connection.cursor() as cursor:
-        cursor.execute(_HELD_SQL, {"org": organization_id, "held_delta": held_delta})
+        cursor.execute(_HELD_SQL, {"org": organization_id, "held_delta": held_delta, "delta": ZERO, "unchecked": unchecked})
         row = cursor.fetchone()
     if row is None:
         raise InsufficientBalance()
@@ -204,15 +220,16 @@ def _held_change(*, organization_id: int, held_delta: Decimal) -> Posting:
 
 
 def wallet_hold(*, organization_id: int, amount: Decimal) -> Posting:
-    """Reserve `amount` (no entry is posted); refused when `available` would end below the limit."""
-    if amount < ZERO:
-        raise ValueError("a hold reserves a non-negative amount")
-    return _held_change(organization_id=organization_id, held_delta=amount)
+    """Reserve `amount` (no entry is posted); refused by the overdraft rule. A hold is what bounds
+    an over-capture (SPEC §2.4), so it is always positive."""
+    if amount <= ZERO:
+        raise ValueError("a hold reserves a positive amount")
+    return _held_change(organization_id=organization_id, held_delta=amount, unchecked=False)
 
 
 def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:
     """Free `amount` of the wallet's holds."""
-    return _held_change(organization_id=organization_id, held_delta=-amount)
+    return _held_change(organization_id=organization_id, held_delta=-amount, unchecked=True)
 
 
 def wallet_lock(*, organization_id: int) -> None:
@@ -274,12 +291,12 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
         postings: list[Posting | Refusal] = []
         charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
         for cost, reference in charges:
-            if cost == ZERO:
-                postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
-            elif budget is not None and cost > budget:
+            if budget is not None and cost > budget:
                 postings.append(Refusal.BUDGET)
-            elif balance - cost - held < -credit_limit:
+            elif not affordable(balance=balance, held=held, credit_limit=credit_limit, cost=cost):
                 postings.append(Refusal.BALANCE)
+            elif cost == ZERO:
+                postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
             else:
                 balance -= cost
                 budget = None if budget is None else budget - cost
@@ -295,7 +312,10 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
             "org": organization_id, "now": timezone.now(), "ids": ids, "references": [c[1] for c in charged],
             "costs": [c[0] for c in charged], "balances": [c[2] for c in charged],
         })  # fmt: skip
-        cursor.execute("UPDATE payments_wallet SET balance = %s WHERE organization_id = %s", [balance, organization_id])
+        cursor.execute(
+            "UPDATE payments_wallet SET balance = %s, ledger_seq = ledger_seq + 1 WHERE organization_id = %s",
+            [balance, organization_id],
+        )
     if balance < threshold and not alerted:
         _alert_low_balance_after_commit(organization_id)
     for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):

@@ -9,7 +9,10 @@ from billing_site.money import MoneyField
 
 class Wallet(models.Model):
     """An organization's prepaid balance. `balance` is a cache of the sum of its ledger entries,
-    written only by `payments.ledger`; `held` is the sum of its active holds."""
+    written only by `payments.ledger`; `held` is the sum of its active holds. A database trigger
+    refuses any change of either that does not also bump `ledger_seq` by one (only the ledger's
+    statements do), so a stale whole-row save cannot write an old balance back; settings change
+    through `payments.services.wallet_settings_update`, which writes only their columns."""
 
     organization = models.OneToOneField(Organization, primary_key=True, on_delete=models.PROTECT, related_name="wallet")
     currency = models.CharField(max_length=3, default="USD")
@@ -21,6 +24,9 @@ class Wallet(models.Model):
         default=False, editable=False, help_text="Set when an alert went out; re-armed by a top-up."
     )
     alert_webhook_url = models.URLField(max_length=500, blank=True, help_text="Optional: a signed POST goes here on low balance.")
+    ledger_seq = models.BigIntegerField(
+        default=0, editable=False, help_text="Bumped by exactly one by every ledger statement that changes balance or held."
+    )
 
     class Meta:
         constraints = [
@@ -30,6 +36,15 @@ class Wallet(models.Model):
 
     def __str__(self) -> str:
         return f"Wallet of {self.organization_id}"
+
+    LEDGER_COLUMNS = frozenset({"balance", "held", "ledger_seq", "low_balance_alerted"})
+
+    def save(self, *args, **kwargs) -> None:
+        # A whole-row save writes back the balance it loaded, undoing any debit committed since.
+        update_fields = kwargs.get("update_fields")
+        if not self._state.adding and (update_fields is None or self.LEDGER_COLUMNS & set(update_fields)):
+            raise RuntimeError("A wallet is changed by the ledger or by payments.services.wallet_settings_update, never saved whole.")
+        super().save(*args, **kwargs)
 
     @property
     def available(self):

@@ -52,6 +52,27 @@ class InvalidCode(DomainError):
     message = "This code cannot be redeemed."
 
 
+# --- Wallet settings ---------------------------------------------------------------------------------
+
+WALLET_SETTINGS = ("credit_limit", "low_balance_threshold", "alert_webhook_url")
+
+
+def wallet_settings_update(*, organization_id: int, **changes: Decimal | str) -> Wallet:
+    """Change a wallet's settings (credit limit, low-balance threshold, alert webhook URL): only
+    the named columns are written, so this can never write back a balance or holds read earlier
+    (the ledger owns those, and the wallet's trigger refuses anyone else). InvalidRequest on a bad value."""
+    unknown = sorted(set(changes) - set(WALLET_SETTINGS))
+    if unknown:
+        raise ValueError(f"not wallet settings: {', '.join(unknown)}")
+    for name in ("credit_limit", "low_balance_threshold"):
+        amount = changes.get(name)
+        if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < ZERO):
+            raise InvalidRequest(f"`{name}` is a non-negative amount.", details={name: ["Zero or more."]})
+    if changes:
+        Wallet.objects.filter(pk=organization_id).update(**changes)
+    return Wallet.objects.get(pk=organization_id)
+
+
 # --- Recharge ---------------------------------------------------------------------------------------
 
 

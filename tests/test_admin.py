@@ -10,6 +10,7 @@ from django.test import Client
 from metering.models import Price
 from payments.models import LedgerEntry, Transfer, Wallet
 from tests.factories import UserFactory, service_with_price
+from tests.payments.helpers import wallet_tamper
 
 
 @pytest.fixture(autouse=True)
@@ -159,10 +160,8 @@ def test_reconciliation_page_shows_balanced_ledger_and_flags_a_tampered_wallet(d
     client, _ = staff_client("Support")
     page = client.get("/admin/reconciliation/")
     assert page.status_code == 200 and "Balanced" in page.content.decode()
-    from django.db import connection
 
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s", [organization.pk])
+    wallet_tamper(organization.pk, "balance + 1")
     page = client.get("/admin/reconciliation/")
     assert "Mismatch" in page.content.decode()
 

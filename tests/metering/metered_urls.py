@@ -11,10 +11,16 @@ from accounts.tenancy import TenantMixin
 from metering.decorators import MeteredViewMixin, metered
 
 CALLS = []
+WORST_CASE = {"input_tokens": 1000, "output_tokens": 1000}
+
+
+def _test_answer(request):
+    CALLS.append("test-response")
+    return JsonResponse({"answer": "simulated", "usage": {"input_tokens": 7, "output_tokens": 3}})
 
 
 @csrf_exempt
-@metered("chat", estimate=lambda request: {"input_tokens": 1000, "output_tokens": 1000})
+@metered("chat", estimate=WORST_CASE, test_response=_test_answer)
 def chat(request):
     CALLS.append("chat")
     if request.GET.get("fail") == "raise":
@@ -24,13 +30,37 @@ def chat(request):
     return JsonResponse({"answer": "hi", "usage": {"input_tokens": 300, "output_tokens": 20}})
 
 
+@csrf_exempt
+@metered("chat", estimate=lambda request: {"input_tokens": 0, "output_tokens": 0})
+def free_estimate(request):
+    CALLS.append("free")
+    return JsonResponse({"usage": {"input_tokens": 10, "output_tokens": 10}})
+
+
+@csrf_exempt
+@metered("chat", estimate=WORST_CASE)
+def live_only(request):
+    CALLS.append("live-only")
+    return JsonResponse({"usage": {"input_tokens": 1, "output_tokens": 1}})
+
+
 class ChatApi(MeteredViewMixin, TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
     metered_service = "chat"
+    metered_max_quantities = {"input_tokens": 500, "output_tokens": 500}
 
     def post(self, request):
         CALLS.append("chat-api")
         return Response({"answer": "hi", "usage": {"input_tokens": 100, "output_tokens": 10}})
 
+    def metered_test_response(self, request):
+        CALLS.append("chat-api-test")
+        return Response({"answer": "simulated", "usage": {"input_tokens": 1, "output_tokens": 1}})
 
-urlpatterns = [path("chat/", chat), path("chat-api/", ChatApi.as_view())]
+
+urlpatterns = [
+    path("chat/", chat),
+    path("free/", free_estimate),
+    path("live-only/", live_only),
+    path("chat-api/", ChatApi.as_view()),
+]

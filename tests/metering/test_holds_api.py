@@ -7,9 +7,9 @@ import pytest
 from django.utils import timezone
 
 from metering import services
-from metering.models import Hold, HoldStatus, UsageRecord
+from metering.models import Hold, HoldStatus, Service, UsageRecord
 from payments.models import Transfer, Wallet
-from tests.factories import wallet_fund
+from tests.factories import price_add, wallet_fund
 from tests.metering.helpers import HOLDS, ping
 from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
 
@@ -289,3 +289,73 @@ def test_a_hold_on_a_service_retired_meanwhile_can_still_be_captured(funded, liv
     captured = live_client.post(f"/api/v1/holds/{hold.json()['id']}/capture/", {}, format="json")
     assert captured.status_code == 201, captured.content
     assert captured.json()["status"] == "captured"
+
+
+# --- Zero holds and over-captured wallets (the hold bounds what an over-capture can cost) ---------------
+
+
+@pytest.mark.parametrize("body", [{"amount": "0"}, {"amount": "0.0000000000001"}, {"input_tokens": 0, "output_tokens": 0}])
+def test_a_hold_that_reserves_nothing_is_refused(funded, live_client, body):
+    """`0.0000000000001` rounds to zero at the stored scale: also nothing."""
+    assert_error(hold(live_client, **body), 400, "invalid_request")
+    assert not Hold.objects.exists()
+    assert money(funded) == (D("10"), D("0"))
+
+
+@pytest.mark.parametrize("client_fixture", ["live_client", "test_mode_client"])
+def test_zero_holds_are_refused_in_both_modes(funded, request, client_fixture):
+    assert_error(hold(request.getfixturevalue(client_fixture), amount="0"), 400, "invalid_request")
+
+
+def test_over_captured_wallet_starts_nothing_new_not_even_free_events(organization, catalogue, live_client):
+    """After an over-capture below the limit: no hold of any size, no free event, no free batch event."""
+    free = Service.objects.create(slug="free", name="Free", calc_method="REQUEST")
+    price_add(service=free, unit_price="0")
+    wallet_fund(organization, "1")
+    hold_id = hold(live_client, amount="0.5").json()["id"]
+    assert capture(live_client, hold_id, input_tokens=20_000_000, output_tokens=0).status_code == 201  # −2.00
+
+    assert_error(hold(live_client, "h-tiny", amount="0.000000000001"), 402, "insufficient_balance")
+    assert_error(live_client.post("/api/v1/usage/", {"service": "free", "idempotency_key": "f1"}, format="json"), 402,
+                 "insufficient_balance")  # fmt: skip
+    batch = live_client.post("/api/v1/usage/batch/", {"events": [{"service": "free", "idempotency_key": "f2"}]}, format="json")
+    assert batch.json()["results"][0]["status"] == 402
+    assert UsageRecord.objects.filter(service=free).count() == 0
+    assert money(organization) == (D("-2"), D("0"))
+    assert_money_invariants([organization.pk])
+
+
+def test_free_events_are_served_while_the_wallet_is_above_its_limit(funded, live_client):
+    price_add(service=Service.objects.create(slug="free", name="Free", calc_method="REQUEST"), unit_price="0")
+    response = live_client.post("/api/v1/usage/", {"service": "free", "idempotency_key": "f1"}, format="json")
+    assert response.status_code == 201 and response.json()["cost"] == "0.000000000000"
+
+
+# --- Mode: a test key never acts on a live hold --------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["capture", "release"])
+def test_a_test_key_cannot_capture_or_release_a_live_hold(funded, live_client, test_mode_client, action):
+    hold_id = hold(live_client, amount="2").json()["id"]
+    response = (
+        capture(test_mode_client, hold_id, input_tokens=1, output_tokens=1)
+        if action == "capture"
+        else release(test_mode_client, hold_id)
+    )
+    assert_error(response, 404, "not_found")
+    assert Hold.objects.get(pk=hold_id).status == HoldStatus.ACTIVE
+    assert money(funded) == (D("10"), D("2"))
+
+
+def test_a_live_key_cannot_act_on_a_test_hold(funded, live_client, test_mode_client):
+    hold_id = hold(test_mode_client, amount="2").json()["id"]
+    assert_error(release(live_client, hold_id), 404, "not_found")
+    assert_error(capture(live_client, hold_id, input_tokens=1, output_tokens=1), 404, "not_found")
+
+
+def test_a_test_hold_does_not_take_the_idempotency_key_of_a_live_one(funded, live_client, test_mode_client):
+    test_hold = hold(test_mode_client, "shared", amount="1")
+    live_hold = hold(live_client, "shared", amount="1")
+    assert (test_hold.status_code, live_hold.status_code) == (201, 201)
+    assert (test_hold.json()["test"], live_hold.json()["test"]) == (True, False)
+    assert money(funded) == (D("10"), D("1"))

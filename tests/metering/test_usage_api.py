@@ -13,7 +13,7 @@ from metering.models import UsageRecord, UsageRollup
 from payments.models import LedgerEntry, Transfer
 from tests.conftest import key_client
 from tests.factories import ServiceFactory, price_add, wallet_fund
-from tests.metering.helpers import USAGE, ping
+from tests.metering.helpers import BATCH, USAGE, ping
 from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
 
 D = Decimal
@@ -413,3 +413,25 @@ def test_replay_issues_a_bounded_number_of_queries(funded, live_client, django_a
 
     with django_assert_max_num_queries(9):
         assert ping(live_client, "k").status_code == 200
+
+
+# --- Mode is part of idempotency ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["test_first", "live_first"])
+def test_test_and_live_events_never_share_an_idempotency_key(funded, live_client, test_mode_client, order):
+    """A test event with the same key must not swallow the live one (which would then be free)."""
+    clients = [test_mode_client, live_client] if order == "test_first" else [live_client, test_mode_client]
+    answers = {client is live_client: ping(client, "evt-shared") for client in clients}
+    assert (answers[True].status_code, answers[False].status_code) == (201, 201)
+    assert (answers[True].json()["test"], answers[False].json()["test"]) == (False, True)
+    assert wallet_of(funded).balance == Decimal("9.999")
+    assert UsageRecord.objects.filter(idempotency_key="evt-shared").count() == 2
+
+
+def test_test_and_live_batches_never_share_an_idempotency_key(funded, live_client, test_mode_client):
+    event = {"events": [{"service": "ping", "idempotency_key": "b-shared"}]}
+    assert test_mode_client.post(BATCH, event, format="json").json()["results"][0]["status"] == 201
+    live = live_client.post(BATCH, event, format="json").json()["results"][0]
+    assert (live["status"], live["usage"]["test"]) == (201, False)
+    assert wallet_of(funded).balance == Decimal("9.999")

@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import Count, Sum
 
 from metering.models import Hold, HoldStatus
@@ -40,6 +41,16 @@ def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, ho
         if row["total"] != ZERO or row["n"] < 2
     ]
     assert unbalanced == [], unbalanced
+
+
+def wallet_tamper(organization_id: int, balance_sql: str) -> None:
+    """Set a wallet's cached balance to `balance_sql` behind the ledger's back, as a buggy ledger
+    statement would (it bumps `ledger_seq` like the ledger, so the wallet's trigger lets it through)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE payments_wallet SET balance = {balance_sql}, ledger_seq = ledger_seq + 1 WHERE organization_id = %s",
+            [organization_id],
+        )
 
 
 def wallet_of(organization) -> Wallet:

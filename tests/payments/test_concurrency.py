@@ -1,13 +1,10 @@
 """Concurrent debits, replays, batches and hold races on one wallet (SPEC §2.4, §2.5): real threads,
 real transactions, one PostgreSQL."""
 
-import threading
 from collections import Counter
-from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from accounts import services as account_services
 from accounts.models import Role
@@ -16,6 +13,7 @@ from metering import selectors, services
 from metering.models import CalcMethod, Hold, HoldStatus, UsageRecord
 from payments.ledger import InsufficientBalance
 from payments.models import LedgerEntry, Transfer, Wallet
+from tests.concurrency import run_concurrently
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
 from tests.payments.helpers import assert_money_invariants, wallet_of
 
@@ -23,29 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 D = Decimal
 PRICE = D("0.001")
-
-
-def run_concurrently(count: int, work: Callable[[int], object]) -> list[object]:
-    """Run work(0..count-1) in `count` threads released together; answer each result or exception."""
-    barrier = threading.Barrier(count)
-    results: list[object] = [None] * count
-
-    def worker(index: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[index] = work(index)
-        except Exception as exc:  # noqa: BLE001 - the test inspects what each thread met
-            results[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung (deadlock?)"
-    return results
 
 
 @pytest.fixture
@@ -140,7 +115,7 @@ def _hold(shop, key: str, amount: str = "0.5") -> int:
 
 
 def _capture(shop, hold_id: int) -> str:
-    hold = selectors.hold_get(organization_id=shop["organization"].pk, hold_id=hold_id)
+    hold = selectors.hold_get(organization_id=shop["organization"].pk, hold_id=hold_id, test=False)
     try:
         outcome = services.hold_capture(tenant=shop["key_tenant"], hold=hold, data={"input_tokens": 100_000, "output_tokens": 0})
     except services.HoldNotActive:
@@ -149,7 +124,7 @@ def _capture(shop, hold_id: int) -> str:
 
 
 def _release(shop, hold_id: int, status: HoldStatus = HoldStatus.RELEASED) -> str:
-    hold = selectors.hold_get(organization_id=shop["organization"].pk, hold_id=hold_id)
+    hold = selectors.hold_get(organization_id=shop["organization"].pk, hold_id=hold_id, test=False)
     try:
         outcome = services.hold_release(hold=hold, status=status)
     except services.HoldNotActive:
@@ -203,4 +178,46 @@ def test_expiry_racing_a_capture_frees_or_charges_exactly_once(shop):
 
     assert sorted(map(str, outcomes)) in (["captured", "not active"], ["expired", "not active"]), outcomes
     assert wallet_of(organization).held == 0
+    assert_money_invariants([organization.pk])
+
+
+def test_live_and_test_events_racing_on_one_key_each_record_once(shop):
+    """Mode is part of idempotency: a test event can never take (and so make free) the live one."""
+    organization = shop["organization"]
+    wallet_fund(organization, "1")
+    test_key = account_services.api_key_create(organization=organization, name="t", mode="test").api_key
+    test_tenant = Tenant(organization=organization, user=None, api_key=test_key, role=None)
+
+    outcomes = run_concurrently(16, lambda t: (t % 2, debit(test_tenant if t % 2 else shop["key_tenant"], "same-key")))
+
+    assert sorted(outcomes) == [(0, "recorded")] + [(0, "replayed")] * 7 + [(1, "recorded")] + [(1, "replayed")] * 7
+    records = UsageRecord.objects.filter(organization_id=organization.pk, idempotency_key="same-key")
+    assert sorted(records.values_list("test", "cost")) == [(False, PRICE), (True, PRICE)]
+    assert wallet_of(organization).balance == D(1) - PRICE
+    assert_money_invariants([organization.pk])
+
+
+def test_concurrent_holds_and_over_captures_start_nothing_past_the_limit(shop):
+    """Twenty callers each hold $0.10 and then use $1.00 (an over-capture): holds stop being granted
+    once available reaches the limit, so the loss past it is bounded by what the holds allowed."""
+    organization = shop["organization"]
+    wallet_fund(organization, "1")
+
+    def hold_then_over_capture(t: int) -> str:
+        try:
+            hold_id = _hold(shop, f"over-{t}", amount="0.1")
+        except InsufficientBalance:
+            return "refused"
+        hold = selectors.hold_get(organization_id=organization.pk, hold_id=hold_id, test=False)
+        services.hold_capture(tenant=shop["key_tenant"], hold=hold, data={"input_tokens": 1_000_000, "output_tokens": 0})
+        return "captured"
+
+    outcomes = Counter(run_concurrently(20, hold_then_over_capture, reraise=True))
+
+    assert outcomes["captured"] + outcomes["refused"] == 20
+    assert 1 <= outcomes["captured"] <= 10  # $1.00 of available admits at most ten $0.10 holds at once
+    wallet = wallet_of(organization)
+    assert (wallet.balance, wallet.held) == (D(1) - outcomes["captured"] * D(1), D(0))
+    with pytest.raises(InsufficientBalance):
+        _hold(shop, "after", amount="0.000000000001")
     assert_money_invariants([organization.pk])

@@ -60,10 +60,24 @@ def test_every_transfer_has_a_balancing_system_leg(organization):
 
 
 def test_zero_amount_posts_nothing(organization):
+    wallet_fund(organization, "1")
     posting = charge(organization, "0")
 
     assert posting.transfer_id is None
-    assert not Transfer.objects.filter(organization_id=organization.pk).exists()
+    assert not Transfer.objects.filter(organization_id=organization.pk, kind=TransferKind.USAGE).exists()
+
+
+@pytest.mark.parametrize(("funding", "limit"), [("0", "0"), ("-2", "2"), ("-2.5", "2")])
+def test_zero_amount_debit_is_refused_at_or_below_the_limit(organization, funding, limit):
+    """Nothing new starts while available ≤ −credit_limit, not even a free event (issue: zero holds)."""
+    set_credit_limit(organization, limit)
+    if funding != "0":  # a hold's capture of delivered usage may go past the limit (SPEC §2.4)
+        ledger.usage_charge(organization_id=organization.pk, cost=-D(funding), reference="over-capture", may_overdraw=True)
+    with pytest.raises(ledger.InsufficientBalance):
+        charge(organization, "0")
+    with pytest.raises(ledger.InsufficientBalance):
+        ledger.wallet_hold(organization_id=organization.pk, amount=TINY)
+    assert_money_invariants([organization.pk], holds=False)
 
 
 def test_counter_account_must_be_a_system_account(organization):

@@ -4,12 +4,11 @@ of the wallets, and every wallet's cached balance equals its ledger."""
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from payments import ledger, reconciliation, services, tasks
 from tests.factories import wallet_fund
-from tests.payments.helpers import wallet_of
+from tests.payments.helpers import wallet_of, wallet_tamper
 from tests.payments.payment_helpers import settled_sandbox_payment
 
 D = Decimal
@@ -94,8 +93,7 @@ def test_a_tampered_wallet_balance_shows_up_and_sets_the_gauge(busy_period, orga
     assert reconciliation.reconciliation_run(start=start, end=end).ok
     assert gauge_value() == 0
 
-    with connection.cursor() as cursor:  # wallets are mutable rows: someone bypassed the ledger
-        cursor.execute("UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s", [organization.pk])
+    wallet_tamper(organization.pk, "balance + 1")
 
     report = reconciliation.reconciliation_run(start=start, end=end)
 
@@ -112,15 +110,13 @@ def test_a_tampered_wallet_balance_shows_up_and_sets_the_gauge(busy_period, orga
     assert gauge_value() >= 1
     assert tasks.reconcile.apply().get() == {"ok": False, "mismatches": 1}
 
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE payments_wallet SET balance = balance - 1 WHERE organization_id = %s", [organization.pk])
+    wallet_tamper(organization.pk, "balance - 1")
     assert reconciliation.reconciliation_run(start=start, end=end).ok
     assert gauge_value() == 0
 
 
 def test_a_wallet_without_entries_but_a_balance_is_a_mismatch(organization, other_organization):
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE payments_wallet SET balance = 5 WHERE organization_id = %s", [other_organization.pk])
+    wallet_tamper(other_organization.pk, "5")
 
     report = reconciliation.reconciliation_run()
 
@@ -130,8 +126,7 @@ def test_a_wallet_without_entries_but_a_balance_is_a_mismatch(organization, othe
 
 
 def test_staff_see_the_reconciliation_in_the_back_office(client, staff_user, busy_period, organization):
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s", [organization.pk])
+    wallet_tamper(organization.pk, "balance + 1")
     client.force_login(staff_user)
 
     page = client.get("/admin/reconciliation/")

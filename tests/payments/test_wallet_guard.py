@@ -1,0 +1,144 @@
+"""A wallet's balance and holds change only through the ledger (SPEC §2.2): the database refuses any
+other write, and the back office changes settings without ever writing a stale balance back."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.contrib.admin.sites import site
+from django.db import IntegrityError, connection, transaction
+from django.test import Client
+
+from payments import ledger
+from payments.admin import WalletAdmin
+from payments.models import Wallet
+from payments.services import wallet_settings_update
+from tests.factories import UserFactory, organization_create, wallet_fund
+from tests.payments.helpers import assert_money_invariants, wallet_of
+
+D = Decimal
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE payments_wallet SET balance = balance + 1 WHERE organization_id = %s",
+        "UPDATE payments_wallet SET held = held + 1 WHERE organization_id = %s",
+        "UPDATE payments_wallet SET balance = 0, ledger_seq = ledger_seq + 2 WHERE organization_id = %s",
+        "UPDATE payments_wallet SET balance = 0, ledger_seq = 0 WHERE organization_id = %s",
+    ],
+)
+def test_database_refuses_balance_or_held_writes_outside_the_ledger(organization, statement):
+    wallet_fund(organization, "5")
+    with pytest.raises(IntegrityError, match="only through the ledger"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement, [organization.pk])
+    assert wallet_of(organization).balance == D(5)
+
+
+def test_database_refuses_a_wallet_that_opens_with_money(db):
+    organization = organization_create(name="Fresh")
+    with pytest.raises(IntegrityError, match="only through the ledger"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM payments_wallet WHERE organization_id = %s", [organization.pk])
+        cursor.execute(
+            "INSERT INTO payments_wallet (organization_id, currency, balance, held, credit_limit, low_balance_threshold,"
+            " low_balance_alerted, alert_webhook_url, ledger_seq) VALUES (%s, 'USD', 100, 0, 0, 0, false, '', 0)",
+            [organization.pk],
+        )
+
+
+def test_settings_writes_pass_and_ledger_writes_bump_the_sequence(organization):
+    before = wallet_of(organization).ledger_seq
+    wallet_fund(organization, "5")
+    ledger.wallet_hold(organization_id=organization.pk, amount=D(1))
+    wallet_settings_update(organization_id=organization.pk, credit_limit=D(2), low_balance_threshold=D(1))
+    wallet = wallet_of(organization)
+    assert (wallet.balance, wallet.held, wallet.credit_limit, wallet.low_balance_threshold) == (D(5), D(1), D(2), D(1))
+    assert wallet.ledger_seq == before + 2
+
+
+def test_a_whole_wallet_save_is_refused_by_the_model(organization):
+    wallet = wallet_of(organization)
+    wallet.credit_limit = D(3)
+    with pytest.raises(RuntimeError, match="never saved whole"):
+        wallet.save()
+    with pytest.raises(RuntimeError):
+        wallet.save(update_fields=["balance"])
+
+
+@pytest.mark.parametrize("bad", [D(-1), D("NaN")])
+def test_wallet_settings_refuse_negative_or_odd_amounts(organization, bad):
+    from billing_site.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest):
+        wallet_settings_update(organization_id=organization.pk, credit_limit=bad)
+
+
+def _staff_client() -> Client:
+    client = Client()
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    return client
+
+
+def _wallet_form(organization, **changes) -> dict:
+    wallet = wallet_of(organization)
+    return {"credit_limit": str(wallet.credit_limit), "low_balance_threshold": str(wallet.low_balance_threshold), **changes}
+
+
+def _organization_form(organization, **wallet_changes) -> dict:
+    data = {
+        "name": organization.name,
+        "slug": organization.slug,
+        "wallet-TOTAL_FORMS": "1",
+        "wallet-INITIAL_FORMS": "1",
+        "wallet-MIN_NUM_FORMS": "0",
+        "wallet-MAX_NUM_FORMS": "1",
+        "wallet-0-organization": str(organization.pk),
+        **{f"wallet-0-{name}": value for name, value in _wallet_form(organization, **wallet_changes).items()},
+    }
+    for prefix in ("memberships", "api_keys"):
+        data.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
+                     f"{prefix}-MAX_NUM_FORMS": "1000"})  # fmt: skip
+    return data
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("page", ["wallet", "organization"])
+def test_admin_save_racing_a_debit_never_writes_the_old_balance_back(page, monkeypatch):
+    """The admin loads the wallet, a debit commits on another connection, then the admin saves: the
+    debit must survive (before the fix the whole row, stale balance included, was written back)."""
+    organization = organization_create(name="Raced")
+    wallet_fund(organization, "10")
+    client = _staff_client()
+    debited = threading.Event()
+
+    def debit_on_another_connection() -> None:
+        try:
+            ledger.usage_charge(organization_id=organization.pk, cost=D("0.087"), reference="race")
+        finally:
+            connection.close()
+            debited.set()
+
+    original = WalletAdmin.get_object if page == "wallet" else type(site._registry[type(organization)]).get_object
+
+    def get_object_then_debit(self, request, object_id, from_field=None):
+        obj = original(self, request, object_id, from_field)
+        if request.method == "POST":
+            worker = threading.Thread(target=debit_on_another_connection, daemon=True)
+            worker.start()
+            worker.join(timeout=30)
+            assert debited.is_set()
+        return obj
+
+    if page == "wallet":
+        monkeypatch.setattr(WalletAdmin, "get_object", get_object_then_debit)
+        url, data = f"/admin/payments/wallet/{organization.pk}/change/", _wallet_form(organization, credit_limit="4")
+    else:
+        admin_class = type(site._registry[type(organization)])
+        monkeypatch.setattr(admin_class, "get_object", get_object_then_debit)
+        url, data = f"/admin/accounts/organization/{organization.pk}/change/", _organization_form(organization, credit_limit="4")
+
+    response = client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    wallet = wallet_of(organization)
+    assert (wallet.balance, wallet.credit_limit) == (D("9.913"), D(4))
+    assert_money_invariants([organization.pk])
