@@ -110,7 +110,9 @@ def _hold_key(request, tenant: Tenant) -> str:
 
 def _replay_refused(hold: Hold) -> IdempotencyConflict:
     details: dict[str, Any] = {"hold": hold.pk, "status": hold.status}
-    record = UsageRecord.objects.filter(hold_id=hold.pk).only("pk", "cost").first() if hold.status == HoldStatus.CAPTURED else None
+    record = (
+        UsageRecord.objects.filter(hold_id=hold.pk).only("pk", "cost").first() if hold.status == HoldStatus.CAPTURED else None
+    )
     if record is not None:
         details.update(usage_id=record.pk, cost=money_str(record.cost))
     return IdempotencyConflict(
@@ -187,7 +189,7 @@ def metered(service: str, *, estimate: Estimate, actual: Callable[[HttpRequest, 
     return decorator
 
 
-class _TestModeAnswer(Exception):  # noqa: N818 - a control-flow signal, not an error
+class _TestModeAnswer(Exception):
     """Carries the test response past the view's handler (DRF has no hook between initial and handler)."""
 
     def __init__(self, response):

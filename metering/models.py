@@ -93,7 +93,9 @@ class UsageRecord(models.Model):
         ]
         constraints = [
             # Mode is part of idempotency: a test event can never answer for (and so swallow) a live one.
-            models.UniqueConstraint(fields=["organization", "test", "idempotency_key"], name="usage_idempotency_key_per_org_mode"),
+            models.UniqueConstraint(
+                fields=["organization", "test", "idempotency_key"], name="usage_idempotency_key_per_org_mode"
+            ),
             models.CheckConstraint(condition=Q(cost__gte=0) & Q(quantity__gte=0), name="usage_nonnegative"),
         ]
 

@@ -54,8 +54,7 @@ class Posting:
 # `available` is still at or above `-credit_limit`. Credits, releases and a hold's capture of
 # delivered usage are not checked (`%(unchecked)s`). `affordable` below is the same rule in Python.
 OVERDRAFT_RULE = (
-    "(%(unchecked)s OR (balance - held > -credit_limit"
-    " AND balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit))"
+    "(%(unchecked)s OR (balance - held > -credit_limit AND balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit))"
 )
 
 
@@ -132,7 +131,9 @@ def transfer_post(
     if counter_account == Account.WALLET:
         raise ValueError("a transfer's counter account must be a system account")
     if amount == ZERO:
-        return _held_change(organization_id=organization_id, held_delta=-release_held, unchecked=may_overdraw or release_held > ZERO)
+        return _held_change(
+            organization_id=organization_id, held_delta=-release_held, unchecked=may_overdraw or release_held > ZERO
+        )
     params = {
         "org": organization_id,
         "delta": amount,

@@ -43,7 +43,9 @@ class Wallet(models.Model):
         # A whole-row save writes back the balance it loaded, undoing any debit committed since.
         update_fields = kwargs.get("update_fields")
         if not self._state.adding and (update_fields is None or self.LEDGER_COLUMNS & set(update_fields)):
-            raise RuntimeError("A wallet is changed by the ledger or by payments.services.wallet_settings_update, never saved whole.")
+            raise RuntimeError(
+                "A wallet is changed by the ledger or by payments.services.wallet_settings_update, never saved whole."
+            )
         super().save(*args, **kwargs)
 
     @property

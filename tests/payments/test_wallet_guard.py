@@ -11,7 +11,6 @@ from django.test import Client
 
 from payments import ledger
 from payments.admin import WalletAdmin
-from payments.models import Wallet
 from payments.services import wallet_settings_update
 from tests.factories import UserFactory, organization_create, wallet_fund
 from tests.payments.helpers import assert_money_invariants, wallet_of
