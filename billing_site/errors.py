@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_ACCEPTABLE = "not_acceptable"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     SPEND_CAP_EXCEEDED = "spend_cap_exceeded"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
@@ -46,6 +47,7 @@ HTTP_STATUS = {
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.HOLD_NOT_ACTIVE: 409,
     ErrorCode.PRICE_NOT_SET: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.THROTTLED: 429,
     ErrorCode.INVALID_CODE: 400,

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "billing_site.observability.RequestIdMiddleware",
+    "billing_site.api.limits.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -156,7 +157,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["billing_site.api.limits.BoundedJsonParser"],
     "DEFAULT_PAGINATION_CLASS": "billing_site.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "billing_site.api.exceptions.exception_handler",
@@ -200,6 +201,8 @@ API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env.int("API_KEY_LAST_USED_SECO
 HOLD_DEFAULT_TTL = timedelta(seconds=env.int("HOLD_DEFAULT_TTL_SECONDS", default=600))
 HOLD_MAX_TTL = timedelta(seconds=env.int("HOLD_MAX_TTL_SECONDS", default=86400))
 USAGE_BATCH_MAX_EVENTS = 1000
+# Largest request body accepted (413 above it); room for a full batch of text events.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("REQUEST_BODY_MAX_BYTES", default=10 * 1024 * 1024)
 # Usage records older than this many days are archived (gzip'd JSON Lines) and dropped; 0 keeps them forever.
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=0)
 USAGE_ARCHIVE_DIR = env.str("USAGE_ARCHIVE_DIR", default=str(embedded.DATA_DIR / "archive"))

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from accounts.tenancy import Tenant
 from billing_site import metrics
+from billing_site.api.limits import idempotency_key_validate, json_depth
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest, NotFound
 from billing_site.money import ZERO, money_round
 from metering import selectors
@@ -31,8 +32,8 @@ from metering.models import Hold, HoldStatus, Price, Service, UsageRecord
 from metering.pricing import price_fields, strategy_for
 from payments import ledger
 
-MAX_IDEMPOTENCY_KEY = 255
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 8
 RESERVED_KEY_PREFIX = "tollgate:"  # usage Tollgate records itself (hold captures) lives under it
 
 
@@ -82,20 +83,12 @@ class _PricedEvent:
 
 
 def validate_idempotency_key(key: Any) -> str:
-    if not isinstance(key, str) or not key.strip():
-        raise InvalidRequest("An idempotency key is required (body `idempotency_key` or header Idempotency-Key).",
-                             details={"idempotency_key": ["This field is required."]})  # fmt: skip
+    """A client's key for a usage event or hold (see `idempotency_key_validate`), outside the prefix
+    Tollgate keeps for the usage it records itself."""
+    key = idempotency_key_validate(key)
     if key.startswith(RESERVED_KEY_PREFIX):
         raise InvalidRequest(f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved.",
                              details={"idempotency_key": ["Reserved prefix."]})  # fmt: skip
-    if "\x00" in key:
-        raise InvalidRequest(
-            "The idempotency key contains a NUL character.", details={"idempotency_key": ["NUL characters are not allowed."]}
-        )
-    if len(key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequest(
-            "The idempotency key is too long.", details={"idempotency_key": [f"At most {MAX_IDEMPOTENCY_KEY} characters."]}
-        )
     return key
 
 
@@ -114,6 +107,8 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict):
         raise InvalidRequest("`metadata` must be an object.", details={"metadata": ["Must be an object."]})
+    if json_depth(metadata) > MAX_METADATA_DEPTH:
+        raise InvalidRequest("`metadata` is nested too deeply.", details={"metadata": [f"At most {MAX_METADATA_DEPTH} levels."]})
     if _has_nul(metadata):  # PostgreSQL's jsonb cannot store NUL characters
         raise InvalidRequest("`metadata` contains a NUL character.", details={"metadata": ["NUL characters are not allowed."]})
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:

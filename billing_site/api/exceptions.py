@@ -2,7 +2,9 @@
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -34,6 +36,9 @@ def error_response(code: ErrorCode, message: str, details: dict | None = None, *
 def exception_handler(exc, context):
     if isinstance(exc, DomainError):
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
+    if isinstance(exc, RequestDataTooBig):  # a body of undeclared size, refused by Django while reading it
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {limit} bytes.", {"max_bytes": limit})
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

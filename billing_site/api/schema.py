@@ -25,6 +25,7 @@ DESCRIPTIONS = {
     "403": "Not allowed for this role or principal",
     "404": "Not found (or another organization's)",
     "409": "Idempotency key reused with a different body, or the object is no longer in that state",
+    "413": "The body is larger than the limit (REQUEST_BODY_MAX_BYTES)",
     "415": "The body must be JSON",
     "429": "Rate limited; see Retry-After",
     "502": "The payment provider could not be reached",
@@ -66,7 +67,7 @@ def postprocess(result, generator, request, public):
             if path.startswith("/api/v1/auth/token/"):
                 statuses.add("401")
             if method in ("post", "put", "patch"):
-                statuses.add("415")
+                statuses |= {"413", "415"}
             statuses |= EXTRA_STATUSES.get((method, path), set())
             responses = operation.setdefault("responses", {})
             for status in sorted(statuses):
