@@ -1,12 +1,12 @@
 """(1) The debit transaction as raw SQL, no Django: psycopg straight to the same PostgreSQL.
 
 `app` runs exactly the statement the app runs for one debit on its hot path: the ledger's posting
-and the usage record, rollup and key spend fused into `metering.services._DEBIT_SQL`, sent in
+and the usage record, rollup and key spend fused into `metering.services.usage_sql.DEBIT_SQL`, sent in
 autocommit (one round trip) — imported from the module (never copied), with the parameters the app
 passes, through psycopg's ClientCursor as Django's psycopg 3 backend does (client-side binding).
 
 `twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
-`payments.ledger._POST_SQL`; `metering.services._INSERT_USAGE_SQL`; COMMIT — four round trips.
+`payments.ledger._POST_SQL`; `metering.services.usage_sql.INSERT_USAGE_SQL`; COMMIT — four round trips.
 
 `classic` is the 6-round-trip reference of PERF-NOTES: BEGIN; SELECT … FOR UPDATE; UPDATE the
 balance; INSERT the transfer and its entries; the app's usage statement; COMMIT.
@@ -27,21 +27,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering.services import _DEBIT_SQL, _INSERT_USAGE_SQL
-from payments.ledger import _POST_SQL
+from metering.services.usage_sql import DEBIT_SQL, INSERT_USAGE_SQL, record_params
+from payments.ledger import _POST_SQL, posting_params
 
 CLASSIC_LOCK_SQL = "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %(org)s FOR UPDATE"
-CLASSIC_UPDATE_SQL = "UPDATE payments_wallet SET balance = %(balance)s WHERE organization_id = %(org)s"
+CLASSIC_UPDATE_SQL = (
+    "UPDATE payments_wallet SET balance = %(balance)s, ledger_seq = ledger_seq + 1 WHERE organization_id = %(org)s"
+)
 CLASSIC_LEDGER_SQL = """
 WITH t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
-    VALUES (%(org)s, %(kind)s, %(reference)s, %(created_by)s, %(memo)s, %(now)s)
+    VALUES (%(ledger_org)s, %(ledger_kind)s, %(ledger_reference)s, %(ledger_created_by)s, %(ledger_memo)s, %(ledger_now)s)
     RETURNING id
 ), e AS (
     INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
-    SELECT t.id, %(org)s, 'wallet', %(delta)s, %(balance)s, %(now)s FROM t
+    SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, %(balance)s, %(ledger_now)s FROM t
     UNION ALL
-    SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
+    SELECT t.id, %(ledger_org)s, %(ledger_counter)s, -%(ledger_delta)s, NULL, %(ledger_now)s FROM t
 )
 SELECT id FROM t
 """
@@ -49,6 +51,23 @@ SELECT id FROM t
 VARIANTS = {"app": "the app's one autocommit statement: posting + usage record + rollup + spend (1 round trip)",
             "twostmt": "the app's transactional path: BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
             "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)"}  # fmt: skip
+
+
+def _app_params(job: RawJob) -> tuple[dict, dict]:
+    """The parameters the app passes for a usage debit of a REQUEST event with a live key, built by the
+    app's own builders (the ledger's `posting_params`, metering's `record_params`), never restated."""
+    from accounts.models import ApiKey, Organization
+    from accounts.tenancy import Tenant
+    from metering.calculators import Quantities
+    from metering.services.events import PricedEvent, UsageEvent
+    from payments.models import Account, TransferKind
+
+    base_post = posting_params(organization_id=0, amount=-job.cost, counter_account=Account.REVENUE, kind=TransferKind.USAGE)
+    priced = PricedEvent(event=UsageEvent(service="bench", idempotency_key="", data={}), service_id=job.service_id,
+                         calc_method="REQUEST", quantities=Quantities(quantity=1), prices={"unit_price": job.unit_price},
+                         cost=job.cost, request_hash="")  # fmt: skip
+    tenant = Tenant(organization=Organization(pk=0), user=None, api_key=ApiKey(pk=0, mode="live"), role=None)
+    return base_post, record_params(priced, tenant=tenant, now=datetime.now(UTC))
 
 
 class Refused(Exception):
@@ -71,14 +90,13 @@ class RawJob:
 def _debit_twostmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
     with conn.transaction():
-        cursor.execute(_POST_SQL, {**base_post, "org": org, "reference": f"usage:{idem}", "now": now})
+        cursor.execute(_POST_SQL, {**base_post, "ledger_org": org, "ledger_reference": f"usage:{idem}", "ledger_now": now})
         row = cursor.fetchone()
         if row is None:
             raise Refused
         transfer_id, balance_after = row[0], row[1]  # (id, balance, held, …): the app reads these two
-        cursor.execute(_INSERT_USAGE_SQL, {**base_usage, "org": org, "key": key, "idem": idem, "hash": _hash(idem),
-                                           "transfer": transfer_id, "balance_after": balance_after, "now": now,
-                                           "day": now.date()})  # fmt: skip
+        cursor.execute(INSERT_USAGE_SQL, {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id,
+                                          "usage_balance_after": balance_after})  # fmt: skip
         if cursor.fetchone() is None:
             raise RuntimeError("usage record not written (idempotency key reused?)")
 
@@ -92,22 +110,27 @@ def _debit_classic(cursor, conn, job: RawJob, org: int, key: int, idem: str, bas
         if balance_after - held < -credit_limit:
             raise Refused
         cursor.execute(CLASSIC_UPDATE_SQL, {"balance": balance_after, "org": org})
-        cursor.execute(CLASSIC_LEDGER_SQL, {**base_post, "org": org, "reference": f"usage:{idem}", "now": now,
+        cursor.execute(CLASSIC_LEDGER_SQL, {**base_post, "ledger_org": org, "ledger_reference": f"usage:{idem}", "ledger_now": now,
                                             "balance": balance_after})  # fmt: skip
         (transfer_id,) = cursor.fetchone()
-        cursor.execute(_INSERT_USAGE_SQL, {**base_usage, "org": org, "key": key, "idem": idem, "hash": _hash(idem),
-                                           "transfer": transfer_id, "balance_after": balance_after, "now": now,
-                                           "day": now.date()})  # fmt: skip
+        cursor.execute(INSERT_USAGE_SQL, {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id,
+                                          "usage_balance_after": balance_after})  # fmt: skip
         if cursor.fetchone() is None:
             raise RuntimeError("usage record not written (idempotency key reused?)")
 
 
 def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
-    cursor.execute(_DEBIT_SQL, {**base_post, **base_usage, "org": org, "reference": f"usage:{idem}", "now": now, "key": key,
-                                "idem": idem, "hash": _hash(idem), "day": now.date()})  # fmt: skip
+    cursor.execute(DEBIT_SQL, {**base_post, **_usage(base_usage, org, key, idem, now), "ledger_org": org,
+                               "ledger_reference": f"usage:{idem}", "ledger_now": now})  # fmt: skip
     if cursor.fetchone() is None:
         raise Refused
+
+
+def _usage(base_usage: dict, org: int, key: int, idem: str, now: datetime) -> dict:
+    """The app's usage parameters for one event (built once by `record_params`), with this event's own values."""
+    return {**base_usage, "usage_org": org, "usage_key": key, "usage_idem": idem, "usage_hash": _hash(idem), "usage_now": now,
+            "usage_day": now.date()}  # fmt: skip
 
 
 def _hash(idem: str) -> str:
@@ -124,13 +147,7 @@ def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     debit = {"app": _debit_app, "twostmt": _debit_twostmt, "classic": _debit_classic}[job.variant]
-    # transfer_post's parameters for a usage debit (kind usage, counter account revenue, no hold).
-    base_post = {"delta": -job.cost, "held_delta": -Decimal(0), "may_overdraw": False, "kind": "usage", "created_by": None,
-                 "memo": "", "counter": "revenue"}  # fmt: skip
-    # _insert_usage's parameters for a REQUEST event with a live key.
-    base_usage = {"service": job.service_id, "user": None, "quantity": 1, "input_tokens": None, "output_tokens": None,
-                  "input_tokens_sum": 0, "output_tokens_sum": 0, "input_price": None, "output_price": None,
-                  "unit_price": job.unit_price, "cost": job.cost, "test": False, "metadata": "{}", "hold": None}  # fmt: skip
+    base_post, base_usage = _app_params(job)
     rnd = random.Random(os.getpid())
     latencies = array("d")
     count = errors = refused = 0

@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": stamp, "interrupted": interrupted,
         "args": vars(args), "machine": machine, "database": target.description,
         "gunicorn": {"config": str(gunicorn_config), "workers": args.workers, "worker_class": "sync"} if needs_http else None,
-        "raw_variants": {"raw": "BEGIN; payments.ledger._POST_SQL; metering.services._INSERT_USAGE_SQL; COMMIT",
+        "raw_variants": {"raw": "BEGIN; payments.ledger._POST_SQL; metering.services.usage_sql.INSERT_USAGE_SQL; COMMIT",
                          "classic": "BEGIN; SELECT … FOR UPDATE; UPDATE; INSERT transfer+entries; _INSERT_USAGE_SQL; COMMIT"},
         "cells": cells, "failed_cells": failed, "gunicorn_log_error_lines": log_errors, "summary": rows, "aims": aim_rows, "profile": profile, "invariants": invariants,
     }, indent=2, default=str))  # fmt: skip

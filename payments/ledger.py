@@ -1,40 +1,47 @@
 """The ledger: the one place money moves.
 
 Every change of a wallet's `balance` or `held` happens here, and every balance change posts a
-transfer whose entries sum to zero (a database trigger refuses any that do not).
+transfer whose entries sum to zero (a database trigger refuses any that do not). A second trigger
+refuses any change of `balance` or `held` that does not bump the wallet's `ledger_seq` by one, which
+only these statements do.
 
-Locking. A wallet row is the only row ever locked for money, and it is locked by the UPDATE
-that changes it (an UPDATE takes the same row lock as SELECT … FOR UPDATE, without the extra
-round trip). Callers that must lock more than the wallet take locks in this order:
-organization's wallet → hold → payment. Nothing here talks to the network.
+Each posting is ONE statement (a data-modifying CTE): check the overdraft rule, move the balance
+(the UPDATE takes the wallet's row lock), write the transfer and both entries. The hot path goes
+further: `usage_charge_in_one_statement` runs the posting together with the caller's own rows
+(metering's usage record) as a single autocommit statement, so the wallet's row lock is held only
+while PostgreSQL executes and commits it. The lock order is in `billing_site/locks.py`. Nothing here
+talks to the network or imports the task layer: a low-balance crossing is announced with the
+`low_balance_crossed` signal once the posting commits.
 
-Each posting is ONE statement (a data-modifying CTE): check the limit, move the balance, write
-the transfer and both entries. The hot path goes further: `usage_charge_in_one_statement` runs the
-posting together with the caller's own rows (metering's usage record) as a single autocommit
-statement, so the wallet's row lock is held only while PostgreSQL executes and commits it — which
-is what bounds a hot wallet's throughput (see PERF-NOTES).
+The rules each have one encoding here: `OVERDRAFT_RULE` (SQL) / `affordable` (Python, for the batch,
+which decides under a lock it took itself), and `LOW_BALANCE_CROSSED` / `low_balance_crossed`.
+Statement parameters are all named `ledger_*`, so a caller's own parameters cannot collide with them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
-from billing_site import metrics
+from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
 from payments.models import Account, TransferKind, Wallet
 
-logger = logging.getLogger(__name__)
+# Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
+# organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
+low_balance_crossed_signal = Signal()
 
 
 class InsufficientBalance(DomainError):
@@ -52,9 +59,10 @@ class Posting:
 # The overdraft rule (SPEC §2.4), over the wallet row an UPDATE is changing: nothing new starts (a
 # debit, even of zero, or a hold) while `available` is at or below `-credit_limit`, and after it
 # `available` is still at or above `-credit_limit`. Credits, releases and a hold's capture of
-# delivered usage are not checked (`%(unchecked)s`). `affordable` below is the same rule in Python.
+# delivered usage are not checked (`ledger_unchecked`). `affordable` is the same rule in Python.
 OVERDRAFT_RULE = (
-    "(%(unchecked)s OR (balance - held > -credit_limit AND balance + %(delta)s - (held + %(held_delta)s) >= -credit_limit))"
+    "(%(ledger_unchecked)s OR (balance - held > -credit_limit"
+    " AND balance + %(ledger_delta)s - (held + %(ledger_held_delta)s) >= -credit_limit))"
 )
 
 
@@ -63,26 +71,38 @@ def affordable(*, balance: Decimal, held: Decimal, credit_limit: Decimal, cost: 
     return balance - held > -credit_limit and balance - cost - held >= -credit_limit
 
 
+# A posting took the wallet below its threshold and no alert went out for this crossing yet (the
+# alert task claims the crossing with this same condition; a credit back to the threshold re-arms it).
+LOW_BALANCE_CROSSED = "balance < low_balance_threshold AND NOT low_balance_alerted"
+
+
+def low_balance_crossed(*, balance: Decimal, low_balance_threshold: Decimal, low_balance_alerted: bool) -> bool:
+    """LOW_BALANCE_CROSSED in Python."""
+    return balance < low_balance_threshold and not low_balance_alerted
+
+
 # The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock and bumps
 # `ledger_seq`, which the wallet's trigger requires of every balance change), `t` the transfer, `e`
 # its two balanced entries.
 _POST_CTES = f"""
 w AS (
     UPDATE payments_wallet
-       SET balance = balance + %(delta)s, held = held + %(held_delta)s, ledger_seq = ledger_seq + 1,
+       SET balance = balance + %(ledger_delta)s, held = held + %(ledger_held_delta)s, ledger_seq = ledger_seq + 1,
            -- a credit that lifts the balance back to the threshold re-arms the low-balance alert
-           low_balance_alerted = low_balance_alerted AND NOT (%(delta)s > 0 AND balance + %(delta)s >= low_balance_threshold)
-     WHERE organization_id = %(org)s AND {OVERDRAFT_RULE}
- RETURNING balance, held, balance < low_balance_threshold AND NOT low_balance_alerted AS crossed
+           low_balance_alerted = low_balance_alerted
+               AND NOT (%(ledger_delta)s > 0 AND balance + %(ledger_delta)s >= low_balance_threshold)
+     WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE}
+ RETURNING balance, held, {LOW_BALANCE_CROSSED} AS crossed
 ), t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
-    SELECT %(org)s, %(kind)s, %(reference)s, %(created_by)s, %(memo)s, %(now)s FROM w
+    SELECT %(ledger_org)s, %(ledger_kind)s, %(ledger_reference)s, %(ledger_created_by)s, %(ledger_memo)s, %(ledger_now)s
+      FROM w
  RETURNING id
 ), e AS (
     INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
-    SELECT t.id, %(org)s, 'wallet', %(delta)s, w.balance, %(now)s FROM t, w
+    SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, w.balance, %(ledger_now)s FROM t, w
     UNION ALL
-    SELECT t.id, %(org)s, %(counter)s, -%(delta)s, NULL, %(now)s FROM t
+    SELECT t.id, %(ledger_org)s, %(ledger_counter)s, -%(ledger_delta)s, NULL, %(ledger_now)s FROM t
 )"""
 _POST_SQL = f"WITH {_POST_CTES}\nSELECT t.id, w.balance, w.held, w.crossed FROM w, t"
 
@@ -94,14 +114,32 @@ def post_statement(companion_ctes: str) -> str:
     return f"WITH {_POST_CTES},\n{companion_ctes}\nSELECT t.id, w.balance, w.held, w.crossed, companion.* FROM w, t, companion"
 
 
-# A change of holds alone (a hold, a release, or a zero-cost debit that changes nothing but must
+# A change of holds alone: a hold, a release, or a zero-cost debit (which moves nothing but must
 # still pass the overdraft rule).
 _HELD_SQL = f"""
 UPDATE payments_wallet
-   SET held = held + %(held_delta)s, ledger_seq = ledger_seq + 1
- WHERE organization_id = %(org)s AND {OVERDRAFT_RULE}
+   SET held = held + %(ledger_held_delta)s, ledger_seq = ledger_seq + 1
+ WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE}
 RETURNING balance, held
 """
+
+
+def posting_params(*, organization_id: int, amount: Decimal, counter_account: Account, kind: TransferKind,
+                   reference: str = "", memo: str = "", created_by_id: int | None = None, release_held: Decimal = ZERO,
+                   unchecked: bool = False, now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """The parameters of `_POST_SQL` / `post_statement` for one posting (all named `ledger_*`)."""
+    return {
+        "ledger_org": organization_id,
+        "ledger_delta": amount,
+        "ledger_held_delta": -release_held,
+        "ledger_unchecked": unchecked,
+        "ledger_kind": kind,
+        "ledger_reference": reference,
+        "ledger_created_by": created_by_id,
+        "ledger_memo": memo,
+        "ledger_now": now or timezone.now(),
+        "ledger_counter": counter_account,
+    }
 
 
 def wallet_open_for_organization(sender, *, organization, **kwargs) -> Wallet:
@@ -124,9 +162,9 @@ def transfer_post(
     """Move `amount` into the wallet (negative: out of it) against `counter_account`, and free
     `release_held` of the wallet's holds in the same statement.
 
-    Refuses (InsufficientBalance, nothing written) when the wallet would end below
-    `-credit_limit` after the move, unless `may_overdraw` (a hold's capture of usage already
-    delivered, SPEC §2.4) or the amount is a credit. Joins the caller's transaction if any.
+    A debit (a negative or zero amount) passes the overdraft rule or is refused (InsufficientBalance,
+    nothing written), unless `may_overdraw` (a hold's capture of usage already delivered, SPEC §2.4).
+    Joins the caller's transaction if any.
     """
     if counter_account == Account.WALLET:
         raise ValueError("a transfer's counter account must be a system account")
@@ -134,18 +172,9 @@ def transfer_post(
         return _held_change(
             organization_id=organization_id, held_delta=-release_held, unchecked=may_overdraw or release_held > ZERO
         )
-    params = {
-        "org": organization_id,
-        "delta": amount,
-        "held_delta": -release_held,
-        "unchecked": may_overdraw or amount > ZERO,
-        "kind": kind,
-        "reference": reference,
-        "created_by": created_by_id,
-        "memo": memo,
-        "now": timezone.now(),
-        "counter": counter_account,
-    }
+    params = posting_params(organization_id=organization_id, amount=amount, counter_account=counter_account, kind=kind,
+                            reference=reference, memo=memo, created_by_id=created_by_id, release_held=release_held,
+                            unchecked=may_overdraw or amount > ZERO)  # fmt: skip
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(_POST_SQL, params)
@@ -155,12 +184,12 @@ def transfer_post(
         raise InsufficientBalance()
     transfer_id, balance_after, held_after, crossed_threshold = row
     if crossed_threshold:
-        _alert_low_balance_after_commit(organization_id)
+        _announce_low_balance_after_commit(organization_id)
     return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after)
 
 
 def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost: Decimal, reference: str,
-                                  params: dict) -> tuple[Posting, tuple]:  # fmt: skip
+                                  params: dict[str, Any], now: datetime) -> tuple[Posting, tuple]:  # fmt: skip
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
     `post_statement`. Outside a transaction it commits by itself: one round trip, and the wallet's
     row lock is held only while PostgreSQL runs and commits it. Raises InsufficientBalance (nothing
@@ -168,19 +197,8 @@ def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost:
     Answers the posting and the caller's `companion` columns."""
     if cost <= ZERO:
         raise ValueError("a one-statement usage charge moves a positive cost")
-    params = {
-        **params,
-        "org": organization_id,
-        "delta": -cost,
-        "held_delta": ZERO,
-        "unchecked": False,
-        "kind": TransferKind.USAGE,
-        "reference": reference,
-        "created_by": None,
-        "memo": "",
-        "counter": Account.REVENUE,
-    }
-    params.setdefault("now", timezone.now())
+    params = {**params, **posting_params(organization_id=organization_id, amount=-cost, counter_account=Account.REVENUE,
+                                         kind=TransferKind.USAGE, reference=reference, now=now)}  # fmt: skip
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
@@ -192,28 +210,20 @@ def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost:
         raise InsufficientBalance()
     transfer_id, balance_after, held_after, crossed_threshold, *companion = row
     if crossed_threshold:
-        _alert_low_balance_after_commit(organization_id)
+        _announce_low_balance_after_commit(organization_id)
     return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after), tuple(companion)
 
 
-def _alert_low_balance_after_commit(organization_id: int) -> None:
-    """Queue the low-balance alert once the debit commits. The task re-checks and flips the flag
-    under the wallet lock, so a crossing alerts once however many debits saw it."""
-
-    def enqueue() -> None:
-        from payments.tasks import low_balance_alert
-
-        try:
-            low_balance_alert.delay(organization_id)
-        except Exception:  # a broker outage must never fail a debit that already committed
-            logger.exception("could not queue the low-balance alert of organization %s", organization_id)
-
-    transaction.on_commit(enqueue)
+def _announce_low_balance_after_commit(organization_id: int) -> None:
+    """Announce the crossing once the debit commits. The alert re-checks and flips the flag, so a
+    crossing alerts once however many debits saw it."""
+    transaction.on_commit(lambda: low_balance_crossed_signal.send(sender=Wallet, organization_id=organization_id))
 
 
 def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) -> Posting:
+    params = {"ledger_org": organization_id, "ledger_held_delta": held_delta, "ledger_delta": ZERO, "ledger_unchecked": unchecked}
     with connection.cursor() as cursor:
-        cursor.execute(_HELD_SQL, {"org": organization_id, "held_delta": held_delta, "delta": ZERO, "unchecked": unchecked})
+        cursor.execute(_HELD_SQL, params)
         row = cursor.fetchone()
     if row is None:
         raise InsufficientBalance()
@@ -233,15 +243,6 @@ def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:
     return _held_change(organization_id=organization_id, held_delta=-amount, unchecked=True)
 
 
-def wallet_lock(*, organization_id: int) -> None:
-    """Lock the wallet's row until the caller's transaction ends: for callers that must check another
-    row (a hold) under the wallet's lock before moving money, in the documented order wallet → hold."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("wallet_lock must run inside a transaction")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM payments_wallet WHERE organization_id = %s FOR UPDATE", [organization_id])
-
-
 def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", release_held: Decimal = ZERO,
                  may_overdraw: bool = False) -> Posting:  # fmt: skip
     """Debit usage: wallet → revenue."""
@@ -259,13 +260,15 @@ def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", re
 _BATCH_TRANSFERS_SQL = """
 WITH t AS (
     INSERT INTO payments_transfer (id, organization_id, kind, reference, memo, created_at)
-    SELECT u.id, %(org)s, 'usage', u.reference, '', %(now)s FROM unnest(%(ids)s::bigint[], %(references)s::text[]) AS u(id, reference)
+    SELECT u.id, %(ledger_org)s, 'usage', u.reference, '', %(ledger_now)s
+      FROM unnest(%(ledger_ids)s::bigint[], %(ledger_references)s::text[]) AS u(id, reference)
 )
 INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
-SELECT u.id, %(org)s, 'wallet', -u.cost, u.balance_after, %(now)s
-  FROM unnest(%(ids)s::bigint[], %(costs)s::numeric[], %(balances)s::numeric[]) AS u(id, cost, balance_after)
+SELECT u.id, %(ledger_org)s, 'wallet', -u.cost, u.balance_after, %(ledger_now)s
+  FROM unnest(%(ledger_ids)s::bigint[], %(ledger_costs)s::numeric[], %(ledger_balances)s::numeric[]) AS u(id, cost, balance_after)
 UNION ALL
-SELECT u.id, %(org)s, 'revenue', u.cost, NULL, %(now)s FROM unnest(%(ids)s::bigint[], %(costs)s::numeric[]) AS u(id, cost)
+SELECT u.id, %(ledger_org)s, 'revenue', u.cost, NULL, %(ledger_now)s
+  FROM unnest(%(ledger_ids)s::bigint[], %(ledger_costs)s::numeric[]) AS u(id, cost)
 """
 
 
@@ -278,47 +281,43 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
                        budget: Decimal | None = None) -> list[Posting | Refusal]:  # fmt: skip
     """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits the
     wallet and the optional `budget` on the total, as if they came one by one; a Refusal where it
-    does not. Must run inside the caller's transaction. A transfer per charge; four statements
-    whatever the batch size."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("usage_charge_batch must run inside a transaction")
+    does not. Must run inside the caller's transaction (which may already hold the wallet's lock).
+    A transfer per charge; four statements whatever the batch size."""
+    wallet = locks.wallet_lock(organization_id=organization_id)
+    balance, held = wallet.balance, wallet.held
+    postings: list[Posting | Refusal] = []
+    charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
+    for cost, reference in charges:
+        if budget is not None and cost > budget:
+            postings.append(Refusal.BUDGET)
+        elif not affordable(balance=balance, held=held, credit_limit=wallet.credit_limit, cost=cost):
+            postings.append(Refusal.BALANCE)
+        elif cost == ZERO:
+            postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
+        else:
+            balance -= cost
+            budget = None if budget is None else budget - cost
+            charged.append((cost, reference, balance, len(postings)))
+            postings.append(Refusal.BALANCE)  # replaced below once the transfer ids exist
+    if not charged:
+        return postings
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted"
-            " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
-            [organization_id],
-        )
-        balance, held, credit_limit, threshold, alerted = cursor.fetchone()
-        postings: list[Posting | Refusal] = []
-        charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
-        for cost, reference in charges:
-            if budget is not None and cost > budget:
-                postings.append(Refusal.BUDGET)
-            elif not affordable(balance=balance, held=held, credit_limit=credit_limit, cost=cost):
-                postings.append(Refusal.BALANCE)
-            elif cost == ZERO:
-                postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
-            else:
-                balance -= cost
-                budget = None if budget is None else budget - cost
-                charged.append((cost, reference, balance, len(postings)))
-                postings.append(Refusal.BALANCE)  # replaced below once the transfer ids exist
-        if not charged:
-            return postings
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('payments_transfer', 'id')) FROM generate_series(1, %s)", [len(charged)]
         )
         ids = [row[0] for row in cursor.fetchall()]
         cursor.execute(_BATCH_TRANSFERS_SQL, {
-            "org": organization_id, "now": timezone.now(), "ids": ids, "references": [c[1] for c in charged],
-            "costs": [c[0] for c in charged], "balances": [c[2] for c in charged],
+            "ledger_org": organization_id, "ledger_now": timezone.now(), "ledger_ids": ids,
+            "ledger_references": [c[1] for c in charged], "ledger_costs": [c[0] for c in charged],
+            "ledger_balances": [c[2] for c in charged],
         })  # fmt: skip
         cursor.execute(
             "UPDATE payments_wallet SET balance = %s, ledger_seq = ledger_seq + 1 WHERE organization_id = %s",
             [balance, organization_id],
         )
-    if balance < threshold and not alerted:
-        _alert_low_balance_after_commit(organization_id)
+    if low_balance_crossed(balance=balance, low_balance_threshold=wallet.low_balance_threshold,
+                           low_balance_alerted=wallet.low_balance_alerted):  # fmt: skip
+        _announce_low_balance_after_commit(organization_id)
     for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):
         postings[index] = Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held)
     return postings

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization, User
-from billing_site import metrics
+from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO
 from payments import ledger
@@ -212,17 +212,16 @@ def payment_settle(*, event_id: int) -> Payment | None:
     outcome = _event_outcome(event)
     try:
         with transaction.atomic(durable=True):
-            posting = None
-            if outcome == Outcome.SUCCEEDED and _awaits(payment, outcome):
-                # Lock order: the wallet (by this posting), then the payment.
-                posting = ledger.wallet_credit(organization_id=payment.organization_id, amount=payment.amount, kind=TransferKind.RECHARGE,
-                                               counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}")  # fmt: skip
-            locked = Payment.objects.select_for_update().get(pk=payment.pk)
+            # Lock (wallet, then payment: billing_site/locks.py), check, then credit.
+            locks.wallet_lock(organization_id=payment.organization_id)
+            locked = locks.payment_lock(payment_id=payment.pk)
             WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
             if outcome == Outcome.IGNORED or not _awaits(locked, outcome):
-                raise _NothingToDo()  # rolls back the credit above, keeps nothing
+                raise _NothingToDo()  # keeps nothing: the event is marked processed below, outside this rollback
             now = timezone.now()
-            if posting is not None:
+            if outcome == Outcome.SUCCEEDED:
+                posting = ledger.wallet_credit(organization_id=payment.organization_id, amount=payment.amount, kind=TransferKind.RECHARGE,
+                                               counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}")  # fmt: skip
                 Payment.objects.filter(pk=payment.pk).update(status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now,
                                                              updated_at=now)  # fmt: skip
             else:
@@ -295,9 +294,11 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
     if amount <= ZERO:
         raise InvalidRequest("A refund is a positive amount.", details={"amount": ["Must be positive."]})
     with transaction.atomic(durable=True):
-        if not force:
-            ledger.wallet_hold(organization_id=payment.organization_id, amount=amount)
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        if force:
+            locks.wallet_lock(organization_id=payment.organization_id)
+        else:
+            ledger.wallet_hold(organization_id=payment.organization_id, amount=amount)  # takes the wallet's lock
+        locked = locks.payment_lock(payment_id=payment.pk)
         pending = sum(locked.refunds.filter(status=RefundStatus.PENDING).values_list("amount", flat=True), ZERO)
         if locked.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED):
             raise InvalidRequest("Only a succeeded payment can be refunded.")
@@ -358,9 +359,9 @@ def _lock_pending_refund(refund: Refund) -> Payment:
     """Lock the wallet, the payment, then the refund (the documented order), and raise
     _RefundSettled unless the refund is still pending — before any money moves, so a second run
     never frees the reservation twice. Answers the locked payment."""
-    ledger.wallet_lock(organization_id=refund.organization_id)
-    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
-    if Refund.objects.select_for_update().get(pk=refund.pk).status != RefundStatus.PENDING:
+    locks.wallet_lock(organization_id=refund.organization_id)
+    payment = locks.payment_lock(payment_id=refund.payment_id)
+    if locks.refund_lock(refund_id=refund.pk).status != RefundStatus.PENDING:
         raise _RefundSettled()
     return payment
 

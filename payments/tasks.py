@@ -47,6 +47,14 @@ def low_balance_alert(self, organization_id: int, claimed: bool = False, emailed
     return True
 
 
+def low_balance_alert_enqueue(sender, *, organization_id: int, **kwargs) -> None:
+    """Receiver of the ledger's `low_balance_crossed_signal` (sent after the debit committed)."""
+    try:
+        low_balance_alert.delay(organization_id)
+    except Exception:  # a broker outage must never fail a debit that already committed
+        logger.exception("could not queue the low-balance alert of organization %s", organization_id)
+
+
 @shared_task(name="payments.tasks.sandbox_webhook_deliver", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=8)
 def sandbox_webhook_deliver(payment_id: int, outcome: str) -> int:
     from payments.providers import sandbox

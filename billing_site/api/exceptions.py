@@ -38,7 +38,9 @@ def exception_handler(exc, context):
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
     if isinstance(exc, RequestDataTooBig):  # a body of undeclared size, refused by Django while reading it
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        return error_response(ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {limit} bytes.", {"max_bytes": limit})
+        return error_response(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {limit} bytes.", {"max_bytes": limit}
+        )
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

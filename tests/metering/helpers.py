@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from metering import services
+from metering.services import batch, holds, usage
 
 USAGE = "/api/v1/usage/"
 BATCH = "/api/v1/usage/batch/"
@@ -23,5 +23,6 @@ def ping(client, key: str, **extra):
 def recorded_at(when: datetime) -> Iterator[None]:
     """Usage written inside the block carries `when` as its time and day (the ledger keeps the real clock)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(services, "timezone", SimpleNamespace(now=lambda: when))
+        for module in (usage, batch, holds):
+            patch.setattr(module, "timezone", SimpleNamespace(now=lambda: when))
         yield

@@ -28,7 +28,7 @@ def usage(organization, live_key):
     ledger.wallet_adjust(organization_id=organization.pk, amount=Decimal(10), reason="t", created_by_id=None)
     tenant = Tenant(organization=organization, user=None, api_key=live_key.api_key, role=None)
     for index, when in enumerate([OLD, OLD, NOW]):
-        with mock.patch("metering.services.timezone.now", return_value=when):
+        with mock.patch("metering.services.usage.timezone.now", return_value=when):
             services.usage_record(tenant=tenant, event=services.UsageEvent(service="ping", idempotency_key=f"k{index}", data={}))
     return tenant
 

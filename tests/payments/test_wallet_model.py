@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from accounts.models import Role
 from accounts.tenancy import Tenant
+from billing_site.errors import InvalidRequest
 from metering import services
 from metering.models import CalcMethod, Hold, HoldStatus
 from payments import ledger
@@ -64,7 +65,9 @@ class WalletMachine(RuleBasedStateMachine):
             self.credit(funding)
 
     def fits(self, amount: Decimal) -> bool:
-        return amount == 0 or self.balance - self.held - amount >= -self.limit
+        """Nothing new starts at or below the limit (not even a free debit), and nothing ends below it."""
+        available = self.balance - self.held
+        return available > -self.limit and available - amount >= -self.limit
 
     def next_key(self) -> str:
         self.step += 1
@@ -100,7 +103,10 @@ class WalletMachine(RuleBasedStateMachine):
     def hold(self, amount):
         call = {"tenant": self.tenant, "service": "model-gpt", "idempotency_key": self.next_key(), "amount": amount,
                 "maxima": {}, "expires_in": 3600}  # fmt: skip
-        if self.fits(amount):
+        if amount == 0:  # a hold bounds an over-capture: it is never zero
+            with pytest.raises(InvalidRequest):
+                services.hold_create(**call)
+        elif self.fits(amount):
             outcome = services.hold_create(**call)
             self.held += amount
             self.holds.append(ModelHold(id=outcome.hold.pk, amount=amount))

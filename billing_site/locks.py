@@ -1,0 +1,97 @@
+"""Every row lock Tollgate takes, and the one order they are taken in.
+
+    organization → invitation                                (team changes only)
+    wallet → hold | payment → refund → API key               (money)
+
+A transaction that needs several of these rows locks them in this order, so two transactions can
+never wait on each other. Nothing here talks to the network, and no caller may either while it holds
+one of these locks: commit a pending state, call out, then lock again and apply.
+
+- wallet: the organization's `payments_wallet` row, the lock every money movement of an organization
+  serializes on. The ledger's statements take it implicitly, by the UPDATE that moves the balance
+  (the same row lock as SELECT … FOR UPDATE, one round trip fewer). `wallet_lock` takes it up front
+  for a caller that must check another row under it before moving money.
+- hold, payment: checked under their wallet's lock, so a racing capture, release, expiry, settlement
+  or refund sees the state the other left.
+- refund: after its payment.
+- API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
+  row lock last, after the wallet's (spend caps are checked under the wallet lock).
+- organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
+
+This module sits on the lowest floor so every app may use it; it names the models through Django's
+app registry rather than importing the apps above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.apps import apps
+from django.db import connection, transaction
+
+
+def _in_transaction(what: str) -> None:
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError(f"{what} must run inside a transaction: a lock outside one is released at once")
+
+
+@dataclass(frozen=True, slots=True)
+class WalletState:
+    """A wallet's money columns, read under its lock."""
+
+    balance: Decimal
+    held: Decimal
+    credit_limit: Decimal
+    low_balance_threshold: Decimal
+    low_balance_alerted: bool
+
+
+def wallet_lock(*, organization_id: int) -> WalletState:
+    """Lock the organization's wallet until the transaction ends and answer its money columns."""
+    _in_transaction("wallet_lock")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted"
+            " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
+            [organization_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise LookupError(f"organization {organization_id} has no wallet")
+    return WalletState(*row)
+
+
+def _locked(app_label: str, model_name: str, **lookup: Any) -> Any:
+    return apps.get_model(app_label, model_name).objects.select_for_update().get(**lookup)
+
+
+def hold_lock(*, hold_id: int) -> Any:
+    """Lock and answer a metering Hold (after its wallet)."""
+    _in_transaction("hold_lock")
+    return _locked("metering", "Hold", pk=hold_id)
+
+
+def payment_lock(*, payment_id: int) -> Any:
+    """Lock and answer a Payment (after its wallet)."""
+    _in_transaction("payment_lock")
+    return _locked("payments", "Payment", pk=payment_id)
+
+
+def refund_lock(*, refund_id: int) -> Any:
+    """Lock and answer a Refund (after its wallet and its payment)."""
+    _in_transaction("refund_lock")
+    return _locked("payments", "Refund", pk=refund_id)
+
+
+def organization_lock(*, organization_id: int) -> None:
+    """Lock an organization for a team change (roles, removals), so the last owner is never removed."""
+    _in_transaction("organization_lock")
+    apps.get_model("accounts", "Organization").objects.select_for_update().filter(pk=organization_id).first()
+
+
+def invitation_lock(*, digest: str) -> Any:
+    """Lock and answer the invitation with this token digest, or None."""
+    _in_transaction("invitation_lock")
+    return apps.get_model("accounts", "Invitation").objects.select_for_update().filter(digest=digest).first()

@@ -1,0 +1,146 @@
+"""Metering many usage events in one request: each priced and checked for replay before the
+lock, then all applied in order under one wallet lock, as if they came one by one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.tenancy import Tenant
+from billing_site import locks, metrics
+from billing_site.errors import DomainError, IdempotencyConflict
+from billing_site.money import ZERO
+from metering import selectors
+from metering.models import Service, UsageRecord
+from metering.services.events import PricedEvent, SpendCapExceeded, UsageEvent, event_price
+from metering.services.usage_sql import BatchRecord, usage_insert_batch
+from payments import ledger
+
+
+@dataclass(slots=True)
+class BatchResult:
+    status: int
+    record: UsageRecord | BatchRecord | None = None
+    error: DomainError | None = None
+
+
+def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainError]) -> list[BatchResult]:
+    """Apply up to USAGE_BATCH_MAX_EVENTS events in order under one wallet lock, each with its own
+    idempotency key and outcome (201 new, 200 replay, 4xx refused) — as if sent one by one.
+    Everything per event (pricing, replay detection, the rows to insert) is prepared before the
+    lock; under it run four ledger statements and three of ours, whatever the batch size. Test keys
+    take no lock and move no money."""
+    organization_id = tenant.organization.pk
+    is_test = tenant.is_test
+    results: list[BatchResult | None] = [None] * len(events)
+    priced_events: list[tuple[int, PricedEvent]] = []
+    services: dict[str, selectors.PricedService | DomainError] = {}
+    for index, event in enumerate(events):
+        if isinstance(event, DomainError):
+            results[index] = BatchResult(status=event.status, error=event)
+            continue
+        try:
+            priced_events.append((index, event_price(event, organization_id=organization_id, services=services)))
+        except DomainError as error:
+            results[index] = BatchResult(status=error.status, error=error)
+
+    existing = {
+        record.idempotency_key: record
+        for record in UsageRecord.objects.filter(
+            organization_id=organization_id, test=is_test, idempotency_key__in=[p.event.idempotency_key for _, p in priced_events]
+        ).select_related("service")
+    }
+    fresh: list[tuple[int, PricedEvent]] = []
+    duplicates: list[tuple[int, PricedEvent]] = []  # a key seen earlier in this same batch
+    seen: dict[str, PricedEvent] = {}
+    for index, priced in priced_events:
+        key = priced.event.idempotency_key
+        first = existing.get(key) or seen.get(key)
+        if first is None:
+            seen[key] = priced
+            fresh.append((index, priced))
+        elif first.request_hash != priced.request_hash:
+            results[index] = BatchResult(status=409, error=IdempotencyConflict())
+        elif isinstance(first, UsageRecord):
+            results[index] = BatchResult(status=200, record=first)
+        else:
+            duplicates.append((index, priced))
+
+    now = timezone.now()
+    postings: list[ledger.Posting | ledger.Refusal | None]
+    with transaction.atomic(durable=True):
+        if is_test:
+            postings = [None] * len(fresh)
+        else:
+            charges = [(p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh]
+            budget = _spend_cap_remaining(tenant, organization_id=organization_id)
+            postings = list(ledger.usage_charge_batch(organization_id=organization_id, charges=charges, budget=budget))
+        accepted = [(priced, posting) for (_, priced), posting in zip(fresh, postings, strict=True)
+                    if not isinstance(posting, ledger.Refusal)]  # fmt: skip
+        ids = usage_insert_batch(accepted, tenant=tenant, now=now)
+
+    service_of: dict[int, Service] = {}
+    for _, p in fresh:
+        if p.service_id not in service_of:
+            service_of[p.service_id] = Service(pk=p.service_id, slug=p.event.service, calc_method=p.calc_method)
+    written: dict[str, BatchRecord] = {}
+    for (index, priced), posting in zip(fresh, postings, strict=True):
+        if posting == ledger.Refusal.BALANCE:
+            results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
+        elif posting == ledger.Refusal.BUDGET:
+            results[index] = BatchResult(status=402, error=SpendCapExceeded())
+        else:
+            q, prices, key = priced.quantities, priced.prices, priced.event.idempotency_key
+            written[key] = BatchRecord(
+                pk=ids[key], service=service_of[priced.service_id], quantity=q.quantity, input_tokens=q.input_tokens,
+                output_tokens=q.output_tokens, input_price=prices.get("input_price"), output_price=prices.get("output_price"),
+                unit_price=prices.get("unit_price"), cost=priced.cost,
+                balance_after=posting.balance_after if isinstance(posting, ledger.Posting) else None,
+                test=is_test, idempotency_key=key, request_hash=priced.request_hash, metadata=priced.event.metadata, created_at=now,
+            )  # fmt: skip
+            results[index] = BatchResult(status=201, record=written[key])
+    for index, priced in duplicates:
+        # Replays what its first occurrence in this batch wrote (or was refused).
+        first = written.get(priced.event.idempotency_key)
+        results[index] = (
+            BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
+        )
+    _count_batch(results, tenant=tenant)
+    return results  # type: ignore[return-value]
+
+
+def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | None:
+    """What a capped live key may still spend, read under the wallet's lock: every debit of the
+    organization (so of its keys) serializes on that lock, so `spent` cannot move meanwhile."""
+    api_key = tenant.api_key
+    if api_key is None or tenant.is_test or api_key.spend_cap is None:
+        return None
+    locks.wallet_lock(organization_id=organization_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT spend_cap - spent FROM accounts_apikey WHERE id = %s", [api_key.pk])
+        (remaining,) = cursor.fetchone()
+    return remaining
+
+
+def _count_batch(results: Sequence[BatchResult | None], *, tenant: Tenant) -> None:
+    outcomes: dict[tuple[str, str], int] = {}
+    revenue = ZERO
+    for result in results:
+        assert result is not None
+        if result.record is not None:
+            key = (result.record.service.slug, "created" if result.status == 201 else "replayed")
+            if result.status == 201 and not tenant.is_test:
+                revenue += result.record.cost
+        else:
+            assert result.error is not None
+            key = ("unknown" if isinstance(result.error, selectors.ServiceNotFound) else "batch", str(result.error.code))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    for (service, outcome), count in outcomes.items():
+        metrics.USAGE_EVENTS.labels(service, outcome).inc(count)
+    if revenue:
+        metrics.amount_observed(metrics.REVENUE, currency=settings.CURRENCY, amount=revenue)

@@ -1,0 +1,43 @@
+"""Staff writes for the catalogue: services and their price rows (rates are never edited in place)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.utils import timezone
+
+from billing_site.errors import InvalidRequest
+from metering.models import Price, Service
+from metering.pricing import price_fields
+
+
+def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
+    service = Service(slug=slug, name=name, calc_method=calc_method, active=active)
+    service.full_clean()
+    service.save()
+    return service
+
+
+def price_create(*, service: Service, organization_id: int | None, effective_from: datetime | None, created_by_id: int | None,
+                 input_price: Decimal | None = None, output_price: Decimal | None = None,
+                 unit_price: Decimal | None = None) -> Price:  # fmt: skip
+    """A new price row (rates are never edited in place). The fields must be exactly the ones the
+    service's method uses (SPEC §3)."""
+    given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
+    needed = set(price_fields(service.calc_method))
+    missing = sorted(name for name in needed if given[name] is None)
+    foreign = sorted(name for name, value in given.items() if value is not None and name not in needed)
+    if missing or foreign:
+        raise InvalidRequest(
+            f"A {service.calc_method} price takes {', '.join(sorted(needed))}.",
+            details={
+                **{n: ["This field is required."] for n in missing},
+                **{n: ["Does not apply to this method."] for n in foreign},
+            },
+        )
+    price = Price(service=service, organization_id=organization_id, effective_from=effective_from or timezone.now(),
+                  created_by_id=created_by_id, **given)  # fmt: skip
+    price.full_clean()
+    price.save()
+    return price

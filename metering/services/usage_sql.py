@@ -1,0 +1,280 @@
+"""The SQL that writes usage records, their daily rollups and the API key's spend — every statement
+built from one list of the record's columns, one rollup upsert and one spend update, so the single
+event path, the one-statement hot path and the batch path cannot drift apart.
+
+Parameters are all named `usage_*`; the ledger's are `ledger_*`, so the hot path's fused statement
+carries both without collisions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, connection
+
+from accounts.tenancy import Tenant
+from billing_site.errors import IdempotencyConflict
+from billing_site.money import ZERO
+from metering.models import Service, UsageRecord
+from metering.services.events import PricedEvent, spend_cap_check
+from payments import ledger
+
+# The usage record's columns: (column, parameter, PostgreSQL type). Columns after the first five
+# named in BATCH_COMMON vary per event in a batch and travel there as arrays.
+RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("organization_id", "org", "bigint"),
+    ("service_id", "service", "bigint"),
+    ("api_key_id", "key", "bigint"),
+    ("user_id", "user", "bigint"),
+    ("quantity", "quantity", "bigint"),
+    ("input_tokens", "input_tokens", "bigint"),
+    ("output_tokens", "output_tokens", "bigint"),
+    ("input_price", "input_price", "numeric"),
+    ("output_price", "output_price", "numeric"),
+    ("unit_price", "unit_price", "numeric"),
+    ("cost", "cost", "numeric"),
+    ("test", "test", "boolean"),
+    ("idempotency_key", "idem", "text"),
+    ("request_hash", "hash", "text"),
+    ("metadata", "metadata", "jsonb"),
+    ("transfer_id", "transfer", "bigint"),
+    ("balance_after", "balance_after", "numeric"),
+    ("hold_id", "hold", "bigint"),
+    ("created_at", "now", "timestamptz"),
+)
+BATCH_COMMON = frozenset({"org", "key", "user", "test", "now", "hold"})  # the same for every event of a batch
+IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org_mode"
+_ON_KEY_CONFLICT = "ON CONFLICT (organization_id, test, idempotency_key) DO NOTHING"
+_COLUMN_LIST = ", ".join(column for column, _, _ in RECORD_COLUMNS)
+
+
+def _values(**expressions: str) -> str:
+    """The record's values as parameters, or the given SQL expression for a parameter."""
+    return ", ".join(expressions.get(param, f"%(usage_{param})s") for _, param, _ in RECORD_COLUMNS)
+
+
+def _rollup_upsert(source: str) -> str:
+    """Add rows (organization, service, day, test, events, quantity, input tokens, output tokens, cost)
+    from `source` to the daily rollups."""
+    return f"""INSERT INTO metering_usagerollup AS r
+           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
+    {source}
+    ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
+       SET events = r.events + EXCLUDED.events, quantity = r.quantity + EXCLUDED.quantity,
+           input_tokens = r.input_tokens + EXCLUDED.input_tokens,
+           output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost"""
+
+
+def _spend_update(amount: str, condition: str = "") -> str:
+    """Raise the API key's lifetime spend (its row lock comes after the wallet's); answers the new
+    spend and the cap, for `spend_cap_check`."""
+    return f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition} RETURNING spent, spend_cap"
+
+
+# The record's daily rollup and the key's spend, after a CTE `rec` that inserted the record.
+_ROLLUP_AND_SPEND = f"""roll AS (
+    {
+    _rollup_upsert(
+        "SELECT %(usage_org)s, %(usage_service)s, %(usage_day)s, %(usage_test)s, 1, %(usage_quantity)s,"
+        " %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s FROM rec"
+    )
+}
+), spend AS (
+    {_spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")}
+)"""
+
+# In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the record
+# unless its idempotency key exists in this mode, its rollup and the key's spend.
+INSERT_USAGE_SQL = f"""
+WITH rec AS (
+    INSERT INTO metering_usagerecord ({_COLUMN_LIST}) VALUES ({_values()})
+    {_ON_KEY_CONFLICT}
+    RETURNING id
+), {_ROLLUP_AND_SPEND}
+SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
+"""
+
+# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement.
+# A reused idempotency key violates the unique index and rolls the money back with it.
+DEBIT_SQL = ledger.post_statement(f"""rec AS (
+    INSERT INTO metering_usagerecord ({_COLUMN_LIST})
+    SELECT {_values(transfer="t.id", balance_after="w.balance", hold="NULL")} FROM t, w
+    RETURNING id
+), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
+
+_BATCH_COLUMNS = tuple((column, param, kind) for column, param, kind in RECORD_COLUMNS if param not in BATCH_COMMON)
+_BATCH_ARRAYS = ", ".join(f"%(usage_{param})s::{'text' if kind == 'jsonb' else kind}[]" for _, param, kind in _BATCH_COLUMNS)
+_BATCH_ALIASES = ", ".join(param for _, param, _ in _BATCH_COLUMNS)
+INSERT_USAGE_BATCH_SQL = f"""
+INSERT INTO metering_usagerecord ({_COLUMN_LIST})
+SELECT {_values(**{param: f"u.{param}" + ("::jsonb" if kind == "jsonb" else "") for _, param, kind in _BATCH_COLUMNS})}
+  FROM unnest({_BATCH_ARRAYS}) AS u({_BATCH_ALIASES})
+{_ON_KEY_CONFLICT}
+RETURNING id, idempotency_key
+"""
+ROLLUP_BATCH_SQL = _rollup_upsert(
+    "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost"
+    "  FROM unnest(%(usage_rollup_service)s::bigint[], %(usage_rollup_events)s::bigint[], %(usage_rollup_quantity)s::numeric[],"
+    " %(usage_rollup_input_tokens)s::numeric[], %(usage_rollup_output_tokens)s::numeric[], %(usage_rollup_cost)s::numeric[])"
+    " AS u(service, events, quantity, input_tokens, output_tokens, cost)"
+)
+SPEND_BATCH_SQL = _spend_update("%(usage_total)s")
+
+
+class AlreadyRecorded(Exception):
+    """The idempotency key exists: roll back whatever this attempt moved, then replay."""
+
+
+def record_params(priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None = None,
+                  hold_id: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The `usage_*` parameters of one record (and its rollup and spend)."""
+    quantities = priced.quantities
+    return {
+        "usage_org": tenant.organization.pk,
+        "usage_service": priced.service_id,
+        "usage_key": tenant.api_key.pk if tenant.api_key else None,
+        "usage_user": tenant.user.pk if tenant.user else None,
+        "usage_quantity": quantities.quantity,
+        "usage_input_tokens": quantities.input_tokens,
+        "usage_output_tokens": quantities.output_tokens,
+        "usage_input_tokens_sum": quantities.input_tokens or 0,
+        "usage_output_tokens_sum": quantities.output_tokens or 0,
+        "usage_input_price": priced.prices.get("input_price"),
+        "usage_output_price": priced.prices.get("output_price"),
+        "usage_unit_price": priced.prices.get("unit_price"),
+        "usage_cost": priced.cost,
+        "usage_test": tenant.is_test,
+        "usage_idem": priced.event.idempotency_key,
+        "usage_hash": priced.request_hash,
+        "usage_metadata": json.dumps(priced.event.metadata),
+        "usage_transfer": posting.transfer_id if posting else None,
+        "usage_balance_after": posting.balance_after if posting else None,
+        "usage_hold": hold_id,
+        "usage_now": now,
+        "usage_day": now.date(),
+    }
+
+
+def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, posting: ledger.Posting | None) -> UsageRecord:
+    """The record as written, built from what we sent rather than read back."""
+    quantities = priced.quantities
+    return UsageRecord(
+        pk=record_id,
+        organization_id=params["usage_org"],
+        service_id=priced.service_id,
+        api_key_id=params["usage_key"],
+        user_id=params["usage_user"],
+        quantity=quantities.quantity,
+        input_tokens=quantities.input_tokens,
+        output_tokens=quantities.output_tokens,
+        input_price=params["usage_input_price"],
+        output_price=params["usage_output_price"],
+        unit_price=params["usage_unit_price"],
+        cost=priced.cost,
+        test=params["usage_test"],
+        idempotency_key=priced.event.idempotency_key,
+        request_hash=priced.request_hash,
+        metadata=priced.event.metadata,
+        transfer_id=posting.transfer_id if posting else None,
+        balance_after=posting.balance_after if posting else None,
+        hold_id=params["usage_hold"],
+        created_at=params["usage_now"],
+    )
+
+
+def usage_insert(priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None,
+                 hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+    """Write the record after its posting, inside the caller's transaction. AlreadyRecorded when the
+    key exists (in this mode); SpendCapExceeded when the key's cap is passed (the caller rolls back)."""
+    params = record_params(priced, tenant=tenant, now=now, posting=posting, hold_id=hold_id)
+    with connection.cursor() as cursor:
+        cursor.execute(INSERT_USAGE_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        raise AlreadyRecorded()
+    record_id, spent, spend_cap = row
+    if spent is not None:
+        spend_cap_check(spent=spent, spend_cap=spend_cap)
+    return _record(priced, params, record_id=record_id, posting=posting)
+
+
+def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: datetime) -> UsageRecord:
+    """The hot path: one round trip that debits, records, rolls up and commits. For keys without a
+    spend cap only (the cap is checked after the spend update, which needs a transaction)."""
+    params = record_params(priced, tenant=tenant, now=now)
+    try:
+        posting, (record_id,) = ledger.usage_charge_in_one_statement(
+            statement=DEBIT_SQL, organization_id=params["usage_org"], cost=priced.cost,
+            reference=f"usage:{priced.event.idempotency_key}", params=params, now=now,
+        )  # fmt: skip
+    except IntegrityError as error:
+        if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
+            raise AlreadyRecorded() from error
+        raise
+    return _record(priced, params, record_id=record_id, posting=posting)
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """A usage record a batch wrote, as rendered: built from what was sent, not read back, and much
+    lighter than a model instance (a batch renders a thousand)."""
+
+    pk: int
+    service: Service
+    quantity: int
+    input_tokens: int | None
+    output_tokens: int | None
+    input_price: Decimal | None
+    output_price: Decimal | None
+    unit_price: Decimal | None
+    cost: Decimal
+    balance_after: Decimal | None
+    test: bool
+    idempotency_key: str
+    request_hash: str
+    metadata: dict
+    created_at: datetime
+
+
+def usage_insert_batch(
+    accepted: list[tuple[PricedEvent, ledger.Posting | None]], *, tenant: Tenant, now: datetime
+) -> dict[str, int]:
+    """Insert the accepted records, their rollups and the key's spend in three statements, inside the
+    caller's transaction; answer idempotency key → id. IdempotencyConflict when another request wrote
+    one of these keys meanwhile; SpendCapExceeded when the total passes the key's cap."""
+    if not accepted:
+        return {}
+    rows = [record_params(priced, tenant=tenant, now=now, posting=posting) for priced, posting in accepted]
+    params: dict[str, Any] = {name: rows[0][name] for name in ("usage_org", "usage_key", "usage_user", "usage_test", "usage_now",
+                                                              "usage_hold", "usage_day")}  # fmt: skip
+    for _, param, _ in _BATCH_COLUMNS:
+        params[f"usage_{param}"] = [row[f"usage_{param}"] for row in rows]
+    rollup: dict[int, list] = {}
+    for row in rows:
+        totals = rollup.setdefault(row["usage_service"], [0, 0, 0, 0, ZERO])
+        totals[0] += 1
+        totals[1] += row["usage_quantity"]
+        totals[2] += row["usage_input_tokens_sum"]
+        totals[3] += row["usage_output_tokens_sum"]
+        totals[4] += row["usage_cost"]
+    for index, name in enumerate(("service", "events", "quantity", "input_tokens", "output_tokens", "cost")):
+        params[f"usage_rollup_{name}"] = list(rollup) if name == "service" else [totals[index - 1] for totals in rollup.values()]
+    params["usage_total"] = sum((totals[4] for totals in rollup.values()), ZERO)
+    with connection.cursor() as cursor:
+        cursor.execute(INSERT_USAGE_BATCH_SQL, params)
+        ids = {key: record_id for record_id, key in cursor.fetchall()}
+        if len(ids) != len(accepted):
+            # Another request wrote one of these keys after our pre-check: the unique index saw it.
+            raise IdempotencyConflict(
+                "An idempotency key in this batch was used concurrently by another request; retry the batch."
+            )
+        cursor.execute(ROLLUP_BATCH_SQL, params)
+        if tenant.api_key is not None and not tenant.is_test and params["usage_total"]:
+            cursor.execute(SPEND_BATCH_SQL, params)
+            spent, spend_cap = cursor.fetchone()
+            spend_cap_check(spent=spent, spend_cap=spend_cap)
+    return ids
