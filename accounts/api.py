@@ -3,6 +3,7 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,6 +12,7 @@ from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairVi
 from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyMode, User
 from accounts.tenancy import IsOrganizationManager, TenantMixin
+from billing_site import throttle
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.throttling import AnonymousRateThrottle
 from billing_site.errors import InvalidRequest, NotFound
@@ -155,7 +157,26 @@ class ApiKeyRevokeApi(TenantMixin, APIView):
 
 
 class TokenObtainApi(TokenObtainPairView):
+    """simplejwt's pair, behind the sign-in lockout the dashboard and the back office share: a locked
+    out (account, address) gets 429 without its password being checked."""
+
     throttle_classes = [AnonymousRateThrottle]
+
+    def post(self, request, *args, **kwargs):
+        email = request.data.get(User.USERNAME_FIELD) if isinstance(request.data, dict) else None
+        if not isinstance(email, str) or not email.strip():
+            return super().post(request, *args, **kwargs)  # the serializer refuses it
+        ip = throttle.client_ip(request)
+        wait = throttle.signin_retry_after(email=email, ip=ip)
+        if wait:
+            raise Throttled(wait=wait, detail="Too many failed sign-in attempts for this account from your address.")
+        try:
+            response = super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            throttle.signin_failed(email=email, ip=ip)
+            raise
+        throttle.signin_succeeded(email=email, ip=ip)
+        return response
 
 
 class TokenRefreshApi(TokenRefreshView):

@@ -173,6 +173,13 @@ THROTTLE_KEY_PER_MINUTE = env.int("THROTTLE_KEY_PER_MINUTE", default=60_000)
 THROTTLE_USER_PER_MINUTE = env.int("THROTTLE_USER_PER_MINUTE", default=6_000)
 THROTTLE_BATCH_EVENTS_PER_MINUTE = env.int("THROTTLE_BATCH_EVENTS_PER_MINUTE", default=1_200_000)
 THROTTLE_ANONYMOUS_PER_MINUTE = env.int("THROTTLE_ANONYMOUS_PER_MINUTE", default=120)
+# Every limit keys on the client's address (billing_site.throttle.client_ip): with N reverse proxies in
+# front, the N-th address from the right of X-Forwarded-For; with 0, the connection's own address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# Sign-in lockout (the API token, the dashboard and the admin): this many failures for one account from
+# one address lock that pair out for this long after the last one.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=15 * 60)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
