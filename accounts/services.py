@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
@@ -65,6 +66,15 @@ def user_register(*, email: str, password: str, organization_name: str) -> tuple
             raise InvalidRequest("An account with this email already exists.", details={"email": ["already registered"]}) from exc
         organization = organization_create(name=organization_name, owner=user)
     return user, organization
+
+
+def user_refresh_tokens_revoke(*, user: User) -> None:
+    """Blacklist every unexpired refresh token of `user`, rotated ones too (simplejwt records each
+    one it issues), so none mints another access token. Runs whenever a password changes
+    (accounts.signals.user_password_changed). Dashboard sessions need nothing: Django checks each
+    against a hash of the password, and update_session_auth_hash keeps the one that changed it."""
+    open_tokens = OutstandingToken.objects.filter(user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True)
+    BlacklistedToken.objects.bulk_create([BlacklistedToken(token=token) for token in open_tokens], ignore_conflicts=True)
 
 
 @dataclass(frozen=True)
