@@ -272,7 +272,10 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEVELOPMENT else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "billing_site.observability.ContextFilter"}},
+    "filters": {
+        "context": {"()": "billing_site.observability.ContextFilter"},
+        "redact": {"()": "billing_site.observability.RedactSecretsFilter"},
+    },
     "formatters": {
         "json": {"()": "billing_site.observability.JsonFormatter"},
         "plain": {"()": "billing_site.observability.PlainFormatter", "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
@@ -283,7 +286,10 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
         # The access line is ours (with request id and tenant); Django's own would repeat it.
-        "django.server": {"level": "WARNING"},
+        "django.server": {"level": "WARNING", "filters": ["redact"]},
+        # Django's warnings for 4xx/5xx answers and refused CSRF checks name the path.
+        "django.request": {"filters": ["redact"]},
+        "django.security.csrf": {"filters": ["redact"]},
         "tollgate.access": {"level": env.str("ACCESS_LOG_LEVEL", default="INFO")},
     },
 }
