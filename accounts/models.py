@@ -5,6 +5,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.signals import user_password_changed
+from billing_site.validators import plain_text_validate
 
 
 class UserManager(BaseUserManager):
@@ -74,7 +75,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 class Organization(models.Model):
     """The tenant: owns a wallet, API keys, usage and payments."""
 
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[plain_text_validate])
     slug = models.SlugField(max_length=60, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Override of the per-key/user rate limit.")

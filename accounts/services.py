@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -16,6 +17,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
+from billing_site import throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
 API_KEY_PREFIXES = {ApiKeyMode.LIVE: "tg_live_", ApiKeyMode.TEST: "tg_test_"}
@@ -35,8 +37,21 @@ def _unique_slug(name: str) -> str:
     return slug
 
 
+def _organization_name_clean(name: str) -> str:
+    """The name as the model field cleans it (length, no control characters), or InvalidRequest on
+    `organization`, the field's name in the API and the dashboard forms."""
+    try:
+        return Organization._meta.get_field("name").clean(name, None)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The organization name is not valid: " + " ".join(exc.messages), details={"organization": exc.messages}
+        ) from exc
+
+
 def organization_create(*, name: str, owner: User) -> Organization:
-    """Create an organization with `owner` as its owner; its wallet opens in the same transaction."""
+    """Create an organization with `owner` as its owner; its wallet opens in the same transaction.
+    InvalidRequest (on `organization`) for a name the model refuses."""
+    name = _organization_name_clean(name)
     for attempt in range(5):
         try:
             with transaction.atomic():
@@ -58,6 +73,7 @@ def user_register(*, email: str, password: str, organization_name: str) -> tuple
     email = User.objects.normalize_email(email).lower()
     candidate = User(email=email)
     validate_password(password, user=candidate)
+    organization_name = _organization_name_clean(organization_name)
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -128,11 +144,16 @@ def api_key_touch(*, api_key: ApiKey) -> None:
 # locks it, so two owners demoting or removing each other at once cannot leave it with none.
 
 INVITATION_TTL = timedelta(days=7)
+INVITATIONS_PER_HOUR = 20  # per organization, and per inviting person across organizations
 
 
 class InvitationInvalid(DomainError):
     code = ErrorCode.INVALID_REQUEST
     message = "This invitation link is invalid, was revoked or has expired."
+
+
+class InvitationsThrottled(DomainError):
+    code = ErrorCode.THROTTLED
 
 
 class LastOwner(DomainError):
@@ -175,6 +196,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     email = User.objects.normalize_email(email).lower()
     if Membership.objects.filter(organization=organization, user__email=email).exists():
         raise InvalidRequest(f"{email} is already a member.", details={"email": ["Already a member."]})
+    _invitation_rate_check(organization=organization, invited_by=invited_by)
     token = secrets.token_urlsafe(32)
     now = timezone.now()
     invitation = Invitation(organization=organization, email=email, role=role, digest=invitation_digest(token),
@@ -188,6 +210,15 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     except IntegrityError as exc:  # a concurrent invitation to the same address won
         raise InvalidRequest(f"An invitation to {email} was just sent.", details={"email": ["Just invited."]}) from exc
     return CreatedInvitation(invitation=invitation, token=token)
+
+
+def _invitation_rate_check(*, organization: Organization, invited_by: User) -> None:
+    """Count this invitation against its organization's hourly budget and its sender's (each one is
+    an email we send for them); InvitationsThrottled once either is spent."""
+    for scope, subject, sender in (("invitations-organization", organization.pk, "This organization"),
+                                   ("invitations-person", invited_by.pk, "You")):  # fmt: skip
+        if throttle.rate_exceeded(scope, str(subject), limit=INVITATIONS_PER_HOUR, window=3600):
+            raise InvitationsThrottled(f"{sender} sent {INVITATIONS_PER_HOUR} invitations in the last hour: try again later.")
 
 
 def invitation_revoke(*, invitation: Invitation, actor: User) -> Invitation:

@@ -16,10 +16,16 @@ from django.utils import timezone
 
 from accounts.models import ApiKeyMode, Role
 from billing_site import throttle
+from billing_site.errors import DomainError
 from payments.providers.base import currency_exponent
 
 SIGNUPS_PER_IP_PER_HOUR = 20
 RESETS_PER_IP_PER_HOUR = 10
+
+
+def service_error_add(form: forms.Form, error: DomainError) -> None:
+    """Show a service's refusal next to the field its details name, or above the form."""
+    form.add_error(next((name for name in error.details if name in form.fields), None), error.message)
 
 
 class ThrottledLoginMixin:

@@ -61,7 +61,7 @@ def signup(request):
         except ValidationError as error:  # the password validators
             form.add_error("password", error)
         except DomainError as error:
-            form.add_error("email" if "email" in error.details else None, error.message)
+            forms.service_error_add(form, error)
         else:
             login(request, user, backend=AUTH_BACKEND)
             request.session[SESSION_KEY] = organization.slug
