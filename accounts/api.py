@@ -48,26 +48,32 @@ class RegisterApi(APIView):
             ref_name = "RegisterInput"
 
     class Output(serializers.Serializer):
-        id = serializers.IntegerField()
         email = serializers.EmailField()
-        organization = serializers.DictField()
+        organization = serializers.DictField(help_text="`{name}`, as sent.")
 
         class Meta:
             ref_name = "RegisterOutput"
 
-    @extend_schema(request=Input, responses={201: Output}, auth=[])
+    @extend_schema(
+        request=Input,
+        responses={201: Output},
+        auth=[],
+        description="Answers 201 with what was sent, also for an address that already has an account (which is "
+        "emailed instead and gets nothing new), so the answer tells no one which addresses are registered. "
+        "Sign in with auth/token/; GET me/ names the organization.",
+    )
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            user, organization = services.user_register(
+            registration = services.user_register(
                 email=data.validated_data["email"],
                 password=data.validated_data["password"],
                 organization_name=data.validated_data["organization"],
             )
         except DjangoValidationError as exc:
             raise InvalidRequest("The password is too weak.", details={"password": exc.messages}) from exc
-        body = {"id": user.pk, "email": user.email, "organization": {"slug": organization.slug, "name": organization.name}}
+        body = {"email": registration.email, "organization": {"name": data.validated_data["organization"]}}
         return Response(body, status=status.HTTP_201_CREATED)
 
 

@@ -1,6 +1,7 @@
 """Writes for users, organizations, memberships and API keys."""
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,8 +10,10 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
@@ -20,6 +23,7 @@ from accounts.signals import organization_created
 from billing_site import throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
+logger = logging.getLogger(__name__)
 API_KEY_PREFIXES = {ApiKeyMode.LIVE: "tg_live_", ApiKeyMode.TEST: "tg_test_"}
 API_KEY_READABLE_CHARS = 6  # of the random part, kept readable next to the mode prefix
 
@@ -68,8 +72,17 @@ def organization_create(*, name: str, owner: User) -> Organization:
     raise AssertionError("unreachable")
 
 
-def user_register(*, email: str, password: str, organization_name: str) -> tuple[User, Organization]:
-    """Sign-up: a user, their organization (they own it) and its empty wallet, or nothing at all."""
+@dataclass(frozen=True)
+class Registration:
+    email: str  # as stored: what a face may echo back
+    user: User | None  # None: the address already had an account, whose owner was emailed instead
+
+
+def user_register(*, email: str, password: str, organization_name: str) -> Registration:
+    """Sign-up: a user, their organization (they own it) and its empty wallet, or nothing at all.
+    An address that already has an account creates nothing and gets an email instead (at most one an
+    hour), so that the faces can answer both cases alike and tell no one which addresses are
+    registered; both run the password hasher once. Invalid input is refused first, either way."""
     email = User.objects.normalize_email(email).lower()
     candidate = User(email=email)
     validate_password(password, user=candidate)
@@ -78,10 +91,46 @@ def user_register(*, email: str, password: str, organization_name: str) -> tuple
         try:
             with transaction.atomic():
                 user = User.objects.create_user(email=email, password=password)
-        except IntegrityError as exc:
-            raise InvalidRequest("An account with this email already exists.", details={"email": ["already registered"]}) from exc
-        organization = organization_create(name=organization_name, owner=user)
-    return user, organization
+        except IntegrityError:
+            _signup_attempt_notice(email=email)
+            return Registration(email=email, user=None)
+        organization_create(name=organization_name, owner=user)
+    return Registration(email=email, user=user)
+
+
+SIGNUP_NOTICE_INTERVAL = timedelta(hours=1)
+
+
+def _signup_attempt_notice(*, email: str) -> None:
+    """Queue the 'someone tried to sign up with your address' email, once the transaction commits."""
+    if throttle.rate_exceeded("signup-notice", email, limit=1, window=int(SIGNUP_NOTICE_INTERVAL.total_seconds())):
+        return  # an inbox is not a target: one notice per interval however often the address is tried
+    user_id = User.objects.filter(email=email).values_list("pk", flat=True).first()
+
+    def enqueue() -> None:
+        from accounts import tasks
+
+        try:
+            tasks.user_signup_attempt_notify.delay(user_id)
+        except Exception:  # a broker outage must not make this answer differ from a real sign-up's
+            logger.exception("could not queue the sign-up attempt notice of user %s", user_id)
+
+    if user_id is not None:
+        transaction.on_commit(enqueue)
+
+
+def user_signup_attempt_notify(*, user_id: int) -> None:
+    """Tell the owner of an address that someone tried to sign up with it, and how to get back in."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return
+    context = {"user": user, "site_url": settings.SITE_URL.rstrip("/")}
+    send_mail(
+        subject=render_to_string("registration/signup_attempt_subject.txt", context).strip(),
+        message=render_to_string("registration/signup_attempt_email.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[user.email],
+    )
 
 
 def user_refresh_tokens_revoke(*, user: User) -> None:
