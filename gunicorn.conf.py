@@ -33,6 +33,7 @@ control_socket_disable = True
 # Our own access line (billing_site.observability) carries the request id and tenant; gunicorn's is
 # opt-in so lines are not doubled.
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG") else None
+logger_class = "billing_site.gunicorn_logging.RedactingLogger"  # reset and invitation links carry secrets
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # client, request line, status, bytes, duration in ms, referrer, user agent

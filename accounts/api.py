@@ -3,6 +3,7 @@
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,6 +12,7 @@ from rest_framework_simplejwt.views import TokenBlacklistView, TokenObtainPairVi
 from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyMode, User
 from accounts.tenancy import IsOrganizationManager, TenantMixin
+from billing_site import throttle
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.throttling import AnonymousRateThrottle
 from billing_site.errors import InvalidRequest, NotFound
@@ -46,26 +48,32 @@ class RegisterApi(APIView):
             ref_name = "RegisterInput"
 
     class Output(serializers.Serializer):
-        id = serializers.IntegerField()
         email = serializers.EmailField()
-        organization = serializers.DictField()
+        organization = serializers.DictField(help_text="`{name}`, as sent.")
 
         class Meta:
             ref_name = "RegisterOutput"
 
-    @extend_schema(request=Input, responses={201: Output}, auth=[])
+    @extend_schema(
+        request=Input,
+        responses={201: Output},
+        auth=[],
+        description="Answers 201 with what was sent, also for an address that already has an account (which is "
+        "emailed instead and gets nothing new), so the answer tells no one which addresses are registered. "
+        "Sign in with auth/token/; GET me/ names the organization.",
+    )
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            user, organization = services.user_register(
+            registration = services.user_register(
                 email=data.validated_data["email"],
                 password=data.validated_data["password"],
                 organization_name=data.validated_data["organization"],
             )
         except DjangoValidationError as exc:
             raise InvalidRequest("The password is too weak.", details={"password": exc.messages}) from exc
-        body = {"id": user.pk, "email": user.email, "organization": {"slug": organization.slug, "name": organization.name}}
+        body = {"email": registration.email, "organization": {"name": data.validated_data["organization"]}}
         return Response(body, status=status.HTTP_201_CREATED)
 
 
@@ -155,7 +163,26 @@ class ApiKeyRevokeApi(TenantMixin, APIView):
 
 
 class TokenObtainApi(TokenObtainPairView):
+    """simplejwt's pair, behind the sign-in lockout the dashboard and the back office share: a locked
+    out (account, address) gets 429 without its password being checked."""
+
     throttle_classes = [AnonymousRateThrottle]
+
+    def post(self, request, *args, **kwargs):
+        email = request.data.get(User.USERNAME_FIELD) if isinstance(request.data, dict) else None
+        if not isinstance(email, str) or not email.strip():
+            return super().post(request, *args, **kwargs)  # the serializer refuses it
+        ip = throttle.client_ip(request)
+        wait = throttle.signin_retry_after(email=email, ip=ip)
+        if wait:
+            raise Throttled(wait=wait, detail="Too many failed sign-in attempts for this account from your address.")
+        try:
+            response = super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            throttle.signin_failed(email=email, ip=ip)
+            raise
+        throttle.signin_succeeded(email=email, ip=ip)
+        return response
 
 
 class TokenRefreshApi(TokenRefreshView):

@@ -7,3 +7,10 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts import schema  # noqa: F401 - registers the OpenAPI auth extensions
+        from accounts.services import user_refresh_tokens_revoke
+        from accounts.signals import user_password_changed
+
+        def revoke(sender, user, **kwargs) -> None:
+            user_refresh_tokens_revoke(user=user)
+
+        user_password_changed.connect(revoke, weak=False, dispatch_uid="accounts.password_changed_revokes_tokens")

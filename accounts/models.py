@@ -1,8 +1,11 @@
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
+
+from accounts.signals import user_password_changed
+from billing_site.validators import plain_text_validate
 
 
 class UserManager(BaseUserManager):
@@ -53,11 +56,26 @@ class User(AbstractBaseUser, PermissionsMixin):
         # Forms (the admin's too) save without the manager: store the email as the manager does.
         self.email = User.objects.normalize_email(self.email).lower()
 
+    def set_unusable_password(self):
+        super().set_unusable_password()
+        self._password_made_unusable = True
+
+    def save(self, *args, **kwargs):
+        # set_password() keeps the new raw password in `_password` until the save (Django's own
+        # password_changed hook reads it there); a sign-in that re-hashes the same password clears it first.
+        made_unusable = self.__dict__.pop("_password_made_unusable", False)
+        replaced = self._password is not None or made_unusable
+        if not replaced or self._state.adding:
+            return super().save(*args, **kwargs)
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            user_password_changed.send(sender=User, user=self)
+
 
 class Organization(models.Model):
     """The tenant: owns a wallet, API keys, usage and payments."""
 
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[plain_text_validate])
     slug = models.SlugField(max_length=60, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Override of the per-key/user rate limit.")

@@ -1,6 +1,7 @@
 """Writes for users, organizations, memberships and API keys."""
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -8,15 +9,21 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
+from billing_site import throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
+logger = logging.getLogger(__name__)
 API_KEY_PREFIXES = {ApiKeyMode.LIVE: "tg_live_", ApiKeyMode.TEST: "tg_test_"}
 API_KEY_READABLE_CHARS = 6  # of the random part, kept readable next to the mode prefix
 
@@ -34,8 +41,21 @@ def _unique_slug(name: str) -> str:
     return slug
 
 
+def _organization_name_clean(name: str) -> str:
+    """The name as the model field cleans it (length, no control characters), or InvalidRequest on
+    `organization`, the field's name in the API and the dashboard forms."""
+    try:
+        return Organization._meta.get_field("name").clean(name, None)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The organization name is not valid: " + " ".join(exc.messages), details={"organization": exc.messages}
+        ) from exc
+
+
 def organization_create(*, name: str, owner: User) -> Organization:
-    """Create an organization with `owner` as its owner; its wallet opens in the same transaction."""
+    """Create an organization with `owner` as its owner; its wallet opens in the same transaction.
+    InvalidRequest (on `organization`) for a name the model refuses."""
+    name = _organization_name_clean(name)
     for attempt in range(5):
         try:
             with transaction.atomic():
@@ -52,19 +72,74 @@ def organization_create(*, name: str, owner: User) -> Organization:
     raise AssertionError("unreachable")
 
 
-def user_register(*, email: str, password: str, organization_name: str) -> tuple[User, Organization]:
-    """Sign-up: a user, their organization (they own it) and its empty wallet, or nothing at all."""
+@dataclass(frozen=True)
+class Registration:
+    email: str  # as stored: what a face may echo back
+    user: User | None  # None: the address already had an account, whose owner was emailed instead
+
+
+def user_register(*, email: str, password: str, organization_name: str) -> Registration:
+    """Sign-up: a user, their organization (they own it) and its empty wallet, or nothing at all.
+    An address that already has an account creates nothing and gets an email instead (at most one an
+    hour), so that the faces can answer both cases alike and tell no one which addresses are
+    registered; both run the password hasher once. Invalid input is refused first, either way."""
     email = User.objects.normalize_email(email).lower()
     candidate = User(email=email)
     validate_password(password, user=candidate)
+    organization_name = _organization_name_clean(organization_name)
     with transaction.atomic():
         try:
             with transaction.atomic():
                 user = User.objects.create_user(email=email, password=password)
-        except IntegrityError as exc:
-            raise InvalidRequest("An account with this email already exists.", details={"email": ["already registered"]}) from exc
-        organization = organization_create(name=organization_name, owner=user)
-    return user, organization
+        except IntegrityError:
+            _signup_attempt_notice(email=email)
+            return Registration(email=email, user=None)
+        organization_create(name=organization_name, owner=user)
+    return Registration(email=email, user=user)
+
+
+SIGNUP_NOTICE_INTERVAL = timedelta(hours=1)
+
+
+def _signup_attempt_notice(*, email: str) -> None:
+    """Queue the 'someone tried to sign up with your address' email, once the transaction commits."""
+    if throttle.rate_exceeded("signup-notice", email, limit=1, window=int(SIGNUP_NOTICE_INTERVAL.total_seconds())):
+        return  # an inbox is not a target: one notice per interval however often the address is tried
+    user_id = User.objects.filter(email=email).values_list("pk", flat=True).first()
+
+    def enqueue() -> None:
+        from accounts import tasks
+
+        try:
+            tasks.user_signup_attempt_notify.delay(user_id)
+        except Exception:  # a broker outage must not make this answer differ from a real sign-up's
+            logger.exception("could not queue the sign-up attempt notice of user %s", user_id)
+
+    if user_id is not None:
+        transaction.on_commit(enqueue)
+
+
+def user_signup_attempt_notify(*, user_id: int) -> None:
+    """Tell the owner of an address that someone tried to sign up with it, and how to get back in."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return
+    context = {"user": user, "site_url": settings.SITE_URL.rstrip("/")}
+    send_mail(
+        subject=render_to_string("registration/signup_attempt_subject.txt", context).strip(),
+        message=render_to_string("registration/signup_attempt_email.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[user.email],
+    )
+
+
+def user_refresh_tokens_revoke(*, user: User) -> None:
+    """Blacklist every unexpired refresh token of `user`, rotated ones too (simplejwt records each
+    one it issues), so none mints another access token. Runs whenever a password changes
+    (accounts.signals.user_password_changed). Dashboard sessions need nothing: Django checks each
+    against a hash of the password, and update_session_auth_hash keeps the one that changed it."""
+    open_tokens = OutstandingToken.objects.filter(user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True)
+    BlacklistedToken.objects.bulk_create([BlacklistedToken(token=token) for token in open_tokens], ignore_conflicts=True)
 
 
 @dataclass(frozen=True)
@@ -118,11 +193,16 @@ def api_key_touch(*, api_key: ApiKey) -> None:
 # locks it, so two owners demoting or removing each other at once cannot leave it with none.
 
 INVITATION_TTL = timedelta(days=7)
+INVITATIONS_PER_HOUR = 20  # per organization, and per inviting person across organizations
 
 
 class InvitationInvalid(DomainError):
     code = ErrorCode.INVALID_REQUEST
     message = "This invitation link is invalid, was revoked or has expired."
+
+
+class InvitationsThrottled(DomainError):
+    code = ErrorCode.THROTTLED
 
 
 class LastOwner(DomainError):
@@ -165,6 +245,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     email = User.objects.normalize_email(email).lower()
     if Membership.objects.filter(organization=organization, user__email=email).exists():
         raise InvalidRequest(f"{email} is already a member.", details={"email": ["Already a member."]})
+    _invitation_rate_check(organization=organization, invited_by=invited_by)
     token = secrets.token_urlsafe(32)
     now = timezone.now()
     invitation = Invitation(organization=organization, email=email, role=role, digest=invitation_digest(token),
@@ -178,6 +259,15 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     except IntegrityError as exc:  # a concurrent invitation to the same address won
         raise InvalidRequest(f"An invitation to {email} was just sent.", details={"email": ["Just invited."]}) from exc
     return CreatedInvitation(invitation=invitation, token=token)
+
+
+def _invitation_rate_check(*, organization: Organization, invited_by: User) -> None:
+    """Count this invitation against its organization's hourly budget and its sender's (each one is
+    an email we send for them); InvitationsThrottled once either is spent."""
+    for scope, subject, sender in (("invitations-organization", organization.pk, "This organization"),
+                                   ("invitations-person", invited_by.pk, "You")):  # fmt: skip
+        if throttle.rate_exceeded(scope, str(subject), limit=INVITATIONS_PER_HOUR, window=3600):
+            raise InvitationsThrottled(f"{sender} sent {INVITATIONS_PER_HOUR} invitations in the last hour: try again later.")
 
 
 def invitation_revoke(*, invitation: Invitation, actor: User) -> Invitation:

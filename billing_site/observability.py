@@ -1,5 +1,6 @@
 """Request ids, structured logs and their context, carried from a request into the Celery tasks it
-starts. Nothing here ever logs a secret: keys appear by their readable prefix only."""
+starts. Nothing here ever logs a secret: keys appear by their readable prefix only, and the tokens
+that travel in URL paths are redacted from every line."""
 
 from __future__ import annotations
 
@@ -19,6 +20,29 @@ principal_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("prin
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_logger = logging.getLogger("tollgate.access")
+
+# The URL paths that carry a credential: password-reset links (/reset/<uidb64>/<token>/, but not the
+# /reset/<uidb64>/set-password/ that Django redirects to), invitations (/invite/<token>/) and sandbox
+# checkouts (/sandbox/checkout/<token>/). tests/test_log_redaction.py finds every route with a token.
+_SECRET_IN_PATH = re.compile(r"(/(?:reset/[^/\s?#]+|invite|sandbox/checkout)/)(?!set-password/)[^/\s?#\"']+")
+REDACTED = "[redacted]"
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the secret segment of every reset, invitation and checkout path replaced by [redacted]."""
+    return _SECRET_IN_PATH.sub(rf"\1{REDACTED}", text)
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Redacts a record's message and arguments where it is made, so no handler sees the secret; for
+    the loggers of Django's own request warnings, which name the path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_secrets(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
 
 
 def bind_tenant(*, organization: str | None, principal: str | None) -> None:
@@ -41,13 +65,14 @@ class RequestIdMiddleware:
         try:
             response = self.get_response(request)
             response["X-Request-ID"] = request_id
+            path = redact_secrets(request.path)
             access_logger.info(
                 "%s %s %s",
                 request.method,
-                request.path,
+                path,
                 response.status_code,
                 extra={"status": response.status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                       "method": request.method, "path": request.path},
+                       "method": request.method, "path": path},
             )  # fmt: skip
             return response
         finally:
@@ -69,7 +94,8 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for production log pipelines."""
+    """One JSON object per line, for production log pipelines; the whole line passes redact_secrets,
+    since extras such as Django's `request` print the path too."""
 
     def format(self, record: logging.LogRecord) -> str:
         body = {
@@ -83,7 +109,7 @@ class JsonFormatter(logging.Formatter):
                 body[key] = value
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
+        return redact_secrets(json.dumps(body, default=str))
 
 
 class PlainFormatter(logging.Formatter):
@@ -92,7 +118,7 @@ class PlainFormatter(logging.Formatter):
         context = " ".join(
             f"{key}={getattr(record, key)}" for key in ("request_id", "organization", "principal") if getattr(record, key, None)
         )
-        return f"{line} [{context}]" if context else line
+        return redact_secrets(f"{line} [{context}]" if context else line)
 
 
 # --- Celery: the request id rides along in the task's headers ---------------------------------------

@@ -173,6 +173,13 @@ THROTTLE_KEY_PER_MINUTE = env.int("THROTTLE_KEY_PER_MINUTE", default=60_000)
 THROTTLE_USER_PER_MINUTE = env.int("THROTTLE_USER_PER_MINUTE", default=6_000)
 THROTTLE_BATCH_EVENTS_PER_MINUTE = env.int("THROTTLE_BATCH_EVENTS_PER_MINUTE", default=1_200_000)
 THROTTLE_ANONYMOUS_PER_MINUTE = env.int("THROTTLE_ANONYMOUS_PER_MINUTE", default=120)
+# Every limit keys on the client's address (billing_site.throttle.client_ip): with N reverse proxies in
+# front, the N-th address from the right of X-Forwarded-For; with 0, the connection's own address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# Sign-in lockout (the API token, the dashboard and the admin): this many failures for one account from
+# one address lock that pair out for this long after the last one.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=15 * 60)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=15)),
@@ -265,7 +272,10 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEVELOPMENT else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "billing_site.observability.ContextFilter"}},
+    "filters": {
+        "context": {"()": "billing_site.observability.ContextFilter"},
+        "redact": {"()": "billing_site.observability.RedactSecretsFilter"},
+    },
     "formatters": {
         "json": {"()": "billing_site.observability.JsonFormatter"},
         "plain": {"()": "billing_site.observability.PlainFormatter", "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
@@ -276,7 +286,10 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
         # The access line is ours (with request id and tenant); Django's own would repeat it.
-        "django.server": {"level": "WARNING"},
+        "django.server": {"level": "WARNING", "filters": ["redact"]},
+        # Django's warnings for 4xx/5xx answers and refused CSRF checks name the path.
+        "django.request": {"filters": ["redact"]},
+        "django.security.csrf": {"filters": ["redact"]},
         "tollgate.access": {"level": env.str("ACCESS_LOG_LEVEL", default="INFO")},
     },
 }

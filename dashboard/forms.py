@@ -15,32 +15,38 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import ApiKeyMode, Role
-from dashboard import throttle
+from billing_site import throttle
+from billing_site.errors import DomainError
 from payments.providers.base import currency_exponent
 
 SIGNUPS_PER_IP_PER_HOUR = 20
 RESETS_PER_IP_PER_HOUR = 10
 
 
+def service_error_add(form: forms.Form, error: DomainError) -> None:
+    """Show a service's refusal next to the field its details name, or above the form."""
+    form.add_error(next((name for name in error.details if name in form.fields), None), error.message)
+
+
 class ThrottledLoginMixin:
-    """Refuses a sign-in for a while after LOGIN_FAILURE_LIMIT wrong passwords for the same email
-    from the same address; a locked-out attempt does not even check the password."""
+    """The sign-in lockout of billing_site.throttle (the API token obeys the same one): a locked-out
+    attempt does not even check the password."""
 
     throttled_message = "Too many failed attempts. Try again in %(minutes)s minute(s), or reset your password."
 
     def clean(self):
         email = self.cleaned_data.get("username") or ""
         ip = throttle.client_ip(self.request) if self.request else ""
-        wait = throttle.login_retry_after(email, ip) if email else 0
+        wait = throttle.signin_retry_after(email=email, ip=ip) if email else 0
         if wait:
             raise ValidationError(self.throttled_message, code="throttled", params={"minutes": -(-wait // 60)})
         try:
             cleaned = super().clean()
         except ValidationError as error:
             if email and error.code == "invalid_login":
-                throttle.login_failed(email, ip)
+                throttle.signin_failed(email=email, ip=ip)
             raise
-        throttle.login_succeeded(email, ip)
+        throttle.signin_succeeded(email=email, ip=ip)
         return cleaned
 
 

@@ -14,6 +14,8 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework.throttling import BaseThrottle
 
+from billing_site.throttle import client_ip
+
 WINDOW_SECONDS = 60
 clock = time.time  # the tests pin it, so a window boundary never splits an assertion
 
@@ -90,8 +92,9 @@ class AnonymousRateThrottle(BaseThrottle):
     def allow_request(self, request, view) -> bool:
         if not settings.THROTTLE_ENABLED:
             return True
-        address = request.META.get("REMOTE_ADDR", "unknown")
-        allowed, self._wait = window_hit(scope="anonymous", ident=address, cost=1, limit=settings.THROTTLE_ANONYMOUS_PER_MINUTE)
+        allowed, self._wait = window_hit(
+            scope="anonymous", ident=client_ip(request), cost=1, limit=settings.THROTTLE_ANONYMOUS_PER_MINUTE
+        )
         return allowed
 
     def wait(self) -> float | None:

@@ -43,17 +43,25 @@ class LogoutView(auth_views.LogoutView):
     next_page = reverse_lazy("dashboard:login")
 
 
+SIGNED_UP_MESSAGE = (
+    "If this address is new, your account is ready: log in to continue. If it already had an account, we sent it an "
+    "email instead."
+)
+
+
 @sensitive_post_parameters("password")
 @never_cache
 @require_http_methods(["GET", "POST"])
 def signup(request):
-    """Create an account and its organization (the person owns it), then sign in."""
+    """Create an account and its organization (the person owns it), then ask to log in: an address
+    that already has an account gets the very same answer (and an email), so the page tells no one
+    which addresses are registered."""
     if request.user.is_authenticated:
         return redirect("dashboard:overview")
     form = forms.SignupForm(request.POST or None, request=request)
     if request.method == "POST" and form.is_valid():
         try:
-            user, organization = account_services.user_register(
+            account_services.user_register(
                 email=form.cleaned_data["email"],
                 password=form.cleaned_data["password"],
                 organization_name=form.cleaned_data["organization"],
@@ -61,12 +69,10 @@ def signup(request):
         except ValidationError as error:  # the password validators
             form.add_error("password", error)
         except DomainError as error:
-            form.add_error("email" if "email" in error.details else None, error.message)
+            forms.service_error_add(form, error)
         else:
-            login(request, user, backend=AUTH_BACKEND)
-            request.session[SESSION_KEY] = organization.slug
-            messages.success(request, f"Welcome to Tollgate! {organization.name} is ready.")
-            return redirect("dashboard:overview")
+            messages.success(request, SIGNED_UP_MESSAGE)
+            return redirect("dashboard:login")
     return secure_headers(render(request, "registration/signup.html", {"form": form}))
 
 

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts import services as account_services
 from billing_site.csv_stream import csv_stream_response
+from billing_site.errors import DomainError
 from billing_site.money import ZERO, money_str
 from dashboard import charts, forms, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
@@ -120,7 +121,11 @@ def welcome(request):
         return redirect("dashboard:overview")
     form = forms.OrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        organization = account_services.organization_create(name=form.cleaned_data["organization"], owner=request.user)
-        request.session[SESSION_KEY] = organization.slug
-        return redirect("dashboard:overview")
+        try:
+            organization = account_services.organization_create(name=form.cleaned_data["organization"], owner=request.user)
+        except DomainError as error:
+            forms.service_error_add(form, error)
+        else:
+            request.session[SESSION_KEY] = organization.slug
+            return redirect("dashboard:overview")
     return secure_headers(render(request, "dashboard/welcome.html", {"form": form}))

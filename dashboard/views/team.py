@@ -59,7 +59,7 @@ def team(request, current):
                 created = account_services.invitation_create(organization=current.organization, email=invite_form.cleaned_data["email"],
                                                              role=invite_form.cleaned_data["role"], invited_by=request.user)  # fmt: skip
             except DomainError as error:
-                invite_form.add_error("email" if "email" in error.details else None, error.message)
+                forms.service_error_add(invite_form, error)
             else:
                 invitation_email_send(request, created.invitation, created.token)
                 messages.success(request, f"Invitation sent to {created.invitation.email}. The link works for 7 days.")

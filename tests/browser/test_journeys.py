@@ -26,14 +26,16 @@ def test_sign_up_recharge_create_key_meter_and_see_usage(visitor_factory, live_s
     visitor = visitor_factory()
     page = visitor.page
 
-    # Sign up: the organization is created and the person lands on its overview.
+    # Sign up: the organization is created, and after logging in the person lands on its overview.
     visitor.goto("/signup/")
     page.get_by_label("Email").fill("founder@example.com")
     page.get_by_label("Password").fill("a long and unusual passphrase")
     page.get_by_label("Organization name").fill("Founders Inc")
     visitor.shot("journey-01-signup")
     page.get_by_role("button", name="Create account").click()
-    page.wait_for_url("**/dashboard/")
+    page.wait_for_url("**/login/")
+    expect(page.get_by_role("status")).to_contain_text("your account is ready")
+    log_in(visitor, "founder@example.com", "a long and unusual passphrase")
     expect(page.get_by_test_id("balance")).to_have_text("$0.00")
     visitor.shot("journey-02-overview-empty")
     organization = Organization.objects.get(name="Founders Inc")

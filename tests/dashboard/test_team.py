@@ -235,3 +235,40 @@ def test_accepting_twice_answers_the_same_membership(organization, owner):
     assert account_services.invitation_accept(token=created.token, user=person) == first
     with pytest.raises(InvitationInvalid, match="already been used"):
         account_services.invitation_accept(token=created.token, user=UserFactory(email="twice2@example.com"))
+
+
+def test_invitations_are_limited_per_organization(owner_web, admin_web, organization, mailoutbox):
+    limit = account_services.INVITATIONS_PER_HOUR
+    for n in range(limit):
+        assert invite(owner_web if n % 2 else admin_web, f"person{n}@example.com").status_code == 302
+
+    refused = invite(admin_web, "one-too-many@example.com")
+
+    assert refused.status_code == 400
+    assert "This organization sent" in refused.content.decode() and "invitations in the last hour" in refused.content.decode()
+    assert not Invitation.objects.filter(email="one-too-many@example.com").exists()
+    assert len(mailoutbox) == limit
+
+
+def test_invitations_are_limited_per_inviting_person(owner, owner_web, organization, mailoutbox):
+    second = organization_create(name="Second", owner=owner)
+    limit = account_services.INVITATIONS_PER_HOUR
+    for n in range(limit):
+        if n == limit // 2:
+            owner_web.post("/dashboard/switch/", {"organization": second.slug})
+        assert invite(owner_web, f"person{n}@example.com").status_code == 302
+
+    refused = invite(owner_web, "one-too-many@example.com")
+
+    assert refused.status_code == 400 and "You sent" in refused.content.decode()
+    assert Invitation.objects.filter(organization=second).count() == limit - limit // 2
+    assert len(mailoutbox) == limit
+
+
+def test_the_invitation_service_enforces_the_limit_for_every_caller(owner, organization):
+    for n in range(account_services.INVITATIONS_PER_HOUR):
+        account_services.invitation_create(organization=organization, email=f"p{n}@example.com", role="member", invited_by=owner)
+
+    with pytest.raises(account_services.InvitationsThrottled) as refused:
+        account_services.invitation_create(organization=organization, email="late@example.com", role="member", invited_by=owner)
+    assert refused.value.status == 429
