@@ -32,11 +32,10 @@ class PricedService:
     prices: UnitPrices
 
 
-# The price in force: the latest effective override for the organization, else the latest effective
-# general price. One indexed query together with the service.
-_PRICED_SERVICE_SQL = """
-SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_price
-  FROM metering_service s
+# The price in force for service `s`: the latest effective override for the organization, else the
+# latest effective general price. The charge and every page that shows prices read it through this one
+# fragment (a LATERAL join on metering_service s), so they cannot disagree.
+_PRICE_IN_FORCE = """
   LEFT JOIN LATERAL (
         SELECT id, input_price, output_price, unit_price
           FROM metering_price
@@ -45,9 +44,13 @@ SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_
            AND effective_from <= %(at)s
          ORDER BY organization_id IS NULL, effective_from DESC, id DESC
          LIMIT 1
-       ) p ON true
+       ) p ON true"""
+_PRICED_SERVICE_SQL = f"""
+SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_price
+  FROM metering_service s {_PRICE_IN_FORCE}
  WHERE s.slug = %(slug)s AND (s.active OR %(include_inactive)s)
 """
+_PRICES_IN_FORCE_SQL = f"SELECT s.id, p.id FROM metering_service s {_PRICE_IN_FORCE} WHERE s.active AND p.id IS NOT NULL"
 
 
 def priced_service_get(
@@ -82,17 +85,12 @@ def service_calc_method(*, slug: str) -> str:
 
 
 def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict[int, Price]:
-    """service id → the Price row in force for this organization (override first)."""
-    at = at or timezone.now()
-    rows = (
-        Price.objects.filter(effective_from__lte=at, service__active=True)
-        .filter(organization_id__isnull=True)
-        .union(Price.objects.filter(effective_from__lte=at, service__active=True, organization_id=organization_id))
-    )
-    best: dict[int, Price] = {}
-    for price in sorted(rows, key=lambda p: (p.organization_id is not None, p.effective_from, p.id)):
-        best[price.service_id] = price  # later keys win: overrides after general, newer after older
-    return best
+    """service id → the Price row in force for this organization (override first), for active services."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PRICES_IN_FORCE_SQL, {"org": organization_id, "at": at or timezone.now()})
+        price_of_service = dict(cursor.fetchall())
+    rows = Price.objects.in_bulk(list(price_of_service.values()))
+    return {service_id: rows[price_id] for service_id, price_id in price_of_service.items()}
 
 
 def service_list_with_prices(*, organization_id: int) -> list[tuple[Service, Price | None]]:
