@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
+    "billing_site.apps.BillingSiteConfig",
     "accounts",
     "payments",
     "metering",
@@ -223,7 +224,8 @@ ALERT_WEBHOOK_SECRET = (
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 
-# --- Metrics: /metrics is open unless a token or an allow-list of networks is set.
+# --- Metrics: /metrics needs a token or an allow-listed network; with neither it is open in
+# development and closed (403, and a `check --deploy` warning) in production.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
 
