@@ -209,7 +209,10 @@ STARTING_DEMO_BALANCE = Decimal("25.00")
 # --- Payments
 PORT = env.int("PORT", default=8000)
 SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{PORT}")
-PAYMENT_PROVIDERS = env.list("PAYMENT_PROVIDERS", default=["sandbox", "stripe"])
+PAYMENT_PROVIDERS = env.list("PAYMENT_PROVIDERS", default=["sandbox", "stripe"] if DEVELOPMENT else ["stripe"])
+# The sandbox lets a payer confirm their own payment (credit without money). In production it stays
+# off even when PAYMENT_PROVIDERS names it, unless this second, deliberate switch is on as well.
+SANDBOX_IN_PRODUCTION = env.bool("SANDBOX_IN_PRODUCTION", default=False)
 RECHARGE_MIN = Decimal(env.str("RECHARGE_MIN", default="1.00"))
 RECHARGE_MAX = Decimal(env.str("RECHARGE_MAX", default="10000.00"))
 PAYMENT_PENDING_TTL = timedelta(hours=env.int("PAYMENT_PENDING_TTL_HOURS", default=24))

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKeyMode, Role
 from dashboard import throttle
+from payments.providers import providers_enabled
 from payments.providers.base import currency_exponent
 
 SIGNUPS_PER_IP_PER_HOUR = 20
@@ -177,7 +178,7 @@ class ApiKeyCreateForm(forms.Form):
 
 def available_providers() -> list[tuple[str, str]]:
     labels = {"sandbox": "Sandbox (test payments)", "stripe": "Card (Stripe)"}
-    providers = [p for p in settings.PAYMENT_PROVIDERS if p != "stripe" or settings.STRIPE_SECRET_KEY]
+    providers = [p for p in providers_enabled() if p != "stripe" or settings.STRIPE_SECRET_KEY]
     return [(p, labels.get(p, p.title())) for p in providers]
 
 

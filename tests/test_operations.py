@@ -227,6 +227,36 @@ def test_production_check_deploy_warns_when_metrics_are_unrestricted():
     assert "billing_site.W001" in result.stdout + result.stderr
 
 
+ENABLED_PROVIDERS = "from payments.providers import providers_enabled; print(providers_enabled())"
+
+
+@pytest.mark.slow
+def test_production_offers_only_stripe_by_default():
+    result = production_manage(
+        "shell", "--no-imports", "-c", ENABLED_PROVIDERS, PAYMENT_PROVIDERS=None, SANDBOX_IN_PRODUCTION=None
+    )
+    assert result.stdout.strip() == "['stripe']", result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_production_ignores_a_sandbox_named_without_the_deliberate_switch():
+    result = production_manage(
+        "shell", "--no-imports", "-c", ENABLED_PROVIDERS, PAYMENT_PROVIDERS="sandbox,stripe", SANDBOX_IN_PRODUCTION=None
+    )
+    assert result.stdout.strip() == "['stripe']", result.stdout + result.stderr
+    assert "SANDBOX_IN_PRODUCTION" in result.stderr and "WARNING" in result.stderr
+
+
+@pytest.mark.slow
+def test_production_with_the_sandbox_enabled_warns_at_startup_and_in_check_deploy():
+    result = production_manage("check", "--deploy", PAYMENT_PROVIDERS="sandbox,stripe", SANDBOX_IN_PRODUCTION="true")
+    assert "payments.W001" in result.stdout + result.stderr
+    startup = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(line["level"] == "WARNING" and "SANDBOX PAYMENT PROVIDER IS ENABLED" in line["message"] for line in startup), (
+        result.stderr
+    )
+
+
 def test_production_refuses_to_start_without_secret_key():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
     env.update(TOLLGATE_ENV="production", DATABASE_URL="postgres://nobody@127.0.0.1:1/unused", REDIS_URL="redis://127.0.0.1:1/0",

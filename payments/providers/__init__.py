@@ -4,16 +4,31 @@ a provider; nothing here runs inside a transaction or under a row lock."""
 from payments.providers.base import Checkout, Provider, ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused
 
 
-def provider_get(name: str) -> Provider:
+def sandbox_allowed() -> bool:
+    """Whether the sandbox may run at all: always in development, in production only with
+    SANDBOX_IN_PRODUCTION (it confirms payments without any money moving)."""
     from django.conf import settings
 
+    return settings.DEVELOPMENT or settings.SANDBOX_IN_PRODUCTION
+
+
+def providers_enabled() -> list[str]:
+    """PAYMENT_PROVIDERS as they apply: the one list every surface (recharge, checkout, webhooks) obeys."""
+    from django.conf import settings
+
+    return [name for name in settings.PAYMENT_PROVIDERS if name != "sandbox" or sandbox_allowed()]
+
+
+def provider_get(name: str) -> Provider:
+    """The enabled provider `name`; KeyError for an unknown or disabled one."""
     from payments.providers.sandbox import SandboxProvider
     from payments.providers.stripe_provider import StripeProvider
 
     providers: dict[str, type[Provider]] = {"sandbox": SandboxProvider, "stripe": StripeProvider}
-    if name not in providers or name not in settings.PAYMENT_PROVIDERS:
+    if name not in providers or name not in providers_enabled():
         raise KeyError(name)
     return providers[name]()
 
 
-__all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "ProviderUnreachable", "WebhookRefused", "provider_get"]
+__all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "ProviderUnreachable", "WebhookRefused", "provider_get",
+           "providers_enabled", "sandbox_allowed"]  # fmt: skip
