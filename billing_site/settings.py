@@ -221,9 +221,9 @@ SANDBOX_WEBHOOK_SECRET = (
     env.str("SANDBOX_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"sandbox-webhook", "sha256").hexdigest()
 )
 SANDBOX_WEBHOOK_URL = env.str("SANDBOX_WEBHOOK_URL", default=f"{SITE_URL}/api/v1/payments/webhooks/sandbox/")
-ALERT_WEBHOOK_SECRET = (
-    env.str("ALERT_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"alert-webhook", "sha256").hexdigest()
-)
+# Alert webhooks go only to public addresses (checked when saved and again when sent). True lets
+# them reach loopback and private networks too: for a receiver on your own machine or network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 

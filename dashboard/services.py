@@ -1,4 +1,4 @@
-"""Writes the dashboard owns: a wallet's alert settings (payments has no service for them)."""
+"""Writes the dashboard owns: a wallet's alert settings and signing secret (payments has no service for them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from billing_site.errors import InvalidRequest
 from billing_site.money import ZERO
-from payments.models import Wallet
+from payments.models import Wallet, alert_signing_secret_new
 
 
 def wallet_alerts_update(*, organization_id: int, low_balance_threshold: Decimal, alert_webhook_url: str) -> Wallet:
@@ -18,3 +18,11 @@ def wallet_alerts_update(*, organization_id: int, low_balance_threshold: Decimal
         low_balance_threshold=low_balance_threshold, alert_webhook_url=alert_webhook_url
     )
     return Wallet.objects.get(pk=organization_id)
+
+
+def wallet_alert_secret_rotate(*, organization_id: int) -> str:
+    """Give the organization a new alert signing secret (that column only) and answer it; alerts are
+    signed with it from now on."""
+    secret = alert_signing_secret_new()
+    Wallet.objects.filter(pk=organization_id).update(alert_signing_secret=secret)
+    return secret
