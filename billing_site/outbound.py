@@ -106,6 +106,9 @@ def destination_resolve(url: str, *, allow_private: bool) -> Destination:
         raise DestinationRefused("The URL needs a host name.")
     try:
         host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise DestinationRefused("The URL's host name is not valid.") from exc
+    try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (UnicodeError, OSError) as exc:
         raise DestinationUnresolved("The URL's host name does not resolve.") from exc

@@ -14,12 +14,13 @@ class PaymentsConfig(AppConfig):
 
         from accounts.signals import organization_created
         from payments import checks, ledger
+        from payments.providers import providers_enabled
 
         organization_created.connect(ledger.wallet_open_for_organization, dispatch_uid="payments.wallet_open")
         # Said at every start of every process, so nobody runs a money-minting sandbox unawares.
         if checks.sandbox_enabled_in_production():
             logger.warning(checks.SANDBOX_ENABLED_IN_PRODUCTION)
-        elif not settings.DEVELOPMENT and "sandbox" in settings.PAYMENT_PROVIDERS:
+        elif "sandbox" in settings.PAYMENT_PROVIDERS and "sandbox" not in providers_enabled():
             logger.warning(
                 "PAYMENT_PROVIDERS names the sandbox, which stays off in production without SANDBOX_IN_PRODUCTION=true."
             )

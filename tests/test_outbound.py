@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import urllib3
-from billing_site.outbound import DestinationRefused, address_refusal, destination_post, destination_resolve
 
 from billing_site import outbound
+from billing_site.outbound import DestinationRefused, address_refusal, destination_post, destination_resolve
 
 # A self-signed certificate (and its key) for hooks.example.com, valid until 2126: test use only.
 CERTIFICATE = Path(__file__).parent / "certs" / "hooks.example.com.pem"
@@ -77,6 +77,7 @@ def test_urls_whose_host_resolves_to_a_private_address_are_refused(public_dns, u
         ("https:///x", "host"),
         ("https://hooks.example.com:99999/x", "port"),
         ("https://does-not-resolve.invalid/x", "resolve"),
+        (f"https://{'a' * 64}.example/x", "not valid"),
     ],
 )
 def test_malformed_urls_are_refused(public_dns, url, message):

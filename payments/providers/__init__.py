@@ -4,19 +4,14 @@ a provider; nothing here runs inside a transaction or under a row lock."""
 from payments.providers.base import Checkout, Provider, ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused
 
 
-def sandbox_allowed() -> bool:
-    """Whether the sandbox may run at all: always in development, in production only with
-    SANDBOX_IN_PRODUCTION (it confirms payments without any money moving)."""
-    from django.conf import settings
-
-    return settings.DEVELOPMENT or settings.SANDBOX_IN_PRODUCTION
-
-
 def providers_enabled() -> list[str]:
-    """PAYMENT_PROVIDERS as they apply: the one list every surface (recharge, checkout, webhooks) obeys."""
+    """PAYMENT_PROVIDERS as they apply, the one list every surface (recharge, checkout, webhooks)
+    obeys: the sandbox, which confirms payments without any money moving, only in development or
+    with SANDBOX_IN_PRODUCTION."""
     from django.conf import settings
 
-    return [name for name in settings.PAYMENT_PROVIDERS if name != "sandbox" or sandbox_allowed()]
+    sandbox_allowed = settings.DEVELOPMENT or settings.SANDBOX_IN_PRODUCTION
+    return [name for name in settings.PAYMENT_PROVIDERS if name != "sandbox" or sandbox_allowed]
 
 
 def provider_get(name: str) -> Provider:
@@ -31,4 +26,4 @@ def provider_get(name: str) -> Provider:
 
 
 __all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "ProviderUnreachable", "WebhookRefused", "provider_get",
-           "providers_enabled", "sandbox_allowed"]  # fmt: skip
+           "providers_enabled"]  # fmt: skip
