@@ -78,12 +78,14 @@ def _allowed(request) -> bool:
         except ValueError:
             return False
         return any(address in ipaddress.ip_network(network) for network in settings.METRICS_ALLOWED_NETWORKS)
-    return True
+    # Billing figures are not for the whole internet: production without a restriction stays closed.
+    return settings.DEVELOPMENT
 
 
 def metrics_view(request):
     """/metrics: everything the default registry (or, under gunicorn, every process) has, plus the
-    billing state gauges. Restricted by METRICS_TOKEN or METRICS_ALLOWED_NETWORKS when set."""
+    billing state gauges. Restricted by METRICS_TOKEN or METRICS_ALLOWED_NETWORKS; with neither,
+    open in development only."""
     if not _allowed(request):
         return HttpResponseForbidden("metrics are restricted")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
+    "billing_site.apps.BillingSiteConfig",
     "accounts",
     "payments",
     "metering",
@@ -218,7 +219,10 @@ STARTING_DEMO_BALANCE = Decimal("25.00")
 # --- Payments
 PORT = env.int("PORT", default=8000)
 SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{PORT}")
-PAYMENT_PROVIDERS = env.list("PAYMENT_PROVIDERS", default=["sandbox", "stripe"])
+PAYMENT_PROVIDERS = env.list("PAYMENT_PROVIDERS", default=["sandbox", "stripe"] if DEVELOPMENT else ["stripe"])
+# The sandbox lets a payer confirm their own payment (credit without money). In production it stays
+# off even when PAYMENT_PROVIDERS names it, unless this second, deliberate switch is on as well.
+SANDBOX_IN_PRODUCTION = env.bool("SANDBOX_IN_PRODUCTION", default=False)
 RECHARGE_MIN = Decimal(env.str("RECHARGE_MIN", default="1.00"))
 RECHARGE_MAX = Decimal(env.str("RECHARGE_MAX", default="10000.00"))
 PAYMENT_PENDING_TTL = timedelta(hours=env.int("PAYMENT_PENDING_TTL_HOURS", default=24))
@@ -227,13 +231,14 @@ SANDBOX_WEBHOOK_SECRET = (
     env.str("SANDBOX_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"sandbox-webhook", "sha256").hexdigest()
 )
 SANDBOX_WEBHOOK_URL = env.str("SANDBOX_WEBHOOK_URL", default=f"{SITE_URL}/api/v1/payments/webhooks/sandbox/")
-ALERT_WEBHOOK_SECRET = (
-    env.str("ALERT_WEBHOOK_SECRET", default="") or hmac.new(SECRET_KEY.encode(), b"alert-webhook", "sha256").hexdigest()
-)
+# Alert webhooks go only to public addresses (checked when saved and again when sent). True lets
+# them reach loopback and private networks too: for a receiver on your own machine or network.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 
-# --- Metrics: /metrics is open unless a token or an allow-list of networks is set.
+# --- Metrics: /metrics needs a token or an allow-listed network; with neither it is open in
+# development and closed (403, and a `check --deploy` warning) in production.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
 

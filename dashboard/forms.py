@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime, time, timedelta
 from decimal import Decimal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
@@ -17,7 +16,9 @@ from django.utils import timezone
 from accounts.models import ApiKeyMode, Role
 from billing_site import throttle
 from billing_site.errors import DomainError
+from payments.providers import providers_enabled
 from payments.providers.base import currency_exponent
+from payments.validators import alert_webhook_url_validate
 
 SIGNUPS_PER_IP_PER_HOUR = 20
 RESETS_PER_IP_PER_HOUR = 10
@@ -183,7 +184,7 @@ class ApiKeyCreateForm(forms.Form):
 
 def available_providers() -> list[tuple[str, str]]:
     labels = {"sandbox": "Sandbox (test payments)", "stripe": "Card (Stripe)"}
-    providers = [p for p in settings.PAYMENT_PROVIDERS if p != "stripe" or settings.STRIPE_SECRET_KEY]
+    providers = [p for p in providers_enabled() if p != "stripe" or settings.STRIPE_SECRET_KEY]
     return [(p, labels.get(p, p.title())) for p in providers]
 
 
@@ -230,33 +231,12 @@ class RoleForm(forms.Form):
 # --- Settings ---------------------------------------------------------------------------------------
 
 
-def webhook_url_validate(url: str) -> None:
-    """An alert webhook must be an http(s) URL on a public host (https in production): our worker
-    POSTs to it, so it must not reach into our own network."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not settings.DEVELOPMENT):
-        raise ValidationError("Use an https:// URL.")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValidationError("The URL needs a host name.")
-    if settings.DEVELOPMENT:
-        return
-    if host == "localhost" or host.endswith((".localhost", ".internal", ".local")):
-        raise ValidationError("The URL must point to a public host.")
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return
-    if not address.is_global:
-        raise ValidationError("The URL must point to a public host.")
-
-
 class AlertSettingsForm(forms.Form):
     low_balance_threshold = forms.DecimalField(min_value=Decimal(0), max_digits=16, decimal_places=6,
                                                label="Low-balance threshold",
                                                help_text="We warn you (email to owners and admins, banner, webhook) when the balance falls below it. 0 turns alerts off.",
                                                widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))  # fmt: skip
     alert_webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https", label="Alert webhook URL",
-                                       validators=[webhook_url_validate],
+                                       validators=[alert_webhook_url_validate],
                                        help_text="We POST a signed JSON body here when the balance runs low.",
                                        widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}))  # fmt: skip

@@ -31,6 +31,7 @@ urlpatterns = [
     path("dashboard/team/<int:membership_id>/remove/", team.member_remove, name="member_remove"),
     path("dashboard/team/invitations/<int:invitation_id>/revoke/", team.invitation_revoke, name="invitation_revoke"),
     path("dashboard/settings/", settings.settings_page, name="settings"),
+    path("dashboard/settings/alert-secret/rotate/", settings.alert_secret_rotate, name="alert_secret_rotate"),
     path("dashboard/settings/password/", auth.PasswordChangeView.as_view(), name="password_change"),
     path("dashboard/switch/", settings.organization_switch, name="switch"),
 ]

@@ -1,7 +1,6 @@
 """Back office for organizations, wallets and the ledger. Money changes only through the
 ledger: the adjustment action writes an `adjustment` transfer with a reason."""
 
-import csv
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -9,13 +8,13 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import Organization
+from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from payments import ledger, reconciliation, services
 from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
@@ -292,13 +291,9 @@ class RedemptionCodeAdmin(ReadOnlyAdmin):
                                                        expires_at=data["expires_at"], created_by=request.user)  # fmt: skip
             first = RedemptionCode.objects.get(digest=services.code_digest(codes[0]))
             self.log_addition(request, first, f"Generated batch {data['batch']}: {len(codes)} codes worth {data['amount']} each")
-            response = HttpResponse(content_type="text/csv")
-            response["Content-Disposition"] = f'attachment; filename="codes-{data["batch"]}.csv"'
-            writer = csv.writer(response)
-            writer.writerow(["code", "amount", "currency", "max_uses", "expires_at"])
-            for code in codes:
-                writer.writerow([code, data["amount"], settings.CURRENCY, data["max_uses"], data["expires_at"] or ""])
-            return response
+            rows = ([code, data["amount"], settings.CURRENCY, data["max_uses"], data["expires_at"] or ""] for code in codes)
+            return csv_stream_response(["code", "amount", "currency", "max_uses", "expires_at"], rows,
+                                       filename=f"codes-{data['batch']}.csv")  # fmt: skip
         context = {
             **self.admin_site.each_context(request),
             "form": form,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 
-import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import F
@@ -14,8 +13,10 @@ from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
+from billing_site.outbound import destination_post
 from payments.models import Wallet
 from payments.providers.sandbox import sign
+from payments.validators import alert_webhook_destination
 
 logger = logging.getLogger(__name__)
 ALERT_SIGNATURE_HEADER = "Tollgate-Signature"
@@ -32,7 +33,8 @@ def low_balance_claim(*, organization_id: int) -> Wallet | None:
 
 def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = True) -> None:
     """Email the owners and admins (`email`); POST a signed JSON body to the alert webhook if one
-    is set (`webhook`). The task sends each separately, so a retried webhook never re-sends the email."""
+    is set (`webhook`, see alert_webhook_post). The task sends each separately, so a retried webhook
+    never re-sends the email."""
     organization = wallet.organization
     recipients = list(
         Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES).values_list("user__email", flat=True)
@@ -49,13 +51,20 @@ def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = Tr
     if webhook and wallet.alert_webhook_url:
         body = json.dumps({"type": "balance.low", "organization": organization.slug, "balance": balance, "threshold": threshold,
                            "currency": wallet.currency, "created_at": timezone.now().isoformat()}).encode()  # fmt: skip
-        response = requests.post(
-            wallet.alert_webhook_url,
-            data=body,
-            headers={
-                "Content-Type": "application/json",
-                ALERT_SIGNATURE_HEADER: sign(body, secret=settings.ALERT_WEBHOOK_SECRET),
-            },
-            timeout=5,
-        )
-        response.raise_for_status()
+        alert_webhook_post(wallet=wallet, body=body)
+
+
+class AlertWebhookFailed(Exception):
+    """The receiver did not answer 2xx (a redirect included: it is never followed)."""
+
+
+def alert_webhook_post(*, wallet: Wallet, body: bytes) -> None:
+    """POST `body`, signed with the organization's own secret, to its webhook URL. The URL is checked
+    again here, against what DNS answers now, and the connection goes to the address just checked:
+    DestinationRefused when it points into a private network. AlertWebhookFailed for a non-2xx answer."""
+    destination = alert_webhook_destination(wallet.alert_webhook_url)
+    headers = {"Content-Type": "application/json", "User-Agent": "Tollgate-Alerts/1.0",
+               ALERT_SIGNATURE_HEADER: sign(body, secret=wallet.alert_signing_secret)}  # fmt: skip
+    status = destination_post(destination, body=body, headers=headers)
+    if not 200 <= status < 300:
+        raise AlertWebhookFailed(f"the alert webhook answered {status}")

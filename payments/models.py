@@ -1,3 +1,5 @@
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -5,6 +7,11 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing_site.money import MoneyField
+from payments.validators import alert_webhook_url_validate
+
+
+def alert_signing_secret_new() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
 
 
 class Wallet(models.Model):
@@ -23,7 +30,10 @@ class Wallet(models.Model):
     low_balance_alerted = models.BooleanField(
         default=False, editable=False, help_text="Set when an alert went out; re-armed by a top-up."
     )
-    alert_webhook_url = models.URLField(max_length=500, blank=True, help_text="Optional: a signed POST goes here on low balance.")
+    alert_webhook_url = models.URLField(max_length=500, blank=True, validators=[alert_webhook_url_validate],
+                                        help_text="Optional: a signed POST goes here on low balance.")  # fmt: skip
+    alert_signing_secret = models.CharField(max_length=64, default=alert_signing_secret_new, editable=False,
+                                            help_text="Signs the alert webhook's body; the organization sees and rotates it.")  # fmt: skip
     ledger_seq = models.BigIntegerField(
         default=0, editable=False, help_text="Bumped by exactly one by every ledger statement that changes balance or held."
     )

@@ -35,6 +35,7 @@ from payments.models import (
     TransferKind,
     Wallet,
     WebhookEvent,
+    alert_signing_secret_new,
 )
 from payments.providers import ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused, provider_get
 from payments.providers.base import Outcome, currency_exponent
@@ -71,6 +72,14 @@ def wallet_settings_update(*, organization_id: int, **changes: Decimal | str) ->
     if changes:
         Wallet.objects.filter(pk=organization_id).update(**changes)
     return Wallet.objects.get(pk=organization_id)
+
+
+def wallet_alert_secret_rotate(*, organization_id: int) -> str:
+    """Give the organization a new alert signing secret (that column only) and answer it; alerts are
+    signed with it from now on."""
+    secret = alert_signing_secret_new()
+    Wallet.objects.filter(pk=organization_id).update(alert_signing_secret=secret)
+    return secret
 
 
 # --- Recharge ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import logging
 from celery import shared_task
 
 from billing_site import metrics
+from billing_site.outbound import DestinationRefused, DestinationUnresolved
 from payments import alerts, reconciliation, services
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ def low_balance_alert(self, organization_id: int, claimed: bool = False, emailed
             emailed = True
         alerts.low_balance_notify(wallet=wallet, email=False)
     except Exception as exc:
-        # Retry only what failed: once the people were emailed, a retry is for the webhook alone.
-        raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True, "emailed": emailed}) from exc
+        if isinstance(exc, DestinationRefused) and not isinstance(exc, DestinationUnresolved):
+            # Not retried: the URL points into a private network, and asking again would not change that.
+            logger.warning("low-balance webhook of organization %s refused: %s", organization_id, exc)
+        else:
+            # Retry only what failed: once the people were emailed, a retry is for the webhook alone.
+            raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "claimed": True, "emailed": emailed}) from exc
     metrics.LOW_BALANCE_ALERTS.inc()
     return True
 

@@ -6,14 +6,17 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from payments.models import Payment, PaymentStatus
-from payments.providers import sandbox
+from payments.providers import providers_enabled, sandbox
 from payments.providers.base import Outcome
 
 
 @require_http_methods(["GET", "POST"])
 def sandbox_checkout(request, token: str):
     """Confirm or decline a sandbox payment. The link is signed, so only its holder can act; the
-    decision reaches us like any provider's: a signed webhook, delivered by a worker."""
+    decision reaches us like any provider's: a signed webhook, delivered by a worker. Not found
+    while the sandbox is disabled."""
+    if "sandbox" not in providers_enabled():
+        raise Http404("Unknown checkout")
     try:
         payment_id = sandbox.checkout_payment_id(token)
     except signing.BadSignature as exc:

@@ -1,4 +1,10 @@
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core.cache import cache
@@ -157,3 +163,97 @@ def eager_celery(settings):
     """Celery tasks run in-process when queued (pair with django_capture_on_commit_callbacks(execute=True))."""
     settings.CELERY_TASK_ALWAYS_EAGER = True
     return settings
+
+
+# --- Outbound HTTP (alert webhooks): real local servers, and DNS answers for names ----------------
+
+
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class HookServer:
+    """A real HTTP(S) server on a loopback address, in a thread: it records every request and answers
+    `status` (with `headers`) after `delay` seconds."""
+
+    def __init__(self, host: str = "127.0.0.1", *, status: int = 204, headers: dict[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None, delay: float = 0) -> None:  # fmt: skip
+        self.requests: list[ReceivedRequest] = []
+        self.server_names: list[str | None] = []  # TLS SNI, as each client sent it
+        received, answer = self.requests, (status, headers or {}, delay)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(ReceivedRequest(self.command, self.path, dict(self.headers.items()), body))
+                code, extra, pause = answer
+                time.sleep(pause)
+                self.send_response(code)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = _record  # noqa: N815 - http.server's naming
+
+            def log_message(self, *args) -> None:
+                pass
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+        self.server = server_class((host, 0), Handler)
+        if tls is not None:
+            tls.sni_callback = lambda sock, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.host, self.port = host, self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook", *, host: str | None = None, scheme: str = "http") -> str:
+        host = host or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook_server():
+    """Start HookServers: `hook_server(status=302, headers={...})`; all are stopped after the test."""
+    started: list[HookServer] = []
+
+    def start(*args, **kwargs) -> HookServer:
+        started.append(HookServer(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def public_dns(monkeypatch) -> dict[str, list[str]]:
+    """There is no outside DNS here: `public_dns["hooks.example.com"] = ["93.184.215.14"]` makes the
+    resolver (socket.getaddrinfo, the boundary) answer that; other names and IP literals resolve as usual."""
+    answers: dict[str, list[str]] = {}
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in answers:
+            return resolve(host, port, family, type, proto, flags)
+        port = int(port or 0)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port, 0, 0))
+            if ":" in address
+            else (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))
+            for address in answers[name]
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers

@@ -151,8 +151,55 @@ def test_metrics_can_be_restricted_by_token(db, settings):
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
 
 
-@pytest.mark.slow
-def test_production_settings_pass_check_deploy():
+@pytest.fixture
+def production_metrics(settings):
+    """Production settings as TOLLGATE_ENV=production makes them, with /metrics not yet restricted."""
+    settings.DEVELOPMENT = False
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_ALLOWED_NETWORKS = []
+    return settings
+
+
+def test_production_denies_metrics_without_a_token_or_networks(db, production_metrics):
+    assert Client().get("/metrics").status_code == 403
+
+
+def test_production_metrics_answer_the_token(db, production_metrics):
+    production_metrics.METRICS_TOKEN = "s3cret-token"
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token").status_code == 200
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+
+
+def test_production_metrics_answer_an_allowed_network(db, production_metrics):
+    production_metrics.METRICS_ALLOWED_NETWORKS = ["10.0.0.0/8"]
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="192.0.2.1").get("/metrics").status_code == 403
+
+
+def test_development_metrics_stay_open(db, settings):
+    settings.DEVELOPMENT, settings.METRICS_TOKEN, settings.METRICS_ALLOWED_NETWORKS = True, "", []
+    assert Client().get("/metrics").status_code == 200
+
+
+def deploy_check_ids() -> set[str]:
+    from django.core.checks import run_checks
+
+    return {message.id for message in run_checks(include_deployment_checks=True, tags=["security"])}
+
+
+def test_check_deploy_warns_about_unrestricted_metrics_in_production(production_metrics):
+    assert "billing_site.W001" in deploy_check_ids()
+    production_metrics.METRICS_TOKEN = "s3cret-token"
+    assert "billing_site.W001" not in deploy_check_ids()
+    production_metrics.METRICS_TOKEN, production_metrics.METRICS_ALLOWED_NETWORKS = "", ["10.0.0.0/8"]
+    assert "billing_site.W001" not in deploy_check_ids()
+    production_metrics.DEVELOPMENT, production_metrics.METRICS_ALLOWED_NETWORKS = True, []
+    assert "billing_site.W001" not in deploy_check_ids()
+
+
+def production_manage(*args: str, **overrides: str | None) -> subprocess.CompletedProcess:
+    """Run manage.py under the production settings that a deployment's environment produces (an
+    override of None removes that variable)."""
     env = {
         **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "TOLLGATE_ENV": "production",
@@ -160,11 +207,54 @@ def test_production_settings_pass_check_deploy():
         "DATABASE_URL": "postgres://nobody@127.0.0.1:1/unused",
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "ALLOWED_HOSTS": "billing.example.com",
+        "METRICS_TOKEN": "a-scrape-token",
         "DJANGO_SETTINGS_MODULE": "billing_site.settings",
+        **overrides,
     }
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    env = {k: v for k, v in env.items() if v is not None}
+    return subprocess.run([sys.executable, "manage.py", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_production_settings_pass_check_deploy():
+    result = production_manage("check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_production_check_deploy_warns_when_metrics_are_unrestricted():
+    result = production_manage("check", "--deploy", METRICS_TOKEN=None, METRICS_ALLOWED_NETWORKS=None)
+    assert "billing_site.W001" in result.stdout + result.stderr
+
+
+ENABLED_PROVIDERS = "from payments.providers import providers_enabled; print(providers_enabled())"
+
+
+@pytest.mark.slow
+def test_production_offers_only_stripe_by_default():
+    result = production_manage(
+        "shell", "--no-imports", "-c", ENABLED_PROVIDERS, PAYMENT_PROVIDERS=None, SANDBOX_IN_PRODUCTION=None
+    )
+    assert result.stdout.strip() == "['stripe']", result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_production_ignores_a_sandbox_named_without_the_deliberate_switch():
+    result = production_manage(
+        "shell", "--no-imports", "-c", ENABLED_PROVIDERS, PAYMENT_PROVIDERS="sandbox,stripe", SANDBOX_IN_PRODUCTION=None
+    )
+    assert result.stdout.strip() == "['stripe']", result.stdout + result.stderr
+    assert "SANDBOX_IN_PRODUCTION" in result.stderr and "WARNING" in result.stderr
+
+
+@pytest.mark.slow
+def test_production_with_the_sandbox_enabled_warns_at_startup_and_in_check_deploy():
+    result = production_manage("check", "--deploy", PAYMENT_PROVIDERS="sandbox,stripe", SANDBOX_IN_PRODUCTION="true")
+    assert "payments.W001" in result.stdout + result.stderr
+    startup = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(line["level"] == "WARNING" and "SANDBOX PAYMENT PROVIDER IS ENABLED" in line["message"] for line in startup), (
+        result.stderr
+    )
 
 
 def test_production_refuses_to_start_without_secret_key():

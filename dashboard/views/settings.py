@@ -1,4 +1,4 @@
-"""Organization settings (alerts) and the organization switcher."""
+"""Organization settings (alerts, their signing secret) and the organization switcher."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def settings_page(request, current):
                 messages.success(request, "Alert settings saved.")
                 return redirect("dashboard:settings")
     return page(request, "dashboard/settings.html", {"form": form, "wallet": wallet}, status=400 if form.errors else 200)
+
+
+@require_POST
+@dashboard_view(managers_only=True)
+def alert_secret_rotate(request, current):
+    services.wallet_alert_secret_rotate(organization_id=current.organization.pk)
+    messages.success(request, "New signing secret in use: alerts are signed with it from now on. Update your receiver.")
+    return redirect("dashboard:settings")
 
 
 @require_POST

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
-from payments.providers.base import Checkout, Outcome, ProviderEvent, WebhookRefused
+from payments.providers.base import Checkout, Outcome, ProviderError, ProviderEvent, WebhookRefused
 
 SIGNATURE_HEADER = "Tollgate-Signature"
 TOLERANCE_SECONDS = 300
@@ -98,10 +98,15 @@ class SandboxProvider:
 
 def deliver(*, payment_id: int, outcome: str) -> int:
     """What the sandbox "provider" does after the payer decides: POST a signed event to our own
-    webhook over HTTP, exactly like an outside provider. Answers the HTTP status."""
+    webhook over HTTP, exactly like an outside provider. Answers the HTTP status. ProviderError
+    (not retried) once the sandbox is disabled: a confirmation queued before stays unsent."""
     import requests
 
     from payments.models import Payment
+    from payments.providers import providers_enabled
+
+    if "sandbox" not in providers_enabled():
+        raise ProviderError("the sandbox provider is disabled")
 
     payment = Payment.objects.get(pk=payment_id, provider="sandbox")
     body = event_body(payment, Outcome(outcome))

@@ -1,9 +1,12 @@
 """Settings (alert threshold and webhook, through a two-field update) and the organization switcher."""
 
+import importlib
 from decimal import Decimal
 
 import pytest
+from django.apps import apps
 from django.db import connection
+from django.forms import modelform_factory
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Role
@@ -16,7 +19,8 @@ from tests.factories import organization_create, wallet_fund
 pytestmark = pytest.mark.django_db
 
 
-def test_owner_saves_the_alert_settings(owner_web, organization):
+def test_owner_saves_the_alert_settings(owner_web, organization, public_dns):
+    public_dns["hooks.example.com"] = ["93.184.215.14"]
     wallet_fund(organization, "12.5")
     response = owner_web.post(
         "/dashboard/settings/", {"low_balance_threshold": "20.00", "alert_webhook_url": "https://hooks.example.com/t"}
@@ -58,6 +62,89 @@ def test_in_production_the_webhook_must_be_public_https(owner_web, organization,
     response = owner_web.post("/dashboard/settings/", {"low_balance_threshold": "1", "alert_webhook_url": url})
     assert response.status_code == 400
     assert Wallet.objects.get(pk=organization.pk).alert_webhook_url == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://127.0.0.1/hook", "public host"),
+        ("https://localhost/hook", "public host"),
+        ("https://[::1]/hook", "public host"),
+        ("https://[::ffff:127.0.0.1]/hook", "public host"),
+        ("https://2130706433/hook", "public host"),
+        ("https://10.0.0.5/hook", "public host"),
+        ("https://169.254.169.254/latest/meta-data/", "public host"),
+        ("https://internal.example/hook", "public host"),
+        ("https://user:secret@hooks.example.com/hook", "user name or password"),
+        ("https://does-not-resolve.invalid/hook", "resolve"),
+    ],
+)
+def test_a_webhook_into_our_own_network_is_refused_when_saved(owner_web, organization, public_dns, url, message):
+    public_dns["hooks.example.com"] = ["93.184.215.14"]
+    public_dns["internal.example"] = ["10.1.2.3"]
+
+    response = owner_web.post("/dashboard/settings/", {"low_balance_threshold": "1", "alert_webhook_url": url})
+
+    assert response.status_code == 400 and message in response.content.decode()
+    assert Wallet.objects.get(pk=organization.pk).alert_webhook_url == ""
+
+
+def test_any_model_form_of_the_wallet_applies_the_same_rule(organization, public_dns):
+    """The admin edits wallets through model forms: the URL's own validator refuses there too."""
+    public_dns["hooks.example.com"] = ["93.184.215.14"]
+    form_class = modelform_factory(Wallet, fields=["alert_webhook_url"])
+    wallet = Wallet.objects.get(pk=organization.pk)
+
+    assert not form_class({"alert_webhook_url": "http://169.254.169.254/latest/meta-data/"}, instance=wallet).is_valid()
+    assert not form_class({"alert_webhook_url": "https://localhost/hook"}, instance=wallet).is_valid()
+    assert form_class({"alert_webhook_url": "https://hooks.example.com/hook"}, instance=wallet).is_valid()
+
+
+# --- The organization's alert signing secret ---------------------------------------------------------------
+
+
+def test_owners_and_admins_see_the_signing_secret_members_do_not(owner_web, admin_web, member_web, organization):
+    secret = Wallet.objects.get(pk=organization.pk).alert_signing_secret
+    assert secret.startswith("whsec_") and len(secret) >= 40
+    assert secret in owner_web.get("/dashboard/settings/").content.decode()
+    assert secret in admin_web.get("/dashboard/settings/").content.decode()
+    assert secret not in member_web.get("/dashboard/settings/").content.decode()
+
+
+def test_an_owner_rotates_the_signing_secret(owner_web, organization):
+    old = Wallet.objects.get(pk=organization.pk).alert_signing_secret
+
+    response = owner_web.post("/dashboard/settings/alert-secret/rotate/")
+
+    assert response.status_code == 302 and response["Location"] == "/dashboard/settings/"
+    new = Wallet.objects.get(pk=organization.pk).alert_signing_secret
+    assert new != old and new.startswith("whsec_")
+    page = owner_web.get("/dashboard/settings/").content.decode()
+    assert new in page and old not in page
+
+
+def test_members_cannot_rotate_the_signing_secret(member_web, owner_web, organization):
+    old = Wallet.objects.get(pk=organization.pk).alert_signing_secret
+    assert member_web.post("/dashboard/settings/alert-secret/rotate/").status_code == 403
+    assert owner_web.get("/dashboard/settings/alert-secret/rotate/").status_code == 405
+    assert Wallet.objects.get(pk=organization.pk).alert_signing_secret == old
+
+
+def test_the_rotation_writes_that_column_only(organization):
+    with CaptureQueriesContext(connection) as queries:
+        services.wallet_alert_secret_rotate(organization_id=organization.pk)
+    [update] = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert update.startswith('UPDATE "payments_wallet" SET "alert_signing_secret" = ') and '"balance"' not in update
+
+
+def test_the_migration_gives_every_existing_wallet_its_own_secret(organization, other_organization):
+    migration = importlib.import_module("payments.migrations.0004_alert_signing_secret")
+    Wallet.objects.update(alert_signing_secret="")
+
+    migration.alert_signing_secrets_fill(apps, None)
+
+    secrets = list(Wallet.objects.values_list("alert_signing_secret", flat=True))
+    assert len(secrets) == 2 and len(set(secrets)) == 2 and all(s.startswith("whsec_") for s in secrets)
 
 
 def test_members_read_but_do_not_change_settings(member_web, organization):

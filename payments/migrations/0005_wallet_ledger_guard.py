@@ -29,7 +29,7 @@ DROP FUNCTION IF EXISTS tollgate_refuse_wallet_write();
 
 
 class Migration(migrations.Migration):
-    dependencies = [("payments", "0003_payments_refunds_codes")]
+    dependencies = [("payments", "0004_alert_signing_secret")]
 
     operations = [
         migrations.AddField(

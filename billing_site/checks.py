@@ -1,0 +1,17 @@
+"""System checks for production settings (`manage.py check --deploy`)."""
+
+from django.conf import settings
+from django.core.checks import Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def metrics_restricted_check(app_configs, **kwargs) -> list[Warning]:
+    if settings.DEVELOPMENT or settings.METRICS_TOKEN or settings.METRICS_ALLOWED_NETWORKS:
+        return []
+    return [
+        Warning(
+            "/metrics answers 403 to everyone: neither METRICS_TOKEN nor METRICS_ALLOWED_NETWORKS is set.",
+            hint="Set METRICS_TOKEN (Prometheus sends it as a bearer token) or METRICS_ALLOWED_NETWORKS (CIDRs).",
+            id="billing_site.W001",
+        )
+    ]
