@@ -129,8 +129,13 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    spend_cap = models.DecimalField(max_digits=28, decimal_places=12, null=True, blank=True,
-                                    help_text="Most this key may spend in live mode, in total; empty for no cap.")  # fmt: skip
+    spend_cap = models.DecimalField(
+        max_digits=28,
+        decimal_places=12,
+        null=True,
+        blank=True,
+        help_text="Most this key may spend in live mode, in total; empty for no cap.",
+    )
     spent = models.DecimalField(max_digits=28, decimal_places=12, default=0, editable=False)
 
     class Meta:

@@ -19,14 +19,30 @@ def api_key_get(*, organization: Organization, api_key_id: int) -> ApiKey:
     return ApiKey.objects.get(organization=organization, pk=api_key_id)
 
 
-_API_KEY_FIELDS = ["id", "organization_id", "name", "mode", "prefix", "digest", "created_by_id", "created_at", "expires_at",
-                   "revoked_at", "last_used_at", "spend_cap", "spent"]  # fmt: skip
+_API_KEY_FIELDS = [
+    "id",
+    "organization_id",
+    "name",
+    "mode",
+    "prefix",
+    "digest",
+    "created_by_id",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "last_used_at",
+    "spend_cap",
+    "spent",
+]
 _ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute"]
 # Every request with a key runs this: one index probe, compiled once here instead of by the ORM each time.
 _API_KEY_SQL = (
-    "SELECT " + ", ".join(f"k.{f}" for f in _API_KEY_FIELDS) + ", " + ", ".join(f"o.{f}" for f in _ORGANIZATION_FIELDS)
+    "SELECT "
+    + ", ".join(f"k.{f}" for f in _API_KEY_FIELDS)
+    + ", "
+    + ", ".join(f"o.{f}" for f in _ORGANIZATION_FIELDS)
     + " FROM accounts_apikey k JOIN accounts_organization o ON o.id = k.organization_id WHERE k.digest = %s"
-)  # fmt: skip
+)
 
 
 def api_key_by_digest(*, digest: str) -> ApiKey | None:

@@ -148,8 +148,15 @@ class CreatedApiKey:
     secret: str  # shown once, never stored
 
 
-def api_key_create(*, organization: Organization, name: str, mode: str = ApiKeyMode.LIVE, created_by: User | None = None,
-                   expires_at: datetime | None = None, spend_cap: Decimal | None = None) -> CreatedApiKey:  # fmt: skip
+def api_key_create(
+    *,
+    organization: Organization,
+    name: str,
+    mode: str = ApiKeyMode.LIVE,
+    created_by: User | None = None,
+    expires_at: datetime | None = None,
+    spend_cap: Decimal | None = None,
+) -> CreatedApiKey:
     """Create a key; the answer holds the only copy of the secret there will ever be."""
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidRequest("`expires_at` must be in the future.", details={"expires_at": ["Must be in the future."]})
@@ -232,8 +239,9 @@ class CreatedInvitation:
     token: str  # goes into the emailed link; never stored
 
 
-def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User,
-                      ttl: timedelta = INVITATION_TTL) -> CreatedInvitation:  # fmt: skip
+def invitation_create(
+    *, organization: Organization, email: str, role: str, invited_by: User, ttl: timedelta = INVITATION_TTL
+) -> CreatedInvitation:
     """Invite `email` with `role`; an earlier open invitation to the same address is revoked, so
     only the newest link works. PermissionRefused unless the inviter may grant that role."""
     try:
@@ -248,13 +256,21 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
     _invitation_rate_check(organization=organization, invited_by=invited_by)
     token = secrets.token_urlsafe(32)
     now = timezone.now()
-    invitation = Invitation(organization=organization, email=email, role=role, digest=invitation_digest(token),
-                            invited_by=invited_by, created_at=now, expires_at=now + ttl)  # fmt: skip
+    invitation = Invitation(
+        organization=organization,
+        email=email,
+        role=role,
+        digest=invitation_digest(token),
+        invited_by=invited_by,
+        created_at=now,
+        expires_at=now + ttl,
+    )
     invitation.full_clean(validate_constraints=False)
     try:
         with transaction.atomic():
-            Invitation.objects.filter(organization=organization, email=email, accepted_at__isnull=True,
-                                      revoked_at__isnull=True).update(revoked_at=now)  # fmt: skip
+            Invitation.objects.filter(
+                organization=organization, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+            ).update(revoked_at=now)
             invitation.save()
     except IntegrityError as exc:  # a concurrent invitation to the same address won
         raise InvalidRequest(f"An invitation to {email} was just sent.", details={"email": ["Just invited."]}) from exc
@@ -264,8 +280,10 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
 def _invitation_rate_check(*, organization: Organization, invited_by: User) -> None:
     """Count this invitation against its organization's hourly budget and its sender's (each one is
     an email we send for them); InvitationsThrottled once either is spent."""
-    for scope, subject, sender in (("invitations-organization", organization.pk, "This organization"),
-                                   ("invitations-person", invited_by.pk, "You")):  # fmt: skip
+    for scope, subject, sender in (
+        ("invitations-organization", organization.pk, "This organization"),
+        ("invitations-person", invited_by.pk, "You"),
+    ):
         if throttle.rate_exceeded(scope, str(subject), limit=INVITATIONS_PER_HOUR, window=3600):
             raise InvitationsThrottled(f"{sender} sent {INVITATIONS_PER_HOUR} invitations in the last hour: try again later.")
 
@@ -318,8 +336,9 @@ def invitation_signup(*, token: str, password: str, name: str = "") -> tuple[Use
             with transaction.atomic():
                 user = User.objects.create_user(email=invitation.email, password=password, name=name)
         except IntegrityError as exc:
-            raise InvalidRequest("An account with this email already exists: sign in to accept.",
-                                 details={"email": ["already registered"]}) from exc  # fmt: skip
+            raise InvalidRequest(
+                "An account with this email already exists: sign in to accept.", details={"email": ["already registered"]}
+            ) from exc
         membership = invitation_accept(token=token, user=user)
     return user, membership
 

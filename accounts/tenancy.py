@@ -62,8 +62,10 @@ class TenantMixin:
                 organization_slug=request.headers.get("X-Organization"),
             )
             tenant = request.tenant
-            bind_tenant(organization=tenant.organization.slug,
-                        principal=f"key:{tenant.api_key.prefix}" if tenant.api_key else f"user:{tenant.user.pk}")  # fmt: skip
+            bind_tenant(
+                organization=tenant.organization.slug,
+                principal=f"key:{tenant.api_key.prefix}" if tenant.api_key else f"user:{tenant.user.pk}",
+            )
         super().check_permissions(request)
 
     @property

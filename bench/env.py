@@ -54,8 +54,9 @@ def prepare_database(*, fresh: bool) -> Target:
     if os.environ.get("DATABASE_URL"):
         if fresh:
             raise SystemExit("bench: --fresh only drops the bench's own database; it is refused with DATABASE_URL set.")
-        return Target(description="DATABASE_URL (bench rows told apart by the slug prefix bench-)", dedicated=False,
-                      postmaster_pid=None)  # fmt: skip
+        return Target(
+            description="DATABASE_URL (bench rows told apart by the slug prefix bench-)", dedicated=False, postmaster_pid=None
+        )
 
     import psycopg
 
@@ -73,8 +74,11 @@ def prepare_database(*, fresh: bool) -> Target:
             conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
     os.environ["DATABASE_URL"] = f"postgres://{params['USER']}@/{BENCH_DATABASE}?host={host}"
     os.environ.setdefault("TOLLGATE_ENV", "development")
-    return Target(description=f"embedded PostgreSQL, database {BENCH_DATABASE} (the bench's own)", dedicated=True,
-                  postmaster_pid=_embedded_postmaster_pid())  # fmt: skip
+    return Target(
+        description=f"embedded PostgreSQL, database {BENCH_DATABASE} (the bench's own)",
+        dedicated=True,
+        postmaster_pid=_embedded_postmaster_pid(),
+    )
 
 
 def libpq_conninfo() -> str:
@@ -122,8 +126,10 @@ def machine_info() -> dict[str, object]:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SELECT version(), current_setting('synchronous_commit'), current_setting('fsync'), "
-                       "current_setting('shared_buffers'), current_setting('max_connections')")  # fmt: skip
+        cursor.execute(
+            "SELECT version(), current_setting('synchronous_commit'), current_setting('fsync'), "
+            "current_setting('shared_buffers'), current_setting('max_connections')"
+        )
         pg_version, sync_commit, fsync, shared_buffers, max_connections = cursor.fetchone()
     try:
         import gunicorn

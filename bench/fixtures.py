@@ -126,8 +126,12 @@ def ensure(*, spread_count: int) -> BenchData:
     if low:
         print(f"bench: funding {len(low)} wallets through the ledger", flush=True)
     for slug in low:
-        wallet_adjust(organization_id=organizations[slug].pk, amount=funding[slug] - balances[slug], reason="bench funding",
-                      created_by_id=owner.pk)  # fmt: skip
+        wallet_adjust(
+            organization_id=organizations[slug].pk,
+            amount=funding[slug] - balances[slug],
+            reason="bench funding",
+            created_by_id=owner.pk,
+        )
 
     def tenant(slug: str) -> Tenant:
         return Tenant(slug=slug, organization_id=organizations[slug].pk, api_key_id=key_ids[slug], secret=secrets[slug])

@@ -123,19 +123,26 @@ def profile_endpoint(*, name: str, path: str, body, secret: str, requests: int, 
 
     def row(func, values) -> dict:
         _, calls, tottime, cumtime, _ = values
-        return {"function": _label(func), "calls_per_request": round(calls / requests, 2),
-                "cumulative_ms_per_request": round(cumtime / requests * 1000, 4),
-                "own_ms_per_request": round(tottime / requests * 1000, 4)}  # fmt: skip
+        return {
+            "function": _label(func),
+            "calls_per_request": round(calls / requests, 2),
+            "cumulative_ms_per_request": round(cumtime / requests * 1000, 4),
+            "own_ms_per_request": round(tottime / requests * 1000, 4),
+        }
 
     text = io.StringIO()
-    text.write(f"{name} x {requests} in-process: {plain_ms:.3f} ms/request without the profiler (of which {cpu_ms:.3f} ms "
-               f"CPU in this process), {profiled_ms:.3f} ms with it; "
-               f"{round_trips:.1f} database round trips/request, {db_wait_ms:.3f} ms/request waiting on them (profiled)\n"
-               "statements of one request sent through Django's cursor:\n")  # fmt: skip
+    text.write(
+        f"{name} x {requests} in-process: {plain_ms:.3f} ms/request without the profiler (of which {cpu_ms:.3f} ms "
+        f"CPU in this process), {profiled_ms:.3f} ms with it; "
+        f"{round_trips:.1f} database round trips/request, {db_wait_ms:.3f} ms/request waiting on them (profiled)\n"
+        "statements of one request sent through Django's cursor:\n"
+    )
     text.writelines(f"  {s}\n" for s in statements)
     text.write("\nown time by package (ms/request):\n")
-    text.writelines(f"  {name:<34} {seconds / requests * 1000:8.4f}\n" for name, seconds in
-                    sorted(buckets.items(), key=lambda kv: kv[1], reverse=True))  # fmt: skip
+    text.writelines(
+        f"  {name:<34} {seconds / requests * 1000:8.4f}\n"
+        for name, seconds in sorted(buckets.items(), key=lambda kv: kv[1], reverse=True)
+    )
     for order in ("cumulative", "tottime"):
         text.write(f"\n--- pstats sorted by {order} ---\n")
         pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(60)
@@ -162,16 +169,23 @@ def profile_endpoint(*, name: str, path: str, body, secret: str, requests: int, 
 def profile_all(*, data: BenchData, requests: int, batch_requests: int, batch_size: int, run_id: str, out_prefix: Path) -> dict:
     out = {}
     out["usage"] = profile_endpoint(
-        name="POST /api/v1/usage/ (hot wallet)", path="/api/v1/usage/", secret=data.hot.secret, requests=requests,
+        name="POST /api/v1/usage/ (hot wallet)",
+        path="/api/v1/usage/",
+        secret=data.hot.secret,
+        requests=requests,
         body=lambda i: {"service": data.service_slug, "idempotency_key": f"{run_id}-u{i}"},
         out_prefix=out_prefix.with_name(out_prefix.name + "-usage"),
-    )  # fmt: skip
+    )
     if batch_requests > 0:
         out["batch"] = profile_endpoint(
-            name=f"POST /api/v1/usage/batch/ with {batch_size} events (hot wallet)", path="/api/v1/usage/batch/",
-            secret=data.hot.secret, requests=batch_requests, per_request=batch_size,
-            body=lambda i: {"events": [{"service": data.service_slug, "idempotency_key": f"{run_id}-b{i}-{j}"}
-                                       for j in range(batch_size)]},
+            name=f"POST /api/v1/usage/batch/ with {batch_size} events (hot wallet)",
+            path="/api/v1/usage/batch/",
+            secret=data.hot.secret,
+            requests=batch_requests,
+            per_request=batch_size,
+            body=lambda i: {
+                "events": [{"service": data.service_slug, "idempotency_key": f"{run_id}-b{i}-{j}"} for j in range(batch_size)]
+            },
             out_prefix=out_prefix.with_name(out_prefix.name + "-batch"),
-        )  # fmt: skip
+        )
     return out

@@ -48,9 +48,11 @@ WITH t AS (
 SELECT id FROM t
 """
 
-VARIANTS = {"app": "the app's one autocommit statement: posting + usage record + rollup + spend (1 round trip)",
-            "twostmt": "the app's transactional path: BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
-            "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)"}  # fmt: skip
+VARIANTS = {
+    "app": "the app's one autocommit statement: posting + usage record + rollup + spend (1 round trip)",
+    "twostmt": "the app's transactional path: BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
+    "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)",
+}
 
 
 def _app_params(job: RawJob) -> tuple[dict, dict]:
@@ -63,9 +65,15 @@ def _app_params(job: RawJob) -> tuple[dict, dict]:
     from payments.models import Account, TransferKind
 
     base_post = posting_params(organization_id=0, amount=-job.cost, counter_account=Account.REVENUE, kind=TransferKind.USAGE)
-    priced = PricedEvent(event=UsageEvent(service="bench", idempotency_key="", data={}), service_id=job.service_id,
-                         calc_method="REQUEST", quantities=Quantities(quantity=1), prices={"unit_price": job.unit_price},
-                         cost=job.cost, request_hash="")  # fmt: skip
+    priced = PricedEvent(
+        event=UsageEvent(service="bench", idempotency_key="", data={}),
+        service_id=job.service_id,
+        calc_method="REQUEST",
+        quantities=Quantities(quantity=1),
+        prices={"unit_price": job.unit_price},
+        cost=job.cost,
+        request_hash="",
+    )
     tenant = Tenant(organization=Organization(pk=0), user=None, api_key=ApiKey(pk=0, mode="live"), role=None)
     return base_post, record_params(priced, tenant=tenant, now=datetime.now(UTC))
 
@@ -95,8 +103,10 @@ def _debit_twostmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, bas
         if row is None:
             raise Refused
         transfer_id, balance_after = row[0], row[1]  # (id, balance, held, …): the app reads these two
-        cursor.execute(INSERT_USAGE_SQL, {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id,
-                                          "usage_balance_after": balance_after})  # fmt: skip
+        cursor.execute(
+            INSERT_USAGE_SQL,
+            {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id, "usage_balance_after": balance_after},
+        )
         if cursor.fetchone() is None:
             raise RuntimeError("usage record not written (idempotency key reused?)")
 
@@ -110,27 +120,46 @@ def _debit_classic(cursor, conn, job: RawJob, org: int, key: int, idem: str, bas
         if balance_after - held < -credit_limit:
             raise Refused
         cursor.execute(CLASSIC_UPDATE_SQL, {"balance": balance_after, "org": org})
-        cursor.execute(CLASSIC_LEDGER_SQL, {**base_post, "ledger_org": org, "ledger_reference": f"usage:{idem}", "ledger_now": now,
-                                            "balance": balance_after})  # fmt: skip
+        cursor.execute(
+            CLASSIC_LEDGER_SQL,
+            {**base_post, "ledger_org": org, "ledger_reference": f"usage:{idem}", "ledger_now": now, "balance": balance_after},
+        )
         (transfer_id,) = cursor.fetchone()
-        cursor.execute(INSERT_USAGE_SQL, {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id,
-                                          "usage_balance_after": balance_after})  # fmt: skip
+        cursor.execute(
+            INSERT_USAGE_SQL,
+            {**_usage(base_usage, org, key, idem, now), "usage_transfer": transfer_id, "usage_balance_after": balance_after},
+        )
         if cursor.fetchone() is None:
             raise RuntimeError("usage record not written (idempotency key reused?)")
 
 
 def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
-    cursor.execute(DEBIT_SQL, {**base_post, **_usage(base_usage, org, key, idem, now), "ledger_org": org,
-                               "ledger_reference": f"usage:{idem}", "ledger_now": now})  # fmt: skip
+    cursor.execute(
+        DEBIT_SQL,
+        {
+            **base_post,
+            **_usage(base_usage, org, key, idem, now),
+            "ledger_org": org,
+            "ledger_reference": f"usage:{idem}",
+            "ledger_now": now,
+        },
+    )
     if cursor.fetchone() is None:
         raise Refused
 
 
 def _usage(base_usage: dict, org: int, key: int, idem: str, now: datetime) -> dict:
     """The app's usage parameters for one event (built once by `record_params`), with this event's own values."""
-    return {**base_usage, "usage_org": org, "usage_key": key, "usage_idem": idem, "usage_hash": _hash(idem), "usage_now": now,
-            "usage_day": now.date()}  # fmt: skip
+    return {
+        **base_usage,
+        "usage_org": org,
+        "usage_key": key,
+        "usage_idem": idem,
+        "usage_hash": _hash(idem),
+        "usage_now": now,
+        "usage_day": now.date(),
+    }
 
 
 def _hash(idem: str) -> str:
@@ -236,8 +265,9 @@ def run(job: RawJob, clients: int, on_window=None) -> RawResult:
     connections.close_all()  # nothing Django-side crosses the fork
     connected, go, finish = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Event()
     t0, results = ctx.Value("d", 0.0), ctx.Queue()
-    processes = [ctx.Process(target=_worker, args=(i, job, connected, go, t0, results, finish), daemon=True)
-                 for i in range(clients)]  # fmt: skip
+    processes = [
+        ctx.Process(target=_worker, args=(i, job, connected, go, t0, results, finish), daemon=True) for i in range(clients)
+    ]
     for process in processes:
         process.start()
     try:

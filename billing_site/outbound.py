@@ -27,9 +27,18 @@ CLOUD_METADATA = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.i
 # What ALERT_WEBHOOK_ALLOW_PRIVATE lets through: loopback, RFC 1918 / unique-local, link-local, CGNAT.
 PRIVATE_NETWORKS = tuple(
     ipaddress.ip_network(network)
-    for network in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
-                    "::1/128", "fc00::/7", "fe80::/10")
-)  # fmt: skip
+    for network in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
 # IPv6 forms that carry an IPv4 address in their last 32 bits; each is judged by that address.
 IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
@@ -131,12 +140,26 @@ def destination_post(destination: Destination, *, body: bytes, headers: Mapping[
     timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
     address = str(destination.addresses[0])
     if destination.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(address, destination.port, timeout=timeout, retries=False, cert_reqs="CERT_REQUIRED",
-                                           ca_certs=ca_certs or certifi.where(), server_hostname=destination.host)  # fmt: skip
+        pool = urllib3.HTTPSConnectionPool(
+            address,
+            destination.port,
+            timeout=timeout,
+            retries=False,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_certs or certifi.where(),
+            server_hostname=destination.host,
+        )
     else:
         pool = urllib3.HTTPConnectionPool(address, destination.port, timeout=timeout, retries=False)
     with pool:
-        response = pool.urlopen("POST", destination.target, body=body, headers={**headers, "Host": destination.host_header},
-                                redirect=False, retries=False, preload_content=False)  # fmt: skip
+        response = pool.urlopen(
+            "POST",
+            destination.target,
+            body=body,
+            headers={**headers, "Host": destination.host_header},
+            redirect=False,
+            retries=False,
+            preload_content=False,
+        )
         response.close()  # the body is not ours to read: a receiver cannot make us download anything
         return response.status

@@ -167,8 +167,9 @@ def spend_chart(rows: list[dict], *, day_from: date, day_to: date, frame: Frame 
             # A sliver of spend still shows as a 1 px line, so no day with spend looks empty.
             height = max(cost / top * plot_h, Decimal(1))
             y -= height
-            bar.segments.append(Segment(series=key, name=name, cost=cost, x=_px(x), y=_px(y), width=_px(bar_width),
-                                        height=_px(height)))  # fmt: skip
+            bar.segments.append(
+                Segment(series=key, name=name, cost=cost, x=_px(x), y=_px(y), width=_px(bar_width), height=_px(height))
+            )
         bars.append(bar)
 
     ticks = [Tick(value=step * i, y=_px(Decimal(baseline) - Decimal(plot_h) * i / steps)) for i in range(steps + 1)]
@@ -178,5 +179,15 @@ def spend_chart(rows: list[dict], *, day_from: date, day_to: date, frame: Frame 
         for i, day in enumerate(days)
         if (len(days) - 1 - i) % label_every == 0
     ]
-    return Chart(width=frame.width, height=frame.height, left=left, right_x=frame.width - frame.right, baseline_y=baseline, bars=bars,
-                 ticks=ticks, labels=labels, series=series, total=sum(totals.values(), ZERO))  # fmt: skip
+    return Chart(
+        width=frame.width,
+        height=frame.height,
+        left=left,
+        right_x=frame.width - frame.right,
+        baseline_y=baseline,
+        bars=bars,
+        ticks=ticks,
+        labels=labels,
+        series=series,
+        total=sum(totals.values(), ZERO),
+    )

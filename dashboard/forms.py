@@ -68,10 +68,17 @@ class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
 
 class SignupForm(forms.Form):
     email = forms.EmailField(max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
-    password = forms.CharField(strip=False, min_length=8, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-                               help_text="At least 8 characters; not a common password.")  # fmt: skip
-    organization = forms.CharField(max_length=120, label="Organization name",
-                                   widget=forms.TextInput(attrs={"autocomplete": "organization", "placeholder": "Acme AI"}))  # fmt: skip
+    password = forms.CharField(
+        strip=False,
+        min_length=8,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="At least 8 characters; not a common password.",
+    )
+    organization = forms.CharField(
+        max_length=120,
+        label="Organization name",
+        widget=forms.TextInput(attrs={"autocomplete": "organization", "placeholder": "Acme AI"}),
+    )
 
     def __init__(self, *args, request=None, **kwargs):
         self.request = request
@@ -163,10 +170,20 @@ class UsageFilterForm(forms.Form):
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100, widget=forms.TextInput(attrs={"placeholder": "e.g. Production backend"}))
     mode = forms.ChoiceField(choices=ApiKeyMode.choices, initial=ApiKeyMode.LIVE, widget=forms.RadioSelect)
-    spend_cap = forms.DecimalField(required=False, min_value=Decimal(0), max_digits=16, decimal_places=6,
-                                   label="Spend cap", help_text="The most this key may ever spend in live mode.")  # fmt: skip
-    expires_on = forms.DateField(required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}),
-                                 help_text="The key stops working at the start of this day (UTC).")  # fmt: skip
+    spend_cap = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        label="Spend cap",
+        help_text="The most this key may ever spend in live mode.",
+    )
+    expires_on = forms.DateField(
+        required=False,
+        label="Expires on",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="The key stops working at the start of this day (UTC).",
+    )
 
     def clean_expires_on(self):
         day = self.cleaned_data.get("expires_on")
@@ -189,8 +206,12 @@ def available_providers() -> list[tuple[str, str]]:
 
 
 class RechargeForm(forms.Form):
-    amount = forms.DecimalField(min_value=Decimal(0), max_digits=16, decimal_places=6,
-                                widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))  # fmt: skip
+    amount = forms.DecimalField(
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
     provider = forms.ChoiceField(widget=forms.RadioSelect)
     idempotency_key = forms.CharField(max_length=64, widget=forms.HiddenInput)
 
@@ -232,11 +253,20 @@ class RoleForm(forms.Form):
 
 
 class AlertSettingsForm(forms.Form):
-    low_balance_threshold = forms.DecimalField(min_value=Decimal(0), max_digits=16, decimal_places=6,
-                                               label="Low-balance threshold",
-                                               help_text="We warn you (email to owners and admins, banner, webhook) when the balance falls below it. 0 turns alerts off.",
-                                               widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}))  # fmt: skip
-    alert_webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https", label="Alert webhook URL",
-                                       validators=[alert_webhook_url_validate],
-                                       help_text="We POST a signed JSON body here when the balance runs low.",
-                                       widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}))  # fmt: skip
+    low_balance_threshold = forms.DecimalField(
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        label="Low-balance threshold",
+        help_text="We warn you (email to owners and admins, banner, webhook) when the balance falls below it. 0 turns alerts off.",
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
+    alert_webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        label="Alert webhook URL",
+        validators=[alert_webhook_url_validate],
+        help_text="We POST a signed JSON body here when the balance runs low.",
+        widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}),
+    )

@@ -100,8 +100,9 @@ class UsagePage:
     newer: Cursor | None  # the cursor for the previous (newer) page, if there is one
 
 
-def usage_page(records: QuerySet[UsageRecord], *, before: Cursor | None = None, after: Cursor | None = None,
-               size: int = 50) -> UsagePage:  # fmt: skip
+def usage_page(
+    records: QuerySet[UsageRecord], *, before: Cursor | None = None, after: Cursor | None = None, size: int = 50
+) -> UsagePage:
     """One page of `records` (newest first): the `size` after `before`, or the `size` just
     newer than `after`, or the newest."""
     if after is not None:

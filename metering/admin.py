@@ -65,8 +65,20 @@ class PriceAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
-EXPORT_FIELDS = ["id", "created_at", "organization_id", "service_id", "api_key_id", "quantity", "input_tokens", "output_tokens",
-                 "cost", "balance_after", "test", "idempotency_key"]  # fmt: skip
+EXPORT_FIELDS = [
+    "id",
+    "created_at",
+    "organization_id",
+    "service_id",
+    "api_key_id",
+    "quantity",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "balance_after",
+    "test",
+    "idempotency_key",
+]
 
 
 @admin.register(UsageRecord)

@@ -58,8 +58,9 @@ def _event_from(body: Any, *, header_key: str | None) -> services.UsageEvent:
     """Parse one usage event; InvalidRequest names the offending fields."""
     body = _json_object(body, USAGE_FIELDS, what="Each usage event")
     service, key = _service_and_key(body, header_key=header_key)
-    return services.UsageEvent(service=service, idempotency_key=key, data=_quantities(body),
-                               metadata=services.validate_metadata(body.get("metadata")))  # fmt: skip
+    return services.UsageEvent(
+        service=service, idempotency_key=key, data=_quantities(body), metadata=services.validate_metadata(body.get("metadata"))
+    )
 
 
 def _utc_iso(moment: datetime) -> str:
@@ -217,8 +218,10 @@ class UsageBatchApi(TenantMixin, APIView):
         if not isinstance(events, list) or not events:
             raise InvalidRequest("`events` must be a non-empty list.", details={"events": ["Must be a non-empty list."]})
         if len(events) > settings.USAGE_BATCH_MAX_EVENTS:
-            raise InvalidRequest(f"At most {settings.USAGE_BATCH_MAX_EVENTS} events per batch.",
-                                 details={"events": [f"At most {settings.USAGE_BATCH_MAX_EVENTS} events."]})  # fmt: skip
+            raise InvalidRequest(
+                f"At most {settings.USAGE_BATCH_MAX_EVENTS} events per batch.",
+                details={"events": [f"At most {settings.USAGE_BATCH_MAX_EVENTS} events."]},
+            )
         parsed: list[services.UsageEvent | DomainError] = []
         for body in events:
             try:
@@ -264,8 +267,13 @@ class UsageSummaryApi(TenantMixin, APIView):
         day_from = _day(params.get("from"), "from") or day_to - timedelta(days=29)
         if day_from > day_to:
             raise InvalidRequest("`from` is after `to`.", details={"from": ["Must not be after `to`."]})
-        rows = selectors.usage_summary(organization_id=self.tenant.organization.pk, group_by=group_by, day_from=day_from,
-                                       day_to=day_to, test=_flag(params.get("test"), "test"))  # fmt: skip
+        rows = selectors.usage_summary(
+            organization_id=self.tenant.organization.pk,
+            group_by=group_by,
+            day_from=day_from,
+            day_to=day_to,
+            test=_flag(params.get("test"), "test"),
+        )
         for row in rows:
             row["cost"] = money_str(row["cost"])
             if group_by == "day":
@@ -288,8 +296,19 @@ def _day(value: str | None, name: str) -> date | None:
     return day
 
 
-EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "cost", "balance_after", "test",
-                  "api_key_id", "idempotency_key"]  # fmt: skip
+EXPORT_COLUMNS = [
+    "id",
+    "created_at",
+    "service",
+    "quantity",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "balance_after",
+    "test",
+    "api_key_id",
+    "idempotency_key",
+]
 
 
 class UsageExportApi(TenantMixin, APIView):
@@ -301,28 +320,58 @@ class UsageExportApi(TenantMixin, APIView):
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
         rows = (
-            [record.pk, record.created_at.isoformat(), record.service.slug, record.quantity, record.input_tokens,
-             record.output_tokens, money_str(record.cost), money_str(record.balance_after), record.test, record.api_key_id,
-             record.idempotency_key]
+            [
+                record.pk,
+                record.created_at.isoformat(),
+                record.service.slug,
+                record.quantity,
+                record.input_tokens,
+                record.output_tokens,
+                money_str(record.cost),
+                money_str(record.balance_after),
+                record.test,
+                record.api_key_id,
+                record.idempotency_key,
+            ]
             for record in records.iterator(chunk_size=2000)
-        )  # fmt: skip
+        )
         return csv_stream_response(EXPORT_COLUMNS, rows, filename="usage.csv")
 
 
 class ServiceListApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={200: inline_serializer("ServiceWithPrices", {
-        "slug": serializers.CharField(), "name": serializers.CharField(), "calc_method": serializers.CharField(),
-        "prices": serializers.DictField(child=serializers.DecimalField(max_digits=28, decimal_places=12), allow_null=True),
-    }, many=True)})  # fmt: skip
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "ServiceWithPrices",
+                {
+                    "slug": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "calc_method": serializers.CharField(),
+                    "prices": serializers.DictField(
+                        child=serializers.DecimalField(max_digits=28, decimal_places=12), allow_null=True
+                    ),
+                },
+                many=True,
+            )
+        }
+    )
     def get(self, request):
         rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)
-        return Response([
-            {"slug": service.slug, "name": service.name, "calc_method": service.calc_method,
-             "prices": {name: money_str(getattr(price, name)) for name in price_fields(service.calc_method)} if price else None}
-            for service, price in rows
-        ])  # fmt: skip
+        return Response(
+            [
+                {
+                    "slug": service.slug,
+                    "name": service.name,
+                    "calc_method": service.calc_method,
+                    "prices": {name: money_str(getattr(price, name)) for name in price_fields(service.calc_method)}
+                    if price
+                    else None,
+                }
+                for service, price in rows
+            ]
+        )
 
 
 # --- Holds ----------------------------------------------------------------------------------------
@@ -347,21 +396,36 @@ def hold_body(hold: Hold, record: UsageRecord | None = None) -> dict[str, Any]:
     return body
 
 
-HoldOutput = inline_serializer("HoldOutput", {
-    "id": serializers.IntegerField(), "service": serializers.CharField(), "amount": serializers.DecimalField(max_digits=28, decimal_places=12),
-    "status": serializers.ChoiceField(choices=["active", "captured", "released", "expired"]), "test": serializers.BooleanField(),
-    "expires_at": serializers.DateTimeField(), "usage": UsageOutput(required=False),
-})  # fmt: skip
+HoldOutput = inline_serializer(
+    "HoldOutput",
+    {
+        "id": serializers.IntegerField(),
+        "service": serializers.CharField(),
+        "amount": serializers.DecimalField(max_digits=28, decimal_places=12),
+        "status": serializers.ChoiceField(choices=["active", "captured", "released", "expired"]),
+        "test": serializers.BooleanField(),
+        "expires_at": serializers.DateTimeField(),
+        "usage": UsageOutput(required=False),
+    },
+)
 
 
 class HoldCreateApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=inline_serializer("HoldInput", {
-        "service": serializers.CharField(), "idempotency_key": serializers.CharField(required=False),
-        "amount": serializers.DecimalField(max_digits=28, decimal_places=12, required=False),
-        "expires_in": serializers.IntegerField(required=False, min_value=1),
-    }), responses={201: HoldOutput, 200: HoldOutput}, parameters=[IDEMPOTENCY_HEADER])  # fmt: skip
+    @extend_schema(
+        request=inline_serializer(
+            "HoldInput",
+            {
+                "service": serializers.CharField(),
+                "idempotency_key": serializers.CharField(required=False),
+                "amount": serializers.DecimalField(max_digits=28, decimal_places=12, required=False),
+                "expires_in": serializers.IntegerField(required=False, min_value=1),
+            },
+        ),
+        responses={201: HoldOutput, 200: HoldOutput},
+        parameters=[IDEMPOTENCY_HEADER],
+    )
     def post(self, request):
         body = _json_object(request.data, HOLD_FIELDS)
         amount_field = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, allow_null=True)
@@ -375,8 +439,14 @@ class HoldCreateApi(TenantMixin, APIView):
                 "`expires_in` must be an integer number of seconds.", details={"expires_in": ["Must be an integer."]}
             )
         service, key = _service_and_key(body, header_key=request.headers.get("Idempotency-Key"))
-        outcome = services.hold_create(tenant=self.tenant, service=service, idempotency_key=key, amount=amount,
-                                       maxima=_quantities(body), expires_in=expires_in)  # fmt: skip
+        outcome = services.hold_create(
+            tenant=self.tenant,
+            service=service,
+            idempotency_key=key,
+            amount=amount,
+            maxima=_quantities(body),
+            expires_in=expires_in,
+        )
         return Response(hold_body(outcome.hold), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
 
 
@@ -448,9 +518,21 @@ class PriceAdminApi(APIView):
         class Meta:
             ref_name = "PriceAdminInput"
 
-    @extend_schema(request=Input, responses={201: inline_serializer("PriceAdminOutput", {
-        "id": serializers.IntegerField(), "service": serializers.CharField(), "organization": serializers.CharField(allow_null=True),
-        "effective_from": serializers.DateTimeField(), "prices": serializers.DictField()})})  # fmt: skip
+    @extend_schema(
+        request=Input,
+        responses={
+            201: inline_serializer(
+                "PriceAdminOutput",
+                {
+                    "id": serializers.IntegerField(),
+                    "service": serializers.CharField(),
+                    "organization": serializers.CharField(allow_null=True),
+                    "effective_from": serializers.DateTimeField(),
+                    "prices": serializers.DictField(),
+                },
+            )
+        },
+    )
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -464,10 +546,19 @@ class PriceAdminApi(APIView):
             if organization is None:
                 raise NotFound("No such organization.")
         price = services.price_create(
-            service=service, organization_id=organization.pk if organization else None, effective_from=values.get("effective_from"),
-            created_by_id=request.user.pk, **{name: values.get(name) for name in ("input_price", "output_price", "unit_price")},
-        )  # fmt: skip
-        return Response({
-            "id": price.pk, "service": service.slug, "organization": organization.slug if organization else None,
-            "effective_from": price.effective_from, "prices": {n: money_str(getattr(price, n)) for n in price_fields(service.calc_method)},
-        }, status=status.HTTP_201_CREATED)  # fmt: skip
+            service=service,
+            organization_id=organization.pk if organization else None,
+            effective_from=values.get("effective_from"),
+            created_by_id=request.user.pk,
+            **{name: values.get(name) for name in ("input_price", "output_price", "unit_price")},
+        )
+        return Response(
+            {
+                "id": price.pk,
+                "service": service.slug,
+                "organization": organization.slug if organization else None,
+                "effective_from": price.effective_from,
+                "prices": {n: money_str(getattr(price, n)) for n in price_fields(service.calc_method)},
+            },
+            status=status.HTTP_201_CREATED,
+        )

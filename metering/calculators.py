@@ -59,8 +59,9 @@ def _text(data: Mapping[str, Any]) -> str | None:
     if not isinstance(text, str):
         raise InvalidRequest("`text` must be a string.", details={"text": ["Must be a string."]})
     if len(text) > MAX_TEXT_CHARS:
-        raise InvalidRequest(f"`text` is longer than {MAX_TEXT_CHARS} characters; send the count instead.",
-                             details={"text": ["Too long."]})  # fmt: skip
+        raise InvalidRequest(
+            f"`text` is longer than {MAX_TEXT_CHARS} characters; send the count instead.", details={"text": ["Too long."]}
+        )
     return text
 
 
@@ -170,6 +171,8 @@ def measure(method: str, data: Mapping[str, Any]) -> Quantities:
     calculator = CALCULATORS[method]
     foreign = sorted(field for field in ALL_QUANTITY_FIELDS - set(calculator.fields) if data.get(field) is not None)
     if foreign:
-        raise InvalidRequest(f"{', '.join(foreign)} do not apply to a {method} service.",
-                             details={field: ["Does not apply to this service."] for field in foreign})  # fmt: skip
+        raise InvalidRequest(
+            f"{', '.join(foreign)} do not apply to a {method} service.",
+            details={field: ["Does not apply to this service."] for field in foreign},
+        )
     return calculator.measure(data)

@@ -136,8 +136,14 @@ class MeteredCall:
         if tenant.is_test and not serves_test_mode:
             raise TestModeRefused()
         maxima = self.estimate(request) if callable(self.estimate) else self.estimate
-        outcome = services.hold_create(tenant=tenant, service=self.service, idempotency_key=_hold_key(request, tenant),
-                                       amount=None, maxima=maxima, expires_in=None)  # fmt: skip
+        outcome = services.hold_create(
+            tenant=tenant,
+            service=self.service,
+            idempotency_key=_hold_key(request, tenant),
+            amount=None,
+            maxima=maxima,
+            expires_in=None,
+        )
         if outcome.replayed:
             raise _replay_refused(outcome.hold)
         return outcome.hold
@@ -157,8 +163,13 @@ class MeteredCall:
             services.hold_release(hold=hold)
 
 
-def metered(service: str, *, estimate: Estimate, actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None,
-            test_response: Callable[[HttpRequest], HttpResponse] | None = None):  # fmt: skip
+def metered(
+    service: str,
+    *,
+    estimate: Estimate,
+    actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None,
+    test_response: Callable[[HttpRequest], HttpResponse] | None = None,
+):
     """Decorate a Django view that serves an AI call so it is held, metered and charged. `estimate`
     is the view's worst case; `test_response` is what test-mode keys get instead of the view."""
     call = MeteredCall(service, estimate=estimate, actual=actual)

@@ -34,8 +34,14 @@ class Price(models.Model):
     Never edited in place (a trigger refuses UPDATE): a change of rate is a new row."""
 
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="prices")
-    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="prices",
-                                     help_text="Empty: the general price. Set: an override for this organization only.")  # fmt: skip
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="prices",
+        help_text="Empty: the general price. Set: an override for this organization only.",
+    )
     effective_from = models.DateTimeField(default=timezone.now)
     input_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 input tokens.")
     output_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 output tokens.")

@@ -28,9 +28,27 @@ from metering.models import UsageRecord
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FIELDS = ["id", "organization_id", "service_id", "api_key_id", "user_id", "quantity", "input_tokens", "output_tokens",
-                 "input_price", "output_price", "unit_price", "cost", "test", "idempotency_key", "metadata", "transfer_id",
-                 "balance_after", "hold_id", "created_at"]  # fmt: skip
+EXPORT_FIELDS = [
+    "id",
+    "organization_id",
+    "service_id",
+    "api_key_id",
+    "user_id",
+    "quantity",
+    "input_tokens",
+    "output_tokens",
+    "input_price",
+    "output_price",
+    "unit_price",
+    "cost",
+    "test",
+    "idempotency_key",
+    "metadata",
+    "transfer_id",
+    "balance_after",
+    "hold_id",
+    "created_at",
+]
 MONEY_FIELDS = {"input_price", "output_price", "unit_price", "cost", "balance_after"}
 
 

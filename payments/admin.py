@@ -93,8 +93,12 @@ class OrganizationAdmin(admin.ModelAdmin):
         form = AdjustmentForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             try:
-                posting = ledger.wallet_adjust(organization_id=organization.pk, amount=form.cleaned_data["amount"],
-                                               reason=form.cleaned_data["reason"], created_by_id=request.user.pk)  # fmt: skip
+                posting = ledger.wallet_adjust(
+                    organization_id=organization.pk,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    created_by_id=request.user.pk,
+                )
             except ledger.InsufficientBalance:
                 self.message_user(request, "Refused: this debit would take the wallet below its limit.", messages.ERROR)
                 return None
@@ -103,8 +107,13 @@ class OrganizationAdmin(admin.ModelAdmin):
             )
             self.message_user(request, f"Adjusted {organization}: balance is now {posting.balance_after}.", messages.SUCCESS)
             return None
-        context = {**self.admin_site.each_context(request), "form": form, "organization": organization, "opts": self.model._meta,
-                   "title": f"Adjust the balance of {organization}"}  # fmt: skip
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "organization": organization,
+            "opts": self.model._meta,
+            "title": f"Adjust the balance of {organization}",
+        }
         return render(request, "admin/payments/adjust.html", context)
 
     def has_adjust_permission(self, request) -> bool:
@@ -237,16 +246,27 @@ class PaymentAdmin(ReadOnlyAdmin):
         form = RefundForm(request.POST if "apply" in request.POST else None, initial={"amount": remaining})
         if form.is_valid():
             try:
-                refund = services.payment_refund(payment=payment, amount=form.cleaned_data["amount"], reason=form.cleaned_data["reason"],
-                                                 staff=request.user, force=form.cleaned_data["force"])  # fmt: skip
+                refund = services.payment_refund(
+                    payment=payment,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    staff=request.user,
+                    force=form.cleaned_data["force"],
+                )
             except DomainError as error:
                 self.message_user(request, f"Refused: {error.message}", messages.ERROR)
                 return None
             self.log_change(request, payment, f"Refunded {refund.amount}: {refund.reason}")
             self.message_user(request, f"Refunded {refund.amount} {payment.currency} of payment #{payment.pk}.", messages.SUCCESS)
             return None
-        context = {**self.admin_site.each_context(request), "form": form, "payment": payment, "remaining": remaining,
-                   "opts": self.model._meta, "title": f"Refund payment #{payment.pk}"}  # fmt: skip
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "payment": payment,
+            "remaining": remaining,
+            "opts": self.model._meta,
+            "title": f"Refund payment #{payment.pk}",
+        }
         return render(request, "admin/payments/refund.html", context)
 
     def has_refund_permission(self, request) -> bool:
@@ -277,8 +297,10 @@ class RedemptionCodeAdmin(ReadOnlyAdmin):
     change_list_template = "admin/payments/redemptioncode/change_list.html"
 
     def get_urls(self):
-        return [path("generate/", self.admin_site.admin_view(self.generate_view), name="payments_redemptioncode_generate"),
-                *super().get_urls()]  # fmt: skip
+        return [
+            path("generate/", self.admin_site.admin_view(self.generate_view), name="payments_redemptioncode_generate"),
+            *super().get_urls(),
+        ]
 
     def generate_view(self, request):
         """Generate a batch; the codes exist in clear only in the CSV this answers."""
@@ -287,13 +309,20 @@ class RedemptionCodeAdmin(ReadOnlyAdmin):
         form = CodeBatchForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            codes = services.redemption_codes_generate(batch=data["batch"], amount=data["amount"], count=data["count"], max_uses=data["max_uses"],
-                                                       expires_at=data["expires_at"], created_by=request.user)  # fmt: skip
+            codes = services.redemption_codes_generate(
+                batch=data["batch"],
+                amount=data["amount"],
+                count=data["count"],
+                max_uses=data["max_uses"],
+                expires_at=data["expires_at"],
+                created_by=request.user,
+            )
             first = RedemptionCode.objects.get(digest=services.code_digest(codes[0]))
             self.log_addition(request, first, f"Generated batch {data['batch']}: {len(codes)} codes worth {data['amount']} each")
             rows = ([code, data["amount"], settings.CURRENCY, data["max_uses"], data["expires_at"] or ""] for code in codes)
-            return csv_stream_response(["code", "amount", "currency", "max_uses", "expires_at"], rows,
-                                       filename=f"codes-{data['batch']}.csv")  # fmt: skip
+            return csv_stream_response(
+                ["code", "amount", "currency", "max_uses", "expires_at"], rows, filename=f"codes-{data['batch']}.csv"
+            )
         context = {
             **self.admin_site.each_context(request),
             "form": form,

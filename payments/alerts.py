@@ -49,8 +49,16 @@ def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = Tr
             recipient_list=recipients,
         )
     if webhook and wallet.alert_webhook_url:
-        body = json.dumps({"type": "balance.low", "organization": organization.slug, "balance": balance, "threshold": threshold,
-                           "currency": wallet.currency, "created_at": timezone.now().isoformat()}).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "type": "balance.low",
+                "organization": organization.slug,
+                "balance": balance,
+                "threshold": threshold,
+                "currency": wallet.currency,
+                "created_at": timezone.now().isoformat(),
+            }
+        ).encode()
         alert_webhook_post(wallet=wallet, body=body)
 
 
@@ -63,8 +71,11 @@ def alert_webhook_post(*, wallet: Wallet, body: bytes) -> None:
     again here, against what DNS answers now, and the connection goes to the address just checked:
     DestinationRefused when it points into a private network. AlertWebhookFailed for a non-2xx answer."""
     destination = alert_webhook_destination(wallet.alert_webhook_url)
-    headers = {"Content-Type": "application/json", "User-Agent": "Tollgate-Alerts/1.0",
-               ALERT_SIGNATURE_HEADER: sign(body, secret=wallet.alert_signing_secret)}  # fmt: skip
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Tollgate-Alerts/1.0",
+        ALERT_SIGNATURE_HEADER: sign(body, secret=wallet.alert_signing_secret),
+    }
     status = destination_post(destination, body=body, headers=headers)
     if not 200 <= status < 300:
         raise AlertWebhookFailed(f"the alert webhook answered {status}")

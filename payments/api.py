@@ -47,9 +47,22 @@ class SignatureRefused(DomainError):
 class BalanceApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={200: inline_serializer("Balance", {
-        "organization": serializers.CharField(), "currency": serializers.CharField(), "balance": Amount(), "available": Amount(),
-        "held": Amount(), "credit_limit": Amount(), "low_balance_threshold": Amount()})})  # fmt: skip
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "Balance",
+                {
+                    "organization": serializers.CharField(),
+                    "currency": serializers.CharField(),
+                    "balance": Amount(),
+                    "available": Amount(),
+                    "held": Amount(),
+                    "credit_limit": Amount(),
+                    "low_balance_threshold": Amount(),
+                },
+            )
+        }
+    )
     def get(self, request):
         return Response(balance_body(selectors.wallet_get(organization_id=self.tenant.organization.pk)))
 
@@ -89,8 +102,12 @@ class AdjustApi(APIView):
         class Meta:
             ref_name = "AdjustInput"
 
-    @extend_schema(request=Input, responses={201: inline_serializer("AdjustOutput", {
-        "transfer_id": serializers.IntegerField(), "balance_after": Amount()})})  # fmt: skip
+    @extend_schema(
+        request=Input,
+        responses={
+            201: inline_serializer("AdjustOutput", {"transfer_id": serializers.IntegerField(), "balance_after": Amount()})
+        },
+    )
     def post(self, request, slug: str):
         organization = Organization.objects.filter(slug=slug).first()
         if organization is None:
@@ -99,8 +116,12 @@ class AdjustApi(APIView):
         data.is_valid(raise_exception=True)
         if data.validated_data["amount"] == 0:
             raise InvalidRequest("An adjustment moves a non-zero amount.", details={"amount": ["Must not be zero."]})
-        posting = ledger.wallet_adjust(organization_id=organization.pk, amount=data.validated_data["amount"],
-                                       reason=data.validated_data["reason"], created_by_id=request.user.pk)  # fmt: skip
+        posting = ledger.wallet_adjust(
+            organization_id=organization.pk,
+            amount=data.validated_data["amount"],
+            reason=data.validated_data["reason"],
+            created_by_id=request.user.pk,
+        )
         return Response({"transfer_id": posting.transfer_id, "balance_after": money_str(posting.balance_after)}, status=201)
 
 
@@ -132,9 +153,12 @@ class RechargeApi(TenantMixin, APIView):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         payment, replayed = services.payment_recharge_start(
-            organization=self.tenant.organization, user=self.tenant.user, amount=data.validated_data["amount"],
-            provider=data.validated_data["provider"], idempotency_key=request.headers.get("Idempotency-Key"),
-        )  # fmt: skip
+            organization=self.tenant.organization,
+            user=self.tenant.user,
+            amount=data.validated_data["amount"],
+            provider=data.validated_data["provider"],
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
         return Response(PaymentOutput(payment).data, status=200 if replayed else 201)
 
 

@@ -124,9 +124,19 @@ RETURNING balance, held
 """
 
 
-def posting_params(*, organization_id: int, amount: Decimal, counter_account: Account, kind: TransferKind,
-                   reference: str = "", memo: str = "", created_by_id: int | None = None, release_held: Decimal = ZERO,
-                   unchecked: bool = False, now: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+def posting_params(
+    *,
+    organization_id: int,
+    amount: Decimal,
+    counter_account: Account,
+    kind: TransferKind,
+    reference: str = "",
+    memo: str = "",
+    created_by_id: int | None = None,
+    release_held: Decimal = ZERO,
+    unchecked: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """The parameters of `_POST_SQL` / `post_statement` for one posting (all named `ledger_*`)."""
     return {
         "ledger_org": organization_id,
@@ -172,9 +182,17 @@ def transfer_post(
         return _held_change(
             organization_id=organization_id, held_delta=-release_held, unchecked=may_overdraw or release_held > ZERO
         )
-    params = posting_params(organization_id=organization_id, amount=amount, counter_account=counter_account, kind=kind,
-                            reference=reference, memo=memo, created_by_id=created_by_id, release_held=release_held,
-                            unchecked=may_overdraw or amount > ZERO)  # fmt: skip
+    params = posting_params(
+        organization_id=organization_id,
+        amount=amount,
+        counter_account=counter_account,
+        kind=kind,
+        reference=reference,
+        memo=memo,
+        created_by_id=created_by_id,
+        release_held=release_held,
+        unchecked=may_overdraw or amount > ZERO,
+    )
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(_POST_SQL, params)
@@ -188,8 +206,9 @@ def transfer_post(
     return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after)
 
 
-def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost: Decimal, reference: str,
-                                  params: dict[str, Any], now: datetime) -> tuple[Posting, tuple]:  # fmt: skip
+def usage_charge_in_one_statement(
+    *, statement: str, organization_id: int, cost: Decimal, reference: str, params: dict[str, Any], now: datetime
+) -> tuple[Posting, tuple]:
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
     `post_statement`. Outside a transaction it commits by itself: one round trip, and the wallet's
     row lock is held only while PostgreSQL runs and commits it. Raises InsufficientBalance (nothing
@@ -197,8 +216,17 @@ def usage_charge_in_one_statement(*, statement: str, organization_id: int, cost:
     Answers the posting and the caller's `companion` columns."""
     if cost <= ZERO:
         raise ValueError("a one-statement usage charge moves a positive cost")
-    params = {**params, **posting_params(organization_id=organization_id, amount=-cost, counter_account=Account.REVENUE,
-                                         kind=TransferKind.USAGE, reference=reference, now=now)}  # fmt: skip
+    params = {
+        **params,
+        **posting_params(
+            organization_id=organization_id,
+            amount=-cost,
+            counter_account=Account.REVENUE,
+            kind=TransferKind.USAGE,
+            reference=reference,
+            now=now,
+        ),
+    }
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
@@ -243,8 +271,9 @@ def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:
     return _held_change(organization_id=organization_id, held_delta=-amount, unchecked=True)
 
 
-def usage_charge(*, organization_id: int, cost: Decimal, reference: str = "", release_held: Decimal = ZERO,
-                 may_overdraw: bool = False) -> Posting:  # fmt: skip
+def usage_charge(
+    *, organization_id: int, cost: Decimal, reference: str = "", release_held: Decimal = ZERO, may_overdraw: bool = False
+) -> Posting:
     """Debit usage: wallet → revenue."""
     return transfer_post(
         organization_id=organization_id,
@@ -277,8 +306,9 @@ class Refusal(StrEnum):
     BUDGET = "budget"  # it would pass the caller's budget (e.g. an API key's remaining spend cap)
 
 
-def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal, str]],
-                       budget: Decimal | None = None) -> list[Posting | Refusal]:  # fmt: skip
+def usage_charge_batch(
+    *, organization_id: int, charges: Sequence[tuple[Decimal, str]], budget: Decimal | None = None
+) -> list[Posting | Refusal]:
     """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits the
     wallet and the optional `budget` on the total, as if they came one by one; a Refusal where it
     does not. Must run inside the caller's transaction (which may already hold the wallet's lock).
@@ -306,17 +336,24 @@ def usage_charge_batch(*, organization_id: int, charges: Sequence[tuple[Decimal,
             "SELECT nextval(pg_get_serial_sequence('payments_transfer', 'id')) FROM generate_series(1, %s)", [len(charged)]
         )
         ids = [row[0] for row in cursor.fetchall()]
-        cursor.execute(_BATCH_TRANSFERS_SQL, {
-            "ledger_org": organization_id, "ledger_now": timezone.now(), "ledger_ids": ids,
-            "ledger_references": [c[1] for c in charged], "ledger_costs": [c[0] for c in charged],
-            "ledger_balances": [c[2] for c in charged],
-        })  # fmt: skip
+        cursor.execute(
+            _BATCH_TRANSFERS_SQL,
+            {
+                "ledger_org": organization_id,
+                "ledger_now": timezone.now(),
+                "ledger_ids": ids,
+                "ledger_references": [c[1] for c in charged],
+                "ledger_costs": [c[0] for c in charged],
+                "ledger_balances": [c[2] for c in charged],
+            },
+        )
         cursor.execute(
             "UPDATE payments_wallet SET balance = %s, ledger_seq = ledger_seq + 1 WHERE organization_id = %s",
             [balance, organization_id],
         )
-    if low_balance_crossed(balance=balance, low_balance_threshold=wallet.low_balance_threshold,
-                           low_balance_alerted=wallet.low_balance_alerted):  # fmt: skip
+    if low_balance_crossed(
+        balance=balance, low_balance_threshold=wallet.low_balance_threshold, low_balance_alerted=wallet.low_balance_alerted
+    ):
         _announce_low_balance_after_commit(organization_id)
     for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):
         postings[index] = Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held)
@@ -340,8 +377,16 @@ def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created
         )
 
 
-def wallet_credit(*, organization_id: int, amount: Decimal, kind: TransferKind, counter_account: Account,
-                  reference: str, memo: str = "", created_by_id: int | None = None) -> Posting:  # fmt: skip
+def wallet_credit(
+    *,
+    organization_id: int,
+    amount: Decimal,
+    kind: TransferKind,
+    counter_account: Account,
+    reference: str,
+    memo: str = "",
+    created_by_id: int | None = None,
+) -> Posting:
     """Credit the wallet (recharge from payments_clearing, redemption from promotions, …)."""
     if amount <= ZERO:
         raise ValueError("a credit is positive")

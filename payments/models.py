@@ -30,10 +30,18 @@ class Wallet(models.Model):
     low_balance_alerted = models.BooleanField(
         default=False, editable=False, help_text="Set when an alert went out; re-armed by a top-up."
     )
-    alert_webhook_url = models.URLField(max_length=500, blank=True, validators=[alert_webhook_url_validate],
-                                        help_text="Optional: a signed POST goes here on low balance.")  # fmt: skip
-    alert_signing_secret = models.CharField(max_length=64, default=alert_signing_secret_new, editable=False,
-                                            help_text="Signs the alert webhook's body; the organization sees and rotates it.")  # fmt: skip
+    alert_webhook_url = models.URLField(
+        max_length=500,
+        blank=True,
+        validators=[alert_webhook_url_validate],
+        help_text="Optional: a signed POST goes here on low balance.",
+    )
+    alert_signing_secret = models.CharField(
+        max_length=64,
+        default=alert_signing_secret_new,
+        editable=False,
+        help_text="Signs the alert webhook's body; the organization sees and rotates it.",
+    )
     ledger_seq = models.BigIntegerField(
         default=0, editable=False, help_text="Bumped by exactly one by every ledger statement that changes balance or held."
     )

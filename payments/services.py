@@ -93,8 +93,10 @@ def recharge_amount_validate(amount: Decimal, currency: str) -> Decimal:
             f"{currency} amounts have at most {places} decimal places.", details={"amount": [f"At most {places} decimal places."]}
         )
     if not settings.RECHARGE_MIN <= amount <= settings.RECHARGE_MAX:
-        raise InvalidRequest(f"A recharge is between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX} {currency}.",
-                             details={"amount": [f"Between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX}."]})  # fmt: skip
+        raise InvalidRequest(
+            f"A recharge is between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX} {currency}.",
+            details={"amount": [f"Between {settings.RECHARGE_MIN} and {settings.RECHARGE_MAX}."]},
+        )
     return amount
 
 
@@ -102,8 +104,9 @@ def _request_hash(**fields) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def payment_recharge_start(*, organization: Organization, user: User | None, amount: Decimal, provider: str,
-                           idempotency_key: str | None = None) -> tuple[Payment, bool]:  # fmt: skip
+def payment_recharge_start(
+    *, organization: Organization, user: User | None, amount: Decimal, provider: str, idempotency_key: str | None = None
+) -> tuple[Payment, bool]:
     """Create a pending payment and its provider checkout. Answers (payment, replayed). The
     provider is called after the pending payment committed, outside any transaction."""
     try:
@@ -119,8 +122,15 @@ def payment_recharge_start(*, organization: Organization, user: User | None, amo
             if existing.request_hash != request_hash:
                 raise IdempotencyConflict()
             return existing, True
-    payment = Payment(organization=organization, provider=provider, amount=amount, currency=currency, created_by=user,
-                      idempotency_key=idempotency_key or None, request_hash=request_hash)  # fmt: skip
+    payment = Payment(
+        organization=organization,
+        provider=provider,
+        amount=amount,
+        currency=currency,
+        created_by=user,
+        idempotency_key=idempotency_key or None,
+        request_hash=request_hash,
+    )
     try:
         payment.save()
     except IntegrityError:
@@ -130,8 +140,11 @@ def payment_recharge_start(*, organization: Organization, user: User | None, amo
         return existing, True
     site = settings.SITE_URL.rstrip("/")
     try:
-        checkout = provider_impl.create_checkout(payment, success_url=f"{site}/dashboard/payments/{payment.pk}/?result=success",
-                                                 cancel_url=f"{site}/dashboard/payments/{payment.pk}/?result=cancel")  # fmt: skip
+        checkout = provider_impl.create_checkout(
+            payment,
+            success_url=f"{site}/dashboard/payments/{payment.pk}/?result=success",
+            cancel_url=f"{site}/dashboard/payments/{payment.pk}/?result=cancel",
+        )
     except ProviderError as exc:
         Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(
             status=PaymentStatus.FAILED, failure_reason=str(exc)[:255], updated_at=timezone.now()
@@ -139,8 +152,9 @@ def payment_recharge_start(*, organization: Organization, user: User | None, amo
         metrics.PAYMENTS.labels(provider, PaymentStatus.FAILED).inc()
         raise ProviderUnavailable() from exc
     metrics.PAYMENTS.labels(provider, PaymentStatus.PENDING).inc()
-    Payment.objects.filter(pk=payment.pk).update(provider_reference=checkout.reference, checkout_url=checkout.url,
-                                                 livemode=checkout.livemode, updated_at=timezone.now())  # fmt: skip
+    Payment.objects.filter(pk=payment.pk).update(
+        provider_reference=checkout.reference, checkout_url=checkout.url, livemode=checkout.livemode, updated_at=timezone.now()
+    )
     payment.refresh_from_db()
     return payment, False
 
@@ -168,10 +182,14 @@ def webhook_receive(*, provider: str, body: bytes, headers) -> WebhookReceipt:
     try:
         with transaction.atomic():
             stored = WebhookEvent.objects.create(
-                provider=provider, event_id=event.event_id, event_type=event.event_type, payload=event.payload,
-                organization_id=payment.organization_id if payment else None, payment=payment,
+                provider=provider,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                payload=event.payload,
+                organization_id=payment.organization_id if payment else None,
+                payment=payment,
                 processed_at=timezone.now() if payment is None else None,
-            )  # fmt: skip
+            )
             if payment is not None:
                 transaction.on_commit(lambda: _queue_settlement(stored.pk))
     except IntegrityError:
@@ -229,10 +247,16 @@ def payment_settle(*, event_id: int) -> Payment | None:
                 raise _NothingToDo()  # keeps nothing: the event is marked processed below, outside this rollback
             now = timezone.now()
             if outcome == Outcome.SUCCEEDED:
-                posting = ledger.wallet_credit(organization_id=payment.organization_id, amount=payment.amount, kind=TransferKind.RECHARGE,
-                                               counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}")  # fmt: skip
-                Payment.objects.filter(pk=payment.pk).update(status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now,
-                                                             updated_at=now)  # fmt: skip
+                posting = ledger.wallet_credit(
+                    organization_id=payment.organization_id,
+                    amount=payment.amount,
+                    kind=TransferKind.RECHARGE,
+                    counter_account=Account.PAYMENTS_CLEARING,
+                    reference=f"payment:{payment.pk}",
+                )
+                Payment.objects.filter(pk=payment.pk).update(
+                    status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now, updated_at=now
+                )
             else:
                 Payment.objects.filter(pk=payment.pk).update(status=OUTCOME_STATUS[outcome], settled_at=now, updated_at=now)
     except _NothingToDo:
@@ -312,10 +336,13 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
         if locked.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED):
             raise InvalidRequest("Only a succeeded payment can be refunded.")
         if amount > locked.amount - locked.refunded_amount - pending:
-            raise InvalidRequest("That is more than remains refundable on this payment.",
-                                 details={"amount": [f"At most {locked.amount - locked.refunded_amount - pending}."]})  # fmt: skip
-        refund = Refund.objects.create(organization_id=payment.organization_id, payment=locked, amount=amount, reason=reason, forced=force,
-                                       created_by=staff)  # fmt: skip
+            raise InvalidRequest(
+                "That is more than remains refundable on this payment.",
+                details={"amount": [f"At most {locked.amount - locked.refunded_amount - pending}."]},
+            )
+        refund = Refund.objects.create(
+            organization_id=payment.organization_id, payment=locked, amount=amount, reason=reason, forced=force, created_by=staff
+        )
     return refund_complete(refund=refund)
 
 
@@ -347,17 +374,24 @@ def refund_complete(*, refund: Refund) -> Refund:
         with transaction.atomic(durable=True):
             locked = _lock_pending_refund(refund)
             posting = ledger.transfer_post(
-                organization_id=payment.organization_id, kind=TransferKind.REFUND, amount=-refund.amount,
-                counter_account=Account.PAYMENTS_CLEARING, reference=f"payment:{payment.pk}", memo=refund.reason,
-                created_by_id=refund.created_by_id, release_held=ZERO if refund.forced else refund.amount, may_overdraw=True,
-            )  # fmt: skip
+                organization_id=payment.organization_id,
+                kind=TransferKind.REFUND,
+                amount=-refund.amount,
+                counter_account=Account.PAYMENTS_CLEARING,
+                reference=f"payment:{payment.pk}",
+                memo=refund.reason,
+                created_by_id=refund.created_by_id,
+                release_held=ZERO if refund.forced else refund.amount,
+                may_overdraw=True,
+            )
             refunded = locked.refunded_amount + refund.amount
             status = PaymentStatus.REFUNDED if refunded == locked.amount else PaymentStatus.PARTIALLY_REFUNDED
             Payment.objects.filter(pk=payment.pk).update(
                 refunded_amount=F("refunded_amount") + refund.amount, status=status, updated_at=timezone.now()
             )
-            Refund.objects.filter(pk=refund.pk).update(status=RefundStatus.SUCCEEDED, provider_reference=reference,
-                                                       transfer_id=posting.transfer_id)  # fmt: skip
+            Refund.objects.filter(pk=refund.pk).update(
+                status=RefundStatus.SUCCEEDED, provider_reference=reference, transfer_id=posting.transfer_id
+            )
     except _RefundSettled:
         pass
     refund.refresh_from_db()
@@ -400,17 +434,26 @@ def code_digest(code: str) -> str:
     return hashlib.sha256(code.strip().upper().replace("-", "").encode()).hexdigest()
 
 
-def redemption_codes_generate(*, batch: str, amount: Decimal, count: int, max_uses: int = 1, expires_at: datetime | None,
-                              created_by: User | None) -> list[str]:  # fmt: skip
+def redemption_codes_generate(
+    *, batch: str, amount: Decimal, count: int, max_uses: int = 1, expires_at: datetime | None, created_by: User | None
+) -> list[str]:
     """Create `count` unguessable codes (100 bits each) and answer them: the only time they exist in clear."""
     if not 1 <= count <= 10_000 or max_uses < 1 or amount <= ZERO:
         raise InvalidRequest("Between 1 and 10,000 codes, each worth a positive amount, usable at least once.")
     codes = ["-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(5)) for _ in range(4)) for _ in range(count)]
     RedemptionCode.objects.bulk_create(
-        RedemptionCode(batch=batch, prefix=code[:5], digest=code_digest(code), amount=amount, currency=settings.CURRENCY,
-                       max_uses=max_uses, expires_at=expires_at, created_by=created_by)
+        RedemptionCode(
+            batch=batch,
+            prefix=code[:5],
+            digest=code_digest(code),
+            amount=amount,
+            currency=settings.CURRENCY,
+            max_uses=max_uses,
+            expires_at=expires_at,
+            created_by=created_by,
+        )
         for code in codes
-    )  # fmt: skip
+    )
     return codes
 
 
@@ -429,9 +472,14 @@ def code_redeem(*, organization: Organization, user: User | None, code: str) -> 
         raise InvalidCode(f"This code is worth {voucher.currency}; your balance is kept in {currency}.")
     try:
         with transaction.atomic(durable=True):
-            posting = ledger.wallet_credit(organization_id=organization.pk, amount=voucher.amount, kind=TransferKind.REDEMPTION,
-                                           counter_account=Account.PROMOTIONS, reference=f"code:{voucher.pk}",
-                                           created_by_id=user.pk if user else None)  # fmt: skip
+            posting = ledger.wallet_credit(
+                organization_id=organization.pk,
+                amount=voucher.amount,
+                kind=TransferKind.REDEMPTION,
+                counter_account=Account.PROMOTIONS,
+                reference=f"code:{voucher.pk}",
+                created_by_id=user.pk if user else None,
+            )
             claimed = RedemptionCode.objects.filter(pk=voucher.pk, uses__lt=F("max_uses")).update(uses=F("uses") + 1)
             if not claimed:
                 raise InvalidCode("This code has been used up.")

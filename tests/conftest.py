@@ -180,8 +180,15 @@ class HookServer:
     """A real HTTP(S) server on a loopback address, in a thread: it records every request and answers
     `status` (with `headers`) after `delay` seconds."""
 
-    def __init__(self, host: str = "127.0.0.1", *, status: int = 204, headers: dict[str, str] | None = None,
-                 tls: ssl.SSLContext | None = None, delay: float = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        status: int = 204,
+        headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        delay: float = 0,
+    ) -> None:
         self.requests: list[ReceivedRequest] = []
         self.server_names: list[str | None] = []  # TLS SNI, as each client sent it
         received, answer = self.requests, (status, headers or {}, delay)

@@ -109,8 +109,14 @@ def _succeeded_payment(organization, amount="20.00"):
     from payments.services import payment_settle
 
     payment = Payment.objects.create(organization=organization, provider="sandbox", amount=Decimal(amount), currency="USD")
-    event = WebhookEvent.objects.create(provider="sandbox", event_id=f"evt_{payment.pk}", event_type="payment.succeeded", payload={},
-                                        organization=organization, payment=payment)  # fmt: skip
+    event = WebhookEvent.objects.create(
+        provider="sandbox",
+        event_id=f"evt_{payment.pk}",
+        event_type="payment.succeeded",
+        payload={},
+        organization=organization,
+        payment=payment,
+    )
     payment_settle(event_id=event.pk)
     payment.refresh_from_db()
     assert payment.status == "succeeded"

@@ -34,11 +34,46 @@ EXPORTER_METRICS = {
 }
 
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "topk", "bottomk", "quantile", "group", "by", "without",
-    "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset", "bool",
-    "rate", "irate", "increase", "delta", "deriv", "histogram_quantile", "abs", "absent", "clamp_min",
-    "clamp_max", "vector", "scalar", "time", "min_over_time", "max_over_time", "avg_over_time", "inf", "nan",
-}  # fmt: skip
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "topk",
+    "bottomk",
+    "quantile",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "deriv",
+    "histogram_quantile",
+    "abs",
+    "absent",
+    "clamp_min",
+    "clamp_max",
+    "vector",
+    "scalar",
+    "time",
+    "min_over_time",
+    "max_over_time",
+    "avg_over_time",
+    "inf",
+    "nan",
+}
 
 
 def _load_yaml(name: str):
@@ -311,9 +346,15 @@ def test_every_dashboard_panel_queries_existing_metrics(dashboard, known_metrics
             unknown = names - known_metrics - EXPORTER_METRICS
             assert not unknown, f"panel {panel['title']!r} reads unknown metrics {sorted(unknown)}"
     queried = " ".join(t["expr"] for p in panels for t in p["targets"])
-    for needed in ("tollgate_usage_events_total", "tollgate_wallet_lock_seconds_bucket", "tollgate_revenue_total",
-                   "tollgate_recharges_total", "tollgate_payments_total", "tollgate_low_balance_alerts_total",
-                   "django_http_requests_latency_seconds_by_view_method_bucket"):  # fmt: skip
+    for needed in (
+        "tollgate_usage_events_total",
+        "tollgate_wallet_lock_seconds_bucket",
+        "tollgate_revenue_total",
+        "tollgate_recharges_total",
+        "tollgate_payments_total",
+        "tollgate_low_balance_alerts_total",
+        "django_http_requests_latency_seconds_by_view_method_bucket",
+    ):
         assert needed in queried, f"no panel shows {needed}"
 
 
@@ -336,8 +377,15 @@ def test_env_example_names_only_variables_that_are_read():
     assert not unknown, f".env.example sets variables nothing reads: {sorted(unknown)}"
     assert entries["SECRET_KEY"] == "change-me"
     assert entries["STRIPE_SECRET_KEY"] == entries["STRIPE_WEBHOOK_SECRET"] == ""
-    for required in ("DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "SITE_URL", "METRICS_TOKEN",
-                     "SANDBOX_WEBHOOK_SECRET"):  # fmt: skip
+    for required in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "ALLOWED_HOSTS",
+        "CSRF_TRUSTED_ORIGINS",
+        "SITE_URL",
+        "METRICS_TOKEN",
+        "SANDBOX_WEBHOOK_SECRET",
+    ):
         assert required in entries
     assert "sandbox" not in entries["PAYMENT_PROVIDERS"].split(","), "the sandbox provider moves no money"
 

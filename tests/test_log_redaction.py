@@ -23,10 +23,12 @@ def every_line(records: list[logging.LogRecord]) -> list[str]:
 
 def test_reset_and_invitation_tokens_never_reach_a_log_line(owner, organization, mailoutbox, caplog):
     caplog.set_level(logging.DEBUG)
-    invitation = account_services.invitation_create(organization=organization, email="ken@example.com", role="member",
-                                                    invited_by=owner)  # fmt: skip
-    expired = account_services.invitation_create(organization=organization, email="old@example.com", role="member",
-                                                 invited_by=owner, ttl=timedelta(seconds=-1))  # fmt: skip
+    invitation = account_services.invitation_create(
+        organization=organization, email="ken@example.com", role="member", invited_by=owner
+    )
+    expired = account_services.invitation_create(
+        organization=organization, email="old@example.com", role="member", invited_by=owner, ttl=timedelta(seconds=-1)
+    )
     Client().post("/password-reset/", {"email": owner.email})
     reset_path = re.search(r"http://testserver(/reset/\S+/)", mailoutbox[-1].body).group(1)
     reset_token = reset_path.strip("/").split("/")[-1]
@@ -58,9 +60,16 @@ def test_gunicorn_access_lines_redact_the_path_the_request_line_and_the_referrer
     class Response:
         status, sent, headers = "200 OK", 512, [("Content-Type", "text/html")]
 
-    environ = {"REQUEST_METHOD": "GET", "RAW_URI": f"/invite/{token}/?x=1", "PATH_INFO": f"/invite/{token}/",
-               "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "203.0.113.9",
-               "HTTP_REFERER": f"https://billing.example.com/reset/MQ/{token}/", "HTTP_USER_AGENT": "curl"}  # fmt: skip
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": f"/invite/{token}/?x=1",
+        "PATH_INFO": f"/invite/{token}/",
+        "QUERY_STRING": "x=1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "203.0.113.9",
+        "HTTP_REFERER": f"https://billing.example.com/reset/MQ/{token}/",
+        "HTTP_USER_AGENT": "curl",
+    }
     request_headers = [("REFERER", environ["HTTP_REFERER"])]
 
     logger.cfg.set("access_log_format", config.access_log_format + " %(U)s %({referer}i)s %({raw_uri}e)s")

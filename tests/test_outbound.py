@@ -17,16 +17,39 @@ from billing_site.outbound import DestinationRefused, address_refusal, destinati
 CERTIFICATE = Path(__file__).parent / "certs" / "hooks.example.com.pem"
 
 NOT_PUBLIC = [
-    "127.0.0.1", "127.1.2.3", "10.0.0.5", "172.16.0.1", "192.168.1.1", "169.254.169.254", "169.254.1.1", "100.64.0.1",
-    "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.1", "198.18.0.1",  # noqa: S104 - destinations, not binds
-    "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "2001:db8::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
-    "::127.0.0.1", "::10.0.0.1",  # IPv4-compatible (deprecated, still routed by some stacks)
+    "127.0.0.1",
+    "127.1.2.3",
+    "10.0.0.5",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",
+    "169.254.1.1",
+    "100.64.0.1",
+    "0.0.0.0",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.2.1",
+    "198.18.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd00:ec2::254",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::127.0.0.1",
+    "::10.0.0.1",  # IPv4-compatible (deprecated, still routed by some stacks)
     "::ffff:0:127.0.0.1",  # IPv4-translated (SIIT)
-    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1",  # NAT64: 127.0.0.1, 169.254.169.254, local-use prefix
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b:1::a00:1",  # NAT64: 127.0.0.1, 169.254.169.254, local-use prefix
     "2002:7f00:1::1",  # 6to4 of 127.0.0.1
     "4000::1",  # reserved
-]  # fmt: skip
+]
 PUBLIC = ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111", "::ffff:93.184.215.14", "64:ff9b::5db8:d70e"]
 
 
@@ -45,8 +68,10 @@ def test_allow_private_lets_local_networks_through(address):
     assert address_refusal(ipaddress.ip_address(address), allow_private=True) is None
 
 
-@pytest.mark.parametrize("address", ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe",
-                                     "0.0.0.0", "::", "224.0.0.1", "ff02::1"])  # fmt: skip  # noqa: S104
+@pytest.mark.parametrize(
+    "address",
+    ["169.254.169.254", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "0.0.0.0", "::", "224.0.0.1", "ff02::1"],
+)
 def test_metadata_multicast_and_unspecified_addresses_are_refused_even_with_allow_private(address):
     assert address_refusal(ipaddress.ip_address(address), allow_private=True)
 
@@ -54,12 +79,21 @@ def test_metadata_multicast_and_unspecified_addresses_are_refused_even_with_allo
 @pytest.mark.parametrize(
     "url",
     [
-        "http://127.0.0.1/hook", "http://localhost/hook", "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook",
-        "http://2130706433/hook", "http://0x7f.1/hook", "http://127.1/hook", "http://0.0.0.0/hook",
-        "http://10.0.0.5/hook", "http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/latest/meta-data/",
-        "http://internal.example/hook", "http://mixed.example/hook",
+        "http://127.0.0.1/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://2130706433/hook",
+        "http://0x7f.1/hook",
+        "http://127.1/hook",
+        "http://0.0.0.0/hook",
+        "http://10.0.0.5/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://internal.example/hook",
+        "http://mixed.example/hook",
     ],
-)  # fmt: skip
+)
 def test_urls_whose_host_resolves_to_a_private_address_are_refused(public_dns, url):
     public_dns["internal.example"] = ["10.1.2.3"]
     public_dns["mixed.example"] = ["93.184.215.14", "127.0.0.1"]  # one bad answer is enough

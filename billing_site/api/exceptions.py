@@ -27,8 +27,9 @@ _DRF_CODES = [
 ]
 
 
-def error_response(code: ErrorCode, message: str, details: dict | None = None, *, status: int | None = None,
-                   headers: dict | None = None) -> Response:  # fmt: skip
+def error_response(
+    code: ErrorCode, message: str, details: dict | None = None, *, status: int | None = None, headers: dict | None = None
+) -> Response:
     body = {"error": {"code": str(code), "message": message, "details": details or {}}}
     return Response(body, status=status or HTTP_STATUS[code], headers=headers)
 

@@ -149,6 +149,11 @@ def invitation(request, token: str):
                     request, f"You joined {membership.organization.name} as {membership.get_role_display().lower()}."
                 )
                 return redirect("dashboard:overview")
-    context = {"invitation": invitation, "form": signup_form, "error": error, "account_exists": account_exists,
-               "wrong_user": request.user.is_authenticated and request.user.email != invitation.email}  # fmt: skip
+    context = {
+        "invitation": invitation,
+        "form": signup_form,
+        "error": error,
+        "account_exists": account_exists,
+        "wrong_user": request.user.is_authenticated and request.user.email != invitation.email,
+    }
     return secure_headers(render(request, "dashboard/invitation.html", context))

@@ -36,9 +36,12 @@ def billing(request, current):
     if request.method == "POST" and form.is_valid():
         try:
             payment, _ = payment_services.payment_recharge_start(
-                organization=current.organization, user=request.user, amount=form.cleaned_data["amount"],
-                provider=form.cleaned_data["provider"], idempotency_key=f"dashboard:{form.cleaned_data['idempotency_key']}",
-            )  # fmt: skip
+                organization=current.organization,
+                user=request.user,
+                amount=form.cleaned_data["amount"],
+                provider=form.cleaned_data["provider"],
+                idempotency_key=f"dashboard:{form.cleaned_data['idempotency_key']}",
+            )
         except DomainError as error:
             form.add_error("amount" if "amount" in error.details else None, error.message)
         else:
@@ -46,8 +49,12 @@ def billing(request, current):
                 return redirect(payment.checkout_url)
             return redirect("dashboard:payment", payment_id=payment.pk)
     payments = Paginator(payment_selectors.payment_list(organization_id=current.organization.pk), PAYMENTS_PER_PAGE)
-    context = {"form": form, "wallet": wallet, "payments": payments.get_page(request.GET.get("page")),
-               "quick_amounts": QUICK_AMOUNTS}  # fmt: skip
+    context = {
+        "form": form,
+        "wallet": wallet,
+        "payments": payments.get_page(request.GET.get("page")),
+        "quick_amounts": QUICK_AMOUNTS,
+    }
     return page(request, "dashboard/billing.html", context, status=400 if form.errors else 200)
 
 
@@ -75,14 +82,16 @@ def payment_status(request, current, payment_id: int):
     """A payment's status and the wallet's balance, polled by the payment pages every 2 s."""
     payment = _payment(current, payment_id)
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
-    return JsonResponse({
-        "id": payment.pk,
-        "status": payment.status,
-        "status_label": label(payment.status),
-        "tone": tone(payment.status),
-        "final": payment.status != PaymentStatus.PENDING,
-        "amount": money_str(payment.amount),
-        "balance": money_str(wallet.balance),
-        "balance_display": money_format(wallet.balance, wallet.currency),
-        "available_display": money_format(wallet.available, wallet.currency),
-    })  # fmt: skip
+    return JsonResponse(
+        {
+            "id": payment.pk,
+            "status": payment.status,
+            "status_label": label(payment.status),
+            "tone": tone(payment.status),
+            "final": payment.status != PaymentStatus.PENDING,
+            "amount": money_str(payment.amount),
+            "balance": money_str(wallet.balance),
+            "balance_display": money_format(wallet.balance, wallet.currency),
+            "available_display": money_format(wallet.available, wallet.currency),
+        }
+    )

@@ -25,9 +25,13 @@ def keys(request, current):
     if request.method == "POST" and form.is_valid():
         try:
             created = account_services.api_key_create(
-                organization=current.organization, name=form.cleaned_data["name"], mode=form.cleaned_data["mode"],
-                created_by=request.user, expires_at=form.expires_at(), spend_cap=form.cleaned_data["spend_cap"],
-            )  # fmt: skip
+                organization=current.organization,
+                name=form.cleaned_data["name"],
+                mode=form.cleaned_data["mode"],
+                created_by=request.user,
+                expires_at=form.expires_at(),
+                spend_cap=form.cleaned_data["spend_cap"],
+            )
         except DomainError as error:
             form.add_error(None, error.message)
         else:

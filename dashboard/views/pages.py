@@ -39,8 +39,9 @@ def overview(request, current):
     phone_chart = charts.spend_chart(
         [r for r in rows if r["day"] >= phone_from], day_from=phone_from, day_to=today, frame=charts.PHONE
     )
-    by_service = metering_selectors.usage_summary(organization_id=organization.pk, group_by="service", day_from=month_start,
-                                                  day_to=today)  # fmt: skip
+    by_service = metering_selectors.usage_summary(
+        organization_id=organization.pk, group_by="service", day_from=month_start, day_to=today
+    )
     context = {
         "wallet": wallet,
         "spend_today": sum((r["cost"] for r in rows if r["day"] == today), ZERO),
@@ -70,17 +71,41 @@ def _usage_filters(request, current) -> forms.UsageFilterForm:
 def usage(request, current):
     form = _usage_filters(request, current)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
-    usage_page = selectors.usage_page(records, before=selectors.Cursor.decode(request.GET.get("before")),
-                                      after=selectors.Cursor.decode(request.GET.get("after")), size=USAGE_PAGE_SIZE)  # fmt: skip
+    usage_page = selectors.usage_page(
+        records,
+        before=selectors.Cursor.decode(request.GET.get("before")),
+        after=selectors.Cursor.decode(request.GET.get("after")),
+        size=USAGE_PAGE_SIZE,
+    )
     rows = [(record, form.api_keys.get(record.api_key_id)) for record in usage_page.records]
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
-    context = {"form": form, "page": usage_page, "rows": rows, "query": form.querystring(), "currency": wallet.currency,
-               "filtered": bool(form.querystring())}  # fmt: skip
+    context = {
+        "form": form,
+        "page": usage_page,
+        "rows": rows,
+        "query": form.querystring(),
+        "currency": wallet.currency,
+        "filtered": bool(form.querystring()),
+    }
     return page(request, "dashboard/usage.html", context)
 
 
-EXPORT_COLUMNS = ["id", "created_at", "service", "quantity", "input_tokens", "output_tokens", "input_price", "output_price",
-                  "unit_price", "cost", "balance_after", "mode", "api_key", "idempotency_key"]  # fmt: skip
+EXPORT_COLUMNS = [
+    "id",
+    "created_at",
+    "service",
+    "quantity",
+    "input_tokens",
+    "output_tokens",
+    "input_price",
+    "output_price",
+    "unit_price",
+    "cost",
+    "balance_after",
+    "mode",
+    "api_key",
+    "idempotency_key",
+]
 
 
 @dashboard_view()
@@ -92,12 +117,23 @@ def usage_export(request, current):
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
     rows = (
         [
-            r.pk, r.created_at.isoformat(), r.service.slug, r.quantity, r.input_tokens, r.output_tokens,
-            money_str(r.input_price), money_str(r.output_price), money_str(r.unit_price), money_str(r.cost),
-            money_str(r.balance_after), "test" if r.test else "live", prefixes.get(r.api_key_id, ""), r.idempotency_key,
+            r.pk,
+            r.created_at.isoformat(),
+            r.service.slug,
+            r.quantity,
+            r.input_tokens,
+            r.output_tokens,
+            money_str(r.input_price),
+            money_str(r.output_price),
+            money_str(r.unit_price),
+            money_str(r.cost),
+            money_str(r.balance_after),
+            "test" if r.test else "live",
+            prefixes.get(r.api_key_id, ""),
+            r.idempotency_key,
         ]
         for r in records.iterator(chunk_size=EXPORT_CHUNK)
-    )  # fmt: skip
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return csv_stream_response(EXPORT_COLUMNS, rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 

@@ -55,8 +55,15 @@ def organization_switch(request, current):
     return redirect(_section(target) or "dashboard:overview")
 
 
-SECTION_LISTS = {"usage": "usage", "keys": "keys", "billing": "billing", "payments": "billing", "team": "team",
-                 "settings": "settings", "pricing": "pricing"}  # fmt: skip
+SECTION_LISTS = {
+    "usage": "usage",
+    "keys": "keys",
+    "billing": "billing",
+    "payments": "billing",
+    "team": "team",
+    "settings": "settings",
+    "pricing": "pricing",
+}
 
 
 def _section(path: str) -> str:

@@ -56,8 +56,12 @@ def team(request, current):
             return page(request, "dashboard/403.html", status=403)
         if invite_form.is_valid():
             try:
-                created = account_services.invitation_create(organization=current.organization, email=invite_form.cleaned_data["email"],
-                                                             role=invite_form.cleaned_data["role"], invited_by=request.user)  # fmt: skip
+                created = account_services.invitation_create(
+                    organization=current.organization,
+                    email=invite_form.cleaned_data["email"],
+                    role=invite_form.cleaned_data["role"],
+                    invited_by=request.user,
+                )
             except DomainError as error:
                 forms.service_error_add(invite_form, error)
             else:

@@ -5,12 +5,12 @@ VIEW_MODELS = [
     ("accounts", "user"), ("accounts", "organization"), ("accounts", "membership"), ("accounts", "apikey"),
     ("payments", "wallet"), ("payments", "transfer"), ("payments", "ledgerentry"),
     ("metering", "service"), ("metering", "price"), ("metering", "usagerecord"), ("metering", "usagerollup"), ("metering", "hold"),
-]  # fmt: skip
+]
 # Billing admins manage rates, services, wallet limits and post adjustments (add_transfer).
 BILLING_EXTRA = [
     ("metering", "add_service"), ("metering", "change_service"), ("metering", "add_price"), ("metering", "delete_price"),
     ("payments", "change_wallet"), ("payments", "add_transfer"), ("accounts", "change_organization"),
-]  # fmt: skip
+]
 
 
 def create_groups(apps, schema_editor, extra_view=(), extra_billing=()):

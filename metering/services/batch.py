@@ -80,8 +80,11 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             charges = [(p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh]
             budget = _spend_cap_remaining(tenant, organization_id=organization_id)
             postings = list(ledger.usage_charge_batch(organization_id=organization_id, charges=charges, budget=budget))
-        accepted = [(priced, posting) for (_, priced), posting in zip(fresh, postings, strict=True)
-                    if not isinstance(posting, ledger.Refusal)]  # fmt: skip
+        accepted = [
+            (priced, posting)
+            for (_, priced), posting in zip(fresh, postings, strict=True)
+            if not isinstance(posting, ledger.Refusal)
+        ]
         ids = usage_insert_batch(accepted, tenant=tenant, now=now)
 
     service_of: dict[int, Service] = {}
@@ -97,12 +100,22 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
         else:
             q, prices, key = priced.quantities, priced.prices, priced.event.idempotency_key
             written[key] = BatchRecord(
-                pk=ids[key], service=service_of[priced.service_id], quantity=q.quantity, input_tokens=q.input_tokens,
-                output_tokens=q.output_tokens, input_price=prices.get("input_price"), output_price=prices.get("output_price"),
-                unit_price=prices.get("unit_price"), cost=priced.cost,
+                pk=ids[key],
+                service=service_of[priced.service_id],
+                quantity=q.quantity,
+                input_tokens=q.input_tokens,
+                output_tokens=q.output_tokens,
+                input_price=prices.get("input_price"),
+                output_price=prices.get("output_price"),
+                unit_price=prices.get("unit_price"),
+                cost=priced.cost,
                 balance_after=posting.balance_after if isinstance(posting, ledger.Posting) else None,
-                test=is_test, idempotency_key=key, request_hash=priced.request_hash, metadata=priced.event.metadata, created_at=now,
-            )  # fmt: skip
+                test=is_test,
+                idempotency_key=key,
+                request_hash=priced.request_hash,
+                metadata=priced.event.metadata,
+                created_at=now,
+            )
             results[index] = BatchResult(status=201, record=written[key])
     for index, priced in duplicates:
         # Replays what its first occurrence in this batch wrote (or was refused).

@@ -19,9 +19,16 @@ def service_create(*, slug: str, name: str, calc_method: str, active: bool = Tru
     return service
 
 
-def price_create(*, service: Service, organization_id: int | None, effective_from: datetime | None, created_by_id: int | None,
-                 input_price: Decimal | None = None, output_price: Decimal | None = None,
-                 unit_price: Decimal | None = None) -> Price:  # fmt: skip
+def price_create(
+    *,
+    service: Service,
+    organization_id: int | None,
+    effective_from: datetime | None,
+    created_by_id: int | None,
+    input_price: Decimal | None = None,
+    output_price: Decimal | None = None,
+    unit_price: Decimal | None = None,
+) -> Price:
     """A new price row (rates are never edited in place). The fields must be exactly the ones the
     service's method uses (SPEC §3)."""
     given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
@@ -36,8 +43,13 @@ def price_create(*, service: Service, organization_id: int | None, effective_fro
                 **{n: ["Does not apply to this method."] for n in foreign},
             },
         )
-    price = Price(service=service, organization_id=organization_id, effective_from=effective_from or timezone.now(),
-                  created_by_id=created_by_id, **given)  # fmt: skip
+    price = Price(
+        service=service,
+        organization_id=organization_id,
+        effective_from=effective_from or timezone.now(),
+        created_by_id=created_by_id,
+        **given,
+    )
     price.full_clean()
     price.save()
     return price

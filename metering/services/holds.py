@@ -42,8 +42,15 @@ class HoldOutcome:
     record: UsageRecord | None = None
 
 
-def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: Decimal | None, maxima: Mapping[str, Any],
-                expires_in: int | None) -> HoldOutcome:  # fmt: skip
+def hold_create(
+    *,
+    tenant: Tenant,
+    service: str,
+    idempotency_key: str,
+    amount: Decimal | None,
+    maxima: Mapping[str, Any],
+    expires_in: int | None,
+) -> HoldOutcome:
     """Reserve `amount`, or the cost of `maxima` at the price in force, until it expires. Moves no
     money; `available` shrinks. InsufficientBalance when it does not fit."""
     organization_id = tenant.organization.pk
@@ -68,14 +75,24 @@ def hold_create(*, tenant: Tenant, service: str, idempotency_key: str, amount: D
         raise InvalidRequest(
             "`expires_in` is out of range.", details={"expires_in": [f"1..{int(settings.HOLD_MAX_TTL.total_seconds())} seconds."]}
         )
-    request_hash = UsageEvent(service=service, idempotency_key=idempotency_key, data={"amount": str(amount), "expires_in": expires_in,
-                              **dict(maxima)}).request_hash()  # fmt: skip
+    request_hash = UsageEvent(
+        service=service, idempotency_key=idempotency_key, data={"amount": str(amount), "expires_in": expires_in, **dict(maxima)}
+    ).request_hash()
     now = timezone.now()
     hold = Hold(
-        organization_id=organization_id, service_id=priced.service_id, api_key=tenant.api_key, user=tenant.user, amount=amount,
-        maxima=maxima_quantities.as_dict() if maxima_quantities else {}, test=tenant.is_test, status=HoldStatus.ACTIVE,
-        idempotency_key=idempotency_key, request_hash=request_hash, expires_at=now + ttl, created_at=now,
-    )  # fmt: skip
+        organization_id=organization_id,
+        service_id=priced.service_id,
+        api_key=tenant.api_key,
+        user=tenant.user,
+        amount=amount,
+        maxima=maxima_quantities.as_dict() if maxima_quantities else {},
+        test=tenant.is_test,
+        status=HoldStatus.ACTIVE,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        expires_at=now + ttl,
+        created_at=now,
+    )
     same_key = Hold.objects.filter(organization_id=organization_id, test=tenant.is_test, idempotency_key=idempotency_key)
     existing = same_key.first()
     if existing is None:
@@ -123,8 +140,13 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
                 raise AlreadyRecorded()
             posting = None
             if not hold.test:
-                posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost, reference=f"hold:{hold.pk}",
-                                              release_held=hold.amount, may_overdraw=True)  # fmt: skip
+                posting = ledger.usage_charge(
+                    organization_id=organization_id,
+                    cost=priced.cost,
+                    reference=f"hold:{hold.pk}",
+                    release_held=hold.amount,
+                    may_overdraw=True,
+                )
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)

@@ -68,13 +68,18 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
             with transaction.atomic(durable=True):
                 posting = None
                 if not tenant.is_test:
-                    posting = ledger.usage_charge(organization_id=organization_id, cost=priced.cost,
-                                                  reference=f"usage:{event.idempotency_key}")  # fmt: skip
+                    posting = ledger.usage_charge(
+                        organization_id=organization_id, cost=priced.cost, reference=f"usage:{event.idempotency_key}"
+                    )
                 record = usage_insert(priced, tenant=tenant, now=timezone.now(), posting=posting)
     except (AlreadyRecorded, ledger.InsufficientBalance, SpendCapExceeded):
         # A key that was already used answers its first result even if the wallet is now empty.
-        replay = _replay(organization_id=organization_id, test=tenant.is_test, idempotency_key=event.idempotency_key,
-                         request_hash=priced.request_hash)  # fmt: skip
+        replay = _replay(
+            organization_id=organization_id,
+            test=tenant.is_test,
+            idempotency_key=event.idempotency_key,
+            request_hash=priced.request_hash,
+        )
         if replay is not None:
             return replay
         raise

@@ -129,8 +129,9 @@ class AlreadyRecorded(Exception):
     """The idempotency key exists: roll back whatever this attempt moved, then replay."""
 
 
-def record_params(priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None = None,
-                  hold_id: int | None = None) -> dict[str, Any]:  # fmt: skip
+def record_params(
+    priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None = None, hold_id: int | None = None
+) -> dict[str, Any]:
     """The `usage_*` parameters of one record (and its rollup and spend)."""
     quantities = priced.quantities
     return {
@@ -186,8 +187,9 @@ def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, post
     )
 
 
-def usage_insert(priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None,
-                 hold_id: int | None = None) -> UsageRecord:  # fmt: skip
+def usage_insert(
+    priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None, hold_id: int | None = None
+) -> UsageRecord:
     """Write the record after its posting, inside the caller's transaction. AlreadyRecorded when the
     key exists (in this mode); SpendCapExceeded when the key's cap is passed (the caller rolls back)."""
     params = record_params(priced, tenant=tenant, now=now, posting=posting, hold_id=hold_id)
@@ -208,9 +210,13 @@ def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: da
     params = record_params(priced, tenant=tenant, now=now)
     try:
         posting, (record_id,) = ledger.usage_charge_in_one_statement(
-            statement=DEBIT_SQL, organization_id=params["usage_org"], cost=priced.cost,
-            reference=f"usage:{priced.event.idempotency_key}", params=params, now=now,
-        )  # fmt: skip
+            statement=DEBIT_SQL,
+            organization_id=params["usage_org"],
+            cost=priced.cost,
+            reference=f"usage:{priced.event.idempotency_key}",
+            params=params,
+            now=now,
+        )
     except IntegrityError as error:
         if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
             raise AlreadyRecorded() from error
@@ -249,8 +255,10 @@ def usage_insert_batch(
     if not accepted:
         return {}
     rows = [record_params(priced, tenant=tenant, now=now, posting=posting) for priced, posting in accepted]
-    params: dict[str, Any] = {name: rows[0][name] for name in ("usage_org", "usage_key", "usage_user", "usage_test", "usage_now",
-                                                              "usage_hold", "usage_day")}  # fmt: skip
+    params: dict[str, Any] = {
+        name: rows[0][name]
+        for name in ("usage_org", "usage_key", "usage_user", "usage_test", "usage_now", "usage_hold", "usage_day")
+    }
     for _, param, _ in _BATCH_COLUMNS:
         params[f"usage_{param}"] = [row[f"usage_{param}"] for row in rows]
     rollup: dict[int, list] = {}

@@ -25,5 +25,13 @@ def provider_get(name: str) -> Provider:
     return providers[name]()
 
 
-__all__ = ["Checkout", "Provider", "ProviderError", "ProviderEvent", "ProviderUnreachable", "WebhookRefused", "provider_get",
-           "providers_enabled"]  # fmt: skip
+__all__ = [
+    "Checkout",
+    "Provider",
+    "ProviderError",
+    "ProviderEvent",
+    "ProviderUnreachable",
+    "WebhookRefused",
+    "provider_get",
+    "providers_enabled",
+]

@@ -75,8 +75,16 @@ class StripeProvider:
             raise WebhookRefused("Stripe signature does not verify") from exc
         payload = event.to_dict()
         if event.type not in ACTING_EVENTS:
-            return ProviderEvent(event_id=event.id, event_type=event.type, outcome=Outcome.IGNORED, payment_id=None, amount=None,
-                                 currency=None, livemode=bool(event.livemode), payload=payload)  # fmt: skip
+            return ProviderEvent(
+                event_id=event.id,
+                event_type=event.type,
+                outcome=Outcome.IGNORED,
+                payment_id=None,
+                amount=None,
+                currency=None,
+                livemode=bool(event.livemode),
+                payload=payload,
+            )
         # A plain dict: the pinned `stripe` package's objects are no longer dicts (no `.get`).
         session = (payload.get("data") or {}).get("object") or {}
         reference = session.get("client_reference_id") or (session.get("metadata") or {}).get("payment_id")
@@ -95,19 +103,29 @@ class StripeProvider:
         except (TypeError, ValueError, KeyError) as exc:
             raise WebhookRefused("the Stripe session does not name a Tollgate payment") from exc
         return ProviderEvent(
-            event_id=event.id, event_type=event.type, outcome=outcome, payment_id=payment_id, amount=amount, currency=currency,
-            livemode=bool(event.livemode), payload=payload, provider_reference=session.get("id", ""),
-        )  # fmt: skip
+            event_id=event.id,
+            event_type=event.type,
+            outcome=outcome,
+            payment_id=payment_id,
+            amount=amount,
+            currency=currency,
+            livemode=bool(event.livemode),
+            payload=payload,
+            provider_reference=session.get("id", ""),
+        )
 
     def refund(self, payment, amount: Decimal, *, idempotency_key: str) -> str:
         client = _client()
         try:
             session = client.v1.checkout.sessions.retrieve(payment.provider_reference)
             refund = client.v1.refunds.create(
-                params={"payment_intent": session.payment_intent, "amount": to_minor_units(amount, payment.currency),
-                        "metadata": {"payment_id": str(payment.pk)}},
+                params={
+                    "payment_intent": session.payment_intent,
+                    "amount": to_minor_units(amount, payment.currency),
+                    "metadata": {"payment_id": str(payment.pk)},
+                },
                 options={"idempotency_key": idempotency_key},
-            )  # fmt: skip
+            )
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             raise ProviderUnreachable(f"Stripe did not answer the refund: {exc.__class__.__name__}") from exc
         except stripe.StripeError as exc:

@@ -107,8 +107,17 @@ def test_list_shows_own_keys_newest_first_and_never_a_secret_or_digest(
     assert body["count"] == 2
     assert [row["id"] for row in body["results"]] == [test_key.api_key.pk, live_key.api_key.pk]
     assert set(body["results"][0]) == {
-        "id", "name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent",
-    }  # fmt: skip
+        "id",
+        "name",
+        "mode",
+        "prefix",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "spend_cap",
+        "spent",
+    }
     text = response.content.decode()
     for created in (live_key, test_key):
         assert created.secret not in text

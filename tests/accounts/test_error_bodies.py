@@ -18,24 +18,39 @@ def test_test_database_is_postgresql(db):
 @pytest.mark.parametrize(
     ("status", "code", "call"),
     [
-        pytest.param(400, "malformed_json", lambda c: c.post("/api/v1/api-keys/", b"{", content_type="application/json"),
-                     id="400-malformed"),
-        pytest.param(400, "invalid_request", lambda c: c.post("/api/v1/api-keys/", {"nam": "x"}, format="json"),
-                     id="400-invalid"),
+        pytest.param(
+            400,
+            "malformed_json",
+            lambda c: c.post("/api/v1/api-keys/", b"{", content_type="application/json"),
+            id="400-malformed",
+        ),
+        pytest.param(
+            400, "invalid_request", lambda c: c.post("/api/v1/api-keys/", {"nam": "x"}, format="json"), id="400-invalid"
+        ),
         pytest.param(401, "not_authenticated", lambda c: APIClient().get("/api/v1/me/"), id="401-anonymous"),
-        pytest.param(401, "invalid_api_key", lambda c: APIClient().get("/api/v1/me/", HTTP_X_API_KEY="tg_live_nope"), id="401-key"),
-        pytest.param(401, "authentication_failed", lambda c: APIClient().get("/api/v1/me/", HTTP_AUTHORIZATION="Bearer x.y.z"),
-                     id="401-jwt"),
+        pytest.param(
+            401, "invalid_api_key", lambda c: APIClient().get("/api/v1/me/", HTTP_X_API_KEY="tg_live_nope"), id="401-key"
+        ),
+        pytest.param(
+            401,
+            "authentication_failed",
+            lambda c: APIClient().get("/api/v1/me/", HTTP_AUTHORIZATION="Bearer x.y.z"),
+            id="401-jwt",
+        ),
         pytest.param(404, "not_found", lambda c: c.delete("/api/v1/api-keys/424242/"), id="404-drf"),
         pytest.param(404, "not_found", lambda c: c.get("/api/v1/no-such-endpoint/"), id="404-unknown-url"),
         pytest.param(404, "not_found", lambda c: c.get("/api/v1/api-keys/not-an-id/"), id="404-bad-id"),
         pytest.param(404, "not_found", lambda c: c.get("/api/v1/api-keys/", {"page": 99}), id="404-page"),
         pytest.param(405, "method_not_allowed", lambda c: c.put("/api/v1/api-keys/", {}, format="json"), id="405"),
         pytest.param(405, "method_not_allowed", lambda c: c.get("/api/v1/auth/register/"), id="405-register"),
-        pytest.param(415, "unsupported_media_type", lambda c: c.post("/api/v1/api-keys/", "name=x",
-                     content_type="application/x-www-form-urlencoded"), id="415"),
+        pytest.param(
+            415,
+            "unsupported_media_type",
+            lambda c: c.post("/api/v1/api-keys/", "name=x", content_type="application/x-www-form-urlencoded"),
+            id="415",
+        ),
     ],
-)  # fmt: skip
+)
 def test_refusals_answer_the_error_body(owner_client, status, code, call):
     assert_error(call(owner_client), status, code)
 

@@ -105,8 +105,12 @@ def test_tenant_of_a_person_carries_the_role(organization, role, is_manager):
     tenant = tenant_resolve(user=user, api_key=None, organization_slug=None)
 
     assert (tenant.organization, tenant.user, tenant.role, tenant.is_manager, tenant.is_test) == (
-        organization, user, role, is_manager, False,
-    )  # fmt: skip
+        organization,
+        user,
+        role,
+        is_manager,
+        False,
+    )
 
 
 def test_tenant_resolve_raises_domain_errors(two_hats):

@@ -53,8 +53,14 @@ def _demo_organization():
             if rng.random() < 0.25:
                 continue
             cost = Decimal(rng.randint(5, 400)) / 100 * (3 if service.slug == "gpt-4o" else 1)
-            UsageRollup.objects.create(organization=organization, service=service, day=today - timedelta(days=days_ago), events=rng.randint(10, 900),
-                                       quantity=rng.randint(1000, 90000), cost=cost)  # fmt: skip
+            UsageRollup.objects.create(
+                organization=organization,
+                service=service,
+                day=today - timedelta(days=days_ago),
+                events=rng.randint(10, 900),
+                quantity=rng.randint(1000, 90000),
+                cost=cost,
+            )
     live = account_services.api_key_create(organization=organization, name="Production backend", created_by=owner)
     account_services.api_key_create(organization=organization, name="Staging", mode="test", created_by=owner)
     old = account_services.api_key_create(organization=organization, name="Old laptop", created_by=owner)
@@ -64,8 +70,15 @@ def _demo_organization():
         (PaymentStatus.FAILED, "50.00"),
         (PaymentStatus.SUCCEEDED, "25.00"),
     ]:
-        Payment.objects.create(organization=organization, provider="sandbox", amount=Decimal(amount), currency="USD", status=status,
-                               provider_reference="sbx_demo", settled_at=timezone.now())  # fmt: skip
+        Payment.objects.create(
+            organization=organization,
+            provider="sandbox",
+            amount=Decimal(amount),
+            currency="USD",
+            status=status,
+            provider_reference="sbx_demo",
+            settled_at=timezone.now(),
+        )
     for role, email in [(Role.ADMIN, "grace@example.com"), (Role.MEMBER, "alan@example.com")]:
         organization.memberships.create(user=UserFactory(email=email), role=role)
     account_services.invitation_create(organization=organization, email="linus@example.com", role=Role.MEMBER, invited_by=owner)
@@ -78,14 +91,20 @@ def _demo_organization():
 def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eager_settlement):
     owner, organization, live = _demo_organization()
 
-    for i, body in enumerate([
-        {"service": "gpt-4o", "input_tokens": 1200, "output_tokens": 350},
-        {"service": "translate", "text": "Hello, world! Bonjour le monde."},
-        {"service": "moderation"},
-        {"service": "dall-e-3", "width": 1024, "height": 1024},
-    ]):  # fmt: skip
-        response = requests.post(f"{live_server.url}/api/v1/usage/", json={**body, "idempotency_key": f"gallery-{i}"},
-                                 headers={"Authorization": f"Bearer {live.secret}"}, timeout=10)  # fmt: skip
+    for i, body in enumerate(
+        [
+            {"service": "gpt-4o", "input_tokens": 1200, "output_tokens": 350},
+            {"service": "translate", "text": "Hello, world! Bonjour le monde."},
+            {"service": "moderation"},
+            {"service": "dall-e-3", "width": 1024, "height": 1024},
+        ]
+    ):
+        response = requests.post(
+            f"{live_server.url}/api/v1/usage/",
+            json={**body, "idempotency_key": f"gallery-{i}"},
+            headers={"Authorization": f"Bearer {live.secret}"},
+            timeout=10,
+        )
         assert response.status_code == 201, response.text
 
     desktop = visitor_factory()
@@ -104,8 +123,12 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
     revocable = organization.api_keys.filter(revoked_at__isnull=True).first()
     member = organization.memberships.get(user__email="alan@example.com")
     for visitor in (desktop, phone):
-        for name, path in [("payment", f"/dashboard/payments/{payment.pk}/"), ("key-revoke", f"/dashboard/keys/{revocable.pk}/revoke/"),
-                           ("member-remove", f"/dashboard/team/{member.pk}/remove/"), ("password-change", "/dashboard/settings/password/")]:  # fmt: skip
+        for name, path in [
+            ("payment", f"/dashboard/payments/{payment.pk}/"),
+            ("key-revoke", f"/dashboard/keys/{revocable.pk}/revoke/"),
+            ("member-remove", f"/dashboard/team/{member.pk}/remove/"),
+            ("password-change", "/dashboard/settings/password/"),
+        ]:
             visitor.goto(path)
             visitor.shot(name)
     invitation = account_services.invitation_create(
@@ -114,7 +137,11 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
 
     for viewport, label in ((None, "desktop"), (PHONE, "phone")):
         anonymous = visitor_factory(name=label, **({"viewport": viewport} if viewport else {}))
-        for name, path in [("login", "/login/"), ("signup", "/signup/"), ("password-reset", "/password-reset/"),
-                           ("invitation", f"/invite/{invitation.token}/")]:  # fmt: skip
+        for name, path in [
+            ("login", "/login/"),
+            ("signup", "/signup/"),
+            ("password-reset", "/password-reset/"),
+            ("invitation", f"/invite/{invitation.token}/"),
+        ]:
             anonymous.goto(path)
             anonymous.shot(name)

@@ -74,8 +74,12 @@ def test_sign_up_recharge_create_key_meter_and_see_usage(visitor_factory, live_s
     assert secret not in page.content()
 
     # Meter usage through the API with that key.
-    response = requests.post(f"{live_server.url}/api/v1/usage/", headers={"Authorization": f"Bearer {secret}"}, timeout=10,
-                             json={"service": "gpt-4o", "input_tokens": 1000, "output_tokens": 500, "idempotency_key": "first-call"})  # fmt: skip
+    response = requests.post(
+        f"{live_server.url}/api/v1/usage/",
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=10,
+        json={"service": "gpt-4o", "input_tokens": 1000, "output_tokens": 500, "idempotency_key": "first-call"},
+    )
     assert response.status_code == 201, response.text
     assert response.json()["cost"] == "0.007500000000"
 

@@ -55,8 +55,13 @@ def test_overview_query_count_does_not_grow_with_history(owner_web, organization
     today = timezone.now().date()
     for days_ago in range(60):
         for service in ("gpt", "ping", "translate"):
-            UsageRollup.objects.create(organization=organization, service=catalogue[service], day=today - timedelta(days=days_ago),
-                                       events=1, cost=Decimal("0.5"))  # fmt: skip
+            UsageRollup.objects.create(
+                organization=organization,
+                service=catalogue[service],
+                day=today - timedelta(days=days_ago),
+                events=1,
+                cost=Decimal("0.5"),
+            )
     with django_assert_max_num_queries(12):
         assert owner_web.get("/dashboard/").status_code == 200
 

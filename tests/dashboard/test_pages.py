@@ -9,8 +9,15 @@ from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
-EVERYONE = ["/dashboard/", "/dashboard/usage/", "/dashboard/pricing/", "/dashboard/team/", "/dashboard/settings/",
-            "/dashboard/settings/password/", "/dashboard/usage/export.csv"]  # fmt: skip
+EVERYONE = [
+    "/dashboard/",
+    "/dashboard/usage/",
+    "/dashboard/pricing/",
+    "/dashboard/team/",
+    "/dashboard/settings/",
+    "/dashboard/settings/password/",
+    "/dashboard/usage/export.csv",
+]
 MANAGERS = ["/dashboard/keys/", "/dashboard/billing/"]
 
 

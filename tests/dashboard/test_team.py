@@ -73,8 +73,9 @@ def test_the_invitation_is_for_its_address_only(owner_web, organization, mailout
 
 
 def test_an_expired_invitation_cannot_be_used(organization, owner, mailoutbox):
-    created = account_services.invitation_create(organization=organization, email="late@example.com", role=Role.MEMBER,
-                                                 invited_by=owner, ttl=timedelta(seconds=-1))  # fmt: skip
+    created = account_services.invitation_create(
+        organization=organization, email="late@example.com", role=Role.MEMBER, invited_by=owner, ttl=timedelta(seconds=-1)
+    )
     response = Client().get(f"/invite/{created.token}/")
     assert response.status_code == 404 and "expired" in response.content.decode()
     late = UserFactory(email="late@example.com")
@@ -190,8 +191,9 @@ def test_another_organizations_members_answer_404(owner_web, other_owner):
 
 
 def test_another_organizations_invitation_answers_404(owner_web, other_organization, other_owner):
-    created = account_services.invitation_create(organization=other_organization, email="x@example.com", role="member",
-                                                 invited_by=other_owner)  # fmt: skip
+    created = account_services.invitation_create(
+        organization=other_organization, email="x@example.com", role="member", invited_by=other_owner
+    )
     assert owner_web.post(f"/dashboard/team/invitations/{created.invitation.pk}/revoke/").status_code == 404
     created.invitation.refresh_from_db()
     assert created.invitation.revoked_at is None

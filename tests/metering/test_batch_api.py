@@ -25,24 +25,38 @@ def send(client, events):
 
 
 def test_batch_answers_one_result_per_event_in_order(funded, live_client):
-    results = send(live_client, [
-        ping_event("a"),
-        {"service": "gpt", "idempotency_key": "b", "input_tokens": 1, "output_tokens": 0},
-        {"service": "nope", "idempotency_key": "c"},
-        {"service": "gpt", "idempotency_key": "d", "input_tokens": -1, "output_tokens": 0},
-        {"service": "ping"},
-        "not an object",
-        ping_event("g", colour="red"),
-        ping_event("h"),
-    ])  # fmt: skip
+    results = send(
+        live_client,
+        [
+            ping_event("a"),
+            {"service": "gpt", "idempotency_key": "b", "input_tokens": 1, "output_tokens": 0},
+            {"service": "nope", "idempotency_key": "c"},
+            {"service": "gpt", "idempotency_key": "d", "input_tokens": -1, "output_tokens": 0},
+            {"service": "ping"},
+            "not an object",
+            ping_event("g", colour="red"),
+            ping_event("h"),
+        ],
+    )
 
     assert [r["index"] for r in results] == list(range(8))
     assert [r["status"] for r in results] == [201, 201, 404, 400, 400, 400, 400, 201]
     assert [r.get("error", {}).get("code") for r in results] == [
-        None, None, "service_not_found", "invalid_request", "invalid_request", "invalid_request", "invalid_request", None]  # fmt: skip
+        None,
+        None,
+        "service_not_found",
+        "invalid_request",
+        "invalid_request",
+        "invalid_request",
+        "invalid_request",
+        None,
+    ]
     assert [r["usage"]["cost"] for r in results if r["status"] == 201] == ["0.001000000000", "0.000000150000", "0.001000000000"]
     assert [r["usage"]["balance_after"] for r in results if r["status"] == 201] == [
-        "9.999000000000", "9.998999850000", "9.997999850000"]  # fmt: skip
+        "9.999000000000",
+        "9.998999850000",
+        "9.997999850000",
+    ]
     assert set(results[0]["usage"]) >= {"id", "service", "quantity", "cost", "balance_after", "test", "created_at"}
     assert wallet_of(funded).balance == D("9.99799985")
     assert UsageRecord.objects.count() == 3
@@ -52,13 +66,16 @@ def test_batch_answers_one_result_per_event_in_order(funded, live_client):
 def test_batch_events_that_do_not_fit_are_402_and_later_ones_may_still_fit(organization, catalogue, live_client):
     wallet_fund(organization, "0.0025")
 
-    results = send(live_client, [
-        ping_event("a"),
-        {"service": "gpt", "idempotency_key": "big", "input_tokens": 10**6, "output_tokens": 0},
-        ping_event("b"),
-        ping_event("c"),
-        {"service": "gpt", "idempotency_key": "small", "input_tokens": 1000, "output_tokens": 0},
-    ])  # fmt: skip
+    results = send(
+        live_client,
+        [
+            ping_event("a"),
+            {"service": "gpt", "idempotency_key": "big", "input_tokens": 10**6, "output_tokens": 0},
+            ping_event("b"),
+            ping_event("c"),
+            {"service": "gpt", "idempotency_key": "small", "input_tokens": 1000, "output_tokens": 0},
+        ],
+    )
 
     assert [r["status"] for r in results] == [201, 402, 201, 402, 201]
     assert results[1]["error"]["code"] == "insufficient_balance"

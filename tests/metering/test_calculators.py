@@ -134,9 +134,18 @@ def test_word_count_accepts_a_given_count():
 
 @pytest.mark.parametrize(
     "data",
-    [{}, {"text": 5}, {"words": -1}, {"words": "3"}, {"words": 3.0}, {"words": False}, {"text": "a b", "words": 2},
-     {"words": 1, "characters": 1}, {"text": "a", "images": 1}],
-)  # fmt: skip
+    [
+        {},
+        {"text": 5},
+        {"words": -1},
+        {"words": "3"},
+        {"words": 3.0},
+        {"words": False},
+        {"text": "a b", "words": 2},
+        {"words": 1, "characters": 1},
+        {"text": "a", "images": 1},
+    ],
+)
 def test_word_count_refuses_bad_fields(data):
     with pytest.raises(InvalidRequest):
         measure("WORD_COUNT", data)

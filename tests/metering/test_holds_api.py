@@ -42,7 +42,12 @@ def test_hold_with_an_amount_reserves_it_without_moving_money(funded, live_clien
     assert response.status_code == 201, response.content
     body = response.json()
     assert {k: body[k] for k in ("service", "amount", "status", "test", "maxima")} == {
-        "service": "gpt", "amount": "0.500000000000", "status": "active", "test": False, "maxima": {}}  # fmt: skip
+        "service": "gpt",
+        "amount": "0.500000000000",
+        "status": "active",
+        "test": False,
+        "maxima": {},
+    }
     assert money(funded) == (D("10"), D("0.5"))
     assert live_client.get("/api/v1/balance/").json()["available"] == "9.500000000000"
     assert not Transfer.objects.filter(kind="usage").exists()
@@ -96,8 +101,11 @@ def test_invalid_hold_is_400_and_reserves_nothing(funded, live_client, body):
 
 @pytest.mark.parametrize("service", ["nope", "retired"])
 def test_hold_on_unknown_service_is_404(funded, live_client, service):
-    assert_error(live_client.post(HOLDS, {"service": service, "idempotency_key": "h", "amount": "1"}, format="json"),
-                 404, "service_not_found")  # fmt: skip
+    assert_error(
+        live_client.post(HOLDS, {"service": service, "idempotency_key": "h", "amount": "1"}, format="json"),
+        404,
+        "service_not_found",
+    )
 
 
 @pytest.mark.parametrize("credit_limit", ["0", "1"])
@@ -316,8 +324,11 @@ def test_over_captured_wallet_starts_nothing_new_not_even_free_events(organizati
     assert capture(live_client, hold_id, input_tokens=20_000_000, output_tokens=0).status_code == 201  # −2.00
 
     assert_error(hold(live_client, "h-tiny", amount="0.000000000001"), 402, "insufficient_balance")
-    assert_error(live_client.post("/api/v1/usage/", {"service": "free", "idempotency_key": "f1"}, format="json"), 402,
-                 "insufficient_balance")  # fmt: skip
+    assert_error(
+        live_client.post("/api/v1/usage/", {"service": "free", "idempotency_key": "f1"}, format="json"),
+        402,
+        "insufficient_balance",
+    )
     batch = live_client.post("/api/v1/usage/batch/", {"events": [{"service": "free", "idempotency_key": "f2"}]}, format="json")
     assert batch.json()["results"][0]["status"] == 402
     assert UsageRecord.objects.filter(service=free).count() == 0

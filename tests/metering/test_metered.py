@@ -148,10 +148,16 @@ def test_wallet_past_its_limit_after_an_over_capture_gets_no_more_calls(organiza
     assert big.status_code == 200
     services.hold_capture(  # a capture far above its hold: the service was delivered
         tenant=Tenant(organization=organization, user=None, api_key=live_key_of(organization), role=None),
-        hold=services.hold_create(tenant=Tenant(organization=organization, user=None, api_key=live_key_of(organization), role=None),
-                                  service="chat", idempotency_key="h", amount=Decimal("0.001"), maxima={}, expires_in=None).hold,
+        hold=services.hold_create(
+            tenant=Tenant(organization=organization, user=None, api_key=live_key_of(organization), role=None),
+            service="chat",
+            idempotency_key="h",
+            amount=Decimal("0.001"),
+            maxima={},
+            expires_in=None,
+        ).hold,
         data={"input_tokens": 1_000_000, "output_tokens": 0},
-    )  # fmt: skip
+    )
     assert wallet_of(organization).available < 0
     metered_urls.CALLS.clear()
     assert_error(live_client.post("/chat/", {}, format="json"), 402, "insufficient_balance")

@@ -21,8 +21,12 @@ def test_services_lists_active_services_with_prices_named_per_method(catalogue, 
     services = listed(live_client)
 
     assert set(services) == {"gpt", "translate", "summarize", "dalle", "ping", "unpriced"}  # not "retired"
-    assert services["gpt"] == {"slug": "gpt", "name": "Gpt", "calc_method": "TOKENS",
-                               "prices": {"input_price": "0.150000000000", "output_price": "0.600000000000"}}  # fmt: skip
+    assert services["gpt"] == {
+        "slug": "gpt",
+        "name": "Gpt",
+        "calc_method": "TOKENS",
+        "prices": {"input_price": "0.150000000000", "output_price": "0.600000000000"},
+    }
     assert services["translate"]["prices"] == {"unit_price": "0.020000000000"}
     assert services["dalle"]["prices"] == {"unit_price": "0.010000000000"}
     assert services["unpriced"]["prices"] is None
@@ -30,8 +34,13 @@ def test_services_lists_active_services_with_prices_named_per_method(catalogue, 
 
 def test_services_show_the_organizations_override(catalogue, organization, live_client, other_client):
     price_add(service=catalogue["ping"], organization=organization, unit_price="0.0005")
-    price_add(service=catalogue["gpt"], organization=organization, input_price="0.1", output_price="0.4",
-              effective_from=timezone.now() - timedelta(days=1))  # fmt: skip
+    price_add(
+        service=catalogue["gpt"],
+        organization=organization,
+        input_price="0.1",
+        output_price="0.4",
+        effective_from=timezone.now() - timedelta(days=1),
+    )
     price_add(service=catalogue["gpt"], input_price="0.2", output_price="0.8")  # newer general price: override still wins
 
     mine, theirs = listed(live_client), listed(other_client)

@@ -125,7 +125,8 @@ def test_staff_price_override_for_one_organization(catalogue, funded, staff_clie
     assert response.json()["organization"] == funded.slug
     assert ping(live_client, "a").json()["cost"] == "0.000100000000"
     assert [s["prices"] for s in other_client.get("/api/v1/services/").json() if s["slug"] == "ping"] == [
-        {"unit_price": "0.001000000000"}]  # fmt: skip
+        {"unit_price": "0.001000000000"}
+    ]
 
 
 def test_staff_price_in_the_future_waits_for_its_time(catalogue, funded, staff_client, live_client):
@@ -137,8 +138,10 @@ def test_staff_price_in_the_future_waits_for_its_time(catalogue, funded, staff_c
     assert ping(live_client, "a").json()["cost"] == "0.001000000000"
 
 
-@pytest.mark.parametrize(("body", "status"), [({"service": "nope", "unit_price": "1"}, 404),
-                                              ({"service": "ping", "organization": "nope", "unit_price": "1"}, 404)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"service": "nope", "unit_price": "1"}, 404), ({"service": "ping", "organization": "nope", "unit_price": "1"}, 404)],
+)
 def test_staff_price_for_unknown_things_is_404(catalogue, staff_client, body, status):
     assert staff_client.post(PRICES, body, format="json").status_code == status
 
@@ -190,8 +193,9 @@ def test_staff_adjustment_validates(funded, staff_client, body):
 def test_staff_adjustment_may_not_pass_the_credit_limit(funded, staff_client):
     Wallet.objects.filter(organization_id=funded.pk).update(credit_limit=Decimal("1"))
 
-    assert_error(staff_client.post(adjust_url(funded), {"amount": "-11.01", "reason": "x"}, format="json"), 402,
-                 "insufficient_balance")  # fmt: skip
+    assert_error(
+        staff_client.post(adjust_url(funded), {"amount": "-11.01", "reason": "x"}, format="json"), 402, "insufficient_balance"
+    )
     assert wallet_of(funded).balance == Decimal("10")
 
 

@@ -41,7 +41,13 @@ def test_summary_by_day(history, owner_client):
     response = owner_client.get(f"{SUMMARY}?group_by=day&{JANUARY}")
 
     assert response.json()["rows"][0] == {
-        "day": "2026-01-10", "events": 3, "quantity": 1002, "input_tokens": 1000, "output_tokens": 0, "cost": "0.002150000000"}  # fmt: skip
+        "day": "2026-01-10",
+        "events": 3,
+        "quantity": 1002,
+        "input_tokens": 1000,
+        "output_tokens": 0,
+        "cost": "0.002150000000",
+    }
     assert rows(response)[1] == ("2026-01-12", 1, 1, 0, 0, "0.001000000000")
     assert (response.json()["events"], response.json()["from"], response.json()["to"]) == (4, "2026-01-01", "2026-01-31")
 

@@ -80,7 +80,7 @@ def test_usage_export_shows_only_own_records(acme, globex, globex_owner_client):
 
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == 2
-    assert lines[1].endswith(",\"globex-1\"")
+    assert lines[1].endswith(',"globex-1"')
 
 
 def test_balance_shows_only_own_wallet(acme, globex, other_client, globex_owner_client):

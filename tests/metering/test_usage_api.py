@@ -38,10 +38,16 @@ def money_state(organization) -> tuple:
 @pytest.mark.parametrize(
     ("body", "quantities", "cost"),
     [
-        ({"service": "gpt", "input_tokens": 1000, "output_tokens": 500},
-         {"quantity": 1500, "input_tokens": 1000, "output_tokens": 500}, "0.000450000000"),
-        ({"service": "gpt", "input_tokens": 1, "output_tokens": 0},
-         {"quantity": 1, "input_tokens": 1, "output_tokens": 0}, "0.000000150000"),
+        (
+            {"service": "gpt", "input_tokens": 1000, "output_tokens": 500},
+            {"quantity": 1500, "input_tokens": 1000, "output_tokens": 500},
+            "0.000450000000",
+        ),
+        (
+            {"service": "gpt", "input_tokens": 1, "output_tokens": 0},
+            {"quantity": 1, "input_tokens": 1, "output_tokens": 0},
+            "0.000000150000",
+        ),
         ({"service": "translate", "text": "héllo 世界"}, {"quantity": 8}, "0.000160000000"),
         ({"service": "translate", "characters": 2500}, {"quantity": 2500}, "0.050000000000"),
         ({"service": "summarize", "text": "hello, 世界!"}, {"quantity": 3}, "0.001500000000"),
@@ -49,7 +55,7 @@ def money_state(organization) -> tuple:
         ({"service": "dalle", "width": 512, "height": 512}, {"quantity": 1}, "0.010000000000"),
         ({"service": "ping"}, {"quantity": 1}, "0.001000000000"),
     ],
-)  # fmt: skip
+)
 def test_usage_is_metered_and_debited(funded, live_client, live_key, body, quantities, cost):
     response = live_client.post(USAGE, {**body, "idempotency_key": "evt-1"}, format="json")
 
@@ -79,8 +85,9 @@ def test_usage_with_a_jwt_records_the_user(funded, owner_client, owner):
 
 
 def test_usage_amounts_are_json_strings_never_numbers(funded, live_client):
-    data = live_client.post(USAGE, {"service": "gpt", "idempotency_key": "s", "input_tokens": 3, "output_tokens": 7},
-                            format="json").json()  # fmt: skip
+    data = live_client.post(
+        USAGE, {"service": "gpt", "idempotency_key": "s", "input_tokens": 3, "output_tokens": 7}, format="json"
+    ).json()
 
     for field in ("cost", "balance_after", "input_price", "output_price"):
         assert isinstance(data[field], str), field
@@ -286,8 +293,9 @@ def test_a_revoked_key_cannot_meter(funded, live_key, live_client):
 
 
 def test_test_mode_records_but_moves_no_money(funded, test_mode_client, owner_client, live_client):
-    response = test_mode_client.post(USAGE, {"service": "gpt", "idempotency_key": "t1", "input_tokens": 10**6, "output_tokens": 0},
-                                     format="json")  # fmt: skip
+    response = test_mode_client.post(
+        USAGE, {"service": "gpt", "idempotency_key": "t1", "input_tokens": 10**6, "output_tokens": 0}, format="json"
+    )
     ping(live_client, "live-1")
 
     assert response.status_code == 201, response.content
@@ -368,8 +376,9 @@ def test_a_future_price_is_not_yet_in_force(funded, catalogue, live_client):
 
 def test_an_organization_override_beats_the_general_price(funded, catalogue, live_client, other_organization, other_client):
     wallet_fund(other_organization, "1")
-    price_add(service=catalogue["ping"], organization=funded, unit_price="0.0005",
-              effective_from=timezone.now() - timedelta(days=1))  # fmt: skip
+    price_add(
+        service=catalogue["ping"], organization=funded, unit_price="0.0005", effective_from=timezone.now() - timedelta(days=1)
+    )
     price_add(service=catalogue["ping"], unit_price="0.002")  # a newer general price does not displace the override
 
     assert ping(live_client, "k").json()["cost"] == "0.000500000000"
@@ -377,8 +386,9 @@ def test_an_organization_override_beats_the_general_price(funded, catalogue, liv
 
 
 def test_a_future_override_is_not_yet_in_force(funded, catalogue, live_client):
-    price_add(service=catalogue["ping"], organization=funded, unit_price="0.0005",
-              effective_from=timezone.now() + timedelta(hours=1))  # fmt: skip
+    price_add(
+        service=catalogue["ping"], organization=funded, unit_price="0.0005", effective_from=timezone.now() + timedelta(hours=1)
+    )
 
     assert ping(live_client, "k").json()["cost"] == "0.001000000000"
 

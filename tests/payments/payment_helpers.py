@@ -115,9 +115,18 @@ def post_sandbox(client, body: bytes, *, signature: str | None = "sign", timesta
 # --- Stripe -----------------------------------------------------------------------------------------
 
 
-def stripe_session(payment: Payment, *, session_id: str | None = None, payment_status: str = "paid", status: str = "complete",
-                   livemode: bool = False, amount_total: int | None = None, currency: str | None = None,
-                   client_reference_id: str | None = None, payment_intent: str = "pi_test_123") -> dict:  # fmt: skip
+def stripe_session(
+    payment: Payment,
+    *,
+    session_id: str | None = None,
+    payment_status: str = "paid",
+    status: str = "complete",
+    livemode: bool = False,
+    amount_total: int | None = None,
+    currency: str | None = None,
+    client_reference_id: str | None = None,
+    payment_intent: str = "pi_test_123",
+) -> dict:
     """A Checkout Session object as Stripe sends it inside an event."""
     return {
         "id": session_id or payment.provider_reference,

@@ -57,8 +57,9 @@ DEBITS = {"ledger": debit, "usage API": debit_through_the_api, "usage batch": de
 
 
 @pytest.mark.parametrize("spend", DEBITS.values(), ids=DEBITS.keys())
-def test_a_debit_crossing_the_threshold_emails_the_owners_and_admins_once(armed, owner, org_admin, member, spend,
-                                                                          django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_debit_crossing_the_threshold_emails_the_owners_and_admins_once(
+    armed, owner, org_admin, member, spend, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         spend(armed, "60")
 
@@ -91,8 +92,9 @@ def signed_with(request, secret: str) -> bool:
 
 
 @pytest.mark.usefixtures("local_receivers")
-def test_the_alert_webhook_gets_one_post_signed_with_the_organizations_secret(armed, other_organization, hook_server,
-                                                                              django_capture_on_commit_callbacks):  # fmt: skip
+def test_the_alert_webhook_gets_one_post_signed_with_the_organizations_secret(
+    armed, other_organization, hook_server, django_capture_on_commit_callbacks
+):
     receiver = hook_server()
     alert_webhook_set(armed, receiver.url("/tollgate/low-balance", host="hooks.example.com"))
 
@@ -159,13 +161,14 @@ def test_further_debits_below_the_threshold_send_nothing(armed, hook_server, dja
         ("127.0.0.1", "[::ffff:127.0.0.1]"),
         ("127.0.0.1", "2130706433"),
         ("127.0.0.1", "127.1"),
-        ("127.0.0.1", "0.0.0.0"),  # noqa: S104 - a destination, not a bind
+        ("127.0.0.1", "0.0.0.0"),
         ("::1", "[::1]"),
         ("127.0.0.1", "hooks.example.com"),  # a public-looking name whose DNS answers loopback
     ],
 )
-def test_an_alert_webhook_into_our_own_network_is_never_called(armed, hook_server, public_dns, listen, host, caplog,
-                                                               django_capture_on_commit_callbacks):  # fmt: skip
+def test_an_alert_webhook_into_our_own_network_is_never_called(
+    armed, hook_server, public_dns, listen, host, caplog, django_capture_on_commit_callbacks
+):
     public_dns["hooks.example.com"] = ["127.0.0.1"]
     private = hook_server(listen)
     alert_webhook_set(armed, private.url(host=host))
@@ -179,12 +182,14 @@ def test_an_alert_webhook_into_our_own_network_is_never_called(armed, hook_serve
     assert "refused" in caplog.text
 
 
-def test_a_url_that_was_public_when_saved_is_checked_again_when_sent(armed, owner, hook_server, public_dns,
-                                                                    django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_url_that_was_public_when_saved_is_checked_again_when_sent(
+    armed, owner, hook_server, public_dns, django_capture_on_commit_callbacks
+):
     private = hook_server()
     public_dns["hooks.example.com"] = ["93.184.215.14"]
-    saved = client_for(owner).post("/dashboard/settings/", {"low_balance_threshold": "50",
-                                                            "alert_webhook_url": private.url(host="hooks.example.com")})  # fmt: skip
+    saved = client_for(owner).post(
+        "/dashboard/settings/", {"low_balance_threshold": "50", "alert_webhook_url": private.url(host="hooks.example.com")}
+    )
     assert saved.status_code == 302
     public_dns["hooks.example.com"] = ["127.0.0.1"]  # DNS rebinding: the name now answers loopback
 
@@ -195,8 +200,9 @@ def test_a_url_that_was_public_when_saved_is_checked_again_when_sent(armed, owne
 
 
 @pytest.mark.usefixtures("local_receivers")
-def test_a_host_name_that_does_not_resolve_yet_is_tried_again(armed, hook_server, public_dns, monkeypatch,
-                                                              django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_host_name_that_does_not_resolve_yet_is_tried_again(
+    armed, hook_server, public_dns, monkeypatch, django_capture_on_commit_callbacks
+):
     receiver = hook_server()
     alert_webhook_set(armed, receiver.url(host="flaky.example"))
     answers = iter([[], ["127.0.0.1"]])  # the first lookup fails (a DNS hiccup), the next one answers

@@ -45,8 +45,24 @@ def celery_worker(transactional_db, settings):
         "PYTHONUNBUFFERED": "1",
     }
     log = tempfile.NamedTemporaryFile(prefix="celery-worker-", suffix=".log", delete=False)  # noqa: SIM115 - closed below
-    command = [sys.executable, "-m", "celery", "-A", "billing_site", "worker", "--pool=solo", "--concurrency=1", "-Q", queue,
-               "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", node, "--loglevel=INFO"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "billing_site",
+        "worker",
+        "--pool=solo",
+        "--concurrency=1",
+        "-Q",
+        queue,
+        "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        node,
+        "--loglevel=INFO",
+    ]
     process = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     previous_queue = celery_app.conf.task_default_queue
     celery_app.conf.task_default_queue = queue
@@ -106,8 +122,12 @@ def test_a_real_worker_settles_a_sandbox_recharge_once(celery_worker, owner_clie
 
     assert delivered.status_code == 200, delivered.content
     assert delivered.json() == {"received": True, "duplicate": False}
-    _wait_for(lambda: Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED, timeout=SETTLE_TIMEOUT,
-              what="the worker to settle the payment", log=log)  # fmt: skip
+    _wait_for(
+        lambda: Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED,
+        timeout=SETTLE_TIMEOUT,
+        what="the worker to settle the payment",
+        log=log,
+    )
     assert_credited_once(payment)
     assert wallet_of(organization).balance == D("42.50")
     assert WebhookEvent.objects.get().processed_at is not None
@@ -117,8 +137,12 @@ def test_a_real_worker_settles_a_sandbox_recharge_once(celery_worker, owner_clie
     assert post_sandbox(api_client, body).json() == {"received": True, "duplicate": True}
     second = post_sandbox(api_client, sandbox_body(payment, event_id=f"evt_worker_{uuid.uuid4().hex}"))
     assert second.json() == {"received": True, "duplicate": False}
-    _wait_for(lambda: not WebhookEvent.objects.filter(processed_at__isnull=True).exists(), timeout=SETTLE_TIMEOUT,
-              what="the worker to process the second event", log=log)  # fmt: skip
+    _wait_for(
+        lambda: not WebhookEvent.objects.filter(processed_at__isnull=True).exists(),
+        timeout=SETTLE_TIMEOUT,
+        what="the worker to process the second event",
+        log=log,
+    )
     assert_credited_once(payment)
     assert wallet_of(organization).balance == D("42.50")
     assert_money_invariants([organization.pk])

@@ -109,8 +109,9 @@ def test_concurrent_batches_and_singles_share_one_wallet(shop):
 
 
 def _hold(shop, key: str, amount: str = "0.5") -> int:
-    outcome = services.hold_create(tenant=shop["key_tenant"], service="gpt", idempotency_key=key, amount=D(amount), maxima={},
-                                   expires_in=None)  # fmt: skip
+    outcome = services.hold_create(
+        tenant=shop["key_tenant"], service="gpt", idempotency_key=key, amount=D(amount), maxima={}, expires_in=None
+    )
     return outcome.hold.pk
 
 

@@ -32,8 +32,13 @@ def test_postings_keep_balance_equal_to_entries_and_running_balance_after(organi
     charge(organization, "0.000000150000")
     ledger.wallet_hold(organization_id=organization.pk, amount=D("2"))
     ledger.usage_charge(organization_id=organization.pk, cost=D("3"), release_held=D("2"), reference="hold")
-    ledger.wallet_credit(organization_id=organization.pk, amount=D("5.5"), kind=TransferKind.RECHARGE,
-                         counter_account=Account.PAYMENTS_CLEARING, reference="payment:1")  # fmt: skip
+    ledger.wallet_credit(
+        organization_id=organization.pk,
+        amount=D("5.5"),
+        kind=TransferKind.RECHARGE,
+        counter_account=Account.PAYMENTS_CLEARING,
+        reference="payment:1",
+    )
     wallet_fund(organization, "-0.5")
     with transaction.atomic():
         ledger.usage_charge_batch(organization_id=organization.pk, charges=[(D("1"), "b1"), (D("100"), "b2"), (D("2"), "b3")])
@@ -42,8 +47,10 @@ def test_postings_keep_balance_equal_to_entries_and_running_balance_after(organi
     assert wallet.balance == D("8.99999985")
     assert wallet.held == 0
     assert list(
-        LedgerEntry.objects.filter(organization_id=organization.pk, account="wallet").order_by("id").values_list("balance_after", flat=True)
-    ) == [D("10"), D("9.99999985"), D("6.99999985"), D("12.49999985"), D("11.99999985"), D("10.99999985"), D("8.99999985")]  # fmt: skip
+        LedgerEntry.objects.filter(organization_id=organization.pk, account="wallet")
+        .order_by("id")
+        .values_list("balance_after", flat=True)
+    ) == [D("10"), D("9.99999985"), D("6.99999985"), D("12.49999985"), D("11.99999985"), D("10.99999985"), D("8.99999985")]
     assert_money_invariants([organization.pk])
 
 
@@ -96,8 +103,13 @@ def test_adjustment_requires_a_reason(organization, reason):
 
 def test_credit_must_be_positive(organization):
     with pytest.raises(ValueError):
-        ledger.wallet_credit(organization_id=organization.pk, amount=D("-1"), kind=TransferKind.RECHARGE,
-                             counter_account=Account.PAYMENTS_CLEARING, reference="x")  # fmt: skip
+        ledger.wallet_credit(
+            organization_id=organization.pk,
+            amount=D("-1"),
+            kind=TransferKind.RECHARGE,
+            counter_account=Account.PAYMENTS_CLEARING,
+            reference="x",
+        )
 
 
 @pytest.mark.django_db(transaction=True)

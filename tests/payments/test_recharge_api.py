@@ -38,8 +38,11 @@ def test_recharge_answers_a_pending_payment_with_a_checkout_url(request, organiz
     assert body["checkout_url"].startswith(settings.SITE_URL.rstrip("/") + "/sandbox/checkout/")
     assert body["checkout_url"] == payment.checkout_url
     assert (payment.organization_id, payment.amount, payment.currency, payment.status) == (
-        organization.pk, D("25.5"), "USD", PaymentStatus.PENDING,
-    )  # fmt: skip
+        organization.pk,
+        D("25.5"),
+        "USD",
+        PaymentStatus.PENDING,
+    )
     assert payment.created_by_id == user.pk
     assert payment.provider_reference == f"sbx_{payment.pk}"
     assert payment.livemode is False
@@ -85,8 +88,9 @@ def test_recharge_idempotency_key_with_a_different_body_is_a_conflict(owner_clie
     assert list(Payment.objects.values_list("amount", "provider")) == [(D("30"), "sandbox")]
 
 
-def test_the_same_idempotency_key_in_another_organization_is_a_new_payment(owner_client, other_owner_client, organization,
-                                                                           other_organization):  # fmt: skip
+def test_the_same_idempotency_key_in_another_organization_is_a_new_payment(
+    owner_client, other_owner_client, organization, other_organization
+):
     mine = recharge(owner_client, "30.00", key="shared-key")
     theirs = recharge(other_owner_client, "40.00", key="shared-key")
 
@@ -200,8 +204,11 @@ def test_recharge_refuses_a_provider_not_enabled_in_settings(owner_client, organ
 @responses.activate
 def test_recharge_when_the_provider_is_unreachable_fails_the_payment_and_moves_nothing(owner_client, organization, settings):
     settings.STRIPE_SECRET_KEY = "sk_test_unreachable"
-    responses.post("https://api.stripe.com/v1/checkout/sessions", status=400,
-                   json={"error": {"type": "invalid_request_error", "message": "Invalid currency"}})  # fmt: skip
+    responses.post(
+        "https://api.stripe.com/v1/checkout/sessions",
+        status=400,
+        json={"error": {"type": "invalid_request_error", "message": "Invalid currency"}},
+    )
     before = money_snapshot(organization)
 
     response = recharge(owner_client, "25.00", "stripe")

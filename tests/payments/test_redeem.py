@@ -23,8 +23,9 @@ REDEEM_URL = "/api/v1/redeem/"
 
 
 def codes(count=1, *, amount="15.00", max_uses=1, expires_at=None, batch="launch", created_by=None) -> list[str]:
-    return services.redemption_codes_generate(batch=batch, amount=D(amount), count=count, max_uses=max_uses, expires_at=expires_at,
-                                              created_by=created_by)  # fmt: skip
+    return services.redemption_codes_generate(
+        batch=batch, amount=D(amount), count=count, max_uses=max_uses, expires_at=expires_at, created_by=created_by
+    )
 
 
 def redeem(client, code):
@@ -72,8 +73,16 @@ def test_redeeming_a_code_credits_the_wallet_from_promotions(owner_client, owner
     assert_money_invariants([organization.pk])
 
 
-@pytest.mark.parametrize("spell", [str.lower, lambda c: c.replace("-", ""), lambda c: f"  {c.lower()}  ",
-                                   lambda c: c.title(), lambda c: c.replace("-", "").lower()])  # fmt: skip
+@pytest.mark.parametrize(
+    "spell",
+    [
+        str.lower,
+        lambda c: c.replace("-", ""),
+        lambda c: f"  {c.lower()}  ",
+        lambda c: c.title(),
+        lambda c: c.replace("-", "").lower(),
+    ],
+)
 def test_codes_are_case_and_dash_insensitive(org_admin_client, organization, spell):
     [code] = codes(amount="7.50")
 

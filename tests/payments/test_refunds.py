@@ -52,8 +52,11 @@ def test_full_refund_returns_the_money_and_marks_the_payment_refunded(organizati
     assert (done.amount, done.forced, done.created_by_id) == (D("25"), False, staff_user.pk)
     transfer = Transfer.objects.get(pk=done.transfer_id)
     assert (transfer.kind, transfer.reference, transfer.memo, transfer.created_by_id) == (
-        TransferKind.REFUND, f"payment:{payment.pk}", "duplicate charge", staff_user.pk,
-    )  # fmt: skip
+        TransferKind.REFUND,
+        f"payment:{payment.pk}",
+        "duplicate charge",
+        staff_user.pk,
+    )
     assert sorted(transfer.entries.values_list("account", "amount")) == [("payments_clearing", D("25")), ("wallet", D("-25"))]
     payment.refresh_from_db()
     assert (payment.status, payment.refunded_amount) == (PaymentStatus.REFUNDED, D("25"))
@@ -172,22 +175,30 @@ def test_a_provider_failure_moves_nothing_and_releases_the_hold(organization, st
     before = money_snapshot(organization)
 
     with responses.RequestsMock() as rsps:
-        rsps.get(f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
-                 json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"})  # fmt: skip
-        rsps.post(f"{STRIPE_API}/refunds", status=402,
-                  json={"error": {"type": "card_error", "message": "The charge is disputed"}})  # fmt: skip
+        rsps.get(
+            f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
+            json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"},
+        )
+        rsps.post(
+            f"{STRIPE_API}/refunds", status=402, json={"error": {"type": "card_error", "message": "The charge is disputed"}}
+        )
         assert_refused(502, lambda: refund(payment, "10.00", staff=staff_user, force=force))
 
     after = money_snapshot(organization)
     assert (after["balance"], after["held"], after["ledger_entries"], after["payments"]) == (
-        before["balance"], 0, before["ledger_entries"], before["payments"],
-    )  # fmt: skip
+        before["balance"],
+        0,
+        before["ledger_entries"],
+        before["payments"],
+    )
     failed = Refund.objects.get()
     assert failed.status == RefundStatus.FAILED and failed.transfer_id is None
     # The failed refund does not count against what remains refundable.
     with responses.RequestsMock() as rsps:
-        rsps.get(f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
-                 json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"})  # fmt: skip
+        rsps.get(
+            f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
+            json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"},
+        )
         rsps.post(f"{STRIPE_API}/refunds", json={"id": "re_ok", "object": "refund"})
         assert refund(payment, "25.00", staff=staff_user).status == RefundStatus.SUCCEEDED
     assert wallet_of(organization).held == 0
@@ -207,8 +218,10 @@ def test_the_refund_hold_blocks_spending_while_the_provider_is_called(organizati
         return 200, {}, '{"id": "re_1", "object": "refund"}'
 
     with responses.RequestsMock() as rsps:
-        rsps.get(f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
-                 json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"})  # fmt: skip
+        rsps.get(
+            f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
+            json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": "pi_1"},
+        )
         rsps.add_callback(responses.POST, f"{STRIPE_API}/refunds", callback=stripe_refund)
         refund(payment, "10.00", staff=staff_user)
 

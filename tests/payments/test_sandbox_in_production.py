@@ -81,8 +81,9 @@ def test_the_billing_page_offers_no_sandbox_in_production(owner, organization, s
     assert 'value="sandbox"' not in client_for(owner).get("/dashboard/billing/").content.decode()
 
 
-def test_production_with_the_sandbox_enabled_on_purpose_works(owner_client, api_client, organization, settings, eager_celery,
-                                                              django_capture_on_commit_callbacks):  # fmt: skip
+def test_production_with_the_sandbox_enabled_on_purpose_works(
+    owner_client, api_client, organization, settings, eager_celery, django_capture_on_commit_callbacks
+):
     go_production(settings, sandbox_enabled=True)
 
     response = owner_client.post(RECHARGE_URL, {"amount": "25.00", "provider": "sandbox"}, format="json")

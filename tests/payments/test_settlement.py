@@ -155,8 +155,9 @@ def test_a_success_after_a_failure_or_provider_cancel_credits_nothing(organizati
     assert wallet_of(organization).balance == 0
 
 
-def test_a_broker_outage_at_queue_time_is_caught_up_by_the_sweep(api_client, organization, monkeypatch,
-                                                                 django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_broker_outage_at_queue_time_is_caught_up_by_the_sweep(
+    api_client, organization, monkeypatch, django_capture_on_commit_callbacks
+):
     payment = sandbox_payment(organization, "40.00")
 
     def broker_down(*args, **kwargs):

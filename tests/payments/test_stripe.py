@@ -54,8 +54,10 @@ def deliver(client, event_type, session, *, capture, livemode=False, event_id=No
 # --- Checkout Session -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("currency", "amount", "minor"), [("USD", "25.50", 2550), ("USD", "10000.00", 1_000_000),
-                                                           ("USD", "1", 100), ("JPY", "1000", 1000)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("currency", "amount", "minor"),
+    [("USD", "25.50", 2550), ("USD", "10000.00", 1_000_000), ("USD", "1", 100), ("JPY", "1000", 1000)],
+)
 def test_recharge_creates_a_checkout_session_in_minor_units(owner_client, organization, currency, amount, minor):
     Wallet.objects.filter(organization_id=organization.pk).update(currency=currency)
 
@@ -100,8 +102,11 @@ def test_a_live_checkout_session_marks_the_payment_live(organization, settings):
 @pytest.mark.parametrize("status", [400, 401, 402])
 def test_stripe_refusing_the_checkout_fails_the_payment(owner_client, organization, status):
     with responses.RequestsMock() as rsps:
-        rsps.post(f"{STRIPE_API}/checkout/sessions", status=status,
-                  json={"error": {"type": "invalid_request_error", "message": "No such thing"}})  # fmt: skip
+        rsps.post(
+            f"{STRIPE_API}/checkout/sessions",
+            status=status,
+            json={"error": {"type": "invalid_request_error", "message": "No such thing"}},
+        )
         response = owner_client.post(RECHARGE_URL, {"amount": "25.00", "provider": "stripe"}, format="json")
 
     assert_error(response, 502, "provider_error")
@@ -123,14 +128,23 @@ def test_recharge_without_a_stripe_key_fails_cleanly(owner_client, organization,
 
 
 def test_completed_and_paid_credits_the_wallet(api_client, organization, payment, django_capture_on_commit_callbacks):
-    response = deliver(api_client, "checkout.session.completed", stripe_session(payment), capture=django_capture_on_commit_callbacks,
-                       event_id="evt_paid")  # fmt: skip
+    response = deliver(
+        api_client,
+        "checkout.session.completed",
+        stripe_session(payment),
+        capture=django_capture_on_commit_callbacks,
+        event_id="evt_paid",
+    )
 
     assert response.status_code == 200, response.content
     assert response.json() == {"received": True, "duplicate": False}
     event = WebhookEvent.objects.get()
-    assert (event.provider, event.event_id, event.payment_id, event.event_type) == ("stripe", "evt_paid", payment.pk,
-                                                                                   "checkout.session.completed")  # fmt: skip
+    assert (event.provider, event.event_id, event.payment_id, event.event_type) == (
+        "stripe",
+        "evt_paid",
+        payment.pk,
+        "checkout.session.completed",
+    )
     assert event.processed_at is not None
     assert_credited_once(payment)
     assert wallet_of(organization).balance == D("25")
@@ -159,8 +173,9 @@ def test_unpaid_completion_waits_for_the_async_payment(api_client, organization,
     assert wallet_of(organization).balance == 0
     assert WebhookEvent.objects.get().processed_at is not None
 
-    paid = deliver(api_client, "checkout.session.async_payment_succeeded", stripe_session(payment, payment_status="paid"),
-                   capture=capture)  # fmt: skip
+    paid = deliver(
+        api_client, "checkout.session.async_payment_succeeded", stripe_session(payment, payment_status="paid"), capture=capture
+    )
 
     assert paid.status_code == 200, paid.content
     assert_credited_once(payment)
@@ -168,8 +183,12 @@ def test_unpaid_completion_waits_for_the_async_payment(api_client, organization,
 
 
 def test_async_payment_failed_fails_the_payment(api_client, organization, payment, django_capture_on_commit_callbacks):
-    response = deliver(api_client, "checkout.session.async_payment_failed", stripe_session(payment, payment_status="unpaid"),
-                       capture=django_capture_on_commit_callbacks)  # fmt: skip
+    response = deliver(
+        api_client,
+        "checkout.session.async_payment_failed",
+        stripe_session(payment, payment_status="unpaid"),
+        capture=django_capture_on_commit_callbacks,
+    )
 
     assert response.status_code == 200, response.content
     payment.refresh_from_db()
@@ -206,8 +225,9 @@ def test_a_late_success_after_expiry_credits_nothing(api_client, organization, p
 @pytest.mark.parametrize(
     "event_type", ["payment_intent.succeeded", "charge.refunded", "customer.created", "checkout.session.async_payment_pending"]
 )
-def test_unrelated_events_are_stored_and_change_nothing(api_client, organization, payment, event_type,
-                                                        django_capture_on_commit_callbacks):  # fmt: skip
+def test_unrelated_events_are_stored_and_change_nothing(
+    api_client, organization, payment, event_type, django_capture_on_commit_callbacks
+):
     before = money_snapshot(organization)
     data_object = {
         "id": "pi_123",
@@ -251,8 +271,9 @@ MISMATCHES = {
 
 @pytest.mark.parametrize("event_type", ["checkout.session.completed", "checkout.session.async_payment_succeeded"])
 @pytest.mark.parametrize("mismatch", MISMATCHES.values(), ids=MISMATCHES.keys())
-def test_events_not_matching_the_payment_are_refused(api_client, organization, payment, mismatch, event_type,
-                                                     django_capture_on_commit_callbacks):  # fmt: skip
+def test_events_not_matching_the_payment_are_refused(
+    api_client, organization, payment, mismatch, event_type, django_capture_on_commit_callbacks
+):
     session = mismatch(payment)
     before = money_snapshot(organization)
 
@@ -267,8 +288,13 @@ def test_events_not_matching_the_payment_are_refused(api_client, organization, p
 def test_a_live_event_for_a_test_payment_is_refused(api_client, organization, payment, django_capture_on_commit_callbacks):
     before = money_snapshot(organization)
 
-    response = deliver(api_client, "checkout.session.completed", stripe_session(payment, livemode=True), livemode=True,
-                       capture=django_capture_on_commit_callbacks)  # fmt: skip
+    response = deliver(
+        api_client,
+        "checkout.session.completed",
+        stripe_session(payment, livemode=True),
+        livemode=True,
+        capture=django_capture_on_commit_callbacks,
+    )
 
     assert_error(response, 400, "invalid_signature")
     assert money_snapshot(organization) == before
@@ -279,13 +305,22 @@ def test_a_test_event_for_a_live_payment_is_refused(api_client, organization, se
     live = stripe_payment(organization, "25.00", livemode=True)
     before = money_snapshot(organization)
 
-    response = deliver(api_client, "checkout.session.completed", stripe_session(live), livemode=False,
-                       capture=django_capture_on_commit_callbacks)  # fmt: skip
+    response = deliver(
+        api_client, "checkout.session.completed", stripe_session(live), livemode=False, capture=django_capture_on_commit_callbacks
+    )
 
     assert_error(response, 400, "invalid_signature")
     assert money_snapshot(organization) == before
-    assert deliver(api_client, "checkout.session.completed", stripe_session(live, livemode=True), livemode=True,
-                   capture=django_capture_on_commit_callbacks).status_code == 200  # fmt: skip
+    assert (
+        deliver(
+            api_client,
+            "checkout.session.completed",
+            stripe_session(live, livemode=True),
+            livemode=True,
+            capture=django_capture_on_commit_callbacks,
+        ).status_code
+        == 200
+    )
     assert_credited_once(live)
 
 
@@ -361,16 +396,20 @@ def mock_refund_api(rsps, payment, *, payment_intent="pi_3TollgateIntent", refun
         amount = int(form(request)["amount"][0])
         return 200, {}, json.dumps({"id": f"re_{len(seen)}", "object": "refund", "amount": amount, "status": "succeeded"})
 
-    rsps.get(f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
-             json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": payment_intent})  # fmt: skip
+    rsps.get(
+        f"{STRIPE_API}/checkout/sessions/{payment.provider_reference}",
+        json={"id": payment.provider_reference, "object": "checkout.session", "payment_intent": payment_intent},
+    )
     rsps.add_callback(responses.POST, f"{STRIPE_API}/refunds", callback=create_refund, content_type="application/json")
     return seen
 
 
-@pytest.mark.parametrize(("amount", "minor", "status"), [("25.00", 2500, PaymentStatus.REFUNDED),
-                                                         ("7.25", 725, PaymentStatus.PARTIALLY_REFUNDED)])  # fmt: skip
-def test_refund_calls_stripe_with_the_payment_intent_in_minor_units(organization, staff_user, amount, minor, status,
-                                                                    django_capture_on_commit_callbacks):  # fmt: skip
+@pytest.mark.parametrize(
+    ("amount", "minor", "status"), [("25.00", 2500, PaymentStatus.REFUNDED), ("7.25", 725, PaymentStatus.PARTIALLY_REFUNDED)]
+)
+def test_refund_calls_stripe_with_the_payment_intent_in_minor_units(
+    organization, staff_user, amount, minor, status, django_capture_on_commit_callbacks
+):
     payment = settled_stripe_payment(organization, capture=django_capture_on_commit_callbacks)
 
     with responses.RequestsMock() as rsps:
@@ -403,8 +442,11 @@ def test_stripe_refusing_the_refund_moves_nothing(organization, staff_user, djan
     assert len(seen) == 1
     after = money_snapshot(organization)
     assert (after["balance"], after["held"], after["ledger_entries"], after["payments"]) == (
-        before["balance"], 0, before["ledger_entries"], before["payments"],
-    )  # fmt: skip
+        before["balance"],
+        0,
+        before["ledger_entries"],
+        before["payments"],
+    )
     assert payment.refunds.get().status == RefundStatus.FAILED
 
 
@@ -436,8 +478,9 @@ def test_two_refunds_of_the_same_amount_are_two_stripe_refunds(organization, sta
     assert wallet_of(organization).held == 0
 
 
-def test_an_unanswered_refund_stays_reserved_and_the_sweeper_settles_it_once(organization, staff_user,
-                                                                             django_capture_on_commit_callbacks):  # fmt: skip
+def test_an_unanswered_refund_stays_reserved_and_the_sweeper_settles_it_once(
+    organization, staff_user, django_capture_on_commit_callbacks
+):
     """No answer is not a refusal: Stripe may have refunded. The refund stays pending with its
     reservation, and the sweeper retries under the same idempotency key until it has an answer."""
     from datetime import timedelta

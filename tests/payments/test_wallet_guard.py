@@ -95,8 +95,14 @@ def _organization_form(organization, **wallet_changes) -> dict:
         **{f"wallet-0-{name}": value for name, value in _wallet_form(organization, **wallet_changes).items()},
     }
     for prefix in ("memberships", "api_keys"):
-        data.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
-                     f"{prefix}-MAX_NUM_FORMS": "1000"})  # fmt: skip
+        data.update(
+            {
+                f"{prefix}-TOTAL_FORMS": "0",
+                f"{prefix}-INITIAL_FORMS": "0",
+                f"{prefix}-MIN_NUM_FORMS": "0",
+                f"{prefix}-MAX_NUM_FORMS": "1000",
+            }
+        )
     return data
 
 

@@ -79,8 +79,9 @@ class WalletMachine(RuleBasedStateMachine):
     def debit(self, input_tokens, output_tokens):
         cost = token_cost(input_tokens, output_tokens)
         key = self.next_key()
-        event = services.UsageEvent(service="model-gpt", idempotency_key=key,
-                                    data={"input_tokens": input_tokens, "output_tokens": output_tokens})  # fmt: skip
+        event = services.UsageEvent(
+            service="model-gpt", idempotency_key=key, data={"input_tokens": input_tokens, "output_tokens": output_tokens}
+        )
         if self.fits(cost):
             outcome = services.usage_record(tenant=self.tenant, event=event)
             assert not outcome.replayed
@@ -95,14 +96,21 @@ class WalletMachine(RuleBasedStateMachine):
     @rule(pick=st.integers(min_value=0))
     def replay(self, pick):
         key, input_tokens, output_tokens = self.keys[pick % len(self.keys)]
-        event = services.UsageEvent(service="model-gpt", idempotency_key=key,
-                                    data={"input_tokens": input_tokens, "output_tokens": output_tokens})  # fmt: skip
+        event = services.UsageEvent(
+            service="model-gpt", idempotency_key=key, data={"input_tokens": input_tokens, "output_tokens": output_tokens}
+        )
         assert services.usage_record(tenant=self.tenant, event=event).replayed
 
     @rule(amount=amounts)
     def hold(self, amount):
-        call = {"tenant": self.tenant, "service": "model-gpt", "idempotency_key": self.next_key(), "amount": amount,
-                "maxima": {}, "expires_in": 3600}  # fmt: skip
+        call = {
+            "tenant": self.tenant,
+            "service": "model-gpt",
+            "idempotency_key": self.next_key(),
+            "amount": amount,
+            "maxima": {},
+            "expires_in": 3600,
+        }
         if amount == 0:  # a hold bounds an over-capture: it is never zero
             with pytest.raises(InvalidRequest):
                 services.hold_create(**call)
@@ -195,6 +203,12 @@ def test_wallet_follows_its_model_under_random_operations(db):
     # failing example's steps are printed as they ran, which is the reproduction.
     run_state_machine_as_test(
         WalletMachine,
-        settings=settings(max_examples=30, stateful_step_count=25, deadline=None, database=None,
-                          phases=[Phase.explicit, Phase.generate], suppress_health_check=[HealthCheck.too_slow]),
-    )  # fmt: skip
+        settings=settings(
+            max_examples=30,
+            stateful_step_count=25,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

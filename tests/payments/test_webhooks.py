@@ -45,8 +45,12 @@ def test_signed_success_event_credits_the_wallet_once(api_client, organization, 
     assert response.json() == {"received": True, "duplicate": False}
     assert len(callbacks) == 1  # settlement is queued after commit, not run in the request
     event = WebhookEvent.objects.get()
-    assert (event.provider, event.event_id, event.event_type, event.payment_id) == ("sandbox", "evt_good_1", "payment.succeeded",
-                                                                                   payment.pk)  # fmt: skip
+    assert (event.provider, event.event_id, event.event_type, event.payment_id) == (
+        "sandbox",
+        "evt_good_1",
+        "payment.succeeded",
+        payment.pk,
+    )
     assert event.organization_id == organization.pk
     assert event.payload == json.loads(body)
     assert event.processed_at is not None
@@ -67,8 +71,9 @@ def test_settlement_waits_for_the_worker(api_client, organization, payment, djan
     assert wallet_of(organization).balance == 0
 
 
-def test_replay_of_the_same_event_answers_duplicate_and_credits_once(api_client, organization, payment,
-                                                                     django_capture_on_commit_callbacks):  # fmt: skip
+def test_replay_of_the_same_event_answers_duplicate_and_credits_once(
+    api_client, organization, payment, django_capture_on_commit_callbacks
+):
     body = sandbox_body(payment, event_id="evt_replayed")
     with django_capture_on_commit_callbacks(execute=True):
         first = post_sandbox(api_client, body)
@@ -86,8 +91,9 @@ def test_replay_of_the_same_event_answers_duplicate_and_credits_once(api_client,
     assert_credited_once(payment)
 
 
-def test_two_different_success_events_for_one_payment_credit_once(api_client, organization, payment,
-                                                                  django_capture_on_commit_callbacks):  # fmt: skip
+def test_two_different_success_events_for_one_payment_credit_once(
+    api_client, organization, payment, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         first = post_sandbox(api_client, sandbox_body(payment, event_id="evt_a"))
         second = post_sandbox(api_client, sandbox_body(payment, event_id="evt_b"))
@@ -176,8 +182,9 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", ATTACKS.values(), ids=ATTACKS.keys())
-def test_refused_notifications_change_nothing(api_client, organization, payment, attack, settings,
-                                              django_capture_on_commit_callbacks):  # fmt: skip
+def test_refused_notifications_change_nothing(
+    api_client, organization, payment, attack, settings, django_capture_on_commit_callbacks
+):
     settings.STRIPE_SECRET_KEY = "sk_test_webhooks"
     stripe = stripe_payment(organization, "25.00")
     body, headers = attack(payment, stripe)
@@ -199,8 +206,12 @@ def test_an_unknown_provider_endpoint_refuses(api_client, organization, payment)
     body = sandbox_body(payment)
     before = money_snapshot(organization)
 
-    response = api_client.post(webhook_url("paypal"), data=body, content_type="application/json",
-                               HTTP_TOLLGATE_SIGNATURE=hmac_signature(body, secret=_secret()))  # fmt: skip
+    response = api_client.post(
+        webhook_url("paypal"),
+        data=body,
+        content_type="application/json",
+        HTTP_TOLLGATE_SIGNATURE=hmac_signature(body, secret=_secret()),
+    )
 
     assert_error(response, 400, "invalid_signature")
     assert money_snapshot(organization) == before
@@ -260,24 +271,33 @@ def test_failure_after_success_changes_nothing(api_client, organization, payment
 
     assert_credited_once(payment)
     after = money_snapshot(organization)
-    assert (after["balance"], after["ledger_entries"], after["payments"]) == (before["balance"], before["ledger_entries"],
-                                                                             before["payments"])  # fmt: skip
+    assert (after["balance"], after["ledger_entries"], after["payments"]) == (
+        before["balance"],
+        before["ledger_entries"],
+        before["payments"],
+    )
 
 
 # --- The sandbox's own checkout page delivers the notification over HTTP, like an outside provider --------
 
 
-@pytest.mark.parametrize(("decision", "status", "balance"), [("confirm", PaymentStatus.SUCCEEDED, D("25")),
-                                                             ("decline", PaymentStatus.FAILED, D("0"))])  # fmt: skip
-def test_sandbox_checkout_decision_reaches_the_webhook_signed(api_client, organization, payment, settings, decision, status,
-                                                              balance, django_capture_on_commit_callbacks):  # fmt: skip
+@pytest.mark.parametrize(
+    ("decision", "status", "balance"), [("confirm", PaymentStatus.SUCCEEDED, D("25")), ("decline", PaymentStatus.FAILED, D("0"))]
+)
+def test_sandbox_checkout_decision_reaches_the_webhook_signed(
+    api_client, organization, payment, settings, decision, status, balance, django_capture_on_commit_callbacks
+):
     delivered = []
 
     def forward(request):
         # The "network": hand what the sandbox sent to our own webhook endpoint, untouched.
         delivered.append(request)
-        response = APIClient().post(urlsplit(request.url).path, data=request.body, content_type="application/json",
-                                    HTTP_TOLLGATE_SIGNATURE=request.headers["Tollgate-Signature"])  # fmt: skip
+        response = APIClient().post(
+            urlsplit(request.url).path,
+            data=request.body,
+            content_type="application/json",
+            HTTP_TOLLGATE_SIGNATURE=request.headers["Tollgate-Signature"],
+        )
         return response.status_code, {}, response.content
 
     with responses.RequestsMock() as rsps, django_capture_on_commit_callbacks(execute=True):
