@@ -175,7 +175,7 @@ class Invitation(models.Model):
 
     class Meta:
         constraints = [
-            # Tenant data: unique constraints carry the organization (SPEC §6).
+            # Tenant data: unique constraints carry the organization (docs/contract.md §6).
             models.UniqueConstraint(fields=["organization", "digest"], name="invitation_unique_digest"),
             models.UniqueConstraint(
                 fields=["organization", "email"],

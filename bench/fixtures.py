@@ -164,7 +164,7 @@ def write_key_files(data: BenchData) -> dict[str, str]:
     return paths
 
 
-# --- The money invariants (SPEC §2), on the bench organizations only ----------------------------------
+# --- The money invariants (docs/contract.md §2), on the bench organizations only ----------------------------------
 
 _CHECKS: list[tuple[str, str]] = [
     (

@@ -8,7 +8,7 @@ passes, through psycopg's ClientCursor as Django's psycopg 3 backend does (clien
 `twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
 `payments.ledger._POST_SQL`; `metering.services.usage_sql.INSERT_USAGE_SQL`; COMMIT — four round trips.
 
-`classic` is the 6-round-trip reference of PERF-NOTES: BEGIN; SELECT … FOR UPDATE; UPDATE the
+`classic` is the 6-round-trip reference of docs/performance.md: BEGIN; SELECT … FOR UPDATE; UPDATE the
 balance; INSERT the transfer and its entries; the app's usage statement; COMMIT.
 
 Each client is its own process (no GIL between clients) with its own connection; all connect,

@@ -1,4 +1,4 @@
-"""SQL for the database-level guards that keep money records immutable (SPEC §2.3)."""
+"""SQL for the database-level guards that keep money records immutable (docs/contract.md §2.3)."""
 
 IMMUTABLE_FUNCTION = """
 CREATE OR REPLACE FUNCTION tollgate_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -1,4 +1,4 @@
-"""Domain errors with stable codes. Services raise these; the API renders them (SPEC §3)."""
+"""Domain errors with stable codes. Services raise these; the API renders them (docs/contract.md §3)."""
 
 from enum import StrEnum
 from typing import Any

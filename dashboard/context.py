@@ -19,7 +19,7 @@ from accounts.selectors import membership_list
 
 SESSION_KEY = "dashboard_organization"
 
-# Everything the dashboard serves comes from the project itself (SPEC §4); the browser enforces it.
+# Everything the dashboard serves comes from the project itself (docs/contract.md §5); the browser enforces it.
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
 
 

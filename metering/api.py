@@ -1,4 +1,4 @@
-"""REST API for services, usage and holds (SPEC §3)."""
+"""REST API for services, usage and holds (docs/contract.md §3)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _utc_iso(moment: datetime) -> str:
 
 
 def usage_body(record: UsageRecord) -> dict[str, Any]:
-    """The usage answer (SPEC §3). On the batch path this runs a thousand times per request: keep it plain."""
+    """The usage answer (docs/contract.md §3). On the batch path this runs a thousand times per request: keep it plain."""
     body = {
         "id": record.pk,
         "service": record.service.slug,

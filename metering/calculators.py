@@ -1,4 +1,4 @@
-"""Quantity calculators: how much of a service one event used (SPEC §1, calculation methods).
+"""Quantity calculators: how much of a service one event used (docs/contract.md §1, calculation methods).
 
 A calculator reads the request fields of its method, refuses bad ones with InvalidRequest, and
 answers Quantities. Pricing is separate (metering.pricing). Adding a method is one class here,

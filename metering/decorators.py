@@ -10,7 +10,7 @@ usage after it, release the hold if the view fails.
 The rules that keep a caller from getting the view for free:
 - `estimate` is the view's own worst case (a mapping, or a function of the request that the view's
   author writes), never maxima the client declares: the hold is what bounds an over-capture
-  (SPEC §2.4), so a client that could declare zeros could get the view for almost nothing. An
+  (docs/contract.md §2.4), so a client that could declare zeros could get the view for almost nothing. An
   estimate must cost something (a zero hold is refused).
 - An `Idempotency-Key` header is namespaced by the caller (API key or user) and mode, and a key
   already used answers 409 `idempotency_conflict` naming the first call's hold and usage: the view

@@ -162,7 +162,7 @@ class Hold(models.Model):
         indexes = [models.Index(fields=["expires_at"], condition=Q(status="active"), name="hold_active_expiry")]
         constraints = [
             models.UniqueConstraint(fields=["organization", "test", "idempotency_key"], name="hold_idempotency_key_per_org_mode"),
-            # The hold bounds what an over-capture can cost (SPEC §2.4): a zero hold would bound nothing.
+            # The hold bounds what an over-capture can cost (docs/contract.md §2.4): a zero hold would bound nothing.
             models.CheckConstraint(condition=Q(amount__gt=0), name="hold_amount_positive"),
         ]
 

@@ -14,7 +14,7 @@ from billing_site.money import EXACT, ZERO, money_round
 from metering.calculators import Quantities
 from metering.models import CalcMethod
 
-# (quantity field, price field, units the price is quoted per), per SPEC §3.
+# (quantity field, price field, units the price is quoted per), per docs/contract.md §3.
 PRICE_COMPONENTS: dict[str, tuple[tuple[str, str, int], ...]] = {
     CalcMethod.TOKENS: (("input_tokens", "input_price", 1_000_000), ("output_tokens", "output_price", 1_000_000)),
     CalcMethod.CHAR_COUNT: (("quantity", "unit_price", 1_000),),

@@ -333,7 +333,7 @@ class RedemptionCodeAdmin(ReadOnlyAdmin):
 
 
 def reconciliation_view(request):
-    """The back office's reconciliation page: SPEC §2.2's identity over a period, and every wallet."""
+    """The back office's reconciliation page: docs/contract.md §2.2's identity over a period, and every wallet."""
     if not request.user.has_perm("payments.view_ledgerentry"):
         raise PermissionDenied
     start = parse_date(request.GET.get("from", "") or "")

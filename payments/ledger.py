@@ -56,7 +56,7 @@ class Posting:
     held_after: Decimal
 
 
-# The overdraft rule (SPEC §2.4), over the wallet row an UPDATE is changing: nothing new starts (a
+# The overdraft rule (docs/contract.md §2.4), over the wallet row an UPDATE is changing: nothing new starts (a
 # debit, even of zero, or a hold) while `available` is at or below `-credit_limit`, and after it
 # `available` is still at or above `-credit_limit`. Credits, releases and a hold's capture of
 # delivered usage are not checked (`ledger_unchecked`). `affordable` is the same rule in Python.
@@ -173,7 +173,7 @@ def transfer_post(
     `release_held` of the wallet's holds in the same statement.
 
     A debit (a negative or zero amount) passes the overdraft rule or is refused (InsufficientBalance,
-    nothing written), unless `may_overdraw` (a hold's capture of usage already delivered, SPEC §2.4).
+    nothing written), unless `may_overdraw` (a hold's capture of usage already delivered, docs/contract.md §2.4).
     Joins the caller's transaction if any.
     """
     if counter_account == Account.WALLET:
@@ -260,7 +260,7 @@ def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) 
 
 def wallet_hold(*, organization_id: int, amount: Decimal) -> Posting:
     """Reserve `amount` (no entry is posted); refused by the overdraft rule. A hold is what bounds
-    an over-capture (SPEC §2.4), so it is always positive."""
+    an over-capture (docs/contract.md §2.4), so it is always positive."""
     if amount <= ZERO:
         raise ValueError("a hold reserves a positive amount")
     return _held_change(organization_id=organization_id, held_delta=amount, unchecked=False)

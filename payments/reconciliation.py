@@ -1,4 +1,4 @@
-"""Reconciliation (SPEC §2.2): over any period, cash in − revenue − refunds + promotions ±
+"""Reconciliation (docs/contract.md §2.2): over any period, cash in − revenue − refunds + promotions ±
 adjustments must equal the change in the sum of all wallet balances; and every wallet's cached
 balance must equal the sum of its entries, its last entry's `balance_after` equal to both."""
 

@@ -231,7 +231,7 @@ class _NothingToDo(Exception):
 
 def payment_settle(*, event_id: int) -> Payment | None:
     """Apply a stored notification: credit the wallet and mark the payment succeeded, or mark it
-    failed / canceled. At most once per payment, however often it runs (SPEC §2.5)."""
+    failed / canceled. At most once per payment, however often it runs (docs/contract.md §2.5)."""
     event = WebhookEvent.objects.select_related("payment").filter(pk=event_id).first()
     if event is None or event.payment is None:
         return None

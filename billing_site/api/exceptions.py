@@ -1,4 +1,4 @@
-"""Turns every error (domain errors and DRF's own) into the one body SPEC §3 defines."""
+"""Turns every error (domain errors and DRF's own) into the one body docs/contract.md §3 defines."""
 
 import logging
 

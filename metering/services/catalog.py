@@ -30,7 +30,7 @@ def price_create(
     unit_price: Decimal | None = None,
 ) -> Price:
     """A new price row (rates are never edited in place). The fields must be exactly the ones the
-    service's method uses (SPEC §3)."""
+    service's method uses (docs/contract.md §3)."""
     given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
     needed = set(price_fields(service.calc_method))
     missing = sorted(name for name in needed if given[name] is None)

@@ -1,5 +1,5 @@
 """Holds: reserve the worst case before a long or streamed call, then capture the actual usage or
-release it (SPEC §1 Hold, §2.4)."""
+release it (docs/contract.md §1 Hold, §2.4)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def hold_create(
     else:
         amount = money_round(amount)
     if amount <= ZERO:
-        # The hold is what bounds an over-capture (SPEC §2.4): a zero hold would let a wallet far below
+        # The hold is what bounds an over-capture (docs/contract.md §2.4): a zero hold would let a wallet far below
         # its limit keep getting service.
         raise InvalidRequest(
             "A hold reserves a positive amount; these maxima cost nothing.",
@@ -118,7 +118,7 @@ def _hold_finish(*, hold: Hold, status: HoldStatus) -> None:
 
 def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> HoldOutcome:
     """Write the usage of the actual quantities at the price in force and free the hold, in one
-    transaction. The actual cost may exceed the hold (SPEC §2.4: the service was delivered).
+    transaction. The actual cost may exceed the hold (docs/contract.md §2.4: the service was delivered).
     Capturing again answers the same outcome; capturing a released or expired hold is refused."""
     organization_id = tenant.organization.pk
     if hold.organization_id != organization_id or hold.test != tenant.is_test:

@@ -52,7 +52,7 @@ def usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
 
 
 def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
-    """Meter one event and debit its cost (SPEC §2): exactly once per idempotency key and mode; a
+    """Meter one event and debit its cost (docs/contract.md §2): exactly once per idempotency key and mode; a
     replay answers the first record; a different body under the same key is refused (409). Test keys
     record but move no money. Raises ServiceNotFound, PriceNotSet, InvalidRequest,
     InsufficientBalance, SpendCapExceeded, IdempotencyConflict."""

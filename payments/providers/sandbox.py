@@ -1,5 +1,5 @@
 """The sandbox provider: a checkout page on our own site, then a signed notification to our own
-webhook, exactly as an outside provider would send it (SPEC §3, payment providers)."""
+webhook, exactly as an outside provider would send it (docs/contract.md §3, payment providers)."""
 
 from __future__ import annotations
 

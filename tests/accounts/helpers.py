@@ -6,7 +6,7 @@ SNAKE_CASE = re.compile(r"^[a-z]+(_[a-z]+)*$")
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
-    """The response is SPEC §3's error body, exactly: {"error": {"code", "message", "details"}}."""
+    """The response is docs/contract.md §3's error body, exactly: {"error": {"code", "message", "details"}}."""
     assert response.status_code == status, response.content
     assert response["Content-Type"].startswith("application/json")
     body = response.json()

@@ -1,4 +1,4 @@
-"""Every refusal answers SPEC §3's body, `{"error": {"code", "message", "details"}}`, whatever raised it."""
+"""Every refusal answers docs/contract.md §3's body, `{"error": {"code", "message", "details"}}`, whatever raised it."""
 
 import pytest
 from django.db import connection

@@ -1,4 +1,4 @@
-"""usage/batch/ — up to 1,000 events under one wallet lock, one result each (SPEC §3)."""
+"""usage/batch/ — up to 1,000 events under one wallet lock, one result each (docs/contract.md §3)."""
 
 from decimal import Decimal
 

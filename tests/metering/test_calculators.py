@@ -1,4 +1,4 @@
-"""Quantity calculators and per-unit pricing (SPEC §1 calculation methods, §2.1 exact money)."""
+"""Quantity calculators and per-unit pricing (docs/contract.md §1 calculation methods, §2.1 exact money)."""
 
 from decimal import ROUND_HALF_UP, Decimal
 

@@ -1,4 +1,4 @@
-"""holds/ — reserve, capture, release, expire (SPEC §1 Hold, §2.4, §3)."""
+"""holds/ — reserve, capture, release, expire (docs/contract.md §1 Hold, §2.4, §3)."""
 
 from datetime import timedelta
 from decimal import Decimal

@@ -142,7 +142,7 @@ def test_metered_without_an_estimate_is_a_configuration_error():
 
 
 def test_wallet_past_its_limit_after_an_over_capture_gets_no_more_calls(organization, live_client, chat_service):
-    """An over-capture may go below the limit (SPEC §2.4); after it, not one more call is served."""
+    """An over-capture may go below the limit (docs/contract.md §2.4); after it, not one more call is served."""
     fund(organization, "0.003")  # exactly the worst case
     big = live_client.post("/chat-api/", {}, format="json")  # holds 500/500 = $0.0015, uses 100/10
     assert big.status_code == 200

@@ -1,4 +1,4 @@
-"""GET services/ — active services with the prices in force for the caller (SPEC §3)."""
+"""GET services/ — active services with the prices in force for the caller (docs/contract.md §3)."""
 
 from datetime import timedelta
 

@@ -1,4 +1,4 @@
-"""Staff API: admin/services/, admin/prices/, admin/organizations/{slug}/adjust/ (SPEC §3)."""
+"""Staff API: admin/services/, admin/prices/, admin/organizations/{slug}/adjust/ (docs/contract.md §3)."""
 
 from datetime import timedelta
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""GET usage/summary/ — totals by day or service from the daily rollups (SPEC §3)."""
+"""GET usage/summary/ — totals by day or service from the daily rollups (docs/contract.md §3)."""
 
 from datetime import UTC, datetime
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Cross-tenant access answers 404 or shows only the caller's own data (SPEC §3), one test per endpoint."""
+"""Cross-tenant access answers 404 or shows only the caller's own data (docs/contract.md §3), one test per endpoint."""
 
 from datetime import UTC, datetime
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""POST usage/ (SPEC §3): every answer, and the money it moves or does not move."""
+"""POST usage/ (docs/contract.md §3): every answer, and the money it moves or does not move."""
 
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -289,7 +289,7 @@ def test_a_revoked_key_cannot_meter(funded, live_key, live_client):
     assert UsageRecord.objects.count() == 0
 
 
-# --- Test mode (SPEC §2.6) ----------------------------------------------------------------------------
+# --- Test mode (docs/contract.md §2.6) ----------------------------------------------------------------------------
 
 
 def test_test_mode_records_but_moves_no_money(funded, test_mode_client, owner_client, live_client):
@@ -352,7 +352,7 @@ def test_spend_cap_of_one_key_does_not_limit_another(funded, capped_key, live_cl
     assert ping(live_client, "c").status_code == 201
 
 
-# --- Prices (SPEC §2.7) ---------------------------------------------------------------------------------
+# --- Prices (docs/contract.md §2.7) ---------------------------------------------------------------------------------
 
 
 def test_a_new_price_applies_to_new_records_only(funded, catalogue, live_client):

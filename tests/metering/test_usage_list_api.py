@@ -1,4 +1,4 @@
-"""GET usage/ (filters, pagination) and usage/export.csv (SPEC §3)."""
+"""GET usage/ (filters, pagination) and usage/export.csv (docs/contract.md §3)."""
 
 import csv
 import io

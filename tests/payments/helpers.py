@@ -1,4 +1,4 @@
-"""Assertions shared by the money-path tests: SPEC §2 invariants, checked against the database."""
+"""Assertions shared by the money-path tests: docs/contract.md §2 invariants, checked against the database."""
 
 from collections.abc import Iterable
 from decimal import Decimal
@@ -13,7 +13,7 @@ ZERO = Decimal(0)
 
 
 def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, holds: bool = True) -> None:
-    """SPEC §2.2 and §2.4 for the given wallets (all when None): balance == Σ entries; each
+    """docs/contract.md §2.2 and §2.4 for the given wallets (all when None): balance == Σ entries; each
     balance_after is the running sum in entry-id (commit) order; held == Σ active live Hold rows
     (unless `holds` is False, for tests that reserve through the ledger directly); held ≥ 0; every
     transfer sums to zero over at least two entries."""
@@ -58,7 +58,7 @@ def wallet_of(organization) -> Wallet:
 
 
 def assert_error(response, status: int, code: str) -> dict:
-    """The response is SPEC §3's error body with this status and code."""
+    """The response is docs/contract.md §3's error body with this status and code."""
     assert response.status_code == status, response.content
     body = response.json()
     assert set(body) == {"error"}, body

@@ -83,7 +83,7 @@ def sandbox_payment(organization: Organization, amount: str = "25.00", *, user: 
 
 
 def sandbox_body(payment: Payment, *, event_type: str = "payment.succeeded", event_id: str | None = None, **overrides) -> bytes:
-    """A sandbox notification as SPEC §3 defines it (amount as a decimal string)."""
+    """A sandbox notification as docs/contract.md §3 defines it (amount as a decimal string)."""
     event = {
         "id": event_id or f"evt_{uuid.uuid4().hex}",
         "type": event_type,

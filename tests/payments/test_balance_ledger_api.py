@@ -1,4 +1,4 @@
-"""GET balance/ and GET ledger/ (SPEC §3)."""
+"""GET balance/ and GET ledger/ (docs/contract.md §3)."""
 
 from decimal import Decimal
 

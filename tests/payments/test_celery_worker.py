@@ -1,5 +1,5 @@
 """A real Celery worker process, on the real embedded Redis broker and the test database, settles a
-recharge whose signed webhook arrived through the API (SPEC §3: "settlement handed to Celery").
+recharge whose signed webhook arrived through the API (docs/contract.md §3: "settlement handed to Celery").
 
 Nothing is mocked. The worker consumes a queue of its own (a fresh name per run), so tasks left by
 other runs or a development worker on the same Redis can neither reach it nor steal its work."""

@@ -1,4 +1,4 @@
-"""Concurrent debits, replays, batches and hold races on one wallet (SPEC §2.4, §2.5): real threads,
+"""Concurrent debits, replays, batches and hold races on one wallet (docs/contract.md §2.4, §2.5): real threads,
 real transactions, one PostgreSQL."""
 
 from collections import Counter

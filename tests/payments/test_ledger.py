@@ -1,4 +1,4 @@
-"""The ledger's invariants (SPEC §2.2–2.4), enforced by code and by the database."""
+"""The ledger's invariants (docs/contract.md §2.2–2.4), enforced by code and by the database."""
 
 from datetime import timedelta
 from decimal import Decimal
@@ -78,7 +78,7 @@ def test_zero_amount_posts_nothing(organization):
 def test_zero_amount_debit_is_refused_at_or_below_the_limit(organization, funding, limit):
     """Nothing new starts while available ≤ −credit_limit, not even a free event (issue: zero holds)."""
     set_credit_limit(organization, limit)
-    if funding != "0":  # a hold's capture of delivered usage may go past the limit (SPEC §2.4)
+    if funding != "0":  # a hold's capture of delivered usage may go past the limit (docs/contract.md §2.4)
         ledger.usage_charge(organization_id=organization.pk, cost=-D(funding), reference="over-capture", may_overdraw=True)
     with pytest.raises(ledger.InsufficientBalance):
         charge(organization, "0")
@@ -178,7 +178,7 @@ def test_negative_adjustment_may_not_pass_the_limit(organization):
 
 
 def test_overdrawn_capture_may_pass_the_limit_and_credits_still_land(organization):
-    """SPEC §2.4's one exception: usage already delivered is recorded in full."""
+    """docs/contract.md §2.4's one exception: usage already delivered is recorded in full."""
     set_credit_limit(organization, "1")
     wallet_fund(organization, "2")
     ledger.wallet_hold(organization_id=organization.pk, amount=D("2"))

@@ -1,4 +1,4 @@
-"""POST payments/recharge/, GET payments/ and payments/{id}/ (SPEC §3)."""
+"""POST payments/recharge/, GET payments/ and payments/{id}/ (docs/contract.md §3)."""
 
 from decimal import Decimal
 from urllib.parse import urlsplit

@@ -1,4 +1,4 @@
-"""Reconciliation (SPEC §2.2): cash in − revenue − refunds + promotions ± adjustments equals the change
+"""Reconciliation (docs/contract.md §2.2): cash in − revenue − refunds + promotions ± adjustments equals the change
 of the wallets, and every wallet's cached balance equals its ledger."""
 
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Redemption codes: services.redemption_codes_generate and POST redeem/ (SPEC §1, §3)."""
+"""Redemption codes: services.redemption_codes_generate and POST redeem/ (docs/contract.md §1, §3)."""
 
 import hashlib
 import re

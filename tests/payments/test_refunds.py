@@ -1,5 +1,5 @@
 """services.payment_refund: never more than was paid, reserved before the provider is called, and
-`held` back to 0 on every path (SPEC §1 Payment, §2.2)."""
+`held` back to 0 on every path (docs/contract.md §1 Payment, §2.2)."""
 
 import threading
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""services.payment_settle and payments_sweep: a payment is credited at most once (SPEC §2.5)."""
+"""services.payment_settle and payments_sweep: a payment is credited at most once (docs/contract.md §2.5)."""
 
 import threading
 import uuid

@@ -1,4 +1,4 @@
-"""A wallet's balance and holds change only through the ledger (SPEC §2.2): the database refuses any
+"""A wallet's balance and holds change only through the ledger (docs/contract.md §2.2): the database refuses any
 other write, and the back office changes settings without ever writing a stale balance back."""
 
 import threading

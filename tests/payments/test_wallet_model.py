@@ -1,5 +1,5 @@
 """Property-based: random debits, holds, captures, releases, expiries and credits against a
-plain-Python model of one wallet; after every step the wallet equals the model and SPEC §2 holds."""
+plain-Python model of one wallet; after every step the wallet equals the model and docs/contract.md §2 holds."""
 
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -132,7 +132,7 @@ class WalletMachine(RuleBasedStateMachine):
             outcome = services.hold_capture(tenant=self.tenant, hold=hold, data=quantities)
             cost = token_cost(**quantities)
             assert (outcome.replayed, outcome.record.cost) == (False, cost)
-            self.balance -= cost  # in full, even past the limit (SPEC §2.4)
+            self.balance -= cost  # in full, even past the limit (docs/contract.md §2.4)
             self.held -= model.amount
             model.status, model.captured_with = HoldStatus.CAPTURED, quantities
         elif model.status == HoldStatus.CAPTURED:

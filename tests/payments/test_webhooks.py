@@ -1,4 +1,4 @@
-"""POST payments/webhooks/sandbox/: verified, stored once, settled after commit (SPEC §3, §2.5)."""
+"""POST payments/webhooks/sandbox/: verified, stored once, settled after commit (docs/contract.md §3, §2.5)."""
 
 import json
 import threading

@@ -21,7 +21,7 @@ OWNER_EMAIL = "owner@demo.tollgate.local"
 ORGANIZATION_NAME = "Demo AI Co"
 PRICES_FROM = datetime(2025, 1, 1, tzinfo=UTC)
 
-# (slug, name, calc_method, prices) — units per SPEC §3: tokens per 1M, characters and words per 1K,
+# (slug, name, calc_method, prices) — units per docs/contract.md §3: tokens per 1M, characters and words per 1K,
 # images per 512×512 tile, requests per request.
 SERVICES: tuple[tuple[str, str, str, dict[str, Decimal]], ...] = (
     ("gpt-4o", "GPT-4o", CalcMethod.TOKENS, {"input_price": Decimal("2.50"), "output_price": Decimal("10.00")}),
