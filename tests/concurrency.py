@@ -17,6 +17,7 @@ def run_concurrently(count: int, work: Callable[[int], Any], *, reraise: bool = 
     exception it raised (re-raised here instead when `reraise`). Fails if a thread hangs."""
     barrier = threading.Barrier(count)
     results: list[Any] = [None] * count
+    raised: list[BaseException] = []
 
     def worker(index: int) -> None:
         try:
@@ -24,6 +25,7 @@ def run_concurrently(count: int, work: Callable[[int], Any], *, reraise: bool = 
             results[index] = work(index)
         except BaseException as exc:  # noqa: BLE001 - handed to the test, which decides
             results[index] = exc
+            raised.append(exc)
         finally:
             connection.close()
 
@@ -33,8 +35,6 @@ def run_concurrently(count: int, work: Callable[[int], Any], *, reraise: bool = 
     for thread in threads:
         thread.join(timeout=JOIN_TIMEOUT_SECONDS)
     assert not any(thread.is_alive() for thread in threads), "a thread hung (deadlock?)"
-    if reraise:
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+    if reraise and raised:
+        raise raised[0]
     return results

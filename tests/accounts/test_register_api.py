@@ -1,15 +1,14 @@
-import threading
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.hashers import MD5PasswordHasher
-from django.db import connection
 
 from accounts import services
 from accounts.models import Membership, Organization, Role, User
 from accounts.signals import organization_created
 from payments.models import Wallet
 from tests.accounts.helpers import assert_error
+from tests.concurrency import run_concurrently
 from tests.factories import PASSWORD, UserFactory
 
 URL = "/api/v1/auth/register/"
@@ -252,24 +251,12 @@ def test_register_ignores_credentials_sent_with_it(api_client):
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_registrations_of_one_email_create_one_account(eager_celery, mailoutbox):
-    barrier = threading.Barrier(4)
-    outcomes: list[str] = []
 
-    def register(n: int) -> None:
-        try:
-            barrier.wait(timeout=5)
-            registration = services.user_register(email="Race@Example.com", password=PASSWORD, organization_name=f"Racer {n}")
-            outcomes.append("created" if registration.user is not None else "duplicate")
-        except Exception as exc:  # noqa: BLE001 - any error is a failed outcome
-            outcomes.append(repr(exc))
-        finally:
-            connection.close()
+    def register(n: int) -> str:
+        registration = services.user_register(email="Race@Example.com", password=PASSWORD, organization_name=f"Racer {n}")
+        return "created" if registration.user is not None else "duplicate"
 
-    threads = [threading.Thread(target=register, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
+    outcomes = run_concurrently(4, register, reraise=True)
 
     assert sorted(outcomes) == ["created", "duplicate", "duplicate", "duplicate"]
     assert User.objects.filter(email="race@example.com").count() == 1

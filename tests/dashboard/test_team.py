@@ -1,16 +1,15 @@
 """Team: invitations (signed by a secret, expiring), roles, removal, and the last-owner rule."""
 
 import re
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from accounts import services as account_services
 from accounts.models import Invitation, Membership, Role, User
 from accounts.services import InvitationInvalid, LastOwner, PermissionRefused
+from tests.concurrency import run_concurrently
 from tests.dashboard.conftest import client_for
 from tests.factories import UserFactory, organization_create
 
@@ -206,24 +205,17 @@ def test_two_owners_demoting_each_other_at_once_leave_one_owner():
     organization = organization_create(name="Duo", owner=first)
     organization.memberships.create(user=second, role=Role.OWNER)
     memberships = {m.user_id: m for m in organization.memberships.all()}
-    barrier = threading.Barrier(2)
-    outcomes = []
+    pairs = [(first, second), (second, first)]
 
-    def demote(actor, target):
+    def demote(index: int) -> str:
+        actor, target = pairs[index]
         try:
-            barrier.wait()
             account_services.membership_role_change(membership=memberships[target.pk], role=Role.ADMIN, actor=actor)
-            outcomes.append("demoted")
         except (LastOwner, PermissionRefused):  # the loser is no longer an owner by the time it holds the lock
-            outcomes.append("refused")
-        finally:
-            connection.close()
+            return "refused"
+        return "demoted"
 
-    threads = [threading.Thread(target=demote, args=(first, second)), threading.Thread(target=demote, args=(second, first))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = run_concurrently(2, demote, reraise=True)
     assert sorted(outcomes) == ["demoted", "refused"]
     assert organization.memberships.filter(role=Role.OWNER).count() == 1
 

@@ -7,29 +7,15 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_revoke
-from metering.models import UsageRecord, UsageRollup
+from metering.models import UsageRecord
 from payments.models import LedgerEntry, Transfer
 from tests.conftest import key_client
 from tests.factories import ServiceFactory, price_add, wallet_fund
 from tests.metering.helpers import BATCH, USAGE, ping
-from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
+from tests.payments.helpers import assert_error, assert_money_invariants, money_state, wallet_of
 
 D = Decimal
-
-
-def money_state(organization) -> tuple:
-    """Everything a refused request must leave untouched."""
-    wallet = wallet_of(organization)
-    return (
-        wallet.balance,
-        wallet.held,
-        UsageRecord.objects.filter(organization_id=organization.pk).count(),
-        Transfer.objects.filter(organization_id=organization.pk).count(),
-        list(UsageRollup.objects.filter(organization_id=organization.pk).values_list("events", "cost")),
-        list(ApiKey.objects.filter(organization_id=organization.pk).order_by("id").values_list("spent", flat=True)),
-    )
 
 
 # --- 201 -------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ from decimal import Decimal
 from django.db import connection
 from django.db.models import Count, Sum
 
-from metering.models import Hold, HoldStatus
-from payments.models import LedgerEntry, Transfer, Wallet
+from metering.models import Hold, HoldStatus, UsageRecord, UsageRollup
+from payments.models import LedgerEntry, Payment, Transfer, Wallet, WebhookEvent
 
 ZERO = Decimal(0)
 
@@ -41,6 +41,24 @@ def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, ho
         if row["total"] != ZERO or row["n"] < 2
     ]
     assert unbalanced == [], unbalanced
+
+
+def money_state(organization) -> dict:
+    """Everything a refused request must leave untouched: the wallet, the ledger, usage, holds,
+    payments and stored provider events (of this organization, and ledger totals overall)."""
+    wallet = Wallet.objects.get(organization_id=organization.pk)
+    org = {"organization_id": organization.pk}
+    return {
+        "balance": wallet.balance,
+        "held": wallet.held,
+        "ledger_entries": LedgerEntry.objects.count(),
+        "transfers": Transfer.objects.count(),
+        "usage_records": UsageRecord.objects.filter(**org).count(),
+        "rollups": list(UsageRollup.objects.filter(**org).order_by("pk").values_list("events", "cost")),
+        "holds": list(Hold.objects.filter(**org).order_by("pk").values_list("pk", "status")),
+        "payments": list(Payment.objects.filter(**org).order_by("pk").values_list("pk", "status", "refunded_amount")),
+        "webhook_events": WebhookEvent.objects.count(),
+    }
 
 
 def wallet_tamper(organization_id: int, balance_sql: str) -> None:

@@ -1,5 +1,5 @@
 """Helpers for the payment tests: providers' signed notifications built independently of the code
-under test, money snapshots for "nothing changed" assertions, and Stripe's HTTP API mocked with
+under test, and Stripe's HTTP API mocked with
 `responses` (the only thing mocked: our code and the `stripe` package run for real)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from django.db.models import Sum
 
 from accounts.models import Organization, User
 from payments import services
-from payments.models import LedgerEntry, Payment, Transfer, TransferKind, Wallet, WebhookEvent
+from payments.models import LedgerEntry, Payment, Transfer, TransferKind
 
 D = Decimal
 RECHARGE_URL = "/api/v1/payments/recharge/"
@@ -27,22 +27,6 @@ STRIPE_API = "https://api.stripe.com/v1"
 
 def webhook_url(provider: str) -> str:
     return f"/api/v1/payments/webhooks/{provider}/"
-
-
-# --- Money snapshots ------------------------------------------------------------------------------
-
-
-def money_snapshot(organization: Organization) -> dict:
-    """Everything a refused request must leave as it was."""
-    wallet = Wallet.objects.get(organization_id=organization.pk)
-    return {
-        "balance": wallet.balance,
-        "held": wallet.held,
-        "ledger_entries": LedgerEntry.objects.count(),
-        "transfers": Transfer.objects.count(),
-        "webhook_events": WebhookEvent.objects.count(),
-        "payments": list(Payment.objects.order_by("pk").values_list("pk", "status", "refunded_amount")),
-    }
 
 
 def recharge_credits(payment: Payment) -> list[Transfer]:

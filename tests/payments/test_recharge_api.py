@@ -7,8 +7,8 @@ import pytest
 import responses
 
 from payments.models import LedgerEntry, Payment, PaymentStatus, Wallet
-from tests.payments.helpers import assert_error
-from tests.payments.payment_helpers import RECHARGE_URL, money_snapshot, sandbox_payment
+from tests.payments.helpers import assert_error, money_state
+from tests.payments.payment_helpers import RECHARGE_URL, sandbox_payment
 
 D = Decimal
 
@@ -23,7 +23,7 @@ def test_recharge_answers_a_pending_payment_with_a_checkout_url(request, organiz
     from tests.conftest import jwt_client
 
     user = request.getfixturevalue(manager)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = recharge(jwt_client(user), "25.50")
 
@@ -47,7 +47,7 @@ def test_recharge_answers_a_pending_payment_with_a_checkout_url(request, organiz
     assert payment.provider_reference == f"sbx_{payment.pk}"
     assert payment.livemode is False
     # Starting a recharge moves no money.
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["held"], after["ledger_entries"]) == (
         before["balance"],
         before["held"],
@@ -78,13 +78,13 @@ def test_recharge_replay_with_the_same_idempotency_key_answers_the_first_payment
 @pytest.mark.parametrize(("amount", "provider"), [("31.00", "sandbox"), ("30.00", "stripe")])
 def test_recharge_idempotency_key_with_a_different_body_is_a_conflict(owner_client, organization, amount, provider):
     first = recharge(owner_client, "30.00", key="recharge-1")
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     conflict = recharge(owner_client, amount, provider, key="recharge-1")
 
     assert first.status_code == 201
     assert_error(conflict, 409, "idempotency_conflict")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert list(Payment.objects.values_list("amount", "provider")) == [(D("30"), "sandbox")]
 
 
@@ -101,13 +101,13 @@ def test_the_same_idempotency_key_in_another_organization_is_a_new_payment(
 
 @pytest.mark.parametrize("caller", ["member_client", "live_client"])
 def test_recharge_is_for_owners_and_admins_only(request, organization, caller):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = recharge(request.getfixturevalue(caller))
 
     assert_error(response, 403, "permission_denied")
     assert Payment.objects.count() == 0
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_recharge_needs_authentication(api_client, organization):
@@ -135,14 +135,14 @@ def test_recharge_needs_authentication(api_client, organization):
     ],
 )
 def test_recharge_refuses_invalid_amounts(owner_client, organization, amount):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = recharge(owner_client, amount)
 
     error = assert_error(response, 400, "invalid_request")
     assert "amount" in error["details"], error
     assert Payment.objects.count() == 0
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_recharge_refuses_a_missing_amount(owner_client, organization):
@@ -182,14 +182,14 @@ def test_recharge_decimal_places_follow_the_wallet_currency(owner_client, organi
 
 @pytest.mark.parametrize("provider", ["paypal", "", "SANDBOX", "x" * 30])
 def test_recharge_refuses_an_unknown_provider(owner_client, organization, provider):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = recharge(owner_client, "25.00", provider)
 
     error = assert_error(response, 400, "invalid_request")
     assert "provider" in error["details"], error
     assert Payment.objects.count() == 0
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_recharge_refuses_a_provider_not_enabled_in_settings(owner_client, organization, settings):
@@ -209,7 +209,7 @@ def test_recharge_when_the_provider_is_unreachable_fails_the_payment_and_moves_n
         status=400,
         json={"error": {"type": "invalid_request_error", "message": "Invalid currency"}},
     )
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = recharge(owner_client, "25.00", "stripe")
 
@@ -218,7 +218,7 @@ def test_recharge_when_the_provider_is_unreachable_fails_the_payment_and_moves_n
     assert payment.status == PaymentStatus.FAILED
     assert payment.failure_reason
     assert payment.checkout_url == ""
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["ledger_entries"]) == (before["balance"], before["ledger_entries"])
 
 

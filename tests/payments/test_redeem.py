@@ -2,21 +2,19 @@
 
 import hashlib
 import re
-import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from billing_site.errors import InvalidRequest
 from payments import services
 from payments.models import Account, LedgerEntry, Redemption, RedemptionCode, Transfer, TransferKind
+from tests.concurrency import run_concurrently
 from tests.conftest import jwt_client
 from tests.factories import organization_create
-from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
-from tests.payments.payment_helpers import money_snapshot
+from tests.payments.helpers import assert_error, assert_money_invariants, money_state, wallet_of
 
 D = Decimal
 REDEEM_URL = "/api/v1/redeem/"
@@ -94,11 +92,11 @@ def test_codes_are_case_and_dash_insensitive(org_admin_client, organization, spe
 
 def test_an_expired_code_is_refused(owner_client, organization):
     [code] = codes(expires_at=timezone.now() - timedelta(seconds=1))
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_error(redeem(owner_client, code), 400, "invalid_code")
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert RedemptionCode.objects.get().uses == 0
 
 
@@ -111,11 +109,11 @@ def test_a_code_that_has_not_expired_yet_works(owner_client, organization):
 def test_a_used_up_code_is_refused(owner_client, organization, other_owner_client, other_organization):
     [code] = codes(max_uses=1)
     assert redeem(other_owner_client, code).status_code == 201
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_error(redeem(owner_client, code), 400, "invalid_code")
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert RedemptionCode.objects.get().uses == 1
     assert Redemption.objects.count() == 1
 
@@ -123,12 +121,12 @@ def test_a_used_up_code_is_refused(owner_client, organization, other_owner_clien
 def test_an_organization_redeems_a_code_once(owner_client, org_admin_client, organization):
     [code] = codes(max_uses=5)
     assert redeem(owner_client, code).status_code == 201
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_error(redeem(org_admin_client, code), 400, "invalid_code")
     assert_error(redeem(owner_client, code.lower()), 400, "invalid_code")
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert RedemptionCode.objects.get().uses == 1
     assert wallet_of(organization).balance == D("15")
 
@@ -136,29 +134,29 @@ def test_an_organization_redeems_a_code_once(owner_client, org_admin_client, org
 @pytest.mark.parametrize("code", ["AAAAA-BBBBB-CCCCC-DDDDD", "nope", "-", "🎟️"])
 def test_an_unknown_code_is_refused(owner_client, organization, code):
     codes()
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_error(redeem(owner_client, code), 400, "invalid_code")
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 @pytest.mark.parametrize("body", [{}, {"code": ""}, {"code": None}, {"code": "x" * 65}])
 def test_a_missing_code_is_an_invalid_request(owner_client, organization, body):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert "code" in assert_error(owner_client.post(REDEEM_URL, body, format="json"), 400, "invalid_request")["details"]
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 @pytest.mark.parametrize("caller", ["member_client", "live_client"])
 def test_redeeming_is_for_owners_and_admins(request, organization, caller):
     [code] = codes()
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_error(redeem(request.getfixturevalue(caller), code), 403, "permission_denied")
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert RedemptionCode.objects.get().uses == 0
 
 
@@ -168,21 +166,7 @@ def test_concurrent_redemptions_never_exceed_max_uses(db):
     [code] = codes(amount="10.00", max_uses=3)
     organizations = [organization_create(name=f"Tenant {i}") for i in range(8)]
     clients = [jwt_client(org.memberships.get().user) for org in organizations]
-    barrier = threading.Barrier(len(clients))
-    statuses: dict[int, int] = {}
-
-    def attempt(index, client):
-        try:
-            barrier.wait(timeout=10)
-            statuses[index] = redeem(client, code).status_code
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt, args=(i, c)) for i, c in enumerate(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    statuses = dict(enumerate(run_concurrently(len(clients), lambda i: redeem(clients[i], code).status_code, reraise=True)))
 
     assert sorted(statuses.values()) == [201] * 3 + [400] * 5, statuses
     assert RedemptionCode.objects.get().uses == 3

@@ -1,20 +1,18 @@
 """services.payment_refund: never more than was paid, reserved before the provider is called, and
 `held` back to 0 on every path (docs/contract.md §1 Payment, §2.2)."""
 
-import threading
 from decimal import Decimal
 
 import pytest
 import responses
-from django.db import connection
 
 from billing_site.errors import DomainError, InvalidRequest
 from payments import ledger, services
 from payments.models import PaymentStatus, Refund, RefundStatus, Transfer, TransferKind
-from tests.payments.helpers import assert_money_invariants, wallet_of
+from tests.concurrency import run_concurrently
+from tests.payments.helpers import assert_money_invariants, money_state, wallet_of
 from tests.payments.payment_helpers import (
     STRIPE_API,
-    money_snapshot,
     sandbox_notify,
     sandbox_payment,
     settled_sandbox_payment,
@@ -89,11 +87,11 @@ def test_a_refund_beyond_what_remains_is_refused_and_moves_nothing(organization,
     ledger.wallet_adjust(organization_id=organization.pk, amount=D("100"), reason="plenty of balance", created_by_id=None)
     if already:
         refund(payment, already, staff=staff_user)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_refused(400, lambda: refund(payment, amount, staff=staff_user))
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert wallet_of(organization).held == 0
     assert Refund.objects.filter(status=RefundStatus.PENDING).count() == 0
     assert_money_invariants([organization.pk])
@@ -102,12 +100,12 @@ def test_a_refund_beyond_what_remains_is_refused_and_moves_nothing(organization,
 @pytest.mark.parametrize(("amount", "reason"), [("0", "why"), ("-5", "why"), ("5", ""), ("5", "   ")])
 def test_a_refund_needs_a_positive_amount_and_a_reason(organization, staff_user, amount, reason):
     payment = settled_sandbox_payment(organization, "25.00")
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with pytest.raises(InvalidRequest):
         refund(payment, amount, staff=staff_user, reason=reason)
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert Refund.objects.count() == 0
 
 
@@ -117,22 +115,22 @@ def test_only_a_succeeded_payment_can_be_refunded(organization, staff_user, outc
     payment = sandbox_payment(organization, "25.00")
     if outcome == "failed":
         assert sandbox_notify(payment, "payment.failed").status == PaymentStatus.FAILED
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert_refused(400, lambda: refund(payment, "5", staff=staff_user))
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert Refund.objects.count() == 0
 
 
 def test_refund_of_money_already_spent_is_refused_unless_forced(organization, staff_user):
     payment = settled_sandbox_payment(organization, "25.00")
     ledger.usage_charge(organization_id=organization.pk, cost=D("20"), reference="spent")
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     refused = assert_refused(402, lambda: refund(payment, "25.00", staff=staff_user))
     assert refused.code == "insufficient_balance"
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert Refund.objects.count() == 0
 
     forced = refund(payment, "25.00", staff=staff_user, reason="chargeback threat; collect later", force=True)
@@ -160,19 +158,19 @@ def test_a_refund_within_the_unspent_part_needs_no_force(organization, staff_use
 def test_a_forced_refund_still_needs_a_reason_and_stays_within_the_payment(organization, staff_user):
     payment = settled_sandbox_payment(organization, "25.00")
     ledger.usage_charge(organization_id=organization.pk, cost=D("25"), reference="spent")
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with pytest.raises(InvalidRequest):
         refund(payment, "5", staff=staff_user, reason=" ", force=True)
     assert_refused(400, lambda: refund(payment, "25.01", staff=staff_user, reason="over", force=True))
 
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 @pytest.mark.parametrize("force", [False, True])
 def test_a_provider_failure_moves_nothing_and_releases_the_hold(organization, staff_user, stripe_configured, force):
     payment = settled_stripe_payment(organization, "25.00")
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with responses.RequestsMock() as rsps:
         rsps.get(
@@ -184,7 +182,7 @@ def test_a_provider_failure_moves_nothing_and_releases_the_hold(organization, st
         )
         assert_refused(502, lambda: refund(payment, "10.00", staff=staff_user, force=force))
 
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["held"], after["ledger_entries"], after["payments"]) == (
         before["balance"],
         0,
@@ -237,23 +235,14 @@ def test_the_refund_hold_blocks_spending_while_the_provider_is_called(organizati
 def test_concurrent_refunds_never_exceed_the_payment(organization, staff_user, eager_celery, force):
     payment = settled_sandbox_payment(organization, "25.00")
     ledger.wallet_adjust(organization_id=organization.pk, amount=D("100"), reason="balance", created_by_id=None)
-    barrier = threading.Barrier(6)
-    outcomes: list = []
 
-    def attempt():
+    def attempt(_: int) -> Refund | DomainError:
         try:
-            barrier.wait(timeout=10)
-            outcomes.append(refund(payment, "10.00", staff=staff_user, force=force))
+            return refund(payment, "10.00", staff=staff_user, force=force)
         except DomainError as exc:
-            outcomes.append(exc)
-        finally:
-            connection.close()
+            return exc
 
-    threads = [threading.Thread(target=attempt) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = run_concurrently(6, attempt, reraise=True)
 
     succeeded = [o for o in outcomes if isinstance(o, Refund)]
     refused = [o for o in outcomes if isinstance(o, DomainError)]

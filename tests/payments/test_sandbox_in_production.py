@@ -13,8 +13,8 @@ from payments.models import Payment, PaymentStatus, WebhookEvent
 from payments.providers import ProviderError, sandbox
 from tests.accounts.helpers import assert_error
 from tests.dashboard.conftest import client_for
-from tests.payments.helpers import wallet_of
-from tests.payments.payment_helpers import RECHARGE_URL, money_snapshot, post_sandbox, sandbox_body, sandbox_payment
+from tests.payments.helpers import money_state, wallet_of
+from tests.payments.payment_helpers import RECHARGE_URL, post_sandbox, sandbox_body, sandbox_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -53,14 +53,14 @@ def test_production_hides_the_sandbox_checkout_page_and_its_confirm_button(api_c
 def test_production_refuses_sandbox_webhooks(api_client, organization, settings, django_capture_on_commit_callbacks):
     payment = sandbox_payment(organization, "25.00")
     go_production(settings)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = post_sandbox(api_client, sandbox_body(payment))
 
     assert_error(response, 400, "invalid_signature")
     assert not WebhookEvent.objects.exists()
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_production_never_delivers_a_queued_sandbox_notification(organization, settings):

@@ -1,28 +1,20 @@
 """services.payment_settle and payments_sweep: a payment is credited at most once (docs/contract.md §2.5)."""
 
-import threading
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 from unittest import mock
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 from rest_framework.test import APIClient
 
 from payments import services, tasks
 from payments.models import Payment, PaymentStatus, WebhookEvent
-from tests.payments.helpers import assert_money_invariants, wallet_of
-from tests.payments.payment_helpers import (
-    assert_credited_once,
-    money_snapshot,
-    post_sandbox,
-    recharge_credits,
-    sandbox_body,
-    sandbox_payment,
-)
+from tests.concurrency import run_concurrently
+from tests.payments.helpers import assert_money_invariants, money_state, wallet_of
+from tests.payments.payment_helpers import assert_credited_once, post_sandbox, recharge_credits, sandbox_body, sandbox_payment
 
 D = Decimal
 
@@ -58,20 +50,20 @@ def test_settle_run_twice_credits_once(organization):
     payment = sandbox_payment(organization, "40.00")
     event = stored_event(payment)
     services.payment_settle(event_id=event.pk)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     again = services.payment_settle(event_id=event.pk)
 
     assert again.status == PaymentStatus.SUCCEEDED
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert_credited_once(payment)
 
 
 def test_settle_of_an_unknown_event_does_nothing(organization):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     assert services.payment_settle(event_id=987654321) is None
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_settle_task_reports_the_payment_status(organization):
@@ -113,7 +105,7 @@ def test_sweep_cancels_pending_payments_older_than_the_ttl(organization, setting
     succeeded = sandbox_payment(organization, "20.00")
     services.payment_settle(event_id=stored_event(succeeded).pk)
     now = timezone.now()
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     untouched = services.payments_sweep(now=now + timedelta(hours=2) - timedelta(seconds=5))
     swept = services.payments_sweep(now=now + timedelta(hours=2, seconds=1))
@@ -124,7 +116,7 @@ def test_sweep_cancels_pending_payments_older_than_the_ttl(organization, setting
     assert stale.status == PaymentStatus.CANCELED
     assert stale.failure_reason
     assert_credited_once(succeeded)
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["ledger_entries"]) == (before["balance"], before["ledger_entries"])
 
 
@@ -180,24 +172,8 @@ def test_a_broker_outage_at_queue_time_is_caught_up_by_the_sweep(
 
 
 def _run_concurrently(functions) -> list:
-    barrier = threading.Barrier(len(functions))
-    outcomes: list = [None] * len(functions)
-
-    def run(index, function):
-        try:
-            barrier.wait(timeout=10)
-            outcomes[index] = function()
-        except Exception as exc:  # noqa: BLE001 - reported by the caller
-            outcomes[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i, f)) for i, f in enumerate(functions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return outcomes
+    """Run the functions in threads released together; answer each one's result or exception."""
+    return run_concurrently(len(functions), lambda index: functions[index]())
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from payments import services
 from payments.models import Payment, PaymentStatus, RefundStatus, Wallet, WebhookEvent
-from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
+from tests.payments.helpers import assert_error, assert_money_invariants, money_state, wallet_of
 from tests.payments.payment_helpers import (
     RECHARGE_URL,
     STRIPE_API,
@@ -19,7 +19,6 @@ from tests.payments.payment_helpers import (
     form,
     hmac_signature,
     mock_checkout_sessions,
-    money_snapshot,
     post_stripe,
     recharge_credits,
     sandbox_payment,
@@ -228,7 +227,7 @@ def test_a_late_success_after_expiry_credits_nothing(api_client, organization, p
 def test_unrelated_events_are_stored_and_change_nothing(
     api_client, organization, payment, event_type, django_capture_on_commit_callbacks
 ):
-    before = money_snapshot(organization)
+    before = money_state(organization)
     data_object = {
         "id": "pi_123",
         "object": "payment_intent",
@@ -243,7 +242,7 @@ def test_unrelated_events_are_stored_and_change_nothing(
     event = WebhookEvent.objects.get()
     assert (event.event_id, event.event_type, event.payment_id) == ("evt_other", event_type, None)
     assert event.processed_at is not None
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert {k: v for k, v in after.items() if k != "webhook_events"} == {k: v for k, v in before.items() if k != "webhook_events"}
     assert after["webhook_events"] == before["webhook_events"] + 1
 
@@ -275,18 +274,18 @@ def test_events_not_matching_the_payment_are_refused(
     api_client, organization, payment, mismatch, event_type, django_capture_on_commit_callbacks
 ):
     session = mismatch(payment)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = deliver(api_client, event_type, session, capture=django_capture_on_commit_callbacks)
 
     assert_error(response, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert WebhookEvent.objects.count() == 0
     assert recharge_credits(payment) == []
 
 
 def test_a_live_event_for_a_test_payment_is_refused(api_client, organization, payment, django_capture_on_commit_callbacks):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = deliver(
         api_client,
@@ -297,20 +296,20 @@ def test_a_live_event_for_a_test_payment_is_refused(api_client, organization, pa
     )
 
     assert_error(response, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_a_test_event_for_a_live_payment_is_refused(api_client, organization, settings, django_capture_on_commit_callbacks):
     settings.STRIPE_SECRET_KEY = "sk_live_51TollgateLiveKey"
     live = stripe_payment(organization, "25.00", livemode=True)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = deliver(
         api_client, "checkout.session.completed", stripe_session(live), livemode=False, capture=django_capture_on_commit_callbacks
     )
 
     assert_error(response, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert (
         deliver(
             api_client,
@@ -339,25 +338,25 @@ SIGNATURES = {
 @pytest.mark.parametrize("signature", SIGNATURES.values(), ids=SIGNATURES.keys())
 def test_bad_stripe_signatures_are_refused(api_client, organization, payment, signature, django_capture_on_commit_callbacks):
     body = stripe_event_body("checkout.session.completed", stripe_session(payment))
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = post_stripe(api_client, body, signature=signature(body))
 
     assert_error(response, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_missing_stripe_signature_and_malformed_payloads_are_refused(api_client, organization, payment):
     body = stripe_event_body("checkout.session.completed", stripe_session(payment))
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     no_header = api_client.post("/api/v1/payments/webhooks/stripe/", data=body, content_type="application/json")
     malformed = post_stripe(api_client, b'{"id": "evt_1", "type": ')
 
     assert_error(no_header, 400, "invalid_signature")
     assert_error(malformed, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_stripe_webhooks_refused_when_no_endpoint_secret_is_configured(api_client, organization, payment, settings):
@@ -432,7 +431,7 @@ def test_refund_calls_stripe_with_the_payment_intent_in_minor_units(
 
 def test_stripe_refusing_the_refund_moves_nothing(organization, staff_user, django_capture_on_commit_callbacks):
     payment = settled_stripe_payment(organization, capture=django_capture_on_commit_callbacks)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with responses.RequestsMock() as rsps:
         seen = mock_refund_api(rsps, payment, refund_status=400)
@@ -440,7 +439,7 @@ def test_stripe_refusing_the_refund_moves_nothing(organization, staff_user, djan
             services.payment_refund(payment=payment, amount=D("10"), reason="customer asked", staff=staff_user)
 
     assert len(seen) == 1
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["held"], after["ledger_entries"], after["payments"]) == (
         before["balance"],
         0,

@@ -1,23 +1,21 @@
 """POST payments/webhooks/sandbox/: verified, stored once, settled after commit (docs/contract.md §3, §2.5)."""
 
 import json
-import threading
 import time
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pytest
 import responses
-from django.db import connection
 from rest_framework.test import APIClient
 
 from payments.models import PaymentStatus, WebhookEvent
 from payments.providers import sandbox
-from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
+from tests.concurrency import run_concurrently
+from tests.payments.helpers import assert_error, assert_money_invariants, money_state, wallet_of
 from tests.payments.payment_helpers import (
     assert_credited_once,
     hmac_signature,
-    money_snapshot,
     post_sandbox,
     recharge_credits,
     sandbox_body,
@@ -77,7 +75,7 @@ def test_replay_of_the_same_event_answers_duplicate_and_credits_once(
     body = sandbox_body(payment, event_id="evt_replayed")
     with django_capture_on_commit_callbacks(execute=True):
         first = post_sandbox(api_client, body)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         replays = [post_sandbox(api_client, body) for _ in range(3)]
@@ -86,7 +84,7 @@ def test_replay_of_the_same_event_answers_duplicate_and_credits_once(
     assert [r.status_code for r in replays] == [200, 200, 200]
     assert all(r.json() == {"received": True, "duplicate": True} for r in replays)
     assert callbacks == []  # a duplicate queues nothing
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert WebhookEvent.objects.count() == 1
     assert_credited_once(payment)
 
@@ -188,14 +186,14 @@ def test_refused_notifications_change_nothing(
     settings.STRIPE_SECRET_KEY = "sk_test_webhooks"
     stripe = stripe_payment(organization, "25.00")
     body, headers = attack(payment, stripe)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = api_client.post(webhook_url("sandbox"), data=body, content_type="application/json", **headers)
 
     assert_error(response, 400, "invalid_signature")
     assert callbacks == []
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
     assert WebhookEvent.objects.count() == 0
     assert recharge_credits(payment) == [] and recharge_credits(stripe) == []
     payment.refresh_from_db()
@@ -204,7 +202,7 @@ def test_refused_notifications_change_nothing(
 
 def test_an_unknown_provider_endpoint_refuses(api_client, organization, payment):
     body = sandbox_body(payment)
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     response = api_client.post(
         webhook_url("paypal"),
@@ -214,7 +212,7 @@ def test_an_unknown_provider_endpoint_refuses(api_client, organization, payment)
     )
 
     assert_error(response, 400, "invalid_signature")
-    assert money_snapshot(organization) == before
+    assert money_state(organization) == before
 
 
 def test_a_refusal_does_not_burn_the_event_id(api_client, organization, payment, django_capture_on_commit_callbacks):
@@ -233,7 +231,7 @@ def test_a_refusal_does_not_burn_the_event_id(api_client, organization, payment,
 
 
 def test_failed_event_fails_the_payment_and_moves_no_money(api_client, organization, payment, django_capture_on_commit_callbacks):
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = post_sandbox(api_client, sandbox_body(payment, event_type="payment.failed"))
@@ -244,7 +242,7 @@ def test_failed_event_fails_the_payment_and_moves_no_money(api_client, organizat
     assert payment.transfer_id is None
     assert payment.settled_at is not None
     assert WebhookEvent.objects.get().processed_at is not None
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["ledger_entries"]) == (before["balance"], before["ledger_entries"])
 
 
@@ -264,13 +262,13 @@ def test_success_after_failure_credits_nothing(api_client, organization, payment
 def test_failure_after_success_changes_nothing(api_client, organization, payment, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         post_sandbox(api_client, sandbox_body(payment))
-    before = money_snapshot(organization)
+    before = money_state(organization)
 
     with django_capture_on_commit_callbacks(execute=True):
         post_sandbox(api_client, sandbox_body(payment, event_type="payment.failed"))
 
     assert_credited_once(payment)
-    after = money_snapshot(organization)
+    after = money_state(organization)
     assert (after["balance"], after["ledger_entries"], after["payments"]) == (
         before["balance"],
         before["ledger_entries"],
@@ -329,31 +327,15 @@ def test_concurrent_replays_of_one_event_credit_exactly_once(organization, eager
     payment = sandbox_payment(organization, "25.00")
     body = sandbox_body(payment, event_id="evt_storm")
     header = hmac_signature(body, secret=_secret())
-    barrier = threading.Barrier(10)
-    results: list = []
-    errors: list = []
 
-    def deliver():
-        try:
-            client = APIClient()
-            barrier.wait(timeout=10)
-            response = client.post(
-                webhook_url("sandbox"), data=body, content_type="application/json", HTTP_TOLLGATE_SIGNATURE=header
-            )
-            results.append((response.status_code, response.json()))
-        except Exception as exc:  # noqa: BLE001 - surfaced below
-            errors.append(exc)
-        finally:
-            connection.close()
+    def deliver(_: int) -> tuple:
+        response = APIClient().post(
+            webhook_url("sandbox"), data=body, content_type="application/json", HTTP_TOLLGATE_SIGNATURE=header
+        )
+        return response.status_code, response.json()
 
-    threads = [threading.Thread(target=deliver) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = run_concurrently(10, deliver, reraise=True)
 
-    assert errors == []
-    assert len(results) == 10
     assert {status for status, _ in results} == {200}
     assert sorted(body["duplicate"] for _, body in results) == [False] + [True] * 9
     assert WebhookEvent.objects.count() == 1
