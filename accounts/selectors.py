@@ -4,6 +4,15 @@ from django.db import connection
 from django.db.models import QuerySet
 
 from accounts.models import ApiKey, Membership, Organization, User
+from billing_site.errors import NotFound
+
+
+def organization_get(*, slug: str) -> Organization:
+    """The organization with this slug; NotFound (404) otherwise. For staff tools, which name one."""
+    organization = Organization.objects.filter(slug=slug).first()
+    if organization is None:
+        raise NotFound("No such organization.")
+    return organization
 
 
 def membership_list(*, user: User) -> QuerySet[Membership]:

@@ -15,7 +15,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organization
+from accounts import selectors as account_selectors
 from accounts.tenancy import TenantMixin
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
@@ -25,7 +25,7 @@ from billing_site.errors import DomainError, InvalidRequest, NotFound, Permissio
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
-from metering.models import CalcMethod, Hold, Service, UsageRecord
+from metering.models import CalcMethod, Hold, UsageRecord
 from metering.pricing import price_fields
 
 USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
@@ -497,8 +497,6 @@ class ServiceAdminApi(APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        if Service.objects.filter(slug=data.validated_data["slug"]).exists():
-            raise InvalidRequest("A service with this slug exists.", details={"slug": ["Already exists."]})
         service = services.service_create(**data.validated_data)
         return Response(self.Input(service).data, status=status.HTTP_201_CREATED)
 
@@ -537,14 +535,8 @@ class PriceAdminApi(APIView):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        service = Service.objects.filter(slug=values["service"]).first()
-        if service is None:
-            raise NotFound("No such service.")
-        organization = None
-        if values.get("organization"):
-            organization = Organization.objects.filter(slug=values["organization"]).first()
-            if organization is None:
-                raise NotFound("No such organization.")
+        service = selectors.service_get(slug=values["service"])
+        organization = account_selectors.organization_get(slug=values["organization"]) if values.get("organization") else None
         price = services.price_create(
             service=service,
             organization_id=organization.pk if organization else None,

@@ -43,7 +43,7 @@ from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, Per
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import CALCULATORS
-from metering.models import Hold, HoldStatus, UsageRecord
+from metering.models import Hold, HoldStatus
 
 Quantities = Mapping[str, Any]
 Estimate = Quantities | Callable[[Any], Quantities]
@@ -110,9 +110,7 @@ def _hold_key(request, tenant: Tenant) -> str:
 
 def _replay_refused(hold: Hold) -> IdempotencyConflict:
     details: dict[str, Any] = {"hold": hold.pk, "status": hold.status}
-    record = (
-        UsageRecord.objects.filter(hold_id=hold.pk).only("pk", "cost").first() if hold.status == HoldStatus.CAPTURED else None
-    )
+    record = selectors.usage_of_hold(hold_id=hold.pk) if hold.status == HoldStatus.CAPTURED else None
     if record is not None:
         details.update(usage_id=record.pk, cost=money_str(record.cost))
     return IdempotencyConflict(

@@ -9,8 +9,8 @@ from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
-from billing_site.errors import DomainError, ErrorCode
-from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
+from billing_site.errors import DomainError, ErrorCode, NotFound
+from metering.models import Hold, HoldStatus, Price, Service, UsageRecord, UsageRollup
 from metering.pricing import UnitPrices, price_fields
 
 
@@ -155,3 +155,21 @@ def hold_get(*, organization_id: int, hold_id: int, test: bool) -> Hold:
     """Raises Hold.DoesNotExist for another organization's hold, or one of the other mode (answers
     404): a test key never captures or releases a live hold, nor a live principal a test one."""
     return Hold.objects.select_related("service").get(organization_id=organization_id, test=test, pk=hold_id)
+
+
+def service_get(*, slug: str) -> Service:
+    """The service with this slug, active or retired (staff tools); NotFound otherwise."""
+    service = Service.objects.filter(slug=slug).first()
+    if service is None:
+        raise NotFound("No such service.")
+    return service
+
+
+def usage_of_hold(*, hold_id: int) -> UsageRecord | None:
+    """The usage record a hold was captured into, if any."""
+    return UsageRecord.objects.filter(hold_id=hold_id).only("pk", "cost").first()
+
+
+def holds_active_count() -> int:
+    """Holds currently reserving money, for the `tollgate_holds_active` gauge."""
+    return Hold.objects.filter(status=HoldStatus.ACTIVE).count()

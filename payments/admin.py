@@ -37,9 +37,7 @@ def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -
     """Apply a wallet form's changed settings through the service, never `wallet.save()`: a whole-row
     save would write back the balance loaded with the form, undoing debits committed since."""
     changed = {name: form.cleaned_data[name] for name in form.changed_data if name in services.WALLET_SETTINGS}
-    if not Wallet.objects.filter(pk=organization.pk).exists():  # an organization added here, not by sign-up
-        ledger.wallet_open_for_organization(Organization, organization=organization)
-    services.wallet_settings_update(organization_id=organization.pk, **changed)
+    services.wallet_settings_update(organization_id=organization.pk, open_if_missing=True, **changed)
 
 
 class WalletInline(admin.StackedInline):
@@ -93,11 +91,11 @@ class OrganizationAdmin(admin.ModelAdmin):
         form = AdjustmentForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             try:
-                posting = ledger.wallet_adjust(
+                posting = services.wallet_adjust_by_staff(
                     organization_id=organization.pk,
                     amount=form.cleaned_data["amount"],
                     reason=form.cleaned_data["reason"],
-                    created_by_id=request.user.pk,
+                    staff_id=request.user.pk,
                 )
             except ledger.InsufficientBalance:
                 self.message_user(request, "Refused: this debit would take the wallet below its limit.", messages.ERROR)

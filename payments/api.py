@@ -7,13 +7,13 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Organization
+from accounts import selectors as account_selectors
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
-from billing_site.errors import DomainError, ErrorCode, InvalidRequest, NotFound
+from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import money_str
-from payments import ledger, selectors, services
+from payments import selectors, services
 from payments.models import LedgerEntry, Payment, Wallet
 from payments.providers import WebhookRefused
 
@@ -109,18 +109,14 @@ class AdjustApi(APIView):
         },
     )
     def post(self, request, slug: str):
-        organization = Organization.objects.filter(slug=slug).first()
-        if organization is None:
-            raise NotFound("No such organization.")
+        organization = account_selectors.organization_get(slug=slug)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        if data.validated_data["amount"] == 0:
-            raise InvalidRequest("An adjustment moves a non-zero amount.", details={"amount": ["Must not be zero."]})
-        posting = ledger.wallet_adjust(
+        posting = services.wallet_adjust_by_staff(
             organization_id=organization.pk,
             amount=data.validated_data["amount"],
             reason=data.validated_data["reason"],
-            created_by_id=request.user.pk,
+            staff_id=request.user.pk,
         )
         return Response({"transfer_id": posting.transfer_id, "balance_after": money_str(posting.balance_after)}, status=201)
 
@@ -215,10 +211,7 @@ class RedeemApi(TenantMixin, APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        before = selectors.wallet_get(organization_id=self.tenant.organization.pk).balance
         posting = services.code_redeem(
             organization=self.tenant.organization, user=self.tenant.user, code=data.validated_data["code"]
         )
-        return Response(
-            {"amount": money_str(posting.balance_after - before), "balance_after": money_str(posting.balance_after)}, status=201
-        )
+        return Response({"amount": money_str(posting.amount), "balance_after": money_str(posting.balance_after)}, status=201)

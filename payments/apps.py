@@ -13,9 +13,11 @@ class PaymentsConfig(AppConfig):
         from django.conf import settings
 
         from accounts.signals import organization_created
-        from payments import checks, ledger, tasks
+        from billing_site.metrics import state_gauge_register
+        from payments import checks, ledger, selectors, tasks
         from payments.providers import providers_enabled
 
+        state_gauge_register("tollgate_payments_pending", "Payments waiting for their provider", selectors.payments_pending_count)
         organization_created.connect(ledger.wallet_open_for_organization, dispatch_uid="payments.wallet_open")
         ledger.low_balance_crossed_signal.connect(tasks.low_balance_alert_enqueue, dispatch_uid="payments.low_balance_alert")
         # Said at every start of every process, so nobody runs a money-minting sandbox unawares.

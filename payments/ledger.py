@@ -52,6 +52,7 @@ class InsufficientBalance(DomainError):
 @dataclass(frozen=True, slots=True)
 class Posting:
     transfer_id: int | None  # None when nothing moved (a zero amount)
+    amount: Decimal  # what moved into the wallet (negative: out of it)
     balance_after: Decimal
     held_after: Decimal
 
@@ -203,7 +204,7 @@ def transfer_post(
     transfer_id, balance_after, held_after, crossed_threshold = row
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
-    return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after)
+    return Posting(transfer_id=transfer_id, amount=amount, balance_after=balance_after, held_after=held_after)
 
 
 def usage_charge_in_one_statement(
@@ -239,7 +240,7 @@ def usage_charge_in_one_statement(
     transfer_id, balance_after, held_after, crossed_threshold, *companion = row
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
-    return Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held_after), tuple(companion)
+    return Posting(transfer_id=transfer_id, amount=-cost, balance_after=balance_after, held_after=held_after), tuple(companion)
 
 
 def _announce_low_balance_after_commit(organization_id: int) -> None:
@@ -255,7 +256,7 @@ def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) 
         row = cursor.fetchone()
     if row is None:
         raise InsufficientBalance()
-    return Posting(transfer_id=None, balance_after=row[0], held_after=row[1])
+    return Posting(transfer_id=None, amount=ZERO, balance_after=row[0], held_after=row[1])
 
 
 def wallet_hold(*, organization_id: int, amount: Decimal) -> Posting:
@@ -323,7 +324,7 @@ def usage_charge_batch(
         elif not affordable(balance=balance, held=held, credit_limit=wallet.credit_limit, cost=cost):
             postings.append(Refusal.BALANCE)
         elif cost == ZERO:
-            postings.append(Posting(transfer_id=None, balance_after=balance, held_after=held))
+            postings.append(Posting(transfer_id=None, amount=ZERO, balance_after=balance, held_after=held))
         else:
             balance -= cost
             budget = None if budget is None else budget - cost
@@ -355,8 +356,8 @@ def usage_charge_batch(
         balance=balance, low_balance_threshold=wallet.low_balance_threshold, low_balance_alerted=wallet.low_balance_alerted
     ):
         _announce_low_balance_after_commit(organization_id)
-    for transfer_id, (_, _, balance_after, index) in zip(ids, charged, strict=True):
-        postings[index] = Posting(transfer_id=transfer_id, balance_after=balance_after, held_after=held)
+    for transfer_id, (cost, _, balance_after, index) in zip(ids, charged, strict=True):
+        postings[index] = Posting(transfer_id=transfer_id, amount=-cost, balance_after=balance_after, held_after=held)
     return postings
 
 

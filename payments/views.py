@@ -5,7 +5,8 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from payments.models import Payment, PaymentStatus
+from payments import selectors
+from payments.models import PaymentStatus
 from payments.providers import providers_enabled, sandbox
 from payments.providers.base import Outcome
 
@@ -21,7 +22,7 @@ def sandbox_checkout(request, token: str):
         payment_id = sandbox.checkout_payment_id(token)
     except signing.BadSignature as exc:
         raise Http404("Unknown checkout") from exc
-    payment = Payment.objects.select_related("organization").filter(pk=payment_id, provider="sandbox").first()
+    payment = selectors.sandbox_payment_get(payment_id=payment_id)
     if payment is None:
         raise Http404("Unknown checkout")
     if request.method == "POST" and payment.status == PaymentStatus.PENDING:

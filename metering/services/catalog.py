@@ -13,6 +13,9 @@ from metering.pricing import price_fields
 
 
 def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
+    """A new billable service. InvalidRequest when the slug is taken."""
+    if Service.objects.filter(slug=slug).exists():
+        raise InvalidRequest("A service with this slug exists.", details={"slug": ["Already exists."]})
     service = Service(slug=slug, name=name, calc_method=calc_method, active=active)
     service.full_clean()
     service.save()
