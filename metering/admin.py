@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from billing_site.csv_stream import csv_stream_response
-from billing_site.money import money_str
+from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
 from payments.admin import ReadOnlyAdmin
 
@@ -65,22 +65,6 @@ class PriceAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
-EXPORT_FIELDS = [
-    "id",
-    "created_at",
-    "organization_id",
-    "service_id",
-    "api_key_id",
-    "quantity",
-    "input_tokens",
-    "output_tokens",
-    "cost",
-    "balance_after",
-    "test",
-    "idempotency_key",
-]
-
-
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "organization", "service", "quantity", "cost", "test", "api_key_id"]
@@ -93,11 +77,9 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected to CSV")
     def export_csv(self, request, queryset):
-        rows = (
-            [money_str(getattr(record, f)) if f in ("cost", "balance_after") else getattr(record, f) for f in EXPORT_FIELDS]
-            for record in queryset.order_by("id").iterator(chunk_size=2000)
-        )
-        return csv_stream_response(EXPORT_FIELDS, rows, filename="usage.csv")
+        records = queryset.select_related("organization", "service").order_by("id").iterator(chunk_size=EXPORT_CHUNK)
+        rows = usage_csv_rows(records, with_organization=True)
+        return csv_stream_response(usage_csv_header(with_organization=True), rows, filename="usage.csv")
 
 
 @admin.register(UsageRollup)

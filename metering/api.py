@@ -25,6 +25,7 @@ from billing_site.errors import DomainError, InvalidRequest, NotFound, Permissio
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
+from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import CalcMethod, Hold, UsageRecord
 from metering.pricing import price_fields
 
@@ -296,21 +297,6 @@ def _day(value: str | None, name: str) -> date | None:
     return day
 
 
-EXPORT_COLUMNS = [
-    "id",
-    "created_at",
-    "service",
-    "quantity",
-    "input_tokens",
-    "output_tokens",
-    "cost",
-    "balance_after",
-    "test",
-    "api_key_id",
-    "idempotency_key",
-]
-
-
 class UsageExportApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
@@ -319,23 +305,8 @@ class UsageExportApi(TenantMixin, APIView):
         if self.tenant.user is None:
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
-        rows = (
-            [
-                record.pk,
-                record.created_at.isoformat(),
-                record.service.slug,
-                record.quantity,
-                record.input_tokens,
-                record.output_tokens,
-                money_str(record.cost),
-                money_str(record.balance_after),
-                record.test,
-                record.api_key_id,
-                record.idempotency_key,
-            ]
-            for record in records.iterator(chunk_size=2000)
-        )
-        return csv_stream_response(EXPORT_COLUMNS, rows, filename="usage.csv")
+        rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK))
+        return csv_stream_response(usage_csv_header(), rows, filename="usage.csv")
 
 
 class ServiceListApi(TenantMixin, APIView):

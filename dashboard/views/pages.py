@@ -12,10 +12,11 @@ from django.views.decorators.http import require_http_methods
 from accounts import services as account_services
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
-from billing_site.money import ZERO, money_str
+from billing_site.money import ZERO
 from dashboard import charts, forms, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
 from metering import selectors as metering_selectors
+from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.pricing import price_fields
 from payments import selectors as payment_selectors
 
@@ -23,7 +24,6 @@ CHART_DAYS = 30
 PHONE_CHART_DAYS = 14
 RECENT_PAYMENTS = 5
 USAGE_PAGE_SIZE = 50
-EXPORT_CHUNK = 2000
 
 
 @dashboard_view()
@@ -90,24 +90,6 @@ def usage(request, current):
     return page(request, "dashboard/usage.html", context)
 
 
-EXPORT_COLUMNS = [
-    "id",
-    "created_at",
-    "service",
-    "quantity",
-    "input_tokens",
-    "output_tokens",
-    "input_price",
-    "output_price",
-    "unit_price",
-    "cost",
-    "balance_after",
-    "mode",
-    "api_key",
-    "idempotency_key",
-]
-
-
 @dashboard_view()
 def usage_export(request, current):
     """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
@@ -115,27 +97,9 @@ def usage_export(request, current):
     form = _usage_filters(request, current)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
-    rows = (
-        [
-            r.pk,
-            r.created_at.isoformat(),
-            r.service.slug,
-            r.quantity,
-            r.input_tokens,
-            r.output_tokens,
-            money_str(r.input_price),
-            money_str(r.output_price),
-            money_str(r.unit_price),
-            money_str(r.cost),
-            money_str(r.balance_after),
-            "test" if r.test else "live",
-            prefixes.get(r.api_key_id, ""),
-            r.idempotency_key,
-        ]
-        for r in records.iterator(chunk_size=EXPORT_CHUNK)
-    )
+    rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
-    return csv_stream_response(EXPORT_COLUMNS, rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
+    return csv_stream_response(usage_csv_header(), rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 
 
 @dashboard_view()
