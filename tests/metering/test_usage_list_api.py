@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from metering.api import EXPORT_COLUMNS
+from metering.exports import USAGE_CSV_COLUMNS as EXPORT_COLUMNS
 from tests.conftest import key_client
 from tests.metering.helpers import USAGE, ping, recorded_at
 from tests.payments.helpers import assert_error
@@ -122,8 +122,8 @@ def test_export_streams_the_filtered_records_as_csv(history, owner_client):
     assert [r["idempotency_key"] for r in records] == ["p3", "p2", "p1"]
     assert {r["cost"] for r in records} == {"0.001000000000"}
     assert [r["balance_after"] for r in records] == ["9.996996250000", "9.997996250000", "9.999000000000"]
-    assert records[0]["api_key_id"] == str(history.live_key.pk)
-    assert records[1]["api_key_id"] == ""  # recorded with a JWT
+    assert records[0]["api_key"] == str(history.live_key.pk)
+    assert records[1]["api_key"] == ""  # recorded with a JWT
 
 
 def test_export_of_everything(history, owner_client):
