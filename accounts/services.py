@@ -20,7 +20,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
 from accounts.signals import organization_created
-from billing_site import throttle
+from billing_site import locks, throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
 logger = logging.getLogger(__name__)
@@ -306,7 +306,7 @@ def invitation_accept(*, token: str, user: User) -> Membership:
     if not isinstance(token, str) or not token:
         raise InvitationInvalid()
     with transaction.atomic():
-        invitation = Invitation.objects.select_for_update().filter(digest=invitation_digest(token)).first()
+        invitation = locks.invitation_lock(digest=invitation_digest(token))
         if invitation is None or invitation.revoked_at is not None:
             raise InvitationInvalid()
         if invitation.accepted_at is not None:
@@ -346,7 +346,7 @@ def invitation_signup(*, token: str, password: str, name: str = "") -> tuple[Use
 def _locked_team_change(membership: Membership, actor: User) -> tuple[Membership, Role | None, int]:
     """Lock the organization, then answer the membership re-read, the actor's role and the number
     of owners, all as of the lock. Must run inside a transaction."""
-    Organization.objects.select_for_update().filter(pk=membership.organization_id).first()
+    locks.organization_lock(organization_id=membership.organization_id)
     locked = Membership.objects.select_related("user").filter(pk=membership.pk).first()
     if locked is None:
         raise InvalidRequest("This person is no longer a member.")

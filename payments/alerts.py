@@ -8,12 +8,13 @@ import logging
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db.models import F
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
 from billing_site.outbound import destination_post
+from payments.ledger import LOW_BALANCE_CROSSED
 from payments.models import Wallet
 from payments.providers.sandbox import sign
 from payments.validators import alert_webhook_destination
@@ -25,9 +26,12 @@ ALERT_SIGNATURE_HEADER = "Tollgate-Signature"
 def low_balance_claim(*, organization_id: int) -> Wallet | None:
     """Flip the wallet's alert flag if it is below its threshold and not yet alerted; answer the
     wallet when this call won the flip (so exactly one alert goes out per crossing)."""
-    claimed = Wallet.objects.filter(
-        organization_id=organization_id, low_balance_alerted=False, balance__lt=F("low_balance_threshold")
-    ).update(low_balance_alerted=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE payments_wallet SET low_balance_alerted = true WHERE organization_id = %s AND {LOW_BALANCE_CROSSED}",
+            [organization_id],
+        )
+        claimed = cursor.rowcount
     return Wallet.objects.select_related("organization").get(organization_id=organization_id) if claimed else None
 
 
