@@ -145,7 +145,7 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
         created = services.api_key_create(
             organization=self.tenant.organization, created_by=self.tenant.user, **data.validated_data
         )
-        created.api_key.secret = created.secret
+        created.api_key.secret = created.secret  # type: ignore[attr-defined]  # for CreatedOutput only: never stored
         return Response(self.CreatedOutput(created.api_key).data, status=status.HTTP_201_CREATED)
 
 

@@ -87,7 +87,7 @@ def libpq_conninfo() -> str:
     from psycopg.conninfo import make_conninfo
 
     params = connection.get_connection_params()
-    return make_conninfo(**{k: v for k, v in params.items() if isinstance(v, str | int) and not isinstance(v, bool)})
+    return make_conninfo("", **{k: v for k, v in params.items() if isinstance(v, str | int) and not isinstance(v, bool)})
 
 
 def app_environment() -> dict[str, str]:

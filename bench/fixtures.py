@@ -14,6 +14,8 @@ import json
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from bench.env import RESULTS_DIR
 
@@ -50,7 +52,7 @@ class BenchData:
         return [self.hot.organization_id, *(t.organization_id for t in self.spread)]
 
 
-def _keys_file(database: str) -> object:
+def _keys_file(database: str) -> Path:
     return RESULTS_DIR / f".keys-{hashlib.sha256(database.encode()).hexdigest()[:12]}.json"
 
 
@@ -139,6 +141,7 @@ def ensure(*, spread_count: int) -> BenchData:
     hot = tenant(HOT_SLUG)
     priced = selectors.priced_service_get(slug=SERVICE_SLUG, organization_id=hot.organization_id)
     cost = strategy_for(priced.calc_method).cost(priced.calc_method, measure(priced.calc_method, {}), priced.prices)
+    assert priced.prices.unit_price is not None  # the bench service is priced per request (UNIT_PRICE)
     data = BenchData(
         hot=hot,
         spread=[tenant(SPREAD_SLUG.format(i)) for i in range(spread_count)],
@@ -214,7 +217,7 @@ _CHECKS: list[tuple[str, str]] = [
 ]
 
 
-def verify(data: BenchData) -> dict[str, object]:
+def verify(data: BenchData) -> dict[str, Any]:
     """Answers {ok, checks: [{name, violations}], seconds, rows}."""
     from django.db import connection
 

@@ -110,7 +110,7 @@ def profile_endpoint(*, name: str, path: str, body, secret: str, requests: int, 
     prof_path = out_prefix.with_suffix(".prof")
     profiler.dump_stats(prof_path)
     stats = pstats.Stats(profiler)
-    rows = stats.stats  # func -> (primitive calls, calls, tottime, cumtime, callers)
+    rows = stats.stats  # type: ignore[attr-defined]  # func -> (primitive calls, calls, tottime, cumtime, callers)
     cumulative = sorted(rows.items(), key=lambda item: item[1][3], reverse=True)
     by_tottime = sorted(rows.items(), key=lambda item: item[1][2], reverse=True)
     buckets: dict[str, float] = defaultdict(float)

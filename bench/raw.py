@@ -301,5 +301,5 @@ def run(job: RawJob, clients: int, on_window=None) -> RawResult:
         first_error=next((c[4] for c in collected if c[4]), ""),
         latencies=latencies,
         seconds=job.duration,
-        pids=[p.pid for p in processes],
+        pids=[p.pid for p in processes if p.pid is not None],  # all of them: each was started
     )

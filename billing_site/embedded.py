@@ -31,7 +31,7 @@ def ensure_postgres() -> dict[str, str]:
 
     PG_DIR.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(PG_DIR, cleanup_mode=None)
-    socket_dir = str(server._postmaster_info.socket_dir)
+    socket_dir = str(server.get_postmaster_info().socket_dir)
     marker = PG_DIR / f".database-{DATABASE_NAME}"
     if not marker.exists():
         existing = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
@@ -109,7 +109,7 @@ def stop_all() -> None:
             conn.connect(str(REDIS_SOCKET))
             conn.sendall(b"SHUTDOWN NOSAVE\r\n")
     if (PG_DIR / "postmaster.pid").exists():
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time, unseen by mypy
 
         system_user = "pgserver" if os.geteuid() == 0 else None  # pgserver's own rule
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=PG_DIR, user=system_user)

@@ -139,6 +139,7 @@ def destination_post(destination: Destination, *, body: bytes, headers: Mapping[
     TLS failures) propagates."""
     timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT)
     address = str(destination.addresses[0])
+    pool: urllib3.HTTPConnectionPool
     if destination.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
             address,

@@ -47,9 +47,15 @@ class Stop(Exception):
 class Child:
     name: str
     argv: list[str]
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     buffer: bytes = b""
     create_time: float = 0.0
+
+    @property
+    def started(self) -> subprocess.Popen[bytes]:
+        """The process of a child that `Supervisor.start` started."""
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process
 
 
 @dataclass
@@ -104,7 +110,7 @@ class Supervisor:
 
         # Own session: a Ctrl-C reaches only this supervisor, which stops each child exactly once
         # (a Celery worker hit twice would skip its warm shutdown).
-        child.process = subprocess.Popen(
+        process = child.process = subprocess.Popen(
             child.argv,
             cwd=BASE_DIR,
             stdin=subprocess.DEVNULL,
@@ -114,9 +120,10 @@ class Supervisor:
             preexec_fn=_die_with_parent(),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        child.create_time = psutil.Process(child.process.pid).create_time()
-        os.set_blocking(child.process.stdout.fileno(), False)
-        self.selector.register(child.process.stdout, selectors.EVENT_READ, child)
+        assert process.stdout is not None  # stdout=PIPE
+        child.create_time = psutil.Process(process.pid).create_time()
+        os.set_blocking(process.stdout.fileno(), False)
+        self.selector.register(process.stdout, selectors.EVENT_READ, child)
         self.children.append(child)
 
     def pump(self, timeout: float) -> None:
@@ -156,9 +163,9 @@ class Supervisor:
             # SIGKILL to the whole group, which leaves nothing behind.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if sig == signal.SIGKILL:
-                    os.killpg(child.process.pid, sig)
+                    os.killpg(child.started.pid, sig)
                 else:
-                    child.process.send_signal(sig)
+                    child.started.send_signal(sig)
 
     def stop_children(self) -> None:
         if not self.running():
@@ -318,7 +325,7 @@ def _remove_stale_postgres_files() -> None:
 
 
 def _stop_postgres() -> None:
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time, unseen by mypy
 
     if (embedded.PG_DIR / "postmaster.pid").exists():
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=embedded.PG_DIR, user="pgserver" if os.geteuid() == 0 else None)
@@ -414,10 +421,10 @@ def main() -> int:
         ready_by = time.monotonic() + READY_TIMEOUT
         while not supervisor.signals:
             supervisor.pump(0.5)
-            dead = [c for c in supervisor.children if c.process.poll() is not None]
+            dead = [c for c in supervisor.children if c.started.poll() is not None]
             if dead:
                 for child in dead:
-                    say(f"{child.name} exited with status {child.process.returncode}; stopping the others")
+                    say(f"{child.name} exited with status {child.started.returncode}; stopping the others")
                 exit_code = 1
                 break
             if not announced and _ready(port):

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache as django_cache
 from django.http import HttpRequest
+
+if TYPE_CHECKING:
+    from django_redis.cache import RedisCache
+
+# The django-redis cache (settings.CACHES), whose ttl() and expire() Django's own cache type lacks.
+cache = cast("RedisCache", django_cache)
 
 
 def client_ip(request: HttpRequest) -> str:

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from accounts import api as accounts_api
@@ -9,7 +9,7 @@ from dashboard.forms import AdminLoginForm
 from payments import admin as payments_admin
 from payments import views as payments_views
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     # The metered paths first: Django tries patterns in order, and usage/ is the hot one.
     path("", include("metering.urls")),
     path("auth/register/", accounts_api.RegisterApi.as_view(), name="register"),

@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
+from typing import TypeVar
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 
 from accounts.models import MANAGER_ROLES, Membership, Organization, Role, User
 from accounts.selectors import membership_list
 
 SESSION_KEY = "dashboard_organization"
+_Response = TypeVar("_Response", bound=HttpResponseBase)
 
 # Everything the dashboard serves comes from the project itself (docs/contract.md §5); the browser enforces it.
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
@@ -46,21 +48,28 @@ class Current:
         return self.role == Role.OWNER
 
 
+def _signed_in(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User), "a dashboard page is for a signed-in person (login_required)"
+    return user
+
+
 def current_resolve(request: HttpRequest) -> Current | None:
     """The organization chosen in the session if the user still belongs to it, else their first."""
-    memberships = list(membership_list(user=request.user))
+    user = _signed_in(request)
+    memberships = list(membership_list(user=user))
     if not memberships:
         return None
     slug = request.session.get(SESSION_KEY)
     chosen = next((m for m in memberships if m.organization.slug == slug), memberships[0])
     if chosen.organization.slug != slug:
         request.session[SESSION_KEY] = chosen.organization.slug
-    return Current(user=request.user, membership=chosen, memberships=memberships)
+    return Current(user=user, membership=chosen, memberships=memberships)
 
 
 def organization_choose(request: HttpRequest, slug: str) -> Membership:
     """Switch the session to `slug`; Http404 unless the user belongs to it."""
-    membership = next((m for m in membership_list(user=request.user) if m.organization.slug == slug), None)
+    membership = next((m for m in membership_list(user=_signed_in(request)) if m.organization.slug == slug), None)
     if membership is None:
         raise Http404("No such organization.")
     request.session[SESSION_KEY] = slug
@@ -74,7 +83,7 @@ def page(request: HttpRequest, template: str, context: dict | None = None, *, st
     return secure_headers(response)
 
 
-def secure_headers(response: HttpResponse) -> HttpResponse:
+def secure_headers(response: _Response) -> _Response:
     response.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     return response
 
@@ -90,7 +99,7 @@ def dashboard_view(*, managers_only: bool = False) -> Callable:
             current = current_resolve(request)
             if current is None:
                 return redirect("dashboard:welcome")
-            request.current = current
+            request.current = current  # type: ignore[attr-defined]  # an attribute of ours, for page()
             if managers_only and not current.is_manager:
                 return page(request, "dashboard/403.html", status=403)
             try:

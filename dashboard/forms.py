@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -13,12 +14,17 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from accounts.models import ApiKeyMode, Role
+from accounts.models import ApiKey, ApiKeyMode, Role
 from billing_site import throttle
 from billing_site.errors import DomainError
 from payments.providers import providers_enabled
 from payments.providers.base import currency_exponent
 from payments.validators import alert_webhook_url_validate
+
+if TYPE_CHECKING:
+    _LoginFormBase = AuthenticationForm
+else:
+    _LoginFormBase = object
 
 SIGNUPS_PER_IP_PER_HOUR = 20
 RESETS_PER_IP_PER_HOUR = 10
@@ -29,7 +35,7 @@ def service_error_add(form: forms.Form, error: DomainError) -> None:
     form.add_error(next((name for name in error.details if name in form.fields), None), error.message)
 
 
-class ThrottledLoginMixin:
+class ThrottledLoginMixin(_LoginFormBase):
     """The sign-in lockout of billing_site.throttle (the API token obeys the same one): a locked-out
     attempt does not even check the password."""
 
@@ -130,15 +136,18 @@ class UsageFilterForm(forms.Form):
     api_key = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="API key")
     mode = forms.ChoiceField(required=False, choices=MODE_CHOICES)
 
-    def __init__(self, *args, services: list[tuple[str, str]], api_keys: list, **kwargs):
+    api_keys: dict[int | None, ApiKey]  # the organization's keys by id, set by the view (a record's key id may be None)
+
+    def __init__(self, *args, services: list[tuple[str, str]], api_keys: list[ApiKey], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["service"].choices = [("", "All services"), *services]
-        self.fields["api_key"].choices = [("", "All keys")] + [
+        cast(forms.ChoiceField, self.fields["service"]).choices = [("", "All services"), *services]
+        cast(forms.ChoiceField, self.fields["api_key"]).choices = [("", "All keys")] + [
             (key.pk, f"{key.name} ({key.prefix}…)" + (" — revoked" if key.revoked_at else "")) for key in api_keys
         ]
 
     def clean(self):
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data  # what Form.clean() answers
         start, end = cleaned.get("date_from"), cleaned.get("date_to")
         if start and end and start > end:
             raise ValidationError("The start date is after the end date.")
@@ -219,7 +228,7 @@ class RechargeForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.currency = currency
         choices = available_providers()
-        self.fields["provider"].choices = choices
+        cast(forms.ChoiceField, self.fields["provider"]).choices = choices
         self.fields["provider"].initial = choices[0][0] if choices else None
         self.fields["amount"].widget.attrs.update(min=str(settings.RECHARGE_MIN), max=str(settings.RECHARGE_MAX))
 
@@ -242,7 +251,9 @@ class InviteForm(forms.Form):
 
     def __init__(self, *args, grantable: list[str], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["role"].choices = [(value, name) for value, name in Role.choices if value in grantable]
+        cast(forms.ChoiceField, self.fields["role"]).choices = [
+            (value, name) for value, name in Role.choices if value in grantable
+        ]
 
 
 class RoleForm(forms.Form):

@@ -6,12 +6,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -26,8 +28,9 @@ from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
-from metering.models import CalcMethod, Hold, UsageRecord
+from metering.models import CalcMethod, Hold, Service, UsageRecord
 from metering.pricing import price_fields
+from metering.services.usage_sql import BatchRecord
 
 USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
 
@@ -68,7 +71,7 @@ def _utc_iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def usage_body(record: UsageRecord) -> dict[str, Any]:
+def usage_body(record: UsageRecord | BatchRecord) -> dict[str, Any]:
     """The usage answer (docs/contract.md §3). On the batch path this runs a thousand times per request: keep it plain."""
     body = {
         "id": record.pk,
@@ -111,7 +114,7 @@ UsageInput = inline_serializer(
 )
 
 
-class UsageOutput(serializers.Serializer):
+class UsageOutput(serializers.Serializer[UsageRecord]):
     """Documents the usage body; renders through `usage_body` so the hot path and the schema agree."""
 
     id = serializers.IntegerField()
@@ -129,7 +132,7 @@ class UsageOutput(serializers.Serializer):
     class Meta:
         ref_name = "Usage"
 
-    def to_representation(self, instance):
+    def to_representation(self, instance: UsageRecord) -> dict[str, Any]:
         return usage_body(instance)
 
 
@@ -140,7 +143,7 @@ class UsageApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(request=UsageInput, responses={201: UsageOutput, 200: UsageOutput}, parameters=[IDEMPOTENCY_HEADER])
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         event = _event_from(request.data, header_key=request.headers.get("Idempotency-Key"))
         outcome = services.usage_record(tenant=self.tenant, event=event)
         return Response(usage_body(outcome.record), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
@@ -156,7 +159,7 @@ class UsageApi(TenantMixin, APIView):
         ],
         responses={200: paginated(UsageOutput, "UsagePage")},
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
         return paginated_response(request=request, view=self, queryset=records, serializer_class=UsageOutput)
 
@@ -187,7 +190,7 @@ def _flag(value: str | None, name: str) -> bool:
     raise InvalidRequest(f"`{name}` must be true or false.", details={name: ["Must be true or false."]})
 
 
-def usage_filters(request) -> dict[str, Any]:
+def usage_filters(request: Request) -> dict[str, Any]:
     params = request.query_params
     test = params.get("test")
     if test not in (None, "", "true", "false", "1", "0"):
@@ -214,7 +217,7 @@ class UsageBatchApi(TenantMixin, APIView):
         request=inline_serializer("UsageBatchInput", {"events": serializers.ListField(child=UsageInput, max_length=1000)}),
         responses={200: inline_serializer("UsageBatchOutput", {"results": serializers.ListField(child=serializers.DictField())})},
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
         if not isinstance(events, list) or not events:
             raise InvalidRequest("`events` must be a non-empty list.", details={"events": ["Must be a non-empty list."]})
@@ -241,6 +244,7 @@ def _batch_item(index: int, result: services.BatchResult) -> dict[str, Any]:
             "status": result.status,
             "error": {"code": str(error.code), "message": error.message, "details": error.details},
         }
+    assert result.record is not None  # a result holds its error or its record
     return {"index": index, "status": result.status, "usage": usage_body(result.record)}
 
 
@@ -258,7 +262,7 @@ class UsageSummaryApi(TenantMixin, APIView):
             200: inline_serializer("UsageSummary", {"group_by": serializers.CharField(), "rows": serializers.ListField()})
         },
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         params = request.query_params
         group_by = params.get("group_by", "day")
         if group_by not in ("day", "service"):
@@ -301,7 +305,7 @@ class UsageExportApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
-    def get(self, request):
+    def get(self, request: Request) -> StreamingHttpResponse:
         if self.tenant.user is None:
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
@@ -328,7 +332,7 @@ class ServiceListApi(TenantMixin, APIView):
             )
         }
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)
         return Response(
             [
@@ -397,7 +401,7 @@ class HoldCreateApi(TenantMixin, APIView):
         responses={201: HoldOutput, 200: HoldOutput},
         parameters=[IDEMPOTENCY_HEADER],
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         body = _json_object(request.data, HOLD_FIELDS)
         amount_field = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, allow_null=True)
         try:
@@ -433,7 +437,7 @@ class _HoldActionApi(TenantMixin, APIView):
 
 class HoldCaptureApi(_HoldActionApi):
     @extend_schema(request=UsageInput, responses={201: HoldOutput, 200: HoldOutput})
-    def post(self, request, hold_id: int):
+    def post(self, request: Request, hold_id: int) -> Response:
         body = _json_object(request.data, ALL_QUANTITY_FIELDS)
         outcome = services.hold_capture(tenant=self.tenant, hold=self.hold(hold_id), data=body)
         return Response(
@@ -443,7 +447,7 @@ class HoldCaptureApi(_HoldActionApi):
 
 class HoldReleaseApi(_HoldActionApi):
     @extend_schema(request=None, responses={200: HoldOutput})
-    def post(self, request, hold_id: int):
+    def post(self, request: Request, hold_id: int) -> Response:
         outcome = services.hold_release(hold=self.hold(hold_id))
         return Response(hold_body(outcome.hold))
 
@@ -455,7 +459,7 @@ class ServiceAdminApi(APIView):
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "metering.add_service"
 
-    class Input(serializers.Serializer):
+    class Input(serializers.Serializer[Service]):
         slug = serializers.SlugField(max_length=80)
         name = serializers.CharField(max_length=120)
         calc_method = serializers.ChoiceField(choices=CalcMethod.choices)
@@ -465,7 +469,7 @@ class ServiceAdminApi(APIView):
             ref_name = "ServiceAdminInput"
 
     @extend_schema(request=Input, responses={201: Input})
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         service = services.service_create(**data.validated_data)
@@ -476,7 +480,7 @@ class PriceAdminApi(APIView):
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "metering.add_price"
 
-    class Input(serializers.Serializer):
+    class Input(serializers.Serializer[Any]):
         service = serializers.SlugField()
         organization = serializers.SlugField(allow_null=True, required=False)
         effective_from = serializers.DateTimeField(required=False)
@@ -502,7 +506,7 @@ class PriceAdminApi(APIView):
             )
         },
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data

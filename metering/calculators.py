@@ -33,7 +33,7 @@ class Quantities:
 
     def as_dict(self) -> dict[str, int]:
         out = {"quantity": self.quantity}
-        if self.input_tokens is not None:
+        if self.input_tokens is not None and self.output_tokens is not None:  # set together, by TokensCalculator
             out.update(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
         return out
 
@@ -77,7 +77,7 @@ class TokensCalculator(Calculator):
     method = CalcMethod.TOKENS
     fields = ("input_tokens", "output_tokens")
 
-    def measure(self, data):
+    def measure(self, data: Mapping[str, Any]) -> Quantities:
         input_tokens = _integer(data, "input_tokens", minimum=0, maximum=MAX_COUNT)
         output_tokens = _integer(data, "output_tokens", minimum=0, maximum=MAX_COUNT)
         return Quantities(quantity=input_tokens + output_tokens, input_tokens=input_tokens, output_tokens=output_tokens)
@@ -89,7 +89,7 @@ class CharCountCalculator(Calculator):
     method = CalcMethod.CHAR_COUNT
     fields = ("text", "characters")
 
-    def measure(self, data):
+    def measure(self, data: Mapping[str, Any]) -> Quantities:
         text = _text(data)
         if text is not None:
             if data.get("characters") is not None:
@@ -121,7 +121,7 @@ class WordCountCalculator(Calculator):
     method = CalcMethod.WORD_COUNT
     fields = ("text", "words")
 
-    def measure(self, data):
+    def measure(self, data: Mapping[str, Any]) -> Quantities:
         text = _text(data)
         if text is not None:
             if data.get("words") is not None:
@@ -136,7 +136,7 @@ class ImageResolutionCalculator(Calculator):
     method = CalcMethod.IMAGE_RESOLUTION
     fields = ("width", "height", "images")
 
-    def measure(self, data):
+    def measure(self, data: Mapping[str, Any]) -> Quantities:
         width = _integer(data, "width", minimum=1, maximum=MAX_IMAGE_SIDE)
         height = _integer(data, "height", minimum=1, maximum=MAX_IMAGE_SIDE)
         images = _integer(data, "images", minimum=1, maximum=MAX_IMAGES, default=1)
@@ -148,7 +148,7 @@ class RequestCalculator(Calculator):
     method = CalcMethod.REQUEST
     fields = ()
 
-    def measure(self, data):
+    def measure(self, data: Mapping[str, Any]) -> Quantities:
         return Quantities(quantity=1)
 
 

@@ -29,16 +29,17 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
+from rest_framework.response import Response
 
 from accounts.authentication import ApiKeyAuthentication, JwtAuthentication
-from accounts.models import ApiKey
-from accounts.tenancy import Tenant, tenant_resolve
+from accounts.models import ApiKey, User
+from accounts.tenancy import Tenant, request_tenant, tenant_resolve
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, PermissionRefused
 from billing_site.money import money_str
 from metering import selectors, services
@@ -47,6 +48,12 @@ from metering.models import Hold, HoldStatus
 
 Quantities = Mapping[str, Any]
 Estimate = Quantities | Callable[[Any], Quantities]
+View = Callable[..., HttpResponseBase]
+
+if TYPE_CHECKING:
+    from rest_framework.views import APIView as _MixinBase
+else:
+    _MixinBase = object
 
 
 def _json(content: bytes) -> dict[str, Any]:
@@ -60,7 +67,9 @@ def _json(content: bytes) -> dict[str, Any]:
 def _actual_fields(service: str, source: Mapping[str, Any]) -> dict[str, Any]:
     """The service method's quantity fields found in the view's response (top level, else under "usage")."""
     calc_method = selectors.service_calc_method(slug=service)
-    usage = source.get("usage") if isinstance(source.get("usage"), dict) else {}
+    usage = source.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     found = {name: source.get(name, usage.get(name)) for name in CALCULATORS[calc_method].fields}
     return {name: value for name, value in found.items() if value is not None}
 
@@ -71,7 +80,7 @@ def _error(error: DomainError) -> JsonResponse:
 
 
 def _authenticated_tenant(request: HttpRequest) -> Tenant:
-    tenant = getattr(request, "tenant", None)
+    tenant: Tenant | None = getattr(request, "tenant", None)
     if tenant is not None:
         return tenant
     drf_request = Request(request, authenticators=[ApiKeyAuthentication(), JwtAuthentication()])
@@ -83,7 +92,9 @@ def _authenticated_tenant(request: HttpRequest) -> Tenant:
         raise _Unauthenticated()
     api_key = auth if isinstance(auth, ApiKey) else None
     return tenant_resolve(
-        user=None if api_key else user, api_key=api_key, organization_slug=request.headers.get("X-Organization")
+        user=user if isinstance(user, User) else None,  # an API key's user is its ApiKeyPrincipal
+        api_key=api_key,
+        organization_slug=request.headers.get("X-Organization"),
     )
 
 
@@ -96,7 +107,7 @@ class TestModeRefused(PermissionRefused):
     message = "This endpoint serves live API keys only: a test key would get the real (paid) service."
 
 
-def _hold_key(request, tenant: Tenant) -> str:
+def _hold_key(request: HttpRequest, tenant: Tenant) -> str:
     """The hold's idempotency key: the client's `Idempotency-Key` namespaced by who calls (the mode
     rides on the hold's own `test` column), under the reserved prefix clients cannot use; a fresh
     key when the client sends none."""
@@ -104,7 +115,11 @@ def _hold_key(request, tenant: Tenant) -> str:
     if client_key is None:
         return f"{services.RESERVED_KEY_PREFIX}metered:{uuid.uuid4()}"
     digest = hashlib.sha256(services.validate_idempotency_key(client_key).encode()).hexdigest()
-    principal = f"key:{tenant.api_key.pk}" if tenant.api_key else f"user:{tenant.user.pk}"
+    if tenant.api_key is not None:
+        principal = f"key:{tenant.api_key.pk}"
+    else:
+        assert tenant.user is not None  # a tenant without a key is a signed-in person's
+        principal = f"user:{tenant.user.pk}"
     return f"{services.RESERVED_KEY_PREFIX}metered:{principal}:{digest}"
 
 
@@ -121,14 +136,14 @@ def _replay_refused(hold: Hold) -> IdempotencyConflict:
 class MeteredCall:
     """The hold → call → capture / release protocol, shared by the decorator and the DRF mixin."""
 
-    def __init__(self, service: str, *, estimate: Estimate, actual: Callable[[Any, Any], Quantities] | None):
+    def __init__(self, service: str, *, estimate: Estimate, actual: Callable[[Any, Any], Quantities | None] | None) -> None:
         if estimate is None:
             raise ImproperlyConfigured(
                 f"metered({service!r}) needs an `estimate`: the view's worst case, never the client's own maxima."
             )
         self.service, self.estimate, self.actual = service, estimate, actual
 
-    def reserve(self, request, tenant: Tenant, *, serves_test_mode: bool) -> Hold:
+    def reserve(self, request: HttpRequest, tenant: Tenant, *, serves_test_mode: bool) -> Hold:
         """Hold the worst case. Raises TestModeRefused, InsufficientBalance, or IdempotencyConflict
         for a key already used (the view must then not run)."""
         if tenant.is_test and not serves_test_mode:
@@ -146,13 +161,17 @@ class MeteredCall:
             raise _replay_refused(outcome.hold)
         return outcome.hold
 
-    def settle(self, request, response, body: Mapping[str, Any], tenant: Tenant, hold: Hold) -> None:
+    def settle(
+        self, request: HttpRequest, response: HttpResponseBase, body: Mapping[str, Any], tenant: Tenant, hold: Hold
+    ) -> None:
         """Capture the actual usage (a successful response) or release the hold (an error response)."""
         if response.status_code >= 400:
             services.hold_release(hold=hold)
             return
         actual = self.actual(request, response) if self.actual else _actual_fields(self.service, body)
+        assert actual is not None, f"metered_actual of {self.service!r} answered None instead of the actual quantities"
         outcome = services.hold_capture(tenant=tenant, hold=hold, data=actual)
+        assert outcome.record is not None  # a capture always answers its usage record
         response["X-Tollgate-Usage-Id"] = str(outcome.record.pk)
         response["X-Tollgate-Cost"] = money_str(outcome.record.cost)
 
@@ -167,14 +186,14 @@ def metered(
     estimate: Estimate,
     actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None,
     test_response: Callable[[HttpRequest], HttpResponse] | None = None,
-):
+) -> Callable[[View], View]:
     """Decorate a Django view that serves an AI call so it is held, metered and charged. `estimate`
     is the view's worst case; `test_response` is what test-mode keys get instead of the view."""
     call = MeteredCall(service, estimate=estimate, actual=actual)
 
-    def decorator(view):
+    def decorator(view: View) -> View:
         @wraps(view)
-        def wrapper(request, *args, **kwargs):
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             try:
                 tenant = _authenticated_tenant(request)
                 hold = call.reserve(request, tenant, serves_test_mode=test_response is not None)
@@ -201,27 +220,28 @@ def metered(
 class _TestModeAnswer(Exception):
     """Carries the test response past the view's handler (DRF has no hook between initial and handler)."""
 
-    def __init__(self, response):
+    def __init__(self, response: Response) -> None:
         self.response = response
 
 
-class MeteredViewMixin:
+class MeteredViewMixin(_MixinBase):
     """For DRF views: set `metered_service` and either `metered_max_quantities` (the worst case) or
     override `metered_estimate`; optionally `metered_actual`, and `metered_test_response` to serve
     test-mode keys (without it they get 403). Runs after authentication, tenant resolution and permissions."""
 
     metered_service: str
     metered_max_quantities: Quantities | None = None
+    _metered_hold: Hold | None  # between initial and finalize_response
 
-    def metered_estimate(self, request) -> Quantities:
+    def metered_estimate(self, request: Request) -> Quantities:
         if self.metered_max_quantities is None:
             raise ImproperlyConfigured(f"{type(self).__name__} sets no metered_max_quantities and no metered_estimate.")
         return self.metered_max_quantities
 
-    def metered_actual(self, request, response) -> Quantities | None:
+    def metered_actual(self, request: Request, response: Response) -> Quantities | None:
         return None
 
-    def metered_test_response(self, request):
+    def metered_test_response(self, request: Request) -> Response | None:
         """What a test-mode key gets instead of the view (a Response), or None to refuse test keys."""
         return None
 
@@ -230,27 +250,27 @@ class MeteredViewMixin:
         actual = self.metered_actual if overrides.metered_actual is not MeteredViewMixin.metered_actual else None
         return MeteredCall(self.metered_service, estimate=self.metered_estimate, actual=actual)
 
-    def initial(self, request, *args, **kwargs):
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        tenant = request.tenant
+        tenant = request_tenant(request)
         test_response = self.metered_test_response(request) if tenant.is_test else None
         self._metered_hold = self._metered_call().reserve(request, tenant, serves_test_mode=test_response is not None)
         if test_response is not None:
             raise _TestModeAnswer(test_response)
 
-    def handle_exception(self, exc):
+    def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, _TestModeAnswer):
             return exc.response
         return super().handle_exception(exc)
 
-    def finalize_response(self, request, response, *args, **kwargs):
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
         hold = getattr(self, "_metered_hold", None)
         if hold is not None:
             self._metered_hold = None
             body = response.data if isinstance(getattr(response, "data", None), dict) else {}
             call = self._metered_call()
             try:
-                call.settle(request, response, body, request.tenant, hold)
+                call.settle(request, response, body, request_tenant(request), hold)
             except DomainError as error:
                 call.release_unless_done(hold)
                 response = self.handle_exception(error)

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -60,8 +61,8 @@ class RetentionResult:
     deleted: int
 
 
-def _row(record: UsageRecord) -> dict:
-    row = {}
+def _row(record: UsageRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {}
     for name in EXPORT_FIELDS:
         value = getattr(record, name)
         row[name] = money_str(value) if name in MONEY_FIELDS else value.isoformat() if isinstance(value, datetime) else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, QuerySet, Sum
@@ -122,7 +123,9 @@ def usage_list(
     return records.order_by("-created_at", "-id")
 
 
-def usage_summary(*, organization_id: int, group_by: str, day_from: date, day_to: date, test: bool = False) -> list[dict]:
+def usage_summary(
+    *, organization_id: int, group_by: str, day_from: date, day_to: date, test: bool = False
+) -> list[dict[str, Any]]:
     """Totals by `day` or `service` over [day_from, day_to], read from the daily rollups."""
     rollups = UsageRollup.objects.filter(organization_id=organization_id, test=test, day__gte=day_from, day__lte=day_to)
     key = "day" if group_by == "day" else "service__slug"

@@ -1,3 +1,5 @@
+from typing import Any
+
 from celery import shared_task
 
 from metering import services
@@ -9,7 +11,7 @@ def holds_expire() -> int:
 
 
 @shared_task(name="metering.tasks.usage_retention")
-def usage_retention() -> dict | None:
+def usage_retention() -> dict[str, Any] | None:
     from metering.retention import usage_retention_scheduled
 
     result = usage_retention_scheduled()

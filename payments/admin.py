@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
 from django.shortcuts import render
 from django.urls import path
 from django.utils.dateparse import parse_date
@@ -114,7 +115,7 @@ class OrganizationAdmin(admin.ModelAdmin):
         }
         return render(request, "admin/payments/adjust.html", context)
 
-    def has_adjust_permission(self, request) -> bool:
+    def has_adjust_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("payments.add_transfer")
 
     def save_formset(self, request, form, formset, change) -> None:
@@ -133,7 +134,7 @@ class LedgerEntryInline(admin.TabularInline):
     model = LedgerEntry
     extra = 0
     can_delete = False
-    fields = ["account", "amount", "balance_after", "created_at"]
+    fields = ("account", "amount", "balance_after", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -188,7 +189,7 @@ class WebhookEventInline(admin.TabularInline):
     model = WebhookEvent
     extra = 0
     can_delete = False
-    fields = ["provider", "event_id", "event_type", "received_at", "processed_at"]
+    fields = ("provider", "event_id", "event_type", "received_at", "processed_at")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -199,7 +200,7 @@ class RefundInline(admin.TabularInline):
     model = Refund
     extra = 0
     can_delete = False
-    fields = ["amount", "status", "reason", "forced", "provider_reference", "created_by", "created_at"]
+    fields = ("amount", "status", "reason", "forced", "provider_reference", "created_by", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -267,7 +268,7 @@ class PaymentAdmin(ReadOnlyAdmin):
         }
         return render(request, "admin/payments/refund.html", context)
 
-    def has_refund_permission(self, request) -> bool:
+    def has_refund_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("payments.add_refund")
 
 

@@ -1,9 +1,14 @@
 """REST API: balance, ledger, and staff adjustments."""
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,7 +23,7 @@ from payments.models import LedgerEntry, Payment, Wallet
 from payments.providers import WebhookRefused
 
 
-def balance_body(wallet: Wallet) -> dict:
+def balance_body(wallet: Wallet) -> dict[str, Any]:
     return {
         "organization": wallet.organization.slug,
         "currency": wallet.currency,
@@ -63,11 +68,11 @@ class BalanceApi(TenantMixin, APIView):
             )
         }
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         return Response(balance_body(selectors.wallet_get(organization_id=self.tenant.organization.pk)))
 
 
-class LedgerEntryOutput(serializers.ModelSerializer):
+class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
     kind = serializers.CharField(source="transfer.kind")
     reference = serializers.CharField(source="transfer.reference")
     memo = serializers.CharField(source="transfer.memo")
@@ -84,7 +89,7 @@ class LedgerApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses={200: paginated(LedgerEntryOutput, "LedgerEntryPage")})
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         entries = selectors.ledger_entry_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=entries, serializer_class=LedgerEntryOutput)
 
@@ -95,7 +100,7 @@ class AdjustApi(APIView):
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "payments.add_transfer"
 
-    class Input(serializers.Serializer):
+    class Input(serializers.Serializer[Any]):
         amount = serializers.DecimalField(max_digits=28, decimal_places=12)
         reason = serializers.CharField(max_length=500)
 
@@ -108,7 +113,7 @@ class AdjustApi(APIView):
             201: inline_serializer("AdjustOutput", {"transfer_id": serializers.IntegerField(), "balance_after": Amount()})
         },
     )
-    def post(self, request, slug: str):
+    def post(self, request: Request, slug: str) -> Response:
         organization = account_selectors.organization_get(slug=slug)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -124,7 +129,7 @@ class AdjustApi(APIView):
 # --- Recharges, webhooks, codes ---------------------------------------------------------------------
 
 
-class PaymentOutput(serializers.ModelSerializer):
+class PaymentOutput(serializers.ModelSerializer[Payment]):
     amount = Amount()
     refunded_amount = Amount()
 
@@ -137,7 +142,7 @@ class PaymentOutput(serializers.ModelSerializer):
 class RechargeApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    class Input(serializers.Serializer):
+    class Input(serializers.Serializer[Any]):
         amount = serializers.DecimalField(max_digits=28, decimal_places=12)
         provider = serializers.CharField(max_length=20)
 
@@ -145,7 +150,7 @@ class RechargeApi(TenantMixin, APIView):
             ref_name = "RechargeInput"
 
     @extend_schema(request=Input, responses={201: PaymentOutput, 200: PaymentOutput}, parameters=[IDEMPOTENCY_HEADER])
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         payment, replayed = services.payment_recharge_start(
@@ -164,7 +169,7 @@ class PaymentListApi(TenantMixin, APIView):
     @extend_schema(
         operation_id="v1_payments_list", parameters=PAGE_PARAMETERS, responses={200: paginated(PaymentOutput, "PaymentPage")}
     )
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=payments, serializer_class=PaymentOutput)
 
@@ -173,7 +178,7 @@ class PaymentDetailApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
     @extend_schema(responses={200: PaymentOutput})
-    def get(self, request, payment_id: int):
+    def get(self, request: Request, payment_id: int) -> Response:
         payment = selectors.payment_list(organization_id=self.tenant.organization.pk).filter(pk=payment_id).first()
         if payment is None:
             raise NotFound("No such payment.")
@@ -183,12 +188,12 @@ class PaymentDetailApi(TenantMixin, APIView):
 class WebhookApi(APIView):
     """A provider's notification: verified, stored once, settled by Celery after commit; 2xx fast."""
 
-    authentication_classes: list = []
+    authentication_classes: list[type[BaseAuthentication]] = []
     permission_classes = [AllowAny]
-    parser_classes: list = []  # the raw body is what the signature covers
+    parser_classes: list[type[BaseParser]] = []  # the raw body is what the signature covers
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT}, auth=[])
-    def post(self, request, provider: str):
+    def post(self, request: Request, provider: str) -> Response:
         try:
             receipt = services.webhook_receive(provider=provider, body=request.body, headers=request.headers)
         except WebhookRefused as refused:
@@ -199,7 +204,7 @@ class WebhookApi(APIView):
 class RedeemApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    class Input(serializers.Serializer):
+    class Input(serializers.Serializer[Any]):
         code = serializers.CharField(max_length=64)
 
         class Meta:
@@ -208,7 +213,7 @@ class RedeemApi(TenantMixin, APIView):
     @extend_schema(
         request=Input, responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount(), "amount": Amount()})}
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         posting = services.code_redeem(

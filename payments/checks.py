@@ -1,5 +1,9 @@
 """System checks for production settings (`manage.py check --deploy`)."""
 
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import Tags, Warning, register
 
@@ -16,7 +20,7 @@ def sandbox_enabled_in_production() -> bool:
 
 
 @register(Tags.security, deploy=True)
-def sandbox_in_production_check(app_configs, **kwargs) -> list[Warning]:
+def sandbox_in_production_check(app_configs: Sequence[AppConfig] | None, **kwargs: Any) -> list[Warning]:
     if not sandbox_enabled_in_production():
         return []
     return [

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -38,6 +38,9 @@ from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
 from payments.models import Account, TransferKind, Wallet
+
+if TYPE_CHECKING:
+    from accounts.models import Organization
 
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
@@ -153,7 +156,7 @@ def posting_params(
     }
 
 
-def wallet_open_for_organization(sender, *, organization, **kwargs) -> Wallet:
+def wallet_open_for_organization(sender: object, *, organization: Organization, **kwargs: Any) -> Wallet:
     """Receiver of `organization_created`: every organization has exactly one wallet, from birth."""
     return Wallet.objects.create(organization=organization, currency=settings.CURRENCY)
 
@@ -209,7 +212,7 @@ def transfer_post(
 
 def usage_charge_in_one_statement(
     *, statement: str, organization_id: int, cost: Decimal, reference: str, params: dict[str, Any], now: datetime
-) -> tuple[Posting, tuple]:
+) -> tuple[Posting, tuple[Any, ...]]:
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
     `post_statement`. Outside a transaction it commits by itself: one round trip, and the wallet's
     row lock is held only while PostgreSQL runs and commits it. Raises InsufficientBalance (nothing
@@ -250,7 +253,12 @@ def _announce_low_balance_after_commit(organization_id: int) -> None:
 
 
 def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) -> Posting:
-    params = {"ledger_org": organization_id, "ledger_held_delta": held_delta, "ledger_delta": ZERO, "ledger_unchecked": unchecked}
+    params: dict[str, Any] = {
+        "ledger_org": organization_id,
+        "ledger_held_delta": held_delta,
+        "ledger_delta": ZERO,
+        "ledger_unchecked": unchecked,
+    }
     with connection.cursor() as cursor:
         cursor.execute(_HELD_SQL, params)
         row = cursor.fetchone()

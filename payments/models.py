@@ -1,4 +1,6 @@
 import secrets
+from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -57,7 +59,7 @@ class Wallet(models.Model):
 
     LEDGER_COLUMNS = frozenset({"balance", "held", "ledger_seq", "low_balance_alerted"})
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         # A whole-row save writes back the balance it loaded, undoing any debit committed since.
         update_fields = kwargs.get("update_fields")
         if not self._state.adding and (update_fields is None or self.LEDGER_COLUMNS & set(update_fields)):
@@ -67,7 +69,7 @@ class Wallet(models.Model):
         super().save(*args, **kwargs)
 
     @property
-    def available(self):
+    def available(self) -> Decimal:
         return self.balance - self.held
 
 

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import connection
 from django.db.models import Sum
@@ -32,7 +33,7 @@ class ReconciliationReport:
     adjustments: Decimal
     wallet_change: Decimal
     wallet_total: Decimal
-    wallet_mismatches: list[dict] = field(default_factory=list)
+    wallet_mismatches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def expected_change(self) -> Decimal:

@@ -10,9 +10,11 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -113,7 +115,7 @@ def recharge_amount_validate(amount: Decimal, currency: str) -> Decimal:
     return amount
 
 
-def _request_hash(**fields) -> str:
+def _request_hash(**fields: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -181,7 +183,7 @@ class WebhookReceipt:
     duplicate: bool
 
 
-def webhook_receive(*, provider: str, body: bytes, headers) -> WebhookReceipt:
+def webhook_receive(*, provider: str, body: bytes, headers: Mapping[str, str]) -> WebhookReceipt:
     """Verify a provider notification, check it against our payment, store it once (per provider
     event id) and queue settlement after commit. Raises WebhookRefused, changing nothing."""
     try:
@@ -212,7 +214,7 @@ def webhook_receive(*, provider: str, body: bytes, headers) -> WebhookReceipt:
 
 def _payment_matching(provider: str, event: ProviderEvent) -> Payment:
     """The payment an event speaks of, if amount, currency and mode all match it exactly."""
-    payment = Payment.objects.filter(pk=event.payment_id, provider=provider).first()
+    payment = None if event.payment_id is None else Payment.objects.filter(pk=event.payment_id, provider=provider).first()
     if payment is None:
         raise WebhookRefused("the event names no payment of this provider")
     if event.amount != payment.amount or event.currency != payment.currency:
@@ -254,7 +256,7 @@ def payment_settle(*, event_id: int) -> Payment | None:
         with transaction.atomic(durable=True):
             # Lock (wallet, then payment: billing_site/locks.py), check, then credit.
             locks.wallet_lock(organization_id=payment.organization_id)
-            locked = locks.payment_lock(payment_id=payment.pk)
+            locked: Payment = locks.payment_lock(payment_id=payment.pk)
             WebhookEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(processed_at=timezone.now())
             if outcome == Outcome.IGNORED or not _awaits(locked, outcome):
                 raise _NothingToDo()  # keeps nothing: the event is marked processed below, outside this rollback
@@ -344,7 +346,7 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
             locks.wallet_lock(organization_id=payment.organization_id)
         else:
             ledger.wallet_hold(organization_id=payment.organization_id, amount=amount)  # takes the wallet's lock
-        locked = locks.payment_lock(payment_id=payment.pk)
+        locked: Payment = locks.payment_lock(payment_id=payment.pk)
         pending = sum(locked.refunds.filter(status=RefundStatus.PENDING).values_list("amount", flat=True), ZERO)
         if locked.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED):
             raise InvalidRequest("Only a succeeded payment can be refunded.")
@@ -416,8 +418,9 @@ def _lock_pending_refund(refund: Refund) -> Payment:
     _RefundSettled unless the refund is still pending — before any money moves, so a second run
     never frees the reservation twice. Answers the locked payment."""
     locks.wallet_lock(organization_id=refund.organization_id)
-    payment = locks.payment_lock(payment_id=refund.payment_id)
-    if locks.refund_lock(refund_id=refund.pk).status != RefundStatus.PENDING:
+    payment: Payment = locks.payment_lock(payment_id=refund.payment_id)
+    locked: Refund = locks.refund_lock(refund_id=refund.pk)
+    if locked.status != RefundStatus.PENDING:
         raise _RefundSettled()
     return payment
 
@@ -496,6 +499,7 @@ def code_redeem(*, organization: Organization, user: User | None, code: str) -> 
             claimed = RedemptionCode.objects.filter(pk=voucher.pk, uses__lt=F("max_uses")).update(uses=F("uses") + 1)
             if not claimed:
                 raise InvalidCode("This code has been used up.")
+            assert posting.transfer_id is not None  # a credit always posts a transfer
             Redemption.objects.create(organization=organization, code=voucher, transfer_id=posting.transfer_id, created_by=user)
     except IntegrityError as exc:
         raise InvalidCode("Your organization already redeemed this code.") from exc

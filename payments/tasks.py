@@ -1,8 +1,9 @@
 """Celery tasks: load by id, call a service, own the retry policy."""
 
 import logging
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from billing_site import metrics
 from billing_site.outbound import DestinationRefused, DestinationUnresolved
@@ -21,12 +22,12 @@ def payment_settle(event_id: int) -> str | None:
 
 
 @shared_task(name="payments.tasks.payments_sweep")
-def payments_sweep() -> dict:
+def payments_sweep() -> dict[str, int]:
     return {**services.payments_sweep(), "refunds_settled": services.refunds_sweep()}
 
 
 @shared_task(name="payments.tasks.low_balance_alert", bind=True, max_retries=5, retry_backoff=True)
-def low_balance_alert(self, organization_id: int, claimed: bool = False, emailed: bool = False) -> bool:
+def low_balance_alert(self: Task, organization_id: int, claimed: bool = False, emailed: bool = False) -> bool:
     from payments.models import Wallet
 
     wallet = (
@@ -52,7 +53,7 @@ def low_balance_alert(self, organization_id: int, claimed: bool = False, emailed
     return True
 
 
-def low_balance_alert_enqueue(sender, *, organization_id: int, **kwargs) -> None:
+def low_balance_alert_enqueue(sender: object, *, organization_id: int, **kwargs: Any) -> None:
     """Receiver of the ledger's `low_balance_crossed_signal` (sent after the debit committed)."""
     try:
         low_balance_alert.delay(organization_id)
@@ -68,6 +69,6 @@ def sandbox_webhook_deliver(payment_id: int, outcome: str) -> int:
 
 
 @shared_task(name="payments.tasks.reconcile")
-def reconcile() -> dict:
+def reconcile() -> dict[str, Any]:
     report = reconciliation.reconciliation_run()
     return {"ok": report.ok, "mismatches": len(report.wallet_mismatches)}

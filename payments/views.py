@@ -1,7 +1,7 @@
 """The sandbox provider's checkout page (part of the "outside world" the sandbox plays)."""
 
 from django.core import signing
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -12,7 +12,7 @@ from payments.providers.base import Outcome
 
 
 @require_http_methods(["GET", "POST"])
-def sandbox_checkout(request, token: str):
+def sandbox_checkout(request: HttpRequest, token: str) -> HttpResponse:
     """Confirm or decline a sandbox payment. The link is signed, so only its holder can act; the
     decision reaches us like any provider's: a signed webhook, delivered by a worker. Not found
     while the sandbox is disabled."""

@@ -55,10 +55,12 @@ def exception_handler(exc, context):
     if isinstance(detail_code, str) and detail_code in ErrorCode.__members__.values():
         code = ErrorCode(detail_code)  # a more precise code raised on purpose, e.g. invalid_api_key
     headers = {}
-    if isinstance(exc, drf.Throttled) and exc.wait is not None:
-        headers["Retry-After"] = str(int(exc.wait) + 1)
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
+    wait = getattr(exc, "wait", None) if isinstance(exc, drf.Throttled) else None  # the stubs omit Throttled.wait
+    if wait is not None:
+        headers["Retry-After"] = str(int(wait) + 1)
+    auth_header = getattr(exc, "auth_header", None)  # set by the view on a 401 (DRF's own attribute)
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
     if isinstance(exc, drf.ValidationError):
         details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         message = "The request is invalid; see details."

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import IO, Any, cast
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.utils import json as drf_json
@@ -70,12 +71,12 @@ def json_depth(value: Any) -> int:
 class BoundedJsonParser(JSONParser):
     """DRF's JSON parser, refusing documents nested deeper than MAX_JSON_DEPTH (400, not a 500)."""
 
-    def parse(self, stream, media_type=None, parser_context=None):
+    def parse(self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            data = drf_json.load(
-                codecs.getreader(encoding)(stream), parse_constant=drf_json.strict_constant if self.strict else None
-            )
+            # A StreamReader is a text stream as far as json.load goes (it only calls read()).
+            reader = cast(IO[str], codecs.getreader(encoding)(stream))
+            data = drf_json.load(reader, parse_constant=drf_json.strict_constant if self.strict else None)
         except RecursionError as exc:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_JSON_DEPTH} levels.") from exc
         except ValueError as exc:
@@ -85,7 +86,7 @@ class BoundedJsonParser(JSONParser):
         return data
 
 
-def _refusal(code: ErrorCode, message: str, details: dict | None = None) -> JsonResponse:
+def _refusal(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> JsonResponse:
     return JsonResponse({"error": {"code": str(code), "message": message, "details": details or {}}}, status=HTTP_STATUS[code])
 
 
@@ -99,10 +100,10 @@ class RequestLimitsMiddleware:
     Idempotency-Key header (400). A body whose size is not declared is refused by Django when read
     (RequestDataTooBig), which the API's exception handler also answers with 413."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

@@ -1,7 +1,12 @@
+from typing import Any
+
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 
 class Pagination(PageNumberPagination):
@@ -9,7 +14,9 @@ class Pagination(PageNumberPagination):
     max_page_size = 500
 
 
-def paginated_response(*, request, view, queryset, serializer_class) -> Response:
+def paginated_response(
+    *, request: Request, view: APIView, queryset: QuerySet[Any], serializer_class: type[serializers.BaseSerializer[Any]]
+) -> Response:
     paginator = Pagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
@@ -21,7 +28,7 @@ PAGE_PARAMETERS = [
 ]
 
 
-def paginated(serializer_class, name: str):
+def paginated(serializer_class: type[serializers.BaseSerializer[Any]], name: str) -> serializers.Serializer[Any]:
     """The documented shape of a page of `serializer_class` items."""
     return inline_serializer(
         name,

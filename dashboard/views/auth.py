@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
@@ -18,6 +20,11 @@ from billing_site.errors import DomainError
 from dashboard import forms, selectors
 from dashboard.context import SESSION_KEY, current_resolve, secure_headers
 
+if TYPE_CHECKING:
+    from django.views import View as _ViewBase
+else:
+    _ViewBase = object
+
 AUTH_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
@@ -25,7 +32,7 @@ def home(request):
     return redirect("dashboard:overview" if request.user.is_authenticated else "dashboard:login")
 
 
-class SecureHeadersMixin:
+class SecureHeadersMixin(_ViewBase):
     def dispatch(self, request, *args, **kwargs):
         return secure_headers(super().dispatch(request, *args, **kwargs))
 
@@ -40,7 +47,7 @@ class LoginView(SecureHeadersMixin, auth_views.LoginView):
 
 
 class LogoutView(auth_views.LogoutView):
-    next_page = reverse_lazy("dashboard:login")
+    next_page = "dashboard:login"  # a view name: LogoutView passes it to resolve_url()
 
 
 SIGNED_UP_MESSAGE = (
@@ -131,7 +138,7 @@ def invitation(request, token: str):
         try:
             if request.user.is_authenticated:
                 membership = account_services.invitation_accept(token=token, user=request.user)
-            elif signup_form.is_valid():
+            elif signup_form is not None and signup_form.is_valid():  # not signed in, so there is a form
                 user, membership = account_services.invitation_signup(
                     token=token, password=signup_form.cleaned_data["password"], name=signup_form.cleaned_data["name"]
                 )
@@ -139,6 +146,7 @@ def invitation(request, token: str):
             else:
                 membership = None
         except ValidationError as exc:
+            assert signup_form is not None  # only a sign-up validates a password
             signup_form.add_error("password", exc)
         except DomainError as exc:
             error = exc.message

@@ -119,9 +119,9 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             results[index] = BatchResult(status=201, record=written[key])
     for index, priced in duplicates:
         # Replays what its first occurrence in this batch wrote (or was refused).
-        first = written.get(priced.event.idempotency_key)
+        earlier = written.get(priced.event.idempotency_key)
         results[index] = (
-            BatchResult(status=200, record=first) if first else BatchResult(status=402, error=ledger.InsufficientBalance())
+            BatchResult(status=200, record=earlier) if earlier else BatchResult(status=402, error=ledger.InsufficientBalance())
         )
     _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
@@ -134,6 +134,7 @@ def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | N
     if api_key is None or tenant.is_test or api_key.spend_cap is None:
         return None
     locks.wallet_lock(organization_id=organization_id)
+    remaining: Decimal
     with connection.cursor() as cursor:
         cursor.execute("SELECT spend_cap - spent FROM accounts_apikey WHERE id = %s", [api_key.pk])
         (remaining,) = cursor.fetchone()

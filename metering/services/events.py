@@ -62,13 +62,13 @@ class PricedEvent:
 def validate_idempotency_key(key: Any) -> str:
     """A client's key for a usage event or hold (see `idempotency_key_validate`), outside the prefix
     Tollgate keeps for the usage it records itself."""
-    key = idempotency_key_validate(key)
-    if key.startswith(RESERVED_KEY_PREFIX):
+    validated = idempotency_key_validate(key)
+    if validated.startswith(RESERVED_KEY_PREFIX):
         raise InvalidRequest(
             f"Idempotency keys starting with {RESERVED_KEY_PREFIX!r} are reserved.",
             details={"idempotency_key": ["Reserved prefix."]},
         )
-    return key
+    return validated
 
 
 def _has_nul(value: Any) -> bool:

@@ -135,7 +135,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
             # amount is freed, so a racing capture, release or expiry of the same hold cannot free it twice.
             if not hold.test:
                 locks.wallet_lock(organization_id=organization_id)
-            locked = locks.hold_lock(hold_id=hold.pk)
+            locked: Hold = locks.hold_lock(hold_id=hold.pk)
             if locked.status != HoldStatus.ACTIVE:
                 raise AlreadyRecorded()
             posting = None
@@ -179,7 +179,7 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
         # Lock order: the wallet, then the hold (see hold_capture).
         if not hold.test:
             locks.wallet_lock(organization_id=hold.organization_id)
-        locked = locks.hold_lock(hold_id=hold.pk)
+        locked: Hold = locks.hold_lock(hold_id=hold.pk)
         if locked.status != HoldStatus.ACTIVE:
             if locked.status == status:  # a concurrent twin released it first
                 hold.status = locked.status

@@ -242,7 +242,7 @@ class BatchRecord:
     test: bool
     idempotency_key: str
     request_hash: str
-    metadata: dict
+    metadata: dict[str, Any]
     created_at: datetime
 
 
@@ -261,7 +261,7 @@ def usage_insert_batch(
     }
     for _, param, _ in _BATCH_COLUMNS:
         params[f"usage_{param}"] = [row[f"usage_{param}"] for row in rows]
-    rollup: dict[int, list] = {}
+    rollup: dict[int, list[Any]] = {}
     for row in rows:
         totals = rollup.setdefault(row["usage_service"], [0, 0, 0, 0, ZERO])
         totals[0] += 1

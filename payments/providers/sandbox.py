@@ -8,13 +8,18 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
 from payments.providers.base import Checkout, Outcome, ProviderError, ProviderEvent, WebhookRefused
+
+if TYPE_CHECKING:
+    from payments.models import Payment
 
 SIGNATURE_HEADER = "Tollgate-Signature"
 TOLERANCE_SECONDS = 300
@@ -52,10 +57,11 @@ def checkout_token(payment_id: int) -> str:
 
 
 def checkout_payment_id(token: str, *, max_age: int = 86400) -> int:
-    return signing.loads(token, salt=CHECKOUT_SALT, max_age=max_age)
+    payment_id: int = signing.loads(token, salt=CHECKOUT_SALT, max_age=max_age)  # what checkout_token signed
+    return payment_id
 
 
-def event_body(payment, outcome: Outcome) -> bytes:
+def event_body(payment: Payment, outcome: Outcome) -> bytes:
     event = {
         "id": f"evt_{uuid.uuid4().hex}",
         "type": "payment.succeeded" if outcome == Outcome.SUCCEEDED else "payment.failed",
@@ -69,12 +75,12 @@ def event_body(payment, outcome: Outcome) -> bytes:
 class SandboxProvider:
     name = "sandbox"
 
-    def create_checkout(self, payment, *, success_url: str, cancel_url: str) -> Checkout:
+    def create_checkout(self, payment: Payment, *, success_url: str, cancel_url: str) -> Checkout:
         token = checkout_token(payment.pk)
         url = settings.SITE_URL.rstrip("/") + reverse("sandbox-checkout", args=[token])
         return Checkout(reference=f"sbx_{payment.pk}", url=url, livemode=False)
 
-    def parse_webhook(self, body: bytes, headers) -> ProviderEvent:
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         verify(body, headers.get(SIGNATURE_HEADER, ""), secret=settings.SANDBOX_WEBHOOK_SECRET)
         try:
             event = json.loads(body)
@@ -92,7 +98,7 @@ class SandboxProvider:
         except (ValueError, KeyError, TypeError, InvalidOperation) as exc:
             raise WebhookRefused("malformed sandbox event") from exc
 
-    def refund(self, payment, amount: Decimal, *, idempotency_key: str) -> str:
+    def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         return f"sbx_re_{uuid.uuid4().hex[:16]}"
 
 

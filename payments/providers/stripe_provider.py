@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from django.conf import settings
@@ -18,6 +20,12 @@ from payments.providers.base import (
     from_minor_units,
     to_minor_units,
 )
+
+if TYPE_CHECKING:
+    from stripe.params import RefundCreateParams
+    from stripe.params.checkout import SessionCreateParams
+
+    from payments.models import Payment
 
 SIGNATURE_HEADER = "Stripe-Signature"
 ACTING_EVENTS = {
@@ -37,8 +45,8 @@ def _client() -> stripe.StripeClient:
 class StripeProvider:
     name = "stripe"
 
-    def create_checkout(self, payment, *, success_url: str, cancel_url: str) -> Checkout:
-        params = {
+    def create_checkout(self, payment: Payment, *, success_url: str, cancel_url: str) -> Checkout:
+        params: SessionCreateParams = {
             "mode": "payment",
             "line_items": [
                 {
@@ -62,9 +70,10 @@ class StripeProvider:
             )
         except stripe.StripeError as exc:
             raise ProviderError(f"Stripe refused the checkout: {exc.user_message or exc.__class__.__name__}") from exc
+        assert session.url is not None  # a hosted-page session that was just created is active, so it has one
         return Checkout(reference=session.id, url=session.url, livemode=bool(session.livemode))
 
-    def parse_webhook(self, body: bytes, headers) -> ProviderEvent:
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:
         if not settings.STRIPE_WEBHOOK_SECRET:
             raise WebhookRefused("Stripe webhooks are not configured")
         try:
@@ -86,8 +95,9 @@ class StripeProvider:
                 payload=payload,
             )
         # A plain dict: the pinned `stripe` package's objects are no longer dicts (no `.get`).
-        session = (payload.get("data") or {}).get("object") or {}
-        reference = session.get("client_reference_id") or (session.get("metadata") or {}).get("payment_id")
+        session: dict[str, Any] = (payload.get("data") or {}).get("object") or {}
+        metadata: dict[str, Any] = session.get("metadata") or {}
+        reference = session.get("client_reference_id") or metadata.get("payment_id")
         if event.type == "checkout.session.completed":
             outcome = Outcome.SUCCEEDED if session.get("payment_status") in ("paid", "no_payment_required") else Outcome.IGNORED
         elif event.type == "checkout.session.async_payment_succeeded":
@@ -97,6 +107,8 @@ class StripeProvider:
         else:
             outcome = Outcome.CANCELED
         try:
+            if reference is None:
+                raise TypeError("no payment id")
             payment_id = int(reference)
             currency = str(session["currency"]).upper()
             amount = from_minor_units(int(session["amount_total"]), currency)
@@ -114,18 +126,20 @@ class StripeProvider:
             provider_reference=session.get("id", ""),
         )
 
-    def refund(self, payment, amount: Decimal, *, idempotency_key: str) -> str:
+    def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         client = _client()
         try:
             session = client.v1.checkout.sessions.retrieve(payment.provider_reference)
-            refund = client.v1.refunds.create(
-                params={
-                    "payment_intent": session.payment_intent,
-                    "amount": to_minor_units(amount, payment.currency),
-                    "metadata": {"payment_id": str(payment.pk)},
-                },
-                options={"idempotency_key": idempotency_key},
-            )
+            params: RefundCreateParams = {
+                "amount": to_minor_units(amount, payment.currency),
+                "metadata": {"payment_id": str(payment.pk)},
+            }
+            # An id (it is not expanded), or None before the session is paid: Stripe then refuses the refund.
+            if session.payment_intent is not None:
+                params["payment_intent"] = (
+                    session.payment_intent if isinstance(session.payment_intent, str) else session.payment_intent.id
+                )
+            refund = client.v1.refunds.create(params=params, options={"idempotency_key": idempotency_key})
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             raise ProviderUnreachable(f"Stripe did not answer the refund: {exc.__class__.__name__}") from exc
         except stripe.StripeError as exc:
