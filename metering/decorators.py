@@ -164,13 +164,20 @@ class MeteredCall:
     def settle(
         self, request: HttpRequest, response: HttpResponseBase, body: Mapping[str, Any], tenant: Tenant, hold: Hold
     ) -> None:
-        """Capture the actual usage (a successful response) or release the hold (an error response)."""
-        if response.status_code >= 400:
-            services.hold_release(hold=hold)
-            return
-        actual = self.actual(request, response) if self.actual else _actual_fields(self.service, body)
-        assert actual is not None, f"metered_actual of {self.service!r} answered None instead of the actual quantities"
-        outcome = services.hold_capture(tenant=tenant, hold=hold, data=actual)
+        """Capture the actual usage (a successful response) or release the hold (an error response).
+        Whatever goes wrong on the way (a bad usage report, a bug in an `actual` hook) releases the
+        hold before the error goes on, so no reservation outlives the request."""
+        try:
+            if response.status_code >= 400:
+                services.hold_release(hold=hold)
+                return
+            actual = self.actual(request, response) if self.actual else None
+            if actual is None:  # no hook, or a hook that defers to the response
+                actual = _actual_fields(self.service, body)
+            outcome = services.hold_capture(tenant=tenant, hold=hold, data=actual)
+        except BaseException:
+            self.release_unless_done(hold)
+            raise
         assert outcome.record is not None  # a capture always answers its usage record
         response["X-Tollgate-Usage-Id"] = str(outcome.record.pk)
         response["X-Tollgate-Cost"] = money_str(outcome.record.cost)

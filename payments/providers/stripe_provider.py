@@ -70,7 +70,8 @@ class StripeProvider:
             )
         except stripe.StripeError as exc:
             raise ProviderError(f"Stripe refused the checkout: {exc.user_message or exc.__class__.__name__}") from exc
-        assert session.url is not None  # a hosted-page session that was just created is active, so it has one
+        if session.url is None:  # a new hosted-page session always has one; without it nobody can pay
+            raise ProviderError(f"Stripe answered checkout session {session.id} without a payment page URL")
         return Checkout(reference=session.id, url=session.url, livemode=bool(session.livemode))
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> ProviderEvent:

@@ -58,7 +58,25 @@ class ChatApi(MeteredViewMixin, TenantMixin, APIView):
         return Response({"answer": "simulated", "usage": {"input_tokens": 1, "output_tokens": 1}})
 
 
+def _broken_actual(request, response):
+    raise RuntimeError("the usage report could not be read")
+
+
+@csrf_exempt
+@metered("chat", estimate=WORST_CASE, actual=_broken_actual)
+def broken_report(request):
+    CALLS.append("broken")
+    return JsonResponse({"answer": "hi"})
+
+
+class DefersToResponseApi(ChatApi):
+    def metered_actual(self, request, response):
+        return None  # "read it from the response"
+
+
 urlpatterns = [
+    path("broken-report/", broken_report),
+    path("defers/", DefersToResponseApi.as_view()),
     path("chat/", chat),
     path("free/", free_estimate),
     path("live-only/", live_only),

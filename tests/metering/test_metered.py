@@ -205,3 +205,21 @@ def test_concurrent_replays_run_the_view_once():
     assert metered_urls.CALLS == ["chat"]
     assert UsageRecord.objects.count() == 1
     assert_money_invariants([organization.pk])
+
+
+def test_a_failing_usage_report_releases_the_hold(organization, live_client, chat_service):
+    """A bug in the view's `actual` hook answers 500, and the reservation does not outlive the request."""
+    fund(organization, "1")
+    live_client.raise_request_exception = False
+    assert live_client.post("/broken-report/", {}, format="json").status_code == 500
+    assert Hold.objects.get().status == "released"
+    assert (wallet_of(organization).balance, wallet_of(organization).held) == (Decimal(1), Decimal(0))
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_hook_answering_none_reads_the_response(organization, live_client, chat_service):
+    fund(organization, "1")
+    response = live_client.post("/defers/", {}, format="json")
+    assert response.status_code == 200, response.content
+    record = UsageRecord.objects.get(pk=response["X-Tollgate-Usage-Id"])
+    assert (record.input_tokens, record.output_tokens) == (100, 10)

@@ -113,6 +113,17 @@ def test_stripe_refusing_the_checkout_fails_the_payment(owner_client, organizati
     assert wallet_of(organization).balance == 0
 
 
+def test_a_checkout_session_without_a_payment_page_fails_the_payment(owner_client, organization):
+    """Nobody could pay it: the payment fails at once (502) instead of a 500 on a null checkout URL."""
+    session = {"id": "cs_test_nourl", "object": "checkout.session", "url": None, "livemode": False, "status": "open"}
+    with responses.RequestsMock() as rsps:
+        rsps.post(f"{STRIPE_API}/checkout/sessions", json=session)
+        response = owner_client.post(RECHARGE_URL, {"amount": "25.00", "provider": "stripe"}, format="json")
+
+    assert_error(response, 502, "provider_error")
+    assert Payment.objects.get().status == PaymentStatus.FAILED
+
+
 def test_recharge_without_a_stripe_key_fails_cleanly(owner_client, organization, settings):
     settings.STRIPE_SECRET_KEY = ""
 
