@@ -13,6 +13,7 @@ from accounts import selectors, services
 from accounts.models import ApiKey, ApiKeyMode, User
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site import throttle
+from billing_site.api.fields import Amount
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.throttling import AnonymousRateThrottle
 from billing_site.errors import InvalidRequest, NotFound
@@ -121,7 +122,7 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
         name = serializers.CharField(max_length=100)
         mode = serializers.ChoiceField(choices=ApiKeyMode.choices, default=ApiKeyMode.LIVE)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
-        spend_cap = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False, allow_null=True)
+        spend_cap = Amount(min_value=0, required=False, allow_null=True)
 
         class Meta:
             ref_name = "ApiKeyCreateInput"

@@ -7,6 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.signals import user_password_changed
+from billing_site.money import MoneyField
 from billing_site.validators import plain_text_validate
 
 
@@ -132,14 +133,8 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    spend_cap = models.DecimalField(
-        max_digits=28,
-        decimal_places=12,
-        null=True,
-        blank=True,
-        help_text="Most this key may spend in live mode, in total; empty for no cap.",
-    )
-    spent = models.DecimalField(max_digits=28, decimal_places=12, default=0, editable=False)
+    spend_cap = MoneyField(null=True, blank=True, help_text="Most this key may spend in live mode, in total; empty for no cap.")
+    spent = MoneyField(default=0, editable=False)
 
     class Meta:
         indexes = [models.Index(fields=["organization", "created_at"], name="apikey_org_created")]

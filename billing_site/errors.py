@@ -57,6 +57,11 @@ HTTP_STATUS = {
 }
 
 
+def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one error body every API answer uses: {"error": {"code", "message", "details"}}."""
+    return {"error": {"code": str(code), "message": message, "details": details or {}}}
+
+
 class DomainError(Exception):
     """A refusal a client can act on. Raising one inside a transaction rolls it back."""
 
@@ -71,6 +76,9 @@ class DomainError(Exception):
     @property
     def status(self) -> int:
         return HTTP_STATUS[self.code]
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
 
 
 class InvalidRequest(DomainError):

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts import api as accounts_api
 from billing_site import health, metrics
+from billing_site.errors import error_body
 from dashboard.forms import AdminLoginForm
 from payments import admin as payments_admin
 from payments import views as payments_views
@@ -41,7 +42,7 @@ urlpatterns = [
 
 def _json_error(code: str, message: str, status: int):
     def view(request, exception=None):
-        return JsonResponse({"error": {"code": code, "message": message, "details": {}}}, status=status)
+        return JsonResponse(error_body(code, message), status=status)
 
     return view
 

@@ -3,10 +3,10 @@
 from django.contrib import admin
 from django.utils import timezone
 
+from billing_site.admin import ReadOnlyAdmin
 from billing_site.csv_stream import csv_stream_response
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
-from payments.admin import ReadOnlyAdmin
 
 
 class PriceInline(admin.TabularInline):

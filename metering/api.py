@@ -19,6 +19,8 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from accounts.tenancy import TenantMixin
+from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
+from billing_site.api.limits import IDEMPOTENCY_HEADER
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
@@ -122,8 +124,8 @@ class UsageOutput(serializers.Serializer[UsageRecord]):
     quantity = serializers.IntegerField()
     input_tokens = serializers.IntegerField(required=False)
     output_tokens = serializers.IntegerField(required=False)
-    cost = serializers.DecimalField(max_digits=28, decimal_places=12)
-    balance_after = serializers.DecimalField(max_digits=28, decimal_places=12, allow_null=True)
+    cost = Amount()
+    balance_after = Amount(allow_null=True)
     test = serializers.BooleanField()
     idempotency_key = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -136,15 +138,12 @@ class UsageOutput(serializers.Serializer[UsageRecord]):
         return usage_body(instance)
 
 
-IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
-
-
 class UsageApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=UsageInput, responses={201: UsageOutput, 200: UsageOutput}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(request=UsageInput, responses={201: UsageOutput, 200: UsageOutput}, parameters=[IDEMPOTENCY_KEY_PARAMETER])
     def post(self, request: Request) -> Response:
-        event = _event_from(request.data, header_key=request.headers.get("Idempotency-Key"))
+        event = _event_from(request.data, header_key=request.headers.get(IDEMPOTENCY_HEADER))
         outcome = services.usage_record(tenant=self.tenant, event=event)
         return Response(usage_body(outcome.record), status=status.HTTP_200_OK if outcome.replayed else status.HTTP_201_CREATED)
 
@@ -239,11 +238,7 @@ class UsageBatchApi(TenantMixin, APIView):
 def _batch_item(index: int, result: services.BatchResult) -> dict[str, Any]:
     if result.error is not None:
         error = result.error
-        return {
-            "index": index,
-            "status": result.status,
-            "error": {"code": str(error.code), "message": error.message, "details": error.details},
-        }
+        return {"index": index, "status": result.status, **error.body()}
     assert result.record is not None  # a result holds its error or its record
     return {"index": index, "status": result.status, "usage": usage_body(result.record)}
 
@@ -324,9 +319,7 @@ class ServiceListApi(TenantMixin, APIView):
                     "slug": serializers.CharField(),
                     "name": serializers.CharField(),
                     "calc_method": serializers.CharField(),
-                    "prices": serializers.DictField(
-                        child=serializers.DecimalField(max_digits=28, decimal_places=12), allow_null=True
-                    ),
+                    "prices": serializers.DictField(child=Amount(), allow_null=True),
                 },
                 many=True,
             )
@@ -376,7 +369,7 @@ HoldOutput = inline_serializer(
     {
         "id": serializers.IntegerField(),
         "service": serializers.CharField(),
-        "amount": serializers.DecimalField(max_digits=28, decimal_places=12),
+        "amount": Amount(),
         "status": serializers.ChoiceField(choices=["active", "captured", "released", "expired"]),
         "test": serializers.BooleanField(),
         "expires_at": serializers.DateTimeField(),
@@ -394,16 +387,16 @@ class HoldCreateApi(TenantMixin, APIView):
             {
                 "service": serializers.CharField(),
                 "idempotency_key": serializers.CharField(required=False),
-                "amount": serializers.DecimalField(max_digits=28, decimal_places=12, required=False),
+                "amount": Amount(required=False),
                 "expires_in": serializers.IntegerField(required=False, min_value=1),
             },
         ),
         responses={201: HoldOutput, 200: HoldOutput},
-        parameters=[IDEMPOTENCY_HEADER],
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
     )
     def post(self, request: Request) -> Response:
         body = _json_object(request.data, HOLD_FIELDS)
-        amount_field = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, allow_null=True)
+        amount_field = Amount(min_value=0, allow_null=True)
         try:
             amount = amount_field.run_validation(body.get("amount")) if body.get("amount") is not None else None
         except serializers.ValidationError as exc:
@@ -413,7 +406,7 @@ class HoldCreateApi(TenantMixin, APIView):
             raise InvalidRequest(
                 "`expires_in` must be an integer number of seconds.", details={"expires_in": ["Must be an integer."]}
             )
-        service, key = _service_and_key(body, header_key=request.headers.get("Idempotency-Key"))
+        service, key = _service_and_key(body, header_key=request.headers.get(IDEMPOTENCY_HEADER))
         outcome = services.hold_create(
             tenant=self.tenant,
             service=service,
@@ -484,9 +477,9 @@ class PriceAdminApi(APIView):
         service = serializers.SlugField()
         organization = serializers.SlugField(allow_null=True, required=False)
         effective_from = serializers.DateTimeField(required=False)
-        input_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
-        output_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
-        unit_price = serializers.DecimalField(max_digits=28, decimal_places=12, min_value=0, required=False)
+        input_price = Amount(min_value=0, required=False)
+        output_price = Amount(min_value=0, required=False)
+        unit_price = Amount(min_value=0, required=False)
 
         class Meta:
             ref_name = "PriceAdminInput"

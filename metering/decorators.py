@@ -40,6 +40,7 @@ from rest_framework.response import Response
 from accounts.authentication import ApiKeyAuthentication, JwtAuthentication
 from accounts.models import ApiKey, User
 from accounts.tenancy import Tenant, request_tenant, tenant_resolve
+from billing_site.api.limits import IDEMPOTENCY_HEADER
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, PermissionRefused
 from billing_site.money import money_str
 from metering import selectors, services
@@ -75,8 +76,7 @@ def _actual_fields(service: str, source: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _error(error: DomainError) -> JsonResponse:
-    body = {"error": {"code": str(error.code), "message": error.message, "details": error.details}}
-    return JsonResponse(body, status=error.status)
+    return JsonResponse(error.body(), status=error.status)
 
 
 def _authenticated_tenant(request: HttpRequest) -> Tenant:
@@ -111,7 +111,7 @@ def _hold_key(request: HttpRequest, tenant: Tenant) -> str:
     """The hold's idempotency key: the client's `Idempotency-Key` namespaced by who calls (the mode
     rides on the hold's own `test` column), under the reserved prefix clients cannot use; a fresh
     key when the client sends none."""
-    client_key = request.headers.get("Idempotency-Key")
+    client_key = request.headers.get(IDEMPOTENCY_HEADER)
     if client_key is None:
         return f"{services.RESERVED_KEY_PREFIX}metered:{uuid.uuid4()}"
     digest = hashlib.sha256(services.validate_idempotency_key(client_key).encode()).hexdigest()

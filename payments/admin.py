@@ -15,23 +15,11 @@ from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import Organization
+from billing_site.admin import ReadOnlyAdmin, ReadOnlyInline
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from payments import ledger, reconciliation, services
 from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History is never edited: no add, change or delete from the admin (the database refuses too)."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -> None:
@@ -130,18 +118,9 @@ class OrganizationAdmin(admin.ModelAdmin):
                 formset.changed_objects.append((wallet_form.instance, wallet_form.changed_data))
 
 
-class LedgerEntryInline(admin.TabularInline):
+class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
-    extra = 0
-    can_delete = False
     fields = ("account", "amount", "balance_after", "created_at")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Transfer)
@@ -185,26 +164,14 @@ class WalletAdmin(admin.ModelAdmin):
 # --- Payments, refunds, codes, reconciliation ----------------------------------------------------------
 
 
-class WebhookEventInline(admin.TabularInline):
+class WebhookEventInline(ReadOnlyInline):
     model = WebhookEvent
-    extra = 0
-    can_delete = False
     fields = ("provider", "event_id", "event_type", "received_at", "processed_at")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
-class RefundInline(admin.TabularInline):
+class RefundInline(ReadOnlyInline):
     model = Refund
-    extra = 0
-    can_delete = False
     fields = ("amount", "status", "reason", "forced", "provider_reference", "created_by", "created_at")
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class RefundForm(forms.Form):

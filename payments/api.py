@@ -3,7 +3,7 @@
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import BaseParser
@@ -14,6 +14,8 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from accounts.tenancy import IsOrganizationManager, TenantMixin
+from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
+from billing_site.api.limits import IDEMPOTENCY_HEADER
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.errors import DomainError, ErrorCode, NotFound
@@ -33,15 +35,6 @@ def balance_body(wallet: Wallet) -> dict[str, Any]:
         "credit_limit": money_str(wallet.credit_limit),
         "low_balance_threshold": money_str(wallet.low_balance_threshold),
     }
-
-
-def Amount() -> serializers.DecimalField:  # noqa: N802 - reads like a field class at call sites
-    # A new field each time: one instance shared by several names binds to the last name only, and
-    # the others vanish from the output and the schema.
-    return serializers.DecimalField(max_digits=28, decimal_places=12)
-
-
-IDEMPOTENCY_HEADER = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
 
 
 class SignatureRefused(DomainError):
@@ -76,8 +69,8 @@ class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
     kind = serializers.CharField(source="transfer.kind")
     reference = serializers.CharField(source="transfer.reference")
     memo = serializers.CharField(source="transfer.memo")
-    amount = serializers.DecimalField(max_digits=28, decimal_places=12)
-    balance_after = serializers.DecimalField(max_digits=28, decimal_places=12)
+    amount = Amount()
+    balance_after = Amount()
 
     class Meta:
         model = LedgerEntry
@@ -101,7 +94,7 @@ class AdjustApi(APIView):
     required_permission = "payments.add_transfer"
 
     class Input(serializers.Serializer[Any]):
-        amount = serializers.DecimalField(max_digits=28, decimal_places=12)
+        amount = Amount()
         reason = serializers.CharField(max_length=500)
 
         class Meta:
@@ -143,13 +136,13 @@ class RechargeApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
     class Input(serializers.Serializer[Any]):
-        amount = serializers.DecimalField(max_digits=28, decimal_places=12)
+        amount = Amount()
         provider = serializers.CharField(max_length=20)
 
         class Meta:
             ref_name = "RechargeInput"
 
-    @extend_schema(request=Input, responses={201: PaymentOutput, 200: PaymentOutput}, parameters=[IDEMPOTENCY_HEADER])
+    @extend_schema(request=Input, responses={201: PaymentOutput, 200: PaymentOutput}, parameters=[IDEMPOTENCY_KEY_PARAMETER])
     def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -158,7 +151,7 @@ class RechargeApi(TenantMixin, APIView):
             user=self.tenant.user,
             amount=data.validated_data["amount"],
             provider=data.validated_data["provider"],
-            idempotency_key=request.headers.get("Idempotency-Key"),
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
         )
         return Response(PaymentOutput(payment).data, status=200 if replayed else 201)
 

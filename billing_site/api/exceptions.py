@@ -9,7 +9,7 @@ from django.http import Http404
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from billing_site.errors import HTTP_STATUS, DomainError, ErrorCode
+from billing_site.errors import HTTP_STATUS, DomainError, ErrorCode, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _DRF_CODES = [
 def error_response(
     code: ErrorCode, message: str, details: dict | None = None, *, status: int | None = None, headers: dict | None = None
 ) -> Response:
-    body = {"error": {"code": str(code), "message": message, "details": details or {}}}
+    body = error_body(code, message, details)
     return Response(body, status=status or HTTP_STATUS[code], headers=headers)
 
 

@@ -21,7 +21,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.utils import json as drf_json
 
-from billing_site.errors import HTTP_STATUS, ErrorCode, InvalidRequest
+from billing_site.errors import HTTP_STATUS, ErrorCode, InvalidRequest, error_body
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -87,7 +87,7 @@ class BoundedJsonParser(JSONParser):
 
 
 def _refusal(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> JsonResponse:
-    return JsonResponse({"error": {"code": str(code), "message": message, "details": details or {}}}, status=HTTP_STATUS[code])
+    return JsonResponse(error_body(code, message, details), status=HTTP_STATUS[code])
 
 
 def body_too_large_response() -> JsonResponse:
