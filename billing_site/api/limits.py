@@ -53,18 +53,14 @@ def idempotency_key_validate(key: Any, *, required: bool = True) -> str:
 
 
 def json_depth(value: Any) -> int:
-    """How deeply `value` nests (a scalar is 0, `[]` and `{}` are 1), without recursion."""
-    deepest, stack = 0, [(value, 0)]
+    """How deeply `value` nests (a scalar is 0, `[]` and `{}` are 1), without recursion. Only
+    containers are visited: a batch of a thousand flat events costs a thousand steps, not every field."""
+    deepest, stack = 0, [(value, 1)] if isinstance(value, dict | list) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-        else:
-            deepest = max(deepest, depth)
-            continue
-        deepest = max(deepest, depth + 1)
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return deepest
 
 
