@@ -39,7 +39,14 @@ from payments.models import (
     WebhookEvent,
     alert_signing_secret_new,
 )
-from payments.providers import ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused, provider_get
+from payments.providers import (
+    ProviderError,
+    ProviderEvent,
+    ProviderUnreachable,
+    WebhookRefused,
+    provider_get,
+    providers_enabled,
+)
 from payments.providers.base import Outcome, currency_exponent
 
 logger = logging.getLogger(__name__)
@@ -341,6 +348,11 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
         raise InvalidRequest("A refund needs a reason.", details={"reason": ["This field is required."]})
     if amount <= ZERO:
         raise InvalidRequest("A refund is a positive amount.", details={"amount": ["Must be positive."]})
+    if payment.provider not in providers_enabled():
+        raise InvalidRequest(
+            f"The {payment.provider} provider is not enabled here, so it cannot refund this payment: refund it at the "
+            "provider, then record the refund as an adjustment with its reason."
+        )
     with transaction.atomic(durable=True):
         if force:
             locks.wallet_lock(organization_id=payment.organization_id)
@@ -372,7 +384,11 @@ def refund_complete(*, refund: Refund) -> Refund:
     to run any number of times."""
     payment = refund.payment
     try:
-        reference = provider_get(payment.provider).refund(payment, refund.amount, idempotency_key=f"tollgate-refund-{refund.pk}")
+        provider = provider_get(payment.provider)
+    except KeyError as exc:  # disabled since the refund started: keep the reservation, retry when it is back
+        raise ProviderUnavailable(f"The {payment.provider} provider is not enabled; the refund stays pending.") from exc
+    try:
+        reference = provider.refund(payment, refund.amount, idempotency_key=f"tollgate-refund-{refund.pk}")
     except ProviderUnreachable as exc:
         raise ProviderUnavailable("The provider did not answer; the refund stays pending and will be retried.") from exc
     except ProviderError as exc:

@@ -254,3 +254,16 @@ def test_concurrent_refunds_never_exceed_the_payment(organization, staff_user, e
     wallet = wallet_of(organization)
     assert (wallet.balance, wallet.held) == (D("105"), 0)
     assert_money_invariants([organization.pk])
+
+
+def test_a_payment_whose_provider_is_disabled_cannot_be_refunded_here(organization, staff_user, settings):
+    """Before: a KeyError (500 in the back office). Now a clear refusal that reserves nothing."""
+    payment = settled_sandbox_payment(organization, "25.00")
+    settings.PAYMENT_PROVIDERS = ["stripe"]
+    before = money_state(organization)
+
+    with pytest.raises(InvalidRequest, match="not enabled"):
+        refund(payment, "5.00", staff=staff_user)
+
+    assert money_state(organization) == before
+    assert not Refund.objects.exists()
