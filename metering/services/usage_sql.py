@@ -23,8 +23,8 @@ from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, spend_cap_check
 from payments import ledger
 
-# The usage record's columns: (column, parameter, PostgreSQL type). Columns after the first five
-# named in BATCH_COMMON vary per event in a batch and travel there as arrays.
+# The usage record's columns: (column, parameter, PostgreSQL type). In a batch, the columns whose
+# parameter is in BATCH_COMMON are the same for every event; the others travel as arrays.
 RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("organization_id", "org", "bigint"),
     ("service_id", "service", "bigint"),
