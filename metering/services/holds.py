@@ -66,9 +66,11 @@ def hold_create(
     if amount <= ZERO:
         # The hold is what bounds an over-capture (docs/contract.md §2.4): a zero hold would let a wallet far below
         # its limit keep getting service.
+        if maxima_quantities is None:
+            raise InvalidRequest("A hold reserves a positive amount.", details={"amount": ["Must be greater than zero."]})
         raise InvalidRequest(
-            "A hold reserves a positive amount; these maxima cost nothing.",
-            details={"amount": ["Must be greater than zero (give `amount`, or maxima that cost something)."]},
+            "These maxima cost nothing at the price in force, and a hold reserves a positive amount.",
+            details={field: ["The maxima must cost something."] for field in maxima},
         )
     ttl = timedelta(seconds=expires_in) if expires_in is not None else settings.HOLD_DEFAULT_TTL
     if not timedelta(seconds=1) <= ttl <= settings.HOLD_MAX_TTL:
