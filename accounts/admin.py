@@ -28,7 +28,8 @@ class ApiKeyInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent"]
-    readonly_fields = ["name", "mode", "prefix", "created_at", "last_used_at", "spent"]
+    # A revocation is final (api_key_revoke); staff cannot un-revoke a key by saving a stale form.
+    readonly_fields = ["name", "mode", "prefix", "created_at", "revoked_at", "last_used_at", "spent"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are created by their organization, which alone sees the secret

@@ -147,6 +147,22 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name})"
 
+    GUARDED_COLUMNS: ClassVar[frozenset[str]] = frozenset({"spent", "revoked_at"})
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # `spent` is money: only the usage statements raise it, in the wallet's lock; a revocation is
+        # final (api_key_revoke). A whole-row save of a key loaded earlier (an admin form) would write an
+        # old total back and reopen its cap, or un-revoke it: such saves leave both columns alone.
+        if not self._state.adding:
+            update_fields = kwargs.get("update_fields")
+            if update_fields is None:
+                kwargs["update_fields"] = [
+                    f.name for f in self._meta.concrete_fields if not f.primary_key and f.name not in self.GUARDED_COLUMNS
+                ]
+            elif self.GUARDED_COLUMNS & set(update_fields):
+                raise RuntimeError("An API key's spend and revocation are written only by their services.")
+        super().save(*args, **kwargs)
+
     @property
     def is_test(self) -> bool:
         return self.mode == ApiKeyMode.TEST

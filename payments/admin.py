@@ -14,7 +14,7 @@ from django.urls import path
 from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
-from accounts.models import Organization
+from accounts.models import ApiKey, Organization
 from billing_site.admin import ReadOnlyAdmin, ReadOnlyInline
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
@@ -107,15 +107,21 @@ class OrganizationAdmin(admin.ModelAdmin):
         return request.user.has_perm("payments.add_transfer")
 
     def save_formset(self, request, form, formset, change) -> None:
-        if formset.model is not Wallet:
+        if formset.model not in (Wallet, ApiKey):
             super().save_formset(request, form, formset, change)
             return
-        # What formset.save() would have recorded, for the admin's change message.
+        # Write only what staff changed: a row loaded with the form is stale by the time it is saved
+        # (debits, spend, a revocation may have committed since). Record what formset.save() would
+        # have, for the admin's change message.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
-        for wallet_form in formset.forms:
-            if wallet_form.has_changed() or not change:
-                wallet_settings_save(organization=form.instance, form=wallet_form)
-                formset.changed_objects.append((wallet_form.instance, wallet_form.changed_data))
+        for row_form in formset.forms:
+            if formset.model is Wallet and (row_form.has_changed() or not change):
+                wallet_settings_save(organization=form.instance, form=row_form)
+            elif formset.model is ApiKey and row_form.has_changed() and row_form.instance.pk is not None:
+                row_form.instance.save(update_fields=row_form.changed_data)
+            else:
+                continue
+            formset.changed_objects.append((row_form.instance, row_form.changed_data))
 
 
 class LedgerEntryInline(ReadOnlyInline):

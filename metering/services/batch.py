@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.tenancy import Tenant
@@ -18,7 +18,7 @@ from billing_site.money import ZERO
 from metering import selectors
 from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, SpendCapExceeded, UsageEvent, event_price
-from metering.services.usage_sql import BatchRecord, usage_insert_batch
+from metering.services.usage_sql import BatchRecord, spend_cap_remaining, usage_insert_batch
 from payments import ledger
 
 
@@ -128,17 +128,11 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
 
 
 def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | None:
-    """What a capped live key may still spend, read under the wallet's lock: every debit of the
-    organization (so of its keys) serializes on that lock, so `spent` cannot move meanwhile."""
-    api_key = tenant.api_key
-    if api_key is None or tenant.is_test or api_key.spend_cap is None:
+    """The capped key's remaining budget, read under the wallet's lock (taken here first)."""
+    if tenant.api_key is None or tenant.is_test or tenant.api_key.spend_cap is None:
         return None
     locks.wallet_lock(organization_id=organization_id)
-    remaining: Decimal
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT spend_cap - spent FROM accounts_apikey WHERE id = %s", [api_key.pk])
-        (remaining,) = cursor.fetchone()
-    return remaining
+    return spend_cap_remaining(tenant=tenant)
 
 
 def _count_batch(results: Sequence[BatchResult | None], *, tenant: Tenant) -> None:

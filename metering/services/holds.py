@@ -21,8 +21,8 @@ from metering import selectors
 from metering.calculators import measure
 from metering.models import Hold, HoldStatus, UsageRecord
 from metering.pricing import strategy_for
-from metering.services.events import RESERVED_KEY_PREFIX, UsageEvent, event_price
-from metering.services.usage_sql import AlreadyRecorded, usage_insert
+from metering.services.events import RESERVED_KEY_PREFIX, SpendCapExceeded, UsageEvent, event_price
+from metering.services.usage_sql import AlreadyRecorded, spend_cap_remaining, usage_insert
 from payments import ledger
 
 
@@ -101,7 +101,11 @@ def hold_create(
         try:
             with transaction.atomic(durable=True):
                 if not tenant.is_test:
-                    ledger.wallet_hold(organization_id=organization_id, amount=amount)
+                    ledger.wallet_hold(organization_id=organization_id, amount=amount)  # takes the wallet's lock
+                    remaining = spend_cap_remaining(tenant=tenant)
+                    if remaining is not None and amount > remaining:
+                        # Refused before the call it guards runs: a capture past the cap is recorded in full.
+                        raise SpendCapExceeded(details={"remaining": str(remaining)})
                 hold.save()  # the unique (organization, idempotency key) refuses a concurrent twin
             return HoldOutcome(hold=hold, replayed=False)
         except IntegrityError:
@@ -150,7 +154,9 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
                     may_overdraw=True,
                 )
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
-            record = usage_insert(priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk)
+            record = usage_insert(
+                priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk, cap_enforced=False
+            )
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
     except AlreadyRecorded:
         hold.refresh_from_db()

@@ -188,10 +188,18 @@ def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, post
 
 
 def usage_insert(
-    priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None, hold_id: int | None = None
+    priced: PricedEvent,
+    *,
+    tenant: Tenant,
+    now: datetime,
+    posting: ledger.Posting | None,
+    hold_id: int | None = None,
+    cap_enforced: bool = True,
 ) -> UsageRecord:
     """Write the record after its posting, inside the caller's transaction. AlreadyRecorded when the
-    key exists (in this mode); SpendCapExceeded when the key's cap is passed (the caller rolls back)."""
+    key exists (in this mode); SpendCapExceeded when the key's cap is passed (the caller rolls back),
+    unless not `cap_enforced` (a hold's capture: the hold was checked against the cap, and the usage
+    it records was delivered, so it is recorded in full like an over-capture of the wallet)."""
     params = record_params(priced, tenant=tenant, now=now, posting=posting, hold_id=hold_id)
     with connection.cursor() as cursor:
         cursor.execute(INSERT_USAGE_SQL, params)
@@ -199,9 +207,31 @@ def usage_insert(
     if row is None:
         raise AlreadyRecorded()
     record_id, spent, spend_cap = row
-    if spent is not None:
+    if spent is not None and cap_enforced:
         spend_cap_check(spent=spent, spend_cap=spend_cap)
     return _record(priced, params, record_id=record_id, posting=posting)
+
+
+# What a capped live key may still spend: its cap, less what it spent, less what its active holds
+# reserve. Read under the wallet's lock, where every debit and hold of the organization serializes.
+_CAP_REMAINING_SQL = """
+SELECT k.spend_cap - k.spent - COALESCE(
+           (SELECT sum(h.amount) FROM metering_hold h WHERE h.api_key_id = k.id AND h.status = 'active' AND NOT h.test), 0)
+  FROM accounts_apikey k
+ WHERE k.id = %s AND k.spend_cap IS NOT NULL
+"""
+
+
+def spend_cap_remaining(*, tenant: Tenant) -> Decimal | None:
+    """What the caller's live, capped key may still spend or reserve (None: no cap applies). The
+    caller holds the wallet's lock."""
+    api_key = tenant.api_key
+    if api_key is None or tenant.is_test or api_key.spend_cap is None:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_CAP_REMAINING_SQL, [api_key.pk])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: datetime) -> UsageRecord:

@@ -9,6 +9,7 @@ from django.utils import timezone
 from metering import services
 from metering.models import Hold, HoldStatus, Service, UsageRecord
 from payments.models import Transfer, Wallet
+from tests.conftest import key_client
 from tests.factories import price_add, wallet_fund
 from tests.metering.helpers import HOLDS, ping
 from tests.payments.helpers import assert_error, assert_money_invariants, wallet_of
@@ -370,3 +371,25 @@ def test_a_test_hold_does_not_take_the_idempotency_key_of_a_live_one(funded, liv
     assert (test_hold.status_code, live_hold.status_code) == (201, 201)
     assert (test_hold.json()["test"], live_hold.json()["test"]) == (True, False)
     assert money(funded) == (D("10"), D("1"))
+
+
+# --- Spend caps hold at reserve time ------------------------------------------------------------------
+
+
+def test_holds_count_against_a_keys_spend_cap(funded, capped_key):
+    """$0.002 cap: a $0.0015 hold fits, a second one would pass the cap with the first still reserved."""
+    client = key_client(capped_key.secret)
+    assert hold(client, "c1", amount="0.0015").status_code == 201
+    assert_error(hold(client, "c2", amount="0.0015"), 402, "spend_cap_exceeded")
+    assert money(funded) == (D("10"), D("0.0015"))
+
+
+def test_a_capture_past_the_cap_is_recorded_in_full_then_nothing_more_starts(funded, capped_key):
+    client = key_client(capped_key.secret)
+    hold_id = hold(client, "c1", amount="0.002").json()["id"]
+    assert capture(client, hold_id, input_tokens=100_000, output_tokens=0).status_code == 201  # costs 0.015
+    capped_key.api_key.refresh_from_db()
+    assert capped_key.api_key.spent == D("0.015")
+    assert_error(hold(client, "c2", amount="0.000000000001"), 402, "spend_cap_exceeded")
+    assert_error(ping(client, "after"), 402, "spend_cap_exceeded")
+    assert_money_invariants([funded.pk])

@@ -223,3 +223,16 @@ def test_a_hook_answering_none_reads_the_response(organization, live_client, cha
     assert response.status_code == 200, response.content
     record = UsageRecord.objects.get(pk=response["X-Tollgate-Usage-Id"])
     assert (record.input_tokens, record.output_tokens) == (100, 10)
+
+
+@pytest.mark.parametrize("path", ["/chat/", "/chat-api/"])
+def test_a_key_at_its_spend_cap_never_runs_the_view(organization, owner, chat_service, path):
+    """The cap is checked when the worst case is held, before the view runs (a capture is too late:
+    the upstream call would already be paid for)."""
+    fund(organization, "100")
+    capped = account_services.api_key_create(
+        organization=organization, name="capped", created_by=owner, spend_cap=Decimal("0.001")
+    )
+    assert_error(key_client(capped.secret).post(path, {}, format="json"), 402, "spend_cap_exceeded")
+    assert metered_urls.CALLS == []
+    assert not Hold.objects.exists()

@@ -147,3 +147,61 @@ def test_admin_save_racing_a_debit_never_writes_the_old_balance_back(page, monke
     wallet = wallet_of(organization)
     assert (wallet.balance, wallet.credit_limit) == (D("9.913"), D(4))
     assert_money_invariants([organization.pk])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_key_edit_racing_a_debit_and_a_revocation_writes_neither_back(monkeypatch):
+    """Staff change a key's cap on the organization page while, on other connections, the key spends
+    and its owner revokes it: the spend and the revocation survive the admin's save."""
+    from accounts import services as account_services
+    from accounts.models import ApiKey
+    from accounts.tenancy import Tenant
+    from metering import services as metering_services
+    from metering.models import CalcMethod
+    from tests.factories import service_with_price
+
+    service_with_price(slug="ping", calc_method=CalcMethod.REQUEST, unit_price="1")
+    organization = organization_create(name="Keys")
+    wallet_fund(organization, "10")
+    key = account_services.api_key_create(organization=organization, name="k", spend_cap=D(3)).api_key
+    admin_class = type(site._registry[type(organization)])
+    original = admin_class.get_object
+
+    def spend_and_revoke() -> None:
+        try:
+            tenant = Tenant(organization=organization, user=None, api_key=ApiKey.objects.get(pk=key.pk), role=None)
+            metering_services.usage_record(
+                tenant=tenant, event=metering_services.UsageEvent(service="ping", idempotency_key="r", data={})
+            )
+            account_services.api_key_revoke(api_key=ApiKey.objects.get(pk=key.pk))
+        finally:
+            connection.close()
+
+    def get_object_then_race(self, request, object_id, from_field=None):
+        obj = original(self, request, object_id, from_field)
+        if request.method == "POST":
+            worker = threading.Thread(target=spend_and_revoke, daemon=True)
+            worker.start()
+            worker.join(timeout=30)
+        return obj
+
+    data = _organization_form(organization)
+    data.update(
+        {
+            "api_keys-TOTAL_FORMS": "1",
+            "api_keys-INITIAL_FORMS": "1",
+            "api_keys-0-id": str(key.pk),
+            "api_keys-0-organization": str(organization.pk),
+            "api_keys-0-expires_at_0": "",
+            "api_keys-0-expires_at_1": "",
+            "api_keys-0-spend_cap": "5",
+        }
+    )
+    monkeypatch.setattr(admin_class, "get_object", get_object_then_race)
+    response = _staff_client().post(f"/admin/accounts/organization/{organization.pk}/change/", data)
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    key.refresh_from_db()
+    assert (key.spend_cap, key.spent) == (D(5), D(1))
+    assert key.revoked_at is not None
+    assert wallet_of(organization).balance == D(9)
