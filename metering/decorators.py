@@ -136,12 +136,19 @@ def _replay_refused(hold: Hold) -> IdempotencyConflict:
 class MeteredCall:
     """The hold → call → capture / release protocol, shared by the decorator and the DRF mixin."""
 
-    def __init__(self, service: str, *, estimate: Estimate, actual: Callable[[Any, Any], Quantities | None] | None) -> None:
+    def __init__(
+        self,
+        service: str,
+        *,
+        estimate: Estimate,
+        actual: Callable[[Any, Any], Quantities | None] | None,
+        hold_seconds: int | None = None,
+    ) -> None:
         if estimate is None:
             raise ImproperlyConfigured(
                 f"metered({service!r}) needs an `estimate`: the view's worst case, never the client's own maxima."
             )
-        self.service, self.estimate, self.actual = service, estimate, actual
+        self.service, self.estimate, self.actual, self.hold_seconds = service, estimate, actual, hold_seconds
 
     def reserve(self, request: HttpRequest, tenant: Tenant, *, serves_test_mode: bool) -> Hold:
         """Hold the worst case. Raises TestModeRefused, InsufficientBalance, or IdempotencyConflict
@@ -155,7 +162,7 @@ class MeteredCall:
             idempotency_key=_hold_key(request, tenant),
             amount=None,
             maxima=maxima,
-            expires_in=None,
+            expires_in=self.hold_seconds,
         )
         if outcome.replayed:
             raise _replay_refused(outcome.hold)
@@ -193,10 +200,13 @@ def metered(
     estimate: Estimate,
     actual: Callable[[HttpRequest, HttpResponse], Quantities] | None = None,
     test_response: Callable[[HttpRequest], HttpResponse] | None = None,
+    hold_seconds: int | None = None,
 ) -> Callable[[View], View]:
     """Decorate a Django view that serves an AI call so it is held, metered and charged. `estimate`
-    is the view's worst case; `test_response` is what test-mode keys get instead of the view."""
-    call = MeteredCall(service, estimate=estimate, actual=actual)
+    is the view's worst case; `test_response` is what test-mode keys get instead of the view;
+    `hold_seconds` must outlast the view's longest run (default HOLD_DEFAULT_TTL_SECONDS): a hold
+    that expires before its capture leaves the call unbilled."""
+    call = MeteredCall(service, estimate=estimate, actual=actual, hold_seconds=hold_seconds)
 
     def decorator(view: View) -> View:
         @wraps(view)
@@ -238,6 +248,7 @@ class MeteredViewMixin(_MixinBase):
 
     metered_service: str
     metered_max_quantities: Quantities | None = None
+    metered_hold_seconds: int | None = None  # must outlast the view's longest run
     _metered_hold: Hold | None  # between initial and finalize_response
 
     def metered_estimate(self, request: Request) -> Quantities:
@@ -255,7 +266,9 @@ class MeteredViewMixin(_MixinBase):
     def _metered_call(self) -> MeteredCall:
         overrides = type(self)
         actual = self.metered_actual if overrides.metered_actual is not MeteredViewMixin.metered_actual else None
-        return MeteredCall(self.metered_service, estimate=self.metered_estimate, actual=actual)
+        return MeteredCall(
+            self.metered_service, estimate=self.metered_estimate, actual=actual, hold_seconds=self.metered_hold_seconds
+        )
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)

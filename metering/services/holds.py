@@ -118,8 +118,8 @@ def hold_create(
 
 
 def _hold_finish(*, hold: Hold, status: HoldStatus) -> None:
+    """Mark the hold finished in the database; the caller sets `hold.status` once that commits."""
     Hold.objects.filter(pk=hold.pk).update(status=status, finished_at=timezone.now())
-    hold.status = status
 
 
 def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> HoldOutcome:
@@ -158,6 +158,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any]) -> Hold
                 priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk, cap_enforced=False
             )
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
+        hold.status = HoldStatus.CAPTURED
     except AlreadyRecorded:
         hold.refresh_from_db()
         if hold.status == HoldStatus.CAPTURED:
@@ -196,6 +197,7 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
         if not hold.test:
             ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
         _hold_finish(hold=hold, status=status)
+    hold.status = status
     return HoldOutcome(hold=hold, replayed=False)
 
 

@@ -38,7 +38,7 @@ def free_estimate(request):
 
 
 @csrf_exempt
-@metered("chat", estimate=WORST_CASE)
+@metered("chat", estimate=WORST_CASE, hold_seconds=3600)
 def live_only(request):
     CALLS.append("live-only")
     return JsonResponse({"usage": {"input_tokens": 1, "output_tokens": 1}})

@@ -1,7 +1,10 @@
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey
@@ -236,3 +239,14 @@ def test_a_key_at_its_spend_cap_never_runs_the_view(organization, owner, chat_se
     assert_error(key_client(capped.secret).post(path, {}, format="json"), 402, "spend_cap_exceeded")
     assert metered_urls.CALLS == []
     assert not Hold.objects.exists()
+
+
+def test_a_view_declares_how_long_its_hold_lasts(organization, live_client, chat_service):
+    """A hold that expired before its capture would leave the call unbilled: long views say how long."""
+    fund(organization, "1")
+    before = timezone.now()
+    live_client.post("/live-only/", {}, format="json")
+    live_client.post("/chat/", {}, format="json")
+    long_hold, default_hold = Hold.objects.order_by("pk")
+    assert long_hold.expires_at - before >= timedelta(seconds=3600)
+    assert default_hold.expires_at - before <= settings.HOLD_DEFAULT_TTL + timedelta(seconds=5)
