@@ -1,7 +1,6 @@
 """A wallet's balance and holds change only through the ledger (docs/contract.md §2.2): the database refuses any
 other write, and the back office changes settings without ever writing a stale balance back."""
 
-import threading
 from decimal import Decimal
 
 import pytest
@@ -12,6 +11,7 @@ from django.test import Client
 from payments import ledger
 from payments.admin import WalletAdmin
 from payments.services import wallet_settings_update
+from tests.concurrency import run_concurrently
 from tests.factories import UserFactory, organization_create, wallet_fund
 from tests.payments.helpers import assert_money_invariants, wallet_of
 
@@ -106,6 +106,22 @@ def _organization_form(organization, **wallet_changes) -> dict:
     return data
 
 
+def race_before_admin_save(monkeypatch, admin_class, race) -> None:
+    """Make the admin's POST run `race` on another connection (a real thread, joined with a timeout)
+    between loading the object and saving it, as a debit or a revocation committing meanwhile would."""
+    original = admin_class.get_object
+
+    def get_object_then_race(self, request, object_id, from_field=None):
+        obj = original(self, request, object_id, from_field)
+        if request.method == "POST":
+            [outcome] = run_concurrently(1, lambda _: race())
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return obj
+
+    monkeypatch.setattr(admin_class, "get_object", get_object_then_race)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("page", ["wallet", "organization"])
 def test_admin_save_racing_a_debit_never_writes_the_old_balance_back(page, monkeypatch):
@@ -113,36 +129,16 @@ def test_admin_save_racing_a_debit_never_writes_the_old_balance_back(page, monke
     debit must survive (before the fix the whole row, stale balance included, was written back)."""
     organization = organization_create(name="Raced")
     wallet_fund(organization, "10")
-    client = _staff_client()
-    debited = threading.Event()
-
-    def debit_on_another_connection() -> None:
-        try:
-            ledger.usage_charge(organization_id=organization.pk, cost=D("0.087"), reference="race")
-        finally:
-            connection.close()
-            debited.set()
-
-    original = WalletAdmin.get_object if page == "wallet" else type(site._registry[type(organization)]).get_object
-
-    def get_object_then_debit(self, request, object_id, from_field=None):
-        obj = original(self, request, object_id, from_field)
-        if request.method == "POST":
-            worker = threading.Thread(target=debit_on_another_connection, daemon=True)
-            worker.start()
-            worker.join(timeout=30)
-            assert debited.is_set()
-        return obj
-
+    admin_class = WalletAdmin if page == "wallet" else type(site._registry[type(organization)])
+    race_before_admin_save(
+        monkeypatch, admin_class, lambda: ledger.usage_charge(organization_id=organization.pk, cost=D("0.087"), reference="race")
+    )
     if page == "wallet":
-        monkeypatch.setattr(WalletAdmin, "get_object", get_object_then_debit)
         url, data = f"/admin/payments/wallet/{organization.pk}/change/", _wallet_form(organization, credit_limit="4")
     else:
-        admin_class = type(site._registry[type(organization)])
-        monkeypatch.setattr(admin_class, "get_object", get_object_then_debit)
         url, data = f"/admin/accounts/organization/{organization.pk}/change/", _organization_form(organization, credit_limit="4")
 
-    response = client.post(url, data)
+    response = _staff_client().post(url, data)
     assert response.status_code == 302, response.content.decode()[:2000]
     wallet = wallet_of(organization)
     assert (wallet.balance, wallet.credit_limit) == (D("9.913"), D(4))
@@ -164,26 +160,15 @@ def test_admin_key_edit_racing_a_debit_and_a_revocation_writes_neither_back(monk
     organization = organization_create(name="Keys")
     wallet_fund(organization, "10")
     key = account_services.api_key_create(organization=organization, name="k", spend_cap=D(3)).api_key
-    admin_class = type(site._registry[type(organization)])
-    original = admin_class.get_object
 
     def spend_and_revoke() -> None:
-        try:
-            tenant = Tenant(organization=organization, user=None, api_key=ApiKey.objects.get(pk=key.pk), role=None)
-            metering_services.usage_record(
-                tenant=tenant, event=metering_services.UsageEvent(service="ping", idempotency_key="r", data={})
-            )
-            account_services.api_key_revoke(api_key=ApiKey.objects.get(pk=key.pk))
-        finally:
-            connection.close()
+        tenant = Tenant(organization=organization, user=None, api_key=ApiKey.objects.get(pk=key.pk), role=None)
+        metering_services.usage_record(
+            tenant=tenant, event=metering_services.UsageEvent(service="ping", idempotency_key="r", data={})
+        )
+        account_services.api_key_revoke(api_key=ApiKey.objects.get(pk=key.pk))
 
-    def get_object_then_race(self, request, object_id, from_field=None):
-        obj = original(self, request, object_id, from_field)
-        if request.method == "POST":
-            worker = threading.Thread(target=spend_and_revoke, daemon=True)
-            worker.start()
-            worker.join(timeout=30)
-        return obj
+    race_before_admin_save(monkeypatch, type(site._registry[type(organization)]), spend_and_revoke)
 
     data = _organization_form(organization)
     data.update(
@@ -197,7 +182,6 @@ def test_admin_key_edit_racing_a_debit_and_a_revocation_writes_neither_back(monk
             "api_keys-0-spend_cap": "5",
         }
     )
-    monkeypatch.setattr(admin_class, "get_object", get_object_then_race)
     response = _staff_client().post(f"/admin/accounts/organization/{organization.pk}/change/", data)
 
     assert response.status_code == 302, response.content.decode()[:3000]
