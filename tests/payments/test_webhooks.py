@@ -135,12 +135,12 @@ def _no_v1(payment, _):
 
 def _stale(payment, _):
     body = sandbox_body(payment)
-    return body, {"HTTP_TOLLGATE_SIGNATURE": hmac_signature(body, secret=_secret(), timestamp=int(time.time()) - 301)}
+    return body, {"HTTP_TOLLGATE_SIGNATURE": hmac_signature(body, secret=_secret(), timestamp=int(time.time()) - 330)}
 
 
 def _far_future(payment, _):
     body = sandbox_body(payment)
-    return body, {"HTTP_TOLLGATE_SIGNATURE": hmac_signature(body, secret=_secret(), timestamp=int(time.time()) + 301)}
+    return body, {"HTTP_TOLLGATE_SIGNATURE": hmac_signature(body, secret=_secret(), timestamp=int(time.time()) + 330)}
 
 
 def _signed(body: bytes) -> tuple[bytes, dict]:
