@@ -96,6 +96,13 @@ class PermissionRefused(DomainError):
     message = "You are not allowed to do this."
 
 
+class PayloadTooLarge(DomainError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"The request body is larger than {max_bytes} bytes.", details={"max_bytes": max_bytes})
+
+
 class OrganizationRequired(DomainError):
     code = ErrorCode.ORGANIZATION_REQUIRED
     message = "You belong to several organizations: name one with the X-Organization header."

@@ -32,7 +32,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,6 +40,7 @@ from rest_framework.response import Response
 from accounts.authentication import ApiKeyAuthentication, JwtAuthentication
 from accounts.models import ApiKey, User
 from accounts.tenancy import Tenant, request_tenant, tenant_resolve
+from billing_site.api.exceptions import json_error_response
 from billing_site.api.limits import IDEMPOTENCY_HEADER
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, PermissionRefused
 from billing_site.money import money_str
@@ -65,18 +66,13 @@ def _json(content: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _actual_fields(service: str, source: Mapping[str, Any]) -> dict[str, Any]:
-    """The service method's quantity fields found in the view's response (top level, else under "usage")."""
-    calc_method = selectors.service_calc_method(slug=service)
+def _actual_fields(calc_method: str, source: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's quantity fields found in the view's response (top level, else under "usage")."""
     usage = source.get("usage")
     if not isinstance(usage, dict):
         usage = {}
     found = {name: source.get(name, usage.get(name)) for name in CALCULATORS[calc_method].fields}
     return {name: value for name, value in found.items() if value is not None}
-
-
-def _error(error: DomainError) -> JsonResponse:
-    return JsonResponse(error.body(), status=error.status)
 
 
 def _authenticated_tenant(request: HttpRequest) -> Tenant:
@@ -180,7 +176,7 @@ class MeteredCall:
                 return
             actual = self.actual(request, response) if self.actual else None
             if actual is None:  # no hook, or a hook that defers to the response
-                actual = _actual_fields(self.service, body)
+                actual = _actual_fields(hold.service.calc_method, body)  # hold.service: the capture needs it too
             outcome = services.hold_capture(tenant=tenant, hold=hold, data=actual)
         except BaseException:
             self.release_unless_done(hold)
@@ -215,7 +211,7 @@ def metered(
                 tenant = _authenticated_tenant(request)
                 hold = call.reserve(request, tenant, serves_test_mode=test_response is not None)
             except DomainError as error:
-                return _error(error)
+                return json_error_response(error)
             serve = test_response if tenant.is_test else None
             try:
                 response = serve(request) if serve is not None else view(request, *args, **kwargs)
@@ -226,7 +222,7 @@ def metered(
                 call.settle(request, response, _json(getattr(response, "content", b"")), tenant, hold)
             except DomainError as error:
                 call.release_unless_done(hold)
-                return _error(error)
+                return json_error_response(error)
             return response
 
         return wrapper

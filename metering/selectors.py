@@ -76,15 +76,6 @@ def priced_service_get(
     return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices)
 
 
-def service_calc_method(*, slug: str) -> str:
-    """The calculation method of service `slug`, retired or not (usage already delivered is measured
-    by it); ServiceNotFound when there is none."""
-    calc_method = Service.objects.filter(slug=slug).values_list("calc_method", flat=True).first()
-    if calc_method is None:
-        raise ServiceNotFound()
-    return calc_method
-
-
 def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict[int, Price]:
     """service id → the Price row in force for this organization (override first), for active services."""
     with connection.cursor() as cursor:

@@ -5,11 +5,11 @@ import logging
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from billing_site.errors import HTTP_STATUS, DomainError, ErrorCode, error_body
+from billing_site.errors import HTTP_STATUS, DomainError, ErrorCode, PayloadTooLarge, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +35,10 @@ def error_response(
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):  # a body of undeclared size, refused by Django while reading it
+        exc = PayloadTooLarge(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
     if isinstance(exc, DomainError):
         return error_response(exc.code, exc.message, exc.details, status=exc.status)
-    if isinstance(exc, RequestDataTooBig):  # a body of undeclared size, refused by Django while reading it
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        return error_response(
-            ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {limit} bytes.", {"max_bytes": limit}
-        )
     if isinstance(exc, Http404):
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -69,3 +66,8 @@ def exception_handler(exc, context):
     else:
         details, message = {}, str(exc.detail)
     return error_response(code, message, details, status=exc.status_code, headers=headers)
+
+
+def json_error_response(error: DomainError) -> JsonResponse:
+    """A domain error as a plain Django response, for code that runs outside DRF (middleware, decorators)."""
+    return JsonResponse(error.body(), status=error.status)

@@ -16,12 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, cast
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponseBase
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.utils import json as drf_json
 
-from billing_site.errors import HTTP_STATUS, ErrorCode, InvalidRequest, error_body
+from billing_site.api.exceptions import json_error_response
+from billing_site.errors import InvalidRequest, PayloadTooLarge
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -82,15 +83,6 @@ class BoundedJsonParser(JSONParser):
         return data
 
 
-def _refusal(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> JsonResponse:
-    return JsonResponse(error_body(code, message, details), status=HTTP_STATUS[code])
-
-
-def body_too_large_response() -> JsonResponse:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return _refusal(ErrorCode.PAYLOAD_TOO_LARGE, f"The request body is larger than {limit} bytes.", {"max_bytes": limit})
-
-
 class RequestLimitsMiddleware:
     """Refuses, before any view, a declared body over the size limit (413) and a malformed
     Idempotency-Key header (400). A body whose size is not declared is refused by Django when read
@@ -105,11 +97,11 @@ class RequestLimitsMiddleware:
         except ValueError:
             declared = 0
         if settings.DATA_UPLOAD_MAX_MEMORY_SIZE is not None and declared > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return body_too_large_response()
+            return json_error_response(PayloadTooLarge(settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
         key = request.META.get("HTTP_IDEMPOTENCY_KEY")
         if key is not None:
             try:
                 idempotency_key_validate(key, required=False)
             except InvalidRequest as error:
-                return _refusal(error.code, error.message, error.details)
+                return json_error_response(error)
         return self.get_response(request)

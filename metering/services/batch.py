@@ -18,7 +18,7 @@ from billing_site.money import ZERO
 from metering import selectors
 from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, SpendCapExceeded, UsageEvent, event_price
-from metering.services.usage_sql import BatchRecord, spend_cap_remaining, usage_insert_batch
+from metering.services.usage_sql import BatchRecord, spend_cap_applies, spend_cap_remaining, usage_insert_batch
 from payments import ledger
 
 
@@ -129,7 +129,7 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
 
 def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | None:
     """The capped key's remaining budget, read under the wallet's lock (taken here first)."""
-    if tenant.api_key is None or tenant.is_test or tenant.api_key.spend_cap is None:
+    if not spend_cap_applies(tenant):
         return None
     locks.wallet_lock(organization_id=organization_id)
     return spend_cap_remaining(tenant=tenant)

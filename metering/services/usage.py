@@ -16,7 +16,7 @@ from billing_site.money import ZERO
 from metering import selectors
 from metering.models import Service, UsageRecord
 from metering.services.events import SpendCapExceeded, UsageEvent, event_price
-from metering.services.usage_sql import AlreadyRecorded, usage_debit_in_one_statement, usage_insert
+from metering.services.usage_sql import AlreadyRecorded, spend_cap_applies, usage_debit_in_one_statement, usage_insert
 from payments import ledger
 
 
@@ -58,9 +58,8 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     InsufficientBalance, SpendCapExceeded, IdempotencyConflict."""
     organization_id = tenant.organization.pk
     priced = event_price(event, organization_id=organization_id)
-    capped = tenant.api_key is not None and tenant.api_key.spend_cap is not None
     try:
-        if not tenant.is_test and not capped and priced.cost > ZERO:
+        if not tenant.is_test and not spend_cap_applies(tenant) and priced.cost > ZERO:
             record = usage_debit_in_one_statement(priced, tenant=tenant, now=timezone.now())
         else:
             # Capped keys check their cap after the posting; test keys and free events move no money

@@ -222,11 +222,16 @@ SELECT k.spend_cap - k.spent - COALESCE(
 """
 
 
+def spend_cap_applies(tenant: Tenant) -> bool:
+    """A live key with a spend cap: its debits and holds are checked against the cap."""
+    return tenant.api_key is not None and not tenant.is_test and tenant.api_key.spend_cap is not None
+
+
 def spend_cap_remaining(*, tenant: Tenant) -> Decimal | None:
     """What the caller's live, capped key may still spend or reserve (None: no cap applies). The
     caller holds the wallet's lock."""
     api_key = tenant.api_key
-    if api_key is None or tenant.is_test or api_key.spend_cap is None:
+    if api_key is None or not spend_cap_applies(tenant):
         return None
     with connection.cursor() as cursor:
         cursor.execute(_CAP_REMAINING_SQL, [api_key.pk])
