@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
+from accounts.signals import organization_created
 from billing_site.admin import ReadOnlyAdmin, ReadOnlyInline
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
@@ -26,7 +27,7 @@ def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -
     """Apply a wallet form's changed settings through the service, never `wallet.save()`: a whole-row
     save would write back the balance loaded with the form, undoing debits committed since."""
     changed = {name: form.cleaned_data[name] for name in form.changed_data if name in services.WALLET_SETTINGS}
-    services.wallet_settings_update(organization_id=organization.pk, open_if_missing=True, **changed)
+    services.wallet_settings_update(organization_id=organization.pk, **changed)
 
 
 class WalletInline(admin.StackedInline):
@@ -62,6 +63,11 @@ class OrganizationAdmin(admin.ModelAdmin):
     inlines = [WalletInline, MembershipInline, ApiKeyInline]
     actions = ["adjust_balance"]
     list_select_related = ["wallet"]
+
+    def save_model(self, request, obj: Organization, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:  # born here rather than by sign-up: it opens its wallet the same way
+            organization_created.send(sender=Organization, organization=obj)
 
     @admin.display(description="balance")
     def balance(self, organization: Organization) -> Decimal:

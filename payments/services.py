@@ -67,11 +67,10 @@ class InvalidCode(DomainError):
 WALLET_SETTINGS = ("credit_limit", "low_balance_threshold", "alert_webhook_url")
 
 
-def wallet_settings_update(*, organization_id: int, open_if_missing: bool = False, **changes: Decimal | str) -> Wallet:
+def wallet_settings_update(*, organization_id: int, **changes: Decimal | str) -> Wallet:
     """Change a wallet's settings (credit limit, low-balance threshold, alert webhook URL): only
     the named columns are written, so this can never write back a balance or holds read earlier
-    (the ledger owns those, and the wallet's trigger refuses anyone else). InvalidRequest on a bad
-    value. `open_if_missing` opens the wallet of an organization created without one (in the admin)."""
+    (the ledger owns those, and the wallet's trigger refuses anyone else). InvalidRequest on a bad value."""
     unknown = sorted(set(changes) - set(WALLET_SETTINGS))
     if unknown:
         raise ValueError(f"not wallet settings: {', '.join(unknown)}")
@@ -79,8 +78,6 @@ def wallet_settings_update(*, organization_id: int, open_if_missing: bool = Fals
         amount = changes.get(name)
         if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < ZERO):
             raise InvalidRequest(f"`{name}` is a non-negative amount.", details={name: ["Zero or more."]})
-    if open_if_missing and not Wallet.objects.filter(pk=organization_id).exists():
-        ledger.wallet_open_for_organization(Organization, organization=Organization.objects.get(pk=organization_id))
     if changes:
         Wallet.objects.filter(pk=organization_id).update(**changes)
     return Wallet.objects.get(pk=organization_id)

@@ -10,6 +10,7 @@ from django.test import Client
 
 from payments import ledger
 from payments.admin import WalletAdmin
+from payments.models import Wallet
 from payments.services import wallet_settings_update
 from tests.concurrency import run_concurrently
 from tests.factories import UserFactory, organization_create, wallet_fund
@@ -189,3 +190,30 @@ def test_admin_key_edit_racing_a_debit_and_a_revocation_writes_neither_back(monk
     assert (key.spend_cap, key.spent) == (D(5), D(1))
     assert key.revoked_at is not None
     assert wallet_of(organization).balance == D(9)
+
+
+def test_an_organization_added_in_the_back_office_opens_its_wallet_with_the_settings_given(db):
+    data = {
+        "name": "Walk-in",
+        "slug": "walk-in",
+        "wallet-TOTAL_FORMS": "1",
+        "wallet-INITIAL_FORMS": "0",
+        "wallet-MIN_NUM_FORMS": "0",
+        "wallet-MAX_NUM_FORMS": "1",
+        "wallet-0-credit_limit": "7",
+        "wallet-0-low_balance_threshold": "2",
+    }
+    for prefix in ("memberships", "api_keys"):
+        data.update(
+            {
+                f"{prefix}-TOTAL_FORMS": "0",
+                f"{prefix}-INITIAL_FORMS": "0",
+                f"{prefix}-MIN_NUM_FORMS": "0",
+                f"{prefix}-MAX_NUM_FORMS": "1000",
+            }
+        )
+    response = _staff_client().post("/admin/accounts/organization/add/", data)
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    wallet = Wallet.objects.get(organization__slug="walk-in")
+    assert (wallet.balance, wallet.held, wallet.credit_limit, wallet.low_balance_threshold) == (D(0), D(0), D(7), D(2))
