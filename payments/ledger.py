@@ -316,13 +316,17 @@ class Refusal(StrEnum):
 
 
 def usage_charge_batch(
-    *, organization_id: int, charges: Sequence[tuple[Decimal, str]], budget: Decimal | None = None
+    *,
+    organization_id: int,
+    charges: Sequence[tuple[Decimal, str]],
+    budget: Decimal | None = None,
+    locked: locks.WalletState | None = None,
 ) -> list[Posting | Refusal]:
     """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits the
     wallet and the optional `budget` on the total, as if they came one by one; a Refusal where it
-    does not. Must run inside the caller's transaction (which may already hold the wallet's lock).
-    A transfer per charge; four statements whatever the batch size."""
-    wallet = locks.wallet_lock(organization_id=organization_id)
+    does not. Must run inside the caller's transaction; `locked` is the wallet's state when the
+    caller already took its lock. A transfer per charge; four statements whatever the batch size."""
+    wallet = locked or locks.wallet_lock(organization_id=organization_id)
     balance, held = wallet.balance, wallet.held
     postings: list[Posting | Refusal] = []
     charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -78,8 +77,12 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             postings = [None] * len(fresh)
         else:
             charges = [(p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh]
-            budget = _spend_cap_remaining(tenant, organization_id=organization_id)
-            postings = list(ledger.usage_charge_batch(organization_id=organization_id, charges=charges, budget=budget))
+            # A capped key's budget is read under the wallet's lock, so the lock is taken first then.
+            locked = locks.wallet_lock(organization_id=organization_id) if spend_cap_applies(tenant) else None
+            budget = spend_cap_remaining(tenant=tenant) if locked else None
+            postings = list(
+                ledger.usage_charge_batch(organization_id=organization_id, charges=charges, budget=budget, locked=locked)
+            )
         accepted = [
             (priced, posting)
             for (_, priced), posting in zip(fresh, postings, strict=True)
@@ -125,14 +128,6 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
         )
     _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
-
-
-def _spend_cap_remaining(tenant: Tenant, *, organization_id: int) -> Decimal | None:
-    """The capped key's remaining budget, read under the wallet's lock (taken here first)."""
-    if not spend_cap_applies(tenant):
-        return None
-    locks.wallet_lock(organization_id=organization_id)
-    return spend_cap_remaining(tenant=tenant)
 
 
 def _count_batch(results: Sequence[BatchResult | None], *, tenant: Tenant) -> None:
