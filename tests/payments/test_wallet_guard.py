@@ -84,27 +84,26 @@ def _wallet_form(organization, **changes) -> dict:
     return {"credit_limit": str(wallet.credit_limit), "low_balance_threshold": str(wallet.low_balance_threshold), **changes}
 
 
+def _management(prefix: str, *, total: int, initial: int, maximum: int = 1000) -> dict:
+    """An admin inline formset's management fields."""
+    return {
+        f"{prefix}-TOTAL_FORMS": str(total),
+        f"{prefix}-INITIAL_FORMS": str(initial),
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": str(maximum),
+    }
+
+
 def _organization_form(organization, **wallet_changes) -> dict:
-    data = {
+    return {
         "name": organization.name,
         "slug": organization.slug,
-        "wallet-TOTAL_FORMS": "1",
-        "wallet-INITIAL_FORMS": "1",
-        "wallet-MIN_NUM_FORMS": "0",
-        "wallet-MAX_NUM_FORMS": "1",
+        **_management("wallet", total=1, initial=1, maximum=1),
         "wallet-0-organization": str(organization.pk),
         **{f"wallet-0-{name}": value for name, value in _wallet_form(organization, **wallet_changes).items()},
+        **_management("memberships", total=0, initial=0),
+        **_management("api_keys", total=0, initial=0),
     }
-    for prefix in ("memberships", "api_keys"):
-        data.update(
-            {
-                f"{prefix}-TOTAL_FORMS": "0",
-                f"{prefix}-INITIAL_FORMS": "0",
-                f"{prefix}-MIN_NUM_FORMS": "0",
-                f"{prefix}-MAX_NUM_FORMS": "1000",
-            }
-        )
-    return data
 
 
 def race_before_admin_save(monkeypatch, admin_class, race) -> None:
@@ -174,8 +173,7 @@ def test_admin_key_edit_racing_a_debit_and_a_revocation_writes_neither_back(monk
     data = _organization_form(organization)
     data.update(
         {
-            "api_keys-TOTAL_FORMS": "1",
-            "api_keys-INITIAL_FORMS": "1",
+            **_management("api_keys", total=1, initial=1),
             "api_keys-0-id": str(key.pk),
             "api_keys-0-organization": str(organization.pk),
             "api_keys-0-expires_at_0": "",
@@ -196,22 +194,12 @@ def test_an_organization_added_in_the_back_office_opens_its_wallet_with_the_sett
     data = {
         "name": "Walk-in",
         "slug": "walk-in",
-        "wallet-TOTAL_FORMS": "1",
-        "wallet-INITIAL_FORMS": "0",
-        "wallet-MIN_NUM_FORMS": "0",
-        "wallet-MAX_NUM_FORMS": "1",
+        **_management("wallet", total=1, initial=0, maximum=1),
         "wallet-0-credit_limit": "7",
         "wallet-0-low_balance_threshold": "2",
+        **_management("memberships", total=0, initial=0),
+        **_management("api_keys", total=0, initial=0),
     }
-    for prefix in ("memberships", "api_keys"):
-        data.update(
-            {
-                f"{prefix}-TOTAL_FORMS": "0",
-                f"{prefix}-INITIAL_FORMS": "0",
-                f"{prefix}-MIN_NUM_FORMS": "0",
-                f"{prefix}-MAX_NUM_FORMS": "1000",
-            }
-        )
     response = _staff_client().post("/admin/accounts/organization/add/", data)
 
     assert response.status_code == 302, response.content.decode()[:3000]
