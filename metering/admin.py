@@ -1,12 +1,35 @@
 """Back office for services, prices, usage and holds. Prices are history: new rows only."""
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.utils import timezone
 
-from billing_site.admin import ReadOnlyAdmin
+from billing_site.admin import AMOUNT_INPUTS, ReadOnlyAdmin
+from billing_site.errors import InvalidRequest
 from billing_site.csv_stream import csv_stream_response
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
+from metering.services import price_fields_check
+
+PRICE_FIELDS = ("input_price", "output_price", "unit_price")
+
+
+class PriceForm(forms.ModelForm):
+    """A new price row must give exactly the fields its service's method uses: the staff API's rule
+    (metering.services.price_fields_check), so a row can never leave a service unpriced."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        service = cleaned.get("service")  # on a service's page, the inline's parent
+        if isinstance(service, Service) and service.calc_method:
+            try:
+                price_fields_check(calc_method=service.calc_method, given={name: cleaned.get(name) for name in PRICE_FIELDS})
+            except InvalidRequest as refused:
+                for name, messages in refused.details.items():
+                    self.add_error(name, messages)
+        return cleaned
 
 
 class PriceInline(admin.TabularInline):
@@ -14,6 +37,8 @@ class PriceInline(admin.TabularInline):
     UPDATE too); a rate change is a new row with its effective date."""
 
     model = Price
+    form = PriceForm
+    formfield_overrides = AMOUNT_INPUTS
     extra = 1
     fields = ["organization", "effective_from", "input_price", "output_price", "unit_price", "created_by", "created_at"]
     readonly_fields = ["created_by", "created_at"]
@@ -46,6 +71,8 @@ class ServiceAdmin(admin.ModelAdmin):
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
+    form = PriceForm
+    formfield_overrides = AMOUNT_INPUTS
     list_display = ["service", "organization", "effective_from", "input_price", "output_price", "unit_price", "created_by"]
     list_filter = ["service"]
     search_fields = ["service__slug", "organization__slug"]

@@ -183,3 +183,135 @@ def test_admin_login_is_throttled_against_guessing(db):
     locked = client.post("/admin/login/", {"username": staff.email, "password": "correct horse battery staple"})
     assert b"Too many failed attempts" in locked.content
     assert "_auth_user_id" not in client.session
+
+
+# --- Bugs found in the back office (issue 12) ------------------------------------------------------------
+
+
+def _price_form(service, **prices) -> dict:
+    return {"service": service.pk, "effective_from_0": "2030-01-01", "effective_from_1": "00:00:00", **prices}
+
+
+def _service_form(service, **price_row) -> dict:
+    """The service page with one new price row in its inline."""
+    return {
+        "slug": service.slug,
+        "name": service.name,
+        "active": "on",
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "prices-TOTAL_FORMS": "1",
+        "prices-INITIAL_FORMS": "0",
+        "prices-MIN_NUM_FORMS": "0",
+        "prices-MAX_NUM_FORMS": "1000",
+        "prices-0-effective_from_0": "2030-01-01",
+        "prices-0-effective_from_1": "00:00:00",
+        **{f"prices-0-{name}": value for name, value in price_row.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("calc_method", "prices", "refused"),
+    [
+        ("REQUEST", {"input_price": "1"}, ["input_price", "unit_price"]),
+        ("TOKENS", {"unit_price": "1"}, ["input_price", "output_price", "unit_price"]),
+        ("TOKENS", {"input_price": "1"}, ["output_price"]),
+        ("CHAR_COUNT", {}, ["unit_price"]),
+    ],
+)
+@pytest.mark.parametrize("page", ["price", "service"])
+def test_admin_refuses_a_price_that_does_not_fit_the_services_method(db, page, calc_method, prices, refused):
+    """The same rule as the staff API (metering.services.price_create): before the fix such a row saved
+    "successfully" and left the service unpriced (price_not_set on every call)."""
+    from metering.models import Service
+
+    service = Service.objects.create(slug="svc", name="Svc", calc_method=calc_method)
+    client, _ = staff_client("Billing admins")
+    if page == "price":
+        response = client.post("/admin/metering/price/add/", _price_form(service, **prices))
+    else:
+        response = client.post(f"/admin/metering/service/{service.pk}/change/", _service_form(service, **prices))
+    assert response.status_code == 200, response.status_code  # the form again, with its errors
+    assert not Price.objects.exists()
+    errors = response.context["adminform"].form.errors if page == "price" else response.context["inline_admin_formsets"][0].formset.errors[0]
+    assert sorted(errors) == refused, errors
+
+
+@pytest.mark.parametrize("page", ["price", "service"])
+def test_admin_saves_a_price_that_fits(db, page):
+    from metering.models import Service
+
+    service = Service.objects.create(slug="svc", name="Svc", calc_method="TOKENS")
+    client, user = staff_client("Billing admins")
+    prices = {"input_price": "2.5", "output_price": "10"}
+    if page == "price":
+        response = client.post("/admin/metering/price/add/", _price_form(service, **prices))
+    else:
+        response = client.post(f"/admin/metering/service/{service.pk}/change/", _service_form(service, **prices))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    price = Price.objects.get()
+    assert (price.input_price, price.output_price, price.unit_price, price.created_by) == (Decimal("2.5"), Decimal(10), None, user)
+
+
+def test_admin_shows_zero_amounts_in_plain_digits_never_an_exponent(db, organization):
+    """Read-only figures and editable inputs alike: a zero stored as numeric(28,12) is Decimal('0E-12')."""
+    client, _ = staff_client("Billing admins")
+    for url in [
+        f"/admin/accounts/organization/{organization.pk}/change/",
+        f"/admin/payments/wallet/{organization.pk}/change/",
+        "/admin/accounts/organization/",
+        "/admin/payments/wallet/",
+    ]:
+        page = client.get(url).content.decode()
+        assert "E-12" not in page and "e-12" not in page, url
+
+
+@pytest.mark.parametrize("with_money", [False, True])
+def test_deleting_an_organization_is_refused_with_a_clear_message(db, organization, with_money):
+    """Never a 500 from the ledger's triggers: an organization's history is kept, so the admin says why."""
+    from accounts.models import Organization
+    from tests.factories import wallet_fund
+
+    if with_money:
+        wallet_fund(organization, "3")
+    client, _ = staff_client(superuser=True)
+    page = client.get(f"/admin/accounts/organization/{organization.pk}/delete/")
+    assert page.status_code in (200, 302, 403)
+    response = client.post(f"/admin/accounts/organization/{organization.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code in (200, 403)
+    assert Organization.objects.filter(pk=organization.pk).exists()
+    assert Wallet.objects.filter(organization=organization).exists()
+    if response.status_code == 200:
+        assert "cannot be deleted" in response.content.decode()
+    bulk = client.post(
+        "/admin/accounts/organization/", {"action": "delete_selected", "_selected_action": [organization.pk], "post": "yes"}, follow=True
+    )
+    assert bulk.status_code == 200
+    assert Organization.objects.filter(pk=organization.pk).exists()
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_deleting_a_user_who_owns_an_organization_is_refused_with_a_clear_message(db, organization, owner, bulk):
+    from accounts.models import User
+
+    client, _ = staff_client(superuser=True)
+    if bulk:
+        response = client.post(
+            "/admin/accounts/user/", {"action": "delete_selected", "_selected_action": [owner.pk], "post": "yes"}, follow=True
+        )
+    else:
+        response = client.post(f"/admin/accounts/user/{owner.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert User.objects.filter(pk=owner.pk).exists()
+    assert "owns" in response.content.decode()
+    assert organization.memberships.filter(user=owner).exists()
+
+
+def test_deleting_a_user_who_owns_nothing_still_works(db, organization):
+    from accounts.models import User
+
+    bystander = UserFactory()
+    client, _ = staff_client(superuser=True)
+    response = client.post(f"/admin/accounts/user/{bystander.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not User.objects.filter(pk=bystander.pk).exists()
