@@ -167,3 +167,14 @@ def usage_of_hold(*, hold_id: int) -> UsageRecord | None:
 def holds_active_count() -> int:
     """Holds currently reserving money, for the `tollgate_holds_active` gauge."""
     return Hold.objects.filter(status=HoldStatus.ACTIVE).count()
+
+
+def usage_recent(*, organization_id: int, limit: int) -> list[UsageRecord]:
+    """The organization's newest usage records (live and test), with service and key, for the back office."""
+    return list(usage_list(organization_id=organization_id).select_related("api_key")[:limit])
+
+
+def holds_active(*, organization_id: int, limit: int) -> list[Hold]:
+    """The organization's holds still reserving money, newest first."""
+    holds = Hold.objects.filter(organization_id=organization_id, status=HoldStatus.ACTIVE).select_related("service")
+    return list(holds.order_by("-id")[:limit])
