@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.utils import timezone
 
-from billing_site.admin import AMOUNT_INPUTS, ReadOnlyAdmin
+from billing_site.admin import AMOUNT_INPUTS, OrganizationFilter, ReadOnlyAdmin, money_cell
 from billing_site.errors import InvalidRequest
 from billing_site.csv_stream import csv_stream_response
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
@@ -92,14 +92,26 @@ class PriceAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
+class OrganizationMoney:
+    """Amounts of an organization's rows, in its wallet's currency (list_select_related brings the wallet)."""
+
+    @admin.display(description="cost")
+    def cost_shown(self, row: UsageRecord | UsageRollup) -> str:
+        return money_cell(row.cost, row.organization.wallet.currency)
+
+    @admin.display(description="API key")
+    def api_key_name(self, row: UsageRecord | Hold) -> str:
+        return row.api_key.name if row.api_key is not None else "—"
+
+
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ["id", "created_at", "organization", "service", "quantity", "cost", "test", "api_key_id"]
-    list_filter = ["test", "service"]
+class UsageRecordAdmin(OrganizationMoney, ReadOnlyAdmin):
+    list_display = ["id", "created_at", "organization", "service", "api_key_name", "quantity", "cost_shown", "test"]
+    list_filter = [OrganizationFilter, "test", "service"]
     search_fields = ["idempotency_key", "organization__slug"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # no full-table count on every page load
-    list_select_related = ["organization", "service"]
+    list_select_related = ["organization__wallet", "service", "api_key"]
     actions = ["export_csv"]
 
     @admin.action(description="Export selected to CSV")
@@ -110,17 +122,23 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
-    list_display = ["day", "organization", "service", "test", "events", "quantity", "cost"]
-    list_filter = ["test", "service"]
+class UsageRollupAdmin(OrganizationMoney, ReadOnlyAdmin):
+    list_display = ["day", "organization", "service", "test", "events", "quantity", "cost_shown"]
+    list_filter = [OrganizationFilter, "test", "service"]
     date_hierarchy = "day"
-    list_select_related = ["organization", "service"]
+    show_full_result_count = False
+    list_select_related = ["organization__wallet", "service"]
 
 
 @admin.register(Hold)
-class HoldAdmin(ReadOnlyAdmin):
-    list_display = ["id", "organization", "service", "amount", "status", "test", "expires_at", "created_at"]
-    list_filter = ["status", "test"]
+class HoldAdmin(OrganizationMoney, ReadOnlyAdmin):
+    list_display = ["id", "organization", "service", "api_key_name", "amount_shown", "status", "test", "expires_at", "created_at"]
+    list_filter = [OrganizationFilter, "status", "test"]
     search_fields = ["idempotency_key", "organization__slug"]
     date_hierarchy = "created_at"
-    list_select_related = ["organization", "service"]
+    show_full_result_count = False
+    list_select_related = ["organization__wallet", "service", "api_key"]
+
+    @admin.display(description="amount")
+    def amount_shown(self, hold: Hold) -> str:
+        return money_cell(hold.amount, hold.organization.wallet.currency)

@@ -476,9 +476,19 @@ def reconciliation_view(request):
         raise PermissionDenied
     start = parse_date(request.GET.get("from", "") or "")
     end = parse_date(request.GET.get("to", "") or "")
-    report = reconciliation.reconciliation_report(
-        start=datetime(start.year, start.month, start.day, tzinfo=UTC) if start else None,
-        end=datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1) if end else None,
-    )
-    context = {**admin.site.each_context(request), "report": report, "title": "Reconciliation", "start": start, "end": end}
+    period = {
+        "start": datetime(start.year, start.month, start.day, tzinfo=UTC) if start else None,
+        "end": datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1) if end else None,
+    }
+    # The whole ledger is what the front page reports on: record it there as the beat task does.
+    whole = start is None and end is None
+    report = reconciliation.reconciliation_run() if whole else reconciliation.reconciliation_report(**period)
+    context = {
+        **admin.site.each_context(request),
+        "report": report,
+        "title": "Reconciliation",
+        "start": start,
+        "end": end,
+        "currency": settings.CURRENCY,
+    }
     return render(request, "admin/payments/reconciliation.html", context)

@@ -19,3 +19,8 @@ def organization_usage(organization: Organization, currency: str) -> dict[str, A
         "recent_usage": selectors.usage_recent(organization_id=organization.pk, limit=10),
         "active_holds": selectors.holds_active(organization_id=organization.pk, limit=10),
     }
+
+
+@register.simple_tag
+def usage_figures() -> selectors.UsageFigures:
+    return selectors.usage_figures()
