@@ -1,9 +1,10 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
 from accounts import selectors
 from accounts.models import ApiKey, Invitation, Membership, User
-from billing_site.admin import AMOUNT_INPUTS
+from billing_site.admin import AMOUNT_INPUTS, money_cell
 
 
 @admin.register(User)
@@ -40,9 +41,13 @@ class ApiKeyInline(admin.TabularInline):
     extra = 0
     can_delete = False
     formfield_overrides = AMOUNT_INPUTS
-    fields = ["name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent"]
+    fields = ["name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent_shown"]
     # A revocation is final (api_key_revoke); staff cannot un-revoke a key by saving a stale form.
-    readonly_fields = ["name", "mode", "prefix", "created_at", "revoked_at", "last_used_at", "spent"]
+    readonly_fields = ["name", "mode", "prefix", "created_at", "revoked_at", "last_used_at", "spent_shown"]
+
+    @admin.display(description="spent")
+    def spent_shown(self, key: ApiKey) -> str:
+        return money_cell(key.spent, settings.CURRENCY)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are created by their organization, which alone sees the secret

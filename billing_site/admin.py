@@ -56,6 +56,18 @@ class AmountInput(forms.NumberInput):
         return super().format_value(value)
 
 
+class LabelledForm(forms.ModelForm):
+    """Django's split date/time input has one <label> for two boxes: name each box after its field."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            if isinstance(field.widget, forms.SplitDateTimeWidget):
+                date, time = field.widget.widgets
+                date.attrs["aria-label"] = f"{field.label}: date"
+                time.attrs["aria-label"] = f"{field.label}: time"
+
+
 # `formfield_overrides` for every admin form with amounts in it.
 AMOUNT_INPUTS: dict[type[models.Field], dict[str, Any]] = {models.DecimalField: {"widget": AmountInput}}
 

@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin
 from django.utils import timezone
 
-from billing_site.admin import AMOUNT_INPUTS, OrganizationFilter, ReadOnlyAdmin, money_cell
+from billing_site.admin import AMOUNT_INPUTS, LabelledForm, OrganizationFilter, ReadOnlyAdmin, money_cell
 from billing_site.errors import InvalidRequest
 from billing_site.csv_stream import csv_stream_response
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
@@ -16,7 +16,7 @@ from metering.services import price_fields_check
 PRICE_FIELDS = ("input_price", "output_price", "unit_price")
 
 
-class PriceForm(forms.ModelForm):
+class PriceForm(LabelledForm):
     """A new price row must give exactly the fields its service's method uses: the staff API's rule
     (metering.services.price_fields_check), so a row can never leave a service unpriced."""
 
@@ -42,7 +42,7 @@ class PriceInline(admin.TabularInline):
     extra = 1
     fields = ["organization", "effective_from", "input_price", "output_price", "unit_price", "created_by", "created_at"]
     readonly_fields = ["created_by", "created_at"]
-    autocomplete_fields = ["organization"]
+    raw_id_fields = ["organization"]  # a labelled id box (with a lookup), not an unlabelled widget
     ordering = ["-effective_from", "-id"]
     can_delete = False
 
@@ -77,7 +77,7 @@ class PriceAdmin(admin.ModelAdmin):
     list_filter = ["service"]
     search_fields = ["service__slug", "organization__slug"]
     date_hierarchy = "effective_from"
-    autocomplete_fields = ["organization"]
+    raw_id_fields = ["organization"]  # a labelled id box (with a lookup), not an unlabelled widget
     readonly_fields = ["created_by", "created_at"]
 
     def has_change_permission(self, request, obj=None) -> bool:

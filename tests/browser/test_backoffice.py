@@ -1,6 +1,6 @@
 """The back office as billing staff see it, with realistic data: every page it shows is
-screenshotted (test-output/screenshots/admin-*.png) and fails on any broken page, external request,
-or script error."""
+screenshotted (test-output/screenshots/admin-*.png), checked with axe-core (no critical or serious
+violation), and fails on any broken page, external request, or script error."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from accounts import services as account_services
 from metering.models import CalcMethod
 from payments import ledger
 from payments.models import Payment, PaymentStatus, Refund
+from tests.browser.axe import axe_check
 from tests.factories import PASSWORD, UserFactory, organization_create, service_with_price, wallet_fund
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -80,23 +81,78 @@ def _admin_log_in(visitor, email: str) -> None:
     visitor.page.wait_for_url("**/admin/")
 
 
+PAGES = [
+    ("admin-index", "/admin/"),
+    ("admin-organizations", "/admin/accounts/organization/"),
+    ("admin-organization", "/admin/accounts/organization/{organization}/change/"),
+    ("admin-adjust", "/admin/accounts/organization/{organization}/adjust/"),
+    ("admin-wallet", "/admin/payments/wallet/{organization}/change/"),
+    ("admin-ledger", "/admin/payments/ledgerentry/?organization={slug}"),
+    ("admin-payments", "/admin/payments/payment/"),
+    ("admin-payment", "/admin/payments/payment/{payment}/change/"),
+    ("admin-usage", "/admin/metering/usagerecord/?organization={slug}"),
+    ("admin-holds", "/admin/metering/hold/"),
+    ("admin-reconciliation", "/admin/reconciliation/"),
+    ("admin-price-add", "/admin/metering/price/add/"),
+]
+
+
 def test_back_office_pages(visitor, live_server):
     organization, _ = _back_office_data(live_server.url)
     _staff("Billing admins", "billing@tollgate.test")
     _admin_log_in(visitor, "billing@tollgate.test")
     payment = Payment.objects.filter(status=PaymentStatus.SUCCEEDED).first()
-    for name, path in [
-        ("admin-index", "/admin/"),
-        ("admin-organizations", "/admin/accounts/organization/"),
-        ("admin-organization", f"/admin/accounts/organization/{organization.pk}/change/"),
-        ("admin-wallet", f"/admin/payments/wallet/{organization.pk}/change/"),
-        ("admin-ledger", "/admin/payments/ledgerentry/"),
-        ("admin-payments", "/admin/payments/payment/"),
-        ("admin-payment", f"/admin/payments/payment/{payment.pk}/change/"),
-        ("admin-usage", "/admin/metering/usagerecord/"),
-        ("admin-holds", "/admin/metering/hold/"),
-        ("admin-reconciliation", "/admin/reconciliation/"),
-        ("admin-price-add", "/admin/metering/price/add/"),
-    ]:
-        visitor.goto(path)
+    for name, path in PAGES:
+        visitor.goto(path.format(organization=organization.pk, slug=organization.slug, payment=payment.pk))
+        axe_check(visitor.page, context=name)
         visitor.shot(name)
+
+
+def test_billing_staff_work_from_the_organization_page(visitor, live_server):
+    """What a billing admin sees and does: the wallet in dollars, recent activity with links, and the
+    "Adjust balance" button that posts through the ledger; then the new balance on the page."""
+    organization, _ = _back_office_data(live_server.url)
+    _staff("Billing admins", "billing@tollgate.test")
+    _admin_log_in(visitor, "billing@tollgate.test")
+    page = visitor.page
+
+    visitor.goto("/admin/")
+    figures = page.locator(".key-figures")
+    assert "Revenue today" in figures.text_content() and "Active organizations" in figures.text_content()
+    attention = page.locator(".attention").text_content()
+    assert "pending over an hour" in attention and "failed" in attention and "waiting for the provider" in attention
+
+    page.get_by_role("link", name="Organizations", exact=True).first.click()
+    page.get_by_role("link", name="Overdrawn Ltd").wait_for()
+    page.get_by_role("link", name="Analytical Engines").click()
+    hub = page.locator(".customer-hub")
+    assert "$120.49" in hub.locator(".wallet-summary").inner_text()  # 120.50 funded, 0.0065 + 0.0005 used: $120.493
+    assert hub.locator(".wallet-summary span[title='120.493 USD']").count() == 1
+    assert "Production backend" in hub.inner_text() and "gpt-4o" in hub.inner_text()
+    assert page.get_by_label("Credit limit").input_value() == "0.00"  # plain digits, never 0E-12
+
+    page.get_by_role("link", name="Adjust balance").click()
+    page.get_by_label("Amount").fill("10")
+    page.get_by_label("Reason").fill("Goodwill for the outage")
+    page.get_by_role("button", name="Post adjustment").click()
+    page.wait_for_url(f"**/admin/accounts/organization/{organization.pk}/change/")
+    assert "balance is now $130.49" in page.locator(".messagelist").inner_text()
+    assert "Goodwill for the outage" in page.locator(".customer-hub").inner_text()
+    axe_check(page, context="organization page after an adjustment")
+    visitor.shot("admin-organization-after-adjustment")
+
+    page.get_by_role("link", name=f"All usage of {organization.name}").click()
+    page.get_by_label("Organization slug").wait_for()
+    assert page.get_by_label("Organization slug").input_value() == organization.slug
+    assert "Production backend" in page.locator("#result_list").inner_text()
+
+
+def test_support_sees_but_cannot_adjust(visitor, live_server):
+    organization, _ = _back_office_data(live_server.url)
+    _staff("Support", "support@tollgate.test")
+    _admin_log_in(visitor, "support@tollgate.test")
+    visitor.goto(f"/admin/accounts/organization/{organization.pk}/change/")
+    assert "$120.49" in visitor.page.locator(".wallet-summary").inner_text()
+    assert visitor.page.get_by_role("link", name="Adjust balance").count() == 0
+    axe_check(visitor.page, context="organization page, read-only")
+    visitor.shot("admin-organization-support")
