@@ -194,3 +194,13 @@ def test_list_endpoints_are_typed_as_paginated_lists(db, client):
         assert operation["operationId"].endswith("_list"), (method, path, operation["operationId"])
         paginated.add((method, path))
     assert paginated == PAGINATED_LISTS
+
+
+def test_the_dashboard_links_to_the_api_docs(db, owner, organization):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(owner)
+    page = client.get("/dashboard/").content.decode()
+    assert '<a href="/api/docs/">API documentation</a>' in page
+    assert client.get("/api/docs/").status_code == 200
