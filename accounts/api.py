@@ -72,7 +72,9 @@ class RegisterApi(APIView):
                 request_only=True,
             ),
             OpenApiExample(
-                "Registered", value={"email": "ada@example.com", "organization": {"name": "Analytical Engines"}}, response_only=True
+                "Registered",
+                value={"email": "ada@example.com", "organization": {"name": "Analytical Engines"}},
+                response_only=True,
             ),
         ],
     )

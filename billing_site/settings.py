@@ -196,7 +196,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Prepaid, exactly-metered billing for AI APIs. Authenticate with `Authorization: Bearer <JWT access token>` "
         "(from `auth/token/`) or with an API key (`Authorization: Bearer tg_live_…` or `X-API-Key`). Amounts are decimal "
-        "strings, never floats. Every error is `{\"error\": {\"code\", \"message\", \"details\"}}` with a stable `code`."
+        'strings, never floats. Every error is `{"error": {"code", "message", "details"}}` with a stable `code`.'
     ),
     "TAGS": [
         {"name": "auth", "description": "Sign up, sign in, refresh and sign out (JWT)."},

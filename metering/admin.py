@@ -2,13 +2,12 @@
 
 from typing import Any
 
-from django import forms
 from django.contrib import admin
 from django.utils import timezone
 
 from billing_site.admin import AMOUNT_INPUTS, LabelledForm, OrganizationFilter, ReadOnlyAdmin, money_cell
-from billing_site.errors import InvalidRequest
 from billing_site.csv_stream import csv_stream_response
+from billing_site.errors import InvalidRequest
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
 from metering.services import price_fields_check
@@ -21,7 +20,7 @@ class PriceForm(LabelledForm):
     (metering.services.price_fields_check), so a row can never leave a service unpriced."""
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or self.cleaned_data
         service = cleaned.get("service")  # on a service's page, the inline's parent
         if isinstance(service, Service) and service.calc_method:
             try:

@@ -181,7 +181,9 @@ class UsageApi(TenantMixin, APIView):
                 },
                 request_only=True,
             ),
-            OpenApiExample("Characters", value={"service": "translate", "idempotency_key": "t-1", "text": "Bonjour"}, request_only=True),
+            OpenApiExample(
+                "Characters", value={"service": "translate", "idempotency_key": "t-1", "text": "Bonjour"}, request_only=True
+            ),
             OpenApiExample("Recorded", value=USAGE_EXAMPLE, response_only=True, status_codes=["201"]),
         ],
     )
@@ -451,7 +453,12 @@ class ServiceListApi(TenantMixin, APIView):
                         "calc_method": "TOKENS",
                         "prices": {"input_price": "2.500000000000", "output_price": "10.000000000000"},
                     },
-                    {"slug": "moderation", "name": "Moderation", "calc_method": "REQUEST", "prices": {"unit_price": "0.000500000000"}},
+                    {
+                        "slug": "moderation",
+                        "name": "Moderation",
+                        "calc_method": "REQUEST",
+                        "prices": {"unit_price": "0.000500000000"},
+                    },
                 ],
                 response_only=True,
             )
@@ -642,7 +649,9 @@ class ServiceAdminApi(APIView):
         "`price_not_set` to usage until a price is added with `admin/prices/`. Staff with catalogue rights only.",
         examples=[
             OpenApiExample(
-                "A chat model", value={"slug": "gpt-4o", "name": "GPT-4o", "calc_method": "TOKENS", "active": True}, request_only=True
+                "A chat model",
+                value={"slug": "gpt-4o", "name": "GPT-4o", "calc_method": "TOKENS", "active": True},
+                request_only=True,
             )
         ],
     )
@@ -691,7 +700,12 @@ class PriceAdminApi(APIView):
         examples=[
             OpenApiExample(
                 "New token rates from April",
-                value={"service": "gpt-4o", "effective_from": "2026-04-01T00:00:00Z", "input_price": "2.50", "output_price": "10.00"},
+                value={
+                    "service": "gpt-4o",
+                    "effective_from": "2026-04-01T00:00:00Z",
+                    "input_price": "2.50",
+                    "output_price": "10.00",
+                },
                 request_only=True,
             )
         ],

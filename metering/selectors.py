@@ -198,14 +198,12 @@ def usage_figures(*, today: date | None = None) -> UsageFigures:
     """Live usage revenue today and this month (UTC), and the organizations with live usage in the
     last 30 days, from the daily rollups (a live record's cost is exactly its revenue leg; the rollups
     are far smaller than the ledger). Cached for a minute: the back office's front page reads it."""
-    cached = cache.get("backoffice:usage-figures")
+    cached: UsageFigures | None = cache.get("backoffice:usage-figures")
     if cached is not None:
         return cached
     today = today or timezone.now().date()
     live = UsageRollup.objects.filter(test=False)
-    month = live.filter(day__gte=today.replace(day=1)).aggregate(
-        total=Sum("cost"), today=Sum("cost", filter=Q(day=today))
-    )
+    month = live.filter(day__gte=today.replace(day=1)).aggregate(total=Sum("cost"), today=Sum("cost", filter=Q(day=today)))
     active = live.filter(day__gt=today - timedelta(days=ACTIVE_ORGANIZATION_DAYS)).values("organization_id").distinct().count()
     figures = UsageFigures(
         revenue_today=month["today"] or ZERO, revenue_month=month["total"] or ZERO, active_organizations=active

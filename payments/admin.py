@@ -146,7 +146,9 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
-            path("<int:organization_id>/adjust/", self.admin_site.admin_view(self.adjust_view), name="accounts_organization_adjust"),
+            path(
+                "<int:organization_id>/adjust/", self.admin_site.admin_view(self.adjust_view), name="accounts_organization_adjust"
+            ),
             *super().get_urls(),
         ]
 
@@ -285,7 +287,15 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 class WalletAdmin(WalletFigures, admin.ModelAdmin):
     list_display = ["organization", "balance_shown", "held_shown", "available_shown", "credit_limit_shown", "threshold_shown"]
     search_fields = ["organization__slug", "organization__name"]
-    fields = ["organization", "currency", "balance_shown", "held_shown", "available_shown", "credit_limit", "low_balance_threshold"]
+    fields = [
+        "organization",
+        "currency",
+        "balance_shown",
+        "held_shown",
+        "available_shown",
+        "credit_limit",
+        "low_balance_threshold",
+    ]
     readonly_fields = ["organization", "currency", "balance_shown", "held_shown", "available_shown"]
     formfield_overrides = AMOUNT_INPUTS
     list_select_related = ["organization"]

@@ -117,7 +117,6 @@ class LedgerApi(TenantMixin, APIView):
 
 
 class AdjustApi(APIView):
-
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "payments.add_transfer"
 
@@ -256,7 +255,6 @@ class PaymentDetailApi(TenantMixin, APIView):
 
 
 class WebhookApi(APIView):
-
     authentication_classes: list[type[BaseAuthentication]] = []
     permission_classes = [AllowAny]
     parser_classes: list[type[BaseParser]] = []  # the raw body is what the signature covers
@@ -298,7 +296,9 @@ class RedeemApi(TenantMixin, APIView):
         "Owners and admins only.",
         examples=[
             OpenApiExample("Redeem", value={"code": "TG-7KQ2-M9XW-4HPD"}, request_only=True),
-            OpenApiExample("Credited", value={"amount": "25.000000000000", "balance_after": "145.493000000000"}, response_only=True),
+            OpenApiExample(
+                "Credited", value={"amount": "25.000000000000", "balance_after": "145.493000000000"}, response_only=True
+            ),
         ],
     )
     def post(self, request: Request) -> Response:

@@ -115,4 +115,5 @@ def reconciliation_run(*, start: datetime | None = None, end: datetime | None = 
 def reconciliation_last_run() -> dict[str, Any] | None:
     """`{ok, failures, at}` of the last whole-ledger reconciliation (the hourly beat task, or staff
     opening the reconciliation page); None when none ran since the cache was last emptied."""
-    return cache.get(LAST_RUN_CACHE_KEY)
+    last: dict[str, Any] | None = cache.get(LAST_RUN_CACHE_KEY)
+    return last

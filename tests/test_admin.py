@@ -233,7 +233,11 @@ def test_admin_refuses_a_price_that_does_not_fit_the_services_method(db, page, c
         response = client.post(f"/admin/metering/service/{service.pk}/change/", _service_form(service, **prices))
     assert response.status_code == 200, response.status_code  # the form again, with its errors
     assert not Price.objects.exists()
-    errors = response.context["adminform"].form.errors if page == "price" else response.context["inline_admin_formsets"][0].formset.errors[0]
+    errors = (
+        response.context["adminform"].form.errors
+        if page == "price"
+        else response.context["inline_admin_formsets"][0].formset.errors[0]
+    )
     assert sorted(errors) == refused, errors
 
 
@@ -250,7 +254,12 @@ def test_admin_saves_a_price_that_fits(db, page):
         response = client.post(f"/admin/metering/service/{service.pk}/change/", _service_form(service, **prices))
     assert response.status_code == 302, response.content.decode()[:2000]
     price = Price.objects.get()
-    assert (price.input_price, price.output_price, price.unit_price, price.created_by) == (Decimal("2.5"), Decimal(10), None, user)
+    assert (price.input_price, price.output_price, price.unit_price, price.created_by) == (
+        Decimal("2.5"),
+        Decimal(10),
+        None,
+        user,
+    )
 
 
 def test_admin_shows_zero_amounts_in_plain_digits_never_an_exponent(db, organization):
@@ -284,7 +293,9 @@ def test_deleting_an_organization_is_refused_with_a_clear_message(db, organizati
     if response.status_code == 200:
         assert "cannot be deleted" in response.content.decode()
     bulk = client.post(
-        "/admin/accounts/organization/", {"action": "delete_selected", "_selected_action": [organization.pk], "post": "yes"}, follow=True
+        "/admin/accounts/organization/",
+        {"action": "delete_selected", "_selected_action": [organization.pk], "post": "yes"},
+        follow=True,
     )
     assert bulk.status_code == 200
     assert Organization.objects.filter(pk=organization.pk).exists()
@@ -386,7 +397,9 @@ def test_organizations_filter_by_balance(db, organization, other_organization):
     from payments import ledger, services
 
     ledger.wallet_adjust(organization_id=organization.pk, amount=Decimal(5), reason="x", created_by_id=None)
-    services.wallet_settings_update(organization_id=other_organization.pk, credit_limit=Decimal(10), low_balance_threshold=Decimal(1))
+    services.wallet_settings_update(
+        organization_id=other_organization.pk, credit_limit=Decimal(10), low_balance_threshold=Decimal(1)
+    )
     ledger.wallet_adjust(organization_id=other_organization.pk, amount=Decimal(-3), reason="postpaid", created_by_id=None)
     client, _ = staff_client("Support")
 
@@ -466,11 +479,20 @@ def test_admin_index_shows_key_figures_and_payments_needing_attention(db, organi
     _busy_organization(organization, events=4)
     paid = _succeeded_payment(organization, "20.00")
     stale = Payment.objects.create(
-        organization=organization, provider="sandbox", amount=Decimal(30), currency="USD", created_at=timezone.now() - timedelta(hours=3)
+        organization=organization,
+        provider="sandbox",
+        amount=Decimal(30),
+        currency="USD",
+        created_at=timezone.now() - timedelta(hours=3),
     )
     fresh = Payment.objects.create(organization=organization, provider="sandbox", amount=Decimal(31), currency="USD")
     failed = Payment.objects.create(
-        organization=organization, provider="sandbox", amount=Decimal(50), currency="USD", status="failed", failure_reason="declined"
+        organization=organization,
+        provider="sandbox",
+        amount=Decimal(50),
+        currency="USD",
+        status="failed",
+        failure_reason="declined",
     )
     refund = Refund.objects.create(organization=organization, payment=paid, amount=Decimal(5), reason="unused")
     client, _ = staff_client("Support")

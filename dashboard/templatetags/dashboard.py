@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import template
 from django.utils.html import format_html
@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from billing_site.money import money_format, money_str, plain_amount  # noqa: F401 - plain_amount: used by the dashboard's views
 
 register = template.Library()
+
 
 @register.filter
 def money(amount, currency: str = "USD") -> str:

@@ -142,7 +142,12 @@ def test_nul_in_a_query_filter_is_refused(principals):
 
 
 TAGS = {"auth", "account", "keys", "services", "usage", "holds", "balance", "payments", "staff"}
-PAGINATED_LISTS = {("get", "/api/v1/usage/"), ("get", "/api/v1/api-keys/"), ("get", "/api/v1/ledger/"), ("get", "/api/v1/payments/")}
+PAGINATED_LISTS = {
+    ("get", "/api/v1/usage/"),
+    ("get", "/api/v1/api-keys/"),
+    ("get", "/api/v1/ledger/"),
+    ("get", "/api/v1/payments/"),
+}
 
 
 def _operations(schema):
