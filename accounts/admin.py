@@ -1,7 +1,10 @@
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
+from accounts import selectors
 from accounts.models import ApiKey, Invitation, Membership, User
+from billing_site.admin import AMOUNT_INPUTS, money_cell
 
 
 @admin.register(User)
@@ -16,6 +19,16 @@ class UserAdmin(DjangoUserAdmin):
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
 
+    def get_deleted_objects(self, objs, request):
+        """A person who owns an organization is not deleted (one page or a bulk delete alike): the admin
+        lists the organizations as what protects them, instead of leaving them without an owner."""
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        owned = [
+            f"{membership.user} owns the organization “{membership.organization}”: make another member its owner first"
+            for membership in selectors.ownerships_of(user_ids=[user.pk for user in objs])
+        ]
+        return deleted, model_count, perms_needed, [*owned, *protected]
+
 
 class MembershipInline(admin.TabularInline):
     model = Membership
@@ -27,9 +40,14 @@ class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
     can_delete = False
-    fields = ["name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent"]
+    formfield_overrides = AMOUNT_INPUTS
+    fields = ["name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent_shown"]
     # A revocation is final (api_key_revoke); staff cannot un-revoke a key by saving a stale form.
-    readonly_fields = ["name", "mode", "prefix", "created_at", "revoked_at", "last_used_at", "spent"]
+    readonly_fields = ["name", "mode", "prefix", "created_at", "revoked_at", "last_used_at", "spent_shown"]
+
+    @admin.display(description="spent")
+    def spent_shown(self, key: ApiKey) -> str:
+        return money_cell(key.spent, settings.CURRENCY)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are created by their organization, which alone sees the secret

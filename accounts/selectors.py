@@ -3,7 +3,7 @@
 from django.db import connection
 from django.db.models import QuerySet
 
-from accounts.models import ApiKey, Membership, Organization, User
+from accounts.models import ApiKey, Membership, Organization, Role, User
 from billing_site.errors import NotFound
 
 
@@ -64,3 +64,8 @@ def api_key_by_digest(*, digest: str) -> ApiKey | None:
     api_key = ApiKey.from_db("default", _API_KEY_FIELDS, row[: len(_API_KEY_FIELDS)])
     api_key.organization = Organization.from_db("default", _ORGANIZATION_FIELDS, row[len(_API_KEY_FIELDS) :])
     return api_key
+
+
+def ownerships_of(*, user_ids: list[int]) -> QuerySet[Membership]:
+    """The owner memberships of these users, with their organizations."""
+    return Membership.objects.filter(user_id__in=user_ids, role=Role.OWNER).select_related("organization", "user")

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import template
 from django.utils.html import format_html
 
-from billing_site.money import money_str
+from billing_site.money import money_format, money_str, plain_amount  # noqa: F401 - plain_amount: used by the dashboard's views
 
 register = template.Library()
-
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$"}
-MIN_PLACES, MAX_PLACES = 2, 6
-
-
-def money_format(amount: Decimal | int | str | None, currency: str = "USD", *, max_places: int = MAX_PLACES) -> str:
-    """`$1,234.50`, `$0.000150`, `−$2.00`: the fewest decimals from 2 to `max_places` that show
-    the amount exactly, else rounded half-even to `max_places`; `<$0.000001` for a tiny amount."""
-    if amount is None or amount == "":
-        return "—"
-    try:
-        amount = Decimal(amount)
-    except (InvalidOperation, TypeError, ValueError):
-        return str(amount)
-    magnitude = abs(amount)
-    for places in range(MIN_PLACES, max_places + 1):
-        shown = magnitude.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
-        if shown == magnitude:
-            break
-    symbol = CURRENCY_SYMBOLS.get(currency.upper(), "") if currency else ""
-    sign = "−" if amount < 0 and shown != 0 else ""
-    if magnitude and not shown:
-        text = f"<{symbol}{Decimal(1).scaleb(-max_places):f}"
-        return f"{sign}{text}" if symbol else f"{sign}{text} {currency}"
-    number = format(shown, f",.{places}f")
-    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency}".rstrip()
 
 
 @register.filter
@@ -55,15 +29,6 @@ def money_html(amount, currency: str = "USD") -> str:
     while digits_end < len(text) and text[digits_end].isdigit():
         digits_end += 1
     return format_html('{}<span class="money-extra">{}</span>{}', text[:cut], text[cut:digits_end], text[digits_end:])
-
-
-def plain_amount(amount: Decimal) -> str:
-    """An amount for a form field: plain digits, at least 2 decimals, no exponent (150 → 150.00)."""
-    magnitude = abs(amount)
-    places = 2
-    while places < 12 and magnitude != magnitude.quantize(Decimal(1).scaleb(-places)):
-        places += 1
-    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
 
 
 @register.filter
