@@ -22,6 +22,7 @@ urlpatterns = [
     path("dashboard/usage/export.csv", pages.usage_export, name="usage_export"),
     path("dashboard/pricing/", pages.pricing, name="pricing"),
     path("dashboard/keys/", keys.keys, name="keys"),
+    path("dashboard/keys/<int:key_id>/created/", keys.key_created, name="key_created"),
     path("dashboard/keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("dashboard/billing/", billing.billing, name="billing"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
@@ -70,6 +71,11 @@ def _usage_filters(request, current) -> forms.UsageFilterForm:
 @dashboard_view()
 def usage(request, current):
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        # Invalid filters show their error and nothing else: never the unfiltered records.
+        wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+        context = {"form": form, "rows": [], "currency": wallet.currency, "filtered": True, "invalid": True}
+        return page(request, "dashboard/usage.html", context, status=400)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     usage_page = selectors.usage_page(
         records,
@@ -95,6 +101,8 @@ def usage_export(request, current):
     """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
     cursor (.iterator()), so a million rows never sit in memory."""
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        return HttpResponseBadRequest(f"Invalid filters: {form.errors.as_text()}", content_type="text/plain; charset=utf-8")
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
     rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))
