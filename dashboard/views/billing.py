@@ -14,7 +14,7 @@ from billing_site.errors import DomainError
 from billing_site.money import money_str
 from dashboard import forms, selectors
 from dashboard.context import dashboard_view, page
-from dashboard.templatetags.dashboard import label, money_format, tone
+from dashboard.templatetags.dashboard import label, money_exact, money_format, tone
 from payments import selectors as payment_selectors
 from payments import services as payment_services
 from payments.models import Payment, PaymentStatus
@@ -91,7 +91,10 @@ def payment_status(request, current, payment_id: int):
             "final": payment.status != PaymentStatus.PENDING,
             "amount": money_str(payment.amount),
             "balance": money_str(wallet.balance),
+            "currency": wallet.currency,
             "balance_display": money_format(wallet.balance, wallet.currency),
+            "balance_exact": money_exact(wallet.balance),
             "available_display": money_format(wallet.available, wallet.currency),
+            "available_exact": money_exact(wallet.available),
         }
     )

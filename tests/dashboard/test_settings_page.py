@@ -168,7 +168,7 @@ def test_the_switcher_remembers_the_chosen_organization(owner, two_organizations
     assert 'id="org-switch"' in html and client.session[SESSION_KEY] == first.slug  # the first by name
     response = client.post("/dashboard/switch/", {"organization": second.slug, "next": "/dashboard/usage/"})
     assert response["Location"] == "/dashboard/usage/" and client.session[SESSION_KEY] == second.slug
-    assert "data-balance>$3.00<" in client.get("/dashboard/").content.decode()
+    assert 'data-exact="3">$3.00<' in client.get("/dashboard/").content.decode()
 
 
 def test_switching_from_an_object_page_goes_to_its_list(owner, two_organizations):
