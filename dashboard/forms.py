@@ -242,6 +242,14 @@ class RechargeForm(forms.Form):
         return amount
 
 
+class RedeemForm(forms.Form):
+    code = forms.CharField(
+        max_length=40,
+        label="Promotional code",
+        widget=forms.TextInput(attrs={"placeholder": "XXXXX-XXXXX-XXXXX-XXXXX", "autocomplete": "off", "spellcheck": "false"}),
+    )
+
+
 # --- Team -------------------------------------------------------------------------------------------
 
 

@@ -144,3 +144,10 @@ SECTIONS = {
 def section(url_name: str | None) -> str:
     """The navigation entry a page belongs to."""
     return SECTIONS.get(url_name or "", "")
+
+
+@register.filter
+def reference_id(reference: str, prefix: str) -> int | None:
+    """The id in a transfer's reference `<prefix>:<id>` (`payment:45` → 45), else None."""
+    head, _, tail = str(reference).partition(":")
+    return int(tail) if head == prefix and tail.isdigit() else None
