@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet, Sum
 from accounts.models import ApiKey, Invitation, Membership, User
 from accounts.services import invitation_digest
 from metering.models import Service, UsageRecord, UsageRollup
-from payments.models import Payment
+from payments.models import AlertDelivery, Payment
 
 
 def daily_spend_by_service(*, organization_id: int, day_from: date, day_to: date) -> list[dict]:
@@ -31,6 +31,11 @@ def service_options() -> list[tuple[str, str]]:
 
 def api_keys_by_id(*, organization_id: int) -> dict[int, ApiKey]:
     return {key.pk: key for key in ApiKey.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")}
+
+
+def alert_delivery_list(*, organization_id: int) -> QuerySet[AlertDelivery]:
+    """The organization's alert webhook attempts, newest first."""
+    return AlertDelivery.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")
 
 
 def payment_get(*, organization_id: int, payment_id: int) -> Payment:

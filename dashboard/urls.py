@@ -34,6 +34,9 @@ urlpatterns = [
     path("dashboard/team/invitations/<int:invitation_id>/revoke/", team.invitation_revoke, name="invitation_revoke"),
     path("dashboard/settings/", settings.settings_page, name="settings"),
     path("dashboard/settings/alert-secret/rotate/", settings.alert_secret_rotate, name="alert_secret_rotate"),
+    path("dashboard/settings/alert-test/", settings.alert_test_send, name="alert_test_send"),
+    path("dashboard/settings/organization/", settings.organization_rename, name="organization_rename"),
+    path("dashboard/settings/time-zone/", settings.time_zone_set, name="time_zone_set"),
     path("dashboard/settings/password/", auth.PasswordChangeView.as_view(), name="password_change"),
     path("dashboard/switch/", settings.organization_switch, name="switch"),
 ]
