@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from datetime import UTC, date, datetime, timedelta
 
 from django.db.models import Q, QuerySet, Sum
@@ -22,6 +23,19 @@ def daily_spend_by_service(*, organization_id: int, day_from: date, day_to: date
         .order_by("day", "service__slug")
     )
     return [{"day": row["day"], "service": row["service__slug"], "cost": row["cost"]} for row in rows]
+
+
+def burn_rate(rows: list[dict], *, today: date, days: int) -> Decimal:
+    """Average live spend per day over the `days` whole days before today (today is not over yet)."""
+    start = today - timedelta(days=days)
+    return sum((row["cost"] for row in rows if start <= row["day"] < today), Decimal(0)) / days
+
+
+def runway_days(*, available: Decimal, per_day: Decimal) -> int | None:
+    """Whole days `available` lasts at `per_day`; None when nothing is being spent."""
+    if per_day <= 0:
+        return None
+    return max(int(available / per_day), 0)
 
 
 def service_options() -> list[tuple[str, str]]:

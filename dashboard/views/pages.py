@@ -22,6 +22,7 @@ from metering.pricing import price_fields
 from payments import selectors as payment_selectors
 
 CHART_DAYS = 30
+BURN_DAYS = 7
 PHONE_CHART_DAYS = 14
 RECENT_PAYMENTS = 5
 USAGE_PAGE_SIZE = 50
@@ -33,8 +34,12 @@ def overview(request, current):
     wallet = payment_selectors.wallet_get(organization_id=organization.pk)
     today = timezone.now().date()
     month_start = today.replace(day=1)
+    last_month_start = (month_start - timedelta(days=1)).replace(day=1)
     chart_from = today - timedelta(days=CHART_DAYS - 1)
-    rows = selectors.daily_spend_by_service(organization_id=organization.pk, day_from=min(chart_from, month_start), day_to=today)
+    rows = selectors.daily_spend_by_service(
+        organization_id=organization.pk, day_from=min(chart_from, last_month_start), day_to=today
+    )
+    burn = selectors.burn_rate(rows, today=today, days=BURN_DAYS)
     chart = charts.spend_chart([r for r in rows if r["day"] >= chart_from], day_from=chart_from, day_to=today)
     phone_from = today - timedelta(days=PHONE_CHART_DAYS - 1)
     phone_chart = charts.spend_chart(
@@ -47,6 +52,12 @@ def overview(request, current):
         "wallet": wallet,
         "spend_today": sum((r["cost"] for r in rows if r["day"] == today), ZERO),
         "spend_month": sum((r["cost"] for r in rows if r["day"] >= month_start), ZERO),
+        # The same days of last month (1st up to today's day number), so the comparison is like for like.
+        "spend_last_month_to_date": sum(
+            (r["cost"] for r in rows if last_month_start <= r["day"] < month_start and r["day"].day <= today.day), ZERO
+        ),
+        "burn_per_day": burn,
+        "runway_days": selectors.runway_days(available=wallet.available + wallet.credit_limit, per_day=burn),
         "spend_30d": chart.total,
         "low_balance": wallet.low_balance_threshold > ZERO and wallet.balance < wallet.low_balance_threshold,
         "exhausted": wallet.available <= -wallet.credit_limit,

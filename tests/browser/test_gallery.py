@@ -131,7 +131,6 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
             ("member-remove", f"/dashboard/team/{member.pk}/remove/"),
             ("password-change", "/dashboard/settings/password/"),
             ("key-created", f"/dashboard/keys/{revocable.pk}/created/"),
-            ("usage-by-key", "/dashboard/usage/?group=key"),
             ("billing-older", "/dashboard/billing/?before=999999999"),
         ]:
             visitor.goto(path)

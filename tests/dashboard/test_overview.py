@@ -141,3 +141,33 @@ def test_money_format_other_currencies():
     assert money_html(Decimal("12.3456"), "USD") == '<span class="money" title="12.3456 USD" data-exact="12.3456">$12.35</span>'
     assert money_html(Decimal("12.300000000000"), "USD") == '<span class="money" title="12.3 USD" data-exact="12.3">$12.30</span>'
     assert plain_amount(Decimal("150.000000000000")) == "150.00" and plain_amount(Decimal("0.0005")) == "0.0005"
+
+
+@pytest.mark.django_db
+def test_runway_is_the_available_balance_over_the_last_7_days_rate(owner_web, organization, catalogue):
+    wallet_fund(organization, "100")
+    today = timezone.now().date()
+    for days_ago in range(1, 8):  # 7 whole days at $2.50 a day; today's spend is not counted yet
+        UsageRollup.objects.create(
+            organization=organization, service=catalogue["gpt"], day=today - timedelta(days=days_ago), events=1, cost=Decimal("2.5")
+        )
+    UsageRollup.objects.create(organization=organization, service=catalogue["gpt"], day=today, events=1, cost=Decimal("99"))
+    html = owner_web.get("/dashboard/").content.decode()
+    assert "About 40 days left at the last 7 days' rate" in html  # 100 / 2.50
+
+
+@pytest.mark.django_db
+def test_no_spend_means_no_runway_guess(owner_web, organization):
+    wallet_fund(organization, "5")
+    assert "no spend in the last 7 days" in owner_web.get("/dashboard/").content.decode()
+
+
+def test_burn_rate_and_runway_are_exact():
+    from dashboard.selectors import burn_rate, runway_days
+
+    today = date(2026, 3, 10)
+    rows = [{"day": today - timedelta(days=n), "cost": Decimal("1.4")} for n in range(0, 9)]
+    assert burn_rate(rows, today=today, days=7) == Decimal("1.4")  # days 1..7 only
+    assert runway_days(available=Decimal("10"), per_day=Decimal("1.4")) == 7
+    assert runway_days(available=Decimal("-1"), per_day=Decimal("1")) == 0
+    assert runway_days(available=Decimal("10"), per_day=Decimal(0)) is None
