@@ -17,8 +17,8 @@ from django.utils import timezone
 from accounts.models import ApiKey, ApiKeyMode, Role, time_zone_names
 from billing_site import throttle
 from billing_site.errors import DomainError
+from billing_site.money import currency_exponent
 from payments.providers import providers_enabled
-from payments.providers.base import currency_exponent
 from payments.validators import alert_webhook_url_validate
 
 if TYPE_CHECKING:

@@ -288,7 +288,9 @@ class AlertDelivery(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=20, choices=AlertDeliveryKind.choices)
     url = models.CharField(max_length=500)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="The receiver's answer; empty when none came.")
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The receiver's answer; empty when none came."
+    )
     delivered = models.BooleanField(default=False)
     error = models.CharField(max_length=300, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)

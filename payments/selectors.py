@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from decimal import Decimal
+from typing import cast
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -122,8 +123,16 @@ def wallet_statement(
     if before is not None:
         entries = entries.filter(id__lt=before)
     rows = [
-        StatementEntry(*row)
-        for row in entries.order_by("-id").values_list(
+        StatementEntry(
+            id=entry_id,
+            amount=amount,
+            balance_after=cast(Decimal, balance_after),  # a check constraint sets it on every wallet entry
+            created_at=created_at,
+            kind=kind,
+            reference=reference,
+            memo=memo,
+        )
+        for entry_id, amount, balance_after, created_at, kind, reference, memo in entries.order_by("-id").values_list(
             "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
         )[: scan + 1]
     ]

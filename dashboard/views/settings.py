@@ -9,14 +9,13 @@ from django.shortcuts import redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing_site.errors import DomainError
 from accounts import services as account_services
+from billing_site.errors import DomainError
 from dashboard import forms, selectors, services
 from dashboard.context import dashboard_view, organization_choose, page
 from dashboard.templatetags.dashboard import plain_amount
 from payments import selectors as payment_selectors
 from payments import tasks as payment_tasks
-
 
 logger = logging.getLogger(__name__)
 DELIVERIES_SHOWN = 10
@@ -45,7 +44,10 @@ def settings_page(request, current):
 def _settings_page(request, current, *, wallet=None, form=None, rename_form=None, zone_form=None):
     wallet = wallet or payment_selectors.wallet_get(organization_id=current.organization.pk)
     if form is None:
-        initial = {"low_balance_threshold": plain_amount(wallet.low_balance_threshold), "alert_webhook_url": wallet.alert_webhook_url}
+        initial = {
+            "low_balance_threshold": plain_amount(wallet.low_balance_threshold),
+            "alert_webhook_url": wallet.alert_webhook_url,
+        }
         form = forms.AlertSettingsForm(initial=initial)
     context = {
         "form": form,

@@ -5,7 +5,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from billing_site.money import CURRENCY_EXPONENTS, currency_exponent  # noqa: F401 - re-exported for the providers
+from billing_site.money import currency_exponent
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

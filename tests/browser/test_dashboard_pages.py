@@ -9,13 +9,13 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import ApiKey, Membership, Role
+from metering.models import CalcMethod
 from payments import services as payment_services
 from payments.models import Payment, PaymentStatus, Wallet
 from tests.browser.axe import axe_check
 from tests.browser.conftest import PHONE
 from tests.browser.helpers import log_in
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
-from metering.models import CalcMethod
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -47,7 +47,7 @@ def test_a_refreshed_new_key_page_shows_no_secret_and_creates_no_key(owner_visit
 
 
 def test_usage_with_an_invalid_range_on_a_phone_shows_the_error_and_no_table(visitor_factory, owner_visit):
-    desktop, owner, organization = owner_visit
+    desktop, _, _ = owner_visit
     service_with_price(slug="ping", calc_method=CalcMethod.REQUEST, unit_price="0.001")
     phone = visitor_factory(viewport=PHONE, name="phone", storage_state=desktop.context.storage_state())
     response = phone.page.goto("/dashboard/usage/?date_from=2030-02-01&date_to=2030-01-01")
@@ -62,7 +62,7 @@ def test_usage_with_an_invalid_range_on_a_phone_shows_the_error_and_no_table(vis
 
 
 def test_billing_shows_the_transactions_exact_on_hover_and_no_settled_failure(owner_visit):
-    visit, owner, organization = owner_visit
+    visit, _, organization = owner_visit
     wallet_fund(organization, "20.123456", reason="opening credit")
     Payment.objects.create(
         organization=organization,
@@ -73,7 +73,9 @@ def test_billing_shows_the_transactions_exact_on_hover_and_no_settled_failure(ow
         provider_reference="sbx_failed",
         settled_at=timezone.now(),
     )
-    code = payment_services.redemption_codes_generate(batch="b", amount=Decimal("5"), count=1, expires_at=None, created_by=None)[0]
+    code = payment_services.redemption_codes_generate(batch="b", amount=Decimal("5"), count=1, expires_at=None, created_by=None)[
+        0
+    ]
     visit.goto("/dashboard/billing/")
     page = visit.page
     page.get_by_label("Promotional code").fill(code)
@@ -95,7 +97,7 @@ def test_billing_shows_the_transactions_exact_on_hover_and_no_settled_failure(ow
 
 
 def test_making_someone_an_owner_asks_first(owner_visit):
-    visit, owner, organization = owner_visit
+    visit, _, organization = owner_visit
     pat = organization.memberships.create(user=UserFactory(email="pat@example.com"), role=Role.MEMBER)
     visit.goto("/dashboard/team/")
     visit.page.locator(f"#role-{pat.pk}").select_option("owner")
@@ -110,7 +112,7 @@ def test_making_someone_an_owner_asks_first(owner_visit):
 
 
 def test_settings_rename_and_time_zone(owner_visit):
-    visit, owner, organization = owner_visit
+    visit, _, _ = owner_visit
     page = visit.page
     visit.goto("/dashboard/settings/")
     page.get_by_test_id("rename-form").get_by_label("Organization name").fill("Difference Engines")

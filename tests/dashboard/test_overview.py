@@ -149,7 +149,11 @@ def test_runway_is_the_available_balance_over_the_last_7_days_rate(owner_web, or
     today = timezone.now().date()
     for days_ago in range(1, 8):  # 7 whole days at $2.50 a day; today's spend is not counted yet
         UsageRollup.objects.create(
-            organization=organization, service=catalogue["gpt"], day=today - timedelta(days=days_ago), events=1, cost=Decimal("2.5")
+            organization=organization,
+            service=catalogue["gpt"],
+            day=today - timedelta(days=days_ago),
+            events=1,
+            cost=Decimal("2.5"),
         )
     UsageRollup.objects.create(organization=organization, service=catalogue["gpt"], day=today, events=1, cost=Decimal("99"))
     html = owner_web.get("/dashboard/").content.decode()

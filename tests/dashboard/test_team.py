@@ -141,7 +141,9 @@ def test_admins_cannot_touch_owners(admin_web, owner, org_admin, member):
     owner_membership.refresh_from_db()
     assert owner_membership.role == Role.OWNER
     member_membership = Membership.objects.get(user=member)
-    admin_web.post(f"/dashboard/team/{member_membership.pk}/role/", {"role": "owner", "confirmed": "yes"})  # admins grant no ownership
+    admin_web.post(
+        f"/dashboard/team/{member_membership.pk}/role/", {"role": "owner", "confirmed": "yes"}
+    )  # admins grant no ownership
     member_membership.refresh_from_db()
     assert member_membership.role == Role.MEMBER
 
@@ -268,7 +270,9 @@ def test_the_invitation_service_enforces_the_limit_for_every_caller(owner, organ
     assert refused.value.status == 429
 
 
-@pytest.mark.parametrize(("start", "role", "question"), [(Role.MEMBER, "owner", "an owner?"), (Role.OWNER, "admin", "ownership?")])
+@pytest.mark.parametrize(
+    ("start", "role", "question"), [(Role.MEMBER, "owner", "an owner?"), (Role.OWNER, "admin", "ownership?")]
+)
 def test_granting_or_removing_ownership_asks_first(owner_web, organization, start, role, question):
     from tests.factories import UserFactory
 

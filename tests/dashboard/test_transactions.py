@@ -3,6 +3,7 @@ running balance that ends at the wallet's balance (checked against an exact orac
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -59,7 +60,7 @@ def test_running_balance_matches_the_ledger_and_ends_at_the_wallet_balance(organ
     assert Fraction(wallet.balance) == history
     assert Fraction(lines[0].balance_after) == history  # newest first: the running balance ends at the wallet's
     assert sum(Fraction(line.amount) for line in lines) == history  # every cent is on some line
-    for newer, older in zip(lines, lines[1:], strict=False):
+    for newer, older in itertools.pairwise(lines):
         assert newer.balance_after - newer.amount == older.balance_after
     assert lines[-1].balance_after - lines[-1].amount == 0
 
