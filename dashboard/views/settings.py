@@ -25,8 +25,7 @@ DELIVERIES_SHOWN = 10
 @dashboard_view()
 def settings_page(request, current):
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
-    initial = {"low_balance_threshold": plain_amount(wallet.low_balance_threshold), "alert_webhook_url": wallet.alert_webhook_url}
-    form = forms.AlertSettingsForm(request.POST or None, initial=initial)
+    form = _alert_form(wallet, request.POST or None)
     if request.method == "POST":
         if not current.is_manager:
             return page(request, "dashboard/403.html", status=403)
@@ -41,14 +40,14 @@ def settings_page(request, current):
     return _settings_page(request, current, wallet=wallet, form=form)
 
 
+def _alert_form(wallet, data=None) -> forms.AlertSettingsForm:
+    initial = {"low_balance_threshold": plain_amount(wallet.low_balance_threshold), "alert_webhook_url": wallet.alert_webhook_url}
+    return forms.AlertSettingsForm(data, initial=initial)
+
+
 def _settings_page(request, current, *, wallet=None, form=None, rename_form=None, zone_form=None):
     wallet = wallet or payment_selectors.wallet_get(organization_id=current.organization.pk)
-    if form is None:
-        initial = {
-            "low_balance_threshold": plain_amount(wallet.low_balance_threshold),
-            "alert_webhook_url": wallet.alert_webhook_url,
-        }
-        form = forms.AlertSettingsForm(initial=initial)
+    form = form or _alert_form(wallet)
     context = {
         "form": form,
         "wallet": wallet,
