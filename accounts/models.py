@@ -1,7 +1,10 @@
+import zoneinfo
+from functools import cache
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -36,6 +39,16 @@ class UserManager(BaseUserManager["User"]):
         return self._create_user(email, password, **extra)
 
 
+def time_zone_validate(name: str) -> None:
+    if name not in time_zone_names():
+        raise ValidationError("Unknown time zone.", code="invalid")
+
+
+@cache
+def time_zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
 class User(AbstractBaseUser, PermissionsMixin):
     """A person. The email address is the login."""
 
@@ -44,6 +57,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    time_zone = models.CharField(
+        max_length=64, default="UTC", validators=[time_zone_validate], help_text="IANA name; the dashboard shows times in it."
+    )
 
     objects = UserManager()
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
-from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
+from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User, time_zone_names
 from accounts.signals import organization_created
 from billing_site import locks, throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
@@ -384,3 +384,23 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         if locked.role == Role.OWNER and owners <= 1:
             raise LastOwner()
         Membership.objects.filter(pk=locked.pk).delete()
+
+
+def organization_rename(*, organization: Organization, name: str, actor: User) -> Organization:
+    """Rename an organization (owners and admins; its slug, which API clients name, stays).
+    InvalidRequest (on `organization`) for a name the model refuses; PermissionRefused otherwise."""
+    name = _organization_name_clean(name)
+    if _role_in(organization.pk, actor) not in MANAGER_ROLES:
+        raise PermissionRefused("Only owners and admins rename the organization.")
+    Organization.objects.filter(pk=organization.pk).update(name=name)
+    organization.name = name
+    return organization
+
+
+def user_time_zone_set(*, user: User, time_zone: str) -> User:
+    """Set the zone the dashboard shows this person's times in. InvalidRequest for an unknown zone."""
+    if time_zone not in time_zone_names():
+        raise InvalidRequest("Unknown time zone.", details={"time_zone": ["Unknown time zone."]})
+    User.objects.filter(pk=user.pk).update(time_zone=time_zone)
+    user.time_zone = time_zone
+    return user

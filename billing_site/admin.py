@@ -72,13 +72,15 @@ class LabelledForm(forms.ModelForm):
 AMOUNT_INPUTS: dict[type[models.Field], dict[str, Any]] = {models.DecimalField: {"widget": AmountInput}}
 
 
-def money_cell(amount: Decimal | None, currency: str) -> SafeString | str:
-    """An amount as staff read it: the currency's usual decimals (sub-cent digits when they matter),
-    with the exact stored figure on hover."""
+def money_cell(amount: Decimal | None, currency: str, *, precise: bool = False) -> SafeString | str:
+    """An amount as staff read it: the currency's usual decimals (`precise`: up to 6, for per-event
+    costs), with the exact stored figure on hover."""
     if amount is None:
         return "—"
     exact = money_str(amount.normalize()) if amount else "0"
-    return format_html('<span class="money" title="{} {}">{}</span>', exact, currency, money_format(amount, currency))
+    return format_html(
+        '<span class="money" title="{} {}">{}</span>', exact, currency, money_format(amount, currency, precise=precise)
+    )
 
 
 class OrganizationFilter(admin.ListFilter):

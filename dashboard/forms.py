@@ -14,11 +14,11 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from accounts.models import ApiKey, ApiKeyMode, Role
+from accounts.models import ApiKey, ApiKeyMode, Role, time_zone_names
 from billing_site import throttle
 from billing_site.errors import DomainError
+from billing_site.money import currency_exponent
 from payments.providers import providers_enabled
-from payments.providers.base import currency_exponent
 from payments.validators import alert_webhook_url_validate
 
 if TYPE_CHECKING:
@@ -242,6 +242,14 @@ class RechargeForm(forms.Form):
         return amount
 
 
+class RedeemForm(forms.Form):
+    code = forms.CharField(
+        max_length=40,
+        label="Promotional code",
+        widget=forms.TextInput(attrs={"placeholder": "XXXXX-XXXXX-XXXXX-XXXXX", "autocomplete": "off", "spellcheck": "false"}),
+    )
+
+
 # --- Team -------------------------------------------------------------------------------------------
 
 
@@ -281,3 +289,19 @@ class AlertSettingsForm(forms.Form):
         help_text="We POST a signed JSON body here when the balance runs low.",
         widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}),
     )
+
+
+class OrganizationRenameForm(forms.Form):
+    organization = forms.CharField(max_length=120, label="Organization name")
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    return [(name, name.replace("_", " ")) for name in sorted(time_zone_names())]
+
+
+class TimeZoneForm(forms.Form):
+    time_zone = forms.ChoiceField(label="Time zone", help_text="Dates and times on every page are shown in this zone.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["time_zone"]).choices = time_zone_choices()

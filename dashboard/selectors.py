@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 from django.db.models import Q, QuerySet, Sum
 
 from accounts.models import ApiKey, Invitation, Membership, User
 from accounts.services import invitation_digest
 from metering.models import Service, UsageRecord, UsageRollup
-from payments.models import Payment
+from payments.models import AlertDelivery, Payment
 
 
 def daily_spend_by_service(*, organization_id: int, day_from: date, day_to: date) -> list[dict]:
@@ -24,6 +25,19 @@ def daily_spend_by_service(*, organization_id: int, day_from: date, day_to: date
     return [{"day": row["day"], "service": row["service__slug"], "cost": row["cost"]} for row in rows]
 
 
+def burn_rate(rows: list[dict], *, today: date, days: int) -> Decimal:
+    """Average live spend per day over the `days` whole days before today (today is not over yet)."""
+    start = today - timedelta(days=days)
+    return sum((row["cost"] for row in rows if start <= row["day"] < today), Decimal(0)) / days
+
+
+def runway_days(*, available: Decimal, per_day: Decimal) -> int | None:
+    """Whole days `available` lasts at `per_day`; None when nothing is being spent."""
+    if per_day <= 0:
+        return None
+    return max(int(available / per_day), 0)
+
+
 def service_options() -> list[tuple[str, str]]:
     """Every service, retired ones too: old usage may name them."""
     return list(Service.objects.order_by("slug").values_list("slug", "name"))
@@ -31,6 +45,11 @@ def service_options() -> list[tuple[str, str]]:
 
 def api_keys_by_id(*, organization_id: int) -> dict[int, ApiKey]:
     return {key.pk: key for key in ApiKey.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")}
+
+
+def alert_delivery_list(*, organization_id: int) -> QuerySet[AlertDelivery]:
+    """The organization's alert webhook attempts, newest first."""
+    return AlertDelivery.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")
 
 
 def payment_get(*, organization_id: int, payment_id: int) -> Payment:

@@ -96,7 +96,7 @@ class OrganizationMoney:
 
     @admin.display(description="cost")
     def cost_shown(self, row: UsageRecord | UsageRollup) -> str:
-        return money_cell(row.cost, row.organization.wallet.currency)
+        return money_cell(row.cost, row.organization.wallet.currency, precise=True)
 
     @admin.display(description="API key")
     def api_key_name(self, row: UsageRecord | Hold) -> str:

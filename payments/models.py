@@ -275,3 +275,30 @@ class Redemption(models.Model):
 
     def __str__(self) -> str:
         return f"{self.code} by {self.organization_id}"
+
+
+class AlertDeliveryKind(models.TextChoices):
+    BALANCE_LOW = "balance.low"
+    TEST = "test"
+
+
+class AlertDelivery(models.Model):
+    """One attempt to POST an alert to an organization's webhook, as its delivery log shows it."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=AlertDeliveryKind.choices)
+    url = models.CharField(max_length=500)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The receiver's answer; empty when none came."
+    )
+    delivered = models.BooleanField(default=False)
+    error = models.CharField(max_length=300, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "alert deliveries"
+        indexes = [models.Index(fields=["organization", "-created_at"], name="alert_delivery_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.url}: {self.status_code or self.error}"

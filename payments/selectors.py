@@ -1,8 +1,12 @@
 """Reads for wallets and the ledger."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from typing import cast
 
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
@@ -114,3 +118,113 @@ def payments_needing_attention(*, now: datetime | None = None) -> Attention:
             .order_by("created_at")[:ATTENTION_ROWS]
         ),
     )
+
+
+# --- The wallet's statement: the ledger's own entries, usage gathered per day -----------------------
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    """One wallet entry as the statement reads it."""
+
+    id: int
+    amount: Decimal
+    balance_after: Decimal
+    created_at: datetime
+    kind: str
+    reference: str
+    memo: str
+
+
+@dataclass
+class StatementLine:
+    """One line of the statement: one transfer, or a day's consecutive usage debits. `amount` is the
+    exact sum of its entries and `balance_after` the ledger's balance after its newest one, so each
+    line's balance_after minus its amount is the next older line's balance_after."""
+
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    newest_at: datetime
+    oldest_at: datetime
+    day: date
+    entries: int
+    reference: str
+    memo: str
+    partial: bool = False  # a day's usage that goes on in the next (older) page
+
+
+@dataclass(frozen=True)
+class StatementPage:
+    lines: list[StatementLine]
+    older: int | None  # pass as `before` for the next (older) page
+
+
+STATEMENT_SCAN = 5000  # wallet entries read per page at most, however busy a day was
+
+
+def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int) -> tuple[list[StatementLine], int | None]:
+    """Gather wallet entries (newest first) into at most `size` lines: usage debits of one local day
+    that follow each other in the ledger make one line; every other transfer is a line of its own.
+    Answers the lines and the id of the first entry left out (None when every entry was used)."""
+    lines: list[StatementLine] = []
+    for entry in entries:
+        day = timezone.localtime(entry.created_at, tz).date()
+        last = lines[-1] if lines else None
+        if last is not None and entry.kind == TransferKind.USAGE and last.kind == TransferKind.USAGE and last.day == day:
+            last.amount += entry.amount
+            last.oldest_at = entry.created_at
+            last.entries += 1
+            continue
+        if len(lines) == size:
+            return lines, entry.id
+        lines.append(
+            StatementLine(
+                kind=entry.kind,
+                amount=entry.amount,
+                balance_after=entry.balance_after,
+                newest_at=entry.created_at,
+                oldest_at=entry.created_at,
+                day=day,
+                entries=1,
+                reference=entry.reference,
+                memo=entry.memo,
+            )
+        )
+    return lines, None
+
+
+def wallet_statement(
+    *, organization_id: int, tz: tzinfo, before: int | None = None, size: int = 25, scan: int = STATEMENT_SCAN
+) -> StatementPage:
+    """A page of the wallet's statement, newest first, read from the ledger's wallet entries (ids
+    below `before`). Reads at most `scan` entries: a day with more usage than that is cut into
+    several lines, the newer ones marked `partial`, each still exact."""
+    entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET)
+    if before is not None:
+        entries = entries.filter(id__lt=before)
+    rows = [
+        StatementEntry(
+            id=entry_id,
+            amount=amount,
+            balance_after=cast(Decimal, balance_after),  # a check constraint sets it on every wallet entry
+            created_at=created_at,
+            kind=kind,
+            reference=reference,
+            memo=memo,
+        )
+        for entry_id, amount, balance_after, created_at, kind, reference, memo in entries.order_by("-id").values_list(
+            "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
+        )[: scan + 1]
+    ]
+    lines, left_out = statement_lines(rows[:scan], tz=tz, size=size)
+    if left_out is not None:
+        return StatementPage(lines=lines, older=left_out + 1)
+    if len(rows) > scan:
+        following = rows[scan]
+        last = lines[-1]
+        last.partial = (
+            last.kind == following.kind == TransferKind.USAGE and timezone.localtime(following.created_at, tz).date() == last.day
+        )
+        return StatementPage(lines=lines, older=following.id + 1)
+    return StatementPage(lines=lines, older=None)

@@ -24,7 +24,7 @@ from django.utils import timezone
 from accounts.models import Organization, User
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
-from billing_site.money import ZERO
+from billing_site.money import ZERO, currency_exponent
 from payments import ledger
 from payments.models import (
     Account,
@@ -47,7 +47,7 @@ from payments.providers import (
     provider_get,
     providers_enabled,
 )
-from payments.providers.base import Outcome, currency_exponent
+from payments.providers.base import Outcome
 
 logger = logging.getLogger(__name__)
 

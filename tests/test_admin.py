@@ -360,7 +360,7 @@ def test_organization_page_is_a_customer_hub(db, organization):
     client, _ = staff_client("Billing admins")
     page = client.get(f"/admin/accounts/organization/{organization.pk}/change/").content.decode()
     assert "Adjust balance" in page and f"/admin/accounts/organization/{organization.pk}/adjust/" in page
-    assert "$120.4985" in page  # the balance, with its currency; the exact figure on hover
+    assert "$120.50" in page  # the balance, with its currency's decimals; the exact figure on hover
     assert 'title="120.4985 USD"' in page
     assert "welcome credit" in page and "Production backend" in page and "$0.0005" in page and "$2.50" in page
     for changelist in ["payments/ledgerentry", "payments/payment", "metering/usagerecord", "metering/hold"]:
@@ -497,7 +497,7 @@ def test_admin_index_shows_key_figures_and_payments_needing_attention(db, organi
     refund = Refund.objects.create(organization=organization, payment=paid, amount=Decimal(5), reason="unused")
     client, _ = staff_client("Support")
     page = client.get("/admin/").content.decode()
-    assert "Revenue today" in page and "$0.002" in page  # 4 requests at $0.0005
+    assert "Revenue today" in page and 'title="0.002 USD">$0.00<' in page  # 4 requests at $0.0005: cents, exact on hover
     assert "Recharges today" in page and "$20.00" in page
     assert "Active organizations" in page
     assert f"/admin/payments/payment/{stale.pk}/change/" in page and f"/admin/payments/payment/{fresh.pk}/change/" not in page

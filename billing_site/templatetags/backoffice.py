@@ -17,6 +17,12 @@ def money(amount: Decimal | None, currency: str) -> SafeString | str:
 
 
 @register.filter
+def money_precise(amount: Decimal | None, currency: str) -> SafeString | str:
+    """Up to 6 decimals: per-event costs."""
+    return money_cell(amount, currency, precise=True)
+
+
+@register.filter
 def exact(amount: Decimal | None) -> str:
     """Every stored digit that matters (no exponent, trailing zeros dropped): where a cent is not enough."""
     if amount is None:

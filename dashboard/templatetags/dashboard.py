@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.utils.html import format_html
@@ -12,23 +12,46 @@ from billing_site.money import money_format, money_str, plain_amount  # noqa: F4
 register = template.Library()
 
 
+def _decimal(amount) -> Decimal | None:
+    if amount is None or amount == "":
+        return None
+    try:
+        return Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
 @register.filter
 def money(amount, currency: str = "USD") -> str:
+    """Rounded half-even to the currency's decimals (balances, totals, charts)."""
     return money_format(amount, currency)
 
 
 @register.filter
-def money_html(amount, currency: str = "USD") -> str:
-    """Like `money`, with the digits past the cents set in a lighter style: `$12.34<span>56</span>`."""
-    text = money_format(amount, currency)
-    point = text.rfind(".")
-    if point < 0 or text.startswith(("<", "−<")) or len(text) - point - 1 <= 2:
+def money_precise(amount, currency: str = "USD") -> str:
+    """Up to 6 decimals (per-event costs, unit prices)."""
+    return money_format(amount, currency, precise=True)
+
+
+def _money_span(amount, currency: str, *, precise: bool) -> str:
+    text = money_format(amount, currency, precise=precise)
+    value = _decimal(amount)
+    if value is None:
         return text
-    cut = point + 3
-    digits_end = cut
-    while digits_end < len(text) and text[digits_end].isdigit():
-        digits_end += 1
-    return format_html('{}<span class="money-extra">{}</span>{}', text[:cut], text[cut:digits_end], text[digits_end:])
+    exact = f"{money_exact(value)} {currency}".strip()
+    return format_html('<span class="money" title="{}" data-exact="{}">{}</span>', exact, money_exact(value), text)
+
+
+@register.filter
+def money_html(amount, currency: str = "USD") -> str:
+    """Rounded like `money`, in a span whose title (the hover text) is the exact stored amount."""
+    return _money_span(amount, currency, precise=False)
+
+
+@register.filter
+def money_precise_html(amount, currency: str = "USD") -> str:
+    """Like `money_precise`, with the exact stored amount on hover."""
+    return _money_span(amount, currency, precise=True)
 
 
 @register.filter
@@ -104,3 +127,10 @@ SECTIONS = {
 def section(url_name: str | None) -> str:
     """The navigation entry a page belongs to."""
     return SECTIONS.get(url_name or "", "")
+
+
+@register.filter
+def reference_id(reference: str, prefix: str) -> int | None:
+    """The id in a transfer's reference `<prefix>:<id>` (`payment:45` → 45), else None."""
+    head, _, tail = str(reference).partition(":")
+    return int(tail) if head == prefix and tail.isdigit() else None

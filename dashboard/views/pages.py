@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
@@ -21,6 +22,7 @@ from metering.pricing import price_fields
 from payments import selectors as payment_selectors
 
 CHART_DAYS = 30
+BURN_DAYS = 7
 PHONE_CHART_DAYS = 14
 RECENT_PAYMENTS = 5
 USAGE_PAGE_SIZE = 50
@@ -32,8 +34,12 @@ def overview(request, current):
     wallet = payment_selectors.wallet_get(organization_id=organization.pk)
     today = timezone.now().date()
     month_start = today.replace(day=1)
+    last_month_start = (month_start - timedelta(days=1)).replace(day=1)
     chart_from = today - timedelta(days=CHART_DAYS - 1)
-    rows = selectors.daily_spend_by_service(organization_id=organization.pk, day_from=min(chart_from, month_start), day_to=today)
+    rows = selectors.daily_spend_by_service(
+        organization_id=organization.pk, day_from=min(chart_from, last_month_start), day_to=today
+    )
+    burn = selectors.burn_rate(rows, today=today, days=BURN_DAYS)
     chart = charts.spend_chart([r for r in rows if r["day"] >= chart_from], day_from=chart_from, day_to=today)
     phone_from = today - timedelta(days=PHONE_CHART_DAYS - 1)
     phone_chart = charts.spend_chart(
@@ -46,6 +52,12 @@ def overview(request, current):
         "wallet": wallet,
         "spend_today": sum((r["cost"] for r in rows if r["day"] == today), ZERO),
         "spend_month": sum((r["cost"] for r in rows if r["day"] >= month_start), ZERO),
+        # The same days of last month (1st up to today's day number), so the comparison is like for like.
+        "spend_last_month_to_date": sum(
+            (r["cost"] for r in rows if last_month_start <= r["day"] < month_start and r["day"].day <= today.day), ZERO
+        ),
+        "burn_per_day": burn,
+        "runway_days": selectors.runway_days(available=wallet.available + wallet.credit_limit, per_day=burn),
         "spend_30d": chart.total,
         "low_balance": wallet.low_balance_threshold > ZERO and wallet.balance < wallet.low_balance_threshold,
         "exhausted": wallet.available <= -wallet.credit_limit,
@@ -70,6 +82,11 @@ def _usage_filters(request, current) -> forms.UsageFilterForm:
 @dashboard_view()
 def usage(request, current):
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        # Invalid filters show their error and nothing else: never the unfiltered records.
+        wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+        context = {"form": form, "rows": [], "currency": wallet.currency, "filtered": True, "invalid": True}
+        return page(request, "dashboard/usage.html", context, status=400)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     usage_page = selectors.usage_page(
         records,
@@ -95,6 +112,8 @@ def usage_export(request, current):
     """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
     cursor (.iterator()), so a million rows never sit in memory."""
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        return HttpResponseBadRequest(f"Invalid filters: {form.errors.as_text()}", content_type="text/plain; charset=utf-8")
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
     rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))

@@ -1,0 +1,150 @@
+"""Billing's transaction history: read from the ledger's wallet entries, usage gathered per day, a
+running balance that ends at the wallet's balance (checked against an exact oracle), and the redeem box."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from payments import selectors as payment_selectors
+from payments import services as payment_services
+from payments.models import TransferKind, Wallet
+from payments.selectors import StatementEntry, statement_lines
+from tests.dashboard.conftest import meter, new_key
+from tests.factories import wallet_fund
+from tests.payments.payment_helpers import settled_sandbox_payment
+
+D = Decimal
+PING = Fraction("0.001")  # the catalogue's price per request
+GPT_INPUT_PER_TOKEN = Fraction("0.15") / 1_000_000
+
+
+def all_lines(organization, *, size: int, scan: int) -> list:
+    """Every statement line, newest first, following the `older` cursor page by page."""
+    lines, before = [], None
+    while True:
+        page = payment_selectors.wallet_statement(organization_id=organization.pk, tz=UTC, before=before, size=size, scan=scan)
+        lines += page.lines
+        if page.older is None:
+            return lines
+        before = page.older
+
+
+@pytest.fixture
+def history(organization, catalogue, staff_user):
+    """Recharge, usage, a refund, an adjustment, a code, more usage; answers the exact expected balance."""
+    code = payment_services.redemption_codes_generate(batch="t", amount=D("5"), count=1, expires_at=None, created_by=None)[0]
+    payment = settled_sandbox_payment(organization, "25.00")
+    key = new_key(organization)
+    for n in range(3):
+        meter(key, "ping", f"p{n}")
+    meter(key, "gpt", "g1", input_tokens=1000, output_tokens=0)
+    payment_services.payment_refund(payment=payment, amount=D("2.50"), reason="goodwill", staff=staff_user)
+    wallet_fund(organization, "-0.75", reason="correction")
+    payment_services.code_redeem(organization=organization, user=None, code=code)
+    for n in range(2):
+        meter(key, "ping", f"q{n}")
+    return Fraction("25") + 5 * -PING - 1000 * GPT_INPUT_PER_TOKEN - Fraction("2.50") - Fraction("0.75") + Fraction("5")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("size", "scan"), [(25, 5000), (2, 5000), (2, 3), (1, 1)])
+def test_running_balance_matches_the_ledger_and_ends_at_the_wallet_balance(organization, history, size, scan):
+    lines = all_lines(organization, size=size, scan=scan)
+    wallet = Wallet.objects.get(organization=organization)
+    assert Fraction(wallet.balance) == history
+    assert Fraction(lines[0].balance_after) == history  # newest first: the running balance ends at the wallet's
+    assert sum(Fraction(line.amount) for line in lines) == history  # every cent is on some line
+    for newer, older in itertools.pairwise(lines):
+        assert newer.balance_after - newer.amount == older.balance_after
+    assert lines[-1].balance_after - lines[-1].amount == 0
+
+
+@pytest.mark.django_db
+def test_usage_is_one_line_per_run_of_a_day_and_other_transfers_one_each(organization, history):
+    lines = all_lines(organization, size=25, scan=5000)
+    assert [(line.kind, line.entries) for line in lines] == [
+        (TransferKind.USAGE, 2),
+        (TransferKind.REDEMPTION, 1),
+        (TransferKind.ADJUSTMENT, 1),
+        (TransferKind.REFUND, 1),
+        (TransferKind.USAGE, 4),
+        (TransferKind.RECHARGE, 1),
+    ]
+    assert Fraction(lines[4].amount) == 3 * -PING - 1000 * GPT_INPUT_PER_TOKEN  # three pings and one gpt
+    # Pages that read 3 entries at most cut a day's run of usage: its newer parts say so, and add up.
+    cut = [line for line in all_lines(organization, size=25, scan=3) if line.kind == TransferKind.USAGE]
+    assert [(line.entries, line.partial) for line in cut] == [(2, False), (1, True), (3, False)]
+
+
+def _entry(n: int, at: datetime, amount: str, balance: str, kind=TransferKind.USAGE) -> StatementEntry:
+    return StatementEntry(id=n, amount=D(amount), balance_after=D(balance), created_at=at, kind=kind, reference="", memo="")
+
+
+def test_days_are_the_readers_local_days():
+    late = datetime(2026, 3, 9, 23, 30, tzinfo=UTC)
+    entries = [  # newest first
+        _entry(3, late + timedelta(hours=1), "-1", "7"),
+        _entry(2, late, "-1", "8"),
+        _entry(1, late - timedelta(hours=1), "9", "9", kind=TransferKind.RECHARGE),
+    ]
+    in_utc, _ = statement_lines(entries, tz=UTC, size=10)
+    in_paris, _ = statement_lines(entries, tz=ZoneInfo("Europe/Paris"), size=10)
+    assert [(line.day.day, line.amount, line.balance_after) for line in in_utc] == [(10, -1, 7), (9, -1, 8), (9, 9, 9)]
+    assert [(line.day.day, line.amount, line.balance_after) for line in in_paris] == [(10, -2, 7), (9, 9, 9)]
+
+
+@pytest.mark.django_db
+def test_billing_page_shows_the_transactions_with_exact_amounts_on_hover(owner_web, organization, history):
+    html = owner_web.get("/dashboard/billing/").content.decode()
+    table = html[html.index('data-testid="transactions-table"') :]
+    assert "API usage" in table and "5 charges" not in table and "4 charges" in table and "2 charges" in table
+    assert "Promotional code redeemed" in table and "correction" in table and "Refund" in table
+    balance = Wallet.objects.get(organization=organization).balance
+    assert Fraction(balance) == history
+    assert f'title="{format(balance.normalize(), "f")} USD"' in table
+
+
+@pytest.mark.django_db
+def test_another_organizations_transactions_never_show(other_web, organization, history, other_organization):
+    wallet_fund(other_organization, "3")
+    response = other_web.get("/dashboard/billing/")
+    lines = response.context["statement"].lines
+    assert [(line.kind, line.amount) for line in lines] == [(TransferKind.ADJUSTMENT, D("3"))]
+    assert "API usage" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_members_cannot_see_transactions_or_redeem(member_web, organization):
+    assert member_web.get("/dashboard/billing/").status_code == 403
+    assert member_web.post("/dashboard/billing/redeem/", {"code": "X"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_redeeming_a_code_credits_the_wallet_once(owner_web, organization):
+    code = payment_services.redemption_codes_generate(batch="t", amount=D("7.5"), count=1, expires_at=None, created_by=None)[0]
+    response = owner_web.post("/dashboard/billing/redeem/", {"code": code.lower()}, follow=True)
+    assert "Code redeemed: $7.50 added to your balance." in response.content.decode()
+    assert Wallet.objects.get(organization=organization).balance == D("7.5")
+    again = owner_web.post("/dashboard/billing/redeem/", {"code": code})
+    assert again.status_code == 400 and "This code has been used up." in again.content.decode()
+    assert Wallet.objects.get(organization=organization).balance == D("7.5")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("code", "message"), [("", "This field is required."), ("NOPE-NOPE", "Unknown code.")])
+def test_a_bad_code_says_why_and_changes_nothing(owner_web, organization, code, message):
+    response = owner_web.post("/dashboard/billing/redeem/", {"code": code})
+    assert response.status_code == 400 and message in response.content.decode()
+    assert Wallet.objects.get(organization=organization).balance == 0
+
+
+@pytest.mark.django_db
+def test_a_forged_statement_cursor_is_ignored(owner_web, organization, history):
+    for cursor in ("abc", "-1", "9" * 30):
+        assert owner_web.get(f"/dashboard/billing/?before={cursor}").status_code == 200
