@@ -46,6 +46,7 @@ class WalletState:
     credit_limit: Decimal
     low_balance_threshold: Decimal
     low_balance_alerted: bool
+    stripes: int
 
 
 def wallet_lock(*, organization_id: int) -> WalletState:
@@ -53,7 +54,7 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     _in_transaction("wallet_lock")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted"
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes"
             " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
             [organization_id],
         )
@@ -61,6 +62,18 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     if row is None:
         raise LookupError(f"organization {organization_id} has no wallet")
     return WalletState(*row)
+
+
+def wallet_stripes_lock(*, organization_id: int) -> dict[int, Decimal]:
+    """Lock every stripe of a high-volume wallet, in ascending order, after its wallet; answer
+    stripe → balance (empty for a wallet without stripes)."""
+    _in_transaction("wallet_stripes_lock")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT stripe, balance FROM payments_walletstripe WHERE organization_id = %s ORDER BY stripe FOR UPDATE",
+            [organization_id],
+        )
+        return dict(cursor.fetchall())
 
 
 def _locked(app_label: str, model_name: str, **lookup: Any) -> Any:

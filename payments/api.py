@@ -70,7 +70,7 @@ class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
     reference = serializers.CharField(source="transfer.reference")
     memo = serializers.CharField(source="transfer.memo")
     amount = Amount()
-    balance_after = Amount()
+    balance_after = Amount(source="wallet_balance_after")
 
     class Meta:
         model = LedgerEntry

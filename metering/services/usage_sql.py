@@ -98,11 +98,12 @@ WITH rec AS (
 SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
 """
 
-# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement.
-# A reused idempotency key violates the unique index and rolls the money back with it.
+# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement
+# (on the wallet row, or on one stripe of a high-volume wallet). A reused idempotency key violates the
+# unique index and rolls the money back with it.
 DEBIT_SQL = ledger.post_statement(f"""rec AS (
     INSERT INTO metering_usagerecord ({_COLUMN_LIST})
-    SELECT {_values(transfer="t.id", balance_after="w.balance", hold="NULL")} FROM t, w
+    SELECT {_values(transfer="t.id", balance_after="w.total", hold="NULL")} FROM t, w
     RETURNING id
 ), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
 
@@ -245,8 +246,9 @@ def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: da
     params = record_params(priced, tenant=tenant, now=now)
     try:
         posting, (record_id,) = ledger.usage_charge_in_one_statement(
-            statement=DEBIT_SQL,
+            statements=DEBIT_SQL,
             organization_id=params["usage_org"],
+            stripes=tenant.organization.wallet_stripes,
             cost=priced.cost,
             reference=f"usage:{priced.event.idempotency_key}",
             params=params,
