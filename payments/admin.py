@@ -20,7 +20,17 @@ from billing_site.admin import ReadOnlyAdmin, ReadOnlyInline
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from payments import ledger, reconciliation, services
-from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
+from payments.models import (
+    STRIPES_MAX,
+    STRIPES_MIN,
+    LedgerEntry,
+    Payment,
+    RedemptionCode,
+    Refund,
+    Transfer,
+    Wallet,
+    WebhookEvent,
+)
 
 
 def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -> None:
@@ -30,10 +40,37 @@ def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -
     services.wallet_settings_update(organization_id=organization.pk, **changed)
 
 
+class WalletSettingsForm(forms.ModelForm):
+    """The wallet's settings; `stripes` (high-volume) is applied by the ledger, which moves the money."""
+
+    stripes = forms.IntegerField(
+        min_value=0,
+        max_value=STRIPES_MAX,
+        required=False,
+        help_text=f"High-volume: keep the balance in this many stripes ({STRIPES_MIN}..{STRIPES_MAX}) besides the wallet "
+        "row, so that many debits proceed in parallel; 0 for one row. Changing it moves the money under the wallet's locks.",
+    )
+
+    class Meta:
+        model = Wallet
+        fields = ["credit_limit", "low_balance_threshold"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stripes"].initial = self.instance.stripes if self.instance.pk else 0
+
+    def clean_stripes(self) -> int:
+        stripes = self.cleaned_data.get("stripes") or 0
+        if stripes and stripes < STRIPES_MIN:
+            raise forms.ValidationError(f"0 for one row, or {STRIPES_MIN} to {STRIPES_MAX} stripes.")
+        return stripes
+
+
 class WalletInline(admin.StackedInline):
     model = Wallet
+    form = WalletSettingsForm
     can_delete = False
-    fields = ["currency", "balance", "held", "available", "credit_limit", "low_balance_threshold"]
+    fields = ["currency", "balance", "held", "available", "credit_limit", "low_balance_threshold", "stripes"]
     readonly_fields = ["currency", "balance", "held", "available"]
 
     @admin.display(description="available")
@@ -132,7 +169,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
-    fields = ("account", "amount", "balance_after", "created_at")
+    fields = ("account", "stripe", "amount", "balance_after", "created_at")
 
 
 @admin.register(Transfer)
@@ -148,7 +185,7 @@ class TransferAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "organization", "account", "amount", "balance_after", "transfer", "created_at"]
+    list_display = ["id", "organization", "account", "stripe", "amount", "balance_after", "transfer", "created_at"]
     list_filter = ["account", "transfer__kind"]
     search_fields = ["organization__slug", "transfer__reference"]
     date_hierarchy = "created_at"
@@ -158,9 +195,10 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(admin.ModelAdmin):
-    list_display = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold"]
+    form = WalletSettingsForm
+    list_display = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold", "stripes"]
     search_fields = ["organization__slug", "organization__name"]
-    fields = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold"]
+    fields = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold", "stripes"]
     readonly_fields = ["organization", "currency", "balance", "held"]
 
     def has_add_permission(self, request) -> bool:
