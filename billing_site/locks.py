@@ -1,10 +1,12 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
-    organization → invitation                                (team changes only)
-    wallet → hold | payment → refund → API key               (money)
+    organization → invitation                                        (team changes only)
+    wallet → hold | payment → refund → stripes (ascending) → API key (money)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
-never wait on each other. Nothing here talks to the network, and no caller may either while it holds
+never wait on each other. Every money path that locks more than one row takes the wallet row first;
+the one exception is the hot path on a high-volume wallet, which locks a single stripe (then, like any
+usage statement, the API key's row), so it waits on nobody but that stripe's other writers. Nothing here talks to the network, and no caller may either while it holds
 one of these locks: commit a pending state, call out, then lock again and apply.
 
 - wallet: the organization's `payments_wallet` row, the lock every money movement of an organization
@@ -13,9 +15,14 @@ one of these locks: commit a pending state, call out, then lock again and apply.
   for a caller that must check another row under it before moving money.
 - hold, payment: checked under their wallet's lock, so a racing capture, release, expiry, settlement
   or refund sees the state the other left.
+- stripes: a high-volume wallet's `payments_walletstripe` rows (docs/contract.md §2.9). A hot-path
+  debit locks one, by its UPDATE. A rebalance or a change of the stripe count locks them all, in
+  ascending stripe number, after the wallet row (and after any hold, payment or refund the same
+  transaction holds): `wallet_stripes_lock`.
 - refund: after its payment.
 - API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
-  row lock last, after the wallet's (spend caps are checked under the wallet lock).
+  row lock last, after the wallet's or the stripe's (spend caps are checked under the wallet lock:
+  capped keys never take the stripes' hot path).
 - organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
 
 This module sits on the lowest floor so every app may use it; it names the models through Django's

@@ -108,7 +108,7 @@ _WALLET_ROW = f"""w AS (
                AND NOT (%(ledger_delta)s > 0 AND {_wallet_total("balance + %(ledger_delta)s")} >= low_balance_threshold)
      WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE}
  RETURNING balance, held, {_wallet_total("balance")} AS total, {LOW_BALANCE_CROSSED} AS crossed,
-           stripes, stripes > 0 AND balance - held < -credit_limit AS short
+           stripes, stripes > 0 AND balance - held < -credit_limit AS short, 0 AS stripe
 )"""
 # A stripe: the wallet row is read, not locked (its holds, threshold and the other stripes are
 # reported as of the statement's snapshot; the alert task re-checks the crossing under its own update).
@@ -122,7 +122,7 @@ _STRIPE_ROW = f"""h AS (
  RETURNING balance
 ), w AS (
     SELECT s.balance, h.held, x.total, x.total < h.low_balance_threshold AND NOT h.low_balance_alerted AS crossed,
-           h.stripes, false AS short
+           h.stripes, false AS short, %(ledger_stripe)s AS stripe
       FROM s, h, LATERAL (SELECT s.balance + h.balance + COALESCE((SELECT sum(o.balance) FROM payments_walletstripe o
                                   WHERE o.organization_id = %(ledger_org)s AND o.stripe <> %(ledger_stripe)s), 0) AS total) x
 )"""
@@ -158,7 +158,8 @@ class PostStatements:
 
 def post_statement(companion_ctes: str) -> PostStatements:
     """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
-    `companion_ctes` may read `w` (`total`: the organization's balance after) and `t` (id) and must
+    `companion_ctes` may read `w` (`total`: the organization's balance after; `stripe`: the row, 0 for
+    the wallet's) and `t` (id) and must
     end in a CTE named `companion` that yields one row; its columns come back after the posting's."""
     return PostStatements(
         *(
@@ -322,7 +323,7 @@ def usage_charge_in_one_statement(
     }
     statement = statements.wallet
     if stripes:
-        statement, params["ledger_stripe"] = statements.stripe, _stripe_pick(stripes)
+        statement, params["ledger_stripe"] = statements.stripe, stripe_pick(stripes)
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
@@ -345,7 +346,7 @@ def usage_charge_in_one_statement(
     return Posting(transfer_id=transfer_id, amount=-cost, balance_after=balance_after, held_after=held_after), tuple(companion)
 
 
-def _stripe_pick(stripes: int) -> int:
+def stripe_pick(stripes: int) -> int:
     return random.randint(1, stripes)  # noqa: S311 - spreads load; nothing depends on it being unpredictable
 
 

@@ -2,6 +2,7 @@
 row, with no overdraft, the same totals in every report, and striping turned on and off with the money
 moved exactly. The real-thread races are in test_stripes_concurrency.py; the random model in test_wallet_model.py."""
 
+from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -13,7 +14,8 @@ from accounts.models import Role
 from accounts.tenancy import Tenant
 from billing_site.errors import InvalidRequest
 from metering import selectors, services
-from metering.models import CalcMethod, UsageRecord
+from metering import selectors as metering_selectors
+from metering.models import CalcMethod, UsageRecord, UsageRollup
 from payments import ledger
 from payments.models import LedgerEntry, Transfer, TransferKind, WalletStripe
 from payments.reconciliation import reconciliation_report
@@ -93,6 +95,7 @@ def test_a_striped_debit_is_one_statement_on_one_stripe(striped):
     assert len(money) == 1 and "UPDATE payments_walletstripe" in money[0] and "FOR UPDATE" not in money[0]
     entry = LedgerEntry.objects.get(transfer_id=outcome.record.transfer_id, account="wallet")
     assert entry.stripe in {1, 2, 3, 4}
+    assert list(UsageRollup.objects.filter(organization_id=organization.pk).values_list("stripe", "events")) == [(entry.stripe, 1)]
     assert entry.balance_after == D("0.19")  # the stripe's own running balance
     assert outcome.record.balance_after == D("0.99")  # the organization's, as the customer sees it
     assert wallet_of(organization).balance == D("0.99")
@@ -223,6 +226,10 @@ def test_reports_show_the_organizations_totals(striped):
         ("-0.250000000000", "0.750000000000"),
         ("1.000000000000", "1.000000000000"),
     ]
+    summary = metering_selectors.usage_summary(
+        organization_id=striped["organization"].pk, group_by="service", day_from=date(2000, 1, 1), day_to=date(2100, 1, 1)
+    )
+    assert [(row["service"], row["events"], row["cost"]) for row in summary] == [("gpt", 2, D("0.3"))]
     assert reconciliation_report().ok
 
 
