@@ -205,7 +205,9 @@ def ensure_high_volume(data: BenchData) -> tuple[BenchData, str]:
         keys_file.chmod(0o600)
     balance = Wallet.objects.get(organization=organization).balance
     if balance < HOT_FUNDING / 2:
-        wallet_adjust(organization_id=organization.pk, amount=HOT_FUNDING - balance, reason="bench funding", created_by_id=owner.pk)
+        wallet_adjust(
+            organization_id=organization.pk, amount=HOT_FUNDING - balance, reason="bench funding", created_by_id=owner.pk
+        )
     key_path = RESULTS_DIR / ".wrk-keys-high-volume.txt"
     key_path.write_text(secret + "\n")
     key_path.chmod(0o600)

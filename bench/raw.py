@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from metering.services.usage_sql import DEBIT_SQL, INSERT_USAGE_SQL, record_params
-from payments.ledger import _POST_SQL, stripe_pick, posting_params
+from payments.ledger import _POST_SQL, posting_params, stripe_pick
 
 CLASSIC_LOCK_SQL = "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %(org)s FOR UPDATE"
 CLASSIC_UPDATE_SQL = (

@@ -311,7 +311,11 @@ def run_high_volume(*, args, data, target, gunicorn, run_id) -> dict:
                         "runs": [round(c["throughput"], 1) for c in runs],
                     }
             if len(medians) == 2:
-                ratio = medians["striped"]["throughput"] / medians["single"]["throughput"] if medians["single"]["throughput"] else None
+                ratio = (
+                    medians["striped"]["throughput"] / medians["single"]["throughput"]
+                    if medians["single"]["throughput"]
+                    else None
+                )
                 rows.append({"kind": kind, "clients": clients, **medians, "ratio": ratio})
     return {
         "organization": hv_data.hot.slug,
@@ -328,7 +332,9 @@ def print_high_volume(result: dict) -> None:
         f"\n(4) One high-volume organization ({result['organization']}), {result['stripes']} stripes vs single-row, "
         f"same run (medians; aim: striped >= {result['aim']}x single-row at 16 and 64 clients):"
     )
-    print(f"  {'path':<22} {'clients':>7} {'single-row/s':>13} {'striped/s':>11} {'ratio':>7}  {'p50 ms single/striped':>22}  verdict")
+    print(
+        f"  {'path':<22} {'clients':>7} {'single-row/s':>13} {'striped/s':>11} {'ratio':>7}  {'p50 ms single/striped':>22}  verdict"
+    )
     for row in result["rows"]:
         path = "(1) raw statement" if row["kind"] == "raw" else "(2) POST usage/"
         ratio = row["ratio"]

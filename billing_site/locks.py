@@ -6,11 +6,12 @@
 A transaction that needs several of these rows locks them in this order, so two transactions can
 never wait on each other. Every money path that locks more than one row takes the wallet row first;
 the one exception is the hot path on a high-volume wallet, which locks a single stripe (then, like any
-usage statement, the API key's row), so it waits on nobody but that stripe's other writers. Nothing here talks to the network, and no caller may either while it holds
-one of these locks: commit a pending state, call out, then lock again and apply.
+usage statement, the API key's row), so it waits on nobody but that stripe's other writers. Nothing
+here talks to the network, and no caller may either while it holds one of these locks: commit a
+pending state, call out, then lock again and apply.
 
 - wallet: the organization's `payments_wallet` row, the lock every money movement of an organization
-  serializes on. The ledger's statements take it implicitly, by the UPDATE that moves the balance
+  serializes on (on a high-volume wallet: every movement but the hot path's stripe debits). The ledger's statements take it implicitly, by the UPDATE that moves the balance
   (the same row lock as SELECT … FOR UPDATE, one round trip fewer). `wallet_lock` takes it up front
   for a caller that must check another row under it before moving money.
 - hold, payment: checked under their wallet's lock, so a racing capture, release, expiry, settlement

@@ -36,12 +36,11 @@ from django.db import connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from accounts.models import Organization
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import MONEY_QUANTUM, ZERO
 from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wallet, WalletStripe
-
-from accounts.models import Organization
 
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
@@ -279,7 +278,7 @@ def _wallet_row_statement(*, organization_id: int, sql: str, params: dict[str, A
                 raise InsufficientBalance()  # rolls the rebalance back too
     if row is None:
         raise InsufficientBalance()
-    return row
+    return tuple(row)
 
 
 def _is_striped(organization_id: int) -> bool:
@@ -509,10 +508,14 @@ SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, %(ledger_balance)s, NUL
 """
 
 
-def _stripes_move(*, organization_id: int, wallet: locks.WalletState, stripes: dict[int, Decimal], targets: dict[int, Decimal]) -> Decimal:
+def _stripes_move(
+    *, organization_id: int, wallet: locks.WalletState, stripes: dict[int, Decimal], targets: dict[int, Decimal]
+) -> Decimal:
     """Set each stripe of `targets` to its balance there, the wallet row giving or taking the
     difference (the caller holds every lock involved). Answers the wallet row's balance after."""
-    moves = [(stripe, target, target - stripes[stripe]) for stripe, target in sorted(targets.items()) if target != stripes[stripe]]
+    moves = [
+        (stripe, target, target - stripes[stripe]) for stripe, target in sorted(targets.items()) if target != stripes[stripe]
+    ]
     if not moves:
         return wallet.balance
     delta = -sum((amount for _, _, amount in moves), ZERO)

@@ -65,18 +65,6 @@ class Wallet(models.Model):
             ),
         ]
 
-    @classmethod
-    def from_db(cls, db: str | None, field_names: Any, values: Any) -> "Wallet":
-        # A striped wallet's row keeps only its own part (the home stripe): every wallet loaded
-        # through the ORM carries the organization's total, so every report reads totals.
-        wallet = super().from_db(db, field_names, values)
-        if wallet.__dict__.get("stripes") and "balance" in wallet.__dict__:
-            stripes_total = WalletStripe.objects.filter(organization_id=wallet.organization_id).aggregate(
-                total=models.Sum("balance")
-            )["total"]
-            wallet.balance += stripes_total or 0
-        return wallet
-
     def __str__(self) -> str:
         return f"Wallet of {self.organization_id}"
 
@@ -90,6 +78,18 @@ class Wallet(models.Model):
                 "A wallet is changed by the ledger or by payments.services.wallet_settings_update, never saved whole."
             )
         super().save(*args, **kwargs)
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> "Wallet":
+        # A striped wallet's row keeps only its own part (the home stripe): every wallet loaded
+        # through the ORM carries the organization's total, so every report reads totals.
+        wallet = super().from_db(db, field_names, values, **kwargs)
+        if wallet.__dict__.get("stripes") and "balance" in wallet.__dict__:
+            stripes_total = WalletStripe.objects.filter(organization_id=wallet.organization_id).aggregate(
+                total=models.Sum("balance")
+            )["total"]
+            wallet.balance += stripes_total or 0
+        return wallet
 
     @property
     def available(self) -> Decimal:
@@ -180,9 +180,7 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["organization", "account", "id"], name="entry_org_account_id"),
             models.Index(fields=["account", "created_at"], name="entry_account_time"),
-            models.Index(
-                fields=["organization", "stripe", "id"], name="entry_org_stripe_id", condition=Q(stripe__isnull=False)
-            ),
+            models.Index(fields=["organization", "stripe", "id"], name="entry_org_stripe_id", condition=Q(stripe__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_nonzero"),

@@ -85,6 +85,7 @@ def _rollup_and_spend(stripe: str) -> str:
     spend = _spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")
     return f"roll AS (\n    {rollup}\n), spend AS (\n    {spend}\n)"
 
+
 # In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the record
 # unless its idempotency key exists in this mode, its rollup and the key's spend.
 INSERT_USAGE_SQL = f"""

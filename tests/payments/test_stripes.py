@@ -60,7 +60,8 @@ def spend(tenant: Tenant, key: str, cost: str):
     """Debit `cost` dollars as usage (1 token = $0.000001)."""
     tokens = int(D(cost) * 1_000_000)
     return services.usage_record(
-        tenant=tenant, event=services.UsageEvent(service="gpt", idempotency_key=key, data={"input_tokens": tokens, "output_tokens": 0})
+        tenant=tenant,
+        event=services.UsageEvent(service="gpt", idempotency_key=key, data={"input_tokens": tokens, "output_tokens": 0}),
     )
 
 
@@ -95,7 +96,9 @@ def test_a_striped_debit_is_one_statement_on_one_stripe(striped):
     assert len(money) == 1 and "UPDATE payments_walletstripe" in money[0] and "FOR UPDATE" not in money[0]
     entry = LedgerEntry.objects.get(transfer_id=outcome.record.transfer_id, account="wallet")
     assert entry.stripe in {1, 2, 3, 4}
-    assert list(UsageRollup.objects.filter(organization_id=organization.pk).values_list("stripe", "events")) == [(entry.stripe, 1)]
+    assert list(UsageRollup.objects.filter(organization_id=organization.pk).values_list("stripe", "events")) == [
+        (entry.stripe, 1)
+    ]
     assert entry.balance_after == D("0.19")  # the stripe's own running balance
     assert outcome.record.balance_after == D("0.99")  # the organization's, as the customer sees it
     assert wallet_of(organization).balance == D("0.99")
@@ -202,7 +205,10 @@ def test_batches_and_capped_keys_work_on_a_striped_wallet(striped):
         spend(capped, "capped-2", "0.06")  # past the key's cap, though the wallet could pay
     more = services.usage_record_batch(
         tenant=striped["tenant"],
-        events=[services.UsageEvent(service="gpt", idempotency_key=f"c{n}", data={"input_tokens": 60_000, "output_tokens": 0}) for n in range(3)],
+        events=[
+            services.UsageEvent(service="gpt", idempotency_key=f"c{n}", data={"input_tokens": 60_000, "output_tokens": 0})
+            for n in range(3)
+        ],
     )
     assert [r.status for r in more] == [201, 402, 402]  # 0.1 left after the first: refused only then
     assert wallet_of(organization).balance == D("0.04")

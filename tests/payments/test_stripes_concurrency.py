@@ -177,5 +177,7 @@ def test_concurrent_holds_and_over_captures_on_a_striped_wallet_start_nothing_pa
     assert not WalletStripe.objects.filter(organization_id=organization.pk, balance__gt=0).exists()
     assert ping(tenant, "after") is None
     with pytest.raises(ledger.InsufficientBalance):
-        services.hold_create(tenant=tenant, service="gpt", idempotency_key="after", amount=D("0.000001"), maxima={}, expires_in=None)
+        services.hold_create(
+            tenant=tenant, service="gpt", idempotency_key="after", amount=D("0.000001"), maxima={}, expires_in=None
+        )
     assert_money_invariants([organization.pk])
