@@ -60,7 +60,9 @@ class WalletSettingsForm(forms.ModelForm):
         self.fields["stripes"].initial = self.instance.stripes if self.instance.pk else 0
 
     def clean_stripes(self) -> int:
-        stripes = self.cleaned_data.get("stripes") or 0
+        stripes: int | None = self.cleaned_data["stripes"]
+        if stripes is None:  # left empty: as it is
+            return int(self.fields["stripes"].initial)
         if stripes and stripes < STRIPES_MIN:
             raise forms.ValidationError(f"0 for one row, or {STRIPES_MIN} to {STRIPES_MAX} stripes.")
         return stripes

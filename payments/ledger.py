@@ -158,8 +158,8 @@ class PostStatements:
 def post_statement(companion_ctes: str) -> PostStatements:
     """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
     `companion_ctes` may read `w` (`total`: the organization's balance after; `stripe`: the row, 0 for
-    the wallet's) and `t` (id) and must
-    end in a CTE named `companion` that yields one row; its columns come back after the posting's."""
+    the wallet's) and `t` (id) and must end in a CTE named `companion` that yields one row; its
+    columns come back after the posting's."""
     return PostStatements(
         *(
             f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"

@@ -50,9 +50,10 @@ class Wallet(models.Model):
     ledger_seq = models.BigIntegerField(
         default=0, editable=False, help_text="Bumped by exactly one by every ledger statement that changes balance or held."
     )
+    # Editable so the admin's wallet form can offer it; it changes only through
+    # `wallet_settings_update`, which moves the money (a whole-row save is refused, see `save`).
     stripes = models.PositiveSmallIntegerField(
         default=0,
-        editable=False,
         help_text="High-volume: how many stripes (WalletStripe rows) keep part of the balance; 0 = one row.",
     )
 

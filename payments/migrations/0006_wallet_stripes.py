@@ -56,7 +56,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='wallet',
             name='stripes',
-            field=models.PositiveSmallIntegerField(default=0, editable=False, help_text='High-volume: how many stripes (WalletStripe rows) keep part of the balance; 0 = one row.'),
+            field=models.PositiveSmallIntegerField(default=0, help_text='High-volume: how many stripes (WalletStripe rows) keep part of the balance; 0 = one row.'),
         ),
         migrations.AlterField(
             model_name='transfer',
