@@ -103,6 +103,11 @@ class Organization(models.Model):
         null=True, blank=True, help_text="Override of the usage/batch/ event rate limit."
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
+    wallet_stripes = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Where the hot path sends a debit: a copy of the wallet's stripe count (0: one row), written with it.",
+    )
 
     def __str__(self) -> str:
         return self.name

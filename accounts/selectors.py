@@ -43,7 +43,7 @@ _API_KEY_FIELDS = [
     "spend_cap",
     "spent",
 ]
-_ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute"]
+_ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute", "wallet_stripes"]
 # Every request with a key runs this: one index probe, compiled once here instead of by the ORM each time.
 _API_KEY_SQL = (
     "SELECT "

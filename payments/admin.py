@@ -22,7 +22,17 @@ from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import money_format
 from payments import ledger, reconciliation, selectors, services
-from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
+from payments.models import (
+    STRIPES_MAX,
+    STRIPES_MIN,
+    LedgerEntry,
+    Payment,
+    RedemptionCode,
+    Refund,
+    Transfer,
+    Wallet,
+    WebhookEvent,
+)
 
 
 def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -> None:
@@ -30,6 +40,34 @@ def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -
     save would write back the balance loaded with the form, undoing debits committed since."""
     changed = {name: form.cleaned_data[name] for name in form.changed_data if name in services.WALLET_SETTINGS}
     services.wallet_settings_update(organization_id=organization.pk, **changed)
+
+
+class WalletSettingsForm(forms.ModelForm):
+    """The wallet's settings; `stripes` (high-volume) is applied by the ledger, which moves the money."""
+
+    stripes = forms.IntegerField(
+        min_value=0,
+        max_value=STRIPES_MAX,
+        required=False,
+        help_text=f"High-volume: keep the balance in this many stripes ({STRIPES_MIN}..{STRIPES_MAX}) besides the wallet "
+        "row, so that many debits proceed in parallel; 0 for one row. Changing it moves the money under the wallet's locks.",
+    )
+
+    class Meta:
+        model = Wallet
+        fields = ["credit_limit", "low_balance_threshold"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stripes"].initial = self.instance.stripes if self.instance.pk else 0
+
+    def clean_stripes(self) -> int:
+        stripes: int | None = self.cleaned_data["stripes"]
+        if stripes is None:  # left empty: as it is
+            return int(self.fields["stripes"].initial)
+        if stripes and stripes < STRIPES_MIN:
+            raise forms.ValidationError(f"0 for one row, or {STRIPES_MIN} to {STRIPES_MAX} stripes.")
+        return stripes
 
 
 class WalletFigures:
@@ -50,8 +88,9 @@ class WalletFigures:
 
 class WalletInline(WalletFigures, admin.StackedInline):
     model = Wallet
+    form = WalletSettingsForm
     can_delete = False
-    fields = ["currency", "balance_shown", "held_shown", "available_shown", "credit_limit", "low_balance_threshold"]
+    fields = ["currency", "balance_shown", "held_shown", "available_shown", "credit_limit", "low_balance_threshold", "stripes"]
     readonly_fields = ["currency", "balance_shown", "held_shown", "available_shown"]
     formfield_overrides = AMOUNT_INPUTS
 
@@ -240,7 +279,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
-    fields = ("account", "amount_shown", "balance_after_shown", "created_at")
+    fields = ("account", "stripe", "amount_shown", "balance_after_shown", "created_at")
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("organization__wallet")
@@ -267,7 +306,7 @@ class TransferAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "organization", "account", "amount_shown", "balance_after_shown", "transfer", "created_at"]
+    list_display = ["id", "organization", "account", "stripe", "amount_shown", "balance_after_shown", "transfer", "created_at"]
     list_filter = [OrganizationFilter, "account", "transfer__kind"]
     search_fields = ["organization__slug", "transfer__reference"]
     date_hierarchy = "created_at"
@@ -285,7 +324,16 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(WalletFigures, admin.ModelAdmin):
-    list_display = ["organization", "balance_shown", "held_shown", "available_shown", "credit_limit_shown", "threshold_shown"]
+    form = WalletSettingsForm
+    list_display = [
+        "organization",
+        "balance_shown",
+        "held_shown",
+        "available_shown",
+        "credit_limit_shown",
+        "threshold_shown",
+        "stripes",
+    ]
     search_fields = ["organization__slug", "organization__name"]
     fields = [
         "organization",
@@ -295,6 +343,7 @@ class WalletAdmin(WalletFigures, admin.ModelAdmin):
         "available_shown",
         "credit_limit",
         "low_balance_threshold",
+        "stripes",
     ]
     readonly_fields = ["organization", "currency", "balance_shown", "held_shown", "available_shown"]
     formfield_overrides = AMOUNT_INPUTS

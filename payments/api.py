@@ -90,7 +90,7 @@ class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
     reference = serializers.CharField(source="transfer.reference")
     memo = serializers.CharField(source="transfer.memo")
     amount = Amount()
-    balance_after = Amount()
+    balance_after = Amount(source="wallet_balance_after")
 
     class Meta:
         model = LedgerEntry
@@ -189,16 +189,17 @@ class RechargeApi(TenantMixin, APIView):
         "With an `Idempotency-Key` header, a retry answers the first payment (200) instead of starting another. "
         "Owners and admins only.",
         examples=[
-            OpenApiExample("Recharge $50", value={"amount": "50.00", "provider": "stripe"}, request_only=True),
+            # The sandbox: the provider every deployment has (the schema's fuzz test sends the examples).
+            OpenApiExample("Recharge $50", value={"amount": "50.00", "provider": "sandbox"}, request_only=True),
             OpenApiExample(
                 "Pending",
                 value={
                     "id": 45,
-                    "provider": "stripe",
+                    "provider": "sandbox",
                     "amount": "50.000000000000",
                     "currency": "USD",
                     "status": "pending",
-                    "checkout_url": "https://checkout.stripe.com/c/pay/cs_test_…",
+                    "checkout_url": "https://billing.example.com/sandbox/checkout/…/",
                     "refunded_amount": "0.000000000000",
                     "created_at": "2026-03-01T09:30:00Z",
                     "settled_at": None,

@@ -1,6 +1,7 @@
 """Reconciliation (docs/contract.md §2.2): over any period, cash in − revenue − refunds + promotions ±
 adjustments must equal the change in the sum of all wallet balances; and every wallet's cached
-balance must equal the sum of its entries, its last entry's `balance_after` equal to both."""
+balance (its row's plus its stripes') must equal the sum of its entries, each row's last entry's
+`balance_after` equal to that row's balance."""
 
 from __future__ import annotations
 
@@ -58,14 +59,25 @@ def _leg_totals(start: datetime | None, end: datetime) -> dict[tuple[str, str], 
     return {(row["account"], row["transfer__kind"]): row["total"] for row in rows}
 
 
+# A wallet's balance is its row's plus its stripes' (a high-volume wallet, docs/contract.md §2.9); each
+# row — the wallet's, each stripe's — must equal the `balance_after` of its own last entry.
 _WALLET_CHECK_SQL = """
-SELECT w.organization_id, w.balance, COALESCE(e.total, 0) AS entries_total, last.balance_after
+SELECT w.organization_id, w.balance + COALESCE(st.total, 0) AS balance, COALESCE(e.total, 0) AS entries_total, last.balance_after
   FROM payments_wallet w
+  LEFT JOIN (SELECT organization_id, SUM(balance) AS total FROM payments_walletstripe GROUP BY organization_id) st
+         ON st.organization_id = w.organization_id
   LEFT JOIN (SELECT organization_id, SUM(amount) AS total FROM payments_ledgerentry WHERE account = 'wallet' GROUP BY organization_id) e
          ON e.organization_id = w.organization_id
   LEFT JOIN LATERAL (SELECT balance_after FROM payments_ledgerentry
-                      WHERE organization_id = w.organization_id AND account = 'wallet' ORDER BY id DESC LIMIT 1) last ON true
- WHERE w.balance <> COALESCE(e.total, 0) OR (last.balance_after IS NOT NULL AND last.balance_after <> w.balance)
+                      WHERE organization_id = w.organization_id AND account = 'wallet' AND stripe IS NULL
+                      ORDER BY id DESC LIMIT 1) last ON true
+ WHERE w.balance + COALESCE(st.total, 0) <> COALESCE(e.total, 0)
+    OR (last.balance_after IS NOT NULL AND last.balance_after <> w.balance)
+    OR EXISTS (SELECT 1 FROM payments_walletstripe s
+                 LEFT JOIN LATERAL (SELECT balance_after FROM payments_ledgerentry
+                                     WHERE organization_id = s.organization_id AND stripe = s.stripe
+                                     ORDER BY id DESC LIMIT 1) l ON true
+                WHERE s.organization_id = w.organization_id AND s.balance <> COALESCE(l.balance_after, 0))
 """
 
 

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import cast
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum, Window
 from django.utils import timezone
 
 from billing_site.money import ZERO
@@ -30,9 +30,18 @@ def wallet_get(*, organization_id: int) -> Wallet:
 
 
 def ledger_entry_list(*, organization_id: int) -> QuerySet[LedgerEntry]:
-    """The wallet's own entries, newest first (system-account legs are the back office's)."""
+    """The wallet's own entries, newest first (system-account legs are the back office's), each with
+    `wallet_balance_after`: the organization's balance after it. That is the stored `balance_after`,
+    except for a wallet that ever had stripes (docs/contract.md §2.9), whose entries keep their own
+    row's running balance: there it is the running sum over the wallet's entries in transfer order,
+    and the moves between stripes (`rebalance`, summing to zero) are left out."""
+    entries = LedgerEntry.objects.filter(organization_id=organization_id, account="wallet").select_related("transfer")
+    if not LedgerEntry.objects.filter(organization_id=organization_id, stripe__isnull=False).exists():
+        return entries.annotate(wallet_balance_after=F("balance_after")).order_by("-id")
     return (
-        LedgerEntry.objects.filter(organization_id=organization_id, account="wallet").select_related("transfer").order_by("-id")
+        entries.exclude(transfer__kind=TransferKind.REBALANCE)
+        .annotate(wallet_balance_after=Window(Sum("amount"), order_by=F("transfer_id").asc()))
+        .order_by("-transfer_id", "-id")
     )
 
 

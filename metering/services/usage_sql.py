@@ -57,12 +57,12 @@ def _values(**expressions: str) -> str:
 
 
 def _rollup_upsert(source: str) -> str:
-    """Add rows (organization, service, day, test, events, quantity, input tokens, output tokens, cost)
-    from `source` to the daily rollups."""
+    """Add rows (organization, service, day, test, events, quantity, input tokens, output tokens, cost,
+    stripe) from `source` to the daily rollups."""
     return f"""INSERT INTO metering_usagerollup AS r
-           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
+           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost, stripe)
     {source}
-    ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
+    ON CONFLICT (organization_id, day, service_id, test, stripe) DO UPDATE
        SET events = r.events + EXCLUDED.events, quantity = r.quantity + EXCLUDED.quantity,
            input_tokens = r.input_tokens + EXCLUDED.input_tokens,
            output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost"""
@@ -74,17 +74,16 @@ def _spend_update(amount: str, condition: str = "") -> str:
     return f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition} RETURNING spent, spend_cap"
 
 
-# The record's daily rollup and the key's spend, after a CTE `rec` that inserted the record.
-_ROLLUP_AND_SPEND = f"""roll AS (
-    {
-    _rollup_upsert(
+def _rollup_and_spend(stripe: str) -> str:
+    """The record's daily rollup (on the `stripe` row) and the key's spend, after a CTE `rec` that
+    inserted the record."""
+    rollup = _rollup_upsert(
         "SELECT %(usage_org)s, %(usage_service)s, %(usage_day)s, %(usage_test)s, 1, %(usage_quantity)s,"
-        " %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s FROM rec"
+        f" %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s, {stripe} FROM rec"
     )
-}
-), spend AS (
-    {_spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")}
-)"""
+    spend = _spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")
+    return f"roll AS (\n    {rollup}\n), spend AS (\n    {spend}\n)"
+
 
 # In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the record
 # unless its idempotency key exists in this mode, its rollup and the key's spend.
@@ -93,17 +92,18 @@ WITH rec AS (
     INSERT INTO metering_usagerecord ({_COLUMN_LIST}) VALUES ({_values()})
     {_ON_KEY_CONFLICT}
     RETURNING id
-), {_ROLLUP_AND_SPEND}
+), {_rollup_and_spend("0")}
 SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
 """
 
-# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement.
-# A reused idempotency key violates the unique index and rolls the money back with it.
+# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement
+# (on the wallet row, or on one stripe of a high-volume wallet). A reused idempotency key violates the
+# unique index and rolls the money back with it.
 DEBIT_SQL = ledger.post_statement(f"""rec AS (
     INSERT INTO metering_usagerecord ({_COLUMN_LIST})
-    SELECT {_values(transfer="t.id", balance_after="w.balance", hold="NULL")} FROM t, w
+    SELECT {_values(transfer="t.id", balance_after="w.total", hold="NULL")} FROM t, w
     RETURNING id
-), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
+), {_rollup_and_spend("(SELECT stripe FROM w)")}, companion AS (SELECT id FROM rec)""")
 
 # A batch's records go in by binary COPY (no SQL text to build or parse), with ids drawn first so the
 # answer can name them. A key already taken makes the COPY fail on the unique index.
@@ -111,7 +111,7 @@ _BATCH_IDS_SQL = "SELECT nextval(pg_get_serial_sequence('metering_usagerecord', 
 COPY_USAGE_SQL = f"COPY metering_usagerecord (id, {_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int8", *(kind.replace("bigint", "int8").replace("boolean", "bool") for _, _, kind in RECORD_COLUMNS)]
 ROLLUP_BATCH_SQL = _rollup_upsert(
-    "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost"
+    "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost, 0"
     "  FROM unnest(%(usage_rollup_service)s::bigint[], %(usage_rollup_events)s::bigint[], %(usage_rollup_quantity)s::numeric[],"
     " %(usage_rollup_input_tokens)s::numeric[], %(usage_rollup_output_tokens)s::numeric[], %(usage_rollup_cost)s::numeric[])"
     " AS u(service, events, quantity, input_tokens, output_tokens, cost)"
@@ -239,8 +239,9 @@ def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: da
     params = record_params(priced, tenant=tenant, now=now)
     try:
         posting, (record_id,) = ledger.usage_charge_in_one_statement(
-            statement=DEBIT_SQL,
+            statements=DEBIT_SQL,
             organization_id=params["usage_org"],
+            stripes=tenant.organization.wallet_stripes,
             cost=priced.cost,
             reference=f"usage:{priced.event.idempotency_key}",
             params=params,
