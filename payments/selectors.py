@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import cast
 
+from django.db import connection
 from django.db.models import Count, F, QuerySet, Sum, Window
 from django.utils import timezone
 
@@ -19,6 +20,7 @@ from payments.models import (
     PaymentStatus,
     Refund,
     RefundStatus,
+    Transfer,
     TransferKind,
     Wallet,
     WebhookEvent,
@@ -178,6 +180,8 @@ def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int)
     Answers the lines and the id of the first entry left out (None when every entry was used)."""
     lines: list[StatementLine] = []
     for entry in entries:
+        if entry.kind == TransferKind.REBALANCE:  # between a high-volume wallet's own rows: not the customer's
+            continue
         day = timezone.localtime(entry.created_at, tz).date()
         last = lines[-1] if lines else None
         if last is not None and entry.kind == TransferKind.USAGE and last.kind == TransferKind.USAGE and last.day == day:
@@ -203,34 +207,62 @@ def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int)
     return lines, None
 
 
+# A high-volume wallet's entries carry the running balance of their own row (the wallet row or one
+# stripe, docs/contract.md §2.9), so its statement derives the organization's from the ledger in one
+# snapshot: its total now, less every newer entry. Rebalance legs move money between its rows (they sum
+# to zero per transfer): they count in that sum and are never shown.
+_STRIPED_STATEMENT_SQL = """
+WITH total AS (
+    SELECT w.balance + COALESCE((SELECT sum(s.balance) FROM payments_walletstripe s WHERE s.organization_id = w.organization_id), 0)
+           - COALESCE((SELECT sum(n.amount) FROM payments_ledgerentry n
+                        WHERE n.organization_id = w.organization_id AND n.account = 'wallet' AND n.id >= %(before)s), 0) AS amount
+      FROM payments_wallet w WHERE w.organization_id = %(org)s
+)
+SELECT e.id, e.amount,
+       total.amount - COALESCE(sum(e.amount) OVER (ORDER BY e.id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0),
+       e.created_at, t.kind, t.reference, t.memo
+  FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id, total
+ WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.id < %(before)s
+ ORDER BY e.id DESC
+ LIMIT %(limit)s
+"""
+
+
 def wallet_statement(
     *, organization_id: int, tz: tzinfo, before: int | None = None, size: int = 25, scan: int = STATEMENT_SCAN
 ) -> StatementPage:
     """A page of the wallet's statement, newest first, read from the ledger's wallet entries (ids
     below `before`). Reads at most `scan` entries: a day with more usage than that is cut into
     several lines, the newer ones marked `partial`, each still exact."""
-    entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET)
-    if before is not None:
-        entries = entries.filter(id__lt=before)
-    rows = [
-        StatementEntry(
-            id=entry_id,
-            amount=amount,
-            balance_after=cast(Decimal, balance_after),  # a check constraint sets it on every wallet entry
-            created_at=created_at,
-            kind=kind,
-            reference=reference,
-            memo=memo,
-        )
-        for entry_id, amount, balance_after, created_at, kind, reference, memo in entries.order_by("-id").values_list(
-            "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
-        )[: scan + 1]
-    ]
+    if Transfer.objects.filter(organization_id=organization_id, kind=TransferKind.REBALANCE).exists():
+        with connection.cursor() as cursor:
+            cursor.execute(_STRIPED_STATEMENT_SQL, {"org": organization_id, "before": before or 2**63 - 1, "limit": scan + 1})
+            rows = [StatementEntry(*row) for row in cursor.fetchall()]
+    else:
+        entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET)
+        if before is not None:
+            entries = entries.filter(id__lt=before)
+        rows = [
+            StatementEntry(
+                id=entry_id,
+                amount=amount,
+                balance_after=cast(Decimal, balance_after),  # a check constraint sets it on every wallet entry
+                created_at=created_at,
+                kind=kind,
+                reference=reference,
+                memo=memo,
+            )
+            for entry_id, amount, balance_after, created_at, kind, reference, memo in entries.order_by("-id").values_list(
+                "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
+            )[: scan + 1]
+        ]
     lines, left_out = statement_lines(rows[:scan], tz=tz, size=size)
     if left_out is not None:
         return StatementPage(lines=lines, older=left_out + 1)
     if len(rows) > scan:
         following = rows[scan]
+        if not lines:  # a page of rebalance legs only
+            return StatementPage(lines=lines, older=following.id + 1)
         last = lines[-1]
         last.partial = (
             last.kind == following.kind == TransferKind.USAGE and timezone.localtime(following.created_at, tz).date() == last.day
