@@ -1,7 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 

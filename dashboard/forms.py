@@ -15,10 +15,10 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import ApiKey, ApiKeyMode, Role, time_zone_names
-from metering.models import Service
 from billing_site import throttle
 from billing_site.errors import DomainError
 from billing_site.money import currency_exponent
+from metering.models import Service
 from payments.providers import providers_enabled
 from payments.validators import alert_webhook_url_validate
 
@@ -194,12 +194,12 @@ class UsageFilterForm(forms.Form):
         return cleaned
 
     @property
-    def period(self) -> str:
+    def chosen_period(self) -> str:
         data = self.cleaned_data if self.is_valid() else {}
         return data.get("period") or PERIOD_DEFAULT
 
     @property
-    def group(self) -> str:
+    def chosen_group(self) -> str:
         data = self.cleaned_data if self.is_valid() else {}
         return data.get("group") or "day"
 
@@ -208,10 +208,10 @@ class UsageFilterForm(forms.Form):
         days, `date_to` inclusive. No start: from the first record on."""
         tz = timezone.get_current_timezone()
         today = timezone.localdate()
-        if self.period == "custom":
+        if self.chosen_period == "custom":
             start, end = self.cleaned_data.get("date_from"), self.cleaned_data.get("date_to") or today
         else:
-            start, end = period_days(self.period, today=today)
+            start, end = period_days(self.chosen_period, today=today)
         midnight = lambda day: datetime.combine(day, time.min, tzinfo=tz)  # noqa: E731
         return (midnight(start) if start else None), midnight(end + timedelta(days=1))
 

@@ -98,12 +98,12 @@ def _usage_summary(form: forms.UsageFilterForm, current) -> dict:
         service=filters["service"],
         api_key_id=filters["api_key_id"],
         test=filters["test"],
-        by_key=form.group == "key",
+        by_key=form.chosen_group == "key",
     )
     chart_test = filters["test"] is True
     report = reports.usage_report(
         cells.cells,
-        group=form.group,
+        group=form.chosen_group,
         services=form.services,
         api_keys={pk: key for pk, key in form.api_keys.items() if pk is not None},
         chart_test=chart_test,
@@ -155,8 +155,8 @@ def usage(request, current):
         "query": form.querystring(),
         "currency": wallet.currency,
         "filtered": bool(form.querystring()),
-        "period": form.period,
-        "group": form.group,
+        "period": form.chosen_period,
+        "group": form.chosen_group,
         **_usage_summary(form, current),
     }
     return page(request, "dashboard/usage.html", context)
