@@ -137,7 +137,18 @@ def usage(request, current):
     if form.is_bound and not form.is_valid():
         # Invalid filters show their error and nothing else: never the unfiltered records.
         wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
-        context = {"form": form, "rows": [], "currency": wallet.currency, "filtered": True, "invalid": True}
+        # The period and grouping come from links, not boxes of the form: their errors are said above it.
+        link_errors = [
+            f"{form.fields[name].label}: {error}" for name in ("period", "group") for error in form.errors.get(name, [])
+        ]
+        context = {
+            "form": form,
+            "rows": [],
+            "currency": wallet.currency,
+            "filtered": True,
+            "invalid": True,
+            "link_errors": link_errors,
+        }
         return page(request, "dashboard/usage.html", context, status=400)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     usage_page = selectors.usage_page(
