@@ -98,7 +98,8 @@ class Share:
     """One series' part of a chart whose spend all fell on one day, as a horizontal bar."""
 
     series: Series
-    y: str
+    y: str  # the label's baseline; the bar lies under it
+    bar_y: str
     width: str
 
 
@@ -138,7 +139,7 @@ class Chart:
         return self.baseline_y // 2 + 6
 
 
-SHARE_ROW = 30  # SVG units per horizontal bar of a one-day chart
+SHARE_ROW = 40  # SVG units per horizontal bar (its label above it) of a one-day chart
 
 
 def colour_of(slug: str) -> int:
@@ -252,8 +253,13 @@ def _shares(series: list[Series], frame: Frame) -> list[Share]:
     biggest = max((s.total for s in series), default=ZERO)
     if biggest <= ZERO:
         return []
-    plot_w = Decimal(frame.plot_w)
+    plot_w = Decimal(frame.width - frame.right)
     return [
-        Share(series=s, y=_px(Decimal(i * SHARE_ROW)), width=_px(max(s.total / biggest * plot_w, Decimal(1))))
+        Share(
+            series=s,
+            y=_px(Decimal(i * SHARE_ROW + 14)),
+            bar_y=_px(Decimal(i * SHARE_ROW + 20)),
+            width=_px(max(s.total / biggest * plot_w, Decimal(1))),
+        )
         for i, s in enumerate(series)
     ]
