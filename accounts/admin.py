@@ -45,7 +45,7 @@ class MembershipInlineFormSet(BaseInlineFormSet):
         added_owners = 0
         touched = False
         for form in self.forms:
-            deleted = self.can_delete and self._should_delete_form(form)
+            deleted = self.can_delete and self._should_delete_form(form)  # type: ignore[attr-defined]  # Django's own test
             if not (deleted or form.has_changed()):
                 continue
             touched = True

@@ -17,7 +17,7 @@ from metering.models import CalcMethod, Service
 
 GROUPS = ("day", "service", "key")
 # What one unit of each method is called; TOKENS count input and output apart.
-UNITS = {
+UNITS: dict[str, str] = {
     CalcMethod.CHAR_COUNT: "characters",
     CalcMethod.WORD_COUNT: "words",
     CalcMethod.IMAGE_RESOLUTION: "tiles",
@@ -47,7 +47,7 @@ class Figures:
             self.units["tokens in"] += cell.input_tokens
             self.units["tokens out"] += cell.output_tokens
         elif method in UNITS:
-            self.units[UNITS[CalcMethod(method)]] += cell.quantity
+            self.units[UNITS[method]] += cell.quantity
 
     @property
     def quantities(self) -> list[tuple[int, str]]:

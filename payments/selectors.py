@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
@@ -204,7 +205,7 @@ def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int)
     return lines, None
 
 
-def _wallet_entries(*, organization_id: int) -> QuerySet:
+def _wallet_entries(*, organization_id: int) -> QuerySet[LedgerEntry, tuple[Any, ...]]:
     """The wallet's ledger entries, newest first, as StatementEntry's fields."""
     # balance_after: a check constraint sets it on every wallet entry.
     entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET).order_by("-id")
