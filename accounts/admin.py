@@ -1,9 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import ValidationError
+from django.forms.models import BaseInlineFormSet
 
-from accounts import selectors
-from accounts.models import ApiKey, Invitation, Membership, User
+from accounts import selectors, services
+from accounts.models import ApiKey, Invitation, Membership, Role, User
 from billing_site.admin import AMOUNT_INPUTS, money_cell
 
 
@@ -30,8 +32,41 @@ class UserAdmin(DjangoUserAdmin):
         return deleted, model_count, perms_needed, [*owned, *protected]
 
 
+class MembershipInlineFormSet(BaseInlineFormSet):
+    """Staff cannot remove or demote an organization's last owner: the team services' rule
+    (`accounts.services.organization_owners_check`), applied to the rows this save changes."""
+
+    def clean(self) -> None:
+        super().clean()
+        if any(self.errors) or self.instance.pk is None:
+            return
+        owners: list[int] = []
+        not_owners: list[int] = []
+        added_owners = 0
+        touched = False
+        for form in self.forms:
+            deleted = self.can_delete and self._should_delete_form(form)  # type: ignore[attr-defined]  # Django's own test
+            if not (deleted or form.has_changed()):
+                continue
+            touched = True
+            owning = not deleted and form.cleaned_data.get("role") == Role.OWNER
+            if form.instance.pk is None:
+                added_owners += owning
+            else:
+                (owners if owning else not_owners).append(form.instance.pk)
+        if not touched:
+            return
+        try:
+            services.organization_owners_check(
+                organization_id=self.instance.pk, owners=owners, not_owners=not_owners, added_owners=added_owners
+            )
+        except services.LastOwner as error:
+            raise ValidationError(error.message, code="last_owner") from error
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipInlineFormSet
     extra = 0
     autocomplete_fields = ["user"]
 

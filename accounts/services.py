@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -217,6 +218,12 @@ class LastOwner(DomainError):
     message = "An organization always keeps at least one owner: make someone else an owner first."
 
 
+def _owners_left_check(owners_after: int) -> None:
+    """The rule of every change of who owns an organization (team page, API, back office)."""
+    if owners_after < 1:
+        raise LastOwner()
+
+
 def invitation_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -365,8 +372,7 @@ def membership_role_change(*, membership: Membership, role: str, actor: User) ->
         locked, actor_role, owners = _locked_team_change(membership, actor)
         if actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role)) or not _may_grant(actor_role, role):
             raise PermissionRefused("Only owners may change an owner's role or make someone an owner.")
-        if locked.role == Role.OWNER and role != Role.OWNER and owners <= 1:
-            raise LastOwner()
+        _owners_left_check(owners - (locked.role == Role.OWNER and role != Role.OWNER))
         if locked.role != role:
             Membership.objects.filter(pk=locked.pk).update(role=role)
             locked.role = role
@@ -381,9 +387,20 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         leaving = locked.user_id == actor.pk
         if not leaving and (actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role))):
             raise PermissionRefused("Only owners may remove an owner; only owners and admins may remove members.")
-        if locked.role == Role.OWNER and owners <= 1:
-            raise LastOwner()
+        _owners_left_check(owners - (locked.role == Role.OWNER))
         Membership.objects.filter(pk=locked.pk).delete()
+
+
+def organization_owners_check(
+    *, organization_id: int, owners: Collection[int], not_owners: Collection[int], added_owners: int
+) -> None:
+    """For a change made outside the team services (the back office's membership inline): lock the
+    organization and refuse (LastOwner) unless someone owns it afterwards. `owners` and `not_owners`
+    are the existing memberships that will, or will not (deleted or another role), own it;
+    `added_owners` counts new owner memberships. Runs inside the change's own transaction."""
+    locks.organization_lock(organization_id=organization_id)
+    current = set(Membership.objects.filter(organization_id=organization_id, role=Role.OWNER).values_list("pk", flat=True))
+    _owners_left_check(len((current - set(not_owners)) | set(owners)) + added_owners)
 
 
 def organization_rename(*, organization: Organization, name: str, actor: User) -> Organization:

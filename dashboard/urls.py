@@ -25,6 +25,7 @@ urlpatterns = [
     path("dashboard/keys/<int:key_id>/created/", keys.key_created, name="key_created"),
     path("dashboard/keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),
     path("dashboard/billing/", billing.billing, name="billing"),
+    path("dashboard/billing/transactions.csv", billing.transactions_export, name="transactions_export"),
     path("dashboard/billing/redeem/", billing.redeem, name="redeem"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
     path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),

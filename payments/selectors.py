@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import cast
+from typing import Any
 
 from django.db import connection
 from django.db.models import Count, F, QuerySet, Sum, Window
@@ -174,36 +174,47 @@ class StatementPage:
 STATEMENT_SCAN = 5000  # wallet entries read per page at most, however busy a day was
 
 
-def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int) -> tuple[list[StatementLine], int | None]:
-    """Gather wallet entries (newest first) into at most `size` lines: usage debits of one local day
-    that follow each other in the ledger make one line; every other transfer is a line of its own.
-    Answers the lines and the id of the first entry left out (None when every entry was used)."""
-    lines: list[StatementLine] = []
+def statement_lines_gather(entries: Iterable[StatementEntry], *, tz: tzinfo) -> Iterator[tuple[int, StatementLine]]:
+    """Gather wallet entries (newest first) into lines, each answered once complete with the id of its
+    first (newest) entry: usage debits of one local day that follow each other in the ledger make one
+    line; every other transfer is a line of its own. Lazy, so a whole history streams."""
+    line: StatementLine | None = None
+    first_id = 0
     for entry in entries:
         if entry.kind == TransferKind.REBALANCE:  # between a high-volume wallet's own rows: not the customer's
             continue
         day = timezone.localtime(entry.created_at, tz).date()
-        last = lines[-1] if lines else None
-        if last is not None and entry.kind == TransferKind.USAGE and last.kind == TransferKind.USAGE and last.day == day:
-            last.amount += entry.amount
-            last.oldest_at = entry.created_at
-            last.entries += 1
+        if line is not None and entry.kind == TransferKind.USAGE and line.kind == TransferKind.USAGE and line.day == day:
+            line.amount += entry.amount
+            line.oldest_at = entry.created_at
+            line.entries += 1
             continue
-        if len(lines) == size:
-            return lines, entry.id
-        lines.append(
-            StatementLine(
-                kind=entry.kind,
-                amount=entry.amount,
-                balance_after=entry.balance_after,
-                newest_at=entry.created_at,
-                oldest_at=entry.created_at,
-                day=day,
-                entries=1,
-                reference=entry.reference,
-                memo=entry.memo,
-            )
+        if line is not None:
+            yield first_id, line
+        first_id = entry.id
+        line = StatementLine(
+            kind=entry.kind,
+            amount=entry.amount,
+            balance_after=entry.balance_after,
+            newest_at=entry.created_at,
+            oldest_at=entry.created_at,
+            day=day,
+            entries=1,
+            reference=entry.reference,
+            memo=entry.memo,
         )
+    if line is not None:
+        yield first_id, line
+
+
+def statement_lines(entries: Iterable[StatementEntry], *, tz: tzinfo, size: int) -> tuple[list[StatementLine], int | None]:
+    """At most `size` lines of `entries` (see statement_lines_gather); answers the lines and the id
+    of the first entry left out (None when every entry was used)."""
+    lines: list[StatementLine] = []
+    for first_id, line in statement_lines_gather(entries, tz=tz):
+        if len(lines) == size:
+            return lines, first_id
+        lines.append(line)
     return lines, None
 
 
@@ -228,34 +239,59 @@ SELECT e.id, e.amount,
 """
 
 
+def _wallet_entries(*, organization_id: int) -> QuerySet[LedgerEntry, tuple[Any, ...]]:
+    """The wallet's ledger entries, newest first, as StatementEntry's fields."""
+    # balance_after: a check constraint sets it on every wallet entry.
+    entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET).order_by("-id")
+    return entries.values_list(
+        "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
+    )
+
+
+STATEMENT_EXPORT_CHUNK = 2000
+
+
+def _striped_wallet_entries(*, organization_id: int) -> Iterator[StatementEntry]:
+    """A high-volume wallet's entries, newest first, with the organization's running balance, through a
+    server-side cursor (the window sum streams: no history is held in memory)."""
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(_STRIPED_STATEMENT_SQL, {"org": organization_id, "before": 2**63 - 1, "limit": None})
+        while rows := cursor.fetchmany(STATEMENT_EXPORT_CHUNK):
+            yield from (StatementEntry(*row) for row in rows)
+
+
+def _is_striped_ever(organization_id: int) -> bool:
+    """Whether the wallet was ever high-volume: its stripes only ever get money by a rebalance."""
+    return Transfer.objects.filter(organization_id=organization_id, kind=TransferKind.REBALANCE).exists()
+
+
+def wallet_statement_all(*, organization_id: int, tz: tzinfo) -> Iterator[StatementLine]:
+    """The wallet's whole statement, newest first, lines as on the billing page; read in chunks
+    through a server-side cursor, so the CSV export streams any history in flat memory."""
+    if _is_striped_ever(organization_id):
+        entries: Iterator[StatementEntry] = _striped_wallet_entries(organization_id=organization_id)
+    else:
+        rows = _wallet_entries(organization_id=organization_id).iterator(chunk_size=STATEMENT_EXPORT_CHUNK)
+        entries = (StatementEntry(*row) for row in rows)
+    for _, line in statement_lines_gather(entries, tz=tz):
+        yield line
+
+
 def wallet_statement(
     *, organization_id: int, tz: tzinfo, before: int | None = None, size: int = 25, scan: int = STATEMENT_SCAN
 ) -> StatementPage:
     """A page of the wallet's statement, newest first, read from the ledger's wallet entries (ids
     below `before`). Reads at most `scan` entries: a day with more usage than that is cut into
     several lines, the newer ones marked `partial`, each still exact."""
-    if Transfer.objects.filter(organization_id=organization_id, kind=TransferKind.REBALANCE).exists():
+    if _is_striped_ever(organization_id):
         with connection.cursor() as cursor:
             cursor.execute(_STRIPED_STATEMENT_SQL, {"org": organization_id, "before": before or 2**63 - 1, "limit": scan + 1})
             rows = [StatementEntry(*row) for row in cursor.fetchall()]
     else:
-        entries = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET)
+        entries = _wallet_entries(organization_id=organization_id)
         if before is not None:
             entries = entries.filter(id__lt=before)
-        rows = [
-            StatementEntry(
-                id=entry_id,
-                amount=amount,
-                balance_after=cast(Decimal, balance_after),  # a check constraint sets it on every wallet entry
-                created_at=created_at,
-                kind=kind,
-                reference=reference,
-                memo=memo,
-            )
-            for entry_id, amount, balance_after, created_at, kind, reference, memo in entries.order_by("-id").values_list(
-                "id", "amount", "balance_after", "created_at", "transfer__kind", "transfer__reference", "transfer__memo"
-            )[: scan + 1]
-        ]
+        rows = [StatementEntry(*row) for row in entries[: scan + 1]]
     lines, left_out = statement_lines(rows[:scan], tz=tz, size=size)
     if left_out is not None:
         return StatementPage(lines=lines, older=left_out + 1)

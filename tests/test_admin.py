@@ -512,3 +512,67 @@ def test_admin_index_hides_billing_figures_from_staff_without_payment_rights(db)
     client, _ = staff_client()
     page = client.get("/admin/").content.decode()
     assert "Revenue today" not in page
+
+
+def _organization_with_members_form(organization, memberships: list, **changes) -> dict:
+    """The organization's change form as the admin renders it, with `changes` applied to the
+    membership rows (e.g. `{"memberships-0-DELETE": "on"}`)."""
+    from tests.payments.test_wallet_guard import _management, _wallet_form
+
+    data = {
+        "name": organization.name,
+        "slug": organization.slug,
+        **_management("wallet", total=1, initial=1, maximum=1),
+        "wallet-0-organization": str(organization.pk),
+        **{f"wallet-0-{name}": value for name, value in _wallet_form(organization).items()},
+        **_management("memberships", total=len(memberships), initial=len(memberships)),
+        **_management("api_keys", total=0, initial=0),
+    }
+    for i, membership in enumerate(memberships):
+        data.update(
+            {
+                f"memberships-{i}-id": str(membership.pk),
+                f"memberships-{i}-organization": str(organization.pk),
+                f"memberships-{i}-user": str(membership.user_id),
+                f"memberships-{i}-role": membership.role,
+                f"memberships-{i}-created_at_0": f"{membership.created_at:%Y-%m-%d}",
+                f"memberships-{i}-created_at_1": f"{membership.created_at:%H:%M:%S}",
+            }
+        )
+    return {**data, **changes}
+
+
+@pytest.mark.parametrize("change", [{"memberships-0-DELETE": "on"}, {"memberships-0-role": "admin"}])
+def test_admin_refuses_to_remove_or_demote_the_last_owner(db, organization, owner, change):
+    """The membership inline keeps the team services' rule: an organization always keeps an owner."""
+    from accounts.models import Membership, Role
+
+    ownership = Membership.objects.get(organization=organization, user=owner)
+    client, _ = staff_client(superuser=True)
+    response = client.post(
+        f"/admin/accounts/organization/{organization.pk}/change/",
+        _organization_with_members_form(organization, [ownership], **change),
+    )
+    assert response.status_code == 200  # the form again, with the error
+    assert "always keeps at least one owner" in response.content.decode()
+    ownership.refresh_from_db()
+    assert ownership.role == Role.OWNER
+
+
+def test_admin_lets_staff_demote_an_owner_once_another_owns_the_organization(db, organization, owner):
+    from accounts.models import Membership, Role
+
+    other = organization.memberships.create(user=UserFactory(), role=Role.MEMBER)
+    ownership = Membership.objects.get(organization=organization, user=owner)
+    client, _ = staff_client(superuser=True)
+    response = client.post(
+        f"/admin/accounts/organization/{organization.pk}/change/",
+        _organization_with_members_form(
+            organization, [ownership, other], **{"memberships-0-role": "admin", "memberships-1-role": "owner"}
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert dict(Membership.objects.filter(organization=organization).values_list("pk", "role")) == {
+        ownership.pk: Role.ADMIN,
+        other.pk: Role.OWNER,
+    }

@@ -134,3 +134,11 @@ def reference_id(reference: str, prefix: str) -> int | None:
     """The id in a transfer's reference `<prefix>:<id>` (`payment:45` → 45), else None."""
     head, _, tail = str(reference).partition(":")
     return int(tail) if head == prefix and tail.isdigit() else None
+
+
+@register.filter
+def unit_of(calc_method: str) -> str:
+    """What a quantity of a service with this method counts."""
+    from dashboard.reports import UNITS
+
+    return UNITS.get(calc_method, "")

@@ -24,7 +24,9 @@ def test_overview_shows_balance_available_and_spend(owner_web, funded, catalogue
     assert 'data-testid="balance" data-balance><span class="money" title="9.849 USD" data-exact="9.849">$9.85</span>' in html
     assert 'data-testid="spend-today"><span class="money" title="0.151 USD" data-exact="0.151">$0.15</span>' in html
     assert 'data-testid="spend-month"><span class="money" title="0.151 USD" data-exact="0.151">$0.15</span>' in html
-    assert "<svg" in html and 'class="s0"' in html
+    # All of it today: the chart says so and shows each service's share, in the service's own colour.
+    assert 'data-testid="chart-one-day"' in html and "All of it on" in html
+    assert f'<rect class="s{charts.colours(["gpt", "ping"])["gpt"]}"' in html
 
 
 @pytest.mark.django_db
@@ -95,7 +97,63 @@ def test_chart_groups_small_services_as_other():
 
 def test_empty_chart():
     chart = charts.spend_chart([], day_from=date(2026, 1, 1), day_to=date(2026, 1, 30))
-    assert chart.empty and len(chart.bars) == 30 and chart.series == []
+    assert chart.empty and len(chart.bars) == 30 and chart.series == [] and chart.one_day is None
+
+
+def test_a_service_keeps_its_colour_whatever_its_rank_or_company():
+    """The colour is fixed by the slug: the same on the overview and the usage page, on every load,
+    whether the service spends most or least, alone or among others."""
+    day = date(2026, 3, 10)
+    alone = charts.spend_chart([{"day": day, "service": "gpt-4o", "cost": Decimal(1)}], day_from=day, day_to=day)
+    ranked_last = charts.spend_chart(
+        [
+            {"day": day, "service": "gpt-4o", "cost": Decimal(1)},
+            {"day": day, "service": "translate", "cost": Decimal(50)},
+            {"day": day + timedelta(days=1), "service": "dall-e-3", "cost": Decimal(9)},
+        ],
+        day_from=day,
+        day_to=day + timedelta(days=1),
+    )
+    colour = {s.slug: s.index for s in ranked_last.series}
+    assert alone.series[0].index == colour["gpt-4o"] == charts.colour_of("gpt-4o")
+    assert len(set(colour.values())) == 3  # never two series of one chart in one colour
+    assert all(seg.series == colour[seg_slug] for bar in ranked_last.bars for seg, seg_slug in _slugs(bar, ranked_last))
+
+
+def _slugs(bar, chart):
+    by_name = {s.name: s.slug for s in chart.series}
+    return [(seg, by_name[seg.name]) for seg in bar.segments]
+
+
+def test_colour_clashes_move_to_the_next_free_colour_in_slug_order():
+    slugs = [f"service-{i}" for i in range(40)]
+    clashing = next((a, b) for a in slugs for b in slugs if a < b and charts.colour_of(a) == charts.colour_of(b))
+    assigned = charts.colours(clashing)
+    assert assigned[clashing[0]] == charts.colour_of(clashing[0])
+    assert assigned[clashing[1]] == (charts.colour_of(clashing[1]) + 1) % charts.PALETTE
+
+
+@pytest.mark.django_db
+def test_overview_chart_with_no_data_says_so_instead_of_an_empty_frame(owner_web, organization):
+    html = owner_web.get("/dashboard/").content.decode()
+    assert html.count('data-testid="chart-none"') == 2  # desktop and phone variants
+    assert "No live usage in the last 30 days." in html and "No live usage in the last 14 days." in html
+    assert "chart-bars" not in html
+
+
+@pytest.mark.django_db
+def test_overview_chart_with_one_service_over_days_names_it(owner_web, organization, catalogue):
+    today = timezone.now().date()
+    for days_ago in (1, 3):
+        UsageRollup.objects.create(
+            organization=organization,
+            service=catalogue["ping"],
+            day=today - timedelta(days=days_ago),
+            events=1,
+            cost=Decimal("0.5"),
+        )
+    html = owner_web.get("/dashboard/").content.decode()
+    assert "chart-bars" in html and f"All from {catalogue['ping'].name}" in html
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,60 @@ def test_a_bad_code_says_why_and_changes_nothing(owner_web, organization, code, 
 def test_a_forged_statement_cursor_is_ignored(owner_web, organization, history):
     for cursor in ("abc", "-1", "9" * 30):
         assert owner_web.get(f"/dashboard/billing/?before={cursor}").status_code == 200
+
+
+def _csv_rows(response) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    assert response.status_code == 200, response
+    assert response.streaming and response["Content-Type"] == "text/csv; charset=utf-8"
+    return list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("chunk", [2000, 2])
+def test_transactions_csv_has_every_line_with_every_digit(owner_web, organization, history, monkeypatch, chunk):
+    """The export streams the same lines as the page (a day's usage is one line), amounts as stored:
+    they add up, against the exact oracle, to the wallet's balance. A small chunk size makes a day's
+    run of usage span several fetches of the server-side cursor."""
+    monkeypatch.setattr(payment_selectors, "STATEMENT_EXPORT_CHUNK", chunk)
+    rows = _csv_rows(owner_web.get("/dashboard/billing/transactions.csv"))
+    lines = all_lines(organization, size=25, scan=5000)
+    assert [(row["type"], int(row["entries"])) for row in rows] == [(line.kind, line.entries) for line in lines]
+    assert [row["amount"] for row in rows] == [format(line.amount, "f") for line in lines]
+    assert all(len(row["amount"].split(".")[1]) == 12 for row in rows)  # every stored digit, never rounded
+    assert sum(Fraction(row["amount"]) for row in rows) == history
+    assert Fraction(rows[0]["balance_after"]) == history
+    for newer, older in itertools.pairwise(rows):
+        assert Fraction(newer["balance_after"]) - Fraction(newer["amount"]) == Fraction(older["balance_after"])
+    assert {row["currency"] for row in rows} == {"USD"}
+    assert [row["memo"] for row in rows if row["type"] == TransferKind.ADJUSTMENT] == ["correction"]
+
+
+@pytest.mark.django_db
+def test_transactions_csv_neutralises_formulas_and_shows_local_days(owner_web, owner, organization):
+    """A memo is staff text: a formula in it reaches the spreadsheet as text. Days and times are the
+    reader's own (here UTC+14, so an entry made at 11:00 UTC is on the next local day)."""
+    from accounts import services as account_services
+
+    account_services.user_time_zone_set(user=owner, time_zone="Pacific/Kiritimati")
+    wallet_fund(organization, "1.5", reason='=HYPERLINK("http://evil.example","x")')
+    rows = _csv_rows(owner_web.get("/dashboard/billing/transactions.csv"))
+    assert [row["memo"] for row in rows] == ['\'=HYPERLINK("http://evil.example","x")']
+    created = payment_selectors.wallet_statement(organization_id=organization.pk, tz=UTC).lines[0].newest_at
+    local = created.astimezone(ZoneInfo("Pacific/Kiritimati"))
+    assert rows[0]["day"] == local.date().isoformat() and rows[0]["newest_at"] == local.isoformat()
+    assert rows[0]["newest_at"].endswith("+14:00")
+    html = owner_web.get("/dashboard/billing/").content.decode()
+    assert 'href="/dashboard/billing/transactions.csv"' in html
+
+
+@pytest.mark.django_db
+def test_transactions_csv_is_the_organizations_own_and_for_managers_only(
+    other_web, member_web, organization, history, other_organization
+):
+    wallet_fund(other_organization, "3")
+    rows = _csv_rows(other_web.get("/dashboard/billing/transactions.csv"))
+    assert [(row["type"], row["amount"]) for row in rows] == [(TransferKind.ADJUSTMENT, "3.000000000000")]
+    assert member_web.get("/dashboard/billing/transactions.csv").status_code == 403
