@@ -82,7 +82,7 @@ class ApiKeyInline(admin.TabularInline):
 
     @admin.display(description="spent")
     def spent_shown(self, key: ApiKey) -> str:
-        return money_cell(key.spent, settings.CURRENCY)
+        return money_cell(key.lifetime_spent, settings.CURRENCY)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # keys are created by their organization, which alone sees the secret

@@ -143,6 +143,8 @@ class MeApi(APIView):
 
 
 class ApiKeyOutput(serializers.ModelSerializer):
+    spent = Amount(source="lifetime_spent", read_only=True)
+
     class Meta:
         model = ApiKey
         ref_name = "ApiKey"

@@ -1,4 +1,5 @@
 import zoneinfo
+from decimal import Decimal
 from functools import cache
 from typing import Any, ClassVar
 
@@ -188,9 +189,31 @@ class ApiKey(models.Model):
     def is_test(self) -> bool:
         return self.mode == ApiKeyMode.TEST
 
+    @property
+    def lifetime_spent(self) -> Decimal:
+        """What the key has spent in live mode: its own `spent`, plus what it spent on the stripes of a
+        high-volume wallet (`ApiKeyStripeSpend`; `accounts.selectors.api_key_list` annotates it)."""
+        on_stripes = getattr(self, "spent_on_stripes", None)
+        if on_stripes is None:
+            on_stripes = self.stripe_spends.aggregate(total=models.Sum("spent"))["total"]
+        return self.spent + (on_stripes or Decimal(0))
+
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class ApiKeyStripeSpend(models.Model):
+    """An API key's spend through one stripe of a high-volume wallet: striped debits raise this row
+    instead of the key's own `spent`, so one key's debits do not queue on one row (docs/contract.md
+    §2.9). Written only by the usage statements; a key's spend is `ApiKey.lifetime_spent`."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="stripe_spends")
+    stripe = models.PositiveSmallIntegerField()
+    spent = MoneyField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "stripe"], name="apikey_stripe_spend_unique")]
 
 
 class Invitation(models.Model):

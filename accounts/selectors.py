@@ -1,9 +1,9 @@
 """Reads for accounts."""
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
 
-from accounts.models import ApiKey, Membership, Organization, Role, User
+from accounts.models import ApiKey, ApiKeyStripeSpend, Membership, Organization, Role, User
 from billing_site.errors import NotFound
 
 
@@ -20,7 +20,13 @@ def membership_list(*, user: User) -> QuerySet[Membership]:
 
 
 def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(organization=organization).order_by("-created_at", "-id")
+    """Newest first, each with what it spent on a high-volume wallet's stripes (`ApiKey.lifetime_spent`)."""
+    on_stripes = ApiKeyStripeSpend.objects.filter(api_key=OuterRef("pk")).values("api_key").annotate(total=Sum("spent"))
+    return (
+        ApiKey.objects.filter(organization=organization)
+        .annotate(spent_on_stripes=Subquery(on_stripes.values("total")))
+        .order_by("-created_at", "-id")
+    )
 
 
 def api_key_get(*, organization: Organization, api_key_id: int) -> ApiKey:

@@ -282,7 +282,9 @@ _CHECKS: list[tuple[str, str]] = [
         """SELECT count(*) FROM accounts_apikey k
              LEFT JOIN (SELECT api_key_id, sum(cost) AS total FROM metering_usagerecord
                          WHERE organization_id = ANY(%(orgs)s) AND NOT test GROUP BY api_key_id) u ON u.api_key_id = k.id
-            WHERE k.organization_id = ANY(%(orgs)s) AND k.spent <> coalesce(u.total, 0)""",
+            WHERE k.organization_id = ANY(%(orgs)s)
+              AND k.spent + (SELECT coalesce(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = k.id)
+                  <> coalesce(u.total, 0)""",
     ),
 ]
 

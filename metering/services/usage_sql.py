@@ -68,21 +68,38 @@ def _rollup_upsert(source: str) -> str:
            output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost"""
 
 
+# What a key spent through a high-volume wallet's stripes, beside its own `spent` (ApiKey.lifetime_spent).
+_SPENT_ON_STRIPES = "(SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = accounts_apikey.id)"
+
+
 def _spend_update(amount: str, condition: str = "") -> str:
     """Raise the API key's lifetime spend (its row lock comes after the wallet's); answers the new
-    spend and the cap, for `spend_cap_check`."""
-    return f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition} RETURNING spent, spend_cap"
+    lifetime spend (stripes' included) and the cap, for `spend_cap_check`."""
+    return (
+        f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition}"
+        f" RETURNING spent + {_SPENT_ON_STRIPES} AS spent, spend_cap"
+    )
 
 
 def _rollup_and_spend(stripe: str) -> str:
-    """The record's daily rollup (on the `stripe` row) and the key's spend, after a CTE `rec` that
-    inserted the record."""
+    """The record's daily rollup and the key's spend on the `stripe` row (0: the wallet's), after a CTE
+    `rec` that inserted the record. On a stripe the spend goes to the key's row for that stripe, so one
+    key's striped debits do not queue on the key's own row."""
     rollup = _rollup_upsert(
         "SELECT %(usage_org)s, %(usage_service)s, %(usage_day)s, %(usage_test)s, 1, %(usage_quantity)s,"
         f" %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s, {stripe} FROM rec"
     )
-    spend = _spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")
-    return f"roll AS (\n    {rollup}\n), spend AS (\n    {spend}\n)"
+    charged = " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)"
+    spend = _spend_update("%(usage_cost)s", charged + f" AND {stripe} = 0")
+    ctes = f"roll AS (\n    {rollup}\n), spend AS (\n    {spend}\n)"
+    if stripe == "0":
+        return ctes
+    return f"""{ctes}, stripe_spend AS (
+    INSERT INTO accounts_apikeystripespend AS k (api_key_id, stripe, spent)
+    SELECT %(usage_key)s::bigint, {stripe}, %(usage_cost)s FROM rec
+     WHERE %(usage_key)s::bigint IS NOT NULL AND NOT %(usage_test)s AND {stripe} <> 0
+    ON CONFLICT (api_key_id, stripe) DO UPDATE SET spent = k.spent + EXCLUDED.spent
+)"""
 
 
 # In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the record
@@ -209,7 +226,7 @@ def usage_insert(
 # What a capped live key may still spend: its cap, less what it spent, less what its active holds
 # reserve. Read under the wallet's lock, where every debit and hold of the organization serializes.
 _CAP_REMAINING_SQL = """
-SELECT k.spend_cap - k.spent - COALESCE(
+SELECT k.spend_cap - k.spent - (SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = k.id) - COALESCE(
            (SELECT sum(h.amount) FROM metering_hold h WHERE h.api_key_id = k.id AND h.status = 'active' AND NOT h.test), 0)
   FROM accounts_apikey k
  WHERE k.id = %s AND k.spend_cap IS NOT NULL

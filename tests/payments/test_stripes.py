@@ -10,7 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts import services as account_services
-from accounts.models import Role
+from accounts.models import ApiKey, ApiKeyStripeSpend, Role
 from accounts.tenancy import Tenant
 from billing_site.errors import InvalidRequest
 from metering import selectors, services
@@ -213,6 +213,33 @@ def test_batches_and_capped_keys_work_on_a_striped_wallet(striped):
     assert [r.status for r in more] == [201, 402, 402]  # 0.1 left after the first: refused only then
     assert wallet_of(organization).balance == D("0.04")
     assert UsageRecord.objects.filter(organization_id=organization.pk).count() == 6
+    assert_money_invariants([organization.pk])
+
+
+def test_one_keys_striped_debits_spend_on_the_stripes_rows_and_its_cap_counts_them(striped):
+    """A key's spend on a stripe goes to its row for that stripe, not the key's own (where every debit
+    of a one-key tenant would queue); its lifetime spend and its cap count both."""
+    organization = striped["organization"]
+    created = account_services.api_key_create(organization=organization, name="hot", created_by=striped["owner"])
+    tenant = Tenant(organization=organization, user=None, api_key=created.api_key, role=None)
+
+    for n in range(6):
+        spend(tenant, f"k{n}", "0.01")
+
+    key = ApiKey.objects.get(pk=created.api_key.pk)
+    by_stripe = dict(ApiKeyStripeSpend.objects.filter(api_key=key).values_list("stripe", "spent"))
+    assert key.spent == 0 and set(by_stripe) <= {1, 2, 3, 4} and sum(by_stripe.values()) == D("0.06")
+    assert key.lifetime_spent == D("0.06")
+    listed = jwt_client(striped["owner"]).get("/api/v1/api-keys/").json()["results"]
+    assert [k["spent"] for k in listed if k["id"] == key.pk] == ["0.060000000000"]
+
+    key.spend_cap = D("0.065")  # 0.005 left, the stripes' spend counted (as staff set it in the back office)
+    key.save(update_fields=["spend_cap"])
+    capped = Tenant(organization=organization, user=None, api_key=key, role=None)
+    with pytest.raises(services.SpendCapExceeded):
+        spend(capped, "over", "0.01")
+    spend(capped, "under", "0.005")
+    assert ApiKey.objects.get(pk=key.pk).lifetime_spent == D("0.065")
     assert_money_invariants([organization.pk])
 
 
