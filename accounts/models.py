@@ -215,6 +215,9 @@ class ApiKeyStripeSpend(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["api_key", "stripe"], name="apikey_stripe_spend_unique")]
 
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} on stripe {self.stripe}: {self.spent}"
+
 
 class Invitation(models.Model):
     """An invitation to join an organization. The link's secret is not stored: only its SHA-256
