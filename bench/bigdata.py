@@ -170,10 +170,11 @@ def worker(args: argparse.Namespace) -> int:
         missing = target - loaded
         print(f"bigdata: loading {missing:,} usage records (with {loaded:,} already there)", flush=True)
         seconds = 0.0
-        for done, seconds in bigdata_load.load(
+        for done, seconds, phases in bigdata_load.load(
             data, count=missing, chunk=args.chunk, large_share=args.large_share, days=args.days, seed=loaded
         ):
-            print(f"  {done:>12,} records in {seconds:7.1f}s ({done / seconds:,.0f} records/s)", flush=True)
+            detail = ", ".join(f"{name} {value:.1f}s" for name, value in phases.items())
+            print(f"  {done:>12,} records in {seconds:7.1f}s ({done / seconds:,.0f} records/s; last chunk: {detail})", flush=True)
         vacuum = bigdata_load.vacuum_analyze()
         print(f"bigdata: loaded {missing:,} records in {seconds:.1f}s, then VACUUM ANALYZE in {vacuum:.1f}s", flush=True)
         result["load"] = {"records": missing, "seconds": round(seconds, 1), "vacuum_seconds": round(vacuum, 1)}
@@ -242,7 +243,7 @@ def measure(data, args: argparse.Namespace) -> list[dict]:
     from rest_framework_simplejwt.tokens import RefreshToken
 
     from accounts.models import User
-    from dashboard.selectors import Cursor
+    from billing_site.keyset import Position
 
     pages = []
     for who, organization_id, user_id in (
@@ -254,8 +255,9 @@ def measure(data, args: argparse.Namespace) -> list[dict]:
         dashboard.force_login(user)
         api = Client(headers={"Authorization": f"Bearer {RefreshToken.for_user(user).access_token}"})
         deep, before = _deep_page(organization_id, args.deep_page)
-        cursor = Cursor(*before).encode() if before else ""
+        cursor = Position(*before).encode() if before else ""
         deep_query = f"before={cursor}" if cursor else ""
+        deep_cursor = f"o{cursor}" if cursor else ""
         pages += [
             _time(who, "dashboard overview", dashboard, "/dashboard/", args),
             _time(who, "dashboard usage, first page", dashboard, "/dashboard/usage/", args),
@@ -264,6 +266,15 @@ def measure(data, args: argparse.Namespace) -> list[dict]:
             _time(who, "API usage/summary/", api, "/api/v1/usage/summary/", args),
             _time(who, "API usage/, page 1", api, f"/api/v1/usage/?page_size={USAGE_PAGE_SIZE}", args),
             _time(who, "API usage/, deep page", api, f"/api/v1/usage/?page_size={USAGE_PAGE_SIZE}&page={deep}", args, deep=deep),
+            _time(who, "API usage/?cursor=, first page", api, f"/api/v1/usage/?page_size={USAGE_PAGE_SIZE}&cursor=", args),
+            _time(
+                who,
+                "API usage/?cursor=, deep page",
+                api,
+                f"/api/v1/usage/?page_size={USAGE_PAGE_SIZE}&cursor={deep_cursor}",
+                args,
+                deep=deep,
+            ),
             _time(who, "API usage/export.csv, first row", api, "/api/v1/usage/export.csv", args, csv=True),
         ]
     staff = Client()

@@ -273,9 +273,18 @@ def plan_chunk(fixtures: Fixtures, *, count: int, large_share: float, window: tu
     return ChunkPlan(events=events)
 
 
-def load_chunk(plan: ChunkPlan, fixtures: Fixtures) -> None:
-    """Write one planned chunk in one transaction (see the module docstring)."""
+def load_chunk(plan: ChunkPlan, fixtures: Fixtures) -> dict[str, float]:
+    """Write one planned chunk in one transaction (see the module docstring); answers seconds per phase."""
     from django.db import connection, transaction
+
+    phases: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[name] = round(now - clock, 2)
+        clock = now
 
     events = plan.events
     variants = fixtures.variants
@@ -342,15 +351,24 @@ def load_chunk(plan: ChunkPlan, fixtures: Fixtures) -> None:
             record_id += 1
         if any(balance < 0 for balance in balances.values()):
             raise AssertionError("bigdata: a wallet would go below zero")
-        for statement, lines in ((TRANSFER_COPY, transfers), (ENTRY_COPY, entries), (USAGE_COPY, records)):
+        lap("generate")
+        for name, statement, lines in (
+            ("copy transfers", TRANSFER_COPY, transfers),
+            ("copy entries", ENTRY_COPY, entries),
+            ("copy records", USAGE_COPY, records),
+        ):
             with cursor.copy(statement) as copy:
                 for block in range(0, len(lines), 5000):
                     copy.write("".join(lines[block : block + 5000]))
+            lap(name)
         from metering.services.usage_sql import _rollup_upsert  # the app's own upsert: one encoding of the rollup
 
         span = {"first": first_record, "last": record_id - 1}
         cursor.execute(_rollup_upsert(_ROLLUP_SOURCE), span)
         cursor.execute(_SPEND_SQL, span)
+        lap("rollups and spend")
+    lap("commit (deferred foreign-key checks)")
+    return phases
 
 
 def _timestamp(micros: int) -> str:
@@ -359,8 +377,8 @@ def _timestamp(micros: int) -> str:
 
 def load(
     fixtures: Fixtures, *, count: int, chunk: int, large_share: float, days: int, seed: int
-) -> Iterator[tuple[int, float]]:
-    """Load `count` records in chunks; yields (records so far, seconds so far) after each chunk."""
+) -> Iterator[tuple[int, float, dict[str, float]]]:
+    """Load `count` records in chunks; yields (records so far, seconds so far, the chunk's phases)."""
     now = datetime.now(UTC).replace(microsecond=0)
     window = (now - timedelta(days=days), now - timedelta(minutes=1))
     started = time.monotonic()
@@ -368,9 +386,9 @@ def load(
     while done < count:
         size = min(chunk, count - done)
         plan = plan_chunk(fixtures, count=size, large_share=large_share, window=window, seed=seed + done)
-        load_chunk(plan, fixtures)
+        phases = load_chunk(plan, fixtures)
         done += size
-        yield done, time.monotonic() - started
+        yield done, time.monotonic() - started, phases
 
 
 def vacuum_analyze() -> float:

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from billing_site.admin import ReadOnlyAdmin
+from billing_site.admin import LargeTableAdmin, ReadOnlyAdmin
 from billing_site.csv_stream import csv_stream_response
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
@@ -66,12 +66,11 @@ class PriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(ReadOnlyAdmin):
+class UsageRecordAdmin(LargeTableAdmin):
     list_display = ["id", "created_at", "organization", "service", "quantity", "cost", "test", "api_key_id"]
     list_filter = ["test", "service"]
     search_fields = ["idempotency_key", "organization__slug"]
-    date_hierarchy = "created_at"
-    show_full_result_count = False  # no full-table count on every page load
+    date_hierarchy = "created_at"  # probed through the usage_time index (LargeTableAdmin)
     list_select_related = ["organization", "service"]
     actions = ["export_csv"]
 
