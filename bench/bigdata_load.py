@@ -88,7 +88,7 @@ def _units(value: Decimal | None) -> str:
     return "\\N" if value is None else format(value, "f")
 
 
-def ensure_fixtures(*, small_organizations: int) -> Fixtures:
+def ensure_fixtures(*, small_organizations: int, quiet: bool = False) -> Fixtures:
     """Everything but the usage, made through the services; fast when it all exists."""
     from django.db import transaction
 
@@ -188,7 +188,8 @@ def ensure_fixtures(*, small_organizations: int) -> Fixtures:
                 ]
             )
             variants.append(Variant(copy_fragment=fragment, cost=int(priced.cost * UNITS)))
-    print(f"bigdata: fixtures ready in {time.monotonic() - started:.1f}s", flush=True)
+    if not quiet:
+        print(f"bigdata: fixtures ready in {time.monotonic() - started:.1f}s", flush=True)
     return Fixtures(
         large_id=large.pk,
         small_id=organizations[SMALL_SLUG.format(0)].pk,
