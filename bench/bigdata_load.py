@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,7 +43,7 @@ UNITS = 10**12  # amounts travel as integers of 1e-12 (numeric(28,12)) inside th
 VARIANTS_PER_SERVICE = 24
 
 # (slug, calc method, general prices, one quantity mapping per variant index)
-SERVICES = (
+SERVICES: tuple[tuple[str, str, dict[str, Decimal], Callable[[int], dict[str, int]]], ...] = (
     (
         "bigdata-llm",
         "TOKENS",
@@ -102,12 +102,12 @@ def ensure_fixtures(*, small_organizations: int, quiet: bool = False) -> Fixture
 
     started = time.monotonic()
     users = {}
-    for email, staff in ((STAFF_EMAIL, True), (OWNER_EMAIL, False), (LARGE_OWNER_EMAIL, False), (SMALL_OWNER_EMAIL, False)):
+    for email, is_staff in ((STAFF_EMAIL, True), (OWNER_EMAIL, False), (LARGE_OWNER_EMAIL, False), (SMALL_OWNER_EMAIL, False)):
         user = User.objects.filter(email=email).first()
         if user is None:
             user = (
                 User.objects.create_superuser(email=email, password=None)
-                if staff
+                if is_staff
                 else User.objects.create_user(email=email, password=None)
             )
         users[email] = user
@@ -150,7 +150,10 @@ def ensure_fixtures(*, small_organizations: int, quiet: bool = False) -> Fixture
     for organization in organizations.values():
         if organization.pk not in funded:
             wallet_adjust(
-                organization_id=organization.pk, amount=OPENING_FUNDS, reason="bench bigdata opening funds", created_by_id=staff.pk
+                organization_id=organization.pk,
+                amount=OPENING_FUNDS,
+                reason="bench bigdata opening funds",
+                created_by_id=staff.pk,
             )
 
     live_keys: dict[int, list[int]] = {}
@@ -292,9 +295,9 @@ def load_chunk(plan: ChunkPlan, fixtures: Fixtures) -> dict[str, float]:
     organizations = sorted({organization for _, organization, _, _, _ in events})
     funding: dict[int, int] = {}
     first_seen: dict[int, int] = {}
-    for micros, organization, _, test, variant in events:
+    for micros, organization, _, test, variant_index in events:
         if not test:
-            funding[organization] = funding.get(organization, 0) + variants[variant].cost
+            funding[organization] = funding.get(organization, 0) + variants[variant_index].cost
             first_seen.setdefault(organization, micros)
     live = sum(1 for event in events if not event[3])
 

@@ -52,7 +52,7 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        rows = self.object_list
+        rows: QuerySet = self.object_list  # type: ignore[assignment]  # changelists paginate querysets
         exact = rows[: self.exact_limit + 1].count()
         if exact <= self.exact_limit:
             return exact
@@ -77,7 +77,7 @@ class IndexedDatesQuerySet(QuerySet):
     by one indexed probe per period found — the first row at or after the period's start — instead of a
     DISTINCT over every row of the range. Needs an index that starts with the field."""
 
-    def datetimes(self, field_name: str, kind: str, order: str = "ASC", tzinfo: Any = None) -> Any:
+    def datetimes(self, field_name: str, kind: Any, order: Any = "ASC", tzinfo: Any = None) -> Any:
         if kind not in _NEXT_PERIOD or order != "ASC" or tzinfo is not None:
             return super().datetimes(field_name, kind, order, tzinfo)
         current = timezone.get_current_timezone()

@@ -47,15 +47,11 @@ class Position:
 
 
 def older_than(rows: QuerySet[_Row], position: Position) -> QuerySet[_Row]:
-    return rows.filter(created_at__lte=position.created_at).filter(
-        Q(created_at__lt=position.created_at) | Q(id__lt=position.id)
-    )
+    return rows.filter(created_at__lte=position.created_at).filter(Q(created_at__lt=position.created_at) | Q(id__lt=position.id))
 
 
 def newer_than(rows: QuerySet[_Row], position: Position) -> QuerySet[_Row]:
-    return rows.filter(created_at__gte=position.created_at).filter(
-        Q(created_at__gt=position.created_at) | Q(id__gt=position.id)
-    )
+    return rows.filter(created_at__gte=position.created_at).filter(Q(created_at__gt=position.created_at) | Q(id__gt=position.id))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ def cursor_paginated_response(
     position = Position.decode(token[1:]) if token[:1] in (_OLDER, _NEWER) else None
     if token and position is None:
         raise InvalidRequest("`cursor` is not a cursor this API gave.", details={"cursor": ["Invalid cursor."]})
-    size = Pagination().get_page_size(request) or Pagination.page_size
+    size = Pagination().get_page_size(request)
+    assert size is not None  # REST_FRAMEWORK["PAGE_SIZE"] is set
     page = keyset_page(
         queryset,
         before=position if token[:1] == _OLDER else None,

@@ -99,7 +99,10 @@ def usage_export(request, current):
     form = _usage_filters(request, current)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
-    rows = usage_csv_rows(keyset.keyset_iterate(records, chunk=EXPORT_CHUNK, first_chunk=EXPORT_FIRST_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))
+    rows = usage_csv_rows(
+        keyset.keyset_iterate(records, chunk=EXPORT_CHUNK, first_chunk=EXPORT_FIRST_CHUNK),
+        api_key_label=lambda key_id: prefixes.get(key_id, ""),
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return csv_stream_response(usage_csv_header(), rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 
