@@ -107,3 +107,19 @@ def test_usage_export_never_includes_another_organization(other_web, records):
 
 def test_members_see_usage(member_web, records):
     assert ids(member_web.get("/dashboard/usage/")) == ["r3", "r2", "r1"]
+
+
+def test_usage_pages_cost_the_same_at_any_depth(owner_web, records, monkeypatch, django_assert_max_num_queries):
+    """A keyset page: the same statements for the first page and an older one, never a COUNT or an OFFSET."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr("dashboard.views.pages.USAGE_PAGE_SIZE", 1)
+    owner_web.get("/dashboard/usage/")  # warms the per-process caches
+    with django_assert_max_num_queries(10) as first:
+        older = owner_web.get("/dashboard/usage/").context["page"].older.encode()
+    owner_web.get(f"/dashboard/usage/?before={older}")
+    with CaptureQueriesContext(connection) as deep:
+        assert ids(owner_web.get(f"/dashboard/usage/?before={older}")) == ["r2"]
+    assert len(deep.captured_queries) == len(first.captured_queries)
+    assert not any("OFFSET" in q["sql"] or "COUNT(" in q["sql"] for q in first.captured_queries + deep.captured_queries)
