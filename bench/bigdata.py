@@ -2,10 +2,11 @@
 
 For each size it loads usage records with COPY (bench/bigdata_load.py: many organizations and one
 large one, with their ledger postings, daily rollups and key spend, never breaking a money invariant),
-vacuums and analyzes as autovacuum would, then times each page N times in-process through Django's
-test Client (the whole middleware stack, sessions, JWT, templates; no gunicorn, no network), for the
-large organization and a small one, and the back office's changelists as a staff user. It prints
-p50/p95 per page and size, the ratio of the largest size to the smallest, and the aims.
+vacuums and analyzes as autovacuum would, then times each page in-process through Django's test Client
+(the whole middleware stack, sessions, JWT, templates; no gunicorn, no network), for the large
+organization and a small one, and the back office's changelists as a staff user, in rounds interleaved
+over the sizes. It prints p50/p95 per page and size, the database's share, the ratio of the largest
+size to the smallest, and the aims (docs/performance.md).
 
 Without DATABASE_URL each size has its own database on the embedded PostgreSQL
 (`tollgate_bigdata_10k`, `_1m`, `_10m`); a bigger one starts as a copy of the next smaller one
@@ -13,7 +14,7 @@ Without DATABASE_URL each size has its own database on the embedded PostgreSQL
 re-measured at every size without loading again. With DATABASE_URL, the one database grows through
 the sizes in ascending order (its bench organizations are told apart by the slug prefix bench-bigdata-).
 
-    make bench-bigdata                                      # 10k, 1M, 10M; 30 requests per page
+    make bench-bigdata                                      # 10k, 1M, 10M; 3 rounds of 20 requests per page
     make bench-bigdata BIGDATA_ARGS="--sizes 10k,1m --requests 20"
     make bench-bigdata BIGDATA_ARGS="--drop"                # drop the big databases (~10 GB at 10M)
 """
