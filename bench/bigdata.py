@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.sizes or set(args.sizes) - set(SIZES) or [SIZES[s] for s in args.sizes] != sorted(SIZES[s] for s in args.sizes):
         parser.error(f"--sizes takes an ascending list of {', '.join(SIZES)}")
     if args.rounds < 1 or args.requests < 1 or args.organizations < 1 or not 0 < args.large_share < 1:
-        parser.error("--requests and --organizations must be at least 1, --large-share between 0 and 1")
+        parser.error("--rounds, --requests and --organizations must be at least 1, --large-share between 0 and 1")
     return args
 
 
@@ -279,6 +279,7 @@ def measure(data, args: argparse.Namespace) -> list[dict]:
     from rest_framework_simplejwt.tokens import RefreshToken
 
     from accounts.models import User
+    from billing_site.api.pagination import older_cursor
     from billing_site.keyset import Position
 
     pages = []
@@ -291,9 +292,9 @@ def measure(data, args: argparse.Namespace) -> list[dict]:
         dashboard.force_login(user)
         api = Client(headers={"Authorization": f"Bearer {RefreshToken.for_user(user).access_token}"})
         deep, before = _deep_page(organization_id, args.deep_page)
-        cursor = Position(*before).encode() if before else ""
-        deep_query = f"before={cursor}" if cursor else ""
-        deep_cursor = f"o{cursor}" if cursor else ""
+        position = Position(*before) if before else None
+        deep_query = f"before={position.encode()}" if position else ""  # the dashboard's Older → link
+        deep_cursor = older_cursor(position) if position else ""  # the API's `next` link
         pages += [
             _time(who, REFERENCE + "dashboard pricing", dashboard, "/dashboard/pricing/", args),
             _time(who, "dashboard overview", dashboard, "/dashboard/", args),

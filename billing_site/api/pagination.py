@@ -33,6 +33,11 @@ def paginated_response(
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
+def older_cursor(position: Position) -> str:
+    """The `cursor` value of the page just older than `position` (what a `next` link carries)."""
+    return _OLDER + position.encode()
+
+
 def wants_cursor(request: Request) -> bool:
     return CURSOR_QUERY_PARAM in request.query_params
 
@@ -58,13 +63,13 @@ def cursor_paginated_response(
     )
     url = remove_query_param(request.build_absolute_uri(), Pagination.page_query_param)
 
-    def link(direction: str, where: Position | None) -> str | None:
-        return None if where is None else replace_query_param(url, CURSOR_QUERY_PARAM, direction + where.encode())
+    def link(cursor: str | None) -> str | None:
+        return None if cursor is None else replace_query_param(url, CURSOR_QUERY_PARAM, cursor)
 
     return Response(
         {
-            "next": link(_OLDER, page.older),
-            "previous": link(_NEWER, page.newer),
+            "next": link(older_cursor(page.older) if page.older else None),
+            "previous": link(_NEWER + page.newer.encode() if page.newer else None),
             "results": serializer_class(page.rows, many=True).data,
         }
     )
