@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench stop clean-data install
+.PHONY: run test lint format bench bench-bigdata stop clean-data install
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-bigdata: $(STAMP)
+	$(PY) -m bench.bigdata $(BIGDATA_ARGS)
 
 stop: $(STAMP)
 	$(PY) -m billing_site.embedded stop

@@ -45,9 +45,9 @@ def _embedded_postmaster_pid() -> int | None:
         return None
 
 
-def prepare_database(*, fresh: bool) -> Target:
-    """Decide the database and export the environment for this process and its children.
-    Must run before Django is set up."""
+def prepare_database(*, fresh: bool, database: str = BENCH_DATABASE) -> Target:
+    """Decide the database (`database` on the embedded server, unless DATABASE_URL is set) and export
+    the environment for this process and its children. Must run before Django is set up."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_site.settings")
     for name, value in THROTTLE_OVERRIDES.items():
         os.environ.setdefault(name, value)
@@ -65,17 +65,17 @@ def prepare_database(*, fresh: bool) -> Target:
     params = embedded.ensure_postgres()
     host = params["HOST"]
     with psycopg.connect(host=host, user=params["USER"], dbname="postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DATABASE]).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if exists and fresh:
-            print(f"bench: --fresh: dropping the database {BENCH_DATABASE}")
-            conn.execute(f"DROP DATABASE {BENCH_DATABASE} WITH (FORCE)")
+            print(f"bench: --fresh: dropping the database {database}")
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
             exists = None
         if not exists:
-            conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    os.environ["DATABASE_URL"] = f"postgres://{params['USER']}@/{BENCH_DATABASE}?host={host}"
+            conn.execute(f"CREATE DATABASE {database}")
+    os.environ["DATABASE_URL"] = f"postgres://{params['USER']}@/{database}?host={host}"
     os.environ.setdefault("TOLLGATE_ENV", "development")
     return Target(
-        description=f"embedded PostgreSQL, database {BENCH_DATABASE} (the bench's own)",
+        description=f"embedded PostgreSQL, database {database} (the bench's own)",
         dedicated=True,
         postmaster_pid=_embedded_postmaster_pid(),
     )

@@ -91,60 +91,6 @@ def invitation_by_token(*, token: str) -> Invitation | None:
     return Invitation.objects.select_related("organization", "invited_by").filter(digest=invitation_digest(token)).first()
 
 
-# --- Usage pages: keyset pagination, so page 10,000 costs what page 1 does (no OFFSET, no COUNT) ----
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Cursor:
-    created_at: datetime
-    id: int
-
-    def encode(self) -> str:
-        micros = (self.created_at - EPOCH) // timedelta(microseconds=1)
-        return f"{micros}.{self.id}"
-
-    @classmethod
-    def decode(cls, text: str | None) -> Cursor | None:
-        try:
-            micros, record_id = (int(part) for part in (text or "").split("."))
-            created_at = EPOCH + timedelta(microseconds=micros)
-        except (TypeError, ValueError, OverflowError, OSError):
-            return None
-        return cls(created_at=created_at, id=record_id)
-
-
-@dataclass(frozen=True)
-class UsagePage:
-    records: list[UsageRecord]
-    older: Cursor | None  # the cursor for the next (older) page, if there is one
-    newer: Cursor | None  # the cursor for the previous (newer) page, if there is one
-
-
-def usage_page(
-    records: QuerySet[UsageRecord], *, before: Cursor | None = None, after: Cursor | None = None, size: int = 50
-) -> UsagePage:
-    """One page of `records` (newest first): the `size` after `before`, or the `size` just
-    newer than `after`, or the newest."""
-    if after is not None:
-        newer_first = records.filter(Q(created_at__gt=after.created_at) | Q(created_at=after.created_at, id__gt=after.id))
-        chunk = list(newer_first.order_by("created_at", "id")[: size + 1])
-        has_newer = len(chunk) > size
-        rows = list(reversed(chunk[:size]))
-        older = Cursor(rows[-1].created_at, rows[-1].pk) if rows else None
-        newer = Cursor(rows[0].created_at, rows[0].pk) if rows and has_newer else None
-        return UsagePage(records=rows, older=older, newer=newer)
-    if before is not None:
-        records = records.filter(Q(created_at__lt=before.created_at) | Q(created_at=before.created_at, id__lt=before.id))
-    chunk = list(records[: size + 1])
-    rows = chunk[:size]
-    older = Cursor(rows[-1].created_at, rows[-1].pk) if len(chunk) > size else None
-    newer = Cursor(rows[0].created_at, rows[0].pk) if rows and before is not None else None
-    return UsagePage(records=rows, older=older, newer=newer)
-
-
 # --- Usage summaries: the daily rollups for whole UTC days, records only for what they cannot answer -
 
 

@@ -19,9 +19,17 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from accounts.tenancy import TenantMixin
+from billing_site import keyset
 from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
 from billing_site.api.limits import IDEMPOTENCY_HEADER
-from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
+from billing_site.api.pagination import (
+    CURSOR_PARAMETER,
+    PAGE_PARAMETERS,
+    cursor_paginated_response,
+    paginated,
+    paginated_response,
+    wants_cursor,
+)
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
 from billing_site.csv_stream import csv_stream_response
@@ -29,7 +37,7 @@ from billing_site.errors import DomainError, InvalidRequest, NotFound, Permissio
 from billing_site.money import money_str
 from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
-from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
+from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import CalcMethod, Hold, Service, UsageRecord
 from metering.pricing import price_fields
 from metering.services.usage_sql import BatchRecord
@@ -200,17 +208,21 @@ class UsageApi(TenantMixin, APIView):
             OpenApiParameter("api_key", int),
             OpenApiParameter("test", bool),
             *PAGE_PARAMETERS,
+            CURSOR_PARAMETER,
         ],
-        responses={200: paginated(UsageOutput, "UsagePage")},
+        responses={200: paginated(UsageOutput, "UsagePage", cursor=True)},
         operation_id="v1_usage_list",
         tags=["usage"],
         summary="List usage events",
         description="Your usage records, newest first, a page at a time. Filter by `service` (slug), `from` and `to` "
-        "(ISO times, `to` excluded), `api_key` (id) and `test`. Works with a JWT or an API key.",
+        "(ISO times, `to` excluded), `api_key` (id) and `test`. Works with a JWT or an API key. Page by number "
+        "(`page`, with a `count`), or for deep histories by `cursor` (`?cursor=` to start, then follow `next`): "
+        "a cursor page costs the same at any depth.",
     )
     def get(self, request: Request) -> Response:
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
-        return paginated_response(request=request, view=self, queryset=records, serializer_class=UsageOutput)
+        respond = cursor_paginated_response if wants_cursor(request) else paginated_response
+        return respond(request=request, view=self, queryset=records, serializer_class=UsageOutput)
 
 
 def _when(value: str | None, name: str) -> datetime | None:
@@ -418,7 +430,7 @@ class UsageExportApi(TenantMixin, APIView):
         if self.tenant.user is None:
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
-        rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK))
+        rows = usage_csv_rows(keyset.keyset_iterate(records, chunk=EXPORT_CHUNK, first_chunk=EXPORT_FIRST_CHUNK))
         return csv_stream_response(usage_csv_header(), rows, filename="usage.csv")
 
 

@@ -25,7 +25,8 @@ USAGE_CSV_COLUMNS = [
     "api_key",
     "idempotency_key",
 ]
-EXPORT_CHUNK = 2000  # rows fetched per round trip through a server-side cursor
+EXPORT_CHUNK = 2000  # rows fetched per keyset query (billing_site/keyset.py: keyset_iterate)
+EXPORT_FIRST_CHUNK = 200  # a small first query, so the first row goes out at once
 
 
 def usage_csv_header(*, with_organization: bool = False) -> list[str]:

@@ -11,13 +11,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from accounts import services as account_services
+from billing_site import keyset
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import ZERO
 from dashboard import charts, forms, reports, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
 from metering import selectors as metering_selectors
-from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
+from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
 from metering.pricing import price_fields
 from payments import selectors as payment_selectors
 
@@ -93,7 +94,7 @@ def _usage_summary(form: forms.UsageFilterForm, current) -> dict:
     filters = form.selector_filters()
     cells = selectors.usage_cells(
         organization_id=current.organization.pk,
-        start=start or selectors.EPOCH,
+        start=start or keyset.EPOCH,
         end=end,
         service=filters["service"],
         api_key_id=filters["api_key_id"],
@@ -151,13 +152,14 @@ def usage(request, current):
         }
         return page(request, "dashboard/usage.html", context, status=400)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
-    usage_page = selectors.usage_page(
+    # Keyset pages: page 10,000 costs what page 1 does (no OFFSET, no COUNT).
+    usage_page = keyset.keyset_page(
         records,
-        before=selectors.Cursor.decode(request.GET.get("before")),
-        after=selectors.Cursor.decode(request.GET.get("after")),
+        before=keyset.Position.decode(request.GET.get("before")),
+        after=keyset.Position.decode(request.GET.get("after")),
         size=USAGE_PAGE_SIZE,
     )
-    rows = [(record, form.api_keys.get(record.api_key_id)) for record in usage_page.records]
+    rows = [(record, form.api_keys.get(record.api_key_id)) for record in usage_page.rows]
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
     context = {
         "form": form,
@@ -175,14 +177,17 @@ def usage(request, current):
 
 @dashboard_view()
 def usage_export(request, current):
-    """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
-    cursor (.iterator()), so a million rows never sit in memory."""
+    """The filtered records as CSV, streamed: rows are fetched in keyset chunks, so a million rows
+    never sit in memory and the first one goes out after one small query."""
     form = _usage_filters(request, current)
     if form.is_bound and not form.is_valid():
         return HttpResponseBadRequest(f"Invalid filters: {form.errors.as_text()}", content_type="text/plain; charset=utf-8")
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
-    rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))
+    rows = usage_csv_rows(
+        keyset.keyset_iterate(records, chunk=EXPORT_CHUNK, first_chunk=EXPORT_FIRST_CHUNK),
+        api_key_label=lambda key_id: prefixes.get(key_id, ""),
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return csv_stream_response(usage_csv_header(), rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 

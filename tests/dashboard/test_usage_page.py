@@ -88,21 +88,16 @@ def test_usage_export_streams_the_filtered_csv(owner_web, records):
     assert rows[0]["api_key"] == records["live_key"].prefix
 
 
-def test_usage_export_reads_through_a_cursor_in_chunks(owner_web, records, monkeypatch):
-    """The rows are fetched with QuerySet.iterator() (a server-side cursor), never all at once."""
-    from django.db.models.query import QuerySet
-
-    calls = []
-    original = QuerySet.iterator
-
-    def spy(self, chunk_size=None):
-        calls.append(chunk_size)
-        return original(self, chunk_size=chunk_size)
-
-    monkeypatch.setattr(QuerySet, "iterator", spy)
+def test_usage_export_reads_in_keyset_chunks(owner_web, records, monkeypatch, django_assert_num_queries):
+    """The rows come a chunk per query, each from where the last ended: no OFFSET, no server-side cursor
+    (whose WITH HOLD materializes the whole result before the first row)."""
+    monkeypatch.setattr("dashboard.views.pages.EXPORT_FIRST_CHUNK", 1)
+    monkeypatch.setattr("dashboard.views.pages.EXPORT_CHUNK", 1)
     response = owner_web.get("/dashboard/usage/export.csv")
-    body = b"".join(response.streaming_content).decode()
-    assert calls == [2000] and body.count("\n") == 4
+    with django_assert_num_queries(4) as queries:  # one per record, and one that finds no more
+        body = b"".join(response.streaming_content).decode()
+    assert [line.split(",")[-1].strip('"') for line in body.splitlines()[1:]] == ["r3", "r2", "r1"]
+    assert all("OFFSET" not in q["sql"] and "DECLARE" not in q["sql"] for q in queries.captured_queries)
 
 
 def test_usage_export_never_includes_another_organization(other_web, records):
@@ -122,3 +117,19 @@ def test_an_invalid_date_range_shows_the_error_and_no_records(owner_web, records
     assert ids(response) == [] and 'data-testid="usage-table"' not in html
     export = owner_web.get("/dashboard/usage/export.csv?date_from=2030-02-01&date_to=2030-01-01")
     assert export.status_code == 400 and not export.streaming
+
+
+def test_usage_pages_cost_the_same_at_any_depth(owner_web, records, monkeypatch, django_assert_max_num_queries):
+    """A keyset page: the same statements for the first page and an older one, never a COUNT or an OFFSET."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr("dashboard.views.pages.USAGE_PAGE_SIZE", 1)
+    owner_web.get("/dashboard/usage/")  # warms the per-process caches
+    with django_assert_max_num_queries(10) as first:
+        older = owner_web.get("/dashboard/usage/").context["page"].older.encode()
+    owner_web.get(f"/dashboard/usage/?before={older}")
+    with CaptureQueriesContext(connection) as deep:
+        assert ids(owner_web.get(f"/dashboard/usage/?before={older}")) == ["r2"]
+    assert len(deep.captured_queries) == len(first.captured_queries)
+    assert not any("OFFSET" in q["sql"] or "COUNT(" in q["sql"] for q in first.captured_queries + deep.captured_queries)

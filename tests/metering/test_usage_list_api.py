@@ -90,6 +90,76 @@ def test_usage_list_paginates(history, owner_client):
     assert_error(owner_client.get(f"{USAGE}?page=9"), 404, "not_found")
 
 
+# --- Keyset ("cursor") pages ---------------------------------------------------------------------------------
+
+
+def walk(client, url: str, link: str = "next") -> list[list[str]]:
+    """Every page from `url` on, following `link`, as lists of idempotency keys."""
+    pages = []
+    while url:
+        body = client.get(url).json()
+        assert "count" not in body
+        pages.append([record["idempotency_key"] for record in body["results"]])
+        url = body[link]
+    return pages
+
+
+def test_cursor_pages_list_every_record_once_and_walk_back(history, owner_client):
+    forward = walk(owner_client, f"{USAGE}?page_size=2&cursor=")
+    assert forward == [["p3", "t1"], ["p2", "g1"], ["p1"]]
+
+    last = owner_client.get(f"{USAGE}?page_size=2&cursor=").json()
+    last = owner_client.get(owner_client.get(last["next"]).json()["next"]).json()
+    assert last["next"] is None
+    assert walk(owner_client, last["previous"], "previous") == [["p2", "g1"], ["p3", "t1"]]
+
+
+def test_cursor_pages_break_ties_on_created_at_by_id(funded, live_client, owner_client):
+    """Records of one instant: the cursor's (created_at, id) still walks them exactly once, newest id first."""
+    with recorded_at(datetime(2026, 1, 10, 12, tzinfo=UTC)):
+        for index in range(7):
+            ping(live_client, f"same-{index}")
+    pages = walk(owner_client, f"{USAGE}?page_size=3&cursor=")
+    assert pages == [["same-6", "same-5", "same-4"], ["same-3", "same-2", "same-1"], ["same-0"]]
+    assert [key for page in pages for key in page] == keys(owner_client.get(f"{USAGE}?page_size=50"))
+
+
+def test_cursor_pages_keep_their_filters(history, owner_client):
+    assert walk(owner_client, f"{USAGE}?page_size=1&test=false&service=ping&cursor=") == [["p3"], ["p2"], ["p1"]]
+
+
+def test_a_cursor_shows_only_the_callers_records(history, owner_client, other_client, other_organization):
+    """A cursor is a place in time, not a grant: another organization following it sees only its own."""
+    from tests.factories import wallet_fund
+
+    wallet_fund(other_organization, "1")
+    with recorded_at(datetime(2026, 1, 9, tzinfo=UTC)):
+        ping(other_client, "theirs")
+    cursor_url = owner_client.get(f"{USAGE}?page_size=1&cursor=").json()["next"]
+    assert walk(other_client, cursor_url) == [["theirs"]]
+
+
+@pytest.mark.parametrize("query", ["cursor=garbage", "cursor=o12", "cursor=x1.2", "cursor=&page=2"])
+def test_bad_cursors_are_refused(history, owner_client, query):
+    assert_error(owner_client.get(f"{USAGE}?{query}"), 400, "invalid_request")
+
+
+def test_a_deep_cursor_page_costs_what_the_first_does(history, owner_client):
+    """The same statements at any depth: no COUNT, no OFFSET, only the position changes."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    owner_client.get(f"{USAGE}?page_size=1&cursor=")  # warms the per-process caches
+    with CaptureQueriesContext(connection) as first:
+        deep_url = owner_client.get(f"{USAGE}?page_size=1&cursor=").json()["next"]
+    for _ in range(3):
+        deep_url = owner_client.get(deep_url).json()["next"]
+    with CaptureQueriesContext(connection) as deep:
+        assert keys(owner_client.get(deep_url)) == ["p1"]
+    assert len(deep.captured_queries) == len(first.captured_queries)
+    assert not any("OFFSET" in q["sql"] or "COUNT(" in q["sql"] for q in first.captured_queries + deep.captured_queries)
+
+
 def test_usage_list_with_an_api_key(history, live_client):
     assert keys(live_client.get(USAGE)) == ["p3", "t1", "p2", "g1", "p1"]
 
