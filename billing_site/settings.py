@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "billing_site.observability.RequestIdMiddleware",
+    "billing_site.cache.CacheVersionsMiddleware",
     "billing_site.api.limits.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -119,6 +120,10 @@ CACHES = {
         "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
     }
 }
+
+# The per-process cache of API keys and prices (billing_site/cache.py) is exact through its Redis
+# version tokens; this is only the backstop on an entry's age, for a change Redis could not announce.
+CACHE_LOCAL_SECONDS = env.int("CACHE_LOCAL_SECONDS", default=30)
 
 
 def _celery_url(url: str) -> str:
@@ -298,3 +303,6 @@ LOGGING = {
         "tollgate.access": {"level": env.str("ACCESS_LOG_LEVEL", default="INFO")},
     },
 }
+# The access line (billing_site.observability): every error and slow request, and this share of the others.
+ACCESS_LOG_SAMPLE_RATE = env.float("ACCESS_LOG_SAMPLE_RATE", default=0.01)
+ACCESS_LOG_SLOW_MS = env.float("ACCESS_LOG_SLOW_MS", default=200)
