@@ -37,6 +37,7 @@ from django.utils import timezone
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
+from billing_site.prepared import prepared_cursor
 from payments.models import Account, TransferKind, Wallet
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ def usage_charge_in_one_statement(
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
-    with scope, connection.cursor() as cursor:
+    with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
         cursor.execute(statement, params)
         row = cursor.fetchone()
     metrics.WALLET_LOCK_SECONDS.observe(time.perf_counter() - started)
