@@ -13,12 +13,12 @@ module is only the mechanism, the same for both.
   never used again. Rows are stored only from reads outside any transaction of ours (committed data
   only): a transaction that wrote a row and rolls back cannot leave it behind.
 - **Writing.** Every write of a cached row goes through `TwoLevelCache.invalidating()` (a service's
-  queryset update) or the model signals of `invalidated_by` (admin forms, any `save()` or `delete()`): the namespace gets a new token *before*
-  the write and again *after its commit*. The first bump refuses the write while Redis is
-  unreachable, so no change can happen that other processes are not told about; the second
-  disposes of rows that other processes read between the first bump and the commit. When the
-  writing request answers, every process's next request sees the change: a revoked key lives
-  for at most one request already in flight.
+  queryset update) or the model signals of `invalidated_by` (admin forms, any `save()` or
+  `delete()`): the namespace gets a new token *before* the write and again *after its commit*. The
+  first bump refuses the write while Redis is unreachable, so nothing changes that other processes
+  are not told about; the second disposes of rows that other processes read between the first bump
+  and the commit. Once the writing request has answered, every process's next request sees the
+  change: a revoked key lives on only in requests already in flight.
 - **Redis unreachable.** Lookups fall back to the database (correct, slower) and the process drops
   its local entries; writes of cached rows are refused (`CacheUnavailable`) until Redis is back.
 - A token that is missing (a fresh or flushed Redis) is created at random, never counted up from a
