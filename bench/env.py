@@ -96,7 +96,7 @@ def app_environment() -> dict[str, str]:
     from django.conf import settings
 
     env = dict(os.environ)
-    env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "billing_site.settings")
+    env["DJANGO_SETTINGS_MODULE"] = "bench.ceiling_settings"  # the project's settings plus the ceiling view's URL
     env.setdefault("REDIS_URL", settings.REDIS_URL)
     env["PYTHONUNBUFFERED"] = "1"
     return env

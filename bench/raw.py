@@ -3,7 +3,7 @@
 `app` runs exactly the statement the app runs for one debit on its hot path: the ledger's posting
 and the usage record, rollup and key spend fused into `metering.services.usage_sql.DEBIT_SQL`, sent in
 autocommit (one round trip) — imported from the module (never copied), with the parameters the app
-passes, prepared on the server as the app sends it (billing_site/prepared.py; psycopg's ClientCursor,
+passes, prepared on the server as the app sends it (billing_site/db.py; psycopg's ClientCursor,
 client-side binding, with DATABASE_PREPARED_STATEMENTS=false).
 
 `twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
@@ -152,10 +152,10 @@ def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_po
 
 def _app_cursor(conn):
     """The cursor the app sends its debit through: prepared on the server, as `payments.ledger` does
-    (billing_site/prepared.py), unless DATABASE_PREPARED_STATEMENTS is off."""
+    (billing_site/db.py), unless DATABASE_PREPARED_STATEMENTS is off."""
     from django.conf import settings
 
-    from billing_site.prepared import PreparedCursor
+    from billing_site.db import PreparedCursor
 
     return PreparedCursor(conn) if settings.DATABASE_PREPARED_STATEMENTS else conn.cursor()
 

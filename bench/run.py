@@ -2,6 +2,7 @@
 
   (1) raw      the app's debit transaction as raw SQL through psycopg, no Django (bench/raw.py)
       classic  the 6-round-trip SELECT … FOR UPDATE version, for reference
+  (2c) ceiling a bare Django + DRF view in the same deployment doing only the debit (bench/ceiling.py)
   (2) http     POST /api/v1/usage/ through gunicorn (sync, 4 workers), loaded by wrk
   (3) batch    POST /api/v1/usage/batch/ with 1,000 events per request, in events/s
 
@@ -34,12 +35,20 @@ CASES = {
     "raw": "(1) raw SQL debit",
     "twostmt": "(1'') raw SQL, 4 round trips",
     "classic": "(1') raw SQL, 6 round trips",
+    "ceiling": "(2c) bare DRF view, debit",
     "http": "(2) POST usage/",
     "batch": "(3) POST usage/batch/",
 }
-UNITS = {"raw": "tx/s", "twostmt": "tx/s", "classic": "tx/s", "http": "req/s", "batch": "events/s"}
+UNITS = {"raw": "tx/s", "twostmt": "tx/s", "classic": "tx/s", "ceiling": "req/s", "http": "req/s", "batch": "events/s"}
 MAX_ERROR_RATE = 0.01
-AIMS = {"spread_ratio_16": 0.20, "hot_ratio_16": 0.45, "p50_ms_1": 3.0, "batch_events_per_s": 10_000}
+# Issue 11's aims, each a ratio to a limit measured in the same run (docs/performance.md).
+AIMS = {
+    "p50_vs_ceiling_1": 1.0,  # POST usage/ p50 at 1 client <= the bare view's (2c)
+    "p50_vs_raw_1": 2.0,  # ... and <= 2x the raw statement's latency (1)
+    "hot_ratio_16": 0.70,  # throughput at 16 clients >= 0.70x the raw statement, one hot wallet
+    "spread_ratio_16": 0.40,  # ... >= 0.40x on spread wallets
+    "batch_events_per_s": 20_000,  # usage/batch/ on spread wallets, 16 clients
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,16,64", help="comma-separated client counts (default 1,16,64)")
     parser.add_argument("--modes", default="hot,spread", help="hot, spread or both (default both)")
     parser.add_argument(
-        "--cases", default="raw,classic,http,batch", help="any of raw,twostmt,classic,http,batch; default raw,classic,http,batch"
+        "--cases",
+        default="raw,classic,ceiling,http,batch",
+        help="any of raw,twostmt,classic,ceiling,http,batch; default raw,classic,ceiling,http,batch",
     )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times, interleaved; report medians")
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
@@ -155,11 +166,13 @@ def _ms(seconds: float | None) -> float | None:
 
 def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, key_files) -> dict:
     from bench import cpu, web
+    from bench.ceiling import CEILING_PATH
 
-    script = "usage.lua" if case == "http" else "batch.lua"
-    url = gunicorn.url + ("/api/v1/usage/" if case == "http" else "/api/v1/usage/batch/")
+    paths = {"http": "/api/v1/usage/", "ceiling": "/" + CEILING_PATH, "batch": "/api/v1/usage/batch/"}
+    script = "batch.lua" if case == "batch" else "usage.lua"
+    url = gunicorn.url + paths[case]
     threads = max(1, min(clients, len(os.sched_getaffinity(0))))
-    extra = [str(args.batch_size)] if case == "batch" else []
+    extra = [str(args.batch_size)] if case == "batch" else [paths[case]]
     if args.warmup > 0:
         web.run_wrk(
             url=url,
@@ -233,16 +246,18 @@ def _records_between(data, start: datetime, end: datetime) -> int:
 def preflight(gunicorn, data, batch_size: int) -> None:
     """One request of each kind outside wrk: the load must be measuring successes."""
     from bench import web
+    from bench.ceiling import CEILING_PATH
 
     probe = secrets.token_hex(6)
-    for tenant in [data.hot] * 8 + data.spread[:8]:  # several, so that every worker answers at least once
-        status, body = web.post_json(
-            gunicorn.url + "/api/v1/usage/",
-            {"service": data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
-            tenant.secret,
-        )
-        if status != 201:
-            raise SystemExit(f"bench: POST usage/ for {tenant.slug} answered {status}, not 201: {body}")
+    for path in ("/api/v1/usage/", "/" + CEILING_PATH):
+        for tenant in [data.hot] * 8 + data.spread[:8]:  # several, so that every worker answers at least once
+            status, body = web.post_json(
+                gunicorn.url + path,
+                {"service": data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
+                tenant.secret,
+            )
+            if status != 201:
+                raise SystemExit(f"bench: POST {path} for {tenant.slug} answered {status}, not 201: {body}")
     events = [{"service": data.service_slug, "idempotency_key": f"preflight-{probe}-b{i}"} for i in range(min(3, batch_size))]
     status, body = web.post_json(gunicorn.url + "/api/v1/usage/batch/", {"events": events}, data.hot.secret)
     if status != 200 or any(r.get("status") != 201 for r in body.get("results", [])):
@@ -292,10 +307,20 @@ def summarize(cells: list[dict]) -> list[dict]:
         }
         base = by_key.get(("raw", row["mode"], row["clients"]))
         row["vs_raw"] = row["throughput"] / base["throughput"] if base and base["throughput"] and row["case"] != "raw" else None
+        ceiling = by_key.get(("ceiling", row["mode"], row["clients"]))
+        row["vs_ceiling"] = (
+            row["throughput"] / ceiling["throughput"] if ceiling and ceiling["throughput"] and row["case"] == "http" else None
+        )
+        row["p50_vs_ceiling"] = (
+            row["p50_ms"] / ceiling["p50_ms"]
+            if ceiling and ceiling["p50_ms"] and row["p50_ms"] and row["case"] == "http"
+            else None
+        )
     return rows
 
 
 def aims(rows: list[dict]) -> list[dict]:
+    """The issue's aims, each a figure of this run against a limit measured in the same run."""
     by_key = {(r["case"], r["mode"], r["clients"]): r for r in rows}
     out = []
 
@@ -306,46 +331,63 @@ def aims(rows: list[dict]) -> list[dict]:
                 "aim": name,
                 "value": value,
                 "target": target,
-                "ok": None if invalid else passed,
+                "ok": None if invalid or value is None else passed,
                 "invalid": invalid,
                 "text": "n/a (cell not run)" if value is None else fmt.format(value),
             }
         )
 
-    for mode, key in (("spread", "spread_ratio_16"), ("hot", "hot_ratio_16")):
-        row = by_key.get(("http", mode, 16))
-        value = row["vs_raw"] if row else None
+    def ratio(numerator, denominator, field):
+        if numerator is None or denominator is None or not numerator[field] or not denominator[field]:
+            return None
+        return numerator[field] / denominator[field]
+
+    for mode in ("hot", "spread"):
+        app, ceiling, raw = (by_key.get((case, mode, 1)) for case in ("http", "ceiling", "raw"))
+        value = ratio(app, ceiling, "p50_ms")
+        target = AIMS["p50_vs_ceiling_1"]
         add(
-            f"(2)/(1) {mode} wallets, 16 clients >= {AIMS[key]:.0%}",
+            f"(2)/(2c) p50, 1 client, {mode} <= {target:g}x",
+            value,
+            target,
+            value is not None and value <= target,
+            "{:.2f}x",
+            app,
+            ceiling,
+        )
+        value = ratio(app, raw, "p50_ms")
+        target = AIMS["p50_vs_raw_1"]
+        add(
+            f"(2)/(1) p50, 1 client, {mode} <= {target:g}x",
+            value,
+            target,
+            value is not None and value <= target,
+            "{:.2f}x",
+            app,
+            raw,
+        )
+    for mode, key in (("hot", "hot_ratio_16"), ("spread", "spread_ratio_16")):
+        app, raw = by_key.get(("http", mode, 16)), by_key.get(("raw", mode, 16))
+        value = ratio(app, raw, "throughput")
+        add(
+            f"(2)/(1) throughput, 16 clients, {mode} >= {AIMS[key]:.2f}x",
             value,
             AIMS[key],
-            None if value is None else value >= AIMS[key],
-            "{:.1%}",
-            row,
-            by_key.get(("raw", mode, 16)),
+            value is not None and value >= AIMS[key],
+            "{:.2f}x",
+            app,
+            raw,
         )
-    for mode in ("hot", "spread"):
-        row = by_key.get(("http", mode, 1))
-        value = row["p50_ms"] if row else None
-        add(
-            f"(2) p50 at 1 client, {mode} < {AIMS['p50_ms_1']:.0f} ms",
-            value,
-            AIMS["p50_ms_1"],
-            None if value is None else value < AIMS["p50_ms_1"],
-            "{:.2f} ms",
-            row,
-        )
-    for mode in ("hot", "spread"):
-        row = by_key.get(("batch", mode, 16))
-        value = row["throughput"] if row else None
-        add(
-            f"(3) {mode}, 16 clients > {AIMS['batch_events_per_s']:,} events/s",
-            value,
-            AIMS["batch_events_per_s"],
-            None if value is None else value > AIMS["batch_events_per_s"],
-            "{:,.0f} events/s",
-            row,
-        )
+    row = by_key.get(("batch", "spread", 16))
+    value = row["throughput"] if row else None
+    add(
+        f"(3) spread, 16 clients >= {AIMS['batch_events_per_s']:,} events/s",
+        value,
+        AIMS["batch_events_per_s"],
+        value is not None and value >= AIMS["batch_events_per_s"],
+        "{:,.0f} events/s",
+        row,
+    )
     return out
 
 
@@ -354,7 +396,7 @@ def print_table(rows: list[dict], args) -> None:
     rows = sorted(rows, key=lambda r: (order[r["case"]], r["mode"] != "hot", r["clients"]))
     head = (
         f"{'case':<28} {'wallet':<7} {'clients':>7} {'throughput':>18} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7} "
-        f"{'vs (1)':>7}  {'cpu µs/op db+app+gen':>21}  cores db/app/gen/other"
+        f"{'vs (1)':>7} {'vs (2c)':>7} {'p50/(2c)':>8}  {'cpu µs/op db+app+gen':>21}  cores db/app/gen/other"
     )
     print(head)
     print("-" * len(head))
@@ -367,6 +409,8 @@ def print_table(rows: list[dict], args) -> None:
         c = r["cpu_cores"]
         cores = "/".join(f"{c.get(k, 0):.2f}" for k in ("db", "app", "gen", "other"))
         ratio = f"{r['vs_raw']:.0%}" if r["vs_raw"] is not None else ""
+        vs_ceiling = f"{r['vs_ceiling']:.0%}" if r.get("vs_ceiling") is not None else ""
+        p50_ceiling = f"{r['p50_vs_ceiling']:.2f}x" if r.get("p50_vs_ceiling") is not None else ""
         per_op = r["cpu_us_per_op"]
         per_op_text = "+".join(f"{per_op.get(k, 0):.0f}" for k in ("db", "app", "gen")) if per_op else "-"
         p50 = f"{r['p50_ms']:.2f}" if r["p50_ms"] is not None else "-"
@@ -375,7 +419,7 @@ def print_table(rows: list[dict], args) -> None:
         flagged = flagged or mark == "!"
         print(
             f"{CASES[r['case']]:<28} {r['mode']:<7} {r['clients']:>7} {r['throughput']:>9,.0f} {r['unit']:<8} {p50:>8} "
-            f"{p99:>9} {r['errors']:>6}{mark} {ratio:>7}  {per_op_text:>21}  {cores}"
+            f"{p99:>9} {r['errors']:>6}{mark} {ratio:>7} {vs_ceiling:>7} {p50_ceiling:>8}  {per_op_text:>21}  {cores}"
         )
     if flagged:
         print(f"  ! more than {MAX_ERROR_RATE:.0%} of the attempts failed: that row measures failures, not the debit path")
@@ -482,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     target.database = connection.settings_dict["NAME"]
-    needs_http = bool({"http", "batch"} & set(args.cases))
+    needs_http = bool({"ceiling", "http", "batch"} & set(args.cases))
     if needs_http:
         web.ensure_wrk()
     data = fixtures.ensure(spread_count=args.spread_orgs)
@@ -605,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Results ({stamp}, {time.monotonic() - started:.0f} s). Throughput counts successes only: transactions committed "
         "by the raw clients, usage records the server committed during the window for (2) and (3); p50/p99 per "
         "transaction or request; 'vs (1)' = throughput / that of the raw SQL debit at the same clients and wallets; "
+        "'vs (2c)' and 'p50/(2c)' = throughput and p50 against the bare DRF view doing only the debit; "
         "cpu = cores used by PostgreSQL / gunicorn / the load generator / everything else on the machine."
     )
     print_table(rows, args)

@@ -107,13 +107,13 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
 # request on each stale connection fails once (clients retry safely: every write is idempotent).
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-# The hot path's debit statement is prepared on the server (billing_site/prepared.py); off for a
+# The hot path's debit statement is prepared on the server (billing_site/db.py); off for a
 # transaction-mode pooler that cannot keep prepared statements (pgbouncer before 1.21).
 DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 if DATABASE_PREPARED_STATEMENTS:
-    # Django turns psycopg's preparation off; only cursors that bind on the server (that one) ever
-    # prepare, and it asks for it explicitly: Django's own cursors bind on the client and never do.
-    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
+    # Django turns psycopg's preparation off (None), which also ignores an explicit request. This
+    # threshold is never reached: only the cursor that asks for it (prepared_cursor) prepares.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 2**31 - 1
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default="test_tollgate")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

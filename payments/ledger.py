@@ -14,7 +14,7 @@ talks to the network or imports the task layer: a low-balance crossing is announ
 `low_balance_crossed` signal once the posting commits.
 
 The rules each have one encoding here: `OVERDRAFT_RULE` (SQL) / `affordable` (Python, for the batch,
-which decides under a lock it took itself), and `LOW_BALANCE_CROSSED` / `low_balance_crossed`.
+which decides under a lock it took itself), and `LOW_BALANCE_CROSSED`.
 Statement parameters are all named `ledger_*`, so a caller's own parameters cannot collide with them.
 """
 
@@ -35,9 +35,9 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from billing_site import locks, metrics
+from billing_site.db import prepared_cursor
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import ZERO
-from billing_site.prepared import prepared_cursor
 from payments.models import Account, TransferKind, Wallet
 
 if TYPE_CHECKING:
@@ -79,11 +79,6 @@ def affordable(*, balance: Decimal, held: Decimal, credit_limit: Decimal, cost: 
 # A posting took the wallet below its threshold and no alert went out for this crossing yet (the
 # alert task claims the crossing with this same condition; a credit back to the threshold re-arms it).
 LOW_BALANCE_CROSSED = "balance < low_balance_threshold AND NOT low_balance_alerted"
-
-
-def low_balance_crossed(*, balance: Decimal, low_balance_threshold: Decimal, low_balance_alerted: bool) -> bool:
-    """LOW_BALANCE_CROSSED in Python."""
-    return balance < low_balance_threshold and not low_balance_alerted
 
 
 # The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock and bumps
@@ -296,21 +291,6 @@ def usage_charge(
     )
 
 
-_BATCH_TRANSFERS_SQL = """
-WITH t AS (
-    INSERT INTO payments_transfer (id, organization_id, kind, reference, memo, created_at)
-    SELECT u.id, %(ledger_org)s, 'usage', u.reference, '', %(ledger_now)s
-      FROM unnest(%(ledger_ids)s::bigint[], %(ledger_references)s::text[]) AS u(id, reference)
-)
-INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
-SELECT u.id, %(ledger_org)s, 'wallet', -u.cost, u.balance_after, %(ledger_now)s
-  FROM unnest(%(ledger_ids)s::bigint[], %(ledger_costs)s::numeric[], %(ledger_balances)s::numeric[]) AS u(id, cost, balance_after)
-UNION ALL
-SELECT u.id, %(ledger_org)s, 'revenue', u.cost, NULL, %(ledger_now)s
-  FROM unnest(%(ledger_ids)s::bigint[], %(ledger_costs)s::numeric[]) AS u(id, cost)
-"""
-
-
 class Refusal(StrEnum):
     BALANCE = "balance"  # the wallet cannot afford it
     BUDGET = "budget"  # it would pass the caller's budget (e.g. an API key's remaining spend cap)
@@ -319,59 +299,47 @@ class Refusal(StrEnum):
 def usage_charge_batch(
     *,
     organization_id: int,
-    charges: Sequence[tuple[Decimal, str]],
+    costs: Sequence[Decimal],
+    reference: str,
     budget: Decimal | None = None,
     locked: locks.WalletState | None = None,
 ) -> list[Posting | Refusal]:
-    """Charge (cost, reference) pairs in order under one wallet lock, each only if it fits the
-    wallet and the optional `budget` on the total, as if they came one by one; a Refusal where it
-    does not. Must run inside the caller's transaction; `locked` is the wallet's state when the
-    caller already took its lock. A transfer per charge; four statements whatever the batch size."""
+    """Charge `costs` in order under one wallet lock, each only if it fits the wallet and the
+    optional `budget` on the total, as if they came one by one; a Refusal where it does not.
+
+    What is charged posts as ONE usage transfer (wallet → revenue, the sum): the batch's events share
+    its id, and each event's Posting carries the running balance after it, which its usage record
+    keeps. So the ledger grows by three rows per batch, not per event, and its wallet entry's
+    `balance_after` is the balance after the last event. Must run inside the caller's transaction;
+    `locked` is the wallet's state when the caller already took its lock. Two statements whatever the
+    batch size."""
     wallet = locked or locks.wallet_lock(organization_id=organization_id)
     balance, held = wallet.balance, wallet.held
-    postings: list[Posting | Refusal] = []
-    charged: list[tuple[Decimal, str, Decimal, int]] = []  # cost, reference, balance after, index
-    for cost, reference in charges:
+    outcomes: list[Decimal | Refusal] = []  # the balance after each charged event, or its refusal
+    total = ZERO
+    for cost in costs:
         if budget is not None and cost > budget:
-            postings.append(Refusal.BUDGET)
+            outcomes.append(Refusal.BUDGET)
         elif not affordable(balance=balance, held=held, credit_limit=wallet.credit_limit, cost=cost):
-            postings.append(Refusal.BALANCE)
-        elif cost == ZERO:
-            postings.append(Posting(transfer_id=None, amount=ZERO, balance_after=balance, held_after=held))
+            outcomes.append(Refusal.BALANCE)
         else:
             balance -= cost
+            total += cost
             budget = None if budget is None else budget - cost
-            charged.append((cost, reference, balance, len(postings)))
-            postings.append(Refusal.BALANCE)  # replaced below once the transfer ids exist
-    if not charged:
-        return postings
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence('payments_transfer', 'id')) FROM generate_series(1, %s)", [len(charged)]
-        )
-        ids = [row[0] for row in cursor.fetchall()]
-        cursor.execute(
-            _BATCH_TRANSFERS_SQL,
-            {
-                "ledger_org": organization_id,
-                "ledger_now": timezone.now(),
-                "ledger_ids": ids,
-                "ledger_references": [c[1] for c in charged],
-                "ledger_costs": [c[0] for c in charged],
-                "ledger_balances": [c[2] for c in charged],
-            },
-        )
-        cursor.execute(
-            "UPDATE payments_wallet SET balance = %s, ledger_seq = ledger_seq + 1 WHERE organization_id = %s",
-            [balance, organization_id],
-        )
-    if low_balance_crossed(
-        balance=balance, low_balance_threshold=wallet.low_balance_threshold, low_balance_alerted=wallet.low_balance_alerted
-    ):
-        _announce_low_balance_after_commit(organization_id)
-    for transfer_id, (cost, _, balance_after, index) in zip(ids, charged, strict=True):
-        postings[index] = Posting(transfer_id=transfer_id, amount=-cost, balance_after=balance_after, held_after=held)
-    return postings
+            outcomes.append(balance)
+    transfer_id = None
+    if total > ZERO:
+        # Every step passed the overdraft rule above, so the sum does too: the statement re-checks it.
+        posting = usage_charge(organization_id=organization_id, cost=total, reference=reference)
+        if posting.balance_after != balance:
+            raise RuntimeError("the wallet's balance moved while this transaction held its lock")
+        transfer_id = posting.transfer_id
+    return [
+        outcome
+        if isinstance(outcome, Refusal)
+        else Posting(transfer_id=transfer_id if cost > ZERO else None, amount=-cost, balance_after=outcome, held_after=held)
+        for cost, outcome in zip(costs, outcomes, strict=True)
+    ]
 
 
 def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created_by_id: int | None) -> Posting:

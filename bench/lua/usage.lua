@@ -1,4 +1,4 @@
--- POST /api/v1/usage/: one event per request, a unique idempotency key each (run id, thread, counter),
+-- POST /api/v1/usage/ (or the path given after the keys file: the bench's ceiling view): one event per request, a unique idempotency key each (run id, thread, counter),
 -- API keys taken round-robin from a file (one key: the hot wallet; many: spread wallets).
 package.path = debug.getinfo(1, "S").source:match("@?(.*/)") .. "?.lua;" .. package.path
 local common = require("common")
@@ -12,7 +12,7 @@ function setup(thread)
 end
 
 function init(args)
-   run_id, service = args[1], args[2]
+   run_id, service, path = args[1], args[2], args[4] or "/api/v1/usage/"
    keys = common.read_keys(args[3])
    offset = (tid * 7919) % #keys
    statuses = {}
@@ -23,7 +23,7 @@ end
 function request()
    counter = counter + 1
    local key = keys[(counter + offset) % #keys + 1]
-   return wrk.format("POST", "/api/v1/usage/", {
+   return wrk.format("POST", path, {
       ["Authorization"] = "Bearer " .. key,
       ["Content-Type"] = "application/json",
       ["X-Forwarded-Proto"] = "https",

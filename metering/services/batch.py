@@ -32,8 +32,8 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
     """Apply up to USAGE_BATCH_MAX_EVENTS events in order under one wallet lock, each with its own
     idempotency key and outcome (201 new, 200 replay, 4xx refused) — as if sent one by one.
     Everything per event (pricing, replay detection, the rows to insert) is prepared before the
-    lock; under it run four ledger statements and three of ours, whatever the batch size. Test keys
-    take no lock and move no money."""
+    lock; under it run two ledger statements (the lock, and one usage transfer for everything charged)
+    and three of ours, whatever the batch size. Test keys take no lock and move no money."""
     organization_id = tenant.organization.pk
     is_test = tenant.is_test
     results: list[BatchResult | None] = [None] * len(events)
@@ -76,12 +76,17 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
         if is_test:
             postings = [None] * len(fresh)
         else:
-            charges = [(p.cost, f"usage:{p.event.idempotency_key}") for _, p in fresh]
             # A capped key's budget is read under the wallet's lock, so the lock is taken first then.
             locked = locks.wallet_lock(organization_id=organization_id) if spend_cap_applies(tenant) else None
             budget = spend_cap_remaining(tenant=tenant) if locked else None
             postings = list(
-                ledger.usage_charge_batch(organization_id=organization_id, charges=charges, budget=budget, locked=locked)
+                ledger.usage_charge_batch(
+                    organization_id=organization_id,
+                    costs=[p.cost for _, p in fresh],
+                    reference=f"usage:batch:{fresh[0][1].event.idempotency_key}" if fresh else "usage:batch",
+                    budget=budget,
+                    locked=locked,
+                )
             )
         accepted = [
             (priced, posting)

@@ -17,14 +17,14 @@ from typing import Any
 from django.db import IntegrityError, connection
 
 from accounts.tenancy import Tenant
+from billing_site.db import server_bound_cursor
 from billing_site.errors import IdempotencyConflict
 from billing_site.money import ZERO
 from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, spend_cap_check
 from payments import ledger
 
-# The usage record's columns: (column, parameter, PostgreSQL type). In a batch, the columns whose
-# parameter is in BATCH_COMMON are the same for every event; the others travel as arrays.
+# The usage record's columns: (column, parameter, PostgreSQL type).
 RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("organization_id", "org", "bigint"),
     ("service_id", "service", "bigint"),
@@ -46,7 +46,6 @@ RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("hold_id", "hold", "bigint"),
     ("created_at", "now", "timestamptz"),
 )
-BATCH_COMMON = frozenset({"org", "key", "user", "test", "now", "hold"})  # the same for every event of a batch
 IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org_mode"
 _ON_KEY_CONFLICT = "ON CONFLICT (organization_id, test, idempotency_key) DO NOTHING"
 _COLUMN_LIST = ", ".join(column for column, _, _ in RECORD_COLUMNS)
@@ -106,16 +105,11 @@ DEBIT_SQL = ledger.post_statement(f"""rec AS (
     RETURNING id
 ), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
 
-_BATCH_COLUMNS = tuple((column, param, kind) for column, param, kind in RECORD_COLUMNS if param not in BATCH_COMMON)
-_BATCH_ARRAYS = ", ".join(f"%(usage_{param})s::{'text' if kind == 'jsonb' else kind}[]" for _, param, kind in _BATCH_COLUMNS)
-_BATCH_ALIASES = ", ".join(param for _, param, _ in _BATCH_COLUMNS)
-INSERT_USAGE_BATCH_SQL = f"""
-INSERT INTO metering_usagerecord ({_COLUMN_LIST})
-SELECT {_values(**{param: f"u.{param}" + ("::jsonb" if kind == "jsonb" else "") for _, param, kind in _BATCH_COLUMNS})}
-  FROM unnest({_BATCH_ARRAYS}) AS u({_BATCH_ALIASES})
-{_ON_KEY_CONFLICT}
-RETURNING id, idempotency_key
-"""
+# A batch's records go in by binary COPY (no SQL text to build or parse), with ids drawn first so the
+# answer can name them. A key already taken makes the COPY fail on the unique index.
+_BATCH_IDS_SQL = "SELECT nextval(pg_get_serial_sequence('metering_usagerecord', 'id')) FROM generate_series(1, %s)"
+COPY_USAGE_SQL = f"COPY metering_usagerecord (id, {_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ["int8", *(kind.replace("bigint", "int8").replace("boolean", "bool") for _, _, kind in RECORD_COLUMNS)]
 ROLLUP_BATCH_SQL = _rollup_upsert(
     "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost"
     "  FROM unnest(%(usage_rollup_service)s::bigint[], %(usage_rollup_events)s::bigint[], %(usage_rollup_quantity)s::numeric[],"
@@ -284,18 +278,13 @@ class BatchRecord:
 def usage_insert_batch(
     accepted: list[tuple[PricedEvent, ledger.Posting | None]], *, tenant: Tenant, now: datetime
 ) -> dict[str, int]:
-    """Insert the accepted records, their rollups and the key's spend in three statements, inside the
+    """Insert the accepted records (binary COPY), their rollups and the key's spend, inside the
     caller's transaction; answer idempotency key → id. IdempotencyConflict when another request wrote
     one of these keys meanwhile; SpendCapExceeded when the total passes the key's cap."""
     if not accepted:
         return {}
     rows = [record_params(priced, tenant=tenant, now=now, posting=posting) for priced, posting in accepted]
-    params: dict[str, Any] = {
-        name: rows[0][name]
-        for name in ("usage_org", "usage_key", "usage_user", "usage_test", "usage_now", "usage_hold", "usage_day")
-    }
-    for _, param, _ in _BATCH_COLUMNS:
-        params[f"usage_{param}"] = [row[f"usage_{param}"] for row in rows]
+    params: dict[str, Any] = {name: rows[0][name] for name in ("usage_org", "usage_key", "usage_test", "usage_day")}
     rollup: dict[int, list[Any]] = {}
     for row in rows:
         totals = rollup.setdefault(row["usage_service"], [0, 0, 0, 0, ZERO])
@@ -307,17 +296,29 @@ def usage_insert_batch(
     for index, name in enumerate(("service", "events", "quantity", "input_tokens", "output_tokens", "cost")):
         params[f"usage_rollup_{name}"] = list(rollup) if name == "service" else [totals[index - 1] for totals in rollup.values()]
     params["usage_total"] = sum((totals[4] for totals in rollup.values()), ZERO)
-    with connection.cursor() as cursor:
-        cursor.execute(INSERT_USAGE_BATCH_SQL, params)
-        ids = {key: record_id for record_id, key in cursor.fetchall()}
-        if len(ids) != len(accepted):
-            # Another request wrote one of these keys after our pre-check: the unique index saw it.
-            raise IdempotencyConflict(
-                "An idempotency key in this batch was used concurrently by another request; retry the batch."
-            )
+    # COPY's jsonb dumper encodes the object itself, so the metadata goes as the dict, not its JSON text.
+    names = [f"usage_{param}" for _, param, _ in RECORD_COLUMNS]
+    metadata_at = names.index("usage_metadata")
+    with server_bound_cursor() as cursor:
+        cursor.execute(_BATCH_IDS_SQL, [len(rows)])
+        ids = [record_id for (record_id,) in cursor.fetchall()]
+        try:
+            with connection.wrap_database_errors, cursor.copy(COPY_USAGE_SQL) as copy:
+                copy.set_types(_COPY_TYPES)
+                for record_id, row, (priced, _) in zip(ids, rows, accepted, strict=True):
+                    values = [record_id, *(row[name] for name in names)]
+                    values[1 + metadata_at] = priced.event.metadata
+                    copy.write_row(values)
+        except IntegrityError as error:
+            if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
+                # Another request wrote one of these keys after our pre-check: the unique index saw it.
+                raise IdempotencyConflict(
+                    "An idempotency key in this batch was used concurrently by another request; retry the batch."
+                ) from error
+            raise
         cursor.execute(ROLLUP_BATCH_SQL, params)
         if tenant.api_key is not None and not tenant.is_test and params["usage_total"]:
             cursor.execute(SPEND_BATCH_SQL, params)
             spent, spend_cap = cursor.fetchone()
             spend_cap_check(spent=spent, spend_cap=spend_cap)
-    return ids
+    return {row["usage_idem"]: record_id for record_id, row in zip(ids, rows, strict=True)}

@@ -3,8 +3,14 @@
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
+from accounts.tenancy import Tenant
+from billing_site.errors import IdempotencyConflict
 from metering.models import UsageRecord, UsageRollup
+from metering.services.events import UsageEvent, event_price
+from metering.services.usage_sql import usage_insert_batch
 from payments.models import Transfer
 from tests.conftest import key_client
 from tests.factories import wallet_fund
@@ -124,14 +130,15 @@ def test_batch_in_test_mode_moves_no_money(funded, test_mode_client):
 
 
 def test_batch_of_1000_events_is_accepted(funded, live_client, django_assert_max_num_queries):
-    # key, priced service (memoized per slug), replay pre-check, savepoint, wallet lock, transfer ids,
-    # transfers+entries, wallet, records, rollup, key spend, release: no query per event
-    with django_assert_max_num_queries(14):
+    # key, priced service (memoized per slug), replay pre-check, savepoint, wallet lock, the one usage
+    # transfer, record ids, the records' COPY, rollup, key spend, release: no query per event
+    with django_assert_max_num_queries(12):
         results = send(live_client, [ping_event(f"e{i}") for i in range(1000)])
 
     assert {r["status"] for r in results} == {201}
     assert results[-1]["usage"]["balance_after"] == "9.000000000000"
     assert wallet_of(funded).balance == D("9")
+    assert Transfer.objects.filter(kind="usage").count() == 1  # the ledger grows per batch, not per event
     assert UsageRollup.objects.get(organization_id=funded.pk).events == 1000
     assert_money_invariants([funded.pk])
 
@@ -163,3 +170,40 @@ def test_batch_applies_the_spend_cap_event_by_event(funded, capped_key):
 
 def test_batch_requires_authentication(funded, api_client):
     assert api_client.post(BATCH, {"events": [ping_event("a")]}, format="json").status_code == 401
+
+
+def test_batch_records_are_the_records_a_single_event_writes(funded, live_client):
+    """The batch writes its records by binary COPY, the single path by INSERT: every column agrees."""
+    event = {"service": "gpt", "input_tokens": 1234, "output_tokens": 5, "metadata": {"team": "é", "n": [1, {"x": None}]}}
+    single = live_client.post("/api/v1/usage/", {**event, "idempotency_key": "one"}, format="json")
+    assert single.status_code == 201, single.content
+    [result] = send(live_client, [{**event, "idempotency_key": "many"}])
+    assert result["status"] == 201
+
+    columns = [
+        f.attname
+        for f in UsageRecord._meta.concrete_fields
+        if f.attname not in ("id", "idempotency_key", "transfer_id", "balance_after", "created_at")
+    ]
+    by_key = {
+        row["idempotency_key"]: row for row in UsageRecord.objects.values("idempotency_key", "id", "balance_after", *columns)
+    }
+    assert {c: by_key["many"][c] for c in columns} == {c: by_key["one"][c] for c in columns}
+    assert by_key["many"]["metadata"] == {"team": "é", "n": [1, {"x": None}]}
+    assert by_key["many"]["id"] == result["usage"]["id"]
+    assert str(by_key["many"]["balance_after"]) == result["usage"]["balance_after"]
+    assert_money_invariants([funded.pk])
+
+
+def test_a_key_taken_between_the_check_and_the_copy_fails_the_batch_and_moves_nothing(funded, live_client, live_key):
+    ping(live_client, "taken")
+    before = (wallet_of(funded).balance, UsageRecord.objects.count(), Transfer.objects.count())
+    tenant = Tenant(organization=funded, user=None, api_key=live_key.api_key, role=None)
+    priced = [
+        event_price(UsageEvent(service="ping", idempotency_key=k, data={}), organization_id=funded.pk) for k in ("fresh", "taken")
+    ]
+    with pytest.raises(IdempotencyConflict), transaction.atomic():
+        usage_insert_batch([(p, None) for p in priced], tenant=tenant, now=timezone.now())
+
+    assert (wallet_of(funded).balance, UsageRecord.objects.count(), Transfer.objects.count()) == before
+    assert not UsageRecord.objects.filter(idempotency_key="fresh").exists()

@@ -41,6 +41,33 @@ def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, ho
         if row["total"] != ZERO or row["n"] < 2
     ]
     assert unbalanced == [], unbalanced
+    _assert_usage_is_in_the_ledger(organization_ids)
+
+
+# Live usage that cost something is in the ledger: each such record points at a usage transfer, and
+# the transfer's revenue leg is exactly the cost of the records pointing at it (one record for a single
+# event or a capture, a whole batch's for a batch). Transfers posted by tests straight through the
+# ledger have no records and are not checked here.
+_USAGE_VS_LEDGER_SQL = """
+WITH records AS (
+    SELECT u.transfer_id, sum(u.cost) AS cost, count(*) AS n
+      FROM metering_usagerecord u
+     WHERE NOT u.test AND u.cost > 0 AND (%(all)s OR u.organization_id = ANY(%(orgs)s))
+     GROUP BY u.transfer_id
+)
+SELECT r.transfer_id, r.n, r.cost,
+       (SELECT sum(e.amount) FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
+         WHERE e.transfer_id = r.transfer_id AND e.account = 'revenue' AND t.kind = 'usage') AS revenue
+  FROM records r
+"""
+
+
+def _assert_usage_is_in_the_ledger(organization_ids: Iterable[int] | None) -> None:
+    orgs = None if organization_ids is None else list(organization_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_VS_LEDGER_SQL, {"orgs": orgs or [], "all": orgs is None})
+        mismatches = [row for row in cursor.fetchall() if row[0] is None or row[2] != row[3]]
+    assert mismatches == [], f"usage and ledger disagree (transfer, records, Σ their costs, revenue leg): {mismatches}"
 
 
 def money_state(organization) -> dict:

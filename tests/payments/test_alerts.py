@@ -54,7 +54,7 @@ def debit_through_the_api(organization, cost: str):
 def debit_in_a_batch(organization, cost: str):
     def act() -> None:
         with transaction.atomic():
-            [posting] = ledger.usage_charge_batch(organization_id=organization.pk, charges=[(D(cost), f"batch-{cost}")])
+            [posting] = ledger.usage_charge_batch(organization_id=organization.pk, costs=[D(cost)], reference=f"batch-{cost}")
         assert posting is not None
 
     return act

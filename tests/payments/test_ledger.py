@@ -41,7 +41,7 @@ def test_postings_keep_balance_equal_to_entries_and_running_balance_after(organi
     )
     wallet_fund(organization, "-0.5")
     with transaction.atomic():
-        ledger.usage_charge_batch(organization_id=organization.pk, charges=[(D("1"), "b1"), (D("100"), "b2"), (D("2"), "b3")])
+        ledger.usage_charge_batch(organization_id=organization.pk, costs=[D("1"), D("100"), D("2")], reference="batch")
 
     wallet = wallet_of(organization)
     assert wallet.balance == D("8.99999985")
@@ -50,8 +50,30 @@ def test_postings_keep_balance_equal_to_entries_and_running_balance_after(organi
         LedgerEntry.objects.filter(organization_id=organization.pk, account="wallet")
         .order_by("id")
         .values_list("balance_after", flat=True)
-    ) == [D("10"), D("9.99999985"), D("6.99999985"), D("12.49999985"), D("11.99999985"), D("10.99999985"), D("8.99999985")]
+    ) == [D("10"), D("9.99999985"), D("6.99999985"), D("12.49999985"), D("11.99999985"), D("8.99999985")]
     assert_money_invariants([organization.pk])
+
+
+@pytest.mark.parametrize("posted", ["nothing", "less"])
+def test_the_invariant_check_catches_usage_not_fully_in_the_ledger(organization, posted):
+    """The check the money tests rely on can fail: a costed live record with no transfer, or whose
+    transfer moved less than the record cost."""
+    service = service_with_price(slug="ping", unit_price="1")
+    wallet_fund(organization, "5")
+    transfer_id = None if posted == "nothing" else charge(organization, "0.5").transfer_id
+    UsageRecord.objects.create(
+        organization=organization,
+        service=service,
+        quantity=1,
+        unit_price=D(1),
+        cost=D(1),
+        idempotency_key="k",
+        request_hash="h",
+        transfer_id=transfer_id,
+    )
+
+    with pytest.raises(AssertionError, match="usage and ledger disagree"):
+        assert_money_invariants([organization.pk], holds=False)
 
 
 def test_every_transfer_has_a_balancing_system_leg(organization):
@@ -115,7 +137,7 @@ def test_credit_must_be_positive(organization):
 @pytest.mark.django_db(transaction=True)
 def test_batch_charges_must_run_in_a_transaction(organization):
     with pytest.raises(RuntimeError):
-        ledger.usage_charge_batch(organization_id=organization.pk, charges=[(D(1), "x")])
+        ledger.usage_charge_batch(organization_id=organization.pk, costs=[D(1)], reference="x")
 
 
 # --- §2.4: a debit never takes balance − held below −credit_limit --------------------------------
@@ -203,7 +225,8 @@ def test_batch_skips_what_does_not_fit_and_keeps_running_balances(organization):
     with transaction.atomic():
         postings = ledger.usage_charge_batch(
             organization_id=organization.pk,
-            charges=[(D("1"), "a"), (D("2"), "b"), (D("0"), "c"), (D("1.5"), "d"), (D("0.000000000001"), "e")],
+            costs=[D("1"), D("2"), D("0"), D("1.5"), D("0.000000000001")],
+            reference="batch",
         )
 
     refused = ledger.Refusal.BALANCE
@@ -215,6 +238,13 @@ def test_batch_skips_what_does_not_fit_and_keeps_running_balances(organization):
         refused,
     ]
     assert postings[2].transfer_id is None
+    # What was charged is one usage transfer: its legs are the sum, its events share its id.
+    [transfer] = Transfer.objects.filter(organization_id=organization.pk, kind="usage")
+    assert postings[0].transfer_id == postings[3].transfer_id == transfer.pk
+    assert sorted(transfer.entries.values_list("account", "amount", "balance_after")) == [
+        ("revenue", D("2.5"), None),
+        ("wallet", D("-2.5"), D("-0.5")),
+    ]
     assert wallet_of(organization).balance == D("-0.5")
     assert_money_invariants([organization.pk], holds=False)
 
@@ -223,7 +253,7 @@ def test_batch_budget_caps_the_total_charged_in_order(organization):
     wallet_fund(organization, "10")
     with transaction.atomic():
         postings = ledger.usage_charge_batch(
-            organization_id=organization.pk, charges=[(D("1"), "a"), (D("2"), "b"), (D("0.5"), "c")], budget=D("1.5")
+            organization_id=organization.pk, costs=[D("1"), D("2"), D("0.5")], reference="batch", budget=D("1.5")
         )
     assert [p if isinstance(p, ledger.Refusal) else p.balance_after for p in postings] == [
         D("9"),
