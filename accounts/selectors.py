@@ -60,7 +60,7 @@ _API_KEY_SQL = (
     + " FROM accounts_apikey k JOIN accounts_organization o ON o.id = k.organization_id WHERE k.digest = %s"
 )
 # Key rows by digest (never by secret), with their organization's. Invalidated by every change of a
-# key or an organization (accounts/signals.py, api_key_revoke); a key's expiry needs none, since
+# key or an organization (accounts/apps.py, api_key_revoke); a key's expiry needs none, since
 # authentication compares `expires_at` with the time at every request.
 API_KEYS: TwoLevelCache[tuple[Any, ...]] = TwoLevelCache("api_keys")
 
