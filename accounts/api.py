@@ -1,7 +1,7 @@
 """REST API: sign-up, the caller's identity, API keys."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -59,9 +59,24 @@ class RegisterApi(APIView):
         request=Input,
         responses={201: Output},
         auth=[],
-        description="Answers 201 with what was sent, also for an address that already has an account (which is "
+        tags=["auth"],
+        summary="Sign up: a person and their organization",
+        description="Creates your account, your organization (you are its owner) and its wallet at 0. "
+        "Answers 201 with what was sent, also for an address that already has an account (which is "
         "emailed instead and gets nothing new), so the answer tells no one which addresses are registered. "
-        "Sign in with auth/token/; GET me/ names the organization.",
+        "Then sign in with `auth/token/`; `GET me/` names your organization.",
+        examples=[
+            OpenApiExample(
+                "Sign up",
+                value={"email": "ada@example.com", "password": "a long passphrase", "organization": "Analytical Engines"},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Registered",
+                value={"email": "ada@example.com", "organization": {"name": "Analytical Engines"}},
+                response_only=True,
+            ),
+        ],
     )
     def post(self, request):
         data = self.Input(data=request.data)
@@ -98,7 +113,26 @@ class MeApi(APIView):
         class Meta:
             ref_name = "MeOutput"
 
-    @extend_schema(responses={200: Output})
+    @extend_schema(
+        responses={200: Output},
+        tags=["account"],
+        summary="Who you are, and your organizations",
+        description="Your user and every organization you belong to, with your role in each (`owner`, `admin`, "
+        "`member`). Needs a JWT (a person); an API key belongs to an organization, not a person, and gets 400. "
+        "If you belong to several organizations, name one with the `X-Organization` header on other calls.",
+        examples=[
+            OpenApiExample(
+                "Me",
+                value={
+                    "id": 7,
+                    "email": "ada@example.com",
+                    "name": "Ada Lovelace",
+                    "memberships": [{"organization": "analytical-engines", "name": "Analytical Engines", "role": "owner"}],
+                },
+                response_only=True,
+            )
+        ],
+    )
     def get(self, request):
         if not isinstance(request.user, User):
             raise InvalidRequest("This endpoint describes a person; sign in with a JWT, not an API key.")
@@ -109,6 +143,8 @@ class MeApi(APIView):
 
 
 class ApiKeyOutput(serializers.ModelSerializer):
+    spent = Amount(source="lifetime_spent", read_only=True)
+
     class Meta:
         model = ApiKey
         ref_name = "ApiKey"
@@ -134,12 +170,53 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
             ref_name = "ApiKeyCreated"
             fields = [*ApiKeyOutput.Meta.fields, "secret"]
 
-    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: paginated(ApiKeyOutput, "ApiKeyPage")})
+    @extend_schema(
+        operation_id="v1_api_keys_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: paginated(ApiKeyOutput, "ApiKeyPage")},
+        tags=["keys"],
+        summary="List your organization's API keys",
+        description="Every key, newest first, revoked and expired ones included. The secret is never shown again: "
+        "keys are identified by their `prefix` and `name`. `spent` is what the key has spent in live mode, against "
+        "its optional `spend_cap`. Owners and admins only.",
+    )
     def get(self, request):
         keys = selectors.api_key_list(organization=self.tenant.organization)
         return paginated_response(request=request, view=self, queryset=keys, serializer_class=ApiKeyOutput)
 
-    @extend_schema(request=Input, responses={201: CreatedOutput})
+    @extend_schema(
+        request=Input,
+        responses={201: CreatedOutput},
+        tags=["keys"],
+        summary="Create an API key (the secret is shown once)",
+        description="A `live` key spends your balance; a `test` key prices and records usage but never moves money. "
+        "The answer's `secret` is the only time the key is shown: store it now. Optional: `expires_at`, and a "
+        "lifetime `spend_cap` (live spending beyond it answers 402 `spend_cap_exceeded`). Owners and admins only.",
+        examples=[
+            OpenApiExample(
+                "A capped production key",
+                value={"name": "Production backend", "mode": "live", "spend_cap": "500.00"},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Created",
+                value={
+                    "id": 12,
+                    "name": "Production backend",
+                    "mode": "live",
+                    "prefix": "tg_live_AbC123",
+                    "created_at": "2026-03-01T09:30:00Z",
+                    "expires_at": None,
+                    "revoked_at": None,
+                    "last_used_at": None,
+                    "spend_cap": "500.000000000000",
+                    "spent": "0.000000000000",
+                    "secret": "tg_live_AbC123…",
+                },
+                response_only=True,
+            ),
+        ],
+    )
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -153,7 +230,13 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
 class ApiKeyRevokeApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(responses={200: ApiKeyOutput})
+    @extend_schema(
+        responses={200: ApiKeyOutput},
+        tags=["keys"],
+        summary="Revoke an API key",
+        description="The key stops working at once, for good (a revocation cannot be undone); answers the key with "
+        "its `revoked_at`. Revoking a revoked key changes nothing. Owners and admins only.",
+    )
     def delete(self, request, api_key_id: int):
         try:
             api_key = selectors.api_key_get(organization=self.tenant.organization, api_key_id=api_key_id)
@@ -163,6 +246,24 @@ class ApiKeyRevokeApi(TenantMixin, APIView):
         return Response(ApiKeyOutput(api_key).data)
 
 
+TOKEN_PAIR_EXAMPLE = OpenApiExample(
+    "Tokens", value={"access": "eyJhbGciOiJIUzI1NiIs…", "refresh": "eyJhbGciOiJIUzI1NiIs…"}, response_only=True
+)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        tags=["auth"],
+        summary="Sign in: get an access and a refresh token",
+        description="Send your email and password; use `access` as `Authorization: Bearer <access>` (it lives "
+        "15 minutes by default) and `refresh` to get a new pair. After repeated wrong passwords for one account "
+        "from one address, sign-in from there is refused for a while (429 with `Retry-After`).",
+        examples=[
+            OpenApiExample("Sign in", value={"email": "ada@example.com", "password": "a long passphrase"}, request_only=True),
+            TOKEN_PAIR_EXAMPLE,
+        ],
+    )
+)
 class TokenObtainApi(TokenObtainPairView):
     """simplejwt's pair, behind the sign-in lockout the dashboard and the back office share: a locked
     out (account, address) gets 429 without its password being checked."""
@@ -186,9 +287,26 @@ class TokenObtainApi(TokenObtainPairView):
         return response
 
 
+@extend_schema_view(
+    post=extend_schema(
+        tags=["auth"],
+        summary="Refresh: trade a refresh token for a new pair",
+        description="Refresh tokens rotate: the answer carries a new `refresh`, and the one you sent stops working. "
+        "Changing or resetting your password revokes every refresh token you hold.",
+        examples=[OpenApiExample("Refresh", value={"refresh": "eyJhbGciOiJIUzI1NiIs…"}, request_only=True), TOKEN_PAIR_EXAMPLE],
+    )
+)
 class TokenRefreshApi(TokenRefreshView):
     throttle_classes = [AnonymousRateThrottle]
 
 
+@extend_schema_view(
+    post=extend_schema(
+        tags=["auth"],
+        summary="Sign out: revoke a refresh token",
+        description="The refresh token can no longer be used. An access token already issued keeps working until it expires.",
+        examples=[OpenApiExample("Sign out", value={"refresh": "eyJhbGciOiJIUzI1NiIs…"}, request_only=True)],
+    )
+)
 class TokenBlacklistApi(TokenBlacklistView):
     throttle_classes = [AnonymousRateThrottle]

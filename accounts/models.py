@@ -1,7 +1,11 @@
+import zoneinfo
+from decimal import Decimal
+from functools import cache
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -36,6 +40,16 @@ class UserManager(BaseUserManager["User"]):
         return self._create_user(email, password, **extra)
 
 
+def time_zone_validate(name: str) -> None:
+    if name not in time_zone_names():
+        raise ValidationError("Unknown time zone.", code="invalid")
+
+
+@cache
+def time_zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
 class User(AbstractBaseUser, PermissionsMixin):
     """A person. The email address is the login."""
 
@@ -44,6 +58,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    time_zone = models.CharField(
+        max_length=64, default="UTC", validators=[time_zone_validate], help_text="IANA name; the dashboard shows times in it."
+    )
 
     objects = UserManager()
 
@@ -87,6 +104,11 @@ class Organization(models.Model):
         null=True, blank=True, help_text="Override of the usage/batch/ event rate limit."
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="organizations")
+    wallet_stripes = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Where the hot path sends a debit: a copy of the wallet's stripe count (0: one row), written with it.",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -167,9 +189,34 @@ class ApiKey(models.Model):
     def is_test(self) -> bool:
         return self.mode == ApiKeyMode.TEST
 
+    @property
+    def lifetime_spent(self) -> Decimal:
+        """What the key has spent in live mode: its own `spent`, plus what it spent on the stripes of a
+        high-volume wallet (`ApiKeyStripeSpend`; `accounts.selectors.api_key_list` annotates it)."""
+        on_stripes = getattr(self, "spent_on_stripes", None)
+        if on_stripes is None:
+            on_stripes = self.stripe_spends.aggregate(total=models.Sum("spent"))["total"]
+        return self.spent + (on_stripes or Decimal(0))
+
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class ApiKeyStripeSpend(models.Model):
+    """An API key's spend through one stripe of a high-volume wallet: striped debits raise this row
+    instead of the key's own `spent`, so one key's debits do not queue on one row (docs/contract.md
+    §2.9). Written only by the usage statements; a key's spend is `ApiKey.lifetime_spent`."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="stripe_spends")
+    stripe = models.PositiveSmallIntegerField()
+    spent = MoneyField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "stripe"], name="apikey_stripe_spend_unique")]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} on stripe {self.stripe}: {self.spent}"
 
 
 class Invitation(models.Model):

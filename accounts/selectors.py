@@ -5,9 +5,9 @@ from functools import partial
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
 
-from accounts.models import ApiKey, Membership, Organization, User
+from accounts.models import ApiKey, ApiKeyStripeSpend, Membership, Organization, Role, User
 from billing_site.cache import TwoLevelCache
 from billing_site.errors import NotFound
 
@@ -25,7 +25,13 @@ def membership_list(*, user: User) -> QuerySet[Membership]:
 
 
 def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(organization=organization).order_by("-created_at", "-id")
+    """Newest first, each with what it spent on a high-volume wallet's stripes (`ApiKey.lifetime_spent`)."""
+    on_stripes = ApiKeyStripeSpend.objects.filter(api_key=OuterRef("pk")).values("api_key").annotate(total=Sum("spent"))
+    return (
+        ApiKey.objects.filter(organization=organization)
+        .annotate(spent_on_stripes=Subquery(on_stripes.values("total")))
+        .order_by("-created_at", "-id")
+    )
 
 
 def api_key_get(*, organization: Organization, api_key_id: int) -> ApiKey:
@@ -50,7 +56,7 @@ _API_KEY_FIELDS = [
     "spend_cap",
 ]
 _LAST_USED_AT = _API_KEY_FIELDS.index("last_used_at")
-_ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute"]
+_ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute", "wallet_stripes"]
 # Every request with a key runs this: one index probe, compiled once here instead of by the ORM each time.
 _API_KEY_SQL = (
     "SELECT "
@@ -87,3 +93,8 @@ def api_key_used_at_note(*, digest: str, used_at: datetime) -> None:
     """Remember in this process's cache that the key's `last_used_at` was just written, so the next
     requests do not write it again (it is not part of what the cache keeps exact)."""
     API_KEYS.update_local(digest, lambda row: (*row[:_LAST_USED_AT], used_at, *row[_LAST_USED_AT + 1 :]))
+
+
+def ownerships_of(*, user_ids: list[int]) -> QuerySet[Membership]:
+    """The owner memberships of these users, with their organizations."""
+    return Membership.objects.filter(user_id__in=user_ids, role=Role.OWNER).select_related("organization", "user")

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
-from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User
+from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User, time_zone_names
 from accounts.selectors import API_KEYS, api_key_used_at_note
 from accounts.signals import organization_created
 from billing_site import locks, throttle
@@ -222,6 +223,12 @@ class LastOwner(DomainError):
     message = "An organization always keeps at least one owner: make someone else an owner first."
 
 
+def _owners_left_check(owners_after: int) -> None:
+    """The rule of every change of who owns an organization (team page, API, back office)."""
+    if owners_after < 1:
+        raise LastOwner()
+
+
 def invitation_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -370,8 +377,7 @@ def membership_role_change(*, membership: Membership, role: str, actor: User) ->
         locked, actor_role, owners = _locked_team_change(membership, actor)
         if actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role)) or not _may_grant(actor_role, role):
             raise PermissionRefused("Only owners may change an owner's role or make someone an owner.")
-        if locked.role == Role.OWNER and role != Role.OWNER and owners <= 1:
-            raise LastOwner()
+        _owners_left_check(owners - (locked.role == Role.OWNER and role != Role.OWNER))
         if locked.role != role:
             Membership.objects.filter(pk=locked.pk).update(role=role)
             locked.role = role
@@ -386,6 +392,37 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         leaving = locked.user_id == actor.pk
         if not leaving and (actor_role not in MANAGER_ROLES or not _may_grant(actor_role, Role(locked.role))):
             raise PermissionRefused("Only owners may remove an owner; only owners and admins may remove members.")
-        if locked.role == Role.OWNER and owners <= 1:
-            raise LastOwner()
+        _owners_left_check(owners - (locked.role == Role.OWNER))
         Membership.objects.filter(pk=locked.pk).delete()
+
+
+def organization_owners_check(
+    *, organization_id: int, owners: Collection[int], not_owners: Collection[int], added_owners: int
+) -> None:
+    """For a change made outside the team services (the back office's membership inline): lock the
+    organization and refuse (LastOwner) unless someone owns it afterwards. `owners` and `not_owners`
+    are the existing memberships that will, or will not (deleted or another role), own it;
+    `added_owners` counts new owner memberships. Runs inside the change's own transaction."""
+    locks.organization_lock(organization_id=organization_id)
+    current = set(Membership.objects.filter(organization_id=organization_id, role=Role.OWNER).values_list("pk", flat=True))
+    _owners_left_check(len((current - set(not_owners)) | set(owners)) + added_owners)
+
+
+def organization_rename(*, organization: Organization, name: str, actor: User) -> Organization:
+    """Rename an organization (owners and admins; its slug, which API clients name, stays).
+    InvalidRequest (on `organization`) for a name the model refuses; PermissionRefused otherwise."""
+    name = _organization_name_clean(name)
+    if _role_in(organization.pk, actor) not in MANAGER_ROLES:
+        raise PermissionRefused("Only owners and admins rename the organization.")
+    Organization.objects.filter(pk=organization.pk).update(name=name)
+    organization.name = name
+    return organization
+
+
+def user_time_zone_set(*, user: User, time_zone: str) -> User:
+    """Set the zone the dashboard shows this person's times in. InvalidRequest for an unknown zone."""
+    if time_zone not in time_zone_names():
+        raise InvalidRequest("Unknown time zone.", details={"time_zone": ["Unknown time zone."]})
+    User.objects.filter(pk=user.pk).update(time_zone=time_zone)
+    user.time_zone = time_zone
+    return user

@@ -167,21 +167,87 @@ def write_key_files(data: BenchData) -> dict[str, str]:
     return paths
 
 
+# --- One high-volume organization (docs/contract.md §2.9), measured striped and single-row in the same run ---------
+
+HIGH_VOLUME_SLUG = "bench-high-volume"
+
+
+def ensure_high_volume(data: BenchData) -> tuple[BenchData, str]:
+    """The bench's high-volume organization, with a live key and the hot wallet's funding: answers
+    bench data whose `hot` tenant is that organization (and no spread ones), and its wrk key file.
+    Its stripe count is set per cell by `high_volume_stripes_set`."""
+    from accounts.models import ApiKey, Organization, User
+    from accounts.services import api_key_create, api_key_digest, organization_create
+    from payments.ledger import wallet_adjust
+    from payments.models import Wallet
+
+    owner = User.objects.get(email=OWNER_EMAIL)
+    organization = Organization.objects.filter(slug=HIGH_VOLUME_SLUG).first() or organization_create(
+        name=HIGH_VOLUME_SLUG, owner=owner
+    )
+    keys_file = RESULTS_DIR / ".keys-high-volume.json"
+    try:
+        secret = json.loads(keys_file.read_text()).get(HIGH_VOLUME_SLUG)
+    except (OSError, ValueError):
+        secret = None
+    api_key = (
+        ApiKey.objects.filter(
+            organization=organization, digest=api_key_digest(secret), revoked_at__isnull=True, spend_cap__isnull=True
+        ).first()
+        if secret
+        else None
+    )
+    if api_key is None:
+        created = api_key_create(organization=organization, name="bench", created_by=owner)
+        secret, api_key = created.secret, created.api_key
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        keys_file.write_text(json.dumps({HIGH_VOLUME_SLUG: secret}))
+        keys_file.chmod(0o600)
+    balance = Wallet.objects.get(organization=organization).balance
+    if balance < HOT_FUNDING / 2:
+        wallet_adjust(
+            organization_id=organization.pk, amount=HOT_FUNDING - balance, reason="bench funding", created_by_id=owner.pk
+        )
+    key_path = RESULTS_DIR / ".wrk-keys-high-volume.txt"
+    key_path.write_text(secret + "\n")
+    key_path.chmod(0o600)
+    tenant = Tenant(slug=HIGH_VOLUME_SLUG, organization_id=organization.pk, api_key_id=api_key.pk, secret=secret)
+    return BenchData(
+        hot=tenant,
+        spread=[],
+        service_slug=data.service_slug,
+        service_id=data.service_id,
+        calc_method=data.calc_method,
+        unit_price=data.unit_price,
+        cost=data.cost,
+    ), str(key_path)
+
+
+def high_volume_stripes_set(data: BenchData, stripes: int) -> None:
+    """Turn striping on (or off: 0) for the high-volume organization, through the staff service."""
+    from payments.services import wallet_settings_update
+
+    wallet_settings_update(organization_id=data.hot.organization_id, stripes=stripes)
+
+
 # --- The money invariants (docs/contract.md §2), on the bench organizations only ----------------------------------
 
 _CHECKS: list[tuple[str, str]] = [
     (
-        "wallet balance == sum of its ledger entries",
+        "wallet balance (its row's + its stripes') == sum of its ledger entries",
         """SELECT count(*) FROM payments_wallet w
              LEFT JOIN (SELECT organization_id, sum(amount) AS total FROM payments_ledgerentry
                          WHERE account = 'wallet' AND organization_id = ANY(%(orgs)s) GROUP BY organization_id) e
                ON e.organization_id = w.organization_id
-            WHERE w.organization_id = ANY(%(orgs)s) AND w.balance <> coalesce(e.total, 0)""",
+             LEFT JOIN (SELECT organization_id, sum(balance) AS total FROM payments_walletstripe
+                         WHERE organization_id = ANY(%(orgs)s) GROUP BY organization_id) s
+               ON s.organization_id = w.organization_id
+            WHERE w.organization_id = ANY(%(orgs)s) AND w.balance + coalesce(s.total, 0) <> coalesce(e.total, 0)""",
     ),
     (
-        "each wallet entry's balance_after == running sum (id order = lock order)",
+        "each wallet entry's balance_after == its row's running sum (id order = lock order)",
         """SELECT count(*) FROM (
-             SELECT balance_after, sum(amount) OVER (PARTITION BY organization_id ORDER BY id) AS running
+             SELECT balance_after, sum(amount) OVER (PARTITION BY organization_id, stripe ORDER BY id) AS running
                FROM payments_ledgerentry WHERE account = 'wallet' AND organization_id = ANY(%(orgs)s)) x
             WHERE balance_after <> running""",
     ),
@@ -191,11 +257,14 @@ _CHECKS: list[tuple[str, str]] = [
                                   GROUP BY transfer_id HAVING sum(amount) <> 0 OR count(*) < 2) x""",
     ),
     (
-        "each live usage record == its transfer's wallet entry (cost, balance_after)",
+        # On a high-volume wallet the record carries the organization's balance, the entry its row's.
+        "each live usage record == its transfer's wallet entry (cost, balance_after when single-row)",
         """SELECT count(*) FROM metering_usagerecord u
              LEFT JOIN payments_ledgerentry e ON e.transfer_id = u.transfer_id AND e.account = 'wallet'
             WHERE u.organization_id = ANY(%(orgs)s) AND NOT u.test AND u.cost > 0
-              AND (e.id IS NULL OR -e.amount <> u.cost OR e.balance_after <> u.balance_after)""",
+              AND (e.id IS NULL OR -e.amount <> u.cost
+                   OR (e.balance_after <> u.balance_after AND NOT EXISTS (
+                         SELECT 1 FROM payments_ledgerentry x WHERE x.organization_id = u.organization_id AND x.stripe IS NOT NULL)))""",
     ),
     (
         "daily rollups == their usage records (events, cost)",
@@ -203,7 +272,8 @@ _CHECKS: list[tuple[str, str]] = [
              SELECT organization_id, service_id, created_at::date AS day, test, count(*) AS events, sum(cost) AS cost
                FROM metering_usagerecord WHERE organization_id = ANY(%(orgs)s)
               GROUP BY 1, 2, 3, 4) u
-             FULL JOIN (SELECT * FROM metering_usagerollup WHERE organization_id = ANY(%(orgs)s)) r
+             FULL JOIN (SELECT organization_id, service_id, day, test, sum(events) AS events, sum(cost) AS cost
+                          FROM metering_usagerollup WHERE organization_id = ANY(%(orgs)s) GROUP BY 1, 2, 3, 4) r
                ON r.organization_id = u.organization_id AND r.service_id = u.service_id AND r.day = u.day AND r.test = u.test
             WHERE u.events IS DISTINCT FROM r.events OR u.cost IS DISTINCT FROM r.cost""",
     ),
@@ -212,7 +282,9 @@ _CHECKS: list[tuple[str, str]] = [
         """SELECT count(*) FROM accounts_apikey k
              LEFT JOIN (SELECT api_key_id, sum(cost) AS total FROM metering_usagerecord
                          WHERE organization_id = ANY(%(orgs)s) AND NOT test GROUP BY api_key_id) u ON u.api_key_id = k.id
-            WHERE k.organization_id = ANY(%(orgs)s) AND k.spent <> coalesce(u.total, 0)""",
+            WHERE k.organization_id = ANY(%(orgs)s)
+              AND k.spent + (SELECT coalesce(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = k.id)
+                  <> coalesce(u.total, 0)""",
     ),
 ]
 

@@ -9,6 +9,10 @@ client-side binding, with DATABASE_PREPARED_STATEMENTS=false).
 `twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
 `payments.ledger._POST_SQL`; `metering.services.usage_sql.INSERT_USAGE_SQL`; COMMIT — four round trips.
 
+`striped` is the app's hot-path statement on a high-volume wallet (docs/contract.md §2.9): the same
+posting and usage rows on one stripe's row, the stripe picked at random per debit as the app does
+(`DEBIT_SQL.stripe`); its single-row twin is `app` on the same organization with striping off.
+
 `classic` is the 6-round-trip reference of docs/performance.md: BEGIN; SELECT … FOR UPDATE; UPDATE the
 balance; INSERT the transfer and its entries; the app's usage statement; COMMIT.
 
@@ -29,7 +33,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from metering.services.usage_sql import DEBIT_SQL, INSERT_USAGE_SQL, record_params
-from payments.ledger import _POST_SQL, posting_params
+from payments.ledger import _POST_SQL, posting_params, stripe_pick
 
 CLASSIC_LOCK_SQL = "SELECT balance, held, credit_limit FROM payments_wallet WHERE organization_id = %(org)s FOR UPDATE"
 CLASSIC_UPDATE_SQL = (
@@ -51,6 +55,7 @@ SELECT id FROM t
 
 VARIANTS = {
     "app": "the app's one autocommit statement: posting + usage record + rollup + spend (1 round trip)",
+    "striped": "the same statement on one stripe of a high-volume wallet, picked at random (1 round trip)",
     "twostmt": "the app's transactional path: BEGIN; ledger CTE; usage CTE; COMMIT (4 round trips)",
     "classic": "BEGIN; SELECT FOR UPDATE; UPDATE; INSERT ledger; INSERT usage; COMMIT (6 round trips)",
 }
@@ -94,6 +99,7 @@ class RawJob:
     run_id: str
     warmup: float
     duration: float
+    stripes: int = 0  # `striped`: the high-volume wallet's stripe count
 
 
 def _debit_twostmt(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
@@ -136,16 +142,17 @@ def _debit_classic(cursor, conn, job: RawJob, org: int, key: int, idem: str, bas
 
 def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_post: dict, base_usage: dict) -> None:
     now = datetime.now(UTC)
-    cursor.execute(
-        DEBIT_SQL,
-        {
-            **base_post,
-            **_usage(base_usage, org, key, idem, now),
-            "ledger_org": org,
-            "ledger_reference": f"usage:{idem}",
-            "ledger_now": now,
-        },
-    )
+    params = {
+        **base_post,
+        **_usage(base_usage, org, key, idem, now),
+        "ledger_org": org,
+        "ledger_reference": f"usage:{idem}",
+        "ledger_now": now,
+    }
+    statement = DEBIT_SQL.wallet
+    if job.stripes:
+        statement, params["ledger_stripe"] = DEBIT_SQL.stripe, stripe_pick(job.stripes)
+    cursor.execute(statement, params)
     if cursor.fetchone() is None:
         raise Refused
 
@@ -186,7 +193,7 @@ def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    debit = {"app": _debit_app, "twostmt": _debit_twostmt, "classic": _debit_classic}[job.variant]
+    debit = {"app": _debit_app, "striped": _debit_app, "twostmt": _debit_twostmt, "classic": _debit_classic}[job.variant]
     base_post, base_usage = _app_params(job)
     rnd = random.Random(os.getpid())
     latencies = array("d")

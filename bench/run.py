@@ -5,6 +5,7 @@
   (2c) ceiling a bare Django + DRF view in the same deployment doing only the debit (bench/ceiling.py)
   (2) http     POST /api/v1/usage/ through gunicorn (sync, 4 workers), loaded by wrk
   (3) batch    POST /api/v1/usage/batch/ with 1,000 events per request, in events/s
+  (4) stripes  one high-volume organization: (1) and (2) with its wallet striped vs single-row, same run
 
 each at 1, 16 and 64 clients, on one hot wallet and on 1,000 spread wallets; then a cProfile of
 POST usage/ in-process, and the money invariants checked on the bench organizations.
@@ -38,8 +39,18 @@ CASES = {
     "ceiling": "(2c) bare DRF view, debit",
     "http": "(2) POST usage/",
     "batch": "(3) POST usage/batch/",
+    "stripes": "(4) one high-volume org",
 }
-UNITS = {"raw": "tx/s", "twostmt": "tx/s", "classic": "tx/s", "ceiling": "req/s", "http": "req/s", "batch": "events/s"}
+UNITS = {
+    "raw": "tx/s",
+    "twostmt": "tx/s",
+    "classic": "tx/s",
+    "ceiling": "req/s",
+    "http": "req/s",
+    "batch": "events/s",
+    "stripes": "tx/s",
+}
+HIGH_VOLUME_AIM = 2.5  # striped / single-row throughput of one organization, at 16 and 64 clients
 MAX_ERROR_RATE = 0.01
 # Issue 11's aims, each a ratio to a limit measured in the same run (docs/performance.md).
 AIMS = {
@@ -69,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch request (default 1000)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (default 4)")
+    parser.add_argument("--stripes", type=int, default=8, help="(4): the high-volume wallet's stripes (default 8)")
     parser.add_argument(
         "--gunicorn-config",
         default=None,
@@ -117,7 +129,7 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 # --- cells ---------------------------------------------------------------------------------------------
 
 
-def run_raw_cell(*, case, mode, clients, args, data, target, gunicorn, run_id) -> dict:
+def run_raw_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, stripes: int = 0) -> dict:
     from bench import cpu, raw
 
     tenants = [data.hot] if mode == "hot" else data.spread
@@ -131,6 +143,7 @@ def run_raw_cell(*, case, mode, clients, args, data, target, gunicorn, run_id) -
         run_id=run_id,
         warmup=args.warmup,
         duration=args.duration,
+        stripes=stripes,
     )
     windows = []
 
@@ -262,6 +275,104 @@ def preflight(gunicorn, data, batch_size: int) -> None:
     status, body = web.post_json(gunicorn.url + "/api/v1/usage/batch/", {"events": events}, data.hot.secret)
     if status != 200 or any(r.get("status") != 201 for r in body.get("results", [])):
         raise SystemExit(f"bench: POST usage/batch/ answered {status}: {json.dumps(body)[:500]}")
+
+
+# --- (4) one high-volume organization --------------------------------------------------------------------
+
+
+def run_high_volume(*, args, data, target, gunicorn, run_id) -> dict:
+    """The same organization single-row (stripes off) and striped (`--stripes`), interleaved per client
+    count and repeat: the raw statement, and POST usage/ when gunicorn runs. Answers cells, medians,
+    the striped/single-row ratios and the organization's money invariants."""
+    from bench import fixtures
+
+    hv_data, key_file = fixtures.ensure_high_volume(data)
+    cells = []
+    for rep in range(args.repeat):
+        for clients in args.clients:
+            for stripes in (0, args.stripes):
+                fixtures.high_volume_stripes_set(hv_data, stripes)
+                layout = "striped" if stripes else "single"
+                for kind in ("raw", "http") if gunicorn is not None else ("raw",):
+                    common = {
+                        "mode": "hot",
+                        "clients": clients,
+                        "args": args,
+                        "data": hv_data,
+                        "target": target,
+                        "gunicorn": gunicorn,
+                        "run_id": f"{run_id}-{rep}-hv-{kind}-{layout}-{clients}",
+                    }
+                    try:
+                        if kind == "raw":
+                            cell = run_raw_cell(case="striped" if stripes else "raw", stripes=stripes, **common)
+                        else:
+                            cell = run_http_cell(case="http", key_files={"hot": key_file}, **common)
+                    except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others' results
+                        print(f"  (4) {kind} {layout} {clients:>3} clients: FAILED: {exc}", flush=True)
+                        continue
+                    cell.update(kind=kind, layout=layout, clients=clients, repeat=rep, stripes=stripes)
+                    cells.append(cell)
+                    print(
+                        f"  (4) high-volume org, {kind:<4} {layout:<7} {clients:>3} clients: {cell['throughput']:>9,.0f}/s "
+                        f"p50 {cell['p50_ms'] or 0:7.2f} ms  p99 {cell['p99_ms'] or 0:8.2f} ms  errors {cell['errors']}",
+                        flush=True,
+                    )
+    fixtures.high_volume_stripes_set(hv_data, args.stripes)  # left striped: the verification reads it so
+    rows = []
+    for kind in ("raw", "http"):
+        for clients in args.clients:
+            medians = {}
+            for layout in ("single", "striped"):
+                runs = [c for c in cells if (c["kind"], c["layout"], c["clients"]) == (kind, layout, clients)]
+                if runs:
+                    medians[layout] = {
+                        "throughput": statistics.median(c["throughput"] for c in runs),
+                        "p50_ms": statistics.median(c["p50_ms"] or 0 for c in runs),
+                        "p99_ms": statistics.median(c["p99_ms"] or 0 for c in runs),
+                        "errors": sum(c["errors"] for c in runs),
+                        "runs": [round(c["throughput"], 1) for c in runs],
+                    }
+            if len(medians) == 2:
+                ratio = (
+                    medians["striped"]["throughput"] / medians["single"]["throughput"]
+                    if medians["single"]["throughput"]
+                    else None
+                )
+                rows.append({"kind": kind, "clients": clients, **medians, "ratio": ratio})
+    return {
+        "organization": hv_data.hot.slug,
+        "stripes": args.stripes,
+        "cells": cells,
+        "rows": rows,
+        "aim": HIGH_VOLUME_AIM,
+        "invariants": fixtures.verify(hv_data) if not args.no_verify else None,
+    }
+
+
+def print_high_volume(result: dict) -> None:
+    print(
+        f"\n(4) One high-volume organization ({result['organization']}), {result['stripes']} stripes vs single-row, "
+        f"same run (medians; aim: striped >= {result['aim']}x single-row at 16 and 64 clients):"
+    )
+    print(
+        f"  {'path':<22} {'clients':>7} {'single-row/s':>13} {'striped/s':>11} {'ratio':>7}  {'p50 ms single/striped':>22}  verdict"
+    )
+    for row in result["rows"]:
+        path = "(1) raw statement" if row["kind"] == "raw" else "(2) POST usage/"
+        ratio = row["ratio"]
+        aimed = row["clients"] in (16, 64)
+        verdict = "" if not aimed or ratio is None else ("met" if ratio >= result["aim"] else "NOT met")
+        print(
+            f"  {path:<22} {row['clients']:>7} {row['single']['throughput']:>13,.0f} {row['striped']['throughput']:>11,.0f} "
+            f"{(f'{ratio:.2f}x' if ratio else '-'):>7}  {row['single']['p50_ms']:>10.2f} / {row['striped']['p50_ms']:<9.2f}  {verdict}"
+        )
+    invariants = result.get("invariants")
+    if invariants:
+        print(f"  money invariants on the high-volume organization: {'OK' if invariants['ok'] else 'FAIL'}")
+        for check in invariants["checks"]:
+            if check["violations"]:
+                print(f"    FAIL {check['name']}: {check['violations']} violations")
 
 
 # --- summary --------------------------------------------------------------------------------------------
@@ -526,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     target.database = connection.settings_dict["NAME"]
-    needs_http = bool({"ceiling", "http", "batch"} & set(args.cases))
+    needs_http = bool({"ceiling", "http", "batch", "stripes"} & set(args.cases))
     if needs_http:
         web.ensure_wrk()
     data = fixtures.ensure(spread_count=args.spread_orgs)
@@ -543,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     print_machine(machine, target, args, gunicorn_desc if needs_http else "(not started: no HTTP case)")
 
     run_id = f"b{stamp}{secrets.token_hex(3)}"
+    high_volume: dict | None = None
     cells: list[dict] = []
     failed: list[dict] = []
     gunicorn = None
@@ -563,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
             for case in args.cases:
                 for mode in args.modes:
                     for clients in args.clients:
+                        if case == "stripes":
+                            continue  # its own section below: one organization, striped and single-row
                         cell_id = f"{run_id}-{rep}-{case}-{mode}-{clients}"
                         common = {
                             "case": case,
@@ -610,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
                             ),
                             flush=True,
                         )
+        if "stripes" in args.cases:
+            high_volume = run_high_volume(args=args, data=data, target=target, gunicorn=gunicorn, run_id=run_id)
         if gunicorn is not None:
             gunicorn.stop()
         if args.profile_requests > 0:
@@ -662,6 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     for aim in aim_rows:
         verdict = "invalid (errors)" if aim["invalid"] else "n/a" if aim["ok"] is None else ("met" if aim["ok"] else "NOT met")
         print(f"  {aim['aim']:<46} {aim['text']:>18}  {verdict}")
+    if high_volume:
+        print_high_volume(high_volume)
     if profile and "error" in profile:
         print(f"\nProfile: failed: {profile['error']}")
     elif profile:
@@ -700,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn_log_error_lines": log_errors,
                 "summary": rows,
                 "aims": aim_rows,
+                "high_volume": high_volume,
                 "profile": profile,
                 "invariants": invariants,
             },
@@ -710,7 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nJSON: {out_path}")
     if interrupted:
         return 130
-    return 0 if invariants is None or invariants["ok"] else 1
+    high_volume_ok = not (high_volume and high_volume["invariants"] and not high_volume["invariants"]["ok"])
+    return 0 if (invariants is None or invariants["ok"]) and high_volume_ok else 1
 
 
 if __name__ == "__main__":

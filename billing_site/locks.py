@@ -1,21 +1,29 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
-    organization → invitation                                (team changes only)
-    wallet → hold | payment → refund → API key               (money)
+    organization → invitation                                        (team changes only)
+    wallet → hold | payment → refund → stripes (ascending) → API key (money)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
-never wait on each other. Nothing here talks to the network, and no caller may either while it holds
-one of these locks: commit a pending state, call out, then lock again and apply.
+never wait on each other. Every money path that locks more than one row takes the wallet row first;
+the one exception is the hot path on a high-volume wallet, which locks a single stripe (then, like any
+usage statement, the API key's row), so it waits on nobody but that stripe's other writers. Nothing
+here talks to the network, and no caller may either while it holds one of these locks: commit a
+pending state, call out, then lock again and apply.
 
 - wallet: the organization's `payments_wallet` row, the lock every money movement of an organization
-  serializes on. The ledger's statements take it implicitly, by the UPDATE that moves the balance
+  serializes on (on a high-volume wallet: every movement but the hot path's stripe debits). The ledger's statements take it implicitly, by the UPDATE that moves the balance
   (the same row lock as SELECT … FOR UPDATE, one round trip fewer). `wallet_lock` takes it up front
   for a caller that must check another row under it before moving money.
 - hold, payment: checked under their wallet's lock, so a racing capture, release, expiry, settlement
   or refund sees the state the other left.
+- stripes: a high-volume wallet's `payments_walletstripe` rows (docs/contract.md §2.9). A hot-path
+  debit locks one, by its UPDATE. A rebalance or a change of the stripe count locks them all, in
+  ascending stripe number, after the wallet row (and after any hold, payment or refund the same
+  transaction holds): `wallet_stripes_lock`.
 - refund: after its payment.
 - API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
-  row lock last, after the wallet's (spend caps are checked under the wallet lock).
+  row lock last, after the wallet's or the stripe's (spend caps are checked under the wallet lock:
+  capped keys never take the stripes' hot path).
 - organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
 
 This module sits on the lowest floor so every app may use it; it names the models through Django's
@@ -46,6 +54,7 @@ class WalletState:
     credit_limit: Decimal
     low_balance_threshold: Decimal
     low_balance_alerted: bool
+    stripes: int
 
 
 def wallet_lock(*, organization_id: int) -> WalletState:
@@ -53,7 +62,7 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     _in_transaction("wallet_lock")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted"
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes"
             " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
             [organization_id],
         )
@@ -61,6 +70,18 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     if row is None:
         raise LookupError(f"organization {organization_id} has no wallet")
     return WalletState(*row)
+
+
+def wallet_stripes_lock(*, organization_id: int) -> dict[int, Decimal]:
+    """Lock every stripe of a high-volume wallet, in ascending order, after its wallet; answer
+    stripe → balance (empty for a wallet without stripes)."""
+    _in_transaction("wallet_stripes_lock")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT stripe, balance FROM payments_walletstripe WHERE organization_id = %s ORDER BY stripe FOR UPDATE",
+            [organization_id],
+        )
+        return dict(cursor.fetchall())
 
 
 def _locked(app_label: str, model_name: str, **lookup: Any) -> Any:

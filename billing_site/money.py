@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any, Literal, TypeAlias, overload
 
 from django.db import models
@@ -46,3 +46,69 @@ def money_str(amount: Decimal | None) -> str | None: ...
 def money_str(amount: Decimal | None) -> str | None:
     """An amount as the API's JSON string: plain notation, never an exponent."""
     return None if amount is None else format(amount, "f")
+
+
+# --- Display: what people read. Rounding here is for the eye only; stored and exported amounts keep every digit.
+
+# Minor units per currency (ISO 4217 exponents); the default is 2.
+CURRENCY_EXPONENTS = {
+    "JPY": 0,
+    "KRW": 0,
+    "VND": 0,
+    "CLP": 0,
+    "ISK": 0,
+    "HUF": 2,
+    "BHD": 3,
+    "KWD": 3,
+    "OMR": 3,
+    "JOD": 3,
+    "TND": 3,
+}
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$"}
+PRECISE_MAX_PLACES = 6
+
+
+def currency_exponent(currency: str) -> int:
+    return CURRENCY_EXPONENTS.get(currency.upper(), 2)
+
+
+def money_display(amount: Decimal, currency: str, *, precise: bool = False) -> str:
+    """`$1,234.50`, `−$2.00`, `1,200 JPY`-style text for people. By default rounded half-even to the
+    currency's usual decimals. `precise` (per-event costs, unit prices) keeps up to 6 decimals: the
+    fewest from the currency's that show the amount exactly, else rounded half-even to 6; an amount
+    too small for that reads `<$0.000001`."""
+    minimum = currency_exponent(currency) if currency else 2
+    maximum = max(minimum, PRECISE_MAX_PLACES) if precise else minimum
+    magnitude = abs(amount)
+    places = minimum
+    shown = magnitude.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=EXACT)
+    while shown != magnitude and places < maximum:
+        places += 1
+        shown = magnitude.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=EXACT)
+    symbol = CURRENCY_SYMBOLS.get(currency.upper(), "") if currency else ""
+    sign = "−" if amount < 0 and shown != 0 else ""
+    if precise and magnitude and not shown:
+        text = f"<{symbol}{Decimal(1).scaleb(-maximum):f}"
+        return f"{sign}{text}" if symbol else f"{sign}{text} {currency}"
+    number = format(shown, f",.{places}f")
+    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency}".rstrip()
+
+
+def money_format(amount: Decimal | int | str | None, currency: str = "USD", *, precise: bool = False) -> str:
+    """`money_display` for pages: `—` for no amount, anything unreadable as it is."""
+    if amount is None or amount == "":
+        return "—"
+    try:
+        value = Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError):
+        return str(amount)
+    return money_display(value, currency, precise=precise)
+
+
+def plain_amount(amount: Decimal) -> str:
+    """An amount for a form field: plain digits, at least 2 decimals, no exponent (150 → 150.00)."""
+    magnitude = abs(amount)
+    places = 2
+    while places < 12 and magnitude != magnitude.quantize(Decimal(1).scaleb(-places)):
+        places += 1
+    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")

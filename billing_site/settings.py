@@ -205,7 +205,22 @@ SIMPLE_JWT = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate API",
-    "DESCRIPTION": "Prepaid, exactly-metered billing for AI APIs.",
+    "DESCRIPTION": (
+        "Prepaid, exactly-metered billing for AI APIs. Authenticate with `Authorization: Bearer <JWT access token>` "
+        "(from `auth/token/`) or with an API key (`Authorization: Bearer tg_live_…` or `X-API-Key`). Amounts are decimal "
+        'strings, never floats. Every error is `{"error": {"code", "message", "details"}}` with a stable `code`.'
+    ),
+    "TAGS": [
+        {"name": "auth", "description": "Sign up, sign in, refresh and sign out (JWT)."},
+        {"name": "account", "description": "Who you are and your organizations."},
+        {"name": "keys", "description": "Your organization's API keys."},
+        {"name": "services", "description": "What you can use, and its price for you."},
+        {"name": "usage", "description": "Record usage (each event priced and paid at once) and read it back."},
+        {"name": "holds", "description": "Reserve money before a long or streamed call, then capture or release it."},
+        {"name": "balance", "description": "Your balance and the ledger that explains it."},
+        {"name": "payments", "description": "Recharges, redemption codes, and the providers' notifications."},
+        {"name": "staff", "description": "For Tollgate staff: the catalogue, prices and balance adjustments."},
+    ],
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -1,19 +1,28 @@
 """Daily spend by service as a stacked bar chart, drawn server-side as inline SVG (no JS library).
 
 Amounts stay Decimals until they become pixel coordinates; only geometry is rounded.
+
+Colours are stable: a series' colour is fixed by its slug (sha256 of the slug, modulo the palette of
+PALETTE colours `--series-0…9` in static/dashboard/app.css), so a service keeps its colour on every
+page and every load whatever its rank. Two slugs of one chart that land on the same colour: the later
+in slug order takes the next free one. "Other" is always grey (`--series-10`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 
 from billing_site.money import ZERO
 
-SERIES_MAX = 6  # distinct colours; the rest is "Other"
+SERIES_MAX = 6  # series drawn apart; the rest is "Other"
+PALETTE = 10  # colours a series may take
+OTHER_COLOUR = PALETTE
 TICKS = 5  # at most this many steps on the y axis
 OTHER = "Other"
 
@@ -45,7 +54,7 @@ PHONE = Frame(width=360, height=220, left=52, labels=4)
 
 @dataclass(frozen=True)
 class Segment:
-    series: int  # colour index; SERIES_MAX is "Other"
+    series: int  # colour index; OTHER_COLOUR is "Other"
     name: str
     cost: Decimal
     x: str
@@ -78,9 +87,20 @@ class Label:
 
 @dataclass(frozen=True)
 class Series:
-    index: int
+    index: int  # its colour
     name: str
     total: Decimal
+    slug: str = ""
+
+
+@dataclass(frozen=True)
+class Share:
+    """One series' part of a chart whose spend all fell on one day, as a horizontal bar."""
+
+    series: Series
+    y: str  # the label's baseline; the bar lies under it
+    bar_y: str
+    width: str
 
 
 @dataclass
@@ -95,10 +115,20 @@ class Chart:
     labels: list[Label]
     series: list[Series]
     total: Decimal
+    days_with_spend: list[date] = field(default_factory=list)
+    shares: list[Share] = field(default_factory=list)  # drawn instead of bars when one day has all the spend
 
     @property
     def empty(self) -> bool:
         return self.total == ZERO
+
+    @property
+    def one_day(self) -> date | None:
+        return self.days_with_spend[0] if len(self.days_with_spend) == 1 else None
+
+    @property
+    def shares_height(self) -> int:
+        return len(self.shares) * SHARE_ROW
 
     @property
     def center_x(self) -> int:
@@ -107,6 +137,25 @@ class Chart:
     @property
     def center_y(self) -> int:
         return self.baseline_y // 2 + 6
+
+
+SHARE_ROW = 40  # SVG units per horizontal bar (its label above it) of a one-day chart
+
+
+def colour_of(slug: str) -> int:
+    """The palette colour a slug starts from: the same on every page, for every organization."""
+    return int.from_bytes(hashlib.sha256(slug.encode()).digest()[:4], "big") % PALETTE
+
+
+def colours(slugs: Iterable[str]) -> dict[str, int]:
+    """Each slug its own colour (while the palette lasts); clashes resolved in slug order."""
+    taken: dict[str, int] = {}
+    for slug in sorted(set(slugs)):
+        colour = colour_of(slug)
+        while colour in taken.values() and len(taken) < PALETTE:
+            colour = (colour + 1) % PALETTE
+        taken[slug] = colour
+    return taken
 
 
 def _px(value: Decimal) -> str:
@@ -126,18 +175,22 @@ def nice_step(top: Decimal, ticks: int = TICKS) -> Decimal:
 
 
 def spend_chart(rows: list[dict], *, day_from: date, day_to: date, frame: Frame = DESKTOP) -> Chart:
-    """`rows` are {day, service, cost} (any order); every day in [day_from, day_to] gets a bar."""
+    """`rows` are {day, service (its slug), cost} and optionally the service's `name` (any order);
+    every day in [day_from, day_to] gets a bar."""
     by_day: dict[date, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     per_service: dict[str, Decimal] = defaultdict(Decimal)
+    names: dict[str, str] = {}
     for row in rows:
         by_day[row["day"]][row["service"]] += row["cost"]
         per_service[row["service"]] += row["cost"]
-    ranked = sorted(per_service, key=lambda name: (-per_service[name], name))
+        names[row["service"]] = row.get("name") or row["service"]
+    ranked = sorted((slug for slug in per_service if per_service[slug] > ZERO), key=lambda slug: (-per_service[slug], slug))
     shown = ranked if len(ranked) <= SERIES_MAX else ranked[: SERIES_MAX - 1]
-    index = {name: i for i, name in enumerate(shown)}
-    series = [Series(index=i, name=name, total=per_service[name]) for i, name in enumerate(shown)]
+    index = colours(shown)
+    series = [Series(index=index[slug], name=names[slug], total=per_service[slug], slug=slug) for slug in shown]
     if len(ranked) > len(shown):
-        series.append(Series(index=SERIES_MAX, name=OTHER, total=sum((per_service[n] for n in ranked[len(shown) :]), ZERO)))
+        rest = sum((per_service[slug] for slug in ranked[len(shown) :]), ZERO)
+        series.append(Series(index=OTHER_COLOUR, name=OTHER, total=rest))
 
     days = [day_from + timedelta(days=i) for i in range((day_to - day_from).days + 1)]
     totals = {day: sum(by_day[day].values(), ZERO) for day in days}
@@ -154,14 +207,14 @@ def spend_chart(rows: list[dict], *, day_from: date, day_to: date, frame: Frame 
         slot_x = left + slot * i
         x = slot_x + (slot - bar_width) / 2
         bar = Bar(day=day, total=totals[day], x=_px(x), slot_x=_px(slot_x), slot_width=_px(slot))
-        stacked: dict[int, tuple[str, Decimal]] = {}
-        for name, cost in by_day[day].items():
-            key = index.get(name, SERIES_MAX)
-            label = name if key != SERIES_MAX else OTHER
-            stacked[key] = (label, stacked.get(key, (label, ZERO))[1] + cost)
+        stacked: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+        for slug, cost in by_day[day].items():
+            rank = shown.index(slug) if slug in index else len(shown)  # stacked by rank: the biggest at the bottom
+            stacked[(rank, names[slug] if slug in index else OTHER)] += cost
         y = Decimal(baseline)
-        for key in sorted(stacked):
-            name, cost = stacked[key]
+        for rank, name in sorted(stacked):
+            cost = stacked[(rank, name)]
+            key = index[shown[rank]] if rank < len(shown) else OTHER_COLOUR
             if cost <= ZERO:
                 continue
             # A sliver of spend still shows as a 1 px line, so no day with spend looks empty.
@@ -190,4 +243,23 @@ def spend_chart(rows: list[dict], *, day_from: date, day_to: date, frame: Frame 
         labels=labels,
         series=series,
         total=sum(totals.values(), ZERO),
+        days_with_spend=[day for day in days if totals[day] > ZERO],
+        shares=_shares(series, frame),
     )
+
+
+def _shares(series: list[Series], frame: Frame) -> list[Share]:
+    """Horizontal bars, one per series, in proportion to the biggest."""
+    biggest = max((s.total for s in series), default=ZERO)
+    if biggest <= ZERO:
+        return []
+    plot_w = Decimal(frame.width - frame.right)
+    return [
+        Share(
+            series=s,
+            y=_px(Decimal(i * SHARE_ROW + 14)),
+            bar_y=_px(Decimal(i * SHARE_ROW + 20)),
+            width=_px(max(s.total / biggest * plot_w, Decimal(1))),
+        )
+        for i, s in enumerate(series)
+    ]

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
 from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
+from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership, Organization, Role, User
 from accounts.selectors import membership_list
@@ -23,6 +25,13 @@ _Response = TypeVar("_Response", bound=HttpResponseBase)
 
 # Everything the dashboard serves comes from the project itself (docs/contract.md §5); the browser enforces it.
 CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'"
+
+
+def user_zone(user: User) -> ZoneInfo:
+    try:
+        return ZoneInfo(user.time_zone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ def organization_choose(request: HttpRequest, slug: str) -> Membership:
 
 def page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
     """Render a dashboard page with the shell's context (current organization, navigation)."""
-    base = {"current": getattr(request, "current", None)}
+    base = {"current": getattr(request, "current", None), "time_zone_name": timezone.get_current_timezone_name()}
     response = render(request, template, {**base, **(context or {})}, status=status)
     return secure_headers(response)
 
@@ -102,10 +111,12 @@ def dashboard_view(*, managers_only: bool = False) -> Callable:
             request.current = current  # type: ignore[attr-defined]  # an attribute of ours, for page()
             if managers_only and not current.is_manager:
                 return page(request, "dashboard/403.html", status=403)
-            try:
-                return secure_headers(view(request, current, *args, **kwargs))
-            except Http404:
-                return page(request, "dashboard/404.html", status=404)
+            # Times on the page read in the person's own zone (its name is in every page's context).
+            with timezone.override(user_zone(current.user)):
+                try:
+                    return secure_headers(view(request, current, *args, **kwargs))
+                except Http404:
+                    return page(request, "dashboard/404.html", status=404)
 
         return wrapped
 

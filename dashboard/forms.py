@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlencode
@@ -14,11 +14,12 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from accounts.models import ApiKey, ApiKeyMode, Role
+from accounts.models import ApiKey, ApiKeyMode, Role, time_zone_names
 from billing_site import throttle
 from billing_site.errors import DomainError
+from billing_site.money import currency_exponent
+from metering.models import Service
 from payments.providers import providers_enabled
-from payments.providers.base import currency_exponent
 from payments.validators import alert_webhook_url_validate
 
 if TYPE_CHECKING:
@@ -127,20 +128,55 @@ class OrganizationForm(forms.Form):
 # --- Usage ------------------------------------------------------------------------------------------
 
 MODE_CHOICES = [("", "Live and test"), ("live", "Live"), ("test", "Test")]
+PERIOD_CHOICES = [
+    ("today", "Today"),
+    ("7d", "Last 7 days"),
+    ("30d", "Last 30 days"),
+    ("month", "This month"),
+    ("last_month", "Last month"),
+    ("custom", "Custom dates"),
+]
+PERIOD_DEFAULT = "30d"
+GROUP_CHOICES = [("day", "Day"), ("service", "Service"), ("key", "API key")]
+
+
+def _month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def period_days(period: str, *, today: date) -> tuple[date, date]:
+    """The first and last local day of a preset, as seen on `today`."""
+    if period == "today":
+        return today, today
+    if period == "7d":
+        return today - timedelta(days=6), today
+    if period == "month":
+        return _month_start(today), today
+    if period == "last_month":
+        last = _month_start(today) - timedelta(days=1)
+        return _month_start(last), last
+    return today - timedelta(days=29), today
 
 
 class UsageFilterForm(forms.Form):
-    service = forms.ChoiceField(required=False)
+    period = forms.ChoiceField(required=False, choices=PERIOD_CHOICES, label="Period")
     date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    service = forms.ChoiceField(required=False)
     api_key = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="API key")
     mode = forms.ChoiceField(required=False, choices=MODE_CHOICES)
+    group = forms.ChoiceField(required=False, choices=GROUP_CHOICES, label="Group by")
 
     api_keys: dict[int | None, ApiKey]  # the organization's keys by id, set by the view (a record's key id may be None)
+    services: dict[int, Service]  # every service by id, set by the view
 
     def __init__(self, *args, services: list[tuple[str, str]], api_keys: list[ApiKey], **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ChoiceField, self.fields["service"]).choices = [("", "All services"), *services]
+        # By name, the slug after it: people know their services by name, the API by slug.
+        cast(forms.ChoiceField, self.fields["service"]).choices = [
+            ("", "All services"),
+            *((slug, f"{name} ({slug})" if name != slug else slug) for slug, name in services),
+        ]
         cast(forms.ChoiceField, self.fields["api_key"]).choices = [("", "All keys")] + [
             (key.pk, f"{key.name} ({key.prefix}…)" + (" — revoked" if key.revoked_at else "")) for key in api_keys
         ]
@@ -151,25 +187,53 @@ class UsageFilterForm(forms.Form):
         start, end = cleaned.get("date_from"), cleaned.get("date_to")
         if start and end and start > end:
             raise ValidationError("The start date is after the end date.")
+        if start or end:
+            cleaned["period"] = "custom"
+        elif cleaned.get("period") == "custom":
+            raise ValidationError("Pick a start or an end date for custom dates.")
         return cleaned
 
-    def selector_filters(self) -> dict:
-        """The arguments of metering.selectors.usage_list; the dates are whole UTC days."""
+    @property
+    def chosen_period(self) -> str:
         data = self.cleaned_data if self.is_valid() else {}
-        tz = timezone.get_default_timezone()
-        start, end = data.get("date_from"), data.get("date_to")
+        return data.get("period") or PERIOD_DEFAULT
+
+    @property
+    def chosen_group(self) -> str:
+        data = self.cleaned_data if self.is_valid() else {}
+        return data.get("group") or "day"
+
+    def window(self) -> tuple[datetime | None, datetime]:
+        """[start, end) of the chosen period in the current (the person's) time zone: whole local
+        days, `date_to` inclusive. No start: from the first record on."""
+        tz = timezone.get_current_timezone()
+        today = timezone.localdate()
+        if self.chosen_period == "custom":
+            start, end = self.cleaned_data.get("date_from"), self.cleaned_data.get("date_to") or today
+        else:
+            start, end = period_days(self.chosen_period, today=today)
+        midnight = lambda day: datetime.combine(day, time.min, tzinfo=tz)  # noqa: E731
+        return (midnight(start) if start else None), midnight(end + timedelta(days=1))
+
+    def selector_filters(self) -> dict:
+        """The arguments of metering.selectors.usage_list."""
+        data = self.cleaned_data if self.is_valid() else {}
+        start, end = self.window()
         return {
             "service": data.get("service") or None,
-            "created_from": datetime.combine(start, time.min, tzinfo=tz) if start else None,
-            "created_to": datetime.combine(end + timedelta(days=1), time.min, tzinfo=tz) if end else None,
+            "created_from": start,
+            "created_to": end,
             "api_key_id": data.get("api_key"),
             "test": {"live": False, "test": True}.get(data.get("mode") or ""),
         }
 
-    def querystring(self) -> str:
-        """The filters as a query string, for the pagination and export links."""
+    def querystring(self, **changes: str) -> str:
+        """The filters as a query string, for the pagination, preset and export links."""
         data = self.cleaned_data if self.is_valid() else {}
         params = {name: data.get(name) for name in self.fields}
+        if params.get("period") == "custom" and (params.get("date_from") or params.get("date_to")):
+            params["period"] = None  # the dates say it
+        params.update(changes)
         return urlencode({k: v for k, v in params.items() if v not in (None, "")})
 
 
@@ -242,6 +306,14 @@ class RechargeForm(forms.Form):
         return amount
 
 
+class RedeemForm(forms.Form):
+    code = forms.CharField(
+        max_length=40,
+        label="Promotional code",
+        widget=forms.TextInput(attrs={"placeholder": "XXXXX-XXXXX-XXXXX-XXXXX", "autocomplete": "off", "spellcheck": "false"}),
+    )
+
+
 # --- Team -------------------------------------------------------------------------------------------
 
 
@@ -281,3 +353,19 @@ class AlertSettingsForm(forms.Form):
         help_text="We POST a signed JSON body here when the balance runs low.",
         widget=forms.URLInput(attrs={"placeholder": "https://example.com/hooks/tollgate"}),
     )
+
+
+class OrganizationRenameForm(forms.Form):
+    organization = forms.CharField(max_length=120, label="Organization name")
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    return [(name, name.replace("_", " ")) for name in sorted(time_zone_names())]
+
+
+class TimeZoneForm(forms.Form):
+    time_zone = forms.ChoiceField(label="Time zone", help_text="Dates and times on every page are shown in this zone.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cast(forms.ChoiceField, self.fields["time_zone"]).choices = time_zone_choices()

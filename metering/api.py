@@ -10,7 +10,7 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -138,10 +138,55 @@ class UsageOutput(serializers.Serializer[UsageRecord]):
         return usage_body(instance)
 
 
+USAGE_EXAMPLE = {
+    "id": 1001,
+    "service": "gpt-4o",
+    "quantity": 1550,
+    "input_tokens": 1200,
+    "output_tokens": 350,
+    "cost": "0.006500000000",
+    "balance_after": "120.493500000000",
+    "test": False,
+    "idempotency_key": "req_8f14e45f",
+    "created_at": "2026-03-01T09:30:00Z",
+    "metadata": {"user": "u_42"},
+}
+
+
 class UsageApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=UsageInput, responses={201: UsageOutput, 200: UsageOutput}, parameters=[IDEMPOTENCY_KEY_PARAMETER])
+    @extend_schema(
+        request=UsageInput,
+        responses={201: UsageOutput, 200: UsageOutput},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        tags=["usage"],
+        summary="Record and pay for one usage event",
+        description="Prices the event at the service's price in force for your organization and debits your balance "
+        "in the same step. Send the quantities the service's method needs: `input_tokens` and `output_tokens` "
+        "(TOKENS), `text` or `characters` (CHAR_COUNT), `text` or `words` (WORD_COUNT), `width`, `height` and "
+        "`images` (IMAGE_RESOLUTION), nothing (REQUEST). Every event carries an idempotency key (in the body or the "
+        "`Idempotency-Key` header): sending it again with the same body answers the first result (200) and charges "
+        "nothing; with another body it is refused (409). 402 when your available balance (or the key's spend cap) "
+        "cannot pay for it. A `tg_test_…` key records the event without moving money.",
+        examples=[
+            OpenApiExample(
+                "Tokens",
+                value={
+                    "service": "gpt-4o",
+                    "idempotency_key": "req_8f14e45f",
+                    "input_tokens": 1200,
+                    "output_tokens": 350,
+                    "metadata": {"user": "u_42"},
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Characters", value={"service": "translate", "idempotency_key": "t-1", "text": "Bonjour"}, request_only=True
+            ),
+            OpenApiExample("Recorded", value=USAGE_EXAMPLE, response_only=True, status_codes=["201"]),
+        ],
+    )
     def post(self, request: Request) -> Response:
         event = _event_from(request.data, header_key=request.headers.get(IDEMPOTENCY_HEADER))
         outcome = services.usage_record(tenant=self.tenant, event=event)
@@ -157,6 +202,11 @@ class UsageApi(TenantMixin, APIView):
             *PAGE_PARAMETERS,
         ],
         responses={200: paginated(UsageOutput, "UsagePage")},
+        operation_id="v1_usage_list",
+        tags=["usage"],
+        summary="List usage events",
+        description="Your usage records, newest first, a page at a time. Filter by `service` (slug), `from` and `to` "
+        "(ISO times, `to` excluded), `api_key` (id) and `test`. Works with a JWT or an API key.",
     )
     def get(self, request: Request) -> Response:
         records = selectors.usage_list(organization_id=self.tenant.organization.pk, **usage_filters(request))
@@ -215,6 +265,38 @@ class UsageBatchApi(TenantMixin, APIView):
     @extend_schema(
         request=inline_serializer("UsageBatchInput", {"events": serializers.ListField(child=UsageInput, max_length=1000)}),
         responses={200: inline_serializer("UsageBatchOutput", {"results": serializers.ListField(child=serializers.DictField())})},
+        tags=["usage"],
+        summary="Record up to 1,000 usage events at once",
+        description="The events are applied in order, each exactly as `POST usage/` would (each with its own "
+        "idempotency key), and the answer has one result per event, in the same order: `{index, status, usage}` for "
+        "one recorded (201) or replayed (200), `{index, status, error}` for one refused. One refused event does not "
+        "stop the others. For high volumes: far cheaper than one request per event.",
+        examples=[
+            OpenApiExample(
+                "Two events",
+                value={
+                    "events": [
+                        {"service": "gpt-4o", "idempotency_key": "b-1", "input_tokens": 1200, "output_tokens": 350},
+                        {"service": "moderation", "idempotency_key": "b-2"},
+                    ]
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Results",
+                value={
+                    "results": [
+                        {"index": 0, "status": 201, "usage": USAGE_EXAMPLE},
+                        {
+                            "index": 1,
+                            "status": 402,
+                            "error": {"code": "insufficient_balance", "message": "Insufficient balance.", "details": {}},
+                        },
+                    ]
+                },
+                response_only=True,
+            ),
+        ],
     )
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
@@ -256,6 +338,32 @@ class UsageSummaryApi(TenantMixin, APIView):
         responses={
             200: inline_serializer("UsageSummary", {"group_by": serializers.CharField(), "rows": serializers.ListField()})
         },
+        tags=["usage"],
+        summary="Usage totals by day or by service",
+        description="Events, quantities and cost over `from`..`to` (dates, both included; the last 30 days by "
+        "default), one row per day or per service. Live usage unless `test=true`.",
+        examples=[
+            OpenApiExample(
+                "By service",
+                value={
+                    "group_by": "service",
+                    "from": "2026-03-01",
+                    "to": "2026-03-31",
+                    "events": 42,
+                    "rows": [
+                        {
+                            "service": "gpt-4o",
+                            "events": 42,
+                            "quantity": 65100,
+                            "input_tokens": 50400,
+                            "output_tokens": 14700,
+                            "cost": "0.273000000000",
+                        }
+                    ],
+                },
+                response_only=True,
+            )
+        ],
     )
     def get(self, request: Request) -> Response:
         params = request.query_params
@@ -299,7 +407,13 @@ def _day(value: str | None, name: str) -> date | None:
 class UsageExportApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        tags=["usage"],
+        summary="Download usage as CSV",
+        description="The usage records matching the same filters as `GET usage/`, as a CSV file streamed row by row. "
+        "For people signed in with a JWT (an API key gets 403).",
+    )
     def get(self, request: Request) -> StreamingHttpResponse:
         if self.tenant.user is None:
             raise PermissionRefused("The CSV export is for people signed in with a JWT, not for API keys.")
@@ -323,7 +437,32 @@ class ServiceListApi(TenantMixin, APIView):
                 },
                 many=True,
             )
-        }
+        },
+        tags=["services"],
+        summary="Services and their prices for you",
+        description="Every active service with the prices in force for your organization (your own rates where "
+        "staff set some): `input_price` and `output_price` per 1,000,000 tokens (TOKENS), `unit_price` per 1,000 "
+        "characters or words, per image tile or per request. `prices` is null while a service has no price yet.",
+        examples=[
+            OpenApiExample(
+                "Services",
+                value=[
+                    {
+                        "slug": "gpt-4o",
+                        "name": "GPT-4o",
+                        "calc_method": "TOKENS",
+                        "prices": {"input_price": "2.500000000000", "output_price": "10.000000000000"},
+                    },
+                    {
+                        "slug": "moderation",
+                        "name": "Moderation",
+                        "calc_method": "REQUEST",
+                        "prices": {"unit_price": "0.000500000000"},
+                    },
+                ],
+                response_only=True,
+            )
+        ],
     )
     def get(self, request: Request) -> Response:
         rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)
@@ -393,6 +532,30 @@ class HoldCreateApi(TenantMixin, APIView):
         ),
         responses={201: HoldOutput, 200: HoldOutput},
         parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        tags=["holds"],
+        summary="Reserve money before a long or streamed call",
+        description="Like a card authorization: reserves `amount` (or the cost of the quantities you give as maxima, "
+        "at the price in force) on your wallet until you capture or release it, or it expires (`expires_in` seconds). "
+        "No money moves; your `available` balance shrinks. 402 when it does not fit. Idempotent like `POST usage/`.",
+        examples=[
+            OpenApiExample(
+                "Worst case of a chat call",
+                value={"service": "gpt-4o", "idempotency_key": "chat-77", "input_tokens": 8000, "output_tokens": 4096},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Held",
+                value={
+                    "id": 5,
+                    "service": "gpt-4o",
+                    "amount": "0.060960000000",
+                    "status": "active",
+                    "test": False,
+                    "expires_at": "2026-03-01T09:40:00Z",
+                },
+                response_only=True,
+            ),
+        ],
     )
     def post(self, request: Request) -> Response:
         body = _json_object(request.data, HOLD_FIELDS)
@@ -429,7 +592,16 @@ class _HoldActionApi(TenantMixin, APIView):
 
 
 class HoldCaptureApi(_HoldActionApi):
-    @extend_schema(request=UsageInput, responses={201: HoldOutput, 200: HoldOutput})
+    @extend_schema(
+        request=UsageInput,
+        responses={201: HoldOutput, 200: HoldOutput},
+        tags=["holds"],
+        summary="Capture a hold with the actual usage",
+        description="Send the quantities actually used; they are priced at the price in force, recorded as one usage "
+        "event and debited, and the hold is freed. Usage above the hold is charged in full (it was delivered); "
+        "after that, nothing new starts until the balance is topped up. Capturing again answers the first capture.",
+        examples=[OpenApiExample("Actual usage", value={"input_tokens": 6200, "output_tokens": 912}, request_only=True)],
+    )
     def post(self, request: Request, hold_id: int) -> Response:
         body = _json_object(request.data, ALL_QUANTITY_FIELDS)
         outcome = services.hold_capture(tenant=self.tenant, hold=self.hold(hold_id), data=body)
@@ -439,7 +611,14 @@ class HoldCaptureApi(_HoldActionApi):
 
 
 class HoldReleaseApi(_HoldActionApi):
-    @extend_schema(request=None, responses={200: HoldOutput})
+    @extend_schema(
+        request=None,
+        responses={200: HoldOutput},
+        tags=["holds"],
+        summary="Release a hold without charging",
+        description="Frees the reserved money (the call did not happen, or failed); nothing is charged. "
+        "409 when the hold was already captured or expired.",
+    )
     def post(self, request: Request, hold_id: int) -> Response:
         outcome = services.hold_release(hold=self.hold(hold_id))
         return Response(hold_body(outcome.hold))
@@ -461,7 +640,21 @@ class ServiceAdminApi(APIView):
         class Meta:
             ref_name = "ServiceAdminInput"
 
-    @extend_schema(request=Input, responses={201: Input})
+    @extend_schema(
+        request=Input,
+        responses={201: Input},
+        tags=["staff"],
+        summary="Staff: add a billable service",
+        description="A new service with its calculation method (fixed once created). It answers 409 "
+        "`price_not_set` to usage until a price is added with `admin/prices/`. Staff with catalogue rights only.",
+        examples=[
+            OpenApiExample(
+                "A chat model",
+                value={"slug": "gpt-4o", "name": "GPT-4o", "calc_method": "TOKENS", "active": True},
+                request_only=True,
+            )
+        ],
+    )
     def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -498,6 +691,24 @@ class PriceAdminApi(APIView):
                 },
             )
         },
+        tags=["staff"],
+        summary="Staff: set a price from a date on",
+        description="Prices are never edited: a new rate is a new row, in force from `effective_from` (default now), "
+        "for every organization or, with `organization`, for that one only (it wins over the general price). Give "
+        "exactly the fields of the service's method: `input_price` and `output_price` for TOKENS, `unit_price` "
+        "otherwise; anything else is refused (400). Usage already recorded keeps its price. Staff with catalogue rights only.",
+        examples=[
+            OpenApiExample(
+                "New token rates from April",
+                value={
+                    "service": "gpt-4o",
+                    "effective_from": "2026-04-01T00:00:00Z",
+                    "input_price": "2.50",
+                    "output_price": "10.00",
+                },
+                request_only=True,
+            )
+        ],
     )
     def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)

@@ -111,7 +111,8 @@ class UsageRecord(models.Model):
 
 class UsageRollup(models.Model):
     """Daily totals per (organization, service, day, live/test), kept current with every record so
-    that summaries never scan usage records."""
+    that summaries never scan usage records. A high-volume organization's hot-path debits keep one row
+    per stripe (docs/contract.md §2.9), so they do not all wait on one rollup row; summaries sum them."""
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="+", db_index=False)
@@ -122,10 +123,13 @@ class UsageRollup(models.Model):
     input_tokens = models.DecimalField(max_digits=30, decimal_places=0, default=0)
     output_tokens = models.DecimalField(max_digits=30, decimal_places=0, default=0)
     cost = MoneyField(default=0)
+    stripe = models.PositiveSmallIntegerField(
+        default=0, help_text="A high-volume wallet's debits each add to their stripe's row (0: any other); readers sum."
+    )
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["organization", "day", "service", "test"], name="rollup_unique_day"),
+            models.UniqueConstraint(fields=["organization", "day", "service", "test", "stripe"], name="rollup_unique_day"),
         ]
 
     def __str__(self) -> str:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing_site.cache import TwoLevelCache
 from billing_site.errors import DomainError, ErrorCode, NotFound
+from billing_site.money import ZERO
 from metering.models import Hold, HoldStatus, Price, Service, UsageRecord, UsageRollup
 from metering.pricing import UnitPrices, price_fields
 
@@ -186,3 +189,43 @@ def usage_of_hold(*, hold_id: int) -> UsageRecord | None:
 def holds_active_count() -> int:
     """Holds currently reserving money, for the `tollgate_holds_active` gauge."""
     return Hold.objects.filter(status=HoldStatus.ACTIVE).count()
+
+
+def usage_recent(*, organization_id: int, limit: int) -> list[UsageRecord]:
+    """The organization's newest usage records (live and test), with service and key, for the back office."""
+    return list(usage_list(organization_id=organization_id).select_related("api_key")[:limit])
+
+
+def holds_active(*, organization_id: int, limit: int) -> list[Hold]:
+    """The organization's holds still reserving money, newest first."""
+    holds = Hold.objects.filter(organization_id=organization_id, status=HoldStatus.ACTIVE).select_related("service")
+    return list(holds.order_by("-id")[:limit])
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    revenue_today: Decimal
+    revenue_month: Decimal
+    active_organizations: int
+
+
+USAGE_FIGURES_CACHE_SECONDS = 60
+ACTIVE_ORGANIZATION_DAYS = 30
+
+
+def usage_figures(*, today: date | None = None) -> UsageFigures:
+    """Live usage revenue today and this month (UTC), and the organizations with live usage in the
+    last 30 days, from the daily rollups (a live record's cost is exactly its revenue leg; the rollups
+    are far smaller than the ledger). Cached for a minute: the back office's front page reads it."""
+    cached: UsageFigures | None = cache.get("backoffice:usage-figures")
+    if cached is not None:
+        return cached
+    today = today or timezone.now().date()
+    live = UsageRollup.objects.filter(test=False)
+    month = live.filter(day__gte=today.replace(day=1)).aggregate(total=Sum("cost"), today=Sum("cost", filter=Q(day=today)))
+    active = live.filter(day__gt=today - timedelta(days=ACTIVE_ORGANIZATION_DAYS)).values("organization_id").distinct().count()
+    figures = UsageFigures(
+        revenue_today=month["today"] or ZERO, revenue_month=month["total"] or ZERO, active_organizations=active
+    )
+    cache.set("backoffice:usage-figures", figures, timeout=USAGE_FIGURES_CACHE_SECONDS)
+    return figures

@@ -8,19 +8,31 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import F
 from django.http import HttpRequest
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils.dateparse import parse_date
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
 from accounts.signals import organization_created
-from billing_site.admin import ReadOnlyAdmin, ReadOnlyInline
+from billing_site.admin import AMOUNT_INPUTS, AmountInput, OrganizationFilter, ReadOnlyAdmin, ReadOnlyInline, money_cell
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
-from payments import ledger, reconciliation, services
-from payments.models import LedgerEntry, Payment, RedemptionCode, Refund, Transfer, Wallet, WebhookEvent
+from billing_site.money import money_format
+from payments import ledger, reconciliation, selectors, services
+from payments.models import (
+    STRIPES_MAX,
+    STRIPES_MIN,
+    LedgerEntry,
+    Payment,
+    RedemptionCode,
+    Refund,
+    Transfer,
+    Wallet,
+    WebhookEvent,
+)
 
 
 def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -> None:
@@ -30,22 +42,69 @@ def wallet_settings_save(*, organization: Organization, form: forms.ModelForm) -
     services.wallet_settings_update(organization_id=organization.pk, **changed)
 
 
-class WalletInline(admin.StackedInline):
-    model = Wallet
-    can_delete = False
-    fields = ["currency", "balance", "held", "available", "credit_limit", "low_balance_threshold"]
-    readonly_fields = ["currency", "balance", "held", "available"]
+class WalletSettingsForm(forms.ModelForm):
+    """The wallet's settings; `stripes` (high-volume) is applied by the ledger, which moves the money."""
+
+    stripes = forms.IntegerField(
+        min_value=0,
+        max_value=STRIPES_MAX,
+        required=False,
+        help_text=f"High-volume: keep the balance in this many stripes ({STRIPES_MIN}..{STRIPES_MAX}) besides the wallet "
+        "row, so that many debits proceed in parallel; 0 for one row. Changing it moves the money under the wallet's locks.",
+    )
+
+    class Meta:
+        model = Wallet
+        fields = ["credit_limit", "low_balance_threshold"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["stripes"].initial = self.instance.stripes if self.instance.pk else 0
+
+    def clean_stripes(self) -> int:
+        stripes: int | None = self.cleaned_data["stripes"]
+        if stripes is None:  # left empty: as it is
+            return int(self.fields["stripes"].initial)
+        if stripes and stripes < STRIPES_MIN:
+            raise forms.ValidationError(f"0 for one row, or {STRIPES_MIN} to {STRIPES_MAX} stripes.")
+        return stripes
+
+
+class WalletFigures:
+    """Read-only wallet amounts, formatted with the wallet's currency (the exact figure on hover)."""
+
+    @admin.display(description="balance")
+    def balance_shown(self, wallet: Wallet) -> str:
+        return money_cell(wallet.balance, wallet.currency)
+
+    @admin.display(description="held")
+    def held_shown(self, wallet: Wallet) -> str:
+        return money_cell(wallet.held, wallet.currency)
 
     @admin.display(description="available")
-    def available(self, wallet: Wallet) -> Decimal:
-        return wallet.available
+    def available_shown(self, wallet: Wallet) -> str:
+        return money_cell(wallet.available, wallet.currency)
+
+
+class WalletInline(WalletFigures, admin.StackedInline):
+    model = Wallet
+    form = WalletSettingsForm
+    can_delete = False
+    fields = ["currency", "balance_shown", "held_shown", "available_shown", "credit_limit", "low_balance_threshold", "stripes"]
+    readonly_fields = ["currency", "balance_shown", "held_shown", "available_shown"]
+    formfield_overrides = AMOUNT_INPUTS
 
 
 class AdjustmentForm(forms.Form):
     amount = forms.DecimalField(
-        max_digits=28, decimal_places=12, help_text="Signed: positive credits the wallet, negative debits it."
+        max_digits=28,
+        decimal_places=12,
+        widget=AmountInput,
+        help_text="Signed: positive credits the wallet, negative debits it.",
     )
-    reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
+    reason = forms.CharField(
+        max_length=500, widget=forms.Textarea(attrs={"rows": 3}), help_text="Kept with the ledger entry; the customer may see it."
+    )
 
     def clean_amount(self):
         amount = self.cleaned_data["amount"]
@@ -54,57 +113,145 @@ class AdjustmentForm(forms.Form):
         return amount
 
 
+class BalanceFilter(admin.SimpleListFilter):
+    """Organizations whose wallet needs a look."""
+
+    title = "balance"
+    parameter_name = "balance"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("negative", "Negative"),
+            ("low", "Below its low-balance threshold"),
+            ("zero", "Zero"),
+            ("positive", "Positive"),
+        ]
+
+    def queryset(self, request, queryset):
+        match self.value():
+            case "negative":
+                return queryset.filter(wallet__balance__lt=0)
+            case "low":
+                return queryset.filter(wallet__balance__lt=F("wallet__held") + F("wallet__low_balance_threshold"))
+            case "zero":
+                return queryset.filter(wallet__balance=0)
+            case "positive":
+                return queryset.filter(wallet__balance__gt=0)
+        return queryset
+
+
+ORGANIZATION_KEPT = (
+    "An organization cannot be deleted: its ledger, payments and usage are kept for good. "
+    "Remove its members or revoke its API keys instead."
+)
+RECENT_ROWS = 10
+
+
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "balance", "held", "created_at"]
+    list_display = ["name", "slug", "balance", "available", "credit_limit", "created_at"]
+    list_filter = [BalanceFilter]
     search_fields = ["name", "slug"]
     readonly_fields = ["created_at"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [WalletInline, MembershipInline, ApiKeyInline]
     actions = ["adjust_balance"]
     list_select_related = ["wallet"]
+    show_full_result_count = False
 
     def save_model(self, request, obj: Organization, form, change) -> None:
         super().save_model(request, obj, form, change)
         if not change:  # born here rather than by sign-up: it opens its wallet the same way
             organization_created.send(sender=Organization, organization=obj)
 
-    @admin.display(description="balance")
-    def balance(self, organization: Organization) -> Decimal:
-        return organization.wallet.balance
+    @admin.display(description="balance", ordering="wallet__balance")
+    def balance(self, organization: Organization) -> str:
+        return money_cell(organization.wallet.balance, organization.wallet.currency)
 
-    @admin.display(description="held")
-    def held(self, organization: Organization) -> Decimal:
-        return organization.wallet.held
+    @admin.display(description="available")
+    def available(self, organization: Organization) -> str:
+        return money_cell(organization.wallet.available, organization.wallet.currency)
+
+    @admin.display(description="credit limit")
+    def credit_limit(self, organization: Organization) -> str:
+        return money_cell(organization.wallet.credit_limit, organization.wallet.currency)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_view(self, request, object_id, extra_context=None):
+        self.message_user(request, ORGANIZATION_KEPT, messages.ERROR)
+        return redirect("admin:accounts_organization_change", object_id)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:organization_id>/adjust/", self.admin_site.admin_view(self.adjust_view), name="accounts_organization_adjust"
+            ),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:  # the customer hub: the wallet and what moved it lately
+            context.update(
+                wallet=obj.wallet,
+                recent_entries=selectors.ledger_entry_list(organization_id=obj.pk)[:RECENT_ROWS],
+                recent_payments=selectors.payment_list(organization_id=obj.pk)[:RECENT_ROWS],
+                can_adjust=self.has_adjust_permission(request),
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def adjust_view(self, request, organization_id: int):
+        """The "Adjust balance" button of the organization's page."""
+        if not self.has_adjust_permission(request):
+            raise PermissionDenied
+        organization = get_object_or_404(Organization.objects.select_related("wallet"), pk=organization_id)
+        outcome = self._adjust(request, organization, submitted="amount" in request.POST)
+        if outcome is True:
+            return redirect("admin:accounts_organization_change", organization.pk)
+        return self._adjust_form(request, organization, outcome, as_action=False)
 
     @admin.action(description="Adjust balance (with a reason)…", permissions=["adjust"])
     def adjust_balance(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Adjust one organization at a time.", messages.WARNING)
             return None
-        organization = queryset.get()
-        form = AdjustmentForm(request.POST if "apply" in request.POST else None)
-        if form.is_valid():
-            try:
-                posting = services.wallet_adjust_by_staff(
-                    organization_id=organization.pk,
-                    amount=form.cleaned_data["amount"],
-                    reason=form.cleaned_data["reason"],
-                    staff_id=request.user.pk,
-                )
-            except ledger.InsufficientBalance:
-                self.message_user(request, "Refused: this debit would take the wallet below its limit.", messages.ERROR)
-                return None
-            self.log_change(
-                request, organization, f"Adjusted balance by {form.cleaned_data['amount']}: {form.cleaned_data['reason']}"
+        organization = queryset.select_related("wallet").get()
+        outcome = self._adjust(request, organization, submitted="apply" in request.POST)
+        return None if outcome is True else self._adjust_form(request, organization, outcome, as_action=True)
+
+    def _adjust(self, request, organization: Organization, *, submitted: bool) -> bool | AdjustmentForm:
+        """Post the adjustment when the form is valid (True); otherwise answer the form to show."""
+        form = AdjustmentForm(request.POST if submitted else None)
+        if not form.is_valid():
+            return form
+        amount, reason = form.cleaned_data["amount"], form.cleaned_data["reason"]
+        try:
+            posting = services.wallet_adjust_by_staff(
+                organization_id=organization.pk, amount=amount, reason=reason, staff_id=request.user.pk
             )
-            self.message_user(request, f"Adjusted {organization}: balance is now {posting.balance_after}.", messages.SUCCESS)
-            return None
+        except ledger.InsufficientBalance:
+            form.add_error("amount", "Refused: this debit would take the wallet below its limit.")
+            return form
+        self.log_change(request, organization, f"Adjusted balance by {amount}: {reason}")
+        currency = organization.wallet.currency
+        self.message_user(
+            request,
+            f"Adjusted {organization} by {money_format(amount, currency)}: balance is now "
+            f"{money_format(posting.balance_after, currency)}.",
+            messages.SUCCESS,
+        )
+        return True
+
+    def _adjust_form(self, request, organization: Organization, form, *, as_action: bool):
         context = {
             **self.admin_site.each_context(request),
             "form": form,
             "organization": organization,
+            "wallet": organization.wallet,
+            "as_action": as_action,
             "opts": self.model._meta,
+            "original": organization,
             "title": f"Adjust the balance of {organization}",
         }
         return render(request, "admin/payments/adjust.html", context)
@@ -132,13 +279,24 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
-    fields = ("account", "amount", "balance_after", "created_at")
+    fields = ("account", "stripe", "amount_shown", "balance_after_shown", "created_at")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("organization__wallet")
+
+    @admin.display(description="amount")
+    def amount_shown(self, entry: LedgerEntry) -> str:
+        return money_cell(entry.amount, entry.organization.wallet.currency)
+
+    @admin.display(description="balance after")
+    def balance_after_shown(self, entry: LedgerEntry) -> str:
+        return money_cell(entry.balance_after, entry.organization.wallet.currency)
 
 
 @admin.register(Transfer)
 class TransferAdmin(ReadOnlyAdmin):
     list_display = ["id", "organization", "kind", "reference", "created_by", "created_at"]
-    list_filter = ["kind"]
+    list_filter = [OrganizationFilter, "kind"]
     search_fields = ["reference", "memo", "organization__slug"]
     date_hierarchy = "created_at"
     inlines = [LedgerEntryInline]
@@ -148,20 +306,57 @@ class TransferAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "organization", "account", "amount", "balance_after", "transfer", "created_at"]
-    list_filter = ["account", "transfer__kind"]
+    list_display = ["id", "organization", "account", "stripe", "amount_shown", "balance_after_shown", "transfer", "created_at"]
+    list_filter = [OrganizationFilter, "account", "transfer__kind"]
     search_fields = ["organization__slug", "transfer__reference"]
     date_hierarchy = "created_at"
     show_full_result_count = False
-    list_select_related = ["organization", "transfer"]
+    list_select_related = ["organization__wallet", "transfer"]
+
+    @admin.display(description="amount")
+    def amount_shown(self, entry: LedgerEntry) -> str:
+        return money_cell(entry.amount, entry.organization.wallet.currency)
+
+    @admin.display(description="balance after")
+    def balance_after_shown(self, entry: LedgerEntry) -> str:
+        return money_cell(entry.balance_after, entry.organization.wallet.currency)
 
 
 @admin.register(Wallet)
-class WalletAdmin(admin.ModelAdmin):
-    list_display = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold"]
+class WalletAdmin(WalletFigures, admin.ModelAdmin):
+    form = WalletSettingsForm
+    list_display = [
+        "organization",
+        "balance_shown",
+        "held_shown",
+        "available_shown",
+        "credit_limit_shown",
+        "threshold_shown",
+        "stripes",
+    ]
     search_fields = ["organization__slug", "organization__name"]
-    fields = ["organization", "currency", "balance", "held", "credit_limit", "low_balance_threshold"]
-    readonly_fields = ["organization", "currency", "balance", "held"]
+    fields = [
+        "organization",
+        "currency",
+        "balance_shown",
+        "held_shown",
+        "available_shown",
+        "credit_limit",
+        "low_balance_threshold",
+        "stripes",
+    ]
+    readonly_fields = ["organization", "currency", "balance_shown", "held_shown", "available_shown"]
+    formfield_overrides = AMOUNT_INPUTS
+    list_select_related = ["organization"]
+    show_full_result_count = False
+
+    @admin.display(description="credit limit")
+    def credit_limit_shown(self, wallet: Wallet) -> str:
+        return money_cell(wallet.credit_limit, wallet.currency)
+
+    @admin.display(description="low-balance threshold")
+    def threshold_shown(self, wallet: Wallet) -> str:
+        return money_cell(wallet.low_balance_threshold, wallet.currency)
 
     def has_add_permission(self, request) -> bool:
         return False  # a wallet opens with its organization
@@ -183,11 +378,15 @@ class WebhookEventInline(ReadOnlyInline):
 
 class RefundInline(ReadOnlyInline):
     model = Refund
-    fields = ("amount", "status", "reason", "forced", "provider_reference", "created_by", "created_at")
+    fields = ("amount_shown", "status", "reason", "forced", "provider_reference", "created_by", "created_at")
+
+    @admin.display(description="amount")
+    def amount_shown(self, refund: Refund) -> str:
+        return money_cell(refund.amount, refund.payment.currency)
 
 
 class RefundForm(forms.Form):
-    amount = forms.DecimalField(max_digits=28, decimal_places=12, min_value=Decimal("0.000000000001"))
+    amount = forms.DecimalField(max_digits=28, decimal_places=12, min_value=Decimal("0.000000000001"), widget=AmountInput)
     reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 3}))
     force = forms.BooleanField(
         required=False, help_text="Refund even if the wallet has already spent the money (goes below available)."
@@ -196,23 +395,38 @@ class RefundForm(forms.Form):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "organization",
-        "provider",
-        "amount",
-        "currency",
-        "status",
-        "refunded_amount",
-        "created_at",
-        "settled_at",
-    ]
-    list_filter = ["status", "provider"]
+    list_display = ["id", "organization", "provider", "amount_shown", "status", "refunded_shown", "created_at", "settled_at"]
+    list_filter = [OrganizationFilter, "status", "provider"]
     search_fields = ["organization__slug", "provider_reference"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]
     inlines = [WebhookEventInline, RefundInline]
     actions = ["refund"]
+    show_full_result_count = False
+    fields = [
+        "organization",
+        "provider",
+        "amount_shown",
+        "status",
+        "refunded_shown",
+        "provider_reference",
+        "failure_reason",
+        "livemode",
+        "checkout_url",
+        "transfer",
+        "created_by",
+        "created_at",
+        "settled_at",
+    ]
+    readonly_fields = ["amount_shown", "refunded_shown"]
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_shown(self, payment: Payment) -> str:
+        return money_cell(payment.amount, payment.currency)
+
+    @admin.display(description="refunded")
+    def refunded_shown(self, payment: Payment) -> str:
+        return money_cell(payment.refunded_amount, payment.currency)
 
     @admin.action(description="Refund (fully or partly)…", permissions=["refund"])
     def refund(self, request, queryset):
@@ -269,10 +483,15 @@ class CodeBatchForm(forms.Form):
 
 @admin.register(RedemptionCode)
 class RedemptionCodeAdmin(ReadOnlyAdmin):
-    list_display = ["prefix", "batch", "amount", "currency", "uses", "max_uses", "expires_at", "created_by", "created_at"]
+    list_display = ["prefix", "batch", "amount_shown", "uses", "max_uses", "expires_at", "created_by", "created_at"]
     list_filter = ["batch"]
     search_fields = ["batch", "prefix"]
     change_list_template = "admin/payments/redemptioncode/change_list.html"
+    list_select_related = ["created_by"]
+
+    @admin.display(description="amount")
+    def amount_shown(self, code: RedemptionCode) -> str:
+        return money_cell(code.amount, code.currency)
 
     def get_urls(self):
         return [
@@ -316,9 +535,19 @@ def reconciliation_view(request):
         raise PermissionDenied
     start = parse_date(request.GET.get("from", "") or "")
     end = parse_date(request.GET.get("to", "") or "")
-    report = reconciliation.reconciliation_report(
-        start=datetime(start.year, start.month, start.day, tzinfo=UTC) if start else None,
-        end=datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1) if end else None,
-    )
-    context = {**admin.site.each_context(request), "report": report, "title": "Reconciliation", "start": start, "end": end}
+    period = {
+        "start": datetime(start.year, start.month, start.day, tzinfo=UTC) if start else None,
+        "end": datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1) if end else None,
+    }
+    # The whole ledger is what the front page reports on: record it there as the beat task does.
+    whole = start is None and end is None
+    report = reconciliation.reconciliation_run() if whole else reconciliation.reconciliation_report(**period)
+    context = {
+        **admin.site.each_context(request),
+        "report": report,
+        "title": "Reconciliation",
+        "start": start,
+        "end": end,
+        "currency": settings.CURRENCY,
+    }
     return render(request, "admin/payments/reconciliation.html", context)

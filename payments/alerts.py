@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -15,7 +16,7 @@ from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
 from billing_site.outbound import destination_post
 from payments.ledger import LOW_BALANCE_CROSSED
-from payments.models import Wallet
+from payments.models import AlertDelivery, AlertDeliveryKind, Wallet
 from payments.providers.sandbox import sign
 from payments.validators import alert_webhook_destination
 
@@ -63,23 +64,66 @@ def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = Tr
                 "created_at": timezone.now().isoformat(),
             }
         ).encode()
-        alert_webhook_post(wallet=wallet, body=body)
+        alert_webhook_post(wallet=wallet, body=body, kind=AlertDeliveryKind.BALANCE_LOW)
 
 
 class AlertWebhookFailed(Exception):
     """The receiver did not answer 2xx (a redirect included: it is never followed)."""
 
 
-def alert_webhook_post(*, wallet: Wallet, body: bytes) -> None:
+def alert_webhook_post(*, wallet: Wallet, body: bytes, kind: AlertDeliveryKind) -> None:
     """POST `body`, signed with the organization's own secret, to its webhook URL. The URL is checked
     again here, against what DNS answers now, and the connection goes to the address just checked:
-    DestinationRefused when it points into a private network. AlertWebhookFailed for a non-2xx answer."""
-    destination = alert_webhook_destination(wallet.alert_webhook_url)
+    DestinationRefused when it points into a private network. AlertWebhookFailed for a non-2xx answer.
+    Every attempt, whatever its outcome, is written to the organization's delivery log."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Tollgate-Alerts/1.0",
         ALERT_SIGNATURE_HEADER: sign(body, secret=wallet.alert_signing_secret),
     }
-    status = destination_post(destination, body=body, headers=headers)
-    if not 200 <= status < 300:
-        raise AlertWebhookFailed(f"the alert webhook answered {status}")
+    started = time.monotonic()
+    status: int | None = None
+    try:
+        destination = alert_webhook_destination(wallet.alert_webhook_url)
+        status = destination_post(destination, body=body, headers=headers)
+        if not 200 <= status < 300:
+            raise AlertWebhookFailed(f"the alert webhook answered {status}")
+    except Exception as exc:
+        _delivery_log(wallet, kind, status=status, started=started, error=str(exc) or type(exc).__name__)
+        raise
+    _delivery_log(wallet, kind, status=status, started=started, error="")
+
+
+def _delivery_log(wallet: Wallet, kind: AlertDeliveryKind, *, status: int | None, started: float, error: str) -> None:
+    AlertDelivery.objects.create(
+        organization_id=wallet.organization_id,
+        kind=kind,
+        url=wallet.alert_webhook_url[:500],
+        status_code=status,
+        delivered=not error,
+        error=error[:300],
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+def alert_webhook_test_send(*, organization_id: int) -> AlertDelivery:
+    """POST a signed `test` alert to the organization's webhook now and answer the logged attempt
+    (failures included: they are what the person wants to see). Nothing is retried."""
+    wallet = Wallet.objects.select_related("organization").get(organization_id=organization_id)
+    body = json.dumps(
+        {
+            "type": "test",
+            "organization": wallet.organization.slug,
+            "balance": money_str(wallet.balance),
+            "threshold": money_str(wallet.low_balance_threshold),
+            "currency": wallet.currency,
+            "created_at": timezone.now().isoformat(),
+        }
+    ).encode()
+    if not wallet.alert_webhook_url:
+        raise ValueError("no alert webhook URL is set")
+    try:
+        alert_webhook_post(wallet=wallet, body=body, kind=AlertDeliveryKind.TEST)
+    except Exception:
+        logger.info("test alert of organization %s not delivered", organization_id, exc_info=True)
+    return AlertDelivery.objects.filter(organization_id=organization_id).latest("id")

@@ -3,7 +3,7 @@
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import BaseParser
@@ -59,7 +59,27 @@ class BalanceApi(TenantMixin, APIView):
                     "low_balance_threshold": Amount(),
                 },
             )
-        }
+        },
+        tags=["balance"],
+        summary="Your balance",
+        description="`balance` is what the ledger holds for you; `held` is reserved by open holds; `available = balance − "
+        "held` is what new usage may spend, down to `−credit_limit` for a postpaid organization. Amounts are decimal "
+        "strings in `currency`. Works with a JWT or an API key.",
+        examples=[
+            OpenApiExample(
+                "Balance",
+                value={
+                    "organization": "analytical-engines",
+                    "currency": "USD",
+                    "balance": "120.493000000000",
+                    "available": "117.993000000000",
+                    "held": "2.500000000000",
+                    "credit_limit": "0.000000000000",
+                    "low_balance_threshold": "10.000000000000",
+                },
+                response_only=True,
+            )
+        ],
     )
     def get(self, request: Request) -> Response:
         return Response(balance_body(selectors.wallet_get(organization_id=self.tenant.organization.pk)))
@@ -70,7 +90,7 @@ class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
     reference = serializers.CharField(source="transfer.reference")
     memo = serializers.CharField(source="transfer.memo")
     amount = Amount()
-    balance_after = Amount()
+    balance_after = Amount(source="wallet_balance_after")
 
     class Meta:
         model = LedgerEntry
@@ -81,15 +101,22 @@ class LedgerEntryOutput(serializers.ModelSerializer[LedgerEntry]):
 class LedgerApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(parameters=PAGE_PARAMETERS, responses={200: paginated(LedgerEntryOutput, "LedgerEntryPage")})
+    @extend_schema(
+        operation_id="v1_ledger_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: paginated(LedgerEntryOutput, "LedgerEntryPage")},
+        tags=["balance"],
+        summary="Your transaction history (the ledger)",
+        description="Every change of your balance, newest first: recharges, usage, refunds, adjustments and "
+        "redemptions, each with its signed `amount` and your `balance_after` it. Entries never change once written, "
+        "so this list explains your balance to the last digit. Owners and admins only.",
+    )
     def get(self, request: Request) -> Response:
         entries = selectors.ledger_entry_list(organization_id=self.tenant.organization.pk)
         return paginated_response(request=request, view=self, queryset=entries, serializer_class=LedgerEntryOutput)
 
 
 class AdjustApi(APIView):
-    """Staff: a signed manual adjustment with a mandatory reason (an `adjustment` transfer)."""
-
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "payments.add_transfer"
 
@@ -105,6 +132,15 @@ class AdjustApi(APIView):
         responses={
             201: inline_serializer("AdjustOutput", {"transfer_id": serializers.IntegerField(), "balance_after": Amount()})
         },
+        tags=["staff"],
+        summary="Staff: adjust an organization's balance",
+        description="Credits (positive `amount`) or debits (negative) the organization's wallet with a mandatory "
+        "`reason`, recorded in its ledger as an `adjustment` with your name. A debit past the wallet's limit is "
+        "refused (402). Staff with billing rights only.",
+        examples=[
+            OpenApiExample("Goodwill credit", value={"amount": "10.00", "reason": "Outage on 3 March"}, request_only=True),
+            OpenApiExample("Adjusted", value={"transfer_id": 991, "balance_after": "130.493000000000"}, response_only=True),
+        ],
     )
     def post(self, request: Request, slug: str) -> Response:
         organization = account_selectors.organization_get(slug=slug)
@@ -142,7 +178,36 @@ class RechargeApi(TenantMixin, APIView):
         class Meta:
             ref_name = "RechargeInput"
 
-    @extend_schema(request=Input, responses={201: PaymentOutput, 200: PaymentOutput}, parameters=[IDEMPOTENCY_KEY_PARAMETER])
+    @extend_schema(
+        request=Input,
+        responses={201: PaymentOutput, 200: PaymentOutput},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        tags=["payments"],
+        summary="Start a recharge",
+        description="Creates a pending payment and answers its `checkout_url`: send the payer there. Your balance is "
+        "credited once the provider confirms the payment (its status becomes `succeeded`); poll `payments/{id}/`. "
+        "With an `Idempotency-Key` header, a retry answers the first payment (200) instead of starting another. "
+        "Owners and admins only.",
+        examples=[
+            # The sandbox: the provider every deployment has (the schema's fuzz test sends the examples).
+            OpenApiExample("Recharge $50", value={"amount": "50.00", "provider": "sandbox"}, request_only=True),
+            OpenApiExample(
+                "Pending",
+                value={
+                    "id": 45,
+                    "provider": "sandbox",
+                    "amount": "50.000000000000",
+                    "currency": "USD",
+                    "status": "pending",
+                    "checkout_url": "https://billing.example.com/sandbox/checkout/…/",
+                    "refunded_amount": "0.000000000000",
+                    "created_at": "2026-03-01T09:30:00Z",
+                    "settled_at": None,
+                },
+                response_only=True,
+            ),
+        ],
+    )
     def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
@@ -160,7 +225,13 @@ class PaymentListApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
     @extend_schema(
-        operation_id="v1_payments_list", parameters=PAGE_PARAMETERS, responses={200: paginated(PaymentOutput, "PaymentPage")}
+        operation_id="v1_payments_list",
+        parameters=PAGE_PARAMETERS,
+        responses={200: paginated(PaymentOutput, "PaymentPage")},
+        tags=["payments"],
+        summary="List your recharges",
+        description="Every recharge, newest first, with its status: `pending`, `succeeded`, `failed`, `canceled`, "
+        "and later `refunded` or `partially_refunded` (`refunded_amount` says how much). Owners and admins only.",
     )
     def get(self, request: Request) -> Response:
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
@@ -170,7 +241,13 @@ class PaymentListApi(TenantMixin, APIView):
 class PaymentDetailApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    @extend_schema(responses={200: PaymentOutput})
+    @extend_schema(
+        responses={200: PaymentOutput},
+        tags=["payments"],
+        summary="One recharge",
+        description="A recharge and its current status; poll it after sending the payer to `checkout_url`. "
+        "Owners and admins only.",
+    )
     def get(self, request: Request, payment_id: int) -> Response:
         payment = selectors.payment_list(organization_id=self.tenant.organization.pk).filter(pk=payment_id).first()
         if payment is None:
@@ -179,13 +256,20 @@ class PaymentDetailApi(TenantMixin, APIView):
 
 
 class WebhookApi(APIView):
-    """A provider's notification: verified, stored once, settled by Celery after commit; 2xx fast."""
-
     authentication_classes: list[type[BaseAuthentication]] = []
     permission_classes = [AllowAny]
     parser_classes: list[type[BaseParser]] = []  # the raw body is what the signature covers
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT}, auth=[])
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+        auth=[],
+        tags=["payments"],
+        summary="Payment provider notifications",
+        description="For payment providers, not for you to call: a signed notification of a payment's outcome. "
+        "A bad signature, a stale timestamp, or an amount or currency that differs from the payment answers 400 and "
+        "changes nothing; a notification already received answers 200 with `duplicate: true`.",
+    )
     def post(self, request: Request, provider: str) -> Response:
         try:
             receipt = services.webhook_receive(provider=provider, body=request.body, headers=request.headers)
@@ -204,7 +288,19 @@ class RedeemApi(TenantMixin, APIView):
             ref_name = "RedeemInput"
 
     @extend_schema(
-        request=Input, responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount(), "amount": Amount()})}
+        request=Input,
+        responses={201: inline_serializer("RedeemOutput", {"balance_after": Amount(), "amount": Amount()})},
+        tags=["payments"],
+        summary="Redeem a code",
+        description="Credits your wallet with the code's amount (a `redemption` in your ledger). A code works once "
+        "per organization, up to its number of uses and until it expires; otherwise 400 `invalid_code`. "
+        "Owners and admins only.",
+        examples=[
+            OpenApiExample("Redeem", value={"code": "TG-7KQ2-M9XW-4HPD"}, request_only=True),
+            OpenApiExample(
+                "Credited", value={"amount": "25.000000000000", "balance_after": "145.493000000000"}, response_only=True
+            ),
+        ],
     )
     def post(self, request: Request) -> Response:
         data = self.Input(data=request.data)

@@ -21,27 +21,27 @@ Statement parameters are all named `ledger_*`, so a caller's own parameters cann
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from accounts.models import Organization
 from billing_site import locks, metrics
 from billing_site.db import prepared_cursor
 from billing_site.errors import DomainError, ErrorCode
-from billing_site.money import ZERO
-from payments.models import Account, TransferKind, Wallet
-
-if TYPE_CHECKING:
-    from accounts.models import Organization
+from billing_site.money import MONEY_QUANTUM, ZERO
+from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wallet, WalletStripe
 
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
@@ -76,42 +76,92 @@ def affordable(*, balance: Decimal, held: Decimal, credit_limit: Decimal, cost: 
     return balance - held > -credit_limit and balance - cost - held >= -credit_limit
 
 
+def _wallet_total(balance: str) -> str:
+    """The organization's balance, in a statement over its wallet row: `balance` (the row's own part)
+    plus its stripes' (a high-volume wallet's; the subquery runs only for one)."""
+    return (
+        f"({balance} + CASE WHEN stripes = 0 THEN 0 ELSE (SELECT COALESCE(sum(s.balance), 0) FROM payments_walletstripe s"
+        " WHERE s.organization_id = payments_wallet.organization_id) END)"
+    )
+
+
 # A posting took the wallet below its threshold and no alert went out for this crossing yet (the
 # alert task claims the crossing with this same condition; a credit back to the threshold re-arms it).
-LOW_BALANCE_CROSSED = "balance < low_balance_threshold AND NOT low_balance_alerted"
+LOW_BALANCE_CROSSED = f"{_wallet_total('balance')} < low_balance_threshold AND NOT low_balance_alerted"
 
 
-# The posting as CTEs: `w` is the wallet row after the move (its UPDATE takes the row lock and bumps
-# `ledger_seq`, which the wallet's trigger requires of every balance change), `t` the transfer, `e`
-# its two balanced entries.
-_POST_CTES = f"""
-w AS (
+# The posting as CTEs: `w` is the row after the move — the wallet row, or one stripe of a high-volume
+# wallet — with `balance` (that row's running balance, for its entry), `held` and `total` (the
+# organization's, for the caller) and `crossed`. Its UPDATE takes the row's lock and bumps
+# `ledger_seq`, which the row's trigger requires of every balance change. `t` is the transfer, `e` its
+# two balanced entries.
+_WALLET_ROW = f"""w AS (
     UPDATE payments_wallet
        SET balance = balance + %(ledger_delta)s, held = held + %(ledger_held_delta)s, ledger_seq = ledger_seq + 1,
            -- a credit that lifts the balance back to the threshold re-arms the low-balance alert
            low_balance_alerted = low_balance_alerted
-               AND NOT (%(ledger_delta)s > 0 AND balance + %(ledger_delta)s >= low_balance_threshold)
+               AND NOT (%(ledger_delta)s > 0 AND {_wallet_total("balance + %(ledger_delta)s")} >= low_balance_threshold)
      WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE}
- RETURNING balance, held, {LOW_BALANCE_CROSSED} AS crossed
-), t AS (
+ RETURNING balance, held, {_wallet_total("balance")} AS total, {LOW_BALANCE_CROSSED} AS crossed,
+           stripes, stripes > 0 AND balance - held < -credit_limit AS short, 0 AS stripe
+)"""
+# A stripe: the wallet row is read, not locked (its holds, threshold and the other stripes are
+# reported as of the statement's snapshot; the alert task re-checks the crossing under its own update).
+_STRIPE_ROW = f"""h AS (
+    SELECT balance, held, low_balance_threshold, low_balance_alerted, stripes
+      FROM payments_wallet WHERE organization_id = %(ledger_org)s
+), s AS (
+    UPDATE payments_walletstripe
+       SET balance = balance + %(ledger_delta)s, ledger_seq = ledger_seq + 1
+     WHERE organization_id = %(ledger_org)s AND stripe = %(ledger_stripe)s AND {OVERDRAFT_RULE}
+ RETURNING balance
+), w AS (
+    SELECT s.balance, h.held, x.total, x.total < h.low_balance_threshold AND NOT h.low_balance_alerted AS crossed,
+           h.stripes, false AS short, %(ledger_stripe)s AS stripe
+      FROM s, h, LATERAL (SELECT s.balance + h.balance + COALESCE((SELECT sum(o.balance) FROM payments_walletstripe o
+                                  WHERE o.organization_id = %(ledger_org)s AND o.stripe <> %(ledger_stripe)s), 0) AS total) x
+)"""
+
+
+def _post_ctes(row: str, *, stripe: bool) -> str:
+    entry_stripe = ("stripe, ", "%(ledger_stripe)s, ") if stripe else ("", "")
+    return f"""{row}, t AS (
     INSERT INTO payments_transfer (organization_id, kind, reference, created_by_id, memo, created_at)
     SELECT %(ledger_org)s, %(ledger_kind)s, %(ledger_reference)s, %(ledger_created_by)s, %(ledger_memo)s, %(ledger_now)s
       FROM w
  RETURNING id
 ), e AS (
-    INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, created_at)
-    SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, w.balance, %(ledger_now)s FROM t, w
+    INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, {entry_stripe[0]}created_at)
+    SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, w.balance, {entry_stripe[1]}%(ledger_now)s FROM t, w
     UNION ALL
-    SELECT t.id, %(ledger_org)s, %(ledger_counter)s, -%(ledger_delta)s, NULL, %(ledger_now)s FROM t
+    SELECT t.id, %(ledger_org)s, %(ledger_counter)s, -%(ledger_delta)s, NULL, {entry_stripe[0] and "NULL, "}%(ledger_now)s FROM t
 )"""
-_POST_SQL = f"WITH {_POST_CTES}\nSELECT t.id, w.balance, w.held, w.crossed FROM w, t"
 
 
-def post_statement(companion_ctes: str) -> str:
+_POST_CTES = _post_ctes(_WALLET_ROW, stripe=False)
+_POST_RESULT = "t.id, w.total, w.held, w.crossed, w.stripes, w.short"
+_POST_SQL = f"WITH {_POST_CTES}\nSELECT {_POST_RESULT} FROM w, t"
+
+
+@dataclass(frozen=True, slots=True)
+class PostStatements:
+    """A usage posting fused with a caller's writes, on the wallet row and on one stripe."""
+
+    wallet: str
+    stripe: str
+
+
+def post_statement(companion_ctes: str) -> PostStatements:
     """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
-    `companion_ctes` may read `w` (balance) and `t` (id) and must end in a CTE named `companion`
-    that yields one row; its columns come back after the posting's."""
-    return f"WITH {_POST_CTES},\n{companion_ctes}\nSELECT t.id, w.balance, w.held, w.crossed, companion.* FROM w, t, companion"
+    `companion_ctes` may read `w` (`total`: the organization's balance after; `stripe`: the row, 0 for
+    the wallet's) and `t` (id) and must end in a CTE named `companion` that yields one row; its
+    columns come back after the posting's."""
+    return PostStatements(
+        *(
+            f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"
+            for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
+        )
+    )
 
 
 # A change of holds alone: a hold, a release, or a zero-cost debit (which moves nothing but must
@@ -120,7 +170,7 @@ _HELD_SQL = f"""
 UPDATE payments_wallet
    SET held = held + %(ledger_held_delta)s, ledger_seq = ledger_seq + 1
  WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE}
-RETURNING balance, held
+RETURNING {_wallet_total("balance")}, held
 """
 
 
@@ -174,7 +224,8 @@ def transfer_post(
 
     A debit (a negative or zero amount) passes the overdraft rule or is refused (InsufficientBalance,
     nothing written), unless `may_overdraw` (a hold's capture of usage already delivered, docs/contract.md §2.4).
-    Joins the caller's transaction if any.
+    On a high-volume wallet it posts to the wallet row, rebalancing the stripes when the row alone
+    cannot pay or was overdrawn (docs/contract.md §2.9). Joins the caller's transaction if any.
     """
     if counter_account == Account.WALLET:
         raise ValueError("a transfer's counter account must be a system account")
@@ -194,26 +245,64 @@ def transfer_post(
         unchecked=may_overdraw or amount > ZERO,
     )
     started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(_POST_SQL, params)
-        row = cursor.fetchone()
+    row = _wallet_row_statement(organization_id=organization_id, sql=_POST_SQL, params=params, reserve=-amount)
     metrics.WALLET_LOCK_SECONDS.observe(time.perf_counter() - started)
-    if row is None:
-        raise InsufficientBalance()
-    transfer_id, balance_after, held_after, crossed_threshold = row
+    transfer_id, balance_after, held_after, crossed_threshold, _, short = row
+    if short:
+        # An over-draw (a capture past its hold, a forced refund) took the wallet row below its floor
+        # while stripes may still hold money: move it back, so nothing new starts anywhere.
+        with transaction.atomic():
+            _stripes_rebalance(organization_id=organization_id, reserve=ZERO)
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
     return Posting(transfer_id=transfer_id, amount=amount, balance_after=balance_after, held_after=held_after)
 
 
+def _wallet_row_statement(*, organization_id: int, sql: str, params: dict[str, Any], reserve: Decimal) -> tuple[Any, ...]:
+    """Run a posting over the wallet row. When the row alone refuses and the wallet is high-volume,
+    rebalance its stripes keeping `reserve` (what this posting needs) on the row, and run it again:
+    refused (InsufficientBalance, nothing written) only when the whole wallet cannot pay."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None and _is_striped(organization_id):
+        with transaction.atomic(), connection.cursor() as cursor:
+            _stripes_rebalance(organization_id=organization_id, reserve=reserve)
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+            if row is None:
+                raise InsufficientBalance()  # rolls the rebalance back too
+    if row is None:
+        raise InsufficientBalance()
+    return tuple(row)
+
+
+def _is_striped(organization_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT stripes FROM payments_wallet WHERE organization_id = %s", [organization_id])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 def usage_charge_in_one_statement(
-    *, statement: str, organization_id: int, cost: Decimal, reference: str, params: dict[str, Any], now: datetime
+    *,
+    statements: PostStatements,
+    organization_id: int,
+    stripes: int,
+    cost: Decimal,
+    reference: str,
+    params: dict[str, Any],
+    now: datetime,
 ) -> tuple[Posting, tuple[Any, ...]]:
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
-    `post_statement`. Outside a transaction it commits by itself: one round trip, and the wallet's
-    row lock is held only while PostgreSQL runs and commits it. Raises InsufficientBalance (nothing
-    written); an error in the caller's writes (e.g. a unique violation) rolls the money back too.
-    Answers the posting and the caller's `companion` columns."""
+    `post_statement`. Outside a transaction it commits by itself: one round trip, and the row lock is
+    held only while PostgreSQL runs and commits it. `stripes` is the organization's stripe count as
+    the caller last saw it: with stripes, the statement goes to one stripe picked at random (so
+    debits spread over their row locks); when that stripe cannot pay (or no longer exists), the
+    stripes are rebalanced under the wallet's lock and the debit retried on the wallet row. Raises
+    InsufficientBalance (nothing written) only when the whole wallet cannot pay; an error in the
+    caller's writes (e.g. a unique violation) rolls the money back too. Answers the posting and the
+    caller's `companion` columns."""
     if cost <= ZERO:
         raise ValueError("a one-statement usage charge moves a positive cost")
     params = {
@@ -227,19 +316,33 @@ def usage_charge_in_one_statement(
             now=now,
         ),
     }
+    statement = statements.wallet
+    if stripes:
+        statement, params["ledger_stripe"] = statements.stripe, stripe_pick(stripes)
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
     with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
         cursor.execute(statement, params)
         row = cursor.fetchone()
+    if row is None and (stripes or _is_striped(organization_id)):
+        with transaction.atomic(), connection.cursor() as cursor:
+            _stripes_rebalance(organization_id=organization_id, reserve=cost)
+            cursor.execute(statements.wallet, params)
+            row = cursor.fetchone()
+            if row is None:
+                raise InsufficientBalance()  # rolls the rebalance back too
     metrics.WALLET_LOCK_SECONDS.observe(time.perf_counter() - started)
     if row is None:
         raise InsufficientBalance()
-    transfer_id, balance_after, held_after, crossed_threshold, *companion = row
+    transfer_id, balance_after, held_after, crossed_threshold, _, _, *companion = row
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
     return Posting(transfer_id=transfer_id, amount=-cost, balance_after=balance_after, held_after=held_after), tuple(companion)
+
+
+def stripe_pick(stripes: int) -> int:
+    return random.randint(1, stripes)  # noqa: S311 - spreads load; nothing depends on it being unpredictable
 
 
 def _announce_low_balance_after_commit(organization_id: int) -> None:
@@ -255,11 +358,7 @@ def _held_change(*, organization_id: int, held_delta: Decimal, unchecked: bool) 
         "ledger_delta": ZERO,
         "ledger_unchecked": unchecked,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_HELD_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
-        raise InsufficientBalance()
+    row = _wallet_row_statement(organization_id=organization_id, sql=_HELD_SQL, params=params, reserve=max(held_delta, ZERO))
     return Posting(transfer_id=None, amount=ZERO, balance_after=row[0], held_after=row[1])
 
 
@@ -312,8 +411,13 @@ def usage_charge_batch(
     keeps. So the ledger grows by three rows per batch, not per event, and its wallet entry's
     `balance_after` is the balance after the last event. Must run inside the caller's transaction;
     `locked` is the wallet's state when the caller already took its lock. Two statements whatever the
-    batch size."""
+    batch size (on a high-volume wallet, the stripes are first rebalanced to leave the batch's total
+    on the wallet row, or all of the money when that is not enough, so the row decides as the wallet
+    would; balances after are the organization's totals)."""
     wallet = locked or locks.wallet_lock(organization_id=organization_id)
+    stripes_total = ZERO
+    if wallet.stripes:
+        wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(costs, ZERO))
     balance, held = wallet.balance, wallet.held
     outcomes: list[Decimal | Refusal] = []  # the balance after each charged event, or its refusal
     total = ZERO
@@ -326,12 +430,12 @@ def usage_charge_batch(
             balance -= cost
             total += cost
             budget = None if budget is None else budget - cost
-            outcomes.append(balance)
+            outcomes.append(balance + stripes_total)
     transfer_id = None
     if total > ZERO:
         # Every step passed the overdraft rule above, so the sum does too: the statement re-checks it.
         posting = usage_charge(organization_id=organization_id, cost=total, reference=reference)
-        if posting.balance_after != balance:
+        if posting.balance_after != balance + stripes_total:
             raise RuntimeError("the wallet's balance moved while this transaction held its lock")
         transfer_id = posting.transfer_id
     return [
@@ -340,6 +444,108 @@ def usage_charge_batch(
         else Posting(transfer_id=transfer_id if cost > ZERO else None, amount=-cost, balance_after=outcome, held_after=held)
         for cost, outcome in zip(costs, outcomes, strict=True)
     ]
+
+
+# --- High-volume wallets: stripes (docs/contract.md §2.9) -----------------------------------------------------
+
+# One `rebalance` transfer: every stripe in the arrays is set to its new balance, the wallet row
+# takes the difference; one wallet leg per row that changes (running balances per row), summing to zero.
+_STRIPES_MOVE_SQL = """
+WITH t AS (
+    INSERT INTO payments_transfer (organization_id, kind, reference, memo, created_at)
+    VALUES (%(ledger_org)s, 'rebalance', 'stripes', '', %(ledger_now)s)
+ RETURNING id
+), s AS (
+    UPDATE payments_walletstripe x SET balance = v.balance, ledger_seq = x.ledger_seq + 1
+      FROM unnest(%(ledger_stripes)s::int[], %(ledger_balances)s::numeric[]) AS v(stripe, balance)
+     WHERE x.organization_id = %(ledger_org)s AND x.stripe = v.stripe
+), h AS (
+    UPDATE payments_wallet SET balance = balance + %(ledger_delta)s, ledger_seq = ledger_seq + 1
+     WHERE organization_id = %(ledger_org)s AND %(ledger_delta)s <> 0
+)
+INSERT INTO payments_ledgerentry (transfer_id, organization_id, account, amount, balance_after, stripe, created_at)
+SELECT t.id, %(ledger_org)s, 'wallet', v.amount, v.balance, v.stripe, %(ledger_now)s
+  FROM t, unnest(%(ledger_stripes)s::int[], %(ledger_amounts)s::numeric[], %(ledger_balances)s::numeric[]) AS v(stripe, amount, balance)
+UNION ALL
+SELECT t.id, %(ledger_org)s, 'wallet', %(ledger_delta)s, %(ledger_balance)s, NULL, %(ledger_now)s FROM t WHERE %(ledger_delta)s <> 0
+"""
+
+
+def _stripes_move(
+    *, organization_id: int, wallet: locks.WalletState, stripes: dict[int, Decimal], targets: dict[int, Decimal]
+) -> Decimal:
+    """Set each stripe of `targets` to its balance there, the wallet row giving or taking the
+    difference (the caller holds every lock involved). Answers the wallet row's balance after."""
+    moves = [
+        (stripe, target, target - stripes[stripe]) for stripe, target in sorted(targets.items()) if target != stripes[stripe]
+    ]
+    if not moves:
+        return wallet.balance
+    delta = -sum((amount for _, _, amount in moves), ZERO)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _STRIPES_MOVE_SQL,
+            {
+                "ledger_org": organization_id,
+                "ledger_now": timezone.now(),
+                "ledger_stripes": [stripe for stripe, _, _ in moves],
+                "ledger_balances": [target for _, target, _ in moves],
+                "ledger_amounts": [amount for _, _, amount in moves],
+                "ledger_delta": delta,
+                "ledger_balance": wallet.balance + delta,
+            },
+        )
+    return wallet.balance + delta
+
+
+def _stripes_rebalance(*, organization_id: int, reserve: Decimal) -> tuple[locks.WalletState, Decimal]:
+    """Lock the wallet row, then every stripe; give each stripe an equal share of what the wallet can
+    spend beyond `reserve` (rounded down) and leave the rest — at least `reserve` when the wallet has
+    it, and a share — on the wallet row. What the wallet can spend is `balance − held + credit_limit`
+    over all its rows, so when it is nothing every stripe ends empty: nothing new starts anywhere.
+    Answers the wallet row's state after and the stripes' total. Inside the caller's transaction."""
+    wallet = locks.wallet_lock(organization_id=organization_id)
+    stripes = locks.wallet_stripes_lock(organization_id=organization_id)
+    if not stripes:
+        return wallet, ZERO
+    spendable = wallet.balance - wallet.held + wallet.credit_limit + sum(stripes.values(), ZERO)
+    share = (max(spendable - reserve, ZERO) / (len(stripes) + 1)).quantize(MONEY_QUANTUM, rounding=ROUND_DOWN)
+    balance = _stripes_move(
+        organization_id=organization_id, wallet=wallet, stripes=stripes, targets=dict.fromkeys(stripes, share)
+    )
+    return dataclasses.replace(wallet, balance=balance), share * len(stripes)
+
+
+def wallet_stripes_rebalance(*, organization_id: int) -> None:
+    """Spread a high-volume wallet's money evenly over its rows again (after a change of its credit
+    limit, say). Nothing for a wallet without stripes."""
+    with transaction.atomic():
+        _stripes_rebalance(organization_id=organization_id, reserve=ZERO)
+
+
+def wallet_stripes_set(*, organization_id: int, stripes: int) -> None:
+    """Make the wallet high-volume with `stripes` stripes (STRIPES_MIN..STRIPES_MAX), or one row again
+    (0), moving its money exactly: all of it back to the wallet row with a `rebalance` transfer, the
+    stripe rows dropped or added, then spread again — under the wallet's lock and every stripe's."""
+    if stripes != 0 and not STRIPES_MIN <= stripes <= STRIPES_MAX:
+        raise ValueError(f"a wallet has 0 or {STRIPES_MIN}..{STRIPES_MAX} stripes")
+    with transaction.atomic():
+        wallet = locks.wallet_lock(organization_id=organization_id)
+        if wallet.stripes == stripes:
+            return
+        current = locks.wallet_stripes_lock(organization_id=organization_id)
+        _stripes_move(organization_id=organization_id, wallet=wallet, stripes=current, targets=dict.fromkeys(current, ZERO))
+        WalletStripe.objects.filter(organization_id=organization_id, stripe__gt=stripes).delete()
+        WalletStripe.objects.bulk_create(
+            WalletStripe(organization_id=organization_id, stripe=stripe)
+            for stripe in range(1, stripes + 1)
+            if stripe not in current
+        )
+        Wallet.objects.filter(organization_id=organization_id).update(stripes=stripes)
+        # The hot path's copy, read with the API key: a stale copy only sends a debit to the wallet
+        # row or to a missing stripe, and both fall back to the locked path above.
+        Organization.objects.filter(pk=organization_id).update(wallet_stripes=stripes)
+        _stripes_rebalance(organization_id=organization_id, reserve=ZERO)
 
 
 def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created_by_id: int | None) -> Posting:

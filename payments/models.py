@@ -16,6 +16,9 @@ def alert_signing_secret_new() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+STRIPES_MIN, STRIPES_MAX = 2, 64  # a high-volume wallet's stripes, besides its own row
+
+
 class Wallet(models.Model):
     """An organization's prepaid balance. `balance` is a cache of the sum of its ledger entries,
     written only by `payments.ledger`; `held` is the sum of its active holds. A database trigger
@@ -47,17 +50,26 @@ class Wallet(models.Model):
     ledger_seq = models.BigIntegerField(
         default=0, editable=False, help_text="Bumped by exactly one by every ledger statement that changes balance or held."
     )
+    # Editable so the admin's wallet form can offer it; it changes only through
+    # `wallet_settings_update`, which moves the money (a whole-row save is refused, see `save`).
+    stripes = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="High-volume: how many stripes (WalletStripe rows) keep part of the balance; 0 = one row.",
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(held__gte=0), name="wallet_held_nonnegative"),
             models.CheckConstraint(condition=Q(credit_limit__gte=0), name="wallet_credit_limit_nonnegative"),
+            models.CheckConstraint(
+                condition=Q(stripes=0) | (Q(stripes__gte=STRIPES_MIN) & Q(stripes__lte=STRIPES_MAX)), name="wallet_stripes_range"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"Wallet of {self.organization_id}"
 
-    LEDGER_COLUMNS = frozenset({"balance", "held", "ledger_seq", "low_balance_alerted"})
+    LEDGER_COLUMNS = frozenset({"balance", "held", "ledger_seq", "low_balance_alerted", "stripes"})
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # A whole-row save writes back the balance it loaded, undoing any debit committed since.
@@ -68,9 +80,48 @@ class Wallet(models.Model):
             )
         super().save(*args, **kwargs)
 
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> "Wallet":
+        # A striped wallet's row keeps only its own part (the home stripe): every wallet loaded
+        # through the ORM carries the organization's total, so every report reads totals.
+        wallet = super().from_db(db, field_names, values, **kwargs)
+        if wallet.__dict__.get("stripes") and "balance" in wallet.__dict__:
+            stripes_total = WalletStripe.objects.filter(organization_id=wallet.organization_id).aggregate(
+                total=models.Sum("balance")
+            )["total"]
+            wallet.balance += stripes_total or 0
+        return wallet
+
     @property
     def available(self) -> Decimal:
         return self.balance - self.held
+
+
+class WalletStripe(models.Model):
+    """One stripe of a high-volume wallet (docs/contract.md §2.9): part of the balance, on its own row,
+    so debits on different stripes proceed in parallel. Holds and the credit limit stay on the wallet
+    row (the home stripe); `held` and `credit_limit` are here, always 0, so the ledger's one
+    overdraft rule and statements run on either row. Written only by `payments.ledger` (a trigger
+    refuses balance writes that do not bump `ledger_seq`, and deleting a stripe that holds money)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    stripe = models.PositiveSmallIntegerField()
+    balance = MoneyField(default=0, editable=False)
+    held = MoneyField(default=0, editable=False)
+    credit_limit = MoneyField(default=0, editable=False)
+    ledger_seq = models.BigIntegerField(default=0, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "stripe"], name="wallet_stripe_once"),
+            models.CheckConstraint(condition=Q(stripe__gte=1) & Q(stripe__lte=STRIPES_MAX), name="wallet_stripe_number"),
+            # Only checked debits reach a stripe, against a floor of 0: a stripe never goes negative.
+            models.CheckConstraint(condition=Q(balance__gte=0), name="wallet_stripe_nonnegative"),
+            models.CheckConstraint(condition=Q(held=0) & Q(credit_limit=0), name="wallet_stripe_no_holds_no_credit"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Stripe {self.stripe} of {self.organization_id}"
 
 
 class TransferKind(models.TextChoices):
@@ -79,6 +130,7 @@ class TransferKind(models.TextChoices):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     REDEMPTION = "redemption"
+    REBALANCE = "rebalance"  # between a high-volume wallet's stripes: wallet legs only, never shown to customers
 
 
 class Account(models.TextChoices):
@@ -112,13 +164,16 @@ class Transfer(models.Model):
 
 class LedgerEntry(models.Model):
     """Immutable (UPDATE and DELETE are refused by a trigger). Wallet entries carry the running
-    balance after them, in commit order."""
+    balance, in commit order, of the row they posted to: the wallet row, or its `stripe`."""
 
     transfer = models.ForeignKey(Transfer, on_delete=models.PROTECT, related_name="entries")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
     account = models.CharField(max_length=20, choices=Account.choices)
     amount = MoneyField()
     balance_after = MoneyField(null=True, blank=True)
+    stripe = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The stripe this wallet entry posted to; empty: the wallet row (home)."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -126,6 +181,7 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["organization", "account", "id"], name="entry_org_account_id"),
             models.Index(fields=["account", "created_at"], name="entry_account_time"),
+            models.Index(fields=["organization", "stripe", "id"], name="entry_org_stripe_id", condition=Q(stripe__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(condition=~Q(amount=0), name="entry_amount_nonzero"),
@@ -134,6 +190,7 @@ class LedgerEntry(models.Model):
                 | (~Q(account="wallet") & Q(balance_after__isnull=True)),
                 name="entry_balance_after_on_wallets_only",
             ),
+            models.CheckConstraint(condition=Q(stripe__isnull=True) | Q(account="wallet"), name="entry_stripe_on_wallets_only"),
         ]
 
     def __str__(self) -> str:
@@ -275,3 +332,30 @@ class Redemption(models.Model):
 
     def __str__(self) -> str:
         return f"{self.code} by {self.organization_id}"
+
+
+class AlertDeliveryKind(models.TextChoices):
+    BALANCE_LOW = "balance.low"
+    TEST = "test"
+
+
+class AlertDelivery(models.Model):
+    """One attempt to POST an alert to an organization's webhook, as its delivery log shows it."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=AlertDeliveryKind.choices)
+    url = models.CharField(max_length=500)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="The receiver's answer; empty when none came."
+    )
+    delivered = models.BooleanField(default=False)
+    error = models.CharField(max_length=300, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "alert deliveries"
+        indexes = [models.Index(fields=["organization", "-created_at"], name="alert_delivery_org_time")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.url}: {self.status_code or self.error}"

@@ -1,6 +1,7 @@
 """Reconciliation (docs/contract.md §2.2): over any period, cash in − revenue − refunds + promotions ±
 adjustments must equal the change in the sum of all wallet balances; and every wallet's cached
-balance must equal the sum of its entries, its last entry's `balance_after` equal to both."""
+balance (its row's plus its stripes') must equal the sum of its entries, each row's last entry's
+`balance_after` equal to that row's balance."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
@@ -20,6 +22,7 @@ from payments.models import Account, LedgerEntry
 
 logger = logging.getLogger(__name__)
 MISMATCH_GAUGE = metrics.RECONCILIATION_MISMATCHES
+LAST_RUN_CACHE_KEY = "reconciliation:last-run"
 
 
 @dataclass
@@ -56,14 +59,25 @@ def _leg_totals(start: datetime | None, end: datetime) -> dict[tuple[str, str], 
     return {(row["account"], row["transfer__kind"]): row["total"] for row in rows}
 
 
+# A wallet's balance is its row's plus its stripes' (a high-volume wallet, docs/contract.md §2.9); each
+# row — the wallet's, each stripe's — must equal the `balance_after` of its own last entry.
 _WALLET_CHECK_SQL = """
-SELECT w.organization_id, w.balance, COALESCE(e.total, 0) AS entries_total, last.balance_after
+SELECT w.organization_id, w.balance + COALESCE(st.total, 0) AS balance, COALESCE(e.total, 0) AS entries_total, last.balance_after
   FROM payments_wallet w
+  LEFT JOIN (SELECT organization_id, SUM(balance) AS total FROM payments_walletstripe GROUP BY organization_id) st
+         ON st.organization_id = w.organization_id
   LEFT JOIN (SELECT organization_id, SUM(amount) AS total FROM payments_ledgerentry WHERE account = 'wallet' GROUP BY organization_id) e
          ON e.organization_id = w.organization_id
   LEFT JOIN LATERAL (SELECT balance_after FROM payments_ledgerentry
-                      WHERE organization_id = w.organization_id AND account = 'wallet' ORDER BY id DESC LIMIT 1) last ON true
- WHERE w.balance <> COALESCE(e.total, 0) OR (last.balance_after IS NOT NULL AND last.balance_after <> w.balance)
+                      WHERE organization_id = w.organization_id AND account = 'wallet' AND stripe IS NULL
+                      ORDER BY id DESC LIMIT 1) last ON true
+ WHERE w.balance + COALESCE(st.total, 0) <> COALESCE(e.total, 0)
+    OR (last.balance_after IS NOT NULL AND last.balance_after <> w.balance)
+    OR EXISTS (SELECT 1 FROM payments_walletstripe s
+                 LEFT JOIN LATERAL (SELECT balance_after FROM payments_ledgerentry
+                                     WHERE organization_id = s.organization_id AND stripe = s.stripe
+                                     ORDER BY id DESC LIMIT 1) l ON true
+                WHERE s.organization_id = w.organization_id AND s.balance <> COALESCE(l.balance_after, 0))
 """
 
 
@@ -105,4 +119,13 @@ def reconciliation_run(*, start: datetime | None = None, end: datetime | None = 
         logger.error(
             "reconciliation failed: identity_holds=%s wallet_mismatches=%s", report.identity_holds, report.wallet_mismatches[:20]
         )
+    # For the back office's front page, which must not recompute every wallet on each visit.
+    cache.set(LAST_RUN_CACHE_KEY, {"ok": report.ok, "failures": failures, "at": report.period_end}, timeout=None)
     return report
+
+
+def reconciliation_last_run() -> dict[str, Any] | None:
+    """`{ok, failures, at}` of the last whole-ledger reconciliation (the hourly beat task, or staff
+    opening the reconciliation page); None when none ran since the cache was last emptied."""
+    last: dict[str, Any] | None = cache.get(LAST_RUN_CACHE_KEY)
+    return last

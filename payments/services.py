@@ -6,6 +6,7 @@ out, then lock again and apply. Money moves only through `payments.ledger`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,11 +23,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.selectors import API_KEYS
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
-from billing_site.money import ZERO
+from billing_site.money import ZERO, currency_exponent
 from payments import ledger
 from payments.models import (
+    STRIPES_MAX,
+    STRIPES_MIN,
     Account,
     Payment,
     PaymentStatus,
@@ -47,7 +51,7 @@ from payments.providers import (
     provider_get,
     providers_enabled,
 )
-from payments.providers.base import Outcome, currency_exponent
+from payments.providers.base import Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +68,14 @@ class InvalidCode(DomainError):
 
 # --- Wallet settings ---------------------------------------------------------------------------------
 
-WALLET_SETTINGS = ("credit_limit", "low_balance_threshold", "alert_webhook_url")
+WALLET_SETTINGS = ("credit_limit", "low_balance_threshold", "alert_webhook_url", "stripes")
 
 
-def wallet_settings_update(*, organization_id: int, **changes: Decimal | str) -> Wallet:
-    """Change a wallet's settings (credit limit, low-balance threshold, alert webhook URL): only
-    the named columns are written, so this can never write back a balance or holds read earlier
-    (the ledger owns those, and the wallet's trigger refuses anyone else). InvalidRequest on a bad value."""
+def wallet_settings_update(*, organization_id: int, **changes: Decimal | str | int) -> Wallet:
+    """Change a wallet's settings (credit limit, low-balance threshold, alert webhook URL, and — staff
+    only — its stripes: 0 for one row, or STRIPES_MIN..STRIPES_MAX to make it high-volume): only the
+    named columns are written, so this can never write back a balance or holds read earlier (the
+    ledger owns those, and the wallet's trigger refuses anyone else). InvalidRequest on a bad value."""
     unknown = sorted(set(changes) - set(WALLET_SETTINGS))
     if unknown:
         raise ValueError(f"not wallet settings: {', '.join(unknown)}")
@@ -78,8 +83,24 @@ def wallet_settings_update(*, organization_id: int, **changes: Decimal | str) ->
         amount = changes.get(name)
         if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < ZERO):
             raise InvalidRequest(f"`{name}` is a non-negative amount.", details={name: ["Zero or more."]})
-    if changes:
-        Wallet.objects.filter(pk=organization_id).update(**changes)
+    stripes = changes.pop("stripes", None)
+    if stripes is not None and (
+        not isinstance(stripes, int) or isinstance(stripes, bool) or (stripes != 0 and not STRIPES_MIN <= stripes <= STRIPES_MAX)
+    ):
+        raise InvalidRequest(
+            f"`stripes` is 0 (one row) or {STRIPES_MIN}..{STRIPES_MAX}.",
+            details={"stripes": [f"0, or {STRIPES_MIN} to {STRIPES_MAX}."]},
+        )
+    # The API key cache carries the organization's copy of the stripe count: announced before any lock.
+    announce = API_KEYS.invalidating() if stripes is not None else contextlib.nullcontext()
+    with transaction.atomic(), announce:
+        if changes:
+            Wallet.objects.filter(pk=organization_id).update(**changes)
+        if stripes is not None:
+            ledger.wallet_stripes_set(organization_id=organization_id, stripes=stripes)
+        elif "credit_limit" in changes:
+            # The credit limit is the floor of the wallet row; the stripes' money may have to cover it.
+            ledger.wallet_stripes_rebalance(organization_id=organization_id)
     return Wallet.objects.get(pk=organization_id)
 
 

@@ -72,3 +72,9 @@ def sandbox_webhook_deliver(payment_id: int, outcome: str) -> int:
 def reconcile() -> dict[str, Any]:
     report = reconciliation.reconciliation_run()
     return {"ok": report.ok, "mismatches": len(report.wallet_mismatches)}
+
+
+@shared_task(name="payments.tasks.alert_webhook_test")
+def alert_webhook_test(organization_id: int) -> bool:
+    """The settings page's "Send test alert": one attempt, logged whatever its outcome, never retried."""
+    return alerts.alert_webhook_test_send(organization_id=organization_id).delivered

@@ -279,3 +279,17 @@ def test_without_redis_a_new_price_is_refused(funded, catalogue, redis_unreachab
         price_add(service=catalogue["ping"], organization=funded, unit_price="0.5")
 
     assert metering_selectors.priced_service_get(slug="ping", organization_id=funded.pk).prices.unit_price == D("0.001")
+
+
+def test_a_wallet_made_high_volume_is_seen_by_the_next_request(funded, live_key, live_client):
+    from payments import services as payment_services
+    from payments.models import STRIPES_MIN
+
+    _warm(live_client, "k")  # the key's row carries the organization's stripe count (0: one row)
+
+    payment_services.wallet_settings_update(organization_id=funded.pk, stripes=STRIPES_MIN)
+
+    api_key = account_selectors.api_key_by_digest(digest=live_key.api_key.digest)
+    assert api_key is not None and api_key.organization.wallet_stripes == STRIPES_MIN
+    assert ping(live_client, "striped").status_code == 201
+    assert_money_invariants([funded.pk])

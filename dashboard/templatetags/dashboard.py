@@ -2,68 +2,56 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from django import template
 from django.utils.html import format_html
 
-from billing_site.money import money_str
+from billing_site.money import money_format, money_str, plain_amount  # noqa: F401 - plain_amount: used by the dashboard's views
 
 register = template.Library()
 
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$"}
-MIN_PLACES, MAX_PLACES = 2, 6
 
-
-def money_format(amount: Decimal | int | str | None, currency: str = "USD", *, max_places: int = MAX_PLACES) -> str:
-    """`$1,234.50`, `$0.000150`, `−$2.00`: the fewest decimals from 2 to `max_places` that show
-    the amount exactly, else rounded half-even to `max_places`; `<$0.000001` for a tiny amount."""
+def _decimal(amount) -> Decimal | None:
     if amount is None or amount == "":
-        return "—"
+        return None
     try:
-        amount = Decimal(amount)
+        return Decimal(amount)
     except (InvalidOperation, TypeError, ValueError):
-        return str(amount)
-    magnitude = abs(amount)
-    for places in range(MIN_PLACES, max_places + 1):
-        shown = magnitude.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
-        if shown == magnitude:
-            break
-    symbol = CURRENCY_SYMBOLS.get(currency.upper(), "") if currency else ""
-    sign = "−" if amount < 0 and shown != 0 else ""
-    if magnitude and not shown:
-        text = f"<{symbol}{Decimal(1).scaleb(-max_places):f}"
-        return f"{sign}{text}" if symbol else f"{sign}{text} {currency}"
-    number = format(shown, f",.{places}f")
-    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency}".rstrip()
+        return None
 
 
 @register.filter
 def money(amount, currency: str = "USD") -> str:
+    """Rounded half-even to the currency's decimals (balances, totals, charts)."""
     return money_format(amount, currency)
 
 
 @register.filter
-def money_html(amount, currency: str = "USD") -> str:
-    """Like `money`, with the digits past the cents set in a lighter style: `$12.34<span>56</span>`."""
-    text = money_format(amount, currency)
-    point = text.rfind(".")
-    if point < 0 or text.startswith(("<", "−<")) or len(text) - point - 1 <= 2:
+def money_precise(amount, currency: str = "USD") -> str:
+    """Up to 6 decimals (per-event costs, unit prices)."""
+    return money_format(amount, currency, precise=True)
+
+
+def _money_span(amount, currency: str, *, precise: bool) -> str:
+    text = money_format(amount, currency, precise=precise)
+    value = _decimal(amount)
+    if value is None:
         return text
-    cut = point + 3
-    digits_end = cut
-    while digits_end < len(text) and text[digits_end].isdigit():
-        digits_end += 1
-    return format_html('{}<span class="money-extra">{}</span>{}', text[:cut], text[cut:digits_end], text[digits_end:])
+    exact = f"{money_exact(value)} {currency}".strip()
+    return format_html('<span class="money" title="{}" data-exact="{}">{}</span>', exact, money_exact(value), text)
 
 
-def plain_amount(amount: Decimal) -> str:
-    """An amount for a form field: plain digits, at least 2 decimals, no exponent (150 → 150.00)."""
-    magnitude = abs(amount)
-    places = 2
-    while places < 12 and magnitude != magnitude.quantize(Decimal(1).scaleb(-places)):
-        places += 1
-    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
+@register.filter
+def money_html(amount, currency: str = "USD") -> str:
+    """Rounded like `money`, in a span whose title (the hover text) is the exact stored amount."""
+    return _money_span(amount, currency, precise=False)
+
+
+@register.filter
+def money_precise_html(amount, currency: str = "USD") -> str:
+    """Like `money_precise`, with the exact stored amount on hover."""
+    return _money_span(amount, currency, precise=True)
 
 
 @register.filter
@@ -139,3 +127,18 @@ SECTIONS = {
 def section(url_name: str | None) -> str:
     """The navigation entry a page belongs to."""
     return SECTIONS.get(url_name or "", "")
+
+
+@register.filter
+def reference_id(reference: str, prefix: str) -> int | None:
+    """The id in a transfer's reference `<prefix>:<id>` (`payment:45` → 45), else None."""
+    head, _, tail = str(reference).partition(":")
+    return int(tail) if head == prefix and tail.isdigit() else None
+
+
+@register.filter
+def unit_of(calc_method: str) -> str:
+    """What a quantity of a service with this method counts."""
+    from dashboard.reports import UNITS
+
+    return UNITS.get(calc_method, "")

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import money_str
 from dashboard import forms, selectors
 from dashboard.context import dashboard_view, page
-from dashboard.templatetags.dashboard import label, money_format, tone
+from dashboard.templatetags.dashboard import label, money_exact, money_format, tone
 from payments import selectors as payment_selectors
 from payments import services as payment_services
 from payments.models import Payment, PaymentStatus
 
 PAYMENTS_PER_PAGE = 20
+STATEMENT_LINES = 25
 QUICK_AMOUNTS = ["10", "25", "50", "100", "250"]
 
 
@@ -48,14 +52,95 @@ def billing(request, current):
             if payment.status == PaymentStatus.PENDING and payment.checkout_url:
                 return redirect(payment.checkout_url)
             return redirect("dashboard:payment", payment_id=payment.pk)
+    return _billing_page(request, current, wallet=wallet, form=form)
+
+
+def _billing_page(request, current, *, wallet, form, redeem_form=None):
     payments = Paginator(payment_selectors.payment_list(organization_id=current.organization.pk), PAYMENTS_PER_PAGE)
+    statement = payment_selectors.wallet_statement(
+        organization_id=current.organization.pk,
+        tz=timezone.get_current_timezone(),
+        before=_cursor(request.GET.get("before")),
+        size=STATEMENT_LINES,
+    )
     context = {
         "form": form,
+        "redeem_form": redeem_form or forms.RedeemForm(),
         "wallet": wallet,
         "payments": payments.get_page(request.GET.get("page")),
+        "statement": statement,
+        "statement_older": statement.older,
+        "statement_paged": "before" in request.GET,
         "quick_amounts": QUICK_AMOUNTS,
     }
-    return page(request, "dashboard/billing.html", context, status=400 if form.errors else 200)
+    failed = form.errors or (redeem_form is not None and redeem_form.errors)
+    return page(request, "dashboard/billing.html", context, status=400 if failed else 200)
+
+
+STATEMENT_CSV_HEADER = [
+    "day",
+    "newest_at",
+    "oldest_at",
+    "type",
+    "entries",
+    "amount",
+    "balance_after",
+    "currency",
+    "reference",
+    "memo",
+]
+
+
+@require_GET
+@dashboard_view(managers_only=True)
+def transactions_export(request, current):
+    """The whole transaction history as CSV, lines as on the page (a day's usage is one line), every
+    stored digit, times in the reader's zone; streamed from the ledger through csv_stream."""
+    tz = timezone.get_current_timezone()
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    rows = (
+        [
+            line.day.isoformat(),
+            timezone.localtime(line.newest_at, tz).isoformat(),
+            timezone.localtime(line.oldest_at, tz).isoformat(),
+            line.kind,
+            line.entries,
+            money_str(line.amount),
+            money_str(line.balance_after),
+            wallet.currency,
+            line.reference,
+            line.memo,
+        ]
+        for line in payment_selectors.wallet_statement_all(organization_id=current.organization.pk, tz=tz)
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    filename = f"transactions-{current.organization.slug}-{stamp}.csv"
+    return csv_stream_response(STATEMENT_CSV_HEADER, rows, filename=filename)
+
+
+def _cursor(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and len(text) < 19 else None
+
+
+@require_POST
+@dashboard_view(managers_only=True)
+def redeem(request, current):
+    """Credit the wallet with a promotional code; a refused code changes nothing and says why."""
+    redeem_form = forms.RedeemForm(request.POST)
+    if redeem_form.is_valid():
+        try:
+            posting = payment_services.code_redeem(
+                organization=current.organization, user=request.user, code=redeem_form.cleaned_data["code"]
+            )
+        except DomainError as error:
+            redeem_form.add_error("code", error.message)
+        else:
+            wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+            messages.success(request, f"Code redeemed: {money_format(posting.amount, wallet.currency)} added to your balance.")
+            return redirect("dashboard:billing")
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    form = forms.RechargeForm(currency=wallet.currency, initial={"idempotency_key": uuid.uuid4().hex, "amount": "25"})
+    return _billing_page(request, current, wallet=wallet, form=form, redeem_form=redeem_form)
 
 
 def _payment(current, payment_id: int) -> Payment:
@@ -91,7 +176,10 @@ def payment_status(request, current, payment_id: int):
             "final": payment.status != PaymentStatus.PENDING,
             "amount": money_str(payment.amount),
             "balance": money_str(wallet.balance),
+            "currency": wallet.currency,
             "balance_display": money_format(wallet.balance, wallet.currency),
+            "balance_exact": money_exact(wallet.balance),
             "available_display": money_format(wallet.available, wallet.currency),
+            "available_exact": money_exact(wallet.available),
         }
     )

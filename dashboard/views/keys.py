@@ -7,7 +7,7 @@ from django.http import Http404
 from django.shortcuts import redirect
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
@@ -35,21 +35,41 @@ def keys(request, current):
         except DomainError as error:
             form.add_error(None, error.message)
         else:
-            # Rendered in the answer to the POST, never stored: the only time the secret exists in clear.
-            response = page(request, "dashboard/key_created.html", {"created": created, "api_key": created.api_key})
-            response["Cache-Control"] = "no-store"
-            return response
+            # Redirect-after-POST, so a refresh cannot create a second key. The secret rides in the
+            # session only until the next page shows it once (key_created pops it).
+            request.session[_secret_session_key(created.api_key.pk)] = created.secret
+            return redirect("dashboard:key_created", key_id=created.api_key.pk)
     context = {"form": form, "keys": account_selectors.api_key_list(organization=current.organization), "now": timezone.now()}
     return page(request, "dashboard/keys.html", context, status=400 if form.errors else 200)
+
+
+def _secret_session_key(key_id: int) -> str:
+    return f"new_api_key_secret:{key_id}"
+
+
+def _api_key(current, key_id: int) -> ApiKey:
+    try:
+        return account_selectors.api_key_get(organization=current.organization, api_key_id=key_id)
+    except ApiKey.DoesNotExist as exc:
+        raise Http404 from exc
+
+
+@never_cache
+@require_GET
+@dashboard_view(managers_only=True)
+def key_created(request, current, key_id: int):
+    """The new key's secret, shown on the first visit only (a refresh shows that it is gone)."""
+    api_key = _api_key(current, key_id)
+    secret = request.session.pop(_secret_session_key(api_key.pk), None)
+    response = page(request, "dashboard/key_created.html", {"api_key": api_key, "secret": secret})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_http_methods(["GET", "POST"])
 @dashboard_view(managers_only=True)
 def key_revoke(request, current, key_id: int):
-    try:
-        api_key = account_selectors.api_key_get(organization=current.organization, api_key_id=key_id)
-    except ApiKey.DoesNotExist as exc:
-        raise Http404 from exc
+    api_key = _api_key(current, key_id)
     if request.method == "POST":
         account_services.api_key_revoke(api_key=api_key)
         messages.success(request, f"Key “{api_key.name}” ({api_key.prefix}…) was revoked. Requests with it now fail.")

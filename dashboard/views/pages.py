@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
@@ -13,7 +14,7 @@ from accounts import services as account_services
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import ZERO
-from dashboard import charts, forms, selectors
+from dashboard import charts, forms, reports, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
 from metering import selectors as metering_selectors
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
@@ -21,9 +22,11 @@ from metering.pricing import price_fields
 from payments import selectors as payment_selectors
 
 CHART_DAYS = 30
+BURN_DAYS = 7
 PHONE_CHART_DAYS = 14
 RECENT_PAYMENTS = 5
 USAGE_PAGE_SIZE = 50
+USAGE_CHART_DAYS_MAX = 92  # a longer period's chart shows its last 92 days; the totals cover all of it
 
 
 @dashboard_view()
@@ -32,8 +35,13 @@ def overview(request, current):
     wallet = payment_selectors.wallet_get(organization_id=organization.pk)
     today = timezone.now().date()
     month_start = today.replace(day=1)
+    last_month_start = (month_start - timedelta(days=1)).replace(day=1)
     chart_from = today - timedelta(days=CHART_DAYS - 1)
-    rows = selectors.daily_spend_by_service(organization_id=organization.pk, day_from=min(chart_from, month_start), day_to=today)
+    rows = selectors.daily_spend_by_service(
+        organization_id=organization.pk, day_from=min(chart_from, last_month_start), day_to=today
+    )
+    names = {row["service"]: row["name"] for row in rows}
+    burn = selectors.burn_rate(rows, today=today, days=BURN_DAYS)
     chart = charts.spend_chart([r for r in rows if r["day"] >= chart_from], day_from=chart_from, day_to=today)
     phone_from = today - timedelta(days=PHONE_CHART_DAYS - 1)
     phone_chart = charts.spend_chart(
@@ -46,12 +54,21 @@ def overview(request, current):
         "wallet": wallet,
         "spend_today": sum((r["cost"] for r in rows if r["day"] == today), ZERO),
         "spend_month": sum((r["cost"] for r in rows if r["day"] >= month_start), ZERO),
+        # The same days of last month (1st up to today's day number), so the comparison is like for like.
+        "spend_last_month_to_date": sum(
+            (r["cost"] for r in rows if last_month_start <= r["day"] < month_start and r["day"].day <= today.day), ZERO
+        ),
+        "burn_per_day": burn,
+        "runway_days": selectors.runway_days(available=wallet.available + wallet.credit_limit, per_day=burn),
         "spend_30d": chart.total,
         "low_balance": wallet.low_balance_threshold > ZERO and wallet.balance < wallet.low_balance_threshold,
         "exhausted": wallet.available <= -wallet.credit_limit,
         "chart": chart,
         "phone_chart": phone_chart,
-        "by_service": sorted(by_service, key=lambda row: -row["cost"]),
+        # The rows cover this month, so every service of `by_service` has its name among them.
+        "by_service": sorted(
+            ({**row, "name": names.get(row["service"], row["service"])} for row in by_service), key=lambda row: -row["cost"]
+        ),
         "recent_payments": list(payment_selectors.payment_list(organization_id=organization.pk)[:RECENT_PAYMENTS])
         if current.is_manager
         else [],
@@ -62,14 +79,77 @@ def overview(request, current):
 
 def _usage_filters(request, current) -> forms.UsageFilterForm:
     api_keys = list(selectors.api_keys_by_id(organization_id=current.organization.pk).values())
-    form = forms.UsageFilterForm(request.GET or None, services=selectors.service_options(), api_keys=api_keys)
+    services = selectors.services_by_id()
+    options = sorted((service.slug, service.name) for service in services.values())
+    form = forms.UsageFilterForm(request.GET or None, services=options, api_keys=api_keys)
     form.api_keys = {key.pk: key for key in api_keys}
+    form.services = services
     return form
+
+
+def _usage_summary(form: forms.UsageFilterForm, current) -> dict:
+    """Totals, grouped rows and the chart of the filtered period (see dashboard.selectors.usage_cells)."""
+    start, end = form.window()
+    filters = form.selector_filters()
+    cells = selectors.usage_cells(
+        organization_id=current.organization.pk,
+        start=start or selectors.EPOCH,
+        end=end,
+        service=filters["service"],
+        api_key_id=filters["api_key_id"],
+        test=filters["test"],
+        by_key=form.chosen_group == "key",
+    )
+    chart_test = filters["test"] is True
+    report = reports.usage_report(
+        cells.cells,
+        group=form.chosen_group,
+        services=form.services,
+        api_keys={pk: key for pk, key in form.api_keys.items() if pk is not None},
+        chart_test=chart_test,
+    )
+    # The chart's days are UTC days (the rollups'), from the period's first to its last.
+    last_day = (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    first_day = start.astimezone(UTC).date() if start else min((c.day for c in cells.cells), default=last_day)
+    first_day = max(first_day, last_day - timedelta(days=USAGE_CHART_DAYS_MAX - 1))
+    chart_rows = [row for row in report.chart_rows if first_day <= row["day"] <= last_day]
+    return {
+        "report": report,
+        "too_many": cells.too_many,
+        "scan_max": selectors.USAGE_SCAN_MAX,
+        "chart": charts.spend_chart(chart_rows, day_from=first_day, day_to=last_day),
+        "phone_chart": charts.spend_chart(chart_rows, day_from=first_day, day_to=last_day, frame=charts.PHONE),
+        "chart_test": chart_test,
+        "chart_days_cut": start is None or start.astimezone(UTC).date() < first_day,
+        "utc_days": timezone.get_current_timezone_name() != "UTC",
+        "period_start": start,
+        "period_end": end - timedelta(microseconds=1),
+        "presets": [
+            (value, label, form.querystring(period=value, date_from="", date_to="")) for value, label in forms.PERIOD_CHOICES[:-1]
+        ],
+        "groups": [(value, label, form.querystring(group=value)) for value, label in forms.GROUP_CHOICES],
+    }
 
 
 @dashboard_view()
 def usage(request, current):
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        # Invalid filters show their error and nothing else: never the unfiltered records.
+        wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+        # The period and grouping come from links, not boxes of the form: their errors are said above it.
+        link_errors = [
+            f"{form.fields[name].label}: {error}" for name in ("period", "group") for error in form.errors.get(name, [])
+        ]
+        context = {
+            "form": form,
+            "rows": [],
+            "currency": wallet.currency,
+            "filtered": True,
+            "invalid": True,
+            "link_errors": link_errors,
+        }
+        return page(request, "dashboard/usage.html", context, status=400)
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     usage_page = selectors.usage_page(
         records,
@@ -86,6 +166,9 @@ def usage(request, current):
         "query": form.querystring(),
         "currency": wallet.currency,
         "filtered": bool(form.querystring()),
+        "period": form.chosen_period,
+        "group": form.chosen_group,
+        **_usage_summary(form, current),
     }
     return page(request, "dashboard/usage.html", context)
 
@@ -95,6 +178,8 @@ def usage_export(request, current):
     """The filtered records as CSV, streamed: rows are fetched in chunks through a server-side
     cursor (.iterator()), so a million rows never sit in memory."""
     form = _usage_filters(request, current)
+    if form.is_bound and not form.is_valid():
+        return HttpResponseBadRequest(f"Invalid filters: {form.errors.as_text()}", content_type="text/plain; charset=utf-8")
     records = metering_selectors.usage_list(organization_id=current.organization.pk, **form.selector_filters())
     prefixes = {pk: key.prefix for pk, key in form.api_keys.items()}
     rows = usage_csv_rows(records.iterator(chunk_size=EXPORT_CHUNK), api_key_label=lambda key_id: prefixes.get(key_id, ""))

@@ -85,6 +85,12 @@ def member_role(request, current, membership_id: int):
     membership = _membership(current, membership_id)
     form = forms.RoleForm(request.POST)
     if form.is_valid():
+        role = form.cleaned_data["role"]
+        ownership_changes = role != membership.role and Role.OWNER in (role, membership.role)
+        if ownership_changes and request.POST.get("confirmed") != "yes":
+            # Granting or taking away ownership is asked once more, on a page of its own.
+            context = {"membership": membership, "role": Role(role), "granting": role == Role.OWNER}
+            return page(request, "dashboard/member_role_confirm.html", context)
         try:
             account_services.membership_role_change(membership=membership, role=form.cleaned_data["role"], actor=request.user)
         except DomainError as error:

@@ -9,7 +9,7 @@
 """
 
 from metering.services.batch import BatchResult, usage_record_batch
-from metering.services.catalog import price_create, service_create
+from metering.services.catalog import price_create, price_fields_check, service_create
 from metering.services.events import (
     RESERVED_KEY_PREFIX,
     SpendCapExceeded,
@@ -44,6 +44,7 @@ __all__ = [
     "hold_release",
     "holds_expire",
     "price_create",
+    "price_fields_check",
     "service_create",
     "usage_record",
     "usage_record_batch",

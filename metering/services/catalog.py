@@ -22,6 +22,22 @@ def service_create(*, slug: str, name: str, calc_method: str, active: bool = Tru
     return service
 
 
+def price_fields_check(*, calc_method: str, given: dict[str, Decimal | None]) -> None:
+    """A price row gives exactly the fields its service's method uses (docs/contract.md §3): the
+    staff API and the back office both apply this. InvalidRequest names each missing or foreign field."""
+    needed = set(price_fields(calc_method))
+    missing = sorted(name for name in needed if given.get(name) is None)
+    foreign = sorted(name for name, value in given.items() if value is not None and name not in needed)
+    if missing or foreign:
+        raise InvalidRequest(
+            f"A {calc_method} price takes {', '.join(sorted(needed))}.",
+            details={
+                **{n: ["This field is required."] for n in missing},
+                **{n: ["Does not apply to this method."] for n in foreign},
+            },
+        )
+
+
 def price_create(
     *,
     service: Service,
@@ -35,17 +51,7 @@ def price_create(
     """A new price row (rates are never edited in place). The fields must be exactly the ones the
     service's method uses (docs/contract.md §3)."""
     given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
-    needed = set(price_fields(service.calc_method))
-    missing = sorted(name for name in needed if given[name] is None)
-    foreign = sorted(name for name, value in given.items() if value is not None and name not in needed)
-    if missing or foreign:
-        raise InvalidRequest(
-            f"A {service.calc_method} price takes {', '.join(sorted(needed))}.",
-            details={
-                **{n: ["This field is required."] for n in missing},
-                **{n: ["Does not apply to this method."] for n in foreign},
-            },
-        )
+    price_fields_check(calc_method=service.calc_method, given=given)
     price = Price(
         service=service,
         organization_id=organization_id,

@@ -57,34 +57,50 @@ def _values(**expressions: str) -> str:
 
 
 def _rollup_upsert(source: str) -> str:
-    """Add rows (organization, service, day, test, events, quantity, input tokens, output tokens, cost)
-    from `source` to the daily rollups."""
+    """Add rows (organization, service, day, test, events, quantity, input tokens, output tokens, cost,
+    stripe) from `source` to the daily rollups."""
     return f"""INSERT INTO metering_usagerollup AS r
-           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost)
+           (organization_id, service_id, day, test, events, quantity, input_tokens, output_tokens, cost, stripe)
     {source}
-    ON CONFLICT (organization_id, day, service_id, test) DO UPDATE
+    ON CONFLICT (organization_id, day, service_id, test, stripe) DO UPDATE
        SET events = r.events + EXCLUDED.events, quantity = r.quantity + EXCLUDED.quantity,
            input_tokens = r.input_tokens + EXCLUDED.input_tokens,
            output_tokens = r.output_tokens + EXCLUDED.output_tokens, cost = r.cost + EXCLUDED.cost"""
 
 
+# What a key spent through a high-volume wallet's stripes, beside its own `spent` (ApiKey.lifetime_spent).
+_SPENT_ON_STRIPES = "(SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = accounts_apikey.id)"
+
+
 def _spend_update(amount: str, condition: str = "") -> str:
     """Raise the API key's lifetime spend (its row lock comes after the wallet's); answers the new
-    spend and the cap, for `spend_cap_check`."""
-    return f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition} RETURNING spent, spend_cap"
-
-
-# The record's daily rollup and the key's spend, after a CTE `rec` that inserted the record.
-_ROLLUP_AND_SPEND = f"""roll AS (
-    {
-    _rollup_upsert(
-        "SELECT %(usage_org)s, %(usage_service)s, %(usage_day)s, %(usage_test)s, 1, %(usage_quantity)s,"
-        " %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s FROM rec"
+    lifetime spend (stripes' included) and the cap, for `spend_cap_check`."""
+    return (
+        f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition}"
+        f" RETURNING spent + {_SPENT_ON_STRIPES} AS spent, spend_cap"
     )
-}
-), spend AS (
-    {_spend_update("%(usage_cost)s", " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)")}
+
+
+def _rollup_and_spend(stripe: str) -> str:
+    """The record's daily rollup and the key's spend on the `stripe` row (0: the wallet's), after a CTE
+    `rec` that inserted the record. On a stripe the spend goes to the key's row for that stripe, so one
+    key's striped debits do not queue on the key's own row."""
+    rollup = _rollup_upsert(
+        "SELECT %(usage_org)s, %(usage_service)s, %(usage_day)s, %(usage_test)s, 1, %(usage_quantity)s,"
+        f" %(usage_input_tokens_sum)s, %(usage_output_tokens_sum)s, %(usage_cost)s, {stripe} FROM rec"
+    )
+    charged = " AND NOT %(usage_test)s AND EXISTS (SELECT 1 FROM rec)"
+    spend = _spend_update("%(usage_cost)s", charged + f" AND {stripe} = 0")
+    ctes = f"roll AS (\n    {rollup}\n), spend AS (\n    {spend}\n)"
+    if stripe == "0":
+        return ctes
+    return f"""{ctes}, stripe_spend AS (
+    INSERT INTO accounts_apikeystripespend AS k (api_key_id, stripe, spent)
+    SELECT %(usage_key)s::bigint, {stripe}, %(usage_cost)s FROM rec
+     WHERE %(usage_key)s::bigint IS NOT NULL AND NOT %(usage_test)s AND {stripe} <> 0
+    ON CONFLICT (api_key_id, stripe) DO UPDATE SET spent = k.spent + EXCLUDED.spent
 )"""
+
 
 # In a transaction after a separate posting (holds, capped keys, test keys, zero costs): the record
 # unless its idempotency key exists in this mode, its rollup and the key's spend.
@@ -93,17 +109,18 @@ WITH rec AS (
     INSERT INTO metering_usagerecord ({_COLUMN_LIST}) VALUES ({_values()})
     {_ON_KEY_CONFLICT}
     RETURNING id
-), {_ROLLUP_AND_SPEND}
+), {_rollup_and_spend("0")}
 SELECT rec.id, spend.spent, spend.spend_cap FROM rec LEFT JOIN spend ON true
 """
 
-# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement.
-# A reused idempotency key violates the unique index and rolls the money back with it.
+# The hot path: the ledger's posting and the record, rollup and spend as ONE autocommit statement
+# (on the wallet row, or on one stripe of a high-volume wallet). A reused idempotency key violates the
+# unique index and rolls the money back with it.
 DEBIT_SQL = ledger.post_statement(f"""rec AS (
     INSERT INTO metering_usagerecord ({_COLUMN_LIST})
-    SELECT {_values(transfer="t.id", balance_after="w.balance", hold="NULL")} FROM t, w
+    SELECT {_values(transfer="t.id", balance_after="w.total", hold="NULL")} FROM t, w
     RETURNING id
-), {_ROLLUP_AND_SPEND}, companion AS (SELECT id FROM rec)""")
+), {_rollup_and_spend("(SELECT stripe FROM w)")}, companion AS (SELECT id FROM rec)""")
 
 # A batch's records go in by binary COPY (no SQL text to build or parse), with ids drawn first so the
 # answer can name them. A key already taken makes the COPY fail on the unique index.
@@ -111,7 +128,7 @@ _BATCH_IDS_SQL = "SELECT nextval(pg_get_serial_sequence('metering_usagerecord', 
 COPY_USAGE_SQL = f"COPY metering_usagerecord (id, {_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = ["int8", *(kind.replace("bigint", "int8").replace("boolean", "bool") for _, _, kind in RECORD_COLUMNS)]
 ROLLUP_BATCH_SQL = _rollup_upsert(
-    "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost"
+    "SELECT %(usage_org)s, u.service, %(usage_day)s, %(usage_test)s, u.events, u.quantity, u.input_tokens, u.output_tokens, u.cost, 0"
     "  FROM unnest(%(usage_rollup_service)s::bigint[], %(usage_rollup_events)s::bigint[], %(usage_rollup_quantity)s::numeric[],"
     " %(usage_rollup_input_tokens)s::numeric[], %(usage_rollup_output_tokens)s::numeric[], %(usage_rollup_cost)s::numeric[])"
     " AS u(service, events, quantity, input_tokens, output_tokens, cost)"
@@ -209,7 +226,7 @@ def usage_insert(
 # What a capped live key may still spend: its cap, less what it spent, less what its active holds
 # reserve. Read under the wallet's lock, where every debit and hold of the organization serializes.
 _CAP_REMAINING_SQL = """
-SELECT k.spend_cap - k.spent - COALESCE(
+SELECT k.spend_cap - k.spent - (SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = k.id) - COALESCE(
            (SELECT sum(h.amount) FROM metering_hold h WHERE h.api_key_id = k.id AND h.status = 'active' AND NOT h.test), 0)
   FROM accounts_apikey k
  WHERE k.id = %s AND k.spend_cap IS NOT NULL
@@ -239,8 +256,9 @@ def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: da
     params = record_params(priced, tenant=tenant, now=now)
     try:
         posting, (record_id,) = ledger.usage_charge_in_one_statement(
-            statement=DEBIT_SQL,
+            statements=DEBIT_SQL,
             organization_id=params["usage_org"],
+            stripes=tenant.organization.wallet_stripes,
             cost=priced.cost,
             reference=f"usage:{priced.event.idempotency_key}",
             params=params,

@@ -5,6 +5,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from billing_site.money import currency_exponent
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -61,26 +63,6 @@ class Provider(Protocol):
     def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         """Return `amount` of `payment` to the payer; one provider refund per idempotency key."""
         ...
-
-
-# Minor units per currency (ISO 4217 exponents); the default is 2.
-CURRENCY_EXPONENTS = {
-    "JPY": 0,
-    "KRW": 0,
-    "VND": 0,
-    "CLP": 0,
-    "ISK": 0,
-    "HUF": 2,
-    "BHD": 3,
-    "KWD": 3,
-    "OMR": 3,
-    "JOD": 3,
-    "TND": 3,
-}
-
-
-def currency_exponent(currency: str) -> int:
-    return CURRENCY_EXPONENTS.get(currency.upper(), 2)
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:

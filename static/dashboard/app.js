@@ -90,10 +90,14 @@
         document.querySelectorAll("[data-balance]").forEach(function (node) {
           if (node.textContent !== data.balance_display) {
             node.textContent = data.balance_display;
+            node.title = data.balance_exact + " " + data.currency;
             node.classList.add("updated");
           }
         });
-        document.querySelectorAll("[data-available]").forEach(function (node) { node.textContent = data.available_display; });
+        document.querySelectorAll("[data-available]").forEach(function (node) {
+          node.textContent = data.available_display;
+          node.title = data.available_exact + " " + data.currency;
+        });
       }
     }
 

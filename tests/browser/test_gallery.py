@@ -17,6 +17,7 @@ from accounts.models import Role
 from dashboard import services as dashboard_services
 from metering.models import CalcMethod, UsageRollup
 from payments.models import Payment, PaymentStatus
+from tests.browser.axe import axe_check
 from tests.browser.conftest import PHONE
 from tests.browser.helpers import log_in
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
@@ -114,6 +115,7 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
         for name, path in PAGES:
             visitor.goto(path)
             visitor.shot(name)
+            axe_check(visitor.page, context=f"{path} ({visitor.name})")
     phone.page.get_by_role("button", name="Open navigation").click()
     phone.page.wait_for_timeout(300)
     phone.shot("navigation-open", full_page=False)
@@ -128,9 +130,12 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
             ("key-revoke", f"/dashboard/keys/{revocable.pk}/revoke/"),
             ("member-remove", f"/dashboard/team/{member.pk}/remove/"),
             ("password-change", "/dashboard/settings/password/"),
+            ("key-created", f"/dashboard/keys/{revocable.pk}/created/"),
+            ("billing-older", "/dashboard/billing/?before=999999999"),
         ]:
             visitor.goto(path)
             visitor.shot(name)
+            axe_check(visitor.page, context=f"{path} ({visitor.name})")
     invitation = account_services.invitation_create(
         organization=organization, email="ken@example.com", role=Role.ADMIN, invited_by=owner
     )
@@ -145,3 +150,4 @@ def test_every_page_at_desktop_and_phone_width(visitor_factory, live_server, eag
         ]:
             anonymous.goto(path)
             anonymous.shot(name)
+            axe_check(anonymous.page, context=f"{path} ({anonymous.name})")

@@ -94,8 +94,11 @@ def test_sign_up_recharge_create_key_meter_and_see_usage(visitor_factory, live_s
     rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
     assert [(r["service"], r["cost"], r["mode"]) for r in rows] == [("gpt-4o", "0.007500000000", "live")]
     visitor.goto("/dashboard/")
-    expect(page.get_by_test_id("spend-today")).to_have_text("$0.0075")
-    expect(page.get_by_test_id("balance")).to_have_text("$19.9925")
+    # Totals and balances in cents, the exact figure on hover.
+    expect(page.get_by_test_id("spend-today")).to_have_text("$0.01")
+    expect(page.get_by_test_id("spend-today").locator(".money")).to_have_attribute("title", "0.0075 USD")
+    expect(page.get_by_test_id("balance")).to_have_text("$19.99")
+    expect(page.get_by_test_id("balance").locator(".money")).to_have_attribute("title", "19.9925 USD")
     visitor.shot("journey-08-overview")
 
 

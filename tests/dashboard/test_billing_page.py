@@ -99,3 +99,21 @@ def test_members_cannot_recharge_or_see_payments(member_web, owner_web, organiza
     assert recharge(member_web, key="m").status_code == 403
     assert member_web.get(f"/dashboard/payments/{payment.pk}/status/").status_code == 403
     assert Payment.objects.count() == 1
+
+
+def test_a_failed_payment_is_never_labelled_settled(owner_web, organization):
+    """Bug (issue 12): a failed payment without a failure reason showed "Settled <date>"."""
+    from django.utils import timezone
+
+    Payment.objects.create(
+        organization=organization,
+        provider="sandbox",
+        amount=Decimal("50"),
+        currency="USD",
+        status=PaymentStatus.FAILED,
+        provider_reference="sbx_failed",
+        settled_at=timezone.now(),
+    )
+    html = owner_web.get("/dashboard/billing/").content.decode()
+    row = html[html.index('data-testid="payments-table"') :]
+    assert "Failed" in row and "Settled" not in row

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_creating_a_key_shows_its_secret_once(owner_web, organization):
-    response = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"})
+    response = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"}, follow=True)
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
-    secret = response.context["created"].secret
+    secret = response.context["secret"]
     assert secret.startswith("tg_live_") and secret in response.content.decode()
     key = ApiKey.objects.get(organization=organization)
     assert key.name == "Backend" and key.mode == "live" and secret not in (key.digest, key.prefix)
@@ -27,9 +27,9 @@ def test_creating_a_key_shows_its_secret_once(owner_web, organization):
 def test_creating_a_test_key_with_cap_and_expiry(admin_web, organization):
     tomorrow = timezone.now().date() + timedelta(days=2)
     response = admin_web.post(
-        "/dashboard/keys/", {"name": "CI", "mode": "test", "spend_cap": "5.50", "expires_on": str(tomorrow)}
+        "/dashboard/keys/", {"name": "CI", "mode": "test", "spend_cap": "5.50", "expires_on": str(tomorrow)}, follow=True
     )
-    assert response.context["created"].secret.startswith("tg_test_")
+    assert response.context["secret"].startswith("tg_test_")
     key = ApiKey.objects.get(organization=organization)
     assert key.mode == "test" and str(key.spend_cap.normalize()) == "5.5" and key.expires_at.date() == tomorrow
 
@@ -72,3 +72,24 @@ def test_members_cannot_see_or_manage_keys(member_web, organization):
     key.refresh_from_db()
     assert key.revoked_at is None and ApiKey.objects.count() == 1
     assert "/dashboard/keys/" not in member_web.get("/dashboard/").content.decode()
+
+
+def test_refreshing_the_new_key_page_creates_no_second_key_and_shows_the_secret_once(owner_web, organization):
+    """Bug (issue 12): the secret was rendered in the answer to the POST, so a refresh re-posted the form."""
+    response = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"})
+    key = ApiKey.objects.get(organization=organization)
+    assert response.status_code == 302 and response["Location"] == f"/dashboard/keys/{key.pk}/created/"
+    shown = owner_web.get(response["Location"])
+    assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+    secret = shown.context["secret"]
+    assert secret.startswith("tg_live_") and secret in shown.content.decode()
+    assert key_client(secret).get("/api/v1/balance/").status_code == 200
+    refreshed = owner_web.get(response["Location"])
+    assert refreshed.status_code == 200 and secret not in refreshed.content.decode()
+    assert "no longer shown" in refreshed.content.decode()
+    assert ApiKey.objects.filter(organization=organization).count() == 1
+
+
+def test_another_organizations_new_key_page_is_not_found(owner_web, other_web, organization):
+    created = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"})["Location"]
+    assert other_web.get(created).status_code == 404

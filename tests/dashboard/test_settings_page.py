@@ -1,6 +1,7 @@
 """Settings (alert threshold and webhook, through a two-field update) and the organization switcher."""
 
 import importlib
+import json
 from decimal import Decimal
 
 import pytest
@@ -12,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import Role
 from dashboard import services
 from dashboard.context import SESSION_KEY
-from payments.models import Wallet
+from payments.models import AlertDelivery, Wallet
 from tests.dashboard.conftest import client_for
 from tests.factories import organization_create, wallet_fund
 
@@ -168,7 +169,7 @@ def test_the_switcher_remembers_the_chosen_organization(owner, two_organizations
     assert 'id="org-switch"' in html and client.session[SESSION_KEY] == first.slug  # the first by name
     response = client.post("/dashboard/switch/", {"organization": second.slug, "next": "/dashboard/usage/"})
     assert response["Location"] == "/dashboard/usage/" and client.session[SESSION_KEY] == second.slug
-    assert "data-balance>$3.00<" in client.get("/dashboard/").content.decode()
+    assert 'data-exact="3">$3.00<' in client.get("/dashboard/").content.decode()
 
 
 def test_switching_from_an_object_page_goes_to_its_list(owner, two_organizations):
@@ -211,3 +212,103 @@ def test_roles_are_per_organization(member, organization):
     client.post("/dashboard/switch/", {"organization": own.slug})
     assert client.get("/dashboard/keys/").status_code == 200
     assert own.memberships.get(user=member).role == Role.OWNER
+
+
+# --- Rename, time zone, test alert and delivery log ---------------------------------------------------
+
+
+def test_owner_renames_the_organization_and_its_slug_stays(owner_web, organization):
+    slug = organization.slug
+    response = owner_web.post("/dashboard/settings/organization/", {"organization": "Acme Rockets"})
+    assert response["Location"] == "/dashboard/settings/"
+    organization.refresh_from_db()
+    assert (organization.name, organization.slug) == ("Acme Rockets", slug)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 121, "bad\x00name"])
+def test_a_bad_organization_name_says_why_and_changes_nothing(owner_web, organization, name):
+    before = organization.name
+    response = owner_web.post("/dashboard/settings/organization/", {"organization": name})
+    assert response.status_code == 400 and 'class="error"' in response.content.decode()
+    organization.refresh_from_db()
+    assert organization.name == before
+
+
+def test_members_cannot_rename_nor_send_test_alerts(member_web, organization):
+    before = organization.name
+    assert member_web.post("/dashboard/settings/organization/", {"organization": "Mine now"}).status_code == 403
+    assert member_web.post("/dashboard/settings/alert-test/").status_code == 403
+    organization.refresh_from_db()
+    assert organization.name == before
+    assert 'data-testid="rename-form"' not in member_web.get("/dashboard/settings/").content.decode()
+
+
+def test_renaming_touches_only_the_current_organization(owner_web, owner, organization):
+    second = organization_create(name="Second", owner=owner)
+    owner_web.post("/dashboard/settings/organization/", {"organization": "Renamed"})
+    second.refresh_from_db()
+    assert second.name == "Second"
+
+
+def test_each_person_picks_a_time_zone_and_pages_say_it(member_web, member, owner_web, organization):
+    response = member_web.post("/dashboard/settings/time-zone/", {"time_zone": "Asia/Tokyo"})
+    assert response["Location"] == "/dashboard/settings/"
+    member.refresh_from_db()
+    assert member.time_zone == "Asia/Tokyo"
+    assert "times in Asia/Tokyo" in member_web.get("/dashboard/usage/").content.decode()
+    assert "times in UTC" in owner_web.get("/dashboard/usage/").content.decode()  # the owner's own choice is untouched
+
+
+def test_an_unknown_time_zone_is_refused(member_web, member):
+    response = member_web.post("/dashboard/settings/time-zone/", {"time_zone": "Mars/Olympus"})
+    assert response.status_code == 400 and "Select a valid choice" in response.content.decode()
+    member.refresh_from_db()
+    assert member.time_zone == "UTC"
+
+
+def test_send_test_alert_posts_a_signed_test_body_and_logs_it(
+    owner_web, organization, other_organization, hook_server, public_dns, settings
+):
+    from tests.payments.payment_helpers import hmac_signature
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    public_dns["hooks.example.com"] = ["127.0.0.1"]
+    receiver = hook_server()
+    url = receiver.url("/t", host="hooks.example.com")
+    services.wallet_alerts_update(organization_id=organization.pk, low_balance_threshold=Decimal(0), alert_webhook_url=url)
+
+    response = owner_web.post("/dashboard/settings/alert-test/", follow=True)
+
+    [request] = receiver.requests
+    body = json.loads(request.body)
+    assert (body["type"], body["organization"]) == ("test", organization.slug)
+    header = request.headers["Tollgate-Signature"]
+    timestamp = int(header.split(",")[0].removeprefix("t="))
+    secret = Wallet.objects.get(pk=organization.pk).alert_signing_secret
+    assert header == hmac_signature(request.body, secret=secret, timestamp=timestamp)
+    log = response.content.decode()[response.content.decode().index('data-testid="alert-deliveries"') :]
+    assert "<code>test</code>" in log and "badge-success" in log and "204" in log
+    assert AlertDelivery.objects.get().organization_id == organization.pk
+    # Another organization's log stays empty.
+    other = client_for(other_organization.memberships.get().user).get("/dashboard/settings/").content.decode()
+    assert "No alert has been sent to a webhook yet." in other
+
+
+def test_a_failed_test_alert_is_logged_with_the_answer(owner_web, organization, hook_server, public_dns, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True
+    public_dns["hooks.example.com"] = ["127.0.0.1"]
+    receiver = hook_server(status=500)
+    url = receiver.url("/t", host="hooks.example.com")
+    services.wallet_alerts_update(organization_id=organization.pk, low_balance_threshold=Decimal(0), alert_webhook_url=url)
+    owner_web.post("/dashboard/settings/alert-test/")
+    delivery = AlertDelivery.objects.get()
+    assert (delivery.delivered, delivery.status_code, delivery.kind) == (False, 500, "test")
+    assert "answered 500" in delivery.error
+
+
+def test_send_test_alert_without_a_url_says_so(owner_web, organization):
+    response = owner_web.post("/dashboard/settings/alert-test/", follow=True)
+    assert "Set an alert webhook URL first." in response.content.decode()
+    assert not AlertDelivery.objects.exists()

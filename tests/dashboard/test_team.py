@@ -136,19 +136,21 @@ def test_owner_changes_roles(owner_web, member):
 
 def test_admins_cannot_touch_owners(admin_web, owner, org_admin, member):
     owner_membership = Membership.objects.get(user=owner)
-    admin_web.post(f"/dashboard/team/{owner_membership.pk}/role/", {"role": "member"})
+    admin_web.post(f"/dashboard/team/{owner_membership.pk}/role/", {"role": "member", "confirmed": "yes"})
     assert admin_web.post(f"/dashboard/team/{owner_membership.pk}/remove/").status_code == 403
     owner_membership.refresh_from_db()
     assert owner_membership.role == Role.OWNER
     member_membership = Membership.objects.get(user=member)
-    admin_web.post(f"/dashboard/team/{member_membership.pk}/role/", {"role": "owner"})  # admins grant no ownership
+    admin_web.post(
+        f"/dashboard/team/{member_membership.pk}/role/", {"role": "owner", "confirmed": "yes"}
+    )  # admins grant no ownership
     member_membership.refresh_from_db()
     assert member_membership.role == Role.MEMBER
 
 
 def test_the_last_owner_can_be_neither_demoted_nor_removed(owner_web, owner, organization):
     membership = Membership.objects.get(user=owner)
-    response = owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": "admin"}, follow=True)
+    response = owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": "admin", "confirmed": "yes"}, follow=True)
     assert "at least one owner" in response.content.decode()
     response = owner_web.post(f"/dashboard/team/{membership.pk}/remove/", follow=True)
     assert "at least one owner" in response.content.decode()
@@ -160,7 +162,7 @@ def test_the_last_owner_can_be_neither_demoted_nor_removed(owner_web, owner, org
 
 def test_with_two_owners_one_may_step_down(owner_web, owner, second_owner):
     membership = Membership.objects.get(user=owner)
-    owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": "admin"})
+    owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": "admin", "confirmed": "yes"})
     membership.refresh_from_db()
     assert membership.role == Role.ADMIN
     with pytest.raises(LastOwner):
@@ -266,3 +268,26 @@ def test_the_invitation_service_enforces_the_limit_for_every_caller(owner, organ
     with pytest.raises(account_services.InvitationsThrottled) as refused:
         account_services.invitation_create(organization=organization, email="late@example.com", role="member", invited_by=owner)
     assert refused.value.status == 429
+
+
+@pytest.mark.parametrize(
+    ("start", "role", "question"), [(Role.MEMBER, "owner", "an owner?"), (Role.OWNER, "admin", "ownership?")]
+)
+def test_granting_or_removing_ownership_asks_first(owner_web, organization, start, role, question):
+    from tests.factories import UserFactory
+
+    membership = organization.memberships.create(user=UserFactory(email="pat@example.com"), role=start)
+    asked = owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": role})
+    html = asked.content.decode()
+    assert asked.status_code == 200 and question in html and 'name="confirmed" value="yes"' in html
+    membership.refresh_from_db()
+    assert membership.role == start  # nothing changed yet
+    done = owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": role, "confirmed": "yes"})
+    assert done["Location"] == "/dashboard/team/"
+    membership.refresh_from_db()
+    assert membership.role == role
+
+
+def test_a_change_that_keeps_ownership_as_it_is_asks_nothing(owner_web, member):
+    membership = Membership.objects.get(user=member)
+    assert owner_web.post(f"/dashboard/team/{membership.pk}/role/", {"role": "admin"}).status_code == 302

@@ -62,7 +62,7 @@ def test_usage_filters_by_key_and_dates(owner_web, records):
 
 def test_another_organizations_key_is_no_filter_choice(owner_web, records, other_key):
     response = owner_web.get(f"/dashboard/usage/?api_key={other_key.api_key.pk}")
-    assert response.status_code == 200 and response.context["form"].errors
+    assert response.status_code == 400 and response.context["form"].errors
     assert "r4" not in ids(response)
 
 
@@ -112,3 +112,13 @@ def test_usage_export_never_includes_another_organization(other_web, records):
 
 def test_members_see_usage(member_web, records):
     assert ids(member_web.get("/dashboard/usage/")) == ["r3", "r2", "r1"]
+
+
+def test_an_invalid_date_range_shows_the_error_and_no_records(owner_web, records):
+    """Bug (issue 12): the error was shown above the unfiltered table."""
+    response = owner_web.get("/dashboard/usage/?date_from=2030-02-01&date_to=2030-01-01")
+    html = response.content.decode()
+    assert response.status_code == 400 and "The start date is after the end date." in html
+    assert ids(response) == [] and 'data-testid="usage-table"' not in html
+    export = owner_web.get("/dashboard/usage/export.csv?date_from=2030-02-01&date_to=2030-01-01")
+    assert export.status_code == 400 and not export.streaming

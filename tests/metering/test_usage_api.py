@@ -410,7 +410,7 @@ def test_a_warm_usage_request_is_one_database_round_trip(funded, live_client, dj
         response = ping(live_client, "measured")
 
     assert response.status_code == 201
-    assert statements == [DEBIT_SQL]  # posting, record, rollup and spend in one statement
+    assert statements == [DEBIT_SQL.wallet]  # posting, record, rollup and spend in one statement
     assert_money_invariants([funded.pk])
 
 

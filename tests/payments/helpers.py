@@ -7,31 +7,44 @@ from django.db import connection
 from django.db.models import Count, Sum
 
 from metering.models import Hold, HoldStatus, UsageRecord, UsageRollup
-from payments.models import LedgerEntry, Payment, Transfer, Wallet, WebhookEvent
+from payments.models import LedgerEntry, Payment, Transfer, Wallet, WalletStripe, WebhookEvent
 
 ZERO = Decimal(0)
 
 
 def assert_money_invariants(organization_ids: Iterable[int] | None = None, *, holds: bool = True) -> None:
-    """docs/contract.md §2.2 and §2.4 for the given wallets (all when None): balance == Σ entries; each
-    balance_after is the running sum in entry-id (commit) order; held == Σ active live Hold rows
-    (unless `holds` is False, for tests that reserve through the ledger directly); held ≥ 0; every
-    transfer sums to zero over at least two entries."""
+    """docs/contract.md §2.2, §2.4 and §2.9 for the given wallets (all when None): balance (the
+    wallet row's plus its stripes') == Σ entries; each entry's balance_after is the running sum, in
+    entry-id (commit) order, of the row it posted to, ending at that row's balance; no stripe is
+    negative or holds anything; held == Σ active live Hold rows (unless `holds` is False, for tests
+    that reserve through the ledger directly); held ≥ 0; every transfer sums to zero over at least
+    two entries."""
     wallets = Wallet.objects.all()
     if organization_ids is not None:
         wallets = wallets.filter(organization_id__in=list(organization_ids))
     for wallet in wallets:
-        entries = LedgerEntry.objects.filter(organization_id=wallet.organization_id, account="wallet").order_by("id")
-        running = ZERO
-        for entry in entries.values("id", "amount", "balance_after"):
-            running += entry["amount"]
-            assert entry["balance_after"] == running, (wallet.organization_id, entry, running)
-        assert wallet.balance == running, (wallet.organization_id, wallet.balance, running)
+        org = wallet.organization_id
+        rows = {None: wallet_row_balance(org)} | dict(
+            WalletStripe.objects.filter(organization_id=org).values_list("stripe", "balance")
+        )
+        assert all(balance >= ZERO for stripe, balance in rows.items() if stripe is not None), rows
+        assert not WalletStripe.objects.filter(organization_id=org).exclude(held=0, credit_limit=0).exists()
+        assert WalletStripe.objects.filter(organization_id=org).count() == Wallet.objects.get(organization_id=org).stripes
+        entries = LedgerEntry.objects.filter(organization_id=org, account="wallet").order_by("id")
+        running: dict[int | None, Decimal] = {}
+        for entry in entries.values("id", "amount", "balance_after", "stripe"):
+            running[entry["stripe"]] = running.get(entry["stripe"], ZERO) + entry["amount"]
+            assert entry["balance_after"] == running[entry["stripe"]], (org, entry, running)
+        for stripe, balance in rows.items():
+            assert balance == running.get(stripe, ZERO), (org, stripe, balance, running)
+        for stripe, total in running.items():  # a stripe dropped when striping went off ended empty
+            assert stripe in rows or total == ZERO, (org, stripe, total)
+        assert wallet.balance == sum(running.values(), ZERO) == sum(rows.values(), ZERO), (org, wallet.balance, running)
         assert wallet.held >= ZERO
         if not holds:
             continue
-        active = Hold.objects.filter(organization_id=wallet.organization_id, status=HoldStatus.ACTIVE, test=False)
-        assert wallet.held == (active.aggregate(s=Sum("amount"))["s"] or ZERO), wallet.organization_id
+        active = Hold.objects.filter(organization_id=org, status=HoldStatus.ACTIVE, test=False)
+        assert wallet.held == (active.aggregate(s=Sum("amount"))["s"] or ZERO), org
     transfers = Transfer.objects.all()
     if organization_ids is not None:
         transfers = transfers.filter(organization_id__in=list(organization_ids))
@@ -68,6 +81,11 @@ def _assert_usage_is_in_the_ledger(organization_ids: Iterable[int] | None) -> No
         cursor.execute(_USAGE_VS_LEDGER_SQL, {"orgs": orgs or [], "all": orgs is None})
         mismatches = [row for row in cursor.fetchall() if row[0] is None or row[2] != row[3]]
     assert mismatches == [], f"usage and ledger disagree (transfer, records, Σ their costs, revenue leg): {mismatches}"
+
+
+def wallet_row_balance(organization_id: int) -> Decimal:
+    """The wallet row's own balance column (a striped wallet's model instance carries the total)."""
+    return Wallet.objects.filter(organization_id=organization_id).values_list("balance", flat=True).get()
 
 
 def money_state(organization) -> dict:

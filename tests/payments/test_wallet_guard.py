@@ -10,7 +10,7 @@ from django.test import Client
 
 from payments import ledger
 from payments.admin import WalletAdmin
-from payments.models import Wallet
+from payments.models import Wallet, WalletStripe
 from payments.services import wallet_settings_update
 from tests.concurrency import run_concurrently
 from tests.factories import UserFactory, organization_create, wallet_fund
@@ -81,7 +81,12 @@ def _staff_client() -> Client:
 
 def _wallet_form(organization, **changes) -> dict:
     wallet = wallet_of(organization)
-    return {"credit_limit": str(wallet.credit_limit), "low_balance_threshold": str(wallet.low_balance_threshold), **changes}
+    return {
+        "credit_limit": str(wallet.credit_limit),
+        "low_balance_threshold": str(wallet.low_balance_threshold),
+        "stripes": str(wallet.stripes),
+        **changes,
+    }
 
 
 def _management(prefix: str, *, total: int, initial: int, maximum: int = 1000) -> dict:
@@ -205,3 +210,27 @@ def test_an_organization_added_in_the_back_office_opens_its_wallet_with_the_sett
     assert response.status_code == 302, response.content.decode()[:3000]
     wallet = Wallet.objects.get(organization__slug="walk-in")
     assert (wallet.balance, wallet.held, wallet.credit_limit, wallet.low_balance_threshold) == (D(0), D(0), D(7), D(2))
+
+
+@pytest.mark.parametrize("page", ["wallet", "organization"])
+def test_staff_turn_striping_on_and_off_in_the_admin_and_the_money_moves_exactly(organization, page):
+    wallet_fund(organization, "10")
+    client = _staff_client()
+
+    def save(**changes) -> None:
+        if page == "wallet":
+            url, data = f"/admin/payments/wallet/{organization.pk}/change/", _wallet_form(organization, **changes)
+        else:
+            url, data = f"/admin/accounts/organization/{organization.pk}/change/", _organization_form(organization, **changes)
+        response = client.post(url, data)
+        assert response.status_code == 302, response.content.decode()[:2000]
+
+    save(stripes="4")
+    assert (wallet_of(organization).stripes, wallet_of(organization).balance) == (4, D(10))
+    assert WalletStripe.objects.filter(organization_id=organization.pk).count() == 4
+    save(credit_limit="1")  # another setting, posted with the stripe count as the page shows it: stays striped
+    assert wallet_of(organization).stripes == 4
+    save(stripes="0")
+    assert (wallet_of(organization).stripes, wallet_of(organization).balance) == (0, D(10))
+    assert not WalletStripe.objects.filter(organization_id=organization.pk).exists()
+    assert_money_invariants([organization.pk])
