@@ -20,6 +20,7 @@ from django.utils.text import slugify
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User, time_zone_names
+from accounts.selectors import API_KEYS, api_key_used_at_note
 from accounts.signals import organization_created
 from billing_site import locks, throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
@@ -179,8 +180,11 @@ def api_key_create(
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke the key for good. Every process refuses it from its next request on (the cache's
+    token changes before and after the write); CacheUnavailable, revoking nothing, while Redis is down."""
     if api_key.revoked_at is None:
-        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        with transaction.atomic(), API_KEYS.invalidating():
+            ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
 
@@ -193,6 +197,7 @@ def api_key_touch(*, api_key: ApiKey) -> None:
         stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before)
         ApiKey.objects.filter(stale, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+        api_key_used_at_note(digest=api_key.digest, used_at=now)
 
 
 # --- Team: invitations and memberships ------------------------------------------------------------

@@ -87,7 +87,11 @@ def libpq_conninfo() -> str:
     from psycopg.conninfo import make_conninfo
 
     params = connection.get_connection_params()
-    return make_conninfo("", **{k: v for k, v in params.items() if isinstance(v, str | int) and not isinstance(v, bool)})
+    # psycopg's own options (prepare_threshold, cursor_factory, the adapters) are not libpq's.
+    return make_conninfo(
+        "",
+        **{k: v for k, v in params.items() if isinstance(v, str | int) and not isinstance(v, bool) and k != "prepare_threshold"},
+    )
 
 
 def app_environment() -> dict[str, str]:

@@ -3,7 +3,8 @@
 `app` runs exactly the statement the app runs for one debit on its hot path: the ledger's posting
 and the usage record, rollup and key spend fused into `metering.services.usage_sql.DEBIT_SQL`, sent in
 autocommit (one round trip) — imported from the module (never copied), with the parameters the app
-passes, through psycopg's ClientCursor as Django's psycopg 3 backend does (client-side binding).
+passes, prepared on the server as the app sends it (billing_site/db.py; psycopg's ClientCursor,
+client-side binding, with DATABASE_PREPARED_STATEMENTS=false).
 
 `twostmt` is the app's transactional path (capped or test keys, holds): BEGIN;
 `payments.ledger._POST_SQL`; `metering.services.usage_sql.INSERT_USAGE_SQL`; COMMIT — four round trips.
@@ -156,6 +157,16 @@ def _debit_app(cursor, conn, job: RawJob, org: int, key: int, idem: str, base_po
         raise Refused
 
 
+def _app_cursor(conn):
+    """The cursor the app sends its debit through: prepared on the server, as `payments.ledger` does
+    (billing_site/db.py), unless DATABASE_PREPARED_STATEMENTS is off."""
+    from django.conf import settings
+
+    from billing_site.db import PreparedCursor
+
+    return PreparedCursor(conn) if settings.DATABASE_PREPARED_STATEMENTS else conn.cursor()
+
+
 def _usage(base_usage: dict, org: int, key: int, idem: str, now: datetime) -> dict:
     """The app's usage parameters for one event (built once by `record_params`), with this event's own values."""
     return {
@@ -195,7 +206,7 @@ def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None
         go.wait()
         results.put((index, 0, 1, 0, f"connect: {exc}".strip(), b""))
         return
-    cursor = conn.cursor()
+    cursor = _app_cursor(conn) if job.variant == "app" else conn.cursor()
     connected.wait()
     go.wait()
     start = t0.value + job.warmup

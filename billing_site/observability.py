@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import re
 import time
 import uuid
 from datetime import UTC, datetime
 
 from celery.signals import before_task_publish, task_postrun, task_prerun
+from django.conf import settings
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 organization_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("organization", default=None)
@@ -51,8 +53,19 @@ def bind_tenant(*, organization: str | None, principal: str | None) -> None:
     principal_var.set(principal)
 
 
+def access_line_wanted(*, status: int, seconds: float) -> bool:
+    """Every error (4xx, 5xx) and every request slower than ACCESS_LOG_SLOW_MS gets its access line;
+    other requests one in 1/ACCESS_LOG_SAMPLE_RATE, at random (a line per request cost more than the
+    debit's own Python on the hot path)."""
+    if status >= 400 or seconds * 1000 >= settings.ACCESS_LOG_SLOW_MS:
+        return True
+    rate = settings.ACCESS_LOG_SAMPLE_RATE
+    return rate >= 1 or (rate > 0 and random.random() < rate)  # noqa: S311 - sampling, not a secret
+
+
 class RequestIdMiddleware:
-    """Takes X-Request-ID (or makes one), echoes it, and writes one access line per request."""
+    """Takes X-Request-ID (or makes one), echoes it on every response, and writes the access line of
+    every error, every slow request and a sample of the others (`access_line_wanted`)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -65,19 +78,21 @@ class RequestIdMiddleware:
         try:
             response = self.get_response(request)
             response["X-Request-ID"] = request_id
-            path = redact_secrets(request.path)
-            access_logger.info(
-                "%s %s %s",
-                request.method,
-                path,
-                response.status_code,
-                extra={
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "method": request.method,
-                    "path": path,
-                },
-            )
+            seconds = time.perf_counter() - started
+            if access_logger.isEnabledFor(logging.INFO) and access_line_wanted(status=response.status_code, seconds=seconds):
+                path = redact_secrets(request.path)
+                access_logger.info(
+                    "%s %s %s",
+                    request.method,
+                    path,
+                    response.status_code,
+                    extra={
+                        "status": response.status_code,
+                        "duration_ms": round(seconds * 1000, 2),
+                        "method": request.method,
+                        "path": path,
+                    },
+                )
             return response
         finally:
             for var, token in zip((request_id_var, organization_var, principal_var), tokens, strict=True):

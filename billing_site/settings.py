@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "billing_site.observability.RequestIdMiddleware",
+    "billing_site.cache.CacheVersionsMiddleware",
     "billing_site.api.limits.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -106,6 +107,13 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=600)
 # request on each stale connection fails once (clients retry safely: every write is idempotent).
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# The hot path's debit statement is prepared on the server (billing_site/db.py); off for a
+# transaction-mode pooler that cannot keep prepared statements (pgbouncer before 1.21).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+if DATABASE_PREPARED_STATEMENTS:
+    # Django turns psycopg's preparation off (None), which also ignores an explicit request. This
+    # threshold is never reached: only the cursor that asks for it (prepared_cursor) prepares.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 2**31 - 1
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str("TEST_DATABASE_NAME", default="test_tollgate")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -119,6 +127,10 @@ CACHES = {
         "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient", "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
     }
 }
+
+# The per-process cache of API keys and prices (billing_site/cache.py) is exact through its Redis
+# version tokens; this is only the backstop on an entry's age, for a change Redis could not announce.
+CACHE_LOCAL_SECONDS = env.int("CACHE_LOCAL_SECONDS", default=30)
 
 
 def _celery_url(url: str) -> str:
@@ -313,3 +325,6 @@ LOGGING = {
         "tollgate.access": {"level": env.str("ACCESS_LOG_LEVEL", default="INFO")},
     },
 }
+# The access line (billing_site.observability): every error and slow request, and this share of the others.
+ACCESS_LOG_SAMPLE_RATE = env.float("ACCESS_LOG_SAMPLE_RATE", default=0.01)
+ACCESS_LOG_SLOW_MS = env.float("ACCESS_LOG_SLOW_MS", default=200)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.core.cache import cache
@@ -12,6 +13,7 @@ from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing_site.cache import TwoLevelCache
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import ZERO
 from metering.models import Hold, HoldStatus, Price, Service, UsageRecord, UsageRollup
@@ -50,29 +52,46 @@ _PRICE_IN_FORCE = """
          LIMIT 1
        ) p ON true"""
 _PRICED_SERVICE_SQL = f"""
-SELECT s.id, s.slug, s.calc_method, p.id, p.input_price, p.output_price, p.unit_price
+SELECT s.id, s.slug, s.calc_method, s.active, p.id, p.input_price, p.output_price, p.unit_price,
+       (SELECT min(effective_from) FROM metering_price
+         WHERE service_id = s.id AND (organization_id = %(org)s OR organization_id IS NULL) AND effective_from > %(at)s)
   FROM metering_service s {_PRICE_IN_FORCE}
- WHERE s.slug = %(slug)s AND (s.active OR %(include_inactive)s)
+ WHERE s.slug = %(slug)s
 """
 _PRICES_IN_FORCE_SQL = f"SELECT s.id, p.id FROM metering_service s {_PRICE_IN_FORCE} WHERE s.active AND p.id IS NOT NULL"
+
+# The service and its price in force per (organization, slug), until the next price row of either
+# scope takes effect (`effective_from` may lie in the future). Invalidated by every change of a
+# service or a price (metering/apps.py): staff's new price is charged from the next request on.
+PRICED_SERVICES: TwoLevelCache[tuple[Any, ...]] = TwoLevelCache("prices")
+
+
+def _priced_service_row(slug: str, organization_id: int, at: datetime) -> tuple[tuple[Any, ...], datetime | None] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_PRICED_SERVICE_SQL, {"org": organization_id, "at": at, "slug": slug})
+        row = cursor.fetchone()
+    return None if row is None else (tuple(row[:-1]), row[-1])
 
 
 def priced_service_get(
     *, slug: str, organization_id: int, at: datetime | None = None, include_inactive: bool = False
 ) -> PricedService:
     """The active service `slug` with its prices in force; ServiceNotFound / PriceNotSet otherwise.
-    `include_inactive` prices usage already delivered (a hold's capture) after a service was retired."""
+    `include_inactive` prices usage already delivered (a hold's capture) after a service was retired.
+    The price in force now comes from this process's cache while it is still the one in force
+    (billing_site/cache.py); a price at another moment `at` is read from the database."""
     if not isinstance(slug, str) or not slug or "\x00" in slug:
         raise ServiceNotFound()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _PRICED_SERVICE_SQL,
-            {"org": organization_id, "at": at or timezone.now(), "slug": slug, "include_inactive": include_inactive},
-        )
-        row = cursor.fetchone()
+    if at is None:
+        row = PRICED_SERVICES.get((organization_id, slug), partial(_priced_service_row, slug, organization_id, timezone.now()))
+    else:
+        found = _priced_service_row(slug, organization_id, at)
+        row = None if found is None else found[0]
     if row is None:
         raise ServiceNotFound()
-    service_id, slug, calc_method, price_id, input_price, output_price, unit_price = row
+    service_id, slug, calc_method, active, price_id, input_price, output_price, unit_price = row
+    if not (active or include_inactive):
+        raise ServiceNotFound()
     prices = UnitPrices(price_id=price_id, input_price=input_price, output_price=output_price, unit_price=unit_price)
     if price_id is None or any(getattr(prices, field) is None for field in price_fields(calc_method)):
         raise PriceNotSet()

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing_site import locks, metrics
+from billing_site.db import prepared_cursor
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import MONEY_QUANTUM, ZERO
 from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wallet, WalletStripe
@@ -321,7 +322,7 @@ def usage_charge_in_one_statement(
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
-    with scope, connection.cursor() as cursor:
+    with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
         cursor.execute(statement, params)
         row = cursor.fetchone()
     if row is None and (stripes or _is_striped(organization_id)):

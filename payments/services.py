@@ -6,6 +6,7 @@ out, then lock again and apply. Money moves only through `payments.ledger`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.selectors import API_KEYS
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO, currency_exponent
@@ -89,7 +91,9 @@ def wallet_settings_update(*, organization_id: int, **changes: Decimal | str | i
             f"`stripes` is 0 (one row) or {STRIPES_MIN}..{STRIPES_MAX}.",
             details={"stripes": [f"0, or {STRIPES_MIN} to {STRIPES_MAX}."]},
         )
-    with transaction.atomic():
+    # The API key cache carries the organization's copy of the stripe count: announced before any lock.
+    announce = API_KEYS.invalidating() if stripes is not None else contextlib.nullcontext()
+    with transaction.atomic(), announce:
         if changes:
             Wallet.objects.filter(pk=organization_id).update(**changes)
         if stripes is not None:

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts import services as account_services
 from accounts.models import Role
+from billing_site import cache as two_level_cache
 from metering.models import CalcMethod
 from tests.factories import PASSWORD, ServiceFactory, UserFactory, organization_create, service_with_price, wallet_fund
 
@@ -19,6 +20,7 @@ from tests.factories import PASSWORD, ServiceFactory, UserFactory, organization_
 @pytest.fixture(autouse=True)
 def _clean_cache():
     cache.clear()
+    two_level_cache.clear_local()  # its entries are valid only with the version tokens just flushed
     yield
 
 

@@ -86,7 +86,8 @@ def test_request_id_rides_into_celery_tasks():
     assert request_id_var.get() == "req-42"
 
 
-def test_access_log_names_tenant_and_key_prefix_never_the_secret(organization, live_key, live_client, caplog):
+def test_access_log_names_tenant_and_key_prefix_never_the_secret(organization, live_key, live_client, caplog, settings):
+    settings.ACCESS_LOG_SAMPLE_RATE = 1
     caplog.set_level(logging.INFO, logger="tollgate.access")
     live_client.get("/api/v1/balance/", HTTP_X_REQUEST_ID="rid-1")
     record = next(r for r in caplog.records if r.name == "tollgate.access")
@@ -97,9 +98,10 @@ def test_access_log_names_tenant_and_key_prefix_never_the_secret(organization, l
     assert body["message"] == "GET /api/v1/balance/ 200"
 
 
-def test_json_log_lines_carry_the_request_context(organization, live_key, live_client, caplog):
+def test_json_log_lines_carry_the_request_context(organization, live_key, live_client, caplog, settings):
     from billing_site.observability import ContextFilter
 
+    settings.ACCESS_LOG_SAMPLE_RATE = 1
     caplog.set_level(logging.INFO, logger="tollgate.access")
     caplog.handler.addFilter(ContextFilter())
     live_client.get("/api/v1/balance/", HTTP_X_REQUEST_ID="rid-2")
@@ -107,6 +109,48 @@ def test_json_log_lines_carry_the_request_context(organization, live_key, live_c
     assert record.request_id == "rid-2"
     assert record.organization == organization.slug
     assert record.principal == f"key:{live_key.api_key.prefix}"
+
+
+def _access_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tollgate.access"]
+
+
+def test_access_log_samples_successes_but_keeps_every_error_with_its_request_id(
+    organization, live_key, live_client, caplog, settings
+):
+    from billing_site.observability import ContextFilter
+
+    settings.ACCESS_LOG_SAMPLE_RATE = 0
+    caplog.set_level(logging.INFO, logger="tollgate.access")
+    caplog.handler.addFilter(ContextFilter())
+
+    ok = live_client.get("/api/v1/balance/", HTTP_X_REQUEST_ID="rid-ok")
+    missing = live_client.get("/api/v1/nowhere/", HTTP_X_REQUEST_ID="rid-404")
+    refused = Client().get("/api/v1/balance/", HTTP_AUTHORIZATION="Bearer tg_live_nope", HTTP_X_REQUEST_ID="rid-401")
+
+    assert (ok.status_code, missing.status_code, refused.status_code) == (200, 404, 401)
+    assert [ok["X-Request-ID"], missing["X-Request-ID"], refused["X-Request-ID"]] == ["rid-ok", "rid-404", "rid-401"]
+    assert [(r.status, r.request_id) for r in _access_lines(caplog)] == [(404, "rid-404"), (401, "rid-401")]
+
+
+def test_access_log_keeps_every_slow_request(organization, live_key, live_client, caplog, settings):
+    settings.ACCESS_LOG_SAMPLE_RATE = 0
+    settings.ACCESS_LOG_SLOW_MS = 0  # every request is "slow"
+    caplog.set_level(logging.INFO, logger="tollgate.access")
+
+    assert live_client.get("/api/v1/balance/").status_code == 200
+
+    assert [r.status for r in _access_lines(caplog)] == [200]
+
+
+def test_access_log_sample_rate_is_a_share_of_successes(organization, live_key, live_client, caplog, settings):
+    settings.ACCESS_LOG_SAMPLE_RATE = 0.5
+    caplog.set_level(logging.INFO, logger="tollgate.access")
+
+    for _ in range(200):
+        live_client.get("/healthz")
+
+    assert 40 <= len(_access_lines(caplog)) <= 160  # 100 expected; P(outside) < 1e-14
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:

@@ -4,11 +4,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create, api_key_revoke
 from metering.models import UsageRecord
+from metering.services.usage_sql import DEBIT_SQL
 from payments.models import LedgerEntry, Transfer
 from tests.conftest import key_client
 from tests.factories import ServiceFactory, price_add, wallet_fund
@@ -385,20 +387,52 @@ def test_a_future_override_is_not_yet_in_force(funded, catalogue, live_client):
 def test_usage_with_an_api_key_issues_a_bounded_number_of_queries(funded, live_client, django_assert_num_queries):
     ping(live_client, "warm-up")  # the key's first use stamps last_used_at once; later requests do not write it
 
-    # key lookup, priced service, SAVEPOINT, the one debit statement, RELEASE SAVEPOINT (the
-    # savepoint pair exists only because the test runs inside a transaction; in production the
-    # statement commits by itself: three round trips in all)
-    with django_assert_num_queries(5):
+    # The key and the price come from this process's cache (billing_site/cache.py): SAVEPOINT, the one
+    # debit statement, RELEASE SAVEPOINT (the savepoint pair exists only because the test runs inside
+    # a transaction; test_a_warm_usage_request_is_one_database_round_trip measures production's one).
+    with django_assert_num_queries(3):
         response = ping(live_client, "measured")
 
     assert response.status_code == 201
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_warm_usage_request_is_one_database_round_trip(funded, live_client, django_assert_num_queries):
+    ping(live_client, "warm-up")
+
+    statements = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with django_assert_num_queries(1), connection.execute_wrapper(record):
+        response = ping(live_client, "measured")
+
+    assert response.status_code == 201
+    assert statements == [DEBIT_SQL.wallet]  # posting, record, rollup and spend in one statement
+    assert_money_invariants([funded.pk])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_debit_statement_is_prepared_once_per_connection(funded, live_client):
+    for n in range(3):
+        assert ping(live_client, f"k{n}").status_code == 201
+    assert ping(live_client, "k0").status_code == 200  # a replay: the prepared statement's unique violation
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", ["%INSERT INTO metering_usagerecord%"]
+        )
+        assert cursor.fetchone()[0] == 1
+    assert wallet_of(funded).balance == D("9.997")
+
+
 def test_usage_with_a_jwt_issues_a_bounded_number_of_queries(funded, owner_client, django_assert_num_queries):
     ping(owner_client, "warm-up")
 
-    # user, membership (tenant), priced service, SAVEPOINT, the one debit statement, RELEASE SAVEPOINT
-    with django_assert_num_queries(6):
+    # user, membership (tenant), SAVEPOINT, the one debit statement, RELEASE SAVEPOINT (the price is cached)
+    with django_assert_num_queries(5):
         response = ping(owner_client, "measured")
 
     assert response.status_code == 201
