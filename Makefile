@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench stop clean-data install
+.PHONY: run test lint format bench soak stop clean-data install
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# A soak of mixed traffic with a real Celery worker (bench/soak.py): 15 minutes, or SOAK_ARGS="--quick".
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 stop: $(STAMP)
 	$(PY) -m billing_site.embedded stop

@@ -219,10 +219,14 @@ _CHECKS: list[tuple[str, str]] = [
 
 def verify(data: BenchData) -> dict[str, Any]:
     """Answers {ok, checks: [{name, violations}], seconds, rows}."""
+    return verify_organizations(data.organization_ids)
+
+
+def verify_organizations(orgs: list[int]) -> dict[str, Any]:
+    """The checks of `verify` on any organizations (the soak's own)."""
     from django.db import connection
 
     started = time.monotonic()
-    orgs = data.organization_ids
     results = []
     with connection.cursor() as cursor:
         for name, sql in _CHECKS:

@@ -1,0 +1,513 @@
+"""`python -m bench.soak` (`make soak`): a soak of mixed traffic at a steady rate, with a real Celery worker.
+
+Starts the app as `make bench` does (gunicorn, sync workers, on the bench's own database) plus a Celery
+worker on a queue of its own, signs in one owner per organization, then sends a fixed arrival rate (open
+loop) of single debits, batches, holds (reserve, then capture or release), dashboard pages and API reads,
+and recharges through the sandbox provider (POST payments/recharge/, then the signed notification the
+provider would send, so that the worker settles it). Reports per minute the requests by kind with their
+p50/p99, errors, the memory of every process at the start and end, and the money invariants on every
+organization it touched. A table on stdout, JSON in bench/results/<timestamp>-soak.json; the exit status
+is non-zero when an aim is not met.
+
+    make soak                                   # 15 minutes at 150 requests/s after a 1-minute warm-up
+    make soak SOAK_ARGS="--quick"               # 1 minute after a 15-second warm-up
+    make soak SOAK_ARGS="--minutes 5 --rate 200 --orgs 50"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bench import env
+
+SEED_DAILY_REQUESTS = 10_000_000  # the seed's average: 10M a day ≈ 116 requests/s
+SEED_RATE = SEED_DAILY_REQUESTS / 86_400
+SEED_LATENCY_MS = 50.0  # "… at under 50 ms"
+RATE_TOLERANCE = 0.97  # a measured minute must carry at least 97% of the target requests
+WORKER_READY_TIMEOUT = 60.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=int, help="measured minutes (default 15; --quick: 1)")
+    parser.add_argument("--warmup", type=float, help="seconds of load before the measured minutes (default 60; --quick: 15)")
+    parser.add_argument("--quick", action="store_true", help="a 1-minute run after a 15-second warm-up")
+    parser.add_argument("--rate", type=float, default=150.0, help=f"requests per second, all kinds (default 150; > {SEED_RATE:.0f})")
+    parser.add_argument("--orgs", type=int, default=20, help="organizations, each with an owner and a key (default 20)")
+    parser.add_argument("--batch-size", type=int, default=20, help="events per usage/batch/ request (default 20)")
+    parser.add_argument("--web-workers", type=int, default=4, help="gunicorn sync workers (default 4, as make bench)")
+    parser.add_argument("--celery-concurrency", type=int, default=2, help="Celery pool processes (default 2, as make run)")
+    parser.add_argument("--senders", type=int, default=32, help="client threads that send the due requests (default 32)")
+    parser.add_argument(
+        "--max-lag", type=float, default=30.0, help="seconds a request may wait for a free sender before it is dropped (an error)"
+    )
+    parser.add_argument("--max-p99-ms", type=float, default=250.0, help="aim: every kind's p99 in every minute (default 250)")
+    parser.add_argument("--settle-timeout", type=float, default=120.0, help="seconds to wait for the last settlements")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the mix (default: random, printed)")
+    parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench's own database first")
+    args = parser.parse_args(argv)
+    args.minutes = args.minutes if args.minutes is not None else (1 if args.quick else 15)
+    args.warmup = args.warmup if args.warmup is not None else (15.0 if args.quick else 60.0)
+    args.seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    if args.minutes < 1 or args.rate <= 0 or args.orgs < 1 or args.senders < 1 or not 1 <= args.batch_size <= 1000:
+        parser.error("--minutes, --rate, --orgs and --senders must be positive, --batch-size 1..1000")
+    return args
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+# --- the Celery worker -------------------------------------------------------------------------------------
+
+
+class CeleryWorker:
+    """`celery worker` as `make run` starts it (prefork), consuming only the soak's queue."""
+
+    def __init__(self, *, env: dict[str, str], queue: str, concurrency: int, log_path: Path):
+        self.env, self.queue, self.concurrency, self.log_path = env, queue, concurrency, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from bench import web
+
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "billing_site",
+            "worker",
+            f"--concurrency={self.concurrency}",
+            "-Q",
+            self.queue,
+            "-n",
+            f"{self.queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=INFO",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=env.BASE_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=web._die_with_parent(),
+                env=self.env,
+            )
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if " ready." in self.log_path.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise SystemExit(f"soak: the Celery worker exited with {self.process.returncode}; see {self.log_path}")
+            time.sleep(0.2)
+        raise SystemExit(f"soak: the Celery worker was not ready within {WORKER_READY_TIMEOUT:.0f} s; see {self.log_path}")
+
+    def processes(self):
+        from bench import cpu
+
+        return cpu.tree(self.process.pid) if self.process else []
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+    def forget_queue(self) -> None:
+        """Drop the queue and its bindings from the broker: nothing of the run stays behind."""
+        from billing_site.celery import app
+
+        with app.connection_for_write() as broker:
+            broker.default_channel.client.delete(self.queue, f"_kombu.binding.{self.queue}")
+
+    def backlog(self) -> int | None:
+        from django_redis import get_redis_connection
+
+        try:
+            return int(get_redis_connection("default").llen(self.queue))
+        except Exception:  # noqa: BLE001 - a figure for the report, never a reason to stop
+            return None
+
+
+def redis_processes():
+    """The Redis server, when it runs on this machine (the embedded one, or a local REDIS_URL)."""
+    import psutil
+    from django_redis import get_redis_connection
+
+    try:
+        return [psutil.Process(int(get_redis_connection("default").info("server")["process_id"]))]
+    except Exception:  # noqa: BLE001 - a remote Redis has no process here
+        return []
+
+
+def redis_used_memory() -> int | None:
+    from django_redis import get_redis_connection
+
+    try:
+        return int(get_redis_connection("default").info("memory")["used_memory"])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+class Monitor(threading.Thread):
+    """Samples memory at the end of the warm-up and after each measured minute, and the worker's queue."""
+
+    def __init__(self, *, groups, clock: Callable[[], float], warmup: float, minutes: int, backlog: Callable[[], int | None]):
+        super().__init__(name="soak-monitor", daemon=True)
+        self.groups, self.clock, self.warmup, self.minutes, self.backlog = groups, clock, warmup, minutes, backlog
+        self.samples: list[dict[str, Any]] = []
+        self.stopped = threading.Event()
+
+    def sample(self, label: str) -> dict[str, Any]:
+        from bench import soak_memory
+
+        row = {
+            "label": label,
+            "at_s": round(self.clock(), 1),
+            "processes": soak_memory.snapshot(self.groups),
+            "redis_used_memory": redis_used_memory(),
+            "celery_backlog": self.backlog(),
+        }
+        self.samples.append(row)
+        return row
+
+    def run(self) -> None:
+        marks = [("after warm-up", self.warmup)] + [(f"minute {m}", self.warmup + 60.0 * m) for m in range(1, self.minutes)]
+        for label, at in marks:
+            if self.stopped.wait(timeout=max(0.0, at - self.clock())):
+                return
+            self.sample(label)
+
+
+def wait_settled(event_ids: list[str], timeout: float) -> tuple[dict[str, dict[str, Any]], float]:
+    from bench import soak_setup
+
+    started = time.monotonic()
+    while True:
+        rows = soak_setup.settlement(event_ids)
+        done = sum(1 for r in rows.values() if r["processed_at"] is not None)
+        if done == len(event_ids) or time.monotonic() - started > timeout:
+            return rows, time.monotonic() - started
+        time.sleep(1.0)
+
+
+def settlement_by_minute(rows: dict[str, dict[str, Any]], *, origin_wall: float, warmup: float, minutes: int) -> list[dict]:
+    """Webhook stored → payment settled by the worker, in ms, per minute of arrival (server timestamps)."""
+    from bench.run import percentile
+    from bench.soak_load import bucket_of
+
+    buckets: dict[int, list[float]] = {}
+    unsettled: dict[int, int] = {}
+    for row in rows.values():
+        index = bucket_of(row["received_at"].timestamp() - origin_wall, warmup=warmup, minutes=minutes)
+        if row["processed_at"] is None:
+            unsettled[index] = unsettled.get(index, 0) + 1
+            continue
+        buckets.setdefault(index, []).append((row["processed_at"] - row["received_at"]).total_seconds() * 1000)
+    out = []
+    for index in sorted(set(buckets) | set(unsettled)):
+        lags = sorted(buckets.get(index, []))
+        out.append(
+            {
+                "minute": "warm-up" if index < 0 else index + 1,
+                "settled": len(lags),
+                "unsettled": unsettled.get(index, 0),
+                "p50_ms": percentile(lags, 50),
+                "p99_ms": percentile(lags, 99),
+            }
+        )
+    return out
+
+
+def log_error_lines(path: Path) -> list[str]:
+    try:
+        with path.open(errors="replace") as log:
+            return [line.rstrip() for line in log if " ERROR " in line or "[ERROR]" in line or line.startswith("Traceback")]
+    except OSError:
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.chdir(env.BASE_DIR)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    env.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    run_id = f"s{stamp}{secrets.token_hex(3)}"
+    queue = f"tollgate-soak-{run_id}"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.soak_settings"
+    os.environ["SOAK_CELERY_QUEUE"] = queue
+    target = env.prepare_database(fresh=args.fresh)
+
+    import django
+
+    django.setup()
+    import psutil
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    from bench import cpu, fixtures, soak_memory, soak_setup, web
+    from bench.soak_load import OpenLoop, arrival_rate, arrivals, by_minute, clock_from, summarize_kind
+    from bench.soak_traffic import MIX, REQUESTS_PER_ARRIVAL, Http, Session, Traffic
+
+    print("soak: migrating the bench database", flush=True)
+    call_command("migrate", interactive=False, verbosity=0)
+    database = connection.settings_dict["NAME"]
+    tenants = soak_setup.ensure(count=args.orgs, run_label=run_id)
+    organization_ids = [t.organization_id for t in tenants]
+    machine = env.machine_info()
+    app_env = env.app_environment()
+    gunicorn = web.Gunicorn(
+        env=app_env,
+        workers=args.web_workers,
+        config=env.BASE_DIR / "gunicorn.conf.py",
+        log_path=env.RESULTS_DIR / f"{stamp}-soak-gunicorn.log",
+    )
+    worker = CeleryWorker(
+        env=app_env, queue=queue, concurrency=args.celery_concurrency, log_path=env.RESULTS_DIR / f"{stamp}-soak-celery.log"
+    )
+    rate = arrival_rate(request_rate=args.rate, mix=MIX, requests_per_arrival=REQUESTS_PER_ARRIVAL)
+    duration = args.warmup + 60.0 * args.minutes
+    print(
+        f"soak: {args.minutes} min after {args.warmup:g} s warm-up at {args.rate:g} requests/s ({rate:.1f} arrivals/s), "
+        f"{args.orgs} organizations, {args.web_workers} gunicorn workers, Celery concurrency {args.celery_concurrency}, "
+        f"seed {args.seed}; {target.description}",
+        flush=True,
+    )
+    interrupted = False
+    loop = traffic = monitor = None
+    wallets_before: dict[int, dict[str, Decimal]] = {}
+    memory_start: list[dict[str, Any]] = []
+    memory_end: list[dict[str, Any]] = []
+    cpu_cores: dict[str, float] = {}
+    settled_rows: dict[str, dict[str, Any]] = {}
+    settle_wait = 0.0
+    origin_wall = 0.0
+    try:
+        gunicorn.start()
+        worker.start()
+        http_client = Http(gunicorn.port)
+        groups: dict[str, Callable[[], list[psutil.Process]]] = {
+            "gunicorn": gunicorn.processes,
+            "celery": worker.processes,
+            "postgres": lambda: cpu.postgres(target.postmaster_pid, database),
+            "redis": redis_processes,
+            "soak": lambda: [psutil.Process()],
+        }
+        memory_start = soak_memory.snapshot(groups)
+        wallets_before = soak_setup.wallets(organization_ids)
+        origin = time.monotonic() + 1.0  # sign-ins first; the load's clock starts after them
+        clock = clock_from(origin)
+        traffic = Traffic(
+            http_client=http_client,
+            sessions=[Session(tenant=t) for t in tenants],
+            service=soak_setup.SERVICE_SLUG,
+            webhook_secret=settings.SANDBOX_WEBHOOK_SECRET,
+            key_prefix=f"{run_id}-",
+            batch_size=args.batch_size,
+            end=duration,
+            clock=clock,
+            seed=args.seed,
+        )
+        for session in traffic.sessions:
+            traffic.sign_in(session)
+        origin = time.monotonic()
+        origin_wall = time.time()
+        traffic.clock = clock = clock_from(origin)
+        loop = OpenLoop(handlers=traffic.handlers, senders=args.senders, clock=clock, max_lag=args.max_lag)
+        monitor = Monitor(groups=groups, clock=clock, warmup=args.warmup, minutes=args.minutes, backlog=worker.backlog)
+        monitor.start()
+        window = cpu.Window(
+            {
+                "db": groups["postgres"],
+                "web": gunicorn.processes,
+                "celery": worker.processes,
+                "redis": redis_processes,
+                "soak": groups["soak"],
+            }
+        ).start()
+        plan = heapq.merge(
+            arrivals(rate=rate, start=0.0, end=duration, mix=MIX, rng=random.Random(args.seed)),
+            sorted(traffic.refresh_plan(), key=lambda job: job.due),
+            key=lambda job: job.due,
+        )
+        loop.run(plan)
+        cpu_cores = window.stop()
+        monitor.stopped.set()
+        memory_end = monitor.sample("end")["processes"]
+        print(f"soak: load done; waiting for the worker to settle {len(traffic.oracle.event_ids)} notifications", flush=True)
+        settled_rows, settle_wait = wait_settled(traffic.oracle.event_ids, args.settle_timeout)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nsoak: interrupted; stopping and reporting what was measured", flush=True)
+    finally:
+        if monitor is not None:
+            monitor.stopped.set()
+        gunicorn.stop()
+        worker.stop()
+        with contextlib.suppress(Exception):
+            worker.forget_queue()
+        soak_setup.revoke_keys(tenants)
+
+    samples = loop.samples if loop else []
+    minutes = by_minute(samples, warmup=args.warmup, minutes=args.minutes)
+    measured = [s for s in samples if s.due >= args.warmup]
+    kinds = sorted({s.kind for s in samples})
+    overall = {kind: summarize_kind([s for s in measured if s.kind == kind]) for kind in kinds}
+    settlement = settlement_by_minute(settled_rows, origin_wall=origin_wall, warmup=args.warmup, minutes=args.minutes)
+
+    print("soak: checking the money invariants on the soak organizations", flush=True)
+    checks = list(fixtures.verify_organizations(organization_ids)["checks"])
+    oracle = traffic.oracle if traffic else None
+    if oracle is not None:
+        checks += soak_setup.check_payments(organization_ids=organization_ids, expected=oracle.payments)
+        checks += soak_setup.check_holds(organization_ids=organization_ids, now=datetime.now(UTC), ended=oracle.holds)
+        checks.append(
+            soak_setup.check_records(organization_ids=organization_ids, key_prefix=f"{run_id}-", answered=oracle.events_answered)
+        )
+        wallets_after = soak_setup.wallets(organization_ids)
+        off = [
+            org
+            for org in organization_ids
+            if wallets_after[org]["balance"] - wallets_before[org]["balance"]
+            != oracle.credited.get(org, Decimal(0)) - oracle.charged.get(org, Decimal(0))
+        ]
+        checks.append(
+            {
+                "name": "each wallet moved by exactly (recharges notified succeeded − costs answered), as the client saw",
+                "violations": len(off),
+                "sample": off[:5],
+            }
+        )
+    after_warmup = next((s["processes"] for s in (monitor.samples if monitor else []) if s["label"] == "after warm-up"), None)
+    memory = soak_memory.verdict(after_warmup or memory_start, memory_end)
+    log_errors = {
+        "gunicorn": log_error_lines(gunicorn.log_path),
+        "celery": log_error_lines(worker.log_path),
+    }
+    result = {
+        "started_at": stamp,
+        "interrupted": interrupted,
+        "args": vars(args),
+        "machine": machine,
+        "database": target.description,
+        "arrivals_per_s": rate,
+        "mix": MIX,
+        "minutes": minutes,
+        "overall": overall,
+        "settlement": settlement,
+        "settle_wait_s": round(settle_wait, 1),
+        "cpu_cores": cpu_cores,
+        "max_in_flight": loop.max_in_flight if loop else None,
+        "memory": {
+            "start": memory_start,
+            "timeline": monitor.samples if monitor else [],
+            "verdict": memory,
+            "limit": {"growth": soak_memory.GROWTH_LIMIT, "floor_bytes": soak_memory.GROWTH_FLOOR},
+        },
+        "invariants": checks,
+        "log_error_lines": {k: v[:20] for k, v in log_errors.items()},
+        "oracle": {
+            "credited": str(sum(oracle.credited.values(), Decimal(0))) if oracle else None,
+            "charged": str(sum(oracle.charged.values(), Decimal(0))) if oracle else None,
+            "payments": len(oracle.payments) if oracle else 0,
+            "notifications": len(oracle.event_ids) if oracle else 0,
+            "holds": len(oracle.holds) if oracle else 0,
+            "events_answered": oracle.events_answered if oracle else 0,
+        },
+    }
+    result["aims"] = aims(result, args, memory, checks, log_errors, settled_rows, interrupted)
+    from bench import soak_report
+
+    soak_report.print_all(result, args)
+    out_path = env.RESULTS_DIR / f"{stamp}-soak.json"
+    out_path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"\nJSON: {out_path}")
+    if interrupted:
+        return 130
+    return 0 if all(a["ok"] for a in result["aims"]) else 1
+
+
+def aims(result, args, memory, checks, log_errors, settled_rows, interrupted) -> list[dict[str, Any]]:
+    from bench import soak_memory
+
+    measured = [m for m in result["minutes"] if m["minute"] != "warm-up"]
+    errors = sum(m["errors"] for m in result["minutes"])
+    slowest_rate = min((m["requests"] / 60.0 for m in measured), default=0.0)
+    worst_p99 = max(
+        ((k["p99_ms"] or 0.0, m["minute"], kind) for m in measured for kind, k in m["kinds"].items()), default=(0.0, None, None)
+    )
+    usage_p50 = max((m["kinds"].get("usage", {}).get("p50_ms") or 0.0 for m in measured), default=0.0)
+    notified = result["oracle"]["notifications"]
+    unsettled = notified - sum(1 for r in settled_rows.values() if r["processed_at"] is not None)
+    violations = sum(c["violations"] for c in checks)
+    log_lines = sum(len(v) for v in log_errors.values())
+
+    def aim(name: str, value: str, ok: bool) -> dict[str, Any]:
+        return {"aim": name, "value": value, "ok": bool(ok) and not interrupted}
+
+    return [
+        aim(f"target rate above the seed's average ({SEED_RATE:.0f}/s)", f"{args.rate:g}/s", args.rate > SEED_RATE),
+        aim(
+            f"every measured minute carried >= {RATE_TOLERANCE:.0%} of the target",
+            f"slowest {slowest_rate:.1f}/s",
+            len(measured) == args.minutes and slowest_rate >= RATE_TOLERANCE * args.rate,
+        ),
+        aim("errors (no refusal is expected)", str(errors), errors == 0),
+        aim(f"POST usage/ p50 in every minute <= {SEED_LATENCY_MS:g} ms", f"worst {usage_p50:.1f} ms", usage_p50 <= SEED_LATENCY_MS),
+        aim(
+            f"every kind's p99 in every minute <= {args.max_p99_ms:g} ms",
+            f"worst {worst_p99[0]:.1f} ms ({worst_p99[2]}, minute {worst_p99[1]})",
+            worst_p99[0] <= args.max_p99_ms,
+        ),
+        aim(
+            f"every notified recharge settled by the worker within {args.settle_timeout:g} s of the end",
+            f"{unsettled} of {notified} unsettled",
+            unsettled == 0,
+        ),
+        aim(
+            f"memory flat (anonymous RSS grows < {soak_memory.GROWTH_LIMIT:.0%} or < {soak_memory.GROWTH_FLOOR // soak_memory.MIB} MiB "
+            "after warm-up; no worker replaced)",
+            "ok" if memory["ok"] else f"{len(memory['failures'])} failed",
+            memory["ok"],
+        ),
+        aim("money invariants on every soak organization", f"{violations} violations", violations == 0),
+        aim("no error or traceback line in the web and worker logs", str(log_lines), log_lines == 0),
+    ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
