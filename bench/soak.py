@@ -50,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=int, help="measured minutes (default 15; --quick: 1)")
     parser.add_argument("--warmup", type=float, help="seconds of load before the measured minutes (default 60; --quick: 15)")
     parser.add_argument("--quick", action="store_true", help="a 1-minute run after a 15-second warm-up")
-    parser.add_argument("--rate", type=float, default=150.0, help=f"requests per second, all kinds (default 150; > {SEED_RATE:.0f})")
+    parser.add_argument(
+        "--rate", type=float, default=150.0, help=f"requests per second, all kinds (default 150; > {SEED_RATE:.0f})"
+    )
     parser.add_argument("--orgs", type=int, default=20, help="organizations, each with an owner and a key (default 20)")
     parser.add_argument("--batch-size", type=int, default=20, help="events per usage/batch/ request (default 20)")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn sync workers (default 4, as make bench)")
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "gunicorn": log_error_lines(gunicorn.log_path),
         "celery": log_error_lines(worker.log_path),
     }
-    result = {
+    result: dict[str, Any] = {
         "started_at": stamp,
         "interrupted": interrupted,
         "args": vars(args),
@@ -487,7 +489,11 @@ def aims(result, args, memory, checks, log_errors, settled_rows, interrupted) ->
             len(measured) == args.minutes and slowest_rate >= RATE_TOLERANCE * args.rate,
         ),
         aim("errors (no refusal is expected)", str(errors), errors == 0),
-        aim(f"POST usage/ p50 in every minute <= {SEED_LATENCY_MS:g} ms", f"worst {usage_p50:.1f} ms", usage_p50 <= SEED_LATENCY_MS),
+        aim(
+            f"POST usage/ p50 in every minute <= {SEED_LATENCY_MS:g} ms",
+            f"worst {usage_p50:.1f} ms",
+            usage_p50 <= SEED_LATENCY_MS,
+        ),
         aim(
             f"every kind's p99 in every minute <= {args.max_p99_ms:g} ms",
             f"worst {worst_p99[0]:.1f} ms ({worst_p99[2]}, minute {worst_p99[1]})",

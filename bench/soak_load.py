@@ -206,7 +206,13 @@ def by_minute(samples: list[Sample], *, warmup: float, minutes: int, minute: flo
         for sample in bucket:
             kinds.setdefault(sample.kind, []).append(sample)
         total = summarize_kind(bucket)
-        rows.append({"minute": "warm-up" if index < 0 else index + 1, **total, "kinds": {k: summarize_kind(v) for k, v in sorted(kinds.items())}})
+        rows.append(
+            {
+                "minute": "warm-up" if index < 0 else index + 1,
+                **total,
+                "kinds": {k: summarize_kind(v) for k, v in sorted(kinds.items())},
+            }
+        )
     return rows
 
 

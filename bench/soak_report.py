@@ -57,7 +57,9 @@ def print_minutes(result: dict[str, Any], args) -> None:
 def print_overall(result: dict[str, Any], args) -> None:
     seconds = 60.0 * args.minutes
     print(f"\nWhole measured run ({args.minutes} min), per kind:")
-    print(f"  {'kind':<15} {'requests':>9} {'per s':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server p50':>11} {'send lag p99':>13}")
+    print(
+        f"  {'kind':<15} {'requests':>9} {'per s':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'server p50':>11} {'send lag p99':>13}"
+    )
     for kind, row in result["overall"].items():
         if not row["requests"]:
             continue
@@ -144,7 +146,9 @@ def print_all(result: dict[str, Any], args) -> None:
     print("Invariants on the soak organizations:")
     for check in result["invariants"]:
         ok = check["violations"] == 0
-        print(f"  {'ok  ' if ok else 'FAIL'} {check['name']}" + ("" if ok else f": {check['violations']} ({check.get('sample')})"))
+        print(
+            f"  {'ok  ' if ok else 'FAIL'} {check['name']}" + ("" if ok else f": {check['violations']} ({check.get('sample')})")
+        )
     for name, lines in result["log_error_lines"].items():
         for line in lines[:5]:
             print(f"  {name} log: {line[:200]}")

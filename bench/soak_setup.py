@@ -109,7 +109,7 @@ def settlement(event_ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = WebhookEvent.objects.filter(provider="sandbox", event_id__in=event_ids).values(
         "event_id", "received_at", "processed_at", "payment_id"
     )
-    return {row["event_id"]: row for row in rows}
+    return {row["event_id"]: dict(row) for row in rows}
 
 
 def check_payments(*, organization_ids: list[int], expected: dict[int, tuple[str, Decimal]]) -> list[dict[str, Any]]:
@@ -120,16 +120,14 @@ def check_payments(*, organization_ids: list[int], expected: dict[int, tuple[str
     from payments.models import LedgerEntry, Payment, PaymentStatus, Transfer, TransferKind
 
     payments = {p["id"]: p for p in Payment.objects.filter(pk__in=list(expected)).values("id", "status", "amount", "transfer_id")}
-    credits = {
-        row["reference"]: row
-        for row in Transfer.objects.filter(kind=TransferKind.RECHARGE, reference__in=[f"payment:{pk}" for pk in expected])
-        .values("reference")
-        .annotate(transfers=Count("id", distinct=True))
-    }
+    references = [f"payment:{pk}" for pk in expected]
+    credits: dict[str, int] = dict(
+        Transfer.objects.filter(kind=TransferKind.RECHARGE, reference__in=references)
+        .values_list("reference")
+        .annotate(n=Count("id"))
+    )
     credited = dict(
-        LedgerEntry.objects.filter(
-            account="wallet", transfer__kind=TransferKind.RECHARGE, transfer__reference__in=[f"payment:{pk}" for pk in expected]
-        )
+        LedgerEntry.objects.filter(account="wallet", transfer__kind=TransferKind.RECHARGE, transfer__reference__in=references)
         .values_list("transfer__reference")
         .annotate(total=Sum("amount"))
     )
@@ -139,7 +137,7 @@ def check_payments(*, organization_ids: list[int], expected: dict[int, tuple[str
         if payment is None or payment["status"] != status or payment["amount"] != amount:
             wrong_status.append(pk)
         reference = f"payment:{pk}"
-        transfers = credits.get(reference, {}).get("transfers", 0)
+        transfers = credits.get(reference, 0)
         if status == PaymentStatus.SUCCEEDED:
             if transfers != 1 or credited.get(reference) != amount:
                 wrong_credit.append(pk)

@@ -147,7 +147,13 @@ class Traffic:
         seed: int,
     ):
         self.http, self.sessions, self.service = http_client, sessions, service
-        self.webhook_secret, self.prefix, self.batch_size, self.end, self.clock = webhook_secret, key_prefix, batch_size, end, clock
+        self.webhook_secret, self.prefix, self.batch_size, self.end, self.clock = (
+            webhook_secret,
+            key_prefix,
+            batch_size,
+            end,
+            clock,
+        )
         self.rng = random.Random(seed)
         # A few organizations busier than the rest (Zipf weights 1, 1/2, 1/3 …), like real tenants.
         self.weights = [1 / (i + 1) for i in range(len(sessions))]
@@ -248,7 +254,9 @@ class Traffic:
         self.oracle.charge(session.tenant.organization_id, [r["usage"]["cost"] for r in created], events=len(created))
         if len(created) != len(events):
             refused = next(r for r in results if r.get("status") != 201)
-            return Outcome(ok=False, status=200, error=f"batch: {len(events) - len(created)} events not 201, e.g. {refused}"[:300])
+            return Outcome(
+                ok=False, status=200, error=f"batch: {len(events) - len(created)} events not 201, e.g. {refused}"[:300]
+            )
         return Outcome(ok=True, status=200)
 
     # --- holds: reserve, then capture or release a moment later ---------------------------------------------
