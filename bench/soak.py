@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-p99-ms", type=float, default=250.0, help="aim: every kind's p99 in every minute (default 250)")
     parser.add_argument("--settle-timeout", type=float, default=120.0, help="seconds to wait for the last settlements")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the mix (default: random, printed)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before the load, wait up to SECONDS for the machine to be busy with < 0.5 cores (shared machines)",
+    )
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench's own database first")
     args = parser.parse_args(argv)
     args.minutes = args.minutes if args.minutes is not None else (1 if args.quick else 15)
@@ -184,24 +191,33 @@ def redis_used_memory() -> int | None:
 
 
 class Monitor(threading.Thread):
-    """Samples memory at the end of the warm-up and after each measured minute, and the worker's queue."""
+    """At the end of the warm-up and of each measured minute: the memory of every process, Redis's own figure,
+    the worker's queue, and the CPU each group used since the last sample (`other` = the rest of the machine)."""
 
     def __init__(self, *, groups, clock: Callable[[], float], warmup: float, minutes: int, backlog: Callable[[], int | None]):
+        from bench import cpu
+
         super().__init__(name="soak-monitor", daemon=True)
         self.groups, self.clock, self.warmup, self.minutes, self.backlog = groups, clock, warmup, minutes, backlog
         self.samples: list[dict[str, Any]] = []
         self.stopped = threading.Event()
+        self.covers: str | int = "warm-up"
+        self.window = cpu.Window(groups).start()
 
     def sample(self, label: str) -> dict[str, Any]:
-        from bench import soak_memory
+        from bench import cpu, soak_memory
 
+        cores, self.window = self.window.stop(), cpu.Window(self.groups).start()
         row = {
             "label": label,
             "at_s": round(self.clock(), 1),
+            "cpu_cores": cores,
+            "cpu_covers": self.covers,
             "processes": soak_memory.snapshot(self.groups),
             "redis_used_memory": redis_used_memory(),
             "celery_backlog": self.backlog(),
         }
+        self.covers = 1 if self.covers == "warm-up" else int(self.covers) + 1
         self.samples.append(row)
         return row
 
@@ -346,21 +362,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         for session in traffic.sessions:
             traffic.sign_in(session)
+        if args.wait_quiet > 0:
+            waited, busy = cpu.wait_quiet(limit_cores=0.5, timeout=args.wait_quiet)
+            print(f"soak: waited {waited:.0f} s for a quieter machine ({busy:.2f} cores busy)", flush=True)
         origin = time.monotonic()
         origin_wall = time.time()
         traffic.clock = clock = clock_from(origin)
         loop = OpenLoop(handlers=traffic.handlers, senders=args.senders, clock=clock, max_lag=args.max_lag)
         monitor = Monitor(groups=groups, clock=clock, warmup=args.warmup, minutes=args.minutes, backlog=worker.backlog)
         monitor.start()
-        window = cpu.Window(
-            {
-                "db": groups["postgres"],
-                "web": gunicorn.processes,
-                "celery": worker.processes,
-                "redis": redis_processes,
-                "soak": groups["soak"],
-            }
-        ).start()
+        window = cpu.Window(groups).start()
         plan = heapq.merge(
             arrivals(rate=rate, start=0.0, end=duration, mix=MIX, rng=random.Random(args.seed)),
             sorted(traffic.refresh_plan(), key=lambda job: job.due),

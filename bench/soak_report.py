@@ -27,7 +27,8 @@ CELL = 12
 def _cell(kind: dict[str, Any] | None) -> str:
     if not kind or kind.get("p50_ms") is None:
         return "-"
-    return f"{kind['p50_ms']:.1f}/{kind['p99_ms']:.0f}"
+    p50 = kind["p50_ms"]
+    return f"{p50:.1f}/{kind['p99_ms']:.0f}" if p50 < 100 else f"{p50:.0f}/{kind['p99_ms']:.0f}"
 
 
 def _mib(value: float | None) -> str:
@@ -36,21 +37,29 @@ def _mib(value: float | None) -> str:
 
 def print_minutes(result: dict[str, Any], args) -> None:
     settlement = {row["minute"]: row for row in result["settlement"]}
+    cpu = {row["cpu_covers"]: row["cpu_cores"] for row in result["memory"]["timeline"]}
     print(
         "\nPer minute (by when each request was due): requests/s, errors, then p50/p99 in ms per kind, open-loop latency "
-        "(from due to answered); 'settle' = notification stored → payment settled by the Celery worker."
+        "(from due to answered); 'settle' = notification stored → payment settled by the Celery worker; cores used by "
+        "gunicorn+PostgreSQL / by everything else on the machine (other work shares it)."
     )
-    head = f"{'minute':>8} {'req/s':>6} {'err':>4} " + "".join(f"{label:>{CELL}}" for _, label in KINDS) + f"{'settle':>{CELL}}"
+    head = (
+        f"{'minute':>8} {'req/s':>6} {'err':>4} "
+        + "".join(f"{label:>{CELL}}" for _, label in KINDS)
+        + f"{'settle':>{CELL}}{'app/other':>{CELL}}"
+    )
     print(head)
     print("-" * len(head))
     for row in result["minutes"]:
         seconds = args.warmup if row["minute"] == "warm-up" else 60.0
         settled = settlement.get(row["minute"])
         settle = f"{settled['p50_ms']:.0f}/{settled['p99_ms']:.0f}" if settled and settled["p50_ms"] is not None else "-"
+        cores = cpu.get(row["minute"])
+        busy = f"{cores.get('gunicorn', 0) + cores.get('postgres', 0):.2f}/{cores.get('other', 0):.2f}" if cores else "-"
         print(
             f"{row['minute']!s:>8} {row['requests'] / seconds:>6.1f} {row['errors']:>4} "
             + "".join(f"{_cell(row['kinds'].get(kind)):>{CELL}}" for kind, _ in KINDS)
-            + f"{settle:>{CELL}}"
+            + f"{settle:>{CELL}}{busy:>{CELL}}"
         )
 
 
