@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     os.chdir(env.BASE_DIR)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_started = datetime.now(UTC)
+    stamp = run_started.strftime("%Y%m%dT%H%M%SZ")
     env.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     run_id = f"s{stamp}{secrets.token_hex(3)}"
     queue = f"tollgate-soak-{run_id}"
@@ -406,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = list(fixtures.verify_organizations(organization_ids)["checks"])
     oracle = traffic.oracle if traffic else None
     if oracle is not None:
-        checks += soak_setup.check_payments(organization_ids=organization_ids, expected=oracle.payments)
-        checks += soak_setup.check_holds(organization_ids=organization_ids, now=datetime.now(UTC), ended=oracle.holds)
+        checks += soak_setup.check_payments(organization_ids=organization_ids, expected=oracle.payments, since=run_started)
+        checks += soak_setup.check_holds(
+            organization_ids=organization_ids, since=run_started, now=datetime.now(UTC), ended=oracle.holds
+        )
         checks.append(
             soak_setup.check_records(organization_ids=organization_ids, key_prefix=f"{run_id}-", answered=oracle.events_answered)
         )

@@ -3,9 +3,11 @@ sandbox signer, the memory verdict and the money checks. The soak itself runs wi
 
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from bench import soak_memory, soak_setup
 from bench.soak_load import Job, OpenLoop, Outcome, Sample, arrival_rate, arrivals, bucket_of, by_minute, clock_from
@@ -188,14 +190,38 @@ def test_recycled_database_backends_are_judged_by_their_mean():
 
 @pytest.mark.django_db
 def test_payment_check_flags_a_recharge_that_was_never_credited(organization):
+    since = timezone.now()
     settled = settled_sandbox_payment(organization, "12.34")
     pending = sandbox_payment(organization, "5.00")
     expected = {settled.pk: ("succeeded", Decimal("12.34"))}
 
-    clean = soak_setup.check_payments(organization_ids=[organization.pk], expected=expected)
+    clean = soak_setup.check_payments(organization_ids=[organization.pk], expected=expected, since=since)
     assert [c["violations"] for c in clean] == [0, 0, 1]  # the pending one is left over
 
     expected[pending.pk] = ("succeeded", Decimal("5.00"))
-    flagged = soak_setup.check_payments(organization_ids=[organization.pk], expected=expected)
+    flagged = soak_setup.check_payments(organization_ids=[organization.pk], expected=expected, since=since)
     assert [c["violations"] for c in flagged] == [1, 1, 1]
     assert flagged[0]["sample"] == flagged[1]["sample"] == [pending.pk]
+
+
+@pytest.mark.django_db
+def test_hold_check_flags_a_hold_left_active_past_its_expiry_and_one_not_ended_as_asked(funded, live_client):
+    since = timezone.now()
+    captured = live_client.post("/api/v1/holds/", {"service": "gpt", "idempotency_key": "c", "amount": "1"}, format="json")
+    forgotten = live_client.post("/api/v1/holds/", {"service": "gpt", "idempotency_key": "f", "amount": "2"}, format="json")
+    assert captured.status_code == forgotten.status_code == 201
+    capture = live_client.post(
+        f"/api/v1/holds/{captured.json()['id']}/capture/", {"input_tokens": 10, "output_tokens": 5}, format="json"
+    )
+    assert capture.status_code == 201, capture.content
+    after_expiry = timezone.now() + timedelta(days=2)
+
+    checks = soak_setup.check_holds(
+        organization_ids=[funded.pk],
+        since=since,
+        now=after_expiry,
+        ended={captured.json()["id"]: "captured", forgotten.json()["id"]: "released"},
+    )
+
+    assert [c["violations"] for c in checks] == [1, 1, 0]  # the wallet's held still matches its one active hold
+    assert checks[1]["sample"] == [forgotten.json()["id"]]
