@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         loop.run(plan)
         cpu_cores = window.stop()
         monitor.stopped.set()
+        monitor.join(timeout=60)
         memory_end = monitor.sample("end")["processes"]
         print(f"soak: load done; waiting for the worker to settle {len(traffic.oracle.event_ids)} notifications", flush=True)
         settled_rows, settle_wait = wait_settled(traffic.oracle.event_ids, args.settle_timeout)

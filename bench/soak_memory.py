@@ -20,8 +20,9 @@ GROWTH_FLOOR = 2 * MIB  # … or by less than 2 MiB (a 3 MiB Redis moving by 1 M
 # Processes that are replaced on purpose: a web worker's database connection is closed after
 # CONN_MAX_AGE seconds and a new backend serves it. Judged as a group (their mean), not one by one.
 RECYCLED_ROLES = {"postgres backend"}
-# Processes that come and go by themselves (autovacuum and parallel-query workers): shown, not judged.
-TRANSIENT_ROLES = {"postgres worker"}
+# Shown, not judged: processes that come and go by themselves (autovacuum and parallel-query workers), and
+# the load generator, which keeps every request's sample in memory for the report.
+UNJUDGED_ROLES = {"postgres worker", "soak"}
 
 
 def _anon_bytes(pid: int) -> int | None:
@@ -90,13 +91,17 @@ def verdict(start: list[dict[str, Any]], end: list[dict[str, Any]]) -> dict[str,
     rows, failures = [], []
     for key, before in start_by_id.items():
         after = end_by_id.get(key)
-        if before["role"] in RECYCLED_ROLES | TRANSIENT_ROLES:
+        if before["role"] in RECYCLED_ROLES:
             continue
+        judged = before["role"] not in UNJUDGED_ROLES
         if after is None:
-            failures.append(f"{before['role']} {before['pid']} is gone (restarted or crashed)")
+            if judged:
+                failures.append(f"{before['role']} {before['pid']} is gone (restarted or crashed)")
             continue
-        grown = _grown(before["anon"], after["anon"])
-        rows.append({"role": before["role"], "pid": before["pid"], "start": before, "end": after, "grown": grown})
+        grown = _grown(before["anon"], after["anon"]) if judged else None
+        rows.append(
+            {"role": before["role"], "pid": before["pid"], "start": before, "end": after, "grown": grown, "judged": judged}
+        )
         if grown:
             failures.append(f"{before['role']} {before['pid']}: anonymous RSS {_mib(before['anon'])} -> {_mib(after['anon'])}")
     for role in sorted(RECYCLED_ROLES):
@@ -114,6 +119,7 @@ def verdict(start: list[dict[str, Any]], end: list[dict[str, Any]]) -> dict[str,
                 "start": mean_start,
                 "end": mean_end,
                 "grown": grown,
+                "judged": True,
             }
         )
         if grown:

@@ -104,7 +104,7 @@ def print_memory(result: dict[str, Any]) -> None:
         name = f"{row['role']} {row['pid']}" if row["pid"] else row["role"]
         print(
             f"  {name:<40} {_triple(before):>20} {_triple(row['start']):>20} {_triple(row['end']):>20} {growth:>7}"
-            + ("  GREW" if row["grown"] else "")
+            + ("  GREW" if row["grown"] else "" if row["judged"] else "  (not judged)")
         )
     for failure in memory["verdict"]["failures"]:
         print(f"  FAIL {failure}")

@@ -176,6 +176,16 @@ def test_memory_growth_or_a_replaced_worker_fails(end, failure):
     assert any(f.startswith(failure) for f in result["failures"]), result["failures"]
 
 
+def test_the_load_generator_and_postgres_helpers_are_shown_but_not_judged():
+    start = [_proc(1, "soak", 50), _proc(2, "postgres worker", 4)]
+    end = [_proc(1, "soak", 90)]
+
+    result = soak_memory.verdict(start, end)
+
+    assert result["ok"]
+    assert [(r["role"], r["judged"], r["grown"]) for r in result["rows"]] == [("soak", False, None)]
+
+
 def test_recycled_database_backends_are_judged_by_their_mean():
     start = [_proc(10, "postgres backend", 4), _proc(11, "postgres backend", 4)]
     replaced = [_proc(20, "postgres backend", 4.5), _proc(21, "postgres backend", 4)]
