@@ -194,11 +194,21 @@ class Monitor(threading.Thread):
     """At the end of the warm-up and of each measured minute: the memory of every process, Redis's own figure,
     the worker's queue, and the CPU each group used since the last sample (`other` = the rest of the machine)."""
 
-    def __init__(self, *, groups, clock: Callable[[], float], warmup: float, minutes: int, backlog: Callable[[], int | None]):
+    def __init__(
+        self,
+        *,
+        groups,
+        clock: Callable[[], float],
+        warmup: float,
+        minutes: int,
+        backlog: Callable[[], int | None],
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ):
         from bench import cpu
 
         super().__init__(name="soak-monitor", daemon=True)
         self.groups, self.clock, self.warmup, self.minutes, self.backlog = groups, clock, warmup, minutes, backlog
+        self.progress = progress
         self.samples: list[dict[str, Any]] = []
         self.stopped = threading.Event()
         self.covers: str | int = "warm-up"
@@ -219,6 +229,8 @@ class Monitor(threading.Thread):
         }
         self.covers = 1 if self.covers == "warm-up" else int(self.covers) + 1
         self.samples.append(row)
+        if self.progress is not None:
+            self.progress(row)
         return row
 
     def run(self) -> None:
@@ -227,6 +239,23 @@ class Monitor(threading.Thread):
             if self.stopped.wait(timeout=max(0.0, at - self.clock())):
                 return
             self.sample(label)
+
+
+def progress_line(samples: list, row: dict[str, Any], *, warmup: float, minutes: int) -> str:
+    """One line per finished minute while the soak runs (requests due in it and answered so far)."""
+    from bench.soak_load import bucket_of, summarize_kind
+
+    covers = row["cpu_covers"]
+    index = -1 if covers == "warm-up" else int(covers) - 1
+    bucket = [s for s in list(samples) if bucket_of(s.due, warmup=warmup, minutes=minutes) == index]
+    usage = summarize_kind([s for s in bucket if s.kind == "usage"])
+    cores = row["cpu_cores"]
+    seconds = warmup if index < 0 else 60.0
+    return (
+        f"  {covers!s:>7}: {len(bucket) / seconds:6.1f} req/s, {sum(not s.ok for s in bucket)} errors, usage p50/p99 "
+        f"{usage['p50_ms']}/{usage['p99_ms']} ms, cores app {cores.get('gunicorn', 0) + cores.get('postgres', 0):.2f} "
+        f"other {cores.get('other', 0):.2f}, Celery backlog {row['celery_backlog']}"
+    )
 
 
 def wait_settled(event_ids: list[str], timeout: float) -> tuple[dict[str, dict[str, Any]], float]:
@@ -370,7 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         origin_wall = time.time()
         traffic.clock = clock = clock_from(origin)
         loop = OpenLoop(handlers=traffic.handlers, senders=args.senders, clock=clock, max_lag=args.max_lag)
-        monitor = Monitor(groups=groups, clock=clock, warmup=args.warmup, minutes=args.minutes, backlog=worker.backlog)
+        running = loop
+
+        def progress(row: dict[str, Any]) -> None:
+            print(progress_line(running.samples, row, warmup=args.warmup, minutes=args.minutes), flush=True)
+
+        monitor = Monitor(
+            groups=groups, clock=clock, warmup=args.warmup, minutes=args.minutes, backlog=worker.backlog, progress=progress
+        )
         monitor.start()
         window = cpu.Window(groups).start()
         plan = heapq.merge(
