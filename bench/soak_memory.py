@@ -107,6 +107,9 @@ def verdict(start: list[dict[str, Any]], end: list[dict[str, Any]]) -> dict[str,
     for role in sorted(RECYCLED_ROLES):
         group_start = [r for r in start if r["role"] == role]
         group_end = [r for r in end if r["role"] == role]
+        for after in group_end:  # each one shown; a backend born during the run has no start
+            born = start_by_id.get((after["pid"], after["created"])) or {}
+            rows.append({"role": role, "pid": after["pid"], "start": born, "end": after, "grown": None, "judged": False})
         if not group_start or not group_end:
             continue
         mean_start = {k: _mean([r[k] for r in group_start]) for k in ("rss", "pss", "anon")}

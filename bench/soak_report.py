@@ -63,6 +63,20 @@ def print_minutes(result: dict[str, Any], args) -> None:
         )
 
 
+def print_counts(result: dict[str, Any]) -> None:
+    print("\nRequests per minute by kind (errors in brackets when there were any):")
+    head = f"{'minute':>8} " + "".join(f"{label:>{CELL - 2}}" for _, label in KINDS) + f"{'refresh':>{CELL - 2}}"
+    print(head)
+    print("-" * len(head))
+    for row in result["minutes"]:
+        cells = []
+        for kind in [k for k, _ in KINDS] + ["token_refresh"]:
+            summary = row["kinds"].get(kind)
+            text = "-" if not summary else str(summary["requests"]) + (f" ({summary['errors']})" if summary["errors"] else "")
+            cells.append(f"{text:>{CELL - 2}}")
+        print(f"{row['minute']!s:>8} " + "".join(cells))
+
+
 def print_overall(result: dict[str, Any], args) -> None:
     seconds = 60.0 * args.minutes
     print(f"\nWhole measured run ({args.minutes} min), per kind:")
@@ -101,10 +115,12 @@ def print_memory(result: dict[str, Any]) -> None:
             if row["start"].get("anon") and row["end"].get("anon") is not None
             else "-"
         )
+        if row["role"] in soak_memory.RECYCLED_ROLES and not row["judged"] and not row["start"]:
+            growth = "new"
         name = f"{row['role']} {row['pid']}" if row["pid"] else row["role"]
         print(
             f"  {name:<40} {_triple(before):>20} {_triple(row['start']):>20} {_triple(row['end']):>20} {growth:>7}"
-            + ("  GREW" if row["grown"] else "" if row["judged"] else "  (not judged)")
+            + ("  GREW" if row["grown"] else "" if row["judged"] else "  (not judged alone)")
         )
     for failure in memory["verdict"]["failures"]:
         print(f"  FAIL {failure}")
@@ -138,6 +154,7 @@ def print_all(result: dict[str, Any], args) -> None:
     )
     print("=" * 100)
     print_minutes(result, args)
+    print_counts(result)
     print_overall(result, args)
     cores = result["cpu_cores"]
     if cores:
