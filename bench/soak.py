@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import heapq
 import json
 import os
 import random
@@ -29,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -88,36 +87,32 @@ def _interrupt(signum, frame):
 # --- the Celery worker -------------------------------------------------------------------------------------
 
 
-class CeleryWorker:
-    """`celery worker` as `make run` starts it (prefork), consuming only the soak's queue."""
+class Celery:
+    """`celery worker` (prefork) and `celery beat` as `make run` starts them, the worker consuming only the
+    soak's queue (beat sends there too: bench/soak_settings.py makes it the default queue)."""
 
-    def __init__(self, *, env: dict[str, str], queue: str, concurrency: int, log_path: Path):
-        self.env, self.queue, self.concurrency, self.log_path = env, queue, concurrency, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        from bench import web
-
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "billing_site",
+    def __init__(self, *, env: dict[str, str], queue: str, concurrency: int, log_path: Path, schedule: Path):
+        self.env, self.queue, self.log_path, self.schedule = env, queue, log_path, schedule
+        self.worker_argv = [
             "worker",
-            f"--concurrency={self.concurrency}",
+            f"--concurrency={concurrency}",
             "-Q",
-            self.queue,
+            queue,
             "-n",
-            f"{self.queue}@%h",
+            f"{queue}@%h",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-            "--loglevel=INFO",
         ]
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.beat: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        from bench import web
+
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
+            return subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "billing_site", *argv, "--loglevel=INFO"],
                 cwd=env.BASE_DIR,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -126,30 +121,44 @@ class CeleryWorker:
                 preexec_fn=web._die_with_parent(),
                 env=self.env,
             )
+
+    def start(self) -> None:
+        self.worker = self._spawn(self.worker_argv)
+        self.beat = self._spawn(["beat", "--schedule", str(self.schedule)])
         deadline = time.monotonic() + WORKER_READY_TIMEOUT
         while time.monotonic() < deadline:
-            if " ready." in self.log_path.read_text(errors="replace"):
+            log = self.log_path.read_text(errors="replace")
+            if " ready." in log and "beat: Starting" in log:
                 return
-            if self.process.poll() is not None:
-                raise SystemExit(f"soak: the Celery worker exited with {self.process.returncode}; see {self.log_path}")
+            for name, process in (("worker", self.worker), ("beat", self.beat)):
+                if process.poll() is not None:
+                    raise SystemExit(f"soak: Celery {name} exited with {process.returncode}; see {self.log_path}")
             time.sleep(0.2)
-        raise SystemExit(f"soak: the Celery worker was not ready within {WORKER_READY_TIMEOUT:.0f} s; see {self.log_path}")
+        raise SystemExit(f"soak: Celery was not ready within {WORKER_READY_TIMEOUT:.0f} s; see {self.log_path}")
 
-    def processes(self):
+    def worker_processes(self):
         from bench import cpu
 
-        return cpu.tree(self.process.pid) if self.process else []
+        return cpu.tree(self.worker.pid) if self.worker else []
+
+    def beat_processes(self):
+        from bench import cpu
+
+        return cpu.tree(self.beat.pid) if self.beat else []
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        for process in (self.beat, self.worker):
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)  # the worker's warm shutdown: running tasks finish
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+        for path in self.schedule.parent.glob(self.schedule.name + "*"):  # the shelve beat kept its schedule in
+            path.unlink(missing_ok=True)
 
     def forget_queue(self) -> None:
         """Drop the queue and its bindings from the broker: nothing of the run stays behind."""
@@ -344,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         config=env.BASE_DIR / "gunicorn.conf.py",
         log_path=env.RESULTS_DIR / f"{stamp}-soak-gunicorn.log",
     )
-    worker = CeleryWorker(
-        env=app_env, queue=queue, concurrency=args.celery_concurrency, log_path=env.RESULTS_DIR / f"{stamp}-soak-celery.log"
+    worker = Celery(
+        env=app_env,
+        queue=queue,
+        concurrency=args.celery_concurrency,
+        log_path=env.RESULTS_DIR / f"{stamp}-soak-celery.log",
+        schedule=env.RESULTS_DIR / f".{stamp}-soak-celerybeat-schedule",
     )
     rate = arrival_rate(request_rate=args.rate, mix=MIX, requests_per_arrival=REQUESTS_PER_ARRIVAL)
     duration = args.warmup + 60.0 * args.minutes
@@ -370,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         http_client = Http(gunicorn.port)
         groups: dict[str, Callable[[], list[psutil.Process]]] = {
             "gunicorn": gunicorn.processes,
-            "celery": worker.processes,
+            "celery": worker.worker_processes,
+            "celery beat": worker.beat_processes,
             "postgres": lambda: cpu.postgres(target.postmaster_pid, database),
             "redis": redis_processes,
             "soak": lambda: [psutil.Process()],
@@ -386,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
             webhook_secret=settings.SANDBOX_WEBHOOK_SECRET,
             key_prefix=f"{run_id}-",
             batch_size=args.batch_size,
-            end=duration,
             clock=clock,
             seed=args.seed,
         )
@@ -409,12 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         monitor.start()
         window = cpu.Window(groups).start()
-        plan = heapq.merge(
-            arrivals(rate=rate, start=0.0, end=duration, mix=MIX, rng=random.Random(args.seed)),
-            sorted(traffic.refresh_plan(), key=lambda job: job.due),
-            key=lambda job: job.due,
-        )
-        loop.run(plan)
+        loop.run(arrivals(rate=rate, start=0.0, end=duration, mix=MIX, rng=random.Random(args.seed)))
         cpu_cores = window.stop()
         monitor.stopped.set()
         monitor.join(timeout=60)
@@ -444,9 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     checks = list(fixtures.verify_organizations(organization_ids)["checks"])
     oracle = traffic.oracle if traffic else None
     if oracle is not None:
-        checks += soak_setup.check_payments(organization_ids=organization_ids, expected=oracle.payments, since=run_started)
+        checks += soak_setup.check_payments(
+            organization_ids=organization_ids,
+            expected=oracle.payments,
+            unnotified=oracle.recharged - set(oracle.payments),
+            since=run_started,
+        )
+        holds_expire_every: Any = settings.CELERY_BEAT_SCHEDULE["holds-expire"]["schedule"]
+        beat_period = timedelta(seconds=holds_expire_every)
         checks += soak_setup.check_holds(
-            organization_ids=organization_ids, since=run_started, now=datetime.now(UTC), ended=oracle.holds
+            organization_ids=organization_ids, since=run_started, now=datetime.now(UTC) - beat_period, ended=oracle.holds
         )
         checks.append(
             soak_setup.check_records(organization_ids=organization_ids, key_prefix=f"{run_id}-", answered=oracle.events_answered)

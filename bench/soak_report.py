@@ -65,12 +65,12 @@ def print_minutes(result: dict[str, Any], args) -> None:
 
 def print_counts(result: dict[str, Any]) -> None:
     print("\nRequests per minute by kind (errors in brackets when there were any):")
-    head = f"{'minute':>8} " + "".join(f"{label:>{CELL - 2}}" for _, label in KINDS) + f"{'refresh':>{CELL - 2}}"
+    head = f"{'minute':>8} " + "".join(f"{label:>{CELL - 2}}" for _, label in KINDS)
     print(head)
     print("-" * len(head))
     for row in result["minutes"]:
         cells = []
-        for kind in [k for k, _ in KINDS] + ["token_refresh"]:
+        for kind, _ in KINDS:
             summary = row["kinds"].get(kind)
             text = "-" if not summary else str(summary["requests"]) + (f" ({summary['errors']})" if summary["errors"] else "")
             cells.append(f"{text:>{CELL - 2}}")
@@ -99,15 +99,20 @@ def print_overall(result: dict[str, Any], args) -> None:
     )
 
 
-def print_memory(result: dict[str, Any]) -> None:
+def print_memory(result: dict[str, Any], args) -> None:
     memory = result["memory"]
     start = {(r["pid"], r["created"]): r for r in memory["start"]}
+    middle_label = f"minute {args.minutes // 2}"
+    middle = next(
+        ({(r["pid"], r["created"]): r for r in t["processes"]} for t in memory["timeline"] if t["label"] == middle_label), {}
+    )
     print(
         f"\nMemory, MiB: RSS / PSS / anonymous RSS before the load, and after the warm-up → at the end. Flat = anonymous "
         f"RSS grows by less than {soak_memory.GROWTH_LIMIT:.0%} or {soak_memory.GROWTH_FLOOR // soak_memory.MIB} MiB "
-        "from the end of the warm-up (PostgreSQL backends, recycled by CONN_MAX_AGE, judged by their mean)."
+        "from the end of the warm-up (PostgreSQL backends, recycled by CONN_MAX_AGE, judged by their mean). 'anon' is "
+        f"that growth; '2nd half' the growth from {middle_label} to the end (a leak keeps growing, a warm-up does not)."
     )
-    print(f"  {'process':<40} {'before load':>20} {'after warm-up':>20} {'end':>20} {'anon':>7}")
+    print(f"  {'process':<40} {'before load':>20} {'after warm-up':>20} {'end':>20} {'anon':>7} {'2nd half':>9}")
     for row in memory["verdict"]["rows"]:
         before = start.get((row["pid"], row["start"].get("created"))) if row["pid"] else None
         growth = (
@@ -118,8 +123,14 @@ def print_memory(result: dict[str, Any]) -> None:
         if row["role"] in soak_memory.RECYCLED_ROLES and not row["judged"] and not row["start"]:
             growth = "new"
         name = f"{row['role']} {row['pid']}" if row["pid"] else row["role"]
+        halfway = middle.get((row["pid"], row["end"].get("created"))) if row["pid"] else None
+        late = (
+            f"{(row['end']['anon'] - halfway['anon']) / halfway['anon']:+.1%}"
+            if halfway and halfway.get("anon") and row["end"].get("anon") is not None
+            else "-"
+        )
         print(
-            f"  {name:<40} {_triple(before):>20} {_triple(row['start']):>20} {_triple(row['end']):>20} {growth:>7}"
+            f"  {name:<40} {_triple(before):>20} {_triple(row['start']):>20} {_triple(row['end']):>20} {growth:>7} {late:>9}"
             + ("  GREW" if row["grown"] else "" if row["judged"] else "  (not judged alone)")
         )
     for failure in memory["verdict"]["failures"]:
@@ -163,7 +174,7 @@ def print_all(result: dict[str, Any], args) -> None:
             + ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if k not in ("total",))
             + f" (machine total {cores.get('total', 0):.2f})"
         )
-    print_memory(result)
+    print_memory(result, args)
     print(
         f"\nMoney: recharges credited {result['oracle']['credited']} ({result['oracle']['payments']} payments), "
         f"costs answered {result['oracle']['charged']}; {result['oracle']['holds']} holds ended; settled the last "

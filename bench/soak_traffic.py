@@ -34,7 +34,7 @@ from bench.soak_setup import SoakTenant
 SIGNATURE_HEADER = "Tollgate-Signature"
 HOLD_MAXIMA = {"input_tokens": 2000, "output_tokens": 1000}
 HOLD_TTL_SECONDS = 300
-TOKEN_REFRESH_SECONDS = 600.0  # the access token lives 15 minutes by default; refresh well before
+TOKEN_REFRESH_SECONDS = 600.0  # the access token lives 15 minutes by default; a client refreshes it well before
 CAPTURE_SHARE = 0.7  # of holds; the rest are released
 FAILED_PAYMENT_SHARE = 0.1  # notifications that say the payer declined
 REPLAYED_NOTIFICATION_SHARE = 0.1  # delivered twice, as providers do when they miss our 2xx
@@ -103,7 +103,11 @@ class Session:
     tenant: SoakTenant
     access: str = ""
     refresh: str = ""
+    access_at: float = 0.0  # time.monotonic() when `access` was issued
     cookie: str = ""
+    # Refresh tokens rotate and the used one is blacklisted: two threads refreshing at once would lock the
+    # second out, as they would any client, so one refresh at a time per owner.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _expect(answer: Answer, status: int, what: str) -> Outcome | None:
@@ -121,6 +125,8 @@ class Oracle:
     payments: dict[int, tuple[str, Decimal]] = field(default_factory=dict)  # payment id -> (final status, amount)
     holds: dict[int, str] = field(default_factory=dict)  # hold id -> the status the soak gave it
     event_ids: list[str] = field(default_factory=list)
+    recharged: set[int] = field(default_factory=set)  # payments answered 201 pending (notified or not)
+    token_refreshes: int = 0
     events_answered: int = 0  # usage and batch events answered 201 (captures are counted by their holds)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,18 +148,11 @@ class Traffic:
         webhook_secret: str,
         key_prefix: str,
         batch_size: int,
-        end: float,
         clock: Callable[[], float],
         seed: int,
     ):
         self.http, self.sessions, self.service = http_client, sessions, service
-        self.webhook_secret, self.prefix, self.batch_size, self.end, self.clock = (
-            webhook_secret,
-            key_prefix,
-            batch_size,
-            end,
-            clock,
-        )
+        self.webhook_secret, self.prefix, self.batch_size, self.clock = webhook_secret, key_prefix, batch_size, clock
         self.rng = random.Random(seed)
         # A few organizations busier than the rest (Zipf weights 1, 1/2, 1/3 …), like real tenants.
         self.weights = [1 / (i + 1) for i in range(len(sessions))]
@@ -173,7 +172,6 @@ class Traffic:
             "usage_list": self.usage_list,
             "summary": self.summary,
             "balance": self.balance,
-            "token_refresh": self.token_refresh,
         }
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -199,7 +197,7 @@ class Traffic:
         tokens = self.http.json("POST", "/api/v1/auth/token/", {"email": tenant.email, "password": tenant.password})
         if tokens.status != 200:
             raise SystemExit(f"soak: POST auth/token/ for {tenant.email} answered {tokens.status}: {tokens.body[:300]!r}")
-        session.access, session.refresh = tokens.json()["access"], tokens.json()["refresh"]
+        session.access, session.refresh, session.access_at = tokens.json()["access"], tokens.json()["refresh"], time.monotonic()
         page = self.http.request("GET", "/login/")
         csrf_cookie, match = cookies(page).get("csrftoken"), CSRF_FIELD.search(page.body.decode(errors="replace"))
         if page.status != 200 or not csrf_cookie or not match:
@@ -216,22 +214,20 @@ class Traffic:
             raise SystemExit(f"soak: POST /login/ for {tenant.email} answered {login.status} without a session")
         session.cookie = f"sessionid={session_id}; csrftoken={csrf_cookie}"
 
-    def token_refresh(self, job: Job) -> Outcome:
-        session: Session = job.payload
-        answer = self.http.json("POST", "/api/v1/auth/token/refresh/", {"refresh": session.refresh})
-        if failed := _expect(answer, 200, "token refresh"):
-            return failed
-        body = answer.json()
-        session.access, session.refresh = body["access"], body.get("refresh", session.refresh)
-        return Outcome(ok=True, status=200, follow_ups=self._refresh_follow_up(session, job.due + TOKEN_REFRESH_SECONDS))
-
-    def _refresh_follow_up(self, session: Session, due: float) -> list[Job]:
-        return [Job(due=due, kind="token_refresh", payload=session)] if due < self.end else []
-
-    def refresh_plan(self) -> list[Job]:
-        """Each organization's first token refresh, staggered over the refresh interval."""
-        step = TOKEN_REFRESH_SECONDS / max(1, len(self.sessions))
-        return [j for i, s in enumerate(self.sessions) for j in self._refresh_follow_up(s, TOKEN_REFRESH_SECONDS - i * step)]
+    def _access_token(self, session: Session) -> str:
+        """The owner's access token, refreshed first (auth/token/refresh/) when it is older than a client
+        would keep it; the refresh is part of the request that needed it, as in any client."""
+        with session.lock:
+            if time.monotonic() - session.access_at > TOKEN_REFRESH_SECONDS:
+                answer = self.http.json("POST", "/api/v1/auth/token/refresh/", {"refresh": session.refresh})
+                if answer.status != 200:
+                    raise RuntimeError(f"token refresh answered {answer.status}: {answer.body[:200]!r}")
+                body = answer.json()
+                session.access, session.refresh = body["access"], body.get("refresh", session.refresh)
+                session.access_at = time.monotonic()
+                with self.oracle.lock:
+                    self.oracle.token_refreshes += 1
+            return session.access
 
     # --- metered usage -----------------------------------------------------------------------------------
     def usage(self, job: Job) -> Outcome:
@@ -298,11 +294,13 @@ class Traffic:
             "POST",
             "/api/v1/payments/recharge/",
             {"amount": str(amount), "provider": "sandbox"},
-            headers={"Authorization": f"Bearer {session.access}", "Idempotency-Key": self._key("r")},
+            headers={"Authorization": f"Bearer {self._access_token(session)}", "Idempotency-Key": self._key("r")},
         )
         if failed := _expect(answer, 201, "recharge"):
             return failed
         payment = answer.json()
+        with self.oracle.lock:
+            self.oracle.recharged.add(payment["id"])
         if payment["status"] != "pending":
             return Outcome(ok=False, status=201, error=f"recharge answered status {payment['status']}")
         succeeded = self.rng.random() >= FAILED_PAYMENT_SHARE
