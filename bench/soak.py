@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_end: list[dict[str, Any]] = []
     cpu_cores: dict[str, float] = {}
     settled_rows: dict[str, dict[str, Any]] = {}
-    settle_wait = 0.0
+    settle_wait = load_seconds = 0.0
     origin_wall = 0.0
     try:
         gunicorn.start()
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         monitor.start()
         window = cpu.Window(groups).start()
         loop.run(arrivals(rate=rate, start=0.0, end=duration, mix=MIX, rng=random.Random(args.seed)))
-        cpu_cores = window.stop()
+        cpu_cores, load_seconds = window.stop(), clock()
         monitor.stopped.set()
         monitor.join(timeout=60)
         memory_end = monitor.sample("end")["processes"]
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "settlement": settlement,
         "settle_wait_s": round(settle_wait, 1),
         "cpu_cores": cpu_cores,
+        "load_seconds": round(load_seconds, 1),
         "max_in_flight": loop.max_in_flight if loop else None,
         "memory": {
             "start": memory_start,
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             "charged": str(sum(oracle.charged.values(), Decimal(0))) if oracle else None,
             "payments": len(oracle.payments) if oracle else 0,
             "notifications": len(oracle.event_ids) if oracle else 0,
+            "token_refreshes": oracle.token_refreshes if oracle else 0,
             "holds": len(oracle.holds) if oracle else 0,
             "events_answered": oracle.events_answered if oracle else 0,
         },

@@ -169,16 +169,21 @@ def print_all(result: dict[str, Any], args) -> None:
     print_overall(result, args)
     cores = result["cpu_cores"]
     if cores:
+        answered = sum(m["requests"] for m in result["minutes"])
+        seconds = result.get("load_seconds") or args.warmup + 60.0 * args.minutes
+        app = sum(v for k, v in cores.items() if k in ("gunicorn", "postgres", "celery", "celery beat", "redis"))
         print(
             "\nCPU over the run, cores: "
             + ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if k not in ("total",))
-            + f" (machine total {cores.get('total', 0):.2f})"
+            + f" (machine total {cores.get('total', 0):.2f}); the app (web, database, worker, Redis) used "
+            f"{app / (answered / seconds) * 1000:.1f} ms of CPU per request, so {args.rate:g} requests/s need about "
+            f"{app / (answered / seconds) * args.rate:.2f} cores of the machine's {result['machine']['nproc']}"
         )
     print_memory(result, args)
     print(
         f"\nMoney: recharges credited {result['oracle']['credited']} ({result['oracle']['payments']} payments), "
         f"costs answered {result['oracle']['charged']}; {result['oracle']['holds']} holds ended; settled the last "
-        f"notification {result['settle_wait_s']} s after the load"
+        f"notification {result['settle_wait_s']} s after the load; {result['oracle'].get('token_refreshes', 0)} JWT refreshes"
     )
     print("Invariants on the soak organizations:")
     for check in result["invariants"]:
