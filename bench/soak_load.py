@@ -29,6 +29,8 @@ from typing import Any
 
 from bench.run import percentile
 
+NOT_SENT = "not sent"
+
 
 @dataclass(frozen=True)
 class Job:
@@ -120,7 +122,7 @@ class OpenLoop:
             started = self.clock()
             try:
                 if started - job.due > self.max_lag:
-                    outcome = Outcome(ok=False, error=f"not sent: {started - job.due:.0f} s late (the server fell behind)")
+                    outcome = Outcome(ok=False, error=f"{NOT_SENT}: {started - job.due:.0f} s late (the server fell behind)")
                 else:
                     outcome = self.handlers[job.kind](job)
             except Exception as exc:  # noqa: BLE001 - every failure is a sample, never a dead sender
@@ -185,6 +187,7 @@ def summarize_kind(samples: list[Sample]) -> dict[str, Any]:
     return {
         "requests": len(samples),
         "errors": len(errors),
+        "not_sent": sum(1 for s in errors if s.error.startswith(NOT_SENT)),
         "p50_ms": _ms(percentile(latencies, 50)),
         "p99_ms": _ms(percentile(latencies, 99)),
         "max_ms": _ms(latencies[-1] if latencies else None),

@@ -39,12 +39,12 @@ def print_minutes(result: dict[str, Any], args) -> None:
     settlement = {row["minute"]: row for row in result["settlement"]}
     cpu = {row["cpu_covers"]: row["cpu_cores"] for row in result["memory"]["timeline"]}
     print(
-        "\nPer minute (by when each request was due): requests/s, errors, then p50/p99 in ms per kind, open-loop latency "
+        "\nPer minute (by when each request was due): requests/s, wrong answers, requests dropped unsent, then p50/p99 in ms per kind, open-loop latency "
         "(from due to answered); 'settle' = notification stored → payment settled by the Celery worker; cores used by "
         "gunicorn+PostgreSQL / by everything else on the machine (other work shares it)."
     )
     head = (
-        f"{'minute':>8} {'req/s':>6} {'err':>4} "
+        f"{'minute':>8} {'req/s':>6} {'err':>4} {'drop':>5} "
         + "".join(f"{label:>{CELL}}" for _, label in KINDS)
         + f"{'settle':>{CELL}}{'app/other':>{CELL}}"
     )
@@ -57,7 +57,7 @@ def print_minutes(result: dict[str, Any], args) -> None:
         cores = cpu.get(row["minute"])
         busy = f"{cores.get('gunicorn', 0) + cores.get('postgres', 0):.2f}/{cores.get('other', 0):.2f}" if cores else "-"
         print(
-            f"{row['minute']!s:>8} {row['requests'] / seconds:>6.1f} {row['errors']:>4} "
+            f"{row['minute']!s:>8} {row['requests'] / seconds:>6.1f} {row['errors'] - row['not_sent']:>4} {row['not_sent']:>5} "
             + "".join(f"{_cell(row['kinds'].get(kind)):>{CELL}}" for kind, _ in KINDS)
             + f"{settle:>{CELL}}{busy:>{CELL}}"
         )

@@ -52,6 +52,7 @@ def test_by_minute_reports_nearest_rank_percentiles_and_errors_per_kind():
     assert first["errors"] == 0 and first["requests"] == 100
     assert second["kinds"]["balance"]["requests"] == 2
     assert second["errors"] == second["kinds"]["balance"]["errors"] == 1
+    assert second["not_sent"] == 0
     assert second["kinds"]["balance"]["p50_ms"] == 7.0 and second["kinds"]["balance"]["p99_ms"] == 9.0
 
 
