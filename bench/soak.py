@@ -1,7 +1,7 @@
 """`python -m bench.soak` (`make soak`): a soak of mixed traffic at a steady rate, with a real Celery worker.
 
-Starts the app as `make bench` does (gunicorn, sync workers, on the bench's own database) plus a Celery
-worker on a queue of its own, signs in one owner per organization, then sends a fixed arrival rate (open
+Starts the app as `make bench` does (gunicorn, sync workers, on the bench's own database) plus Celery's
+worker and beat on a queue of their own, signs in one owner per organization, then sends a fixed arrival rate (open
 loop) of single debits, batches, holds (reserve, then capture or release), dashboard pages and API reads,
 and recharges through the sandbox provider (POST payments/recharge/, then the signed notification the
 provider would send, so that the worker settles it). Reports per minute the requests by kind with their

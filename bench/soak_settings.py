@@ -1,6 +1,6 @@
 """The project's settings, with the Celery queue the soak names (SOAK_CELERY_QUEUE).
 
-The web workers it starts put their settlement tasks on that queue and its own Celery worker alone
+The web workers and beat it starts put their tasks on that queue and its own Celery worker alone
 consumes it, so no other worker on the same Redis (a `make run`, a test) can take a settlement meant for
 the bench database, and the soak's tasks reach no one else."""
 
