@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench bench-bigdata stop clean-data install
+.PHONY: run test lint format bench bench-bigdata soak stop clean-data install
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 
 bench-bigdata: $(STAMP)
 	$(PY) -m bench.bigdata $(BIGDATA_ARGS)
+
+# A soak of mixed traffic with a real Celery worker (bench/soak.py): 15 minutes, or SOAK_ARGS="--quick".
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 stop: $(STAMP)
 	$(PY) -m billing_site.embedded stop
