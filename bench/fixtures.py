@@ -257,14 +257,20 @@ _CHECKS: list[tuple[str, str]] = [
                                   GROUP BY transfer_id HAVING sum(amount) <> 0 OR count(*) < 2) x""",
     ),
     (
-        # On a high-volume wallet the record carries the organization's balance, the entry its row's.
-        "each live usage record == its transfer's wallet entry (cost, balance_after when single-row)",
-        """SELECT count(*) FROM metering_usagerecord u
-             LEFT JOIN payments_ledgerentry e ON e.transfer_id = u.transfer_id AND e.account = 'wallet'
-            WHERE u.organization_id = ANY(%(orgs)s) AND NOT u.test AND u.cost > 0
-              AND (e.id IS NULL OR -e.amount <> u.cost
-                   OR (e.balance_after <> u.balance_after AND NOT EXISTS (
-                         SELECT 1 FROM payments_ledgerentry x WHERE x.organization_id = u.organization_id AND x.stripe IS NOT NULL)))""",
+        # Usage is in the ledger exactly: the live records of a usage transfer cost what its wallet leg
+        # moved (one record, or a whole batch's), and the last of them (the lowest balance after: the
+        # batch only debits) shows the leg's balance after — on a single-row wallet; on a high-volume
+        # one the record carries the organization's balance, the entry its row's.
+        "live usage records == their transfer's wallet leg (Σ cost, last balance_after when single-row)",
+        """SELECT count(*) FROM (
+             SELECT u.organization_id, u.transfer_id, sum(u.cost) AS cost, min(u.balance_after) AS last_balance
+               FROM metering_usagerecord u
+              WHERE u.organization_id = ANY(%(orgs)s) AND NOT u.test AND u.cost > 0
+              GROUP BY 1, 2) r
+             LEFT JOIN payments_ledgerentry e ON e.transfer_id = r.transfer_id AND e.account = 'wallet'
+            WHERE e.id IS NULL OR -e.amount <> r.cost
+               OR (e.balance_after <> r.last_balance AND NOT EXISTS (
+                     SELECT 1 FROM payments_ledgerentry x WHERE x.organization_id = r.organization_id AND x.stripe IS NOT NULL))""",
     ),
     (
         "daily rollups == their usage records (events, cost)",
