@@ -1,16 +1,21 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm
 from django.core.exceptions import ValidationError
-from django.forms.models import BaseInlineFormSet
 
 from accounts import selectors, services
 from accounts.models import ApiKey, Invitation, Membership, Role, User
-from billing_site.admin import AMOUNT_INPUTS, money_cell
+from billing_site.admin import AMOUNT_INPUTS, AccessibleLabels, LabelledForm, LabelledInlineFormSet, money_cell
+
+
+class UserAdminForm(AccessibleLabels, UserChangeForm):
+    """Django's user form with every input named (its last login and date joined are split boxes)."""
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
+    form = UserAdminForm
     ordering = ["email"]
     list_display = ["email", "name", "is_staff", "is_active", "date_joined"]
     search_fields = ["email", "name"]
@@ -32,7 +37,7 @@ class UserAdmin(DjangoUserAdmin):
         return deleted, model_count, perms_needed, [*owned, *protected]
 
 
-class MembershipInlineFormSet(BaseInlineFormSet):
+class MembershipInlineFormSet(LabelledInlineFormSet):
     """Staff cannot remove or demote an organization's last owner: the team services' rule
     (`accounts.services.organization_owners_check`), applied to the rows this save changes."""
 
@@ -66,6 +71,7 @@ class MembershipInlineFormSet(BaseInlineFormSet):
 
 class MembershipInline(admin.TabularInline):
     model = Membership
+    form = LabelledForm
     formset = MembershipInlineFormSet
     extra = 0
     autocomplete_fields = ["user"]
@@ -73,6 +79,7 @@ class MembershipInline(admin.TabularInline):
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
+    form = LabelledForm
     extra = 0
     can_delete = False
     formfield_overrides = AMOUNT_INPUTS

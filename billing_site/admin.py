@@ -11,10 +11,12 @@ from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections, models
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 
 from billing_site.money import money_format, money_str, plain_amount
 
@@ -62,16 +64,35 @@ class AmountInput(forms.NumberInput):
         return super().format_value(value)
 
 
-class LabelledForm(forms.ModelForm):
-    """Django's split date/time input has one <label> for two boxes: name each box after its field."""
+class AccessibleLabels:
+    """Names every input after its field for assistive technology: a tabular inline's row has column
+    headers, not <label>s, and Django's split date/time input has one <label> for two boxes."""
+
+    fields: dict[str, forms.Field]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for field in self.fields.values():
+        for name, field in self.fields.items():
+            label = capfirst(str(field.label or name.replace("_", " ")))
             if isinstance(field.widget, forms.SplitDateTimeWidget):
                 date, time = field.widget.widgets
-                date.attrs["aria-label"] = f"{field.label}: date"
-                time.attrs["aria-label"] = f"{field.label}: time"
+                date.attrs["aria-label"] = f"{label}: date"
+                time.attrs["aria-label"] = f"{label}: time"
+            else:
+                field.widget.attrs.setdefault("aria-label", label)
+
+
+class LabelledForm(AccessibleLabels, forms.ModelForm):
+    """The admin's model form with every input named (see AccessibleLabels)."""
+
+
+class LabelledInlineFormSet(BaseInlineFormSet):
+    """An inline's formset whose per-row delete box is named too (the formset adds it after the form)."""
+
+    def add_fields(self, form: forms.ModelForm, index: int | None) -> None:
+        super().add_fields(form, index)
+        if "DELETE" in form.fields:
+            form.fields["DELETE"].widget.attrs.setdefault("aria-label", "Delete this row")
 
 
 # `formfield_overrides` for every admin form with amounts in it.

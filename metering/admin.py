@@ -51,6 +51,7 @@ class PriceInline(admin.TabularInline):
 
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
+    form = LabelledForm
     list_display = ["slug", "name", "calc_method", "active", "created_at"]
     list_filter = ["calc_method", "active"]
     search_fields = ["slug", "name"]

@@ -16,7 +16,7 @@ from accounts import services as account_services
 from metering.models import CalcMethod
 from payments import ledger
 from payments.models import Payment, PaymentStatus, Refund
-from tests.browser.axe import axe_check
+from tests.browser.axe import axe_check, axe_violations, format_violations
 from tests.factories import PASSWORD, UserFactory, organization_create, service_with_price, wallet_fund
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -156,3 +156,42 @@ def test_support_sees_but_cannot_adjust(visitor, live_server):
     assert visitor.page.get_by_role("link", name="Adjust balance").count() == 0
     axe_check(visitor.page, context="organization page, read-only")
     visitor.shot("admin-organization-support")
+
+
+def _every_admin_page(request_user) -> list[tuple[str, str]]:
+    """Every page the back office registers: each model's list, its add form where staff may add, and
+    one of its rows where there is one, plus the admin's own extra pages."""
+    from django.contrib import admin
+    from django.test import RequestFactory
+    from django.urls import reverse
+
+    request = RequestFactory().get("/admin/")
+    request.user = request_user
+    pages = []
+    for model, model_admin in admin.site._registry.items():
+        meta = model._meta
+        name = f"{meta.app_label}_{meta.model_name}"
+        pages.append((f"every-{name}-list", reverse(f"admin:{name}_changelist")))
+        if model_admin.has_add_permission(request):
+            pages.append((f"every-{name}-add", reverse(f"admin:{name}_add")))
+        row = model_admin.get_queryset(request).order_by("pk").first()
+        if row is not None:
+            pages.append((f"every-{name}-change", reverse(f"admin:{name}_change", args=[row.pk])))
+    return pages
+
+
+def test_every_back_office_page_passes_axe(visitor, live_server):
+    """axe-core on every list, add form and change page the admin registers (as a superuser, who sees
+    them all), with the same realistic data."""
+    _back_office_data(live_server.url)
+    superuser = UserFactory(email="root@tollgate.test", is_staff=True, is_superuser=True)
+    _admin_log_in(visitor, "root@tollgate.test")
+    pages = _every_admin_page(superuser)
+    assert len(pages) > 30  # every app's models, not just the ones the billing walk visits
+    found = {}
+    for name, path in pages:
+        visitor.goto(path)
+        violations = axe_violations(visitor.page)
+        if violations:
+            found[name] = format_violations(violations)
+    assert not found, "axe-core: critical/serious violations on\n" + "\n".join(f"{n}:\n{t}" for n, t in found.items())
