@@ -206,7 +206,7 @@ def _worker(index: int, job: RawJob, connected, go, t0, results, finish) -> None
         go.wait()
         results.put((index, 0, 1, 0, f"connect: {exc}".strip(), b""))
         return
-    cursor = _app_cursor(conn) if job.variant == "app" else conn.cursor()
+    cursor = _app_cursor(conn) if job.variant in ("app", "striped") else conn.cursor()  # as the app sends them
     connected.wait()
     go.wait()
     start = t0.value + job.warmup
