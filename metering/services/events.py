@@ -90,7 +90,14 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
         raise InvalidRequest("`metadata` is nested too deeply.", details={"metadata": [f"At most {MAX_METADATA_DEPTH} levels."]})
     if _has_nul(metadata):  # PostgreSQL's jsonb cannot store NUL characters
         raise InvalidRequest("`metadata` contains a NUL character.", details={"metadata": ["NUL characters are not allowed."]})
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        # 1e999 parses to infinity, which JSON (and PostgreSQL's jsonb) has no way to store.
+        encoded = json.dumps(metadata, allow_nan=False)
+    except ValueError:
+        raise InvalidRequest(
+            "`metadata` holds a number out of range.", details={"metadata": ["Numbers must be finite."]}
+        ) from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise InvalidRequest("`metadata` is too large.", details={"metadata": [f"At most {MAX_METADATA_BYTES} bytes of JSON."]})
     return metadata
 

@@ -239,6 +239,27 @@ def test_invalid_usage_is_400_and_writes_nothing(funded, live_client, body):
     assert money_state(funded) == before
 
 
+@pytest.mark.parametrize("number", ["1e999", "-1e999"])
+def test_metadata_with_an_overflowing_number_is_400_on_single_and_batch_paths(funded, live_client, number):
+    """A JSON number too large for a float parses to infinity, which jsonb cannot hold: a clear 400 for
+    that event (the batch's other events go on), never a 500, and nothing written."""
+    event = f'{{"service": "ping", "idempotency_key": "inf", "metadata": {{"x": {number}}}}}'
+    before = money_state(funded)
+
+    single = live_client.post(USAGE, event, content_type="application/json")
+    assert_error(single, 400, "invalid_request")
+    assert single.json()["error"]["details"] == {"metadata": ["Numbers must be finite."]}
+    assert money_state(funded) == before
+
+    batch = live_client.post(
+        "/api/v1/usage/batch/",
+        f'{{"events": [{event}, {{"service": "ping", "idempotency_key": "fine"}}]}}',
+        content_type="application/json",
+    )
+    assert batch.status_code == 200
+    assert [r["status"] for r in batch.json()["results"]] == [400, 201]
+
+
 @pytest.mark.parametrize("key", [None, "", "   ", 123, "x" * 256])
 def test_idempotency_key_is_required_and_bounded(funded, live_client, key):
     body = {"service": "ping"} if key is None else {"service": "ping", "idempotency_key": key}
