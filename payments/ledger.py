@@ -411,39 +411,73 @@ def usage_charge_batch(
     keeps. So the ledger grows by three rows per batch, not per event, and its wallet entry's
     `balance_after` is the balance after the last event. Must run inside the caller's transaction;
     `locked` is the wallet's state when the caller already took its lock. Two statements whatever the
-    batch size (on a high-volume wallet, the stripes are first rebalanced to leave the batch's total
-    on the wallet row, or all of the money when that is not enough, so the row decides as the wallet
-    would; balances after are the organization's totals)."""
+    batch size. On a high-volume wallet the batch is decided on the wallet row; only when the row
+    cannot pay every event are the stripes rebalanced (the batch's total, or all of the money, left on
+    the row) and the batch decided again, as the whole wallet would; balances after are the
+    organization's totals."""
     wallet = locked or locks.wallet_lock(organization_id=organization_id)
-    stripes_total = ZERO
-    if wallet.stripes:
+    outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+    rebalanced, stripes_total = False, ZERO
+    if wallet.stripes and Refusal.BALANCE in outcomes:
+        # The wallet row alone cannot pay all of it: gather the stripes' money and decide again, as the
+        # whole wallet would. (When the row alone pays everything, so would the whole wallet: stripes
+        # are never negative. Rebalancing then would only lock every stripe and post a leg each.)
         wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(costs, ZERO))
-    balance, held = wallet.balance, wallet.held
-    outcomes: list[Decimal | Refusal] = []  # the balance after each charged event, or its refusal
+        outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+        rebalanced = True
+    transfer_id = None
+    if total > ZERO:
+        posting = usage_charge(organization_id=organization_id, cost=total, reference=reference)
+        # The organization's balance is the wallet row's plus its stripes' as this statement saw them;
+        # they are locked (and fixed) only after a rebalance, and there are none on a one-row wallet.
+        on_stripes = posting.balance_after - balance
+        if (rebalanced or not wallet.stripes) and on_stripes != stripes_total:
+            raise RuntimeError("the wallet's balance moved while this transaction held its lock")
+        transfer_id = posting.transfer_id
+    else:
+        on_stripes = stripes_total if rebalanced or not wallet.stripes else _stripes_sum(organization_id)
+    return [
+        outcome
+        if isinstance(outcome, Refusal)
+        else Posting(
+            transfer_id=transfer_id if cost > ZERO else None,
+            amount=-cost,
+            balance_after=outcome + on_stripes,
+            held_after=wallet.held,
+        )
+        for cost, outcome in zip(costs, outcomes, strict=True)
+    ]
+
+
+def _batch_decide(
+    costs: Sequence[Decimal], *, wallet: locks.WalletState, budget: Decimal | None
+) -> tuple[list[Decimal | Refusal], Decimal, Decimal]:
+    """Each cost in order against the wallet row and the budget, as if they came one by one: the row's
+    balance after each charged one (or its refusal), the total charged, and the row's balance at the end."""
+    balance = wallet.balance
+    outcomes: list[Decimal | Refusal] = []
     total = ZERO
     for cost in costs:
         if budget is not None and cost > budget:
             outcomes.append(Refusal.BUDGET)
-        elif not affordable(balance=balance, held=held, credit_limit=wallet.credit_limit, cost=cost):
+        elif not affordable(balance=balance, held=wallet.held, credit_limit=wallet.credit_limit, cost=cost):
             outcomes.append(Refusal.BALANCE)
         else:
             balance -= cost
             total += cost
             budget = None if budget is None else budget - cost
-            outcomes.append(balance + stripes_total)
-    transfer_id = None
-    if total > ZERO:
-        # Every step passed the overdraft rule above, so the sum does too: the statement re-checks it.
-        posting = usage_charge(organization_id=organization_id, cost=total, reference=reference)
-        if posting.balance_after != balance + stripes_total:
-            raise RuntimeError("the wallet's balance moved while this transaction held its lock")
-        transfer_id = posting.transfer_id
-    return [
-        outcome
-        if isinstance(outcome, Refusal)
-        else Posting(transfer_id=transfer_id if cost > ZERO else None, amount=-cost, balance_after=outcome, held_after=held)
-        for cost, outcome in zip(costs, outcomes, strict=True)
-    ]
+            outcomes.append(balance)
+    return outcomes, total, balance
+
+
+def _stripes_sum(organization_id: int) -> Decimal:
+    """What a high-volume wallet's stripes hold now (read, not locked)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(sum(balance), 0) FROM payments_walletstripe WHERE organization_id = %s", [organization_id]
+        )
+        total: Decimal = cursor.fetchone()[0]
+    return total
 
 
 # --- High-volume wallets: stripes (docs/contract.md §2.9) -----------------------------------------------------

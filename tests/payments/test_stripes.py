@@ -243,6 +243,35 @@ def test_one_keys_striped_debits_spend_on_the_stripes_rows_and_its_cap_counts_th
     assert_money_invariants([organization.pk])
 
 
+def test_a_batch_the_wallet_row_can_pay_posts_three_rows_and_rebalances_nothing(striped):
+    """Found by review: every batch rebalanced every stripe (a leg each), so one-event batches on a
+    64-stripe wallet grew the ledger 22-fold. Only a batch the wallet row cannot pay rebalances."""
+    organization = striped["organization"]
+    wallet_fund(organization, "1000")
+    stripes_set(organization, 64)
+    rebalances = Transfer.objects.filter(organization_id=organization.pk, kind=TransferKind.REBALANCE).count()
+    entries = LedgerEntry.objects.filter(organization_id=organization.pk).count()
+    row_before, total_before = wallet_row_balance(organization.pk), wallet_of(organization).balance
+
+    for n in range(10):
+        [result] = services.usage_record_batch(
+            tenant=striped["tenant"],
+            events=[services.UsageEvent(service="gpt", idempotency_key=f"one{n}", data={"input_tokens": 1, "output_tokens": 0})],
+        )
+        assert result.status == 201
+        assert result.record.balance_after == total_before - D("0.000001") * (n + 1)  # the organization's balance
+
+    assert Transfer.objects.filter(organization_id=organization.pk, kind=TransferKind.REBALANCE).count() == rebalances
+    assert LedgerEntry.objects.filter(organization_id=organization.pk).count() - entries == 10 * 2  # two legs a batch
+    assert wallet_row_balance(organization.pk) == row_before - D("0.00001")
+    service_with_price(slug="free", calc_method=CalcMethod.REQUEST, unit_price="0")
+    [free] = services.usage_record_batch(
+        tenant=striped["tenant"], events=[services.UsageEvent(service="free", idempotency_key="free", data={})]
+    )
+    assert (free.status, free.record.balance_after) == (201, wallet_of(organization).balance)  # nothing charged: read
+    assert_money_invariants([organization.pk])
+
+
 def test_reports_show_the_organizations_totals(striped):
     spend(striped["tenant"], "r1", "0.25")
     spend(striped["tenant"], "r2", "0.05")
