@@ -94,14 +94,21 @@ def money_display(amount: Decimal, currency: str, *, precise: bool = False) -> s
     return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency}".rstrip()
 
 
+def decimal_or_none(amount: Any) -> Decimal | None:
+    """An amount a page was handed, as a Decimal; None for no amount or anything unreadable."""
+    if amount is None or amount == "":
+        return None
+    try:
+        return Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+
+
 def money_format(amount: Decimal | int | str | None, currency: str = "USD", *, precise: bool = False) -> str:
     """`money_display` for pages: `—` for no amount, anything unreadable as it is."""
-    if amount is None or amount == "":
-        return "—"
-    try:
-        value = Decimal(amount)
-    except (InvalidOperation, TypeError, ValueError):
-        return str(amount)
+    value = decimal_or_none(amount)
+    if value is None:
+        return "—" if amount is None or amount == "" else str(amount)
     return money_display(value, currency, precise=precise)
 
 

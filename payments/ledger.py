@@ -41,7 +41,7 @@ from billing_site import locks, metrics
 from billing_site.db import prepared_cursor
 from billing_site.errors import DomainError, ErrorCode
 from billing_site.money import MONEY_QUANTUM, ZERO
-from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wallet, WalletStripe
+from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wallet, WalletStripe, stripes_balance
 
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
@@ -435,7 +435,7 @@ def usage_charge_batch(
             raise RuntimeError("the wallet's balance moved while this transaction held its lock")
         transfer_id = posting.transfer_id
     else:
-        on_stripes = stripes_total if rebalanced or not wallet.stripes else _stripes_sum(organization_id)
+        on_stripes = stripes_total if rebalanced or not wallet.stripes else stripes_balance(organization_id=organization_id)
     return [
         outcome
         if isinstance(outcome, Refusal)
@@ -468,16 +468,6 @@ def _batch_decide(
             budget = None if budget is None else budget - cost
             outcomes.append(balance)
     return outcomes, total, balance
-
-
-def _stripes_sum(organization_id: int) -> Decimal:
-    """What a high-volume wallet's stripes hold now (read, not locked)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT COALESCE(sum(balance), 0) FROM payments_walletstripe WHERE organization_id = %s", [organization_id]
-        )
-        total: Decimal = cursor.fetchone()[0]
-    return total
 
 
 # --- High-volume wallets: stripes (docs/contract.md §2.9) -----------------------------------------------------

@@ -86,15 +86,18 @@ class Wallet(models.Model):
         # through the ORM carries the organization's total, so every report reads totals.
         wallet = super().from_db(db, field_names, values, **kwargs)
         if wallet.__dict__.get("stripes") and "balance" in wallet.__dict__:
-            stripes_total = WalletStripe.objects.filter(organization_id=wallet.organization_id).aggregate(
-                total=models.Sum("balance")
-            )["total"]
-            wallet.balance += stripes_total or 0
+            wallet.balance += stripes_balance(organization_id=wallet.organization_id)
         return wallet
 
     @property
     def available(self) -> Decimal:
         return self.balance - self.held
+
+
+def stripes_balance(*, organization_id: int) -> Decimal:
+    """What a high-volume wallet's stripes hold now, all together (read, not locked); 0 without stripes."""
+    total = WalletStripe.objects.filter(organization_id=organization_id).aggregate(total=models.Sum("balance"))["total"]
+    return total or Decimal(0)
 
 
 class WalletStripe(models.Model):

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import template
 from django.utils.html import format_html
 
+from billing_site.money import decimal_or_none as _decimal
 from billing_site.money import money_format, money_str, plain_amount  # noqa: F401 - plain_amount: used by the dashboard's views
 
 register = template.Library()
-
-
-def _decimal(amount) -> Decimal | None:
-    if amount is None or amount == "":
-        return None
-    try:
-        return Decimal(amount)
-    except (InvalidOperation, TypeError, ValueError):
-        return None
 
 
 @register.filter

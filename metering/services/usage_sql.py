@@ -69,7 +69,8 @@ def _rollup_upsert(source: str) -> str:
 
 
 # What a key spent through a high-volume wallet's stripes, beside its own `spent` (ApiKey.lifetime_spent).
-_SPENT_ON_STRIPES = "(SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = accounts_apikey.id)"
+def _spent_on_stripes(key_id: str) -> str:
+    return f"(SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = {key_id})"
 
 
 def _spend_update(amount: str, condition: str = "") -> str:
@@ -77,7 +78,7 @@ def _spend_update(amount: str, condition: str = "") -> str:
     lifetime spend (stripes' included) and the cap, for `spend_cap_check`."""
     return (
         f"UPDATE accounts_apikey SET spent = spent + {amount} WHERE id = %(usage_key)s{condition}"
-        f" RETURNING spent + {_SPENT_ON_STRIPES} AS spent, spend_cap"
+        f" RETURNING spent + {_spent_on_stripes('accounts_apikey.id')} AS spent, spend_cap"
     )
 
 
@@ -225,8 +226,8 @@ def usage_insert(
 
 # What a capped live key may still spend: its cap, less what it spent, less what its active holds
 # reserve. Read under the wallet's lock, where every debit and hold of the organization serializes.
-_CAP_REMAINING_SQL = """
-SELECT k.spend_cap - k.spent - (SELECT COALESCE(sum(s.spent), 0) FROM accounts_apikeystripespend s WHERE s.api_key_id = k.id) - COALESCE(
+_CAP_REMAINING_SQL = f"""
+SELECT k.spend_cap - k.spent - {_spent_on_stripes("k.id")} - COALESCE(
            (SELECT sum(h.amount) FROM metering_hold h WHERE h.api_key_id = k.id AND h.status = 'active' AND NOT h.test), 0)
   FROM accounts_apikey k
  WHERE k.id = %s AND k.spend_cap IS NOT NULL
