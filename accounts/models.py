@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Q
@@ -157,6 +158,15 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     spend_cap = MoneyField(null=True, blank=True, help_text="Most this key may spend in live mode, in total; empty for no cap.")
     spent = MoneyField(default=0, editable=False)
+    # The AI gateway's limits for this key (docs/gateway.md).
+    allowed_models = ArrayField(
+        models.CharField(max_length=120), default=list, blank=True, help_text="Models this key may call; empty for all."
+    )
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Gateway requests per minute; empty for none.")
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Gateway tokens per minute; empty for none.")
+    max_concurrent_streams = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Gateway streams open at once; empty for none."
+    )
 
     class Meta:
         indexes = [models.Index(fields=["organization", "created_at"], name="apikey_org_created")]

@@ -54,6 +54,10 @@ _API_KEY_FIELDS = [
     "revoked_at",
     "last_used_at",
     "spend_cap",
+    "allowed_models",
+    "rpm_limit",
+    "tpm_limit",
+    "max_concurrent_streams",
 ]
 _LAST_USED_AT = _API_KEY_FIELDS.index("last_used_at")
 _ORGANIZATION_FIELDS = ["id", "name", "slug", "created_at", "requests_per_minute", "batch_events_per_minute", "wallet_stripes"]

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "payments",
     "metering",
     "dashboard",
+    "gateway",
 ]
 
 MIDDLEWARE = [
