@@ -39,24 +39,39 @@ def _presented_key(request) -> str | None:
     return None
 
 
+class ApiKeyRefused(Exception):
+    """The presented secret is not a usable key (unknown, revoked or expired); the message says which."""
+
+
+def api_key_for_secret(secret: str) -> ApiKey:
+    """The live or test key this secret opens, its organization loaded; ApiKeyRefused otherwise. The one
+    rule for every face that takes API keys (the REST API and the gateway). One indexed query at most;
+    no write per request."""
+    digest = api_key_digest(secret)
+    api_key = api_key_by_digest(digest=digest)
+    # The digest lookup is an index probe, not a secret comparison; compare in constant time anyway.
+    if api_key is None or not hmac.compare_digest(api_key.digest, digest):
+        raise ApiKeyRefused("Unknown API key.")
+    now = timezone.now()
+    if api_key.revoked_at is not None:
+        raise ApiKeyRefused("This API key was revoked.")
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise ApiKeyRefused("This API key has expired.")
+    api_key_touch(api_key=api_key)
+    return api_key
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """`X-API-Key: <key>` or `Authorization: Bearer tg_…`. One indexed query; no write per request."""
+    """`X-API-Key: <key>` or `Authorization: Bearer tg_…`."""
 
     def authenticate(self, request):
         secret = _presented_key(request)
         if secret is None:
             return None
-        digest = api_key_digest(secret)
-        api_key = api_key_by_digest(digest=digest)
-        # The digest lookup is an index probe, not a secret comparison; compare in constant time anyway.
-        if api_key is None or not hmac.compare_digest(api_key.digest, digest):
-            raise exceptions.AuthenticationFailed("Unknown API key.", code="invalid_api_key")
-        now = timezone.now()
-        if api_key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This API key was revoked.", code="invalid_api_key")
-        if api_key.expires_at is not None and api_key.expires_at <= now:
-            raise exceptions.AuthenticationFailed("This API key has expired.", code="invalid_api_key")
-        api_key_touch(api_key=api_key)
+        try:
+            api_key = api_key_for_secret(secret)
+        except ApiKeyRefused as refused:
+            raise exceptions.AuthenticationFailed(str(refused), code="invalid_api_key") from None
         return ApiKeyPrincipal(api_key), api_key
 
     def authenticate_header(self, request) -> str:

@@ -250,18 +250,25 @@ class TwoLevelCache(Generic[V]):
             signal.connect(receiver, sender=model, weak=False, dispatch_uid=f"{uid}:{receiver.__name__}")
 
 
+@contextmanager
+def versions_scope() -> Iterator[None]:
+    """Within it, the version tokens are read once (at the first cached lookup) and kept to its end."""
+    token = _request_versions.set(_RequestVersions())
+    try:
+        yield
+    finally:
+        _request_versions.reset(token)
+
+
 class CacheVersionsMiddleware:
-    """Scopes the version tokens to one request: read once (at its first cached lookup), kept to its end."""
+    """Scopes the version tokens to one request (`versions_scope`)."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
-        token = _request_versions.set(_RequestVersions())
-        try:
+        with versions_scope():
             return self.get_response(request)
-        finally:
-            _request_versions.reset(token)
 
 
 def clear_local() -> None:

@@ -329,3 +329,20 @@ LOGGING = {
 # The access line (billing_site.observability): every error and slow request, and this share of the others.
 ACCESS_LOG_SAMPLE_RATE = env.float("ACCESS_LOG_SAMPLE_RATE", default=0.01)
 ACCESS_LOG_SLOW_MS = env.float("ACCESS_LOG_SLOW_MS", default=200)
+
+# --- The AI gateway (docs/gateway.md): an ASGI process of its own (gateway/asgi.py).
+GATEWAY_PORT = env.int("GATEWAY_PORT", default=env.int("PORT", default=8000) + 1)
+GATEWAY_WORKERS = env.int("GATEWAY_WORKERS", default=2)
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# A call's hold lives this long at most: a gateway process that dies mid-call leaves it to the expiry task.
+GATEWAY_HOLD_SECONDS = env.int("GATEWAY_HOLD_SECONDS", default=3600)
+# How long a stream whose client left is still read for its usage report (route policy `drain`).
+GATEWAY_DRAIN_SECONDS = env.float("GATEWAY_DRAIN_SECONDS", default=60.0)
+GATEWAY_UPSTREAM_RETRIES = env.int("GATEWAY_UPSTREAM_RETRIES", default=1)  # per upstream, before its first byte
+GATEWAY_RETRY_BACKOFF_SECONDS = env.float("GATEWAY_RETRY_BACKOFF_SECONDS", default=0.1)
+GATEWAY_KEEPALIVE_CONNECTIONS = env.int("GATEWAY_KEEPALIVE_CONNECTIONS", default=100)
+# Concurrency slots (per key's streams, per upstream) are leases renewed while a call runs, so a killed
+# process frees its slots after this long.
+GATEWAY_LEASE_SECONDS = env.float("GATEWAY_LEASE_SECONDS", default=300.0)
+# The simulated upstream at /sandbox/v1/ on the gateway, for the demo. Off in production by default.
+GATEWAY_SANDBOX_ENABLED = env.bool("GATEWAY_SANDBOX_ENABLED", default=DEVELOPMENT)

@@ -1,0 +1,368 @@
+"""One gateway call from its hold to its one capture or release (docs/gateway.md, "Money" and "Outcomes").
+
+The call runs in its own task, not in the view's: when the client goes away, Django cancels the view, but
+the call must still end in exactly one capture or release. Under the route's `drain` policy the task keeps
+reading the upstream (for at most GATEWAY_DRAIN_SECONDS) for its usage report; under `cancel` it is
+cancelled, closes the upstream, and charges what was delivered. A stream's events go to the client through
+a queue; the client's side counts what it actually handed to the server, which is what `delivered` means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from accounts.tenancy import Tenant
+from gateway import billing, limits, metrics, tokens
+from gateway.errors import GatewayError, UpstreamError
+from gateway.selectors import RouteConfig, UpstreamConfig
+from gateway.shaping import CallPlan, Endpoint
+from gateway.simulate import SIMULATED_TRANSPORT
+from gateway.upstream import Opened, call_open, error_event
+from metering.models import Hold
+
+logger = logging.getLogger(__name__)
+
+# Calls whose task outlives its view (a client that left, a drain): kept here so they are not collected.
+_running: set[asyncio.Task[None]] = set()
+_END = object()
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    UPSTREAM_FAILED = "upstream_failed"
+    NO_USAGE_REPORTED = "no_usage_reported"
+
+
+def in_thread(function: Any) -> Any:
+    """A blocking function (the database, the cache) as a coroutine, on a worker thread."""
+    return sync_to_async(function, thread_sensitive=False)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**12 else None
+
+
+def usage_quantities(usage: Any) -> dict[str, int] | None:
+    """The TOKENS quantities of an upstream's usage report; None when it is not a sound report."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens", 0))
+    if prompt is None or completion is None:
+        return None
+    quantities = {"input_tokens": prompt, "output_tokens": completion}
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    if cached:
+        quantities["cached_input_tokens"] = min(cached, prompt)
+    return quantities
+
+
+def _output_text(answer: Any) -> str:
+    """The text a chat or completion answer (or one stream chunk) delivered: content, refusals and tool-call
+    arguments. Never an error's text."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        return ""
+    parts: list[str] = []
+    for choice in answer["choices"]:
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            parts.append(choice["text"])
+        message = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice.get("message")
+        if not isinstance(message, dict):
+            continue
+        for key in ("content", "refusal"):
+            if isinstance(message.get(key), str):
+                parts.append(message[key])
+        for tool_call in message.get("tool_calls") or ():
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                parts.append(function["arguments"])
+    return "".join(parts)
+
+
+@dataclass(eq=False)
+class Call:
+    request_id: str
+    tenant: Tenant
+    route: RouteConfig
+    plan: CallPlan
+    hold: Hold
+    upstreams: tuple[UpstreamConfig, ...]
+    stream_slot: bool = False
+    opened: Opened | None = None
+    usage: dict[str, int] | None = None
+    received: list[str] = field(default_factory=list)  # a stream's content events, in order
+    delivered: int = 0  # how many of them the client was handed
+    failed: bool = False
+    client_gone: bool = False
+    answer: bytes | None = None
+    images_returned: int = 0
+    task: asyncio.Task[None] | None = None
+    ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    charged: Decimal | None = None
+
+    @property
+    def model(self) -> str:
+        return self.route.model
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"gateway-call-{self.request_id}")
+        _running.add(self.task)
+        self.task.add_done_callback(_running.discard)
+
+    def client_left(self) -> None:
+        """The client went away. `cancel` stops the upstream now; `drain` lets the task read on."""
+        if self.client_gone:
+            return
+        self.client_gone = True
+        if self.route.on_disconnect == "cancel" and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _announce(self, result: GatewayError | None) -> None:
+        if not self.ready.done():
+            self.ready.set_result(result)
+
+    async def _run(self) -> None:
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            self._announce(UpstreamError("The gateway stopped before this call ended; nothing was charged."))
+            raise
+        except Exception:
+            # The charge could not be written (the database is away): the answer is not given out unpaid. The
+            # hold expires by itself (docs/gateway.md, "What can go wrong").
+            logger.exception("gateway: call %s could not be charged", self.request_id)
+            self._announce(GatewayError("The gateway could not record this call; please retry."))
+        finally:
+            self._announce(None)
+            if self.plan.stream:
+                self.queue.put_nowait(_END)
+
+    async def _serve(self) -> None:
+        outcome: Outcome | None = None
+        try:
+            try:
+                self.opened = await call_open(
+                    upstreams=self.upstreams,
+                    path=self.plan.endpoint.value,
+                    body=self.plan.body,
+                    stream=self.plan.stream,
+                    call_id=self.request_id,
+                    transport=SIMULATED_TRANSPORT,
+                )
+                outcome = await (self._relay() if self.plan.stream else self._read_answer())
+            except asyncio.CancelledError:
+                if not self.client_gone:
+                    raise  # the server is shutting down: the hold expires by itself
+                outcome = Outcome.CLIENT_DISCONNECTED
+        except GatewayError as error:
+            await self._release()
+            self._announce(error)
+            return
+        finally:
+            if self.opened is not None:
+                await asyncio.shield(self.opened.close())
+                metrics.UPSTREAM_LATENCY.labels(self.opened.upstream.name).observe(time.perf_counter() - self.opened.started)
+        assert outcome is not None
+        await self._charge(outcome)
+
+    async def _read_answer(self) -> Outcome:
+        assert self.opened is not None and self.opened.body is not None
+        try:
+            answer = json.loads(self.opened.body)
+        except ValueError:
+            raise UpstreamError("The upstream's answer is not JSON; nothing was charged.") from None
+        self.answer = self.opened.body
+        if self.plan.endpoint is Endpoint.IMAGES:
+            images = answer.get("data") if isinstance(answer, dict) else None
+            self.images_returned = len(images) if isinstance(images, list) else 0
+            return Outcome.CLIENT_DISCONNECTED if self.client_gone else Outcome.COMPLETED
+        self.usage = usage_quantities(answer.get("usage") if isinstance(answer, dict) else None)
+        if self.usage is None:
+            self.received.append(_output_text(answer))
+        if self.client_gone:
+            return Outcome.CLIENT_DISCONNECTED
+        return Outcome.COMPLETED if self.usage is not None else Outcome.NO_USAGE_REPORTED
+
+    async def _relay(self) -> Outcome:
+        """Pass the upstream's events on as they arrive; keep the first usage report (an upstream may repeat
+        it); stop at an error event or a broken stream."""
+        assert self.opened is not None and self.opened.events is not None and self.opened.first_event is not None
+        metrics.STREAMS_OPEN.inc()
+        self._announce(None)
+        drain_deadline: float | None = None
+        try:
+            events = self.opened.events
+            payload: str | None = self.opened.first_event
+            while payload is not None:
+                if payload == "[DONE]":
+                    self._send("data: [DONE]\n\n")
+                    break
+                if '"usage"' in payload and self._usage_event(payload):
+                    pass
+                elif (error := error_event(payload)) is not None:
+                    self.failed = True
+                    metrics.UPSTREAM_ERRORS.labels(self.opened.upstream.name, "mid_stream").inc()
+                    self._send_error("The upstream failed mid-stream: " + str(error.get("message", ""))[:200])
+                    break
+                else:
+                    self.received.append(payload)
+                    self._send(f"data: {payload}\n\n", content=True)
+                if self.client_gone and drain_deadline is None:
+                    drain_deadline = time.monotonic() + settings.GATEWAY_DRAIN_SECONDS
+                try:
+                    if drain_deadline is None:
+                        payload = await anext(events, None)
+                    else:
+                        async with asyncio.timeout(max(0.0, drain_deadline - time.monotonic())):
+                            payload = await anext(events, None)
+                except TimeoutError:
+                    if drain_deadline is not None and time.monotonic() >= drain_deadline:
+                        break  # drained as long as we may: charge what was received
+                    raise
+        except (TimeoutError, OSError) as error:
+            self._mid_stream_failure(type(error).__name__)
+        except Exception as error:  # httpx's transport errors: a dropped connection, a broken chunk
+            if type(error).__module__.startswith(("httpx", "httpcore")):
+                self._mid_stream_failure(type(error).__name__)
+            else:
+                raise
+        finally:
+            metrics.STREAMS_OPEN.dec()
+        if self.client_gone:
+            return Outcome.CLIENT_DISCONNECTED
+        if self.usage is not None:
+            return Outcome.COMPLETED
+        return Outcome.UPSTREAM_FAILED if self.failed else Outcome.NO_USAGE_REPORTED
+
+    def _usage_event(self, payload: str) -> bool:
+        """Handle a usage report; False when the event carries none after all."""
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return False
+        if not isinstance(parsed, dict) or not parsed.get("usage"):
+            return False
+        if self.usage is None:
+            self.usage = usage_quantities(parsed["usage"])
+            if parsed.get("choices"):
+                self.received.append(payload)  # some upstreams put the report on the last content chunk
+                self._send(f"data: {payload}\n\n", content=True)
+            elif self.plan.client_wants_usage:
+                self._send(f"data: {payload}\n\n")
+        return True  # a repeated report is dropped: usage is counted once
+
+    def _mid_stream_failure(self, kind: str) -> None:
+        assert self.opened is not None
+        self.failed = True
+        metrics.UPSTREAM_ERRORS.labels(self.opened.upstream.name, "mid_stream").inc()
+        self._send_error(f"The upstream failed mid-stream ({kind}).")
+
+    def _send(self, text: str, *, content: bool = False) -> None:
+        if not self.client_gone:
+            self.queue.put_nowait((text.encode(), content))
+
+    def _send_error(self, message: str) -> None:
+        body = {"error": {"message": message, "type": "api_error", "param": None, "code": "upstream_error"}}
+        self._send(f"data: {json.dumps(body)}\n\n")
+
+    async def client_events(self) -> AsyncIterator[bytes]:
+        """The stream the client reads. Stopping early (the client left) tells the call."""
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is _END:
+                    return
+                chunk, content = item
+                yield chunk
+                if content:
+                    self.delivered += 1
+        except BaseException:
+            self.client_left()
+            raise
+
+    def _estimated_output(self, outcome: Outcome) -> int:
+        if outcome is Outcome.CLIENT_DISCONNECTED and self.route.on_disconnect == "cancel":
+            events = self.received[: self.delivered] if self.plan.stream else []
+        else:
+            events = self.received
+        if not self.plan.stream:
+            return tokens.count_text("".join(events), model=self.model)
+        text = []
+        for payload in events:
+            try:
+                text.append(_output_text(json.loads(payload)))
+            except ValueError:
+                continue
+        return tokens.count_text("".join(text), model=self.model)
+
+    def _quantities(self, outcome: Outcome) -> tuple[dict[str, int] | None, bool]:
+        """What to charge, and whether it is a local estimate; None: charge nothing."""
+        if self.plan.endpoint is Endpoint.IMAGES:
+            if self.images_returned == 0:
+                return None, False
+            if self.plan.image_quantities:
+                return {**self.plan.image_quantities, "images": self.images_returned}, False
+            return {}, False
+        if self.usage is not None:
+            return self.usage, False
+        return {"input_tokens": self.plan.prompt_tokens, "output_tokens": self._estimated_output(outcome)}, True
+
+    async def _charge(self, outcome: Outcome) -> None:
+        quantities, estimated = self._quantities(outcome)
+        upstream = self.opened.upstream.name if self.opened is not None else None
+        metadata = {
+            "request_id": self.request_id,
+            "model": self.model,
+            "endpoint": self.plan.endpoint.value,
+            "upstream": upstream,
+            "stream": self.plan.stream,
+            "outcome": outcome.value,
+            "estimated": estimated,
+        }
+        metrics.REQUESTS.labels(self.model, self.plan.endpoint.value, outcome.value).inc()
+        if estimated:
+            metrics.ESTIMATED.labels(self.model, outcome.value).inc()
+        if quantities is None:
+            await self._release()
+            return
+        record = await asyncio.shield(
+            in_thread(billing.call_capture)(tenant=self.tenant, hold=self.hold, quantities=quantities, metadata=metadata)
+        )
+        self.charged = record.cost
+        used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
+        for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
+            if quantities.get(kind):
+                metrics.TOKENS.labels(self.model, kind.removesuffix("_tokens")).inc(quantities[kind])
+        if not self.tenant.is_test:
+            metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
+        await self._settle_limits(used)
+
+    async def _release(self) -> None:
+        await asyncio.shield(in_thread(billing.call_release)(hold=self.hold))
+        await self._settle_limits(0)
+
+    async def _settle_limits(self, used: int) -> None:
+        api_key = self.tenant.api_key
+        assert api_key is not None
+        await limits.key_tokens_settle(
+            key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=self.plan.worst_tokens, actual=used
+        )
+        if self.stream_slot:
+            self.stream_slot = False
+            await limits.stream_release(key_id=api_key.pk, stream_id=self.request_id)
