@@ -358,6 +358,7 @@ def _ready(port: int) -> bool:
 
 def _banner(port: int, seed_output: str) -> str:
     base = f"http://127.0.0.1:{port}"
+    gateway = f"http://127.0.0.1:{_gateway_port(port)}/v1"
     external = [name for name in ("DATABASE_URL", "REDIS_URL") if os.environ.get(name)]
     data = f"external ({', '.join(external)})" if external else f"embedded PostgreSQL and Redis under {embedded.DATA_DIR}"
     rule = "=" * 72
@@ -369,6 +370,7 @@ def _banner(port: int, seed_output: str) -> str:
             f"  API        {base}/api/v1/",
             f"  Admin      {base}/admin/",
             f"  API docs   {base}/api/docs/",
+            f"  Gateway    {gateway}   (OpenAI-compatible: base_url for any OpenAI SDK)",
             f"  Health     {base}/healthz   {base}/readyz   {base}/metrics",
             f"  Data       {data}",
             "",
@@ -376,6 +378,10 @@ def _banner(port: int, seed_output: str) -> str:
             rule,
         ]
     )
+
+
+def _gateway_port(port: int) -> int:
+    return int(os.environ.get("GATEWAY_PORT", port + 1))
 
 
 def main() -> int:
@@ -391,6 +397,10 @@ def main() -> int:
         claimed = True
         if not _port_free(port):
             raise SystemExit(f"run: port {port} is in use; stop what uses it or set PORT to another port.")
+        if not _port_free(_gateway_port(port)):
+            raise SystemExit(
+                f"run: port {_gateway_port(port)} (the gateway) is in use; stop what uses it or set GATEWAY_PORT."
+            )
         supervisor.ensure_servers()
         supervisor.save()
         supervisor.check_signals()
@@ -412,6 +422,7 @@ def main() -> int:
         python = sys.executable
         for child in (
             Child("web", [python, "-m", "gunicorn", "-c", "gunicorn.conf.py"]),
+            Child("gateway", [python, "-m", "gunicorn", "-c", "gunicorn_gateway.conf.py"]),
             Child("worker", [python, "-m", "celery", "-A", "billing_site", "worker", "--loglevel=INFO", "--concurrency=2"]),
             Child("beat", [python, "-m", "celery", "-A", "billing_site", "beat", "--loglevel=INFO"]),
         ):
@@ -427,7 +438,7 @@ def main() -> int:
                     say(f"{child.name} exited with status {child.started.returncode}; stopping the others")
                 exit_code = 1
                 break
-            if not announced and _ready(port):
+            if not announced and _ready(port) and _ready(_gateway_port(port)):
                 print(_banner(port, seed_output), flush=True)
                 announced = True
             elif not announced and time.monotonic() > ready_by:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from gateway import tokens
+from gateway.selectors import UpstreamConfig
 
 REPLY = (
     "This is a simulated answer from Tollgate's test mode: no model was called and no money moved. "
@@ -136,3 +137,17 @@ class SimulatedTransport(httpx.AsyncBaseTransport):
 
 
 SIMULATED_TRANSPORT = SimulatedTransport()
+
+# The upstream a test key's call goes to when its route has no sandbox upstream: this module, in process.
+SIMULATED_UPSTREAM = UpstreamConfig(
+    name="simulated",
+    base_url="http://simulated.invalid/v1",
+    api_key="",
+    connect_timeout=1.0,
+    timeout=10.0,
+    idle_timeout=10.0,
+    max_concurrency=1_000_000,
+    sandbox=True,
+    upstream_model="simulated",
+    simulated=True,
+)

@@ -15,7 +15,8 @@ from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
 from gateway.calls import Call, in_thread
 from gateway.errors import GatewayError, InvalidRequest, ModelNotAllowed, ModelNotFound, RateLimited
-from gateway.selectors import SIMULATED_UPSTREAM, RouteConfig, route_get, route_list_for_key
+from gateway.selectors import RouteConfig, route_get, route_list_for_key
+from gateway.simulate import SIMULATED_UPSTREAM
 from gateway.shaping import CallPlan, Endpoint, call_plan
 
 
@@ -109,7 +110,7 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
         try:
             hold = await in_thread(billing.call_hold)(
                 tenant=tenant,
-                service=route.service,
+                service=route.service_slug,
                 request_id=request_id,
                 maxima=plan.maxima,
                 param="max_tokens" if plan.worst_output_tokens else None,
