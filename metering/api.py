@@ -237,7 +237,9 @@ class UsageApi(TenantMixin, APIView):
                 "Characters", value={"service": "translate", "idempotency_key": "t-1", "text": "Bonjour"}, request_only=True
             ),
             OpenApiExample("Recorded", value=USAGE_EXAMPLE, response_only=True, status_codes=["201"]),
-            OpenApiExample("Recorded, some of the input cached", value=USAGE_CACHED_EXAMPLE, response_only=True, status_codes=["201"]),
+            OpenApiExample(
+                "Recorded, some of the input cached", value=USAGE_CACHED_EXAMPLE, response_only=True, status_codes=["201"]
+            ),
         ],
     )
     def post(self, request: Request) -> Response:

@@ -119,6 +119,9 @@ class UsageRecord(models.Model):
             models.CheckConstraint(
                 condition=Q(cached_input_tokens__isnull=True, cached_input_price__isnull=True)
                 | Q(
+                    # explicit NOT NULLs: a comparison with NULL would let the row through
+                    cached_input_tokens__isnull=False,
+                    input_tokens__isnull=False,
                     cached_input_tokens__gte=0,
                     cached_input_tokens__lte=models.F("input_tokens"),
                     cached_input_price__isnull=False,

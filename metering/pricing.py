@@ -55,9 +55,7 @@ def prices_listed(method: str, price: Any) -> dict[str, Decimal]:
     """A price row's rates as shown to people and the API: the method's fields, then the optional
     ones the row sets (a TOKENS row's `cached_input_price`)."""
     listed = {name: getattr(price, name) for name in price_fields(method)}
-    listed.update(
-        (name, getattr(price, name)) for name in optional_price_fields(method) if getattr(price, name) is not None
-    )
+    listed.update((name, getattr(price, name)) for name in optional_price_fields(method) if getattr(price, name) is not None)
     return listed
 
 
@@ -74,7 +72,7 @@ class UnitPrices:
 
 def charged_prices(method: str, quantities: Quantities, prices: UnitPrices) -> dict[str, Decimal | None]:
     """price field → the unit price an event is charged at, as its usage record keeps it. Cached input
-    tokens, when reported, cost `cached_input_price`, or the input price when the row sets none (SPEC §7)."""
+    tokens, when reported, cost `cached_input_price`, or the input price when the row sets none (docs/contract.md §1)."""
     charged = {name: getattr(prices, name) for name in price_fields(method)}
     if quantities.cached_input_tokens is not None:
         cached = prices.cached_input_price
@@ -96,6 +94,8 @@ class PerUnitPricing:
             if quantity is None:
                 continue
             price = charged[price_field]
+            if price is None:  # selectors.priced_service_get refuses such a price (PriceNotSet) before this
+                raise TypeError(f"a {method} event priced without its {price_field}")
             total = EXACT.add(total, EXACT.divide(EXACT.multiply(Decimal(quantity), price), Decimal(per)))
         return money_round(total)
 

@@ -196,8 +196,7 @@ def usage_export(request, current):
 def pricing(request, current):
     services = metering_selectors.service_list_with_prices(organization_id=current.organization.pk)
     rows = [
-        (service, price, list(prices_listed(service.calc_method, price).items()) if price else [])
-        for service, price in services
+        (service, price, list(prices_listed(service.calc_method, price).items()) if price else []) for service, price in services
     ]
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
     return page(request, "dashboard/pricing.html", {"rows": rows, "currency": wallet.currency})

@@ -7,7 +7,8 @@ from django.db import migrations, models
 
 USAGE_CACHED_CHECK = (
     "(cached_input_price IS NULL AND cached_input_tokens IS NULL)"
-    " OR (cached_input_price IS NOT NULL AND cached_input_tokens >= 0 AND cached_input_tokens <= input_tokens)"
+    " OR (cached_input_price IS NOT NULL AND cached_input_tokens IS NOT NULL AND cached_input_tokens >= 0"
+    " AND cached_input_tokens <= input_tokens AND input_tokens IS NOT NULL)"
 )
 
 
@@ -74,7 +75,9 @@ class Migration(migrations.Migration):
                             models.Q(
                                 ("cached_input_price__isnull", False),
                                 ("cached_input_tokens__gte", 0),
+                                ("cached_input_tokens__isnull", False),
                                 ("cached_input_tokens__lte", models.F("input_tokens")),
+                                ("input_tokens__isnull", False),
                             ),
                             _connector="OR",
                         ),
