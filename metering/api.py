@@ -205,8 +205,9 @@ class UsageApi(TenantMixin, APIView):
         summary="Record and pay for one usage event",
         description="Prices the event at the service's price in force for your organization and debits your balance "
         "in the same step. Send the quantities the service's method needs: `input_tokens` and `output_tokens` "
-        "(TOKENS, with `cached_input_tokens` when part of the input came from a prompt cache), `text` or `characters` (CHAR_COUNT), `text` or `words` (WORD_COUNT), `width`, `height` and "
-        "`images` (IMAGE_RESOLUTION), nothing (REQUEST). Every event carries an idempotency key (in the body or the "
+        "(TOKENS, with `cached_input_tokens` when part of the input came from a prompt cache), `text` or "
+        "`characters` (CHAR_COUNT), `text` or `words` (WORD_COUNT), `width`, `height` and `images` "
+        "(IMAGE_RESOLUTION), nothing (REQUEST). Every event carries an idempotency key (in the body or the "
         "`Idempotency-Key` header): sending it again with the same body answers the first result (200) and charges "
         "nothing; with another body it is refused (409). 402 when your available balance (or the key's spend cap) "
         "cannot pay for it. A `tg_test_…` key records the event without moving money.",

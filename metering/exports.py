@@ -16,17 +16,16 @@ USAGE_CSV_COLUMNS = [
     "quantity",
     "input_tokens",
     "output_tokens",
+    "cached_input_tokens",
     "input_price",
     "output_price",
+    "cached_input_price",
     "unit_price",
     "cost",
     "balance_after",
     "mode",
     "api_key",
     "idempotency_key",
-    # Added later: appended, so readers of the earlier columns by position are unaffected.
-    "cached_input_tokens",
-    "cached_input_price",
 ]
 EXPORT_CHUNK = 2000  # rows fetched per keyset query (billing_site/keyset.py: keyset_iterate)
 EXPORT_FIRST_CHUNK = 200  # a small first query, so the first row goes out at once
@@ -52,15 +51,15 @@ def usage_csv_rows(
             r.quantity,
             r.input_tokens,
             r.output_tokens,
+            r.cached_input_tokens,
             money_str(r.input_price),
             money_str(r.output_price),
+            money_str(r.cached_input_price),
             money_str(r.unit_price),
             money_str(r.cost),
             money_str(r.balance_after),
             "test" if r.test else "live",
             api_key_label(r.api_key_id),
             r.idempotency_key,
-            r.cached_input_tokens,
-            money_str(r.cached_input_price),
         ]
         yield [r.organization.slug, *row] if with_organization else row
