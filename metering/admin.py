@@ -10,13 +10,12 @@ from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import InvalidRequest
 from metering.exports import EXPORT_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import Hold, Price, Service, UsageRecord, UsageRollup
+from metering.pricing import ALL_PRICE_FIELDS
 from metering.services import price_fields_check
-
-PRICE_FIELDS = ("input_price", "output_price", "unit_price")
 
 
 class PriceForm(LabelledForm):
-    """A new price row must give exactly the fields its service's method uses: the staff API's rule
+    """A new price row must give the fields its service's method uses, and no others: the staff API's rule
     (metering.services.price_fields_check), so a row can never leave a service unpriced."""
 
     def clean(self) -> dict[str, Any]:
@@ -24,7 +23,7 @@ class PriceForm(LabelledForm):
         service = cleaned.get("service")  # on a service's page, the inline's parent
         if isinstance(service, Service) and service.calc_method:
             try:
-                price_fields_check(calc_method=service.calc_method, given={name: cleaned.get(name) for name in PRICE_FIELDS})
+                price_fields_check(calc_method=service.calc_method, given={name: cleaned.get(name) for name in ALL_PRICE_FIELDS})
             except InvalidRequest as refused:
                 for name, messages in refused.details.items():
                     self.add_error(name, messages)
@@ -39,7 +38,16 @@ class PriceInline(admin.TabularInline):
     form = PriceForm
     formfield_overrides = AMOUNT_INPUTS
     extra = 1
-    fields = ["organization", "effective_from", "input_price", "output_price", "unit_price", "created_by", "created_at"]
+    fields = [
+        "organization",
+        "effective_from",
+        "input_price",
+        "output_price",
+        "cached_input_price",
+        "unit_price",
+        "created_by",
+        "created_at",
+    ]
     readonly_fields = ["created_by", "created_at"]
     raw_id_fields = ["organization"]  # a labelled id box (with a lookup), not an unlabelled widget
     ordering = ["-effective_from", "-id"]
@@ -73,7 +81,16 @@ class ServiceAdmin(admin.ModelAdmin):
 class PriceAdmin(admin.ModelAdmin):
     form = PriceForm
     formfield_overrides = AMOUNT_INPUTS
-    list_display = ["service", "organization", "effective_from", "input_price", "output_price", "unit_price", "created_by"]
+    list_display = [
+        "service",
+        "organization",
+        "effective_from",
+        "input_price",
+        "output_price",
+        "cached_input_price",
+        "unit_price",
+        "created_by",
+    ]
     list_filter = ["service"]
     search_fields = ["service__slug", "organization__slug"]
     date_hierarchy = "effective_from"

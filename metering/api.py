@@ -39,7 +39,7 @@ from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS
 from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import CalcMethod, Hold, Service, UsageRecord
-from metering.pricing import price_fields
+from metering.pricing import ALL_PRICE_FIELDS, prices_listed
 from metering.services.usage_sql import BatchRecord
 
 USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
@@ -97,10 +97,14 @@ def usage_body(record: UsageRecord | BatchRecord) -> dict[str, Any]:
     if record.input_tokens is not None:
         body["input_tokens"] = record.input_tokens
         body["output_tokens"] = record.output_tokens
+    if record.cached_input_tokens is not None:
+        body["cached_input_tokens"] = record.cached_input_tokens
     if record.input_price is not None:
         body["input_price"] = money_str(record.input_price)
     if record.output_price is not None:
         body["output_price"] = money_str(record.output_price)
+    if record.cached_input_price is not None:
+        body["cached_input_price"] = money_str(record.cached_input_price)
     if record.unit_price is not None:
         body["unit_price"] = money_str(record.unit_price)
     return body
@@ -113,6 +117,12 @@ UsageInput = inline_serializer(
         "idempotency_key": serializers.CharField(required=False, max_length=255),
         "input_tokens": serializers.IntegerField(required=False, min_value=0),
         "output_tokens": serializers.IntegerField(required=False, min_value=0),
+        "cached_input_tokens": serializers.IntegerField(
+            required=False,
+            min_value=0,
+            help_text="TOKENS, optional: how many of `input_tokens` were served from the upstream's prompt cache "
+            "(at most `input_tokens`). They cost the service's `cached_input_price`, or its input price when it has none.",
+        ),
         "text": serializers.CharField(required=False),
         "characters": serializers.IntegerField(required=False, min_value=0),
         "words": serializers.IntegerField(required=False, min_value=0),
@@ -132,6 +142,11 @@ class UsageOutput(serializers.Serializer[UsageRecord]):
     quantity = serializers.IntegerField()
     input_tokens = serializers.IntegerField(required=False)
     output_tokens = serializers.IntegerField(required=False)
+    cached_input_tokens = serializers.IntegerField(required=False)
+    input_price = Amount(required=False)
+    output_price = Amount(required=False)
+    cached_input_price = Amount(required=False)
+    unit_price = Amount(required=False)
     cost = Amount()
     balance_after = Amount(allow_null=True)
     test = serializers.BooleanField()
@@ -159,6 +174,24 @@ USAGE_EXAMPLE = {
     "created_at": "2026-03-01T09:30:00Z",
     "metadata": {"user": "u_42"},
 }
+# 176 uncached input tokens at $2.50, 1,024 cached at $1.25 and 350 output at $10.00 per 1M tokens.
+USAGE_CACHED_EXAMPLE = {
+    "id": 1002,
+    "service": "gpt-4o",
+    "quantity": 1550,
+    "input_tokens": 1200,
+    "output_tokens": 350,
+    "cached_input_tokens": 1024,
+    "input_price": "2.500000000000",
+    "output_price": "10.000000000000",
+    "cached_input_price": "1.250000000000",
+    "cost": "0.005220000000",
+    "balance_after": "120.488280000000",
+    "test": False,
+    "idempotency_key": "req_c9f0f895",
+    "created_at": "2026-03-01T09:31:00Z",
+    "metadata": {},
+}
 
 
 class UsageApi(TenantMixin, APIView):
@@ -172,8 +205,9 @@ class UsageApi(TenantMixin, APIView):
         summary="Record and pay for one usage event",
         description="Prices the event at the service's price in force for your organization and debits your balance "
         "in the same step. Send the quantities the service's method needs: `input_tokens` and `output_tokens` "
-        "(TOKENS), `text` or `characters` (CHAR_COUNT), `text` or `words` (WORD_COUNT), `width`, `height` and "
-        "`images` (IMAGE_RESOLUTION), nothing (REQUEST). Every event carries an idempotency key (in the body or the "
+        "(TOKENS, with `cached_input_tokens` when part of the input came from a prompt cache), `text` or "
+        "`characters` (CHAR_COUNT), `text` or `words` (WORD_COUNT), `width`, `height` and `images` "
+        "(IMAGE_RESOLUTION), nothing (REQUEST). Every event carries an idempotency key (in the body or the "
         "`Idempotency-Key` header): sending it again with the same body answers the first result (200) and charges "
         "nothing; with another body it is refused (409). 402 when your available balance (or the key's spend cap) "
         "cannot pay for it. A `tg_test_…` key records the event without moving money.",
@@ -190,9 +224,23 @@ class UsageApi(TenantMixin, APIView):
                 request_only=True,
             ),
             OpenApiExample(
+                "Tokens, some of the input cached",
+                value={
+                    "service": "gpt-4o",
+                    "idempotency_key": "req_c9f0f895",
+                    "input_tokens": 1200,
+                    "cached_input_tokens": 1024,
+                    "output_tokens": 350,
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
                 "Characters", value={"service": "translate", "idempotency_key": "t-1", "text": "Bonjour"}, request_only=True
             ),
             OpenApiExample("Recorded", value=USAGE_EXAMPLE, response_only=True, status_codes=["201"]),
+            OpenApiExample(
+                "Recorded, some of the input cached", value=USAGE_CACHED_EXAMPLE, response_only=True, status_codes=["201"]
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -453,8 +501,9 @@ class ServiceListApi(TenantMixin, APIView):
         tags=["services"],
         summary="Services and their prices for you",
         description="Every active service with the prices in force for your organization (your own rates where "
-        "staff set some): `input_price` and `output_price` per 1,000,000 tokens (TOKENS), `unit_price` per 1,000 "
-        "characters or words, per image tile or per request. `prices` is null while a service has no price yet.",
+        "staff set some): `input_price` and `output_price` per 1,000,000 tokens (TOKENS; with `cached_input_price` "
+        "per 1,000,000 cached input tokens where one is set, else cached tokens cost the input price), `unit_price` "
+        "per 1,000 characters or words, per image tile or per request. `prices` is null while a service has no price yet.",
         examples=[
             OpenApiExample(
                 "Services",
@@ -463,7 +512,11 @@ class ServiceListApi(TenantMixin, APIView):
                         "slug": "gpt-4o",
                         "name": "GPT-4o",
                         "calc_method": "TOKENS",
-                        "prices": {"input_price": "2.500000000000", "output_price": "10.000000000000"},
+                        "prices": {
+                            "input_price": "2.500000000000",
+                            "output_price": "10.000000000000",
+                            "cached_input_price": "1.250000000000",
+                        },
                     },
                     {
                         "slug": "moderation",
@@ -484,7 +537,7 @@ class ServiceListApi(TenantMixin, APIView):
                     "slug": service.slug,
                     "name": service.name,
                     "calc_method": service.calc_method,
-                    "prices": {name: money_str(getattr(price, name)) for name in price_fields(service.calc_method)}
+                    "prices": {name: money_str(value) for name, value in prices_listed(service.calc_method, price).items()}
                     if price
                     else None,
                 }
@@ -684,6 +737,7 @@ class PriceAdminApi(APIView):
         effective_from = serializers.DateTimeField(required=False)
         input_price = Amount(min_value=0, required=False)
         output_price = Amount(min_value=0, required=False)
+        cached_input_price = Amount(min_value=0, required=False)
         unit_price = Amount(min_value=0, required=False)
 
         class Meta:
@@ -707,7 +761,8 @@ class PriceAdminApi(APIView):
         summary="Staff: set a price from a date on",
         description="Prices are never edited: a new rate is a new row, in force from `effective_from` (default now), "
         "for every organization or, with `organization`, for that one only (it wins over the general price). Give "
-        "exactly the fields of the service's method: `input_price` and `output_price` for TOKENS, `unit_price` "
+        "exactly the fields of the service's method: `input_price` and `output_price` for TOKENS (and optionally "
+        "`cached_input_price`, per 1,000,000 cached input tokens; without it they cost the input price), `unit_price` "
         "otherwise; anything else is refused (400). Usage already recorded keeps its price. Staff with catalogue rights only.",
         examples=[
             OpenApiExample(
@@ -717,6 +772,7 @@ class PriceAdminApi(APIView):
                     "effective_from": "2026-04-01T00:00:00Z",
                     "input_price": "2.50",
                     "output_price": "10.00",
+                    "cached_input_price": "1.25",
                 },
                 request_only=True,
             )
@@ -733,7 +789,7 @@ class PriceAdminApi(APIView):
             organization_id=organization.pk if organization else None,
             effective_from=values.get("effective_from"),
             created_by_id=request.user.pk,
-            **{name: values.get(name) for name in ("input_price", "output_price", "unit_price")},
+            **{name: values.get(name) for name in ALL_PRICE_FIELDS},
         )
         return Response(
             {
@@ -741,7 +797,7 @@ class PriceAdminApi(APIView):
                 "service": service.slug,
                 "organization": organization.slug if organization else None,
                 "effective_from": price.effective_from,
-                "prices": {n: money_str(getattr(price, n)) for n in price_fields(service.calc_method)},
+                "prices": {name: money_str(value) for name, value in prices_listed(service.calc_method, price).items()},
             },
             status=status.HTTP_201_CREATED,
         )

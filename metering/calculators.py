@@ -30,11 +30,20 @@ class Quantities:
     quantity: int
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None  # a part of input_tokens; None when the event did not report it
+
+    @property
+    def uncached_input_tokens(self) -> int | None:
+        if self.input_tokens is None:
+            return None
+        return self.input_tokens - (self.cached_input_tokens or 0)
 
     def as_dict(self) -> dict[str, int]:
         out = {"quantity": self.quantity}
         if self.input_tokens is not None and self.output_tokens is not None:  # set together, by TokensCalculator
             out.update(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+        if self.cached_input_tokens is not None:
+            out.update(cached_input_tokens=self.cached_input_tokens)
         return out
 
 
@@ -74,13 +83,29 @@ class Calculator:
 
 
 class TokensCalculator(Calculator):
+    """Input and output tokens; optionally `cached_input_tokens`, the part of the input the upstream
+    served from its prompt cache (OpenAI's `prompt_tokens_details.cached_tokens`)."""
+
     method = CalcMethod.TOKENS
-    fields = ("input_tokens", "output_tokens")
+    fields = ("input_tokens", "output_tokens", "cached_input_tokens")
 
     def measure(self, data: Mapping[str, Any]) -> Quantities:
         input_tokens = _integer(data, "input_tokens", minimum=0, maximum=MAX_COUNT)
         output_tokens = _integer(data, "output_tokens", minimum=0, maximum=MAX_COUNT)
-        return Quantities(quantity=input_tokens + output_tokens, input_tokens=input_tokens, output_tokens=output_tokens)
+        cached_input_tokens = None
+        if data.get("cached_input_tokens") is not None:
+            cached_input_tokens = _integer(data, "cached_input_tokens", minimum=0, maximum=MAX_COUNT)
+            if cached_input_tokens > input_tokens:
+                raise InvalidRequest(
+                    "`cached_input_tokens` cannot exceed `input_tokens`: cached tokens are a part of the input.",
+                    details={"cached_input_tokens": [f"Must be between 0 and input_tokens ({input_tokens})."]},
+                )
+        return Quantities(
+            quantity=input_tokens + output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached_input_tokens,
+        )
 
 
 class CharCountCalculator(Calculator):

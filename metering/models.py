@@ -45,6 +45,11 @@ class Price(models.Model):
     effective_from = models.DateTimeField(default=timezone.now)
     input_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 input tokens.")
     output_price = MoneyField(null=True, blank=True, help_text="TOKENS: per 1,000,000 output tokens.")
+    cached_input_price = MoneyField(
+        null=True,
+        blank=True,
+        help_text="TOKENS, optional: per 1,000,000 cached input tokens. Empty: they cost the input price.",
+    )
     unit_price = MoneyField(null=True, blank=True, help_text="Per 1,000 characters / 1,000 words / tile / request.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
@@ -55,6 +60,7 @@ class Price(models.Model):
             models.CheckConstraint(
                 condition=(Q(input_price__isnull=True) | Q(input_price__gte=0))
                 & (Q(output_price__isnull=True) | Q(output_price__gte=0))
+                & (Q(cached_input_price__isnull=True) | Q(cached_input_price__gte=0))
                 & (Q(unit_price__isnull=True) | Q(unit_price__gte=0)),
                 name="price_nonnegative",
             ),
@@ -77,8 +83,14 @@ class UsageRecord(models.Model):
     quantity = models.BigIntegerField()
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)
+    cached_input_tokens = models.BigIntegerField(
+        null=True, blank=True, help_text="TOKENS: how many of the input tokens were cached (empty when not reported)."
+    )
     input_price = MoneyField(null=True, blank=True)
     output_price = MoneyField(null=True, blank=True)
+    cached_input_price = MoneyField(
+        null=True, blank=True, help_text="The rate the cached input tokens were charged at (the input price when none was set)."
+    )
     unit_price = MoneyField(null=True, blank=True)
     cost = MoneyField()
     test = models.BooleanField(default=False)
@@ -103,6 +115,19 @@ class UsageRecord(models.Model):
                 fields=["organization", "test", "idempotency_key"], name="usage_idempotency_key_per_org_mode"
             ),
             models.CheckConstraint(condition=Q(cost__gte=0) & Q(quantity__gte=0), name="usage_nonnegative"),
+            # Cached tokens are a part of the input tokens, and their rate is kept exactly when they are.
+            models.CheckConstraint(
+                condition=Q(cached_input_tokens__isnull=True, cached_input_price__isnull=True)
+                | Q(
+                    # explicit NOT NULLs: a comparison with NULL would let the row through
+                    cached_input_tokens__isnull=False,
+                    input_tokens__isnull=False,
+                    cached_input_tokens__gte=0,
+                    cached_input_tokens__lte=models.F("input_tokens"),
+                    cached_input_price__isnull=False,
+                ),
+                name="usage_cached_input_within_input",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -38,8 +38,10 @@ EXPORT_FIELDS = [
     "quantity",
     "input_tokens",
     "output_tokens",
+    "cached_input_tokens",
     "input_price",
     "output_price",
+    "cached_input_price",
     "unit_price",
     "cost",
     "test",
@@ -50,7 +52,7 @@ EXPORT_FIELDS = [
     "hold_id",
     "created_at",
 ]
-MONEY_FIELDS = {"input_price", "output_price", "unit_price", "cost", "balance_after"}
+MONEY_FIELDS = {"input_price", "output_price", "cached_input_price", "unit_price", "cost", "balance_after"}
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class PricedService:
 # fragment (a LATERAL join on metering_service s), so they cannot disagree.
 _PRICE_IN_FORCE = """
   LEFT JOIN LATERAL (
-        SELECT id, input_price, output_price, unit_price
+        SELECT id, input_price, output_price, unit_price, cached_input_price
           FROM metering_price
          WHERE service_id = s.id
            AND (organization_id = %(org)s OR organization_id IS NULL)
@@ -52,7 +52,7 @@ _PRICE_IN_FORCE = """
          LIMIT 1
        ) p ON true"""
 _PRICED_SERVICE_SQL = f"""
-SELECT s.id, s.slug, s.calc_method, s.active, p.id, p.input_price, p.output_price, p.unit_price,
+SELECT s.id, s.slug, s.calc_method, s.active, p.id, p.input_price, p.output_price, p.unit_price, p.cached_input_price,
        (SELECT min(effective_from) FROM metering_price
          WHERE service_id = s.id AND (organization_id = %(org)s OR organization_id IS NULL) AND effective_from > %(at)s)
   FROM metering_service s {_PRICE_IN_FORCE}
@@ -89,10 +89,16 @@ def priced_service_get(
         row = None if found is None else found[0]
     if row is None:
         raise ServiceNotFound()
-    service_id, slug, calc_method, active, price_id, input_price, output_price, unit_price = row
+    service_id, slug, calc_method, active, price_id, input_price, output_price, unit_price, cached_input_price = row
     if not (active or include_inactive):
         raise ServiceNotFound()
-    prices = UnitPrices(price_id=price_id, input_price=input_price, output_price=output_price, unit_price=unit_price)
+    prices = UnitPrices(
+        price_id=price_id,
+        input_price=input_price,
+        output_price=output_price,
+        unit_price=unit_price,
+        cached_input_price=cached_input_price,
+    )
     if price_id is None or any(getattr(prices, field) is None for field in price_fields(calc_method)):
         raise PriceNotSet()
     return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices)

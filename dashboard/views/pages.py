@@ -19,7 +19,7 @@ from dashboard import charts, forms, reports, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
 from metering import selectors as metering_selectors
 from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
-from metering.pricing import price_fields
+from metering.pricing import prices_listed
 from payments import selectors as payment_selectors
 
 CHART_DAYS = 30
@@ -196,8 +196,7 @@ def usage_export(request, current):
 def pricing(request, current):
     services = metering_selectors.service_list_with_prices(organization_id=current.organization.pk)
     rows = [
-        (service, price, [(name, getattr(price, name)) for name in price_fields(service.calc_method)] if price else [])
-        for service, price in services
+        (service, price, list(prices_listed(service.calc_method, price).items()) if price else []) for service, price in services
     ]
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
     return page(request, "dashboard/pricing.html", {"rows": rows, "currency": wallet.currency})

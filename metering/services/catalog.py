@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from billing_site.errors import InvalidRequest
 from metering.models import Price, Service
-from metering.pricing import price_fields
+from metering.pricing import optional_price_fields, price_fields
 
 
 def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
@@ -23,14 +23,18 @@ def service_create(*, slug: str, name: str, calc_method: str, active: bool = Tru
 
 
 def price_fields_check(*, calc_method: str, given: dict[str, Decimal | None]) -> None:
-    """A price row gives exactly the fields its service's method uses (docs/contract.md §3): the
-    staff API and the back office both apply this. InvalidRequest names each missing or foreign field."""
+    """A price row gives every field its service's method needs, and only fields the method uses (a
+    TOKENS row may add `cached_input_price`) (docs/contract.md §3): the staff API and the back office
+    both apply this. InvalidRequest names each missing or foreign field."""
     needed = set(price_fields(calc_method))
+    allowed = needed | set(optional_price_fields(calc_method))
     missing = sorted(name for name in needed if given.get(name) is None)
-    foreign = sorted(name for name, value in given.items() if value is not None and name not in needed)
+    foreign = sorted(name for name, value in given.items() if value is not None and name not in allowed)
     if missing or foreign:
+        optional = optional_price_fields(calc_method)
         raise InvalidRequest(
-            f"A {calc_method} price takes {', '.join(sorted(needed))}.",
+            f"A {calc_method} price takes {', '.join(sorted(needed))}"
+            + (f" (optionally {', '.join(optional)})." if optional else "."),
             details={
                 **{n: ["This field is required."] for n in missing},
                 **{n: ["Does not apply to this method."] for n in foreign},
@@ -47,10 +51,16 @@ def price_create(
     input_price: Decimal | None = None,
     output_price: Decimal | None = None,
     unit_price: Decimal | None = None,
+    cached_input_price: Decimal | None = None,
 ) -> Price:
-    """A new price row (rates are never edited in place). The fields must be exactly the ones the
-    service's method uses (docs/contract.md §3)."""
-    given = {"input_price": input_price, "output_price": output_price, "unit_price": unit_price}
+    """A new price row (rates are never edited in place). The fields must be the ones the service's
+    method uses (docs/contract.md §3); InvalidRequest otherwise."""
+    given = {
+        "input_price": input_price,
+        "output_price": output_price,
+        "cached_input_price": cached_input_price,
+        "unit_price": unit_price,
+    }
     price_fields_check(calc_method=service.calc_method, given=given)
     price = Price(
         service=service,

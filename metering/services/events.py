@@ -14,7 +14,7 @@ from billing_site.api.limits import idempotency_key_validate, json_depth
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest
 from metering import selectors
 from metering.calculators import Quantities, measure
-from metering.pricing import price_fields, strategy_for
+from metering.pricing import charged_prices, strategy_for
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 8
@@ -125,5 +125,5 @@ def event_price(
         raise priced
     quantities = measure(priced.calc_method, event.data)
     cost = strategy_for(priced.calc_method).cost(priced.calc_method, quantities, priced.prices)
-    prices = {name: getattr(priced.prices, name) for name in price_fields(priced.calc_method)}
+    prices = charged_prices(priced.calc_method, quantities, priced.prices)
     return PricedEvent(event, priced.service_id, priced.calc_method, quantities, prices, cost, event.request_hash())

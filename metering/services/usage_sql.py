@@ -33,8 +33,10 @@ RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("quantity", "quantity", "bigint"),
     ("input_tokens", "input_tokens", "bigint"),
     ("output_tokens", "output_tokens", "bigint"),
+    ("cached_input_tokens", "cached_input_tokens", "bigint"),
     ("input_price", "input_price", "numeric"),
     ("output_price", "output_price", "numeric"),
+    ("cached_input_price", "cached_input_price", "numeric"),
     ("unit_price", "unit_price", "numeric"),
     ("cost", "cost", "numeric"),
     ("test", "test", "boolean"),
@@ -154,10 +156,12 @@ def record_params(
         "usage_quantity": quantities.quantity,
         "usage_input_tokens": quantities.input_tokens,
         "usage_output_tokens": quantities.output_tokens,
+        "usage_cached_input_tokens": quantities.cached_input_tokens,
         "usage_input_tokens_sum": quantities.input_tokens or 0,
         "usage_output_tokens_sum": quantities.output_tokens or 0,
         "usage_input_price": priced.prices.get("input_price"),
         "usage_output_price": priced.prices.get("output_price"),
+        "usage_cached_input_price": priced.prices.get("cached_input_price"),
         "usage_unit_price": priced.prices.get("unit_price"),
         "usage_cost": priced.cost,
         "usage_test": tenant.is_test,
@@ -184,8 +188,10 @@ def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, post
         quantity=quantities.quantity,
         input_tokens=quantities.input_tokens,
         output_tokens=quantities.output_tokens,
+        cached_input_tokens=quantities.cached_input_tokens,
         input_price=params["usage_input_price"],
         output_price=params["usage_output_price"],
+        cached_input_price=params["usage_cached_input_price"],
         unit_price=params["usage_unit_price"],
         cost=priced.cost,
         test=params["usage_test"],
@@ -282,8 +288,10 @@ class BatchRecord:
     quantity: int
     input_tokens: int | None
     output_tokens: int | None
+    cached_input_tokens: int | None
     input_price: Decimal | None
     output_price: Decimal | None
+    cached_input_price: Decimal | None
     unit_price: Decimal | None
     cost: Decimal
     balance_after: Decimal | None

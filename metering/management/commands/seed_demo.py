@@ -21,11 +21,21 @@ OWNER_EMAIL = "owner@demo.tollgate.local"
 ORGANIZATION_NAME = "Demo AI Co"
 PRICES_FROM = datetime(2025, 1, 1, tzinfo=UTC)
 
-# (slug, name, calc_method, prices) — units per docs/contract.md §3: tokens per 1M, characters and words per 1K,
-# images per 512×512 tile, requests per request.
+# (slug, name, calc_method, prices) — units per docs/contract.md §3: tokens (cached input tokens too) per 1M,
+# characters and words per 1K, images per 512×512 tile, requests per request.
 SERVICES: tuple[tuple[str, str, str, dict[str, Decimal]], ...] = (
-    ("gpt-4o", "GPT-4o", CalcMethod.TOKENS, {"input_price": Decimal("2.50"), "output_price": Decimal("10.00")}),
-    ("gpt-4o-mini", "GPT-4o mini", CalcMethod.TOKENS, {"input_price": Decimal("0.15"), "output_price": Decimal("0.60")}),
+    (
+        "gpt-4o",
+        "GPT-4o",
+        CalcMethod.TOKENS,
+        {"input_price": Decimal("2.50"), "output_price": Decimal("10.00"), "cached_input_price": Decimal("1.25")},
+    ),
+    (
+        "gpt-4o-mini",
+        "GPT-4o mini",
+        CalcMethod.TOKENS,
+        {"input_price": Decimal("0.15"), "output_price": Decimal("0.60"), "cached_input_price": Decimal("0.075")},
+    ),
     ("translate", "Translation", CalcMethod.CHAR_COUNT, {"unit_price": Decimal("0.020")}),
     ("summarize-words", "Summarization", CalcMethod.WORD_COUNT, {"unit_price": Decimal("0.040")}),
     ("dall-e-3", "DALL·E 3", CalcMethod.IMAGE_RESOLUTION, {"unit_price": Decimal("0.010")}),
