@@ -165,10 +165,11 @@ def _procfile() -> dict[str, str]:
     return processes
 
 
-def test_procfile_runs_web_worker_beat_and_migrates_on_release():
+def test_procfile_runs_web_gateway_worker_beat_and_migrates_on_release():
     processes = _procfile()
-    assert set(processes) == {"release", "web", "worker", "beat"}
+    assert set(processes) == {"release", "web", "gateway", "worker", "beat"}
     assert processes["web"] == "gunicorn -c gunicorn.conf.py"
+    assert processes["gateway"] == "gunicorn -c gunicorn_gateway.conf.py"
     assert processes["worker"].startswith("celery -A billing_site worker")
     assert processes["beat"].startswith("celery -A billing_site beat")
     assert "--schedule" in processes["beat"]
