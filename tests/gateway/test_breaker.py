@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +33,8 @@ UPSTREAM = "openai"
 
 
 def run(awaitable: Awaitable[T]) -> T:
-    """Run on a fresh event loop (as each thread and the ASGI server do), closing that loop's client."""
+    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
+    that loop's client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
 
     async def main() -> T:
         try:
@@ -40,7 +42,8 @@ def run(awaitable: Awaitable[T]) -> T:
         finally:
             await async_redis_close()
 
-    return asyncio.run(main())
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, main()).result(timeout=60)
 
 
 @pytest.fixture(autouse=True)

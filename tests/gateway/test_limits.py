@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
@@ -23,7 +24,8 @@ NOW = 1_800_000_000.0  # a fixed clock for the buckets (Unix seconds), so refill
 
 
 def run(awaitable: Awaitable[T]) -> T:
-    """Run on a fresh event loop (as each thread and the ASGI server do), closing that loop's client."""
+    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
+    that loop's client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
 
     async def main() -> T:
         try:
@@ -31,7 +33,8 @@ def run(awaitable: Awaitable[T]) -> T:
         finally:
             await async_redis_close()
 
-    return asyncio.run(main())
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, main()).result(timeout=60)
 
 
 def admit(*, key_id: int = 1, rpm: int | None = None, tpm: int | None = None, tokens: int = 0, at: float = 0.0) -> Admission:
