@@ -129,6 +129,13 @@ CACHES = {
     }
 }
 
+# --- The AI gateway's shared state in Redis (gateway/redis.py, breaker.py, limits.py; docs/gateway-resilience.md).
+GATEWAY_REDIS_URL = env.str("GATEWAY_REDIS_URL", default="") or REDIS_URL
+GATEWAY_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_REDIS_TIMEOUT_SECONDS", default=1.0)
+# An upstream's breaker opens after this many consecutive failures, for this long; then one probe call decides.
+GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)
+GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS", default=30.0)
+
 # The per-process cache of API keys and prices (billing_site/cache.py) is exact through its Redis
 # version tokens; this is only the backstop on an entry's age, for a change Redis could not announce.
 CACHE_LOCAL_SECONDS = env.int("CACHE_LOCAL_SECONDS", default=30)

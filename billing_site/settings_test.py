@@ -10,3 +10,4 @@ TEST_REDIS_URL = REDIS_URL + ("&" if "?" in REDIS_URL else "?") + "db=1"
 CACHES["default"]["LOCATION"] = TEST_REDIS_URL
 CACHES["default"]["KEY_PREFIX"] = "tollgate-test"
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+GATEWAY_REDIS_URL = TEST_REDIS_URL  # its keys carry the cache prefix, so each test starts with none
