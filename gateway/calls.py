@@ -206,6 +206,7 @@ class Call:
         metrics.STREAMS_OPEN.inc()
         self._announce(None)
         drain_deadline: float | None = None
+        renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
         try:
             events = self.opened.events
             payload: str | None = self.opened.first_event
@@ -223,6 +224,9 @@ class Call:
                 else:
                     self.received.append(payload)
                     self._send(f"data: {payload}\n\n", content=True)
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
+                    await self._renew_leases()
                 if self.client_gone and drain_deadline is None:
                     drain_deadline = time.monotonic() + settings.GATEWAY_DRAIN_SECONDS
                 try:
@@ -249,6 +253,20 @@ class Call:
         if self.usage is not None:
             return Outcome.COMPLETED
         return Outcome.UPSTREAM_FAILED if self.failed else Outcome.NO_USAGE_REPORTED
+
+    async def _renew_leases(self) -> None:
+        """A stream outliving its leases' first term keeps its concurrency slots (docs/gateway-resilience.md)."""
+        assert self.opened is not None and self.tenant.api_key is not None
+        upstream = None if self.opened.upstream.simulated else self.opened.upstream.name
+        if not self.stream_slot and upstream is None:
+            return
+        await limits.lease_renew(
+            lease_seconds=settings.GATEWAY_LEASE_SECONDS,
+            key_id=self.tenant.api_key.pk if self.stream_slot else None,
+            stream_id=self.request_id if self.stream_slot else None,
+            upstream=upstream,
+            call_id=self.request_id if upstream else None,
+        )
 
     def _usage_event(self, payload: str) -> bool:
         """Handle a usage report; False when the event carries none after all."""

@@ -96,6 +96,13 @@ class UpstreamUnavailable(GatewayError):
     message = "No upstream can serve this model right now; nothing was charged."
 
 
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "rate_limits_unavailable"
+    message = "This key's rate limits cannot be checked right now; retry shortly. Nothing was charged."
+
+
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "api_error"

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
 from gateway.calls import Call, in_thread
-from gateway.errors import GatewayError, InvalidRequest, ModelNotAllowed, ModelNotFound, RateLimited
+from gateway.errors import GatewayError, InvalidRequest, LimitsUnavailable, ModelNotAllowed, ModelNotFound, RateLimited
 from gateway.selectors import RouteConfig, route_get, route_list_for_key
 from gateway.simulate import SIMULATED_UPSTREAM
 from gateway.shaping import CallPlan, Endpoint, call_plan
@@ -128,6 +128,8 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
             upstreams=upstreams,
             stream_slot=stream_slot,
         )
+    except limits.LimitsUnavailable:
+        return _refused(LimitsUnavailable(), headers)
     except GatewayError as error:
         if reserved:
             await limits.key_tokens_settle(key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=reserved, actual=0)
