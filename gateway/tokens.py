@@ -11,14 +11,14 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import cast
 
 with warnings.catch_warnings():
     # bpe-openai 0.1.4 reads its bundled vocabularies with importlib.resources.open_binary, deprecated since 3.11.
     warnings.simplefilter("ignore", DeprecationWarning)
     from bpe_openai import _bindings as bpe_backend  # type: ignore[import-untyped]
-    from bpe_openai import encoding_name_for_model  # type: ignore[import-untyped]
+    from bpe_openai import encoding_name_for_model
 
 O200K_BASE = "o200k_base"
 CL100K_BASE = "cl100k_base"
@@ -47,7 +47,7 @@ _MAX_PATCHES = 1536
 IMAGE_TOKENS_BY_MODEL_PREFIX: tuple[tuple[str, int], ...] = tuple(
     sorted(
         (
-            ("gpt-4o-mini", 2833 + _MAX_TILES * 5667),  # 48,169: gpt-4o-mini bills images at gpt-4o's price
+            ("gpt-4o-mini", 2833 + _MAX_TILES * 5667),  # 48,169: gpt-4o-mini counts images in many more, cheaper tokens
             ("gpt-4o", 85 + _MAX_TILES * 170),  # 1,445
             ("chatgpt-4o", 85 + _MAX_TILES * 170),
             ("gpt-4.1-mini", math.ceil(_MAX_PATCHES * 1.62)),  # 2,489
@@ -84,7 +84,7 @@ EMPTY_COMPLETION_PROMPT_TOKENS = 1
 class PromptInvalid(ValueError):
     """A request body the token counter cannot read; `param` names the field, as OpenAI's 400 does."""
 
-    def __init__(self, message: str, *, param: str) -> None:
+    def __init__(self, message: str, *, param: str | None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -128,7 +128,7 @@ def _without_lone_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoding_named(name: str) -> TokenEncoding:
     return TokenEncoding(name)
 
@@ -186,6 +186,8 @@ def count_chat_prompt(body: Mapping[str, object], *, model: str) -> int:
     """Prompt tokens of a chat completion request: its messages by OpenAI's documented formula, plus its tool
     and function definitions and its response schema counted as JSON text (an estimate)."""
     encoding = encoding_for(model)
+    if not isinstance(body, Mapping):
+        raise PromptInvalid("The request body must be a JSON object.", param=None)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise PromptInvalid("'messages' must be a non-empty array of message objects.", param="messages")

@@ -50,8 +50,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 HOST = "127.0.0.1"
 LOREM = (
-    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore "
-    "magna aliqua."
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
 )
 DEFAULT_MODELS = (
     "gpt-4o-mini",
@@ -133,7 +132,7 @@ class ReceivedRequest:
     body: Any  # the parsed JSON body; None when absent or not JSON
     behaviour: Behaviour
     stream: bool = False
-    chunks_sent: int = 0  # SSE events written, `data: [DONE]` not counted
+    chunks_sent: int = 0  # SSE events written, `data: [DONE]` not counted (one written as the client left may count)
     content_sent: str = ""  # the reply text the chunks written carried
     client_disconnected: bool = False  # the client went away before the answer was complete
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -424,7 +423,12 @@ class FakeUpstream:
             yield (
                 chunk(
                     [
-                        {"index": i, "delta": {"role": "assistant", "content": "", "refusal": None}, "logprobs": None, "finish_reason": None}
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": "", "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
                         for i in range(choices)
                     ]
                 ),
@@ -433,7 +437,12 @@ class FakeUpstream:
             for piece in reply.pieces:
                 for i in range(choices):
                     yield chunk([{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]), piece
-            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason} for i in range(choices)]), ""
+            yield (
+                chunk(
+                    [{"index": i, "delta": {}, "logprobs": None, "finish_reason": reply.finish_reason} for i in range(choices)]
+                ),
+                "",
+            )
             yield from _usage_events(base, usage, include_usage=include_usage, behaviour=behaviour)
 
         await self._stream(exchange, events())
@@ -556,7 +565,9 @@ class FakeUpstream:
             headers["content-length"] = str(length)
         return headers
 
-    async def _json(self, exchange: _Exchange, answer: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    async def _json(
+        self, exchange: _Exchange, answer: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
         data = _dumps(answer)
         await exchange.start(status, self._headers("application/json", len(data)) | (headers or {}))
         if status == 200 and exchange.behaviour.fail_mid_stream is not None:
@@ -577,7 +588,11 @@ class FakeUpstream:
         if retry_after is not None:
             headers["retry-after"] = retry_after
         if status == 429:
-            headers |= {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}
+            headers |= {
+                "x-ratelimit-limit-requests": "60",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "1s",
+            }
         data = _dumps({"error": error})
         await exchange.start(status, self._headers("application/json", len(data)) | headers)
         await exchange.body(data, more=False)
@@ -590,14 +605,19 @@ class FakeUpstream:
             sent = record.chunks_sent
             if sent and not await exchange.pause(behaviour.chunk_delay):
                 return
-            if behaviour.stall_mid_stream is not None and sent == behaviour.stall_mid_stream[0]:
-                if not await exchange.pause(behaviour.stall_mid_stream[1]):
-                    return
+            stall = behaviour.stall_mid_stream
+            if stall is not None and sent == stall[0] and not await exchange.pause(stall[1]):
+                return
             if behaviour.fail_mid_stream is not None and sent == behaviour.fail_mid_stream:
                 await exchange.reset_connection()
                 return
             if behaviour.error_event_mid_stream is not None and sent == behaviour.error_event_mid_stream:
-                error = {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}
+                error = {
+                    "message": "The server had an error while processing your request.",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
                 await exchange.body(b"data: " + _dumps({"error": error}) + b"\n\n", more=False)
                 return
             if exchange.client_left.is_set():

@@ -269,6 +269,13 @@ def test_a_chat_body_the_counter_cannot_read_is_refused(body, param, says):
     assert isinstance(refused.value, ValueError)
 
 
+def test_a_body_that_is_not_an_object_is_refused():
+    with pytest.raises(PromptInvalid) as refused:
+        count_chat_prompt([{"role": "user", "content": "hi"}], model="gpt-4o")  # type: ignore[arg-type]
+
+    assert refused.value.param is None
+
+
 def test_a_model_that_is_not_a_string_is_refused():
     with pytest.raises(PromptInvalid) as refused:
         count_chat_prompt(user("hi"), model=["gpt-4o"])  # type: ignore[arg-type]
