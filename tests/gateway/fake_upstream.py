@@ -1,6 +1,7 @@
 """A fake OpenAI upstream that is a real HTTP server: a raw ASGI app served by uvicorn on 127.0.0.1, in a
 background thread for the tests (`FakeUpstream().start()`, or the `fake_upstream` fixture) or as a process for the
-benchmark (`python -m tests.gateway.fake_upstream --port N`).
+benchmark (`python -m tests.gateway.fake_upstream --port N` from the repository root; `--help` lists the
+default behaviour it can be given, e.g. `--chunk-delay 0.05 --chunks 20` for slow streams).
 
 It speaks OpenAI's wire format as the official `openai` SDK reads it: chat completions and completions (JSON, or
 SSE `data: {chunk}` lines ending in `data: [DONE]`, with a final `choices: []` usage chunk only when the request
@@ -26,10 +27,11 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -47,6 +49,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
 HOST = "127.0.0.1"
 LOREM = (
@@ -244,7 +247,7 @@ class FakeUpstream:
         return self.default
 
     def reset(self) -> None:
-        """Forget requests, script, default behaviour and API key (between tests)."""
+        """Forget requests, script, default behaviour, API key and model list (between tests)."""
         with self._lock:
             self._script.clear()
             self.requests = []
@@ -784,6 +787,13 @@ def closed_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def run_async(coroutine: Coroutine[Any, Any, T], *, timeout: float = 60) -> T:
+    """asyncio.run in a thread of its own, for tests that drive an async client: the browser tests' sync
+    Playwright keeps an event loop running in the main thread for the rest of the session."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,6 @@
 """The fake upstream speaks the wire format the official `openai` SDK reads: every endpoint and every behaviour is
 driven here with the real SDK (sync `OpenAI` and async `AsyncOpenAI`, no retries) straight against the fake."""
 
-import asyncio
 import base64
 import itertools
 import os
@@ -25,6 +24,7 @@ from tests.gateway.fake_upstream import (
     FakeUpstream,
     closed_port,
     embedding_vector,
+    run_async,
 )
 
 MODEL = "gpt-4o-mini"
@@ -122,7 +122,7 @@ def test_async_client_reads_a_stream_and_a_completion(fake_upstream):
             answer = await sdk.chat.completions.create(model=MODEL, messages=MESSAGES)
             return chunks, answer
 
-    chunks, answer = asyncio.run(call())
+    chunks, answer = run_async(call())
 
     assert content_of(chunks) == answer.choices[0].message.content[: len(content_of(chunks))]
     assert chunks[-1].usage.completion_tokens == 4
@@ -224,7 +224,7 @@ def test_close_before_first_byte_is_a_connection_error(client, fake_upstream):
     with pytest.raises(openai.APIConnectionError):
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
     with pytest.raises(openai.APIConnectionError):
-        asyncio.run(_async_chat(fake_upstream, stream=True))
+        run_async(_async_chat(fake_upstream, stream=True))
 
     assert len(fake_upstream.requests) == 2
 
@@ -329,7 +329,7 @@ def test_async_client_sees_a_mid_stream_drop(fake_upstream):
     fake_upstream.push(fail_mid_stream=2)
 
     with pytest.raises(openai.APIConnectionError):
-        asyncio.run(_async_chat(fake_upstream, stream=True))
+        run_async(_async_chat(fake_upstream, stream=True))
 
 
 # --- Slow streams and clients that leave --------------------------------------------------------------------
@@ -411,7 +411,7 @@ def test_async_completions(fake_upstream):
         async with async_client(fake_upstream) as sdk:
             return await sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="Hi", max_tokens=2)
 
-    assert asyncio.run(call()).usage.completion_tokens == 2
+    assert run_async(call()).usage.completion_tokens == 2
 
 
 # --- Embeddings ---------------------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def test_embeddings_of_token_ids_and_without_usage(fake_upstream):
         async with async_client(fake_upstream) as sdk:
             return await sdk.embeddings.create(model="text-embedding-3-small", input=[[1, 2, 3], [4]])
 
-    answer = asyncio.run(call())
+    answer = run_async(call())
 
     assert len(answer.data) == 2 and answer.usage is None
 
@@ -469,7 +469,7 @@ def test_model_list_sync_and_async(client, fake_upstream):
             return [model.id async for model in sdk.models.list()]
 
     assert [model.id for model in client.models.list()] == ["gpt-4o", "text-embedding-3-small"]
-    assert asyncio.run(call()) == ["gpt-4o", "text-embedding-3-small"]
+    assert run_async(call()) == ["gpt-4o", "text-embedding-3-small"]
 
 
 # --- The script, the second upstream, the process --------------------------------------------------------------
