@@ -126,12 +126,18 @@ def call_plan(*, endpoint: Endpoint, body: dict[str, Any], model: str, calc_meth
         if endpoint is Endpoint.COMPLETIONS:
             if "prompt" not in body:
                 raise InvalidRequest("`prompt` is required.", param="prompt")
-            prompt = tokens.count_completion_prompt(body["prompt"])
-            return _token_plan(body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_tokens", default_max_tokens=default_max_tokens)
+            prompt = tokens.count_completion_prompt(body["prompt"], model=model)
+            plan = _token_plan(body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_tokens", default_max_tokens=default_max_tokens)
+            # Several prompts in one request each get their own completions.
+            prompts = body["prompt"]
+            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int) and len(prompts) > 1:
+                plan.worst_output_tokens *= len(prompts)
+                plan.maxima["output_tokens"] = plan.worst_output_tokens
+            return plan
         if endpoint is Endpoint.EMBEDDINGS:
             if "input" not in body:
                 raise InvalidRequest("`input` is required.", param="input")
-            prompt = tokens.count_embedding_input(body["input"])
+            prompt = tokens.count_embedding_input(body["input"], model=model)
             if body.get("stream"):
                 raise InvalidRequest("Embeddings are not streamed.", param="stream")
             return CallPlan(

@@ -74,7 +74,7 @@ def simulated_answer(path: str, body: dict[str, Any]) -> tuple[int, str, AsyncIt
         as_base64 = body.get("encoding_format") == "base64"
         embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
         data = [{"object": "embedding", "index": i, "embedding": embedding} for i in range(len(items))]
-        prompt = tokens.count_embedding_input(inputs)
+        prompt = tokens.count_embedding_input(inputs, model=model)
         answer = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
         return 200, "application/json", json.dumps(answer).encode()
     if path == "images/generations":
@@ -84,7 +84,7 @@ def simulated_answer(path: str, body: dict[str, Any]) -> tuple[int, str, AsyncIt
     chat = path == "chat/completions"
     if not chat and path != "completions":
         return 404, "application/json", json.dumps({"error": {"message": "Unknown path.", "type": "invalid_request_error"}}).encode()
-    prompt = tokens.count_chat_prompt(body, model=model) if chat else tokens.count_completion_prompt(body.get("prompt", ""))
+    prompt = tokens.count_chat_prompt(body, model=model) if chat else tokens.count_completion_prompt(body.get("prompt", ""), model=model)
     pieces = _reply_words(_max_tokens(body), model)
     completion = tokens.count_text("".join(pieces), model=model)
     usage = _usage(prompt, completion)
