@@ -79,7 +79,7 @@ class UpstreamAdmin(admin.ModelAdmin):
     readonly_fields = ["key_stored", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["name", "base_url", "active", "sandbox"]}),
-        ("API key", {"fields": ["key_stored", "api_key", "remove_api_key"]}),
+        ("Credentials", {"fields": ["key_stored", "api_key", "remove_api_key"]}),
         ("Limits", {"fields": ["connect_timeout_seconds", "timeout_seconds", "idle_timeout_seconds", "max_concurrency"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
@@ -116,6 +116,13 @@ class RouteUpstreamForm(LabelledForm):
         model = RouteUpstream
         fields = ["position", "upstream", "upstream_model"]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The admin wraps the select in its add/change links; a copied wrapper's `attrs` are not the
+        # select's own, so a table row's select is named on the select itself.
+        wrapper = self.fields["upstream"].widget
+        getattr(wrapper, "widget", wrapper).attrs["aria-label"] = "Upstream"
+
     def clean_upstream_model(self) -> str:
         return _checked(services.model_name_clean, self.cleaned_data.get("upstream_model"), field="upstream_model")
 
@@ -130,7 +137,10 @@ class RouteUpstreamInline(admin.TabularInline):
     ordering = ["position", "id"]
     extra = 1
     min_num = 1
-    validate_min = True
+
+    def get_formset(self, request, obj=None, **kwargs):
+        # A route with no upstream could serve nothing; the admin does not enforce min_num by itself.
+        return super().get_formset(request, obj, validate_min=True, **kwargs)
 
 
 @admin.register(ModelRoute)
