@@ -168,7 +168,7 @@ def _api_key_limits_clean(limits: ApiKeyLimits) -> dict[str, Any]:
     errors: dict[str, list[str]] = {}
     for field in ("rpm_limit", "tpm_limit", "max_concurrent_streams"):
         if field in limits:
-            value = limits[field]  # type: ignore[literal-required]
+            value = limits[field]
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= API_KEY_LIMIT_MAX
             ):
@@ -176,12 +176,16 @@ def _api_key_limits_clean(limits: ApiKeyLimits) -> dict[str, Any]:
             cleaned[field] = value
     if "allowed_models" in limits:
         models = limits["allowed_models"]
-        names = [] if isinstance(models, str) else list(dict.fromkeys(models))
-        if isinstance(models, str) or not all(
-            isinstance(name, str) and 0 < len(name) <= _MODEL_NAME_MAX_LENGTH for name in names
+        given = [] if isinstance(models, str) else list(models)
+        names = [name for name in given if isinstance(name, str)]
+        if (
+            isinstance(models, str)
+            or len(names) < len(given)
+            or not all(0 < len(name) <= _MODEL_NAME_MAX_LENGTH for name in names)
         ):
             errors["allowed_models"] = [f"A list of model names (1 to {_MODEL_NAME_MAX_LENGTH} characters each)."]
-        elif len(names) > API_KEY_ALLOWED_MODELS_MAX:
+        names = list(dict.fromkeys(names))
+        if len(names) > API_KEY_ALLOWED_MODELS_MAX:
             errors["allowed_models"] = [f"At most {API_KEY_ALLOWED_MODELS_MAX} models; list none to allow them all."]
         cleaned["allowed_models"] = names
     if errors:

@@ -1,7 +1,7 @@
 """Back office for the gateway's configuration: upstreams (the API key is write-only) and model routes
 with their upstreams in order. The checks are the staff API's (gateway.services)."""
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -121,7 +121,8 @@ class RouteUpstreamForm(LabelledForm):
         # The admin wraps the select in its add/change links; a copied wrapper's `attrs` are not the
         # select's own, so a table row's select is named on the select itself.
         wrapper = self.fields["upstream"].widget
-        getattr(wrapper, "widget", wrapper).attrs["aria-label"] = "Upstream"
+        select = cast(forms.Widget, getattr(wrapper, "widget", wrapper))
+        select.attrs["aria-label"] = "Upstream"
 
     def clean_upstream_model(self) -> str:
         return _checked(services.model_name_clean, self.cleaned_data.get("upstream_model"), field="upstream_model")

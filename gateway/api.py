@@ -36,7 +36,7 @@ class _StaffConfigApi(APIView):
 
 class UpstreamInput(StrictSerializer):
     name = serializers.SlugField(max_length=80, help_text="Unique; letters, digits, - and _.")
-    base_url = serializers.CharField(max_length=500, help_text="http(s), up to and including /v1.")
+    base_url = serializers.CharField(max_length=services.BASE_URL_MAX_LENGTH, help_text="http(s), up to and including /v1.")
     api_key = serializers.CharField(
         max_length=services.API_KEY_MAX_LENGTH,
         allow_blank=True,
@@ -60,7 +60,7 @@ class UpstreamInput(StrictSerializer):
         ref_name = "UpstreamInput"
 
 
-class UpstreamOutput(serializers.Serializer[Upstream]):
+class UpstreamOutput(serializers.Serializer[Any]):
     name = serializers.CharField()
     base_url = serializers.CharField()
     api_key_set = serializers.SerializerMethodField(help_text="Whether a key is stored; the key itself is never shown.")
@@ -204,7 +204,7 @@ class ModelRouteInput(StrictSerializer):
         return [services.RouteUpstreamSpec(upstream=item["upstream"], upstream_model=item["upstream_model"]) for item in items]
 
 
-class ModelRouteOutput(serializers.Serializer[ModelRoute]):
+class ModelRouteOutput(serializers.Serializer[Any]):
     model = serializers.CharField()
     service = serializers.CharField(source="service.slug")
     calc_method = serializers.CharField(source="service.calc_method")

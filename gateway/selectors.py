@@ -74,7 +74,7 @@ def _routes_load() -> tuple[Mapping[str, RouteConfig], None]:
     loaded = {}
     for route in routes.prefetch_related(Prefetch("upstreams", queryset=links, to_attr="active_links")):
         upstreams = []
-        for link in route.active_links:  # type: ignore[attr-defined]  # set by the Prefetch above
+        for link in route.active_links:  # set by the Prefetch above
             upstream = link.upstream
             if upstream.pk not in keys:
                 keys[upstream.pk] = _upstream_key(upstream)

@@ -27,6 +27,7 @@ from metering.models import CalcMethod, Service
 # (images). A characters or words service could never be given its quantities by an OpenAI answer.
 GATEWAY_CALC_METHODS = (CalcMethod.TOKENS, CalcMethod.IMAGE_RESOLUTION, CalcMethod.REQUEST)
 API_KEY_MAX_LENGTH = 1000
+BASE_URL_MAX_LENGTH = 500  # Upstream.base_url
 NAME_MAX_LENGTH = 120  # ModelRoute.model and RouteUpstream.upstream_model
 
 _LABELS = {"api_key": "API key", "base_url": "Base URL", "service": "Service", "upstreams": "Upstreams"}
@@ -45,7 +46,7 @@ def base_url_clean(base_url: Any) -> str:
     if not isinstance(base_url, str) or not base_url.strip():
         raise refuse("An http:// or https:// URL is required, e.g. https://api.openai.com/v1.")
     url = base_url.strip()
-    if len(url) > Upstream._meta.get_field("base_url").max_length or any(c.isspace() or not c.isprintable() for c in url):
+    if len(url) > BASE_URL_MAX_LENGTH or any(c.isspace() or not c.isprintable() for c in url):
         raise refuse("Not a valid URL.")
     parts = urlsplit(url)
     try:
@@ -124,7 +125,9 @@ def _audit(*, staff_id: int | None, instance: models.Model, action: int, fields:
     if action == ADDITION:
         message: list[dict[str, Any]] = [{"added": {}}]
     else:
-        labels = [_LABELS.get(name) or capfirst(str(instance._meta.get_field(name).verbose_name)) for name in fields]
+        labels = [
+            _LABELS.get(name) or capfirst(str(getattr(instance._meta.get_field(name), "verbose_name", name))) for name in fields
+        ]
         message = [{"changed": {"fields": labels}}]
     LogEntry.objects.log_actions(staff_id, [instance], action, message, single_object=True)
 
@@ -345,8 +348,8 @@ def model_route_update(*, route: ModelRoute, staff_id: int | None = None, **chan
             route.service = service
             changed.append("service")
     for field in ("on_disconnect", "default_max_tokens", "active"):
-        if field in changes and changes[field] != getattr(route, field):  # type: ignore[literal-required]
-            setattr(route, field, changes[field])  # type: ignore[literal-required]
+        if field in changes and changes[field] != getattr(route, field):
+            setattr(route, field, changes[field])
             changed.append(field)
     links = None
     if "upstreams" in changes:

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts import services
 from accounts.models import ApiKey
+from billing_site.errors import InvalidRequest
 from tests.accounts.helpers import assert_error
 from tests.conftest import key_client
 
@@ -324,7 +325,11 @@ def test_manager_changes_only_the_limits_sent(client_for, manager, live_key, rou
         None,
     )
     live_key.api_key.refresh_from_db()
-    assert (live_key.api_key.allowed_models, live_key.api_key.rpm_limit, live_key.api_key.tpm_limit) == (["gpt-4o-mini"], 100, None)
+    assert (live_key.api_key.allowed_models, live_key.api_key.rpm_limit, live_key.api_key.tpm_limit) == (
+        ["gpt-4o-mini"],
+        100,
+        None,
+    )
     assert live_key.secret not in response.content.decode()
 
 
@@ -338,9 +343,7 @@ def test_an_empty_model_list_allows_every_model_again(client_for, owner, live_ke
     assert live_key.api_key.allowed_models == []
 
 
-@pytest.mark.parametrize(
-    ("limits", "field"), [*LIMIT_REFUSALS, pytest.param({"name": "renamed"}, "name", id="not-a-limit")]
-)
+@pytest.mark.parametrize(("limits", "field"), [*LIMIT_REFUSALS, pytest.param({"name": "renamed"}, "name", id="not-a-limit")])
 def test_a_refused_patch_changes_nothing(client_for, owner, live_key, routed, limits, field):
     services.api_key_limits_update(api_key=live_key.api_key, rpm_limit=100, allowed_models=["dall-e-3"])
 
@@ -378,3 +381,12 @@ def test_a_changed_limit_reaches_the_cached_key_at_the_next_request(client_for, 
 
     cached = api_key_by_digest(digest=digest)
     assert (cached.rpm_limit, cached.allowed_models) == (30, ["gpt-4o-mini"])
+
+
+@pytest.mark.parametrize("models", [[{"model": "gpt-4o-mini"}], "gpt-4o-mini", [None], [""]])
+def test_the_service_refuses_malformed_model_lists_itself(organization, routed, models):
+    with pytest.raises(InvalidRequest) as refused:
+        services.api_key_create(organization=organization, name="k", allowed_models=models)
+
+    assert "allowed_models" in refused.value.details
+    assert not ApiKey.objects.exists()

@@ -109,7 +109,9 @@ def _service_renamed(slug: str, new_slug: str) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        pytest.param(lambda: services.model_route_update(route=ModelRoute.objects.get(model="gpt-4o"), active=False), id="route-off"),
+        pytest.param(
+            lambda: services.model_route_update(route=ModelRoute.objects.get(model="gpt-4o"), active=False), id="route-off"
+        ),
         pytest.param(
             lambda: services.upstream_update(upstream=Upstream.objects.get(name="openai"), active=False), id="upstream-off"
         ),

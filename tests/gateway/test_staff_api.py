@@ -4,6 +4,7 @@ encrypted at rest and never leave in any answer; every refusal changes nothing; 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
@@ -284,7 +285,10 @@ def _route_body(**changes):
     return {
         "model": "gpt-4o",
         "service": "gpt",
-        "upstreams": [{"upstream": "openai", "upstream_model": "gpt-4o-2024-08-06"}, {"upstream": "azure", "upstream_model": "gpt4o"}],
+        "upstreams": [
+            {"upstream": "openai", "upstream_model": "gpt-4o-2024-08-06"},
+            {"upstream": "azure", "upstream_model": "gpt4o"},
+        ],
         **changes,
     }
 
@@ -343,7 +347,9 @@ def test_an_image_route_may_use_an_image_or_request_service(billing, two_upstrea
         pytest.param({"upstreams": [{"upstream": "openai", "upstream_model": ""}]}, "upstreams", id="blank-upstream-model"),
         pytest.param({"upstreams": [{"upstream": "openai", "upstream_model": "a b"}]}, "upstreams", id="spaced-upstream-model"),
         pytest.param({"upstreams": [{"upstream": "openai"}]}, "upstreams", id="missing-upstream-model"),
-        pytest.param({"upstreams": [{"upstream": "openai", "upstream_model": "m", "weight": 2}]}, "upstreams", id="unknown-item-field"),
+        pytest.param(
+            {"upstreams": [{"upstream": "openai", "upstream_model": "m", "weight": 2}]}, "upstreams", id="unknown-item-field"
+        ),
         pytest.param({"upstreams": ["openai"]}, "upstreams", id="item-not-an-object"),
         pytest.param({"upstreams": "openai"}, "upstreams", id="not-a-list"),
         pytest.param({"model": ""}, "model", id="blank-model"),
@@ -392,7 +398,9 @@ def test_patch_replaces_the_upstream_list_in_its_new_order(billing, two_upstream
     route_add("gpt-4o", "gpt", "openai", "azure")
 
     response = billing.patch(
-        f"{MODELS}gpt-4o/", {"upstreams": [{"upstream": "azure", "upstream_model": "gpt4o-eu"}, {"upstream": "openai", "upstream_model": "gpt-4o"}]}, format="json"
+        f"{MODELS}gpt-4o/",
+        {"upstreams": [{"upstream": "azure", "upstream_model": "gpt4o-eu"}, {"upstream": "openai", "upstream_model": "gpt-4o"}]},
+        format="json",
     )
 
     assert response.status_code == 200, response.content
@@ -440,3 +448,12 @@ def test_a_refused_route_patch_changes_nothing(billing, two_upstreams, body):
 
 def test_patch_of_an_unknown_route_is_404(billing):
     assert_error(billing.patch(f"{MODELS}gpt-5/", {"active": False}, format="json"), 404, "not_found")
+
+
+def test_the_key_never_reaches_the_logs(billing, caplog):
+    with caplog.at_level(logging.DEBUG):
+        billing.post(UPSTREAMS, _upstream_body(), format="json")
+        billing.post(UPSTREAMS, _upstream_body(base_url="ftp://nope"), format="json")  # a refusal is logged as a warning
+        billing.patch(f"{UPSTREAMS}openai/", {"api_key": PLAIN_KEY + "2", "timeout_seconds": -1}, format="json")
+
+    assert caplog.records and PLAIN_KEY not in caplog.text
