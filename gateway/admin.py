@@ -38,7 +38,8 @@ class UpstreamForm(LabelledForm):
         strip=True,
         # Never rendered back, and marked so browsers do not fill in the staff member's own password.
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="The upstream's own key, stored encrypted and never shown again. Leave empty to keep the current key.",
+        help_text="The upstream's own key, stored encrypted and never shown again. Leave empty to keep the current key "
+        "(or, when adding, for an upstream that takes none).",
     )
     remove_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
 
@@ -83,6 +84,12 @@ class UpstreamAdmin(admin.ModelAdmin):
         ("Limits", {"fields": ["connect_timeout_seconds", "timeout_seconds", "idle_timeout_seconds", "max_concurrency"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None:
+            return self.fieldsets
+        # Adding: there is no stored key to show or remove yet, and no history.
+        return [(None, self.fieldsets[0][1]), ("Credentials", {"fields": ["api_key"]}), self.fieldsets[2]]
 
     @admin.display(description="API key", boolean=True)
     def key_stored(self, upstream: Upstream) -> bool:

@@ -116,7 +116,6 @@ def test_saving_with_the_key_left_empty_keeps_it_and_a_new_one_replaces_it(billi
         ({"base_url": "ftp://files.example.com/v1"}, "Only http:// and https://"),
         ({"base_url": "https://me:pw@api.example.com/v1"}, "No credentials in the URL"),
         ({"api_key": "sk with space"}, "printable ASCII"),
-        ({"api_key": "sk-new", "remove_api_key": "on"}, "not both"),
         ({"timeout_seconds": "0"}, "greater than or equal to 0.1"),
     ],
 )
@@ -129,6 +128,28 @@ def test_the_form_applies_the_staff_apis_checks(billing, changes, error):
     assert error in response.content.decode()
     assert not Upstream.objects.exists()
     assert "sk-new" not in response.content.decode() and "sk with space" not in response.content.decode()
+
+
+def test_a_new_key_and_its_removal_at_once_are_refused(billing):
+    client, _ = billing
+    upstream = upstream_add("openai")
+
+    response = client.post(
+        f"/admin/gateway/upstream/{upstream.pk}/change/",
+        _upstream_form(base_url=upstream.base_url, api_key="sk-new", remove_api_key="on"),
+    )
+
+    assert response.status_code == 200 and "not both" in response.content.decode()
+    upstream.refresh_from_db()
+    assert upstream_key_decrypt(upstream.api_key_encrypted) == PLAIN_KEY
+
+
+def test_the_add_page_offers_no_stored_key_to_remove(billing):
+    client, _ = billing
+
+    page = client.get(UPSTREAM_ADD).content.decode()
+
+    assert 'name="api_key"' in page and 'name="remove_api_key"' not in page
 
 
 def test_billing_staff_add_a_route_with_its_upstreams_in_order(billing, catalogue):
