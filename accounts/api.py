@@ -144,17 +144,76 @@ class MeApi(APIView):
 
 class ApiKeyOutput(serializers.ModelSerializer):
     spent = Amount(source="lifetime_spent", read_only=True)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(), read_only=True, help_text="Models this key may call through the AI gateway; empty for all."
+    )
 
     class Meta:
         model = ApiKey
         ref_name = "ApiKey"
-        fields = ["id", "name", "mode", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "spend_cap", "spent"]
+        fields = [
+            "id",
+            "name",
+            "mode",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "spend_cap",
+            "spent",
+            "allowed_models",
+            "rpm_limit",
+            "tpm_limit",
+            "max_concurrent_streams",
+        ]
+
+
+def _limit_field(help_text: str) -> serializers.IntegerField:
+    return serializers.IntegerField(
+        min_value=1, max_value=services.API_KEY_LIMIT_MAX, required=False, allow_null=True, help_text=help_text
+    )
+
+
+class ApiKeyLimitsInput(StrictSerializer):
+    """The AI gateway's limits of a key, on creation and in a PATCH."""
+
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=120),
+        required=False,
+        max_length=services.API_KEY_ALLOWED_MODELS_MAX,
+        help_text="Model names (as `GET /v1/models` lists them) this key may call; empty or absent for all.",
+    )
+    rpm_limit = _limit_field("Gateway requests per minute; null for no limit.")
+    tpm_limit = _limit_field("Gateway tokens per minute (prompt and completion); null for no limit.")
+    max_concurrent_streams = _limit_field("Gateway streams open at once; null for no limit.")
+
+    class Meta:
+        ref_name = "ApiKeyLimitsInput"
+
+
+API_KEY_EXAMPLE = {
+    "id": 12,
+    "name": "Production backend",
+    "mode": "live",
+    "prefix": "tg_live_AbC123",
+    "created_at": "2026-03-01T09:30:00Z",
+    "expires_at": None,
+    "revoked_at": None,
+    "last_used_at": None,
+    "spend_cap": "500.000000000000",
+    "spent": "0.000000000000",
+    "allowed_models": ["gpt-4o-mini"],
+    "rpm_limit": 600,
+    "tpm_limit": 200000,
+    "max_concurrent_streams": 10,
+}
 
 
 class ApiKeyListCreateApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
 
-    class Input(StrictSerializer):
+    class Input(ApiKeyLimitsInput):
         name = serializers.CharField(max_length=100)
         mode = serializers.ChoiceField(choices=ApiKeyMode.choices, default=ApiKeyMode.LIVE)
         expires_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -191,7 +250,10 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
         summary="Create an API key (the secret is shown once)",
         description="A `live` key spends your balance; a `test` key prices and records usage but never moves money. "
         "The answer's `secret` is the only time the key is shown: store it now. Optional: `expires_at`, and a "
-        "lifetime `spend_cap` (live spending beyond it answers 402 `spend_cap_exceeded`). Owners and admins only.",
+        "lifetime `spend_cap` (live spending beyond it answers 402 `spend_cap_exceeded`). For the AI gateway "
+        "(`/v1/…`), optionally: `allowed_models` (names of the gateway's models; none listed allows all, an unknown "
+        "name is refused), `rpm_limit` and `tpm_limit` (requests and tokens per minute) and `max_concurrent_streams`. "
+        "Owners and admins only.",
         examples=[
             OpenApiExample(
                 "A capped production key",
@@ -199,22 +261,17 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
                 request_only=True,
             ),
             OpenApiExample(
-                "Created",
+                "A gateway key for one model",
                 value={
-                    "id": 12,
-                    "name": "Production backend",
-                    "mode": "live",
-                    "prefix": "tg_live_AbC123",
-                    "created_at": "2026-03-01T09:30:00Z",
-                    "expires_at": None,
-                    "revoked_at": None,
-                    "last_used_at": None,
-                    "spend_cap": "500.000000000000",
-                    "spent": "0.000000000000",
-                    "secret": "tg_live_AbC123…",
+                    "name": "Chat frontend",
+                    "allowed_models": ["gpt-4o-mini"],
+                    "rpm_limit": 600,
+                    "tpm_limit": 200000,
+                    "max_concurrent_streams": 10,
                 },
-                response_only=True,
+                request_only=True,
             ),
+            OpenApiExample("Created", value={**API_KEY_EXAMPLE, "secret": "tg_live_AbC123…"}, response_only=True),
         ],
     )
     def post(self, request):
@@ -227,8 +284,33 @@ class ApiKeyListCreateApi(TenantMixin, APIView):
         return Response(self.CreatedOutput(created.api_key).data, status=status.HTTP_201_CREATED)
 
 
-class ApiKeyRevokeApi(TenantMixin, APIView):
+class ApiKeyDetailApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    def api_key(self, api_key_id: int) -> ApiKey:
+        try:
+            return selectors.api_key_get(organization=self.tenant.organization, api_key_id=api_key_id)
+        except ApiKey.DoesNotExist as exc:
+            raise NotFound("No such API key.") from exc
+
+    @extend_schema(
+        request=ApiKeyLimitsInput,
+        responses={200: ApiKeyOutput},
+        tags=["keys"],
+        summary="Change an API key's gateway limits",
+        description="Sets the fields you send and leaves the others: `allowed_models` (an empty list allows every "
+        "model), `rpm_limit`, `tpm_limit`, `max_concurrent_streams` (null removes a limit). Every server applies "
+        "them from its next request on. A revoked key cannot be changed (400). Owners and admins only.",
+        examples=[
+            OpenApiExample("Tighten a key", value={"rpm_limit": 60, "allowed_models": ["gpt-4o-mini"]}, request_only=True),
+            OpenApiExample("Changed", value=API_KEY_EXAMPLE, response_only=True),
+        ],
+    )
+    def patch(self, request, api_key_id: int):
+        data = ApiKeyLimitsInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        api_key = services.api_key_limits_update(api_key=self.api_key(api_key_id), **data.validated_data)
+        return Response(ApiKeyOutput(api_key).data)
 
     @extend_schema(
         responses={200: ApiKeyOutput},
@@ -238,11 +320,7 @@ class ApiKeyRevokeApi(TenantMixin, APIView):
         "its `revoked_at`. Revoking a revoked key changes nothing. Owners and admins only.",
     )
     def delete(self, request, api_key_id: int):
-        try:
-            api_key = selectors.api_key_get(organization=self.tenant.organization, api_key_id=api_key_id)
-        except ApiKey.DoesNotExist as exc:
-            raise NotFound("No such API key.") from exc
-        services.api_key_revoke(api_key=api_key)
+        api_key = services.api_key_revoke(api_key=self.api_key(api_key_id))
         return Response(ApiKeyOutput(api_key).data)
 
 

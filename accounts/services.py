@@ -7,6 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypedDict, Unpack
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -21,7 +22,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 from accounts.models import MANAGER_ROLES, ApiKey, ApiKeyMode, Invitation, Membership, Organization, Role, User, time_zone_names
 from accounts.selectors import API_KEYS, api_key_used_at_note
-from accounts.signals import organization_created
+from accounts.signals import api_key_models_check, organization_created
 from billing_site import locks, throttle
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest, PermissionRefused
 
@@ -144,6 +145,56 @@ def user_refresh_tokens_revoke(*, user: User) -> None:
     BlacklistedToken.objects.bulk_create([BlacklistedToken(token=token) for token in open_tokens], ignore_conflicts=True)
 
 
+class ApiKeyLimits(TypedDict, total=False):
+    """What the AI gateway lets a key do: the models it may call (none listed: all), requests and
+    tokens per minute, and streams open at once (None: no limit)."""
+
+    allowed_models: Collection[str]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_concurrent_streams: int | None
+
+
+API_KEY_LIMIT_MAX = 2_147_483_647  # the columns' (PostgreSQL integer) ceiling
+API_KEY_ALLOWED_MODELS_MAX = 200
+_MODEL_NAME_MAX_LENGTH = 120
+
+
+def _api_key_limits_clean(limits: ApiKeyLimits) -> dict[str, Any]:
+    """The given limits as columns: each count a whole number from 1 up or None; the model names once
+    each, in the order given, and known to the gateway (`api_key_models_check`). InvalidRequest names
+    every refused field."""
+    cleaned: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for field in ("rpm_limit", "tpm_limit", "max_concurrent_streams"):
+        if field in limits:
+            value = limits[field]
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= API_KEY_LIMIT_MAX
+            ):
+                errors[field] = [f"A whole number from 1 to {API_KEY_LIMIT_MAX}, or null for no limit."]
+            cleaned[field] = value
+    if "allowed_models" in limits:
+        models = limits["allowed_models"]
+        given = [] if isinstance(models, str) else list(models)
+        names = [name for name in given if isinstance(name, str)]
+        if (
+            isinstance(models, str)
+            or len(names) < len(given)
+            or not all(0 < len(name) <= _MODEL_NAME_MAX_LENGTH for name in names)
+        ):
+            errors["allowed_models"] = [f"A list of model names (1 to {_MODEL_NAME_MAX_LENGTH} characters each)."]
+        names = list(dict.fromkeys(names))
+        if len(names) > API_KEY_ALLOWED_MODELS_MAX:
+            errors["allowed_models"] = [f"At most {API_KEY_ALLOWED_MODELS_MAX} models; list none to allow them all."]
+        cleaned["allowed_models"] = names
+    if errors:
+        raise InvalidRequest("The request is invalid; see details.", details=errors)
+    if cleaned.get("allowed_models"):
+        api_key_models_check.send(sender=ApiKey, models=cleaned["allowed_models"])
+    return cleaned
+
+
 @dataclass(frozen=True)
 class CreatedApiKey:
     api_key: ApiKey
@@ -158,10 +209,23 @@ def api_key_create(
     created_by: User | None = None,
     expires_at: datetime | None = None,
     spend_cap: Decimal | None = None,
+    allowed_models: Collection[str] = (),
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    max_concurrent_streams: int | None = None,
 ) -> CreatedApiKey:
-    """Create a key; the answer holds the only copy of the secret there will ever be."""
+    """Create a key; the answer holds the only copy of the secret there will ever be. The gateway's
+    limits are optional (`api_key_limits_update` says what they accept)."""
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidRequest("`expires_at` must be in the future.", details={"expires_at": ["Must be in the future."]})
+    limits = _api_key_limits_clean(
+        ApiKeyLimits(
+            allowed_models=allowed_models,
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            max_concurrent_streams=max_concurrent_streams,
+        )
+    )
     random_part = secrets.token_urlsafe(32)  # 256 bits
     secret = API_KEY_PREFIXES[ApiKeyMode(mode)] + random_part
     api_key = ApiKey(
@@ -173,10 +237,24 @@ def api_key_create(
         created_by=created_by,
         expires_at=expires_at,
         spend_cap=spend_cap,
+        **limits,
     )
     api_key.full_clean()
     api_key.save()
     return CreatedApiKey(api_key=api_key, secret=secret)
+
+
+def api_key_limits_update(*, api_key: ApiKey, **limits: Unpack[ApiKeyLimits]) -> ApiKey:
+    """Change the gateway limits given (a PATCH); every process applies them from its next request on
+    (the API key cache's token changes before and after the write). A revoked key is not changed."""
+    if api_key.revoked_at is not None:
+        raise InvalidRequest("This key is revoked: it cannot be changed.")
+    columns = _api_key_limits_clean(limits)
+    if columns:
+        with transaction.atomic(), API_KEYS.invalidating():
+            ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(**columns)
+        api_key.refresh_from_db(fields=list(columns))
+    return api_key
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:

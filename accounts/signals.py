@@ -8,3 +8,8 @@ organization_created = Signal()
 # whatever path did it: the dashboard's change and reset forms, the admin, `manage.py
 # changepassword`. A sign-in that only re-hashes the same password with a newer hasher does not send it.
 user_password_changed = Signal()
+
+# Sent before a key's allowed models are written (kwargs: models, the list of names), so that the
+# gateway, a higher floor, refuses names that no model route answers to (its receiver raises
+# InvalidRequest) without accounts importing it. With no receiver, any well-formed name is kept.
+api_key_models_check = Signal()

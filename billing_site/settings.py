@@ -272,6 +272,13 @@ ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=Fa
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 
+# --- The AI gateway (gateway/crypto.py, docs/operations.md "Upstream API keys")
+# Fernet keys that encrypt upstream API keys at rest: the first encrypts, all decrypt (rotation).
+# Required in production; development derives one from SECRET_KEY when this is unset.
+GATEWAY_ENCRYPTION_KEYS = env.list("GATEWAY_ENCRYPTION_KEYS", default=[])
+# Where the demo's sandbox upstream answers (`seed_demo` points the demo routes at it).
+GATEWAY_SANDBOX_URL = env.str("GATEWAY_SANDBOX_URL", default="http://127.0.0.1:8001/sandbox/v1")
+
 # --- Metrics: /metrics needs a token or an allow-listed network; with neither it is open in
 # development and closed (403, and a `check --deploy` warning) in production.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -19,8 +19,9 @@ api_v1: list[URLPattern | URLResolver] = [
     path("auth/token/blacklist/", accounts_api.TokenBlacklistApi.as_view(), name="token-blacklist"),
     path("me/", accounts_api.MeApi.as_view(), name="me"),
     path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
-    path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyRevokeApi.as_view(), name="api-key"),
+    path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyDetailApi.as_view(), name="api-key"),
     path("", include("payments.urls")),
+    path("", include("gateway.api_urls")),
 ]
 
 admin.site.login_form = AdminLoginForm  # throttled against password guessing, like the dashboard's

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import ApiKey, ApiKeyMode, Role, time_zone_names
+from accounts.services import API_KEY_LIMIT_MAX
 from billing_site import throttle
 from billing_site.errors import DomainError
 from billing_site.money import currency_exponent
@@ -257,6 +258,27 @@ class ApiKeyCreateForm(forms.Form):
         widget=forms.DateInput(attrs={"type": "date"}),
         help_text="The key stops working at the start of this day (UTC).",
     )
+
+    # The AI gateway's limits of the key (accounts.services.api_key_limits_update says what they accept).
+    allowed_models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Models",
+        help_text="The AI gateway models this key may call; none ticked allows every model.",
+    )
+    rpm_limit = forms.IntegerField(
+        required=False, min_value=1, max_value=API_KEY_LIMIT_MAX, label="Requests per minute", help_text="Empty for no limit."
+    )
+    tpm_limit = forms.IntegerField(
+        required=False, min_value=1, max_value=API_KEY_LIMIT_MAX, label="Tokens per minute", help_text="Empty for no limit."
+    )
+    max_concurrent_streams = forms.IntegerField(
+        required=False, min_value=1, max_value=API_KEY_LIMIT_MAX, label="Streams at once", help_text="Empty for no limit."
+    )
+
+    def __init__(self, *args, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = [(model, model) for model in models]
 
     def clean_expires_on(self):
         day = self.cleaned_data.get("expires_on")

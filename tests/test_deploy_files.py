@@ -389,6 +389,7 @@ def test_env_example_names_only_variables_that_are_read():
         "SITE_URL",
         "METRICS_TOKEN",
         "SANDBOX_WEBHOOK_SECRET",
+        "GATEWAY_ENCRYPTION_KEYS",
     ):
         assert required in entries
     assert "sandbox" not in entries["PAYMENT_PROVIDERS"].split(","), "the sandbox provider moves no money"

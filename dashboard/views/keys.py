@@ -15,13 +15,15 @@ from accounts.models import ApiKey
 from billing_site.errors import DomainError
 from dashboard import forms
 from dashboard.context import dashboard_view, page
+from gateway import selectors as gateway_selectors
 
 
 @never_cache
 @require_http_methods(["GET", "POST"])
 @dashboard_view(managers_only=True)
 def keys(request, current):
-    form = forms.ApiKeyCreateForm(request.POST or None)
+    models = [route.model for route in gateway_selectors.route_list_for_key(allowed_models=[])]
+    form = forms.ApiKeyCreateForm(request.POST or None, models=models)
     if request.method == "POST" and form.is_valid():
         try:
             created = account_services.api_key_create(
@@ -31,9 +33,13 @@ def keys(request, current):
                 created_by=request.user,
                 expires_at=form.expires_at(),
                 spend_cap=form.cleaned_data["spend_cap"],
+                allowed_models=form.cleaned_data["allowed_models"],
+                rpm_limit=form.cleaned_data["rpm_limit"],
+                tpm_limit=form.cleaned_data["tpm_limit"],
+                max_concurrent_streams=form.cleaned_data["max_concurrent_streams"],
             )
         except DomainError as error:
-            form.add_error(None, error.message)
+            forms.service_error_add(form, error)
         else:
             # Redirect-after-POST, so a refresh cannot create a second key. The secret rides in the
             # session only until the next page shows it once (key_created pops it).

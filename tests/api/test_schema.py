@@ -178,6 +178,11 @@ def test_writes_carry_request_and_response_examples(db, client):
         ("post", "/api/v1/payments/recharge/"),
         ("post", "/api/v1/auth/token/"),
         ("post", "/api/v1/admin/organizations/{slug}/adjust/"),
+        ("patch", "/api/v1/api-keys/{api_key_id}/"),
+        ("post", "/api/v1/admin/upstreams/"),
+        ("patch", "/api/v1/admin/upstreams/{name}/"),
+        ("post", "/api/v1/admin/models/"),
+        ("patch", "/api/v1/admin/models/{model}/"),
     ]:
         operation = schema["paths"][path][method]
         assert operation["requestBody"]["content"]["application/json"].get("examples"), (method, path)

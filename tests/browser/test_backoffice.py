@@ -70,7 +70,24 @@ def _back_office_data(live_server_url: str):
         )
     payment = Payment.objects.filter(status=PaymentStatus.SUCCEEDED).first()
     Refund.objects.create(organization=organization, payment=payment, amount=Decimal(5), reason="unused credit")
+    _gateway_configuration()
     return organization, broke
+
+
+def _gateway_configuration() -> None:
+    """An upstream with a key, a keyless sandbox, and a route served by both in turn."""
+    from gateway import services as gateway_services
+
+    gateway_services.upstream_create(name="openai", base_url="https://api.openai.com/v1", api_key="sk-backoffice-demo")
+    gateway_services.upstream_create(name="sandbox", base_url="http://127.0.0.1:8001/sandbox/v1", sandbox=True)
+    gateway_services.model_route_create(
+        model="gpt-4o",
+        service="gpt-4o",
+        upstreams=[
+            gateway_services.RouteUpstreamSpec(upstream="openai", upstream_model="gpt-4o-2024-08-06"),
+            gateway_services.RouteUpstreamSpec(upstream="sandbox", upstream_model="gpt-4o"),
+        ],
+    )
 
 
 def _admin_log_in(visitor, email: str) -> None:

@@ -93,3 +93,48 @@ def test_refreshing_the_new_key_page_creates_no_second_key_and_shows_the_secret_
 def test_another_organizations_new_key_page_is_not_found(owner_web, other_web, organization):
     created = owner_web.post("/dashboard/keys/", {"name": "Backend", "mode": "live"})["Location"]
     assert other_web.get(created).status_code == 404
+
+
+@pytest.fixture
+def routed(catalogue):
+    from tests.gateway.config_helpers import route_add, upstream_add
+
+    upstream_add("openai")
+    route_add("gpt-4o-mini", "gpt", "openai")
+    route_add("dall-e-3", "dalle", "openai")
+    route_add("paused", "gpt", "openai", active=False)
+
+
+def test_a_key_is_created_with_its_gateway_limits_and_the_list_shows_them(owner_web, organization, routed):
+    page = owner_web.get("/dashboard/keys/").content.decode()
+    assert 'value="gpt-4o-mini"' in page and 'value="dall-e-3"' in page
+    assert 'value="paused"' not in page  # only the models customers can call are offered
+
+    response = owner_web.post(
+        "/dashboard/keys/",
+        {"name": "Chat", "mode": "live", "allowed_models": ["gpt-4o-mini"], "rpm_limit": "60", "tpm_limit": "100000"},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    key = ApiKey.objects.get(organization=organization)
+    assert (key.allowed_models, key.rpm_limit, key.tpm_limit, key.max_concurrent_streams) == (["gpt-4o-mini"], 60, 100_000, None)
+    listing = owner_web.get("/dashboard/keys/").content.decode()
+    assert "gpt-4o-mini · 60 req/min · 100,000 tokens/min" in listing
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"rpm_limit": "0"}, {"tpm_limit": "-3"}, {"max_concurrent_streams": "many"}, {"allowed_models": ["gpt-5"]}],
+)
+def test_bad_gateway_limits_create_no_key(owner_web, organization, routed, limits):
+    response = owner_web.post("/dashboard/keys/", {"name": "x", "mode": "live", **limits})
+
+    assert response.status_code == 400
+    assert not ApiKey.objects.exists()
+
+
+def test_without_routes_the_form_offers_no_model_list_but_still_the_limits(owner_web, organization):
+    page = owner_web.get("/dashboard/keys/").content.decode()
+
+    assert 'name="allowed_models"' not in page and 'name="rpm_limit"' in page

@@ -1,11 +1,13 @@
 """`manage.py seed_demo`: the demo that `make run` starts with. Idempotent: a second run changes nothing."""
 
+import io
 import os
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
@@ -68,6 +70,10 @@ class Command(BaseCommand):
                 name=ORGANIZATION_NAME, memberships__user=owner, memberships__role=Role.OWNER
             ).first() or account_services.organization_create(name=ORGANIZATION_NAME, owner=owner)
             new_services = _services(created_by=admin)
+        # The gateway's sandbox upstream and routes for the demo services: by the command's name, since
+        # the gateway app is a higher floor than this one.
+        gateway_output = io.StringIO()
+        call_command("gateway_seed_demo", stdout=gateway_output)
 
         # The starting balance goes through the ledger like any money (wallet_adjust is its own
         # durable transaction); an organization with any entry already got it.
@@ -93,11 +99,14 @@ class Command(BaseCommand):
             owner_password=owner_password,
             organization=organization,
             new_services=new_services,
+            gateway_routes=gateway_output.getvalue(),
             credited=credited,
             keys=keys,
         )
 
-    def _report(self, *, admin, owner, admin_password, owner_password, organization, new_services, credited, keys) -> None:
+    def _report(
+        self, *, admin, owner, admin_password, owner_password, organization, new_services, gateway_routes, credited, keys
+    ) -> None:
         write = self.stdout.write
         write("Demo logins (email / password)")
         write(f"  staff, /admin/:     {ADMIN_EMAIL} / {_shown_password(admin, admin_password)}")
@@ -105,6 +114,8 @@ class Command(BaseCommand):
         write(f"  organization:       {organization.name} (slug {organization.slug})")
         if new_services:
             write(f"  services created:   {', '.join(new_services)}")
+        if gateway_routes:
+            write(gateway_routes.rstrip("\n"))
         balance = Wallet.objects.get(organization=organization).balance
         credit_note = f" (credited {settings.STARTING_DEMO_BALANCE} now)" if credited else ""
         write(f"  balance:            {balance.normalize():f} {settings.CURRENCY}{credit_note}")
