@@ -30,7 +30,7 @@ class GatewayHandler(ASGIHandler):
         self._view_middleware: list[Any] = []
         self._template_response_middleware: list[Any] = []
         self._exception_middleware: list[Any] = []
-        get_response = self._get_response_async
+        get_response = self._get_response_async  # type: ignore[attr-defined]
 
         async def gateway_entry(request: Any) -> Any:
             request.urlconf = "gateway.urls"
@@ -42,7 +42,7 @@ class GatewayHandler(ASGIHandler):
                 logger.exception("gateway: unhandled error on %s", request.path)
                 return GatewayError().response()
 
-        self._middleware_chain = gateway_entry  # type: ignore[assignment]
+        self._middleware_chain = gateway_entry
 
 
 application = GatewayHandler()

@@ -6,7 +6,6 @@ every rule is the metering app's (holds, prices, spend caps, test mode): nothing
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -25,8 +24,8 @@ from metering.services.events import RESERVED_KEY_PREFIX
 _BEARER = "bearer "
 
 
-def caller_authenticate(*, authorization: str | None) -> Tenant:
-    """The tenant of `Authorization: Bearer tg_…`; InvalidApiKey otherwise."""
+def caller_authenticate(*, authorization: str | None) -> tuple[Tenant, ApiKey]:
+    """The tenant and key of `Authorization: Bearer tg_…`; InvalidApiKey otherwise."""
     close_old_connections()  # this thread's connection may have outlived CONN_MAX_AGE or a database restart
     if not authorization or not authorization[: len(_BEARER)].lower() == _BEARER:
         raise errors.InvalidApiKey("Send your Tollgate API key as `Authorization: Bearer tg_…`.")
@@ -34,7 +33,7 @@ def caller_authenticate(*, authorization: str | None) -> Tenant:
         api_key: ApiKey = api_key_for_secret(authorization[len(_BEARER) :].strip())
     except ApiKeyRefused as refused:
         raise errors.InvalidApiKey(str(refused)) from None
-    return Tenant(organization=api_key.organization, user=None, api_key=api_key, role=None)
+    return Tenant(organization=api_key.organization, user=None, api_key=api_key, role=None), api_key
 
 
 def _domain_error(error: DomainError, *, param: str | None) -> errors.GatewayError:

@@ -7,10 +7,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
-REQUESTS = Counter("tollgate_gateway_requests_total", "Gateway calls by model, endpoint and outcome", ["model", "endpoint", "outcome"])
+REQUESTS = Counter(
+    "tollgate_gateway_requests_total", "Gateway calls by model, endpoint and outcome", ["model", "endpoint", "outcome"]
+)
 REFUSED = Counter("tollgate_gateway_refused_total", "Gateway calls refused before any upstream call, by code", ["code"])
-TOKENS = Counter("tollgate_gateway_tokens_total", "Tokens charged by model and kind (input, cached_input, output)", ["model", "kind"])
-COST = Counter("tollgate_gateway_cost_total", "Cost charged (live keys), in currency units, by model and outcome", ["model", "outcome"])
+TOKENS = Counter(
+    "tollgate_gateway_tokens_total", "Tokens charged by model and kind (input, cached_input, output)", ["model", "kind"]
+)
+COST = Counter(
+    "tollgate_gateway_cost_total", "Cost charged (live keys), in currency units, by model and outcome", ["model", "outcome"]
+)
 ESTIMATED = Counter(
     "tollgate_gateway_estimated_usage_total", "Calls charged from a local token count, by model and outcome", ["model", "outcome"]
 )

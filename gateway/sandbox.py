@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from gateway.simulate import simulated_answer
 
 
-async def sandbox_upstream(request: HttpRequest, path: str) -> HttpResponse:
+async def sandbox_upstream(request: HttpRequest, path: str) -> HttpResponseBase:
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:

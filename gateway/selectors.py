@@ -32,6 +32,7 @@ class UpstreamConfig:
     max_concurrency: int
     sandbox: bool
     upstream_model: str
+    simulated: bool = False  # gateway.simulate's in-process upstream for test keys: no socket, no breaker, no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class RouteConfig:
     on_disconnect: str
     default_max_tokens: int
     upstreams: tuple[UpstreamConfig, ...]  # active ones only, in the order to try; may be empty
+    created: int = 0  # Unix seconds, for GET /v1/models
 
 
 # Every usable route by public model name, as one entry: a route or upstream change is rare, and an
@@ -101,6 +103,7 @@ def _routes_load() -> tuple[Mapping[str, RouteConfig], None]:
             on_disconnect=route.on_disconnect,
             default_max_tokens=route.default_max_tokens,
             upstreams=tuple(upstreams),
+            created=int(route.created_at.timestamp()),
         )
     return MappingProxyType(loaded), None
 

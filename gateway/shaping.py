@@ -121,13 +121,19 @@ def call_plan(*, endpoint: Endpoint, body: dict[str, Any], model: str, calc_meth
         if endpoint is Endpoint.CHAT:
             prompt = tokens.count_chat_prompt(body, model=model)
             return _token_plan(
-                body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_completion_tokens", default_max_tokens=default_max_tokens
+                body,
+                endpoint=endpoint,
+                prompt_tokens=prompt,
+                max_field="max_completion_tokens",
+                default_max_tokens=default_max_tokens,
             )
         if endpoint is Endpoint.COMPLETIONS:
             if "prompt" not in body:
                 raise InvalidRequest("`prompt` is required.", param="prompt")
             prompt = tokens.count_completion_prompt(body["prompt"], model=model)
-            plan = _token_plan(body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_tokens", default_max_tokens=default_max_tokens)
+            plan = _token_plan(
+                body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_tokens", default_max_tokens=default_max_tokens
+            )
             # Several prompts in one request each get their own completions.
             prompts = body["prompt"]
             if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int) and len(prompts) > 1:

@@ -75,16 +75,30 @@ def simulated_answer(path: str, body: dict[str, Any]) -> tuple[int, str, AsyncIt
         embedding: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
         data = [{"object": "embedding", "index": i, "embedding": embedding} for i in range(len(items))]
         prompt = tokens.count_embedding_input(inputs, model=model)
-        answer = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        answer: dict[str, Any] = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
         return 200, "application/json", json.dumps(answer).encode()
     if path == "images/generations":
-        count = body.get("n") if isinstance(body.get("n"), int) else 1
+        requested = body.get("n")
+        count = requested if isinstance(requested, int) and 1 <= requested <= 10 else 1
         data = [{"b64_json": _PIXEL_PNG, "revised_prompt": str(body.get("prompt", ""))[:200]} for _ in range(count)]
         return 200, "application/json", json.dumps({"created": created, "data": data}).encode()
     chat = path == "chat/completions"
     if not chat and path != "completions":
-        return 404, "application/json", json.dumps({"error": {"message": "Unknown path.", "type": "invalid_request_error"}}).encode()
-    prompt = tokens.count_chat_prompt(body, model=model) if chat else tokens.count_completion_prompt(body.get("prompt", ""), model=model)
+        return (
+            404,
+            "application/json",
+            json.dumps({"error": {"message": "Unknown path.", "type": "invalid_request_error"}}).encode(),
+        )
+    prompt = (
+        tokens.count_chat_prompt(body, model=model)
+        if chat
+        else tokens.count_completion_prompt(body.get("prompt", ""), model=model)
+    )
     pieces = _reply_words(_max_tokens(body), model)
     completion = tokens.count_text("".join(pieces), model=model)
     usage = _usage(prompt, completion)
@@ -104,7 +118,11 @@ def simulated_answer(path: str, body: dict[str, Any]) -> tuple[int, str, AsyncIt
         base = {"id": f"sim-{ident}", "object": f"{kind}.chunk" if chat else kind, "created": created, "model": model}
         for i, piece in enumerate(pieces):
             delta: dict[str, Any] = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-            choice = {"index": 0, "delta": delta, "finish_reason": None} if chat else {"index": 0, "text": piece, "finish_reason": None}
+            choice = (
+                {"index": 0, "delta": delta, "finish_reason": None}
+                if chat
+                else {"index": 0, "text": piece, "finish_reason": None}
+            )
             yield b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
         last = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {"index": 0, "text": "", "finish_reason": "stop"}
         yield b"data: " + json.dumps({**base, "choices": [last]}).encode() + b"\n\n"

@@ -10,14 +10,15 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
 from gateway.calls import Call, in_thread
 from gateway.errors import GatewayError, InvalidRequest, LimitsUnavailable, ModelNotAllowed, ModelNotFound, RateLimited
 from gateway.selectors import RouteConfig, route_get, route_list_for_key
-from gateway.simulate import SIMULATED_UPSTREAM
 from gateway.shaping import CallPlan, Endpoint, call_plan
+from gateway.simulate import SIMULATED_UPSTREAM
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
@@ -39,14 +40,14 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 def _admit(*, authorization: str | None, body: dict[str, Any], endpoint: Endpoint) -> tuple[Any, RouteConfig, CallPlan]:
     """Who calls, which route, what the call may cost: everything before the limits and the hold."""
     with versions_scope():
-        tenant = billing.caller_authenticate(authorization=authorization)
+        tenant, api_key = billing.caller_authenticate(authorization=authorization)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("`model` is required.", param="model")
         route = route_get(model=model)
     if route is None:
         raise ModelNotFound(f"The model `{model[:120]}` does not exist or is not served here.", param="model")
-    allowed = tenant.api_key.allowed_models
+    allowed = api_key.allowed_models
     if allowed and model not in allowed:
         raise ModelNotAllowed(f"This API key may not use `{model}`.", param="model")
     plan = call_plan(
@@ -59,18 +60,18 @@ def _admit(*, authorization: str | None, body: dict[str, Any], endpoint: Endpoin
     return tenant, route, plan
 
 
-def _with_headers(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:
+def _with_headers(response: HttpResponseBase, headers: dict[str, str]) -> HttpResponseBase:
     for name, value in headers.items():
         response[name] = value
     return response
 
 
-def _refused(error: GatewayError, headers: dict[str, str]) -> HttpResponse:
+def _refused(error: GatewayError, headers: dict[str, str]) -> HttpResponseBase:
     metrics.REFUSED.labels(error.code).inc()
     return _with_headers(error.response(), headers)
 
 
-async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
+async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     if request.method != "POST":
@@ -82,6 +83,7 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
         tenant, route, plan = await in_thread(_admit)(
             authorization=request.headers.get("Authorization"), body=body, endpoint=endpoint
         )
+        assert tenant.api_key is not None
         api_key = tenant.api_key
         admission = await limits.key_admit(
             key_id=api_key.pk, rpm_limit=api_key.rpm_limit, tpm_limit=api_key.tpm_limit, tokens=plan.worst_tokens
@@ -151,30 +153,30 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponse:
     return _with_headers(response, headers)
 
 
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     return await _serve(request, Endpoint.CHAT)
 
 
-async def completions(request: HttpRequest) -> HttpResponse:
+async def completions(request: HttpRequest) -> HttpResponseBase:
     return await _serve(request, Endpoint.COMPLETIONS)
 
 
-async def embeddings(request: HttpRequest) -> HttpResponse:
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
     return await _serve(request, Endpoint.EMBEDDINGS)
 
 
-async def images_generations(request: HttpRequest) -> HttpResponse:
+async def images_generations(request: HttpRequest) -> HttpResponseBase:
     return await _serve(request, Endpoint.IMAGES)
 
 
 def _model_list(*, authorization: str | None) -> list[dict[str, Any]]:
     with versions_scope():
-        tenant = billing.caller_authenticate(authorization=authorization)
-        routes = route_list_for_key(allowed_models=list(tenant.api_key.allowed_models))
-    return [{"id": route.model, "object": "model", "created": int(route.created.timestamp()), "owned_by": "tollgate"} for route in routes]
+        _, api_key = billing.caller_authenticate(authorization=authorization)
+        routes = route_list_for_key(allowed_models=list(api_key.allowed_models))
+    return [{"id": route.model, "object": "model", "created": route.created, "owned_by": "tollgate"} for route in routes]
 
 
-async def models(request: HttpRequest) -> HttpResponse:
+async def models(request: HttpRequest) -> HttpResponseBase:
     """The models this key may use."""
     headers = {"x-request-id": uuid.uuid4().hex}
     if request.method != "GET":
@@ -187,6 +189,5 @@ async def models(request: HttpRequest) -> HttpResponse:
     return _with_headers(HttpResponse(body, content_type="application/json"), headers)
 
 
-async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+async def not_found(request: HttpRequest, path: str = "") -> HttpResponseBase:
     return ModelNotFound(f"Unknown endpoint /v1/{path[:100]}.", code="unknown_endpoint").response()
-
