@@ -334,6 +334,9 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
+        # One line per upstream request is the gateway's metrics' job, not the log's.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
         # The access line is ours (with request id and tenant); Django's own would repeat it.
         "django.server": {"level": "WARNING", "filters": ["redact"]},
         # Django's warnings for 4xx/5xx answers and refused CSRF checks name the path.

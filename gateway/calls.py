@@ -111,6 +111,7 @@ class Call:
     client_gone: bool = False
     answer: bytes | None = None
     images_returned: int = 0
+    done_seen: bool = False
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -151,6 +152,8 @@ class Call:
         finally:
             self._announce(None)
             if self.plan.stream:
+                if self.done_seen:
+                    self._send("data: [DONE]\n\n")
                 self.queue.put_nowait(_END)
 
     async def _serve(self) -> None:
@@ -212,7 +215,7 @@ class Call:
             payload: str | None = self.opened.first_event
             while payload is not None:
                 if payload == "[DONE]":
-                    self._send("data: [DONE]\n\n")
+                    self.done_seen = True  # sent after the charge: a client that ends its stream sees it recorded
                     break
                 if '"usage"' in payload and self._usage_event(payload):
                     pass

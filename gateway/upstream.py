@@ -213,7 +213,7 @@ async def call_open(
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(1 + settings.GATEWAY_UPSTREAM_RETRIES),
-                wait=wait_exponential_jitter(initial=settings.GATEWAY_RETRY_BACKOFF_SECONDS, max=2.0),
+                wait=wait_exponential_jitter(multiplier=settings.GATEWAY_RETRY_BACKOFF_SECONDS, max=2.0),
                 retry=retry_if_exception_type(_Retryable),
                 reraise=True,
             ):

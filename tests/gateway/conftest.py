@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.gateway_server import GatewayServer
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +35,12 @@ def fake_upstream_b(_fake_upstream_b_server: FakeUpstream) -> Iterator[FakeUpstr
     _fake_upstream_b_server.reset()
     yield _fake_upstream_b_server
     _fake_upstream_b_server.reset()
+
+
+@pytest.fixture(scope="session")
+def gateway(django_db_setup, django_db_blocker) -> Iterator[GatewayServer]:
+    """The real gateway (gateway.asgi under uvicorn) on a real socket, for the whole session."""
+    server = GatewayServer().start()
+    yield server
+    with django_db_blocker.unblock():
+        server.stop()

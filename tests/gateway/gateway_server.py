@@ -36,8 +36,21 @@ class GatewayServer:
             self.loop = asyncio.get_running_loop()
             self.loop.set_default_executor(self._executor)
             await self._server.serve(sockets=[self._socket])
+            self._close_connections()  # blocking is fine now: nothing else runs on this loop
 
         asyncio.run(serve())
+
+    def _close_connections(self) -> None:
+        """Each worker thread closes its own database connection (Django's are per thread), so the test
+        database can be dropped: the barrier makes every thread take exactly one closing task."""
+        barrier = threading.Barrier(WORKER_THREADS)
+
+        def close() -> None:
+            barrier.wait(timeout=10)
+            connections.close_all()
+
+        for future in [self._executor.submit(close) for _ in range(WORKER_THREADS)]:
+            future.result(timeout=15)
 
     def start(self) -> GatewayServer:
         self._thread.start()
@@ -52,15 +65,4 @@ class GatewayServer:
         self._thread.join(15)
         if self._thread.is_alive():
             raise RuntimeError("the gateway test server did not stop")
-        # Each worker thread closes its own database connection (Django's are per thread), so the test
-        # database can be flushed and dropped: the barrier makes every thread take exactly one closing task.
-        barrier = threading.Barrier(WORKER_THREADS)
-
-        def close() -> None:
-            barrier.wait(timeout=10)
-            connections.close_all()
-
-        for future in [self._executor.submit(close) for _ in range(WORKER_THREADS)]:
-            future.result(timeout=15)
-        self._executor.shutdown(wait=True)
         self._socket.close()
