@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -25,6 +24,7 @@ from django.conf import settings
 from accounts.tenancy import Tenant
 from gateway import billing, limits, metrics, tokens
 from gateway.errors import GatewayError, UpstreamError
+from gateway.models import Outcome
 from gateway.selectors import RouteConfig, UpstreamConfig
 from gateway.shaping import CallPlan, Endpoint
 from gateway.simulate import SIMULATED_TRANSPORT
@@ -36,13 +36,6 @@ logger = logging.getLogger(__name__)
 # Calls whose task outlives its view (a client that left, a drain): kept here so they are not collected.
 _running: set[asyncio.Task[None]] = set()
 _END = object()
-
-
-class Outcome(StrEnum):
-    COMPLETED = "completed"
-    CLIENT_DISCONNECTED = "client_disconnected"
-    UPSTREAM_FAILED = "upstream_failed"
-    NO_USAGE_REPORTED = "no_usage_reported"
 
 
 def in_thread(function: Any) -> Any:

@@ -46,6 +46,15 @@ class Upstream(models.Model):
         return self.name
 
 
+class Outcome(models.TextChoices):
+    """How a gateway call ended (docs/gateway.md, "Outcomes"); recorded in its usage record's metadata."""
+
+    COMPLETED = "completed", "Completed"
+    CLIENT_DISCONNECTED = "client_disconnected", "Client left"
+    UPSTREAM_FAILED = "upstream_failed", "Upstream failed"
+    NO_USAGE_REPORTED = "no_usage_reported", "No usage report"
+
+
 class OnDisconnect(models.TextChoices):
     DRAIN = "drain", "Drain: keep reading upstream and charge what it reports"
     CANCEL = "cancel", "Cancel: close upstream and charge what was delivered (estimated)"

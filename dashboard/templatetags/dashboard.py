@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from billing_site.money import decimal_or_none as _decimal
 from billing_site.money import money_format, money_str, plain_amount  # noqa: F401 - plain_amount: used by the dashboard's views
+from gateway.models import Outcome
 
 register = template.Library()
 
@@ -87,6 +88,15 @@ def tone(status: str) -> str:
 @register.filter
 def label(status: str) -> str:
     return str(status).replace("_", " ").capitalize()
+
+
+@register.filter
+def outcome_label(outcome: str) -> str:
+    """A gateway call's outcome as a person reads it."""
+    try:
+        return str(Outcome(outcome).label)
+    except ValueError:
+        return outcome
 
 
 @register.filter

@@ -133,3 +133,22 @@ def test_usage_pages_cost_the_same_at_any_depth(owner_web, records, monkeypatch,
         assert ids(owner_web.get(f"/dashboard/usage/?before={older}")) == ["r2"]
     assert len(deep.captured_queries) == len(first.captured_queries)
     assert not any("OFFSET" in q["sql"] or "COUNT(" in q["sql"] for q in first.captured_queries + deep.captured_queries)
+
+
+def test_usage_shows_a_gateway_calls_model_and_outcome(owner_web, funded, catalogue):
+    from accounts.tenancy import tenant_resolve
+    from metering import services as metering_services
+
+    tenant = tenant_resolve(user=None, api_key=new_key(funded), organization_slug=None)
+    for key, outcome, estimated in (("g1", "completed", False), ("g2", "client_disconnected", True)):
+        metadata = {"model": "gpt-4o-mini", "outcome": outcome, "estimated": estimated, "request_id": key, "stream": True}
+        event = metering_services.UsageEvent(
+            service="gpt", idempotency_key=key, data={"input_tokens": 5, "output_tokens": 7}, metadata=metadata
+        )
+        metering_services.usage_record(tenant=tenant, event=event)
+    meter(new_key(funded, name="direct"), "ping", "plain")
+    html = owner_web.get("/dashboard/usage/").content.decode()
+    assert html.count("<code>gpt-4o-mini</code>") == 2
+    assert ">Completed</span>" in html and ">Client left</span>" in html
+    assert html.count(">estimated</span>") == 1
+    assert 'data-label="Gateway call"><span class="muted">—</span>' in html  # a record not made by the gateway
