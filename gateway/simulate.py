@@ -20,8 +20,8 @@ from gateway import tokens
 from gateway.selectors import UpstreamConfig
 
 REPLY = (
-    "This is a simulated answer from Tollgate's test mode: no model was called and no money moved. "
-    "Use a live key to reach the model itself."
+    "This is a simulated answer from Tollgate: no model was called. A test key is never charged for it; "
+    "a route to a real upstream answers a live key with the model itself."
 )
 EMBEDDING_DIMENSIONS = 8
 _PIXEL_PNG = base64.b64encode(
