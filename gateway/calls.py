@@ -20,6 +20,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from accounts.tenancy import Tenant
 from gateway import billing, limits, metrics, tokens
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 # Calls whose task outlives its view (a client that left, a drain): kept here so they are not collected.
 _running: set[asyncio.Task[None]] = set()
 _END = object()
+CAPTURE_ATTEMPTS = 4
+CAPTURE_BACKOFF_SECONDS = 0.25
 
 
 def in_thread(function: Any) -> Any:
@@ -138,8 +141,8 @@ class Call:
             self._announce(UpstreamError("The gateway stopped before this call ended; nothing was charged."))
             raise
         except Exception:
-            # The charge could not be written (the database is away): the answer is not given out unpaid. The
-            # hold expires by itself (docs/gateway.md, "What can go wrong").
+            # The charge could not be written (the database stayed away through the retries) or the call broke:
+            # a plain answer is not given out unpaid, and the hold expires by itself (docs/gateway.md).
             logger.exception("gateway: call %s could not be charged", self.request_id)
             self._announce(GatewayError("The gateway could not record this call; please retry."))
         finally:
@@ -165,6 +168,9 @@ class Call:
             except asyncio.CancelledError:
                 if not self.client_gone:
                     raise  # the server is shutting down: the hold expires by itself
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # the cancellation was ours (`cancel` policy): the call goes on to its charge
                 outcome = Outcome.CLIENT_DISCONNECTED
         except GatewayError as error:
             await self._release()
@@ -355,9 +361,7 @@ class Call:
         if quantities is None:
             await self._release()
             return
-        record = await asyncio.shield(
-            in_thread(billing.call_capture)(tenant=self.tenant, hold=self.hold, quantities=quantities, metadata=metadata)
-        )
+        record = await asyncio.shield(self._capture(quantities=quantities, metadata=metadata))
         self.charged = record.cost
         used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
         for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
@@ -366,6 +370,21 @@ class Call:
         if not self.tenant.is_test:
             metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
         await self._settle_limits(used)
+
+    async def _capture(self, *, quantities: dict[str, int], metadata: dict[str, Any]) -> Any:
+        """The capture, retried through a short database outage: it is idempotent (a capture that committed
+        but whose answer was lost is answered again, not written twice)."""
+        for attempt in range(CAPTURE_ATTEMPTS):
+            try:
+                return await in_thread(billing.call_capture)(
+                    tenant=self.tenant, hold=self.hold, quantities=quantities, metadata=metadata
+                )
+            except DatabaseError:
+                if attempt == CAPTURE_ATTEMPTS - 1:
+                    raise
+                logger.warning("gateway: capture of call %s failed; retrying", self.request_id, exc_info=True)
+                await asyncio.sleep(CAPTURE_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _release(self) -> None:
         await asyncio.shield(in_thread(billing.call_release)(hold=self.hold))
