@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 _running: set[asyncio.Task[None]] = set()
 _END = object()
 CAPTURE_ATTEMPTS = 4
+HOLD_MARGIN_SECONDS = 120
 CAPTURE_BACKOFF_SECONDS = 0.25
 
 
@@ -209,6 +210,8 @@ class Call:
         self._announce(None)
         drain_deadline: float | None = None
         renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
+        # The hold must still be active at the capture: a stream is cut before the hold's expiry could free it.
+        cut_at = time.monotonic() + settings.GATEWAY_HOLD_SECONDS - HOLD_MARGIN_SECONDS
         try:
             events = self.opened.events
             payload: str | None = self.opened.first_event
@@ -226,6 +229,9 @@ class Call:
                 else:
                     self.received.append(payload)
                     self._send(f"data: {payload}\n\n", content=True)
+                if time.monotonic() >= cut_at:
+                    self._mid_stream_failure("the stream outlived its hold")
+                    break
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
                     await self._renew_leases()
