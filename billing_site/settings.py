@@ -354,7 +354,7 @@ GATEWAY_PORT = env.int("GATEWAY_PORT", default=env.int("PORT", default=8000) + 1
 GATEWAY_WORKERS = env.int("GATEWAY_WORKERS", default=2)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # A call's hold lives this long at most: a gateway process that dies mid-call leaves it to the expiry task.
-GATEWAY_HOLD_SECONDS = env.int("GATEWAY_HOLD_SECONDS", default=3600)
+GATEWAY_HOLD_SECONDS = max(env.int("GATEWAY_HOLD_SECONDS", default=3600), 300)  # a stream is cut 120 s before
 # How long a stream whose client left is still read for its usage report (route policy `drain`).
 GATEWAY_DRAIN_SECONDS = env.float("GATEWAY_DRAIN_SECONDS", default=60.0)
 GATEWAY_UPSTREAM_RETRIES = env.int("GATEWAY_UPSTREAM_RETRIES", default=1)  # per upstream, before its first byte

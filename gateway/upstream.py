@@ -22,7 +22,7 @@ from django.conf import settings
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from gateway import errors, metrics
-from gateway.breaker import breaker_allow, breaker_failure, breaker_success
+from gateway.breaker import BreakerState, breaker_allow, breaker_failure, breaker_success
 from gateway.limits import upstream_acquire, upstream_release
 from gateway.selectors import UpstreamConfig
 
@@ -198,6 +198,7 @@ async def call_open(
             if not await breaker_allow(upstream.name):
                 kinds.append("unavailable")
                 metrics.UPSTREAM_ERRORS.labels(upstream.name, "breaker_open").inc()
+                metrics.BREAKER_OPEN.labels(upstream.name).set(1)
                 continue
             if not await upstream_acquire(
                 upstream=upstream.name,
@@ -225,10 +226,12 @@ async def call_open(
                     except _Failed as failed:
                         metrics.UPSTREAM_ERRORS.labels(upstream.name, failed.kind).inc()
                         if not upstream.simulated:
-                            await breaker_failure(upstream.name)
+                            state = await breaker_failure(upstream.name)
+                            metrics.BREAKER_OPEN.labels(upstream.name).set(0 if state == BreakerState.CLOSED else 1)
                         raise
             if not upstream.simulated:
                 await breaker_success(upstream.name)
+                metrics.BREAKER_OPEN.labels(upstream.name).set(0)
             metrics.UPSTREAM_FIRST_BYTE.labels(upstream.name).observe(opened.first_byte_at - opened.started)
             return opened
         except _Failed as failed:
