@@ -102,11 +102,13 @@ def _declared_metrics(path: Path, kinds: dict[str, str]) -> set[str]:
 
 
 def _app_metrics() -> set[str]:
-    """The metrics declared in billing_site/metrics.py, and the state gauges the apps register there at start."""
+    """The metrics declared in billing_site/metrics.py and gateway/metrics.py, and the state gauges the apps
+    register at start."""
     from billing_site import metrics
 
     kinds = {"Counter": "counter", "Histogram": "histogram", "Gauge": "gauge", "GaugeMetricFamily": "gauge"}
-    return _declared_metrics(ROOT / "billing_site" / "metrics.py", kinds) | set(metrics._STATE_GAUGES)
+    declared = _declared_metrics(ROOT / "billing_site" / "metrics.py", kinds)
+    return declared | _declared_metrics(ROOT / "gateway" / "metrics.py", kinds) | set(metrics._STATE_GAUGES)
 
 
 def _django_prometheus_metrics() -> set[str]:
