@@ -81,7 +81,9 @@ def _token_plan(
     for name in named:
         max_output = _positive_int(body, name, maximum=10_000_000) or max_output
     if len(named) == 2:
+        # Both sent: an upstream may obey either, so both become the smaller, which the hold covers.
         max_output = min(body["max_completion_tokens"], body["max_tokens"])
+        body["max_completion_tokens"] = body["max_tokens"] = max_output
     if not named:
         body[max_field] = default_max_tokens  # so the hold is a true worst case
     choices = _positive_int(body, "n", maximum=MAX_CHOICES) or 1
