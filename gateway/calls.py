@@ -372,7 +372,7 @@ class Call:
         used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
         for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
             if quantities.get(kind):
-                metrics.TOKENS.labels(self.model, kind.removesuffix("_tokens")).inc(quantities[kind])
+                metrics.TOKENS.labels(self.model, outcome.value, kind.removesuffix("_tokens")).inc(quantities[kind])
         if not self.tenant.is_test:
             metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
         await self._settle_limits(used)
