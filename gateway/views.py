@@ -190,4 +190,5 @@ async def models(request: HttpRequest) -> HttpResponseBase:
 
 
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponseBase:
-    return ModelNotFound(f"Unknown endpoint /v1/{path[:100]}.", code="unknown_endpoint").response()
+    error = ModelNotFound(f"Unknown endpoint /v1/{path[:100]}.", code="unknown_endpoint")
+    return _refused(error, {"x-request-id": uuid.uuid4().hex})
