@@ -15,7 +15,15 @@ from django.http.response import HttpResponseBase
 from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
 from gateway.calls import Call, in_thread
-from gateway.errors import GatewayError, InvalidRequest, LimitsUnavailable, ModelNotAllowed, ModelNotFound, RateLimited
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LimitsUnavailable,
+    MethodNotAllowed,
+    ModelNotAllowed,
+    ModelNotFound,
+    RateLimited,
+)
 from gateway.selectors import RouteConfig, route_get, route_list_for_key
 from gateway.shaping import CallPlan, Endpoint, call_plan
 from gateway.simulate import SIMULATED_UPSTREAM
@@ -75,7 +83,7 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     if request.method != "POST":
-        return _refused(InvalidRequest("Use POST.", code="method_not_allowed"), headers)
+        return _refused(MethodNotAllowed(allowed="POST"), headers)
     reserved = 0
     call: Call | None = None
     try:
@@ -180,7 +188,7 @@ async def models(request: HttpRequest) -> HttpResponseBase:
     """The models this key may use."""
     headers = {"x-request-id": uuid.uuid4().hex}
     if request.method != "GET":
-        return _refused(InvalidRequest("Use GET.", code="method_not_allowed"), headers)
+        return _refused(MethodNotAllowed(allowed="GET"), headers)
     try:
         data = await in_thread(_model_list)(authorization=request.headers.get("Authorization"))
     except GatewayError as error:
