@@ -97,8 +97,15 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
             key_id=api_key.pk, rpm_limit=api_key.rpm_limit, tpm_limit=api_key.tpm_limit, tokens=plan.worst_tokens
         )
         headers.update(limits.ratelimit_headers(admission))
+        if not admission.allowed and admission.retry_after is None:
+            # Waiting would not help: no Retry-After (docs/gateway-resilience.md).
+            raise RateLimited(
+                f"This request's worst case ({plan.worst_tokens} tokens) exceeds this API key's tokens-per-minute "
+                f"limit ({api_key.tpm_limit}); lower `max_tokens` or the prompt.",
+                param="max_tokens",
+            )
         if not admission.allowed:
-            raise RateLimited(headers={"Retry-After": str(admission.retry_after or 1)})
+            raise RateLimited(headers={"Retry-After": str(admission.retry_after)})
         reserved = plan.worst_tokens
         stream_slot = False
         if plan.stream and api_key.max_concurrent_streams is not None:
