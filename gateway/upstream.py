@@ -22,7 +22,7 @@ from django.conf import settings
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from gateway import errors, metrics
-from gateway.breaker import breaker_allow, breaker_failure, breaker_success
+from gateway.breaker import BreakerState, breaker_allow, breaker_failure, breaker_success
 from gateway.limits import upstream_acquire, upstream_release
 from gateway.selectors import UpstreamConfig
 
@@ -88,6 +88,7 @@ class _Failed(Exception):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+        self.detail = detail
 
 
 class _Retryable(_Failed):
@@ -224,8 +225,9 @@ async def call_open(
                         )
                     except _Failed as failed:
                         metrics.UPSTREAM_ERRORS.labels(upstream.name, failed.kind).inc()
-                        if not upstream.simulated:
-                            await breaker_failure(upstream.name)
+                        if not upstream.simulated and await breaker_failure(upstream.name) is BreakerState.OPEN:
+                            # This failure opened the breaker (or was the probe's): no more tries while it is open.
+                            raise _Failed(failed.kind, failed.detail) from None
                         raise
             if not upstream.simulated:
                 await breaker_success(upstream.name)
