@@ -20,6 +20,8 @@ import openai
 import pytest
 from django.conf import settings as django_settings
 
+from accounts import services as account_services
+from gateway import breaker, limits
 from gateway.breaker import BreakerState, breaker_state
 from gateway.redis import async_redis_close
 from gateway.tokens import count_chat_prompt, count_text
@@ -266,6 +268,41 @@ def test_failures_another_process_recorded_make_the_gateway_skip_the_upstream(ga
     assert fake_upstream.requests == []  # the healthy-looking A is skipped: the peer saw it fail
     assert len(fake_upstream_b.requests) == 1
     assert [r.metadata["upstream"] for r in records(world)] == [b]
+
+
+# --- Redis unreachable -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway_redis_unreachable(settings, tmp_path):
+    settings.GATEWAY_REDIS_URL = f"unix://{tmp_path}/none.sock"
+    yield
+    for outage in (breaker._outage, limits._key_outage, limits._upstream_outage):
+        outage.down = False  # the next test's first outage is logged again
+
+
+def test_without_redis_a_key_with_limits_is_refused_and_a_key_without_is_served(
+    gateway, fake_upstream, gateway_redis_unreachable
+):
+    world = world_build(upstreams=[fake_upstream], rpm_limit=100)
+    unlimited = account_services.api_key_create(organization=world.organization, name="unlimited")
+    before = money_state(world.organization)
+
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(world.client(gateway))
+    assert raised.value.status_code == 503 and raised.value.code == "rate_limits_unavailable"
+    assert fake_upstream.requests == []
+    assert money_state(world.organization) == before
+
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=unlimited.secret, max_retries=0, timeout=10)
+    plain = chat(client)  # the breaker and the upstream's cap let calls through while Redis is away
+    streamed = list(chat(client, stream=True, stream_options={"include_usage": True}))
+
+    assert content_of(streamed) and len(fake_upstream.requests) == 2
+    expected = world.cost(input_tokens=plain.usage.prompt_tokens, output_tokens=plain.usage.completion_tokens)
+    expected += world.cost(input_tokens=streamed[-1].usage.prompt_tokens, output_tokens=streamed[-1].usage.completion_tokens)
+    assert wallet_of(world.organization).balance == before["balance"] - expected
+    assert_nothing_active(world)
 
 
 # --- Retries: only before the first byte -----------------------------------------------------------------------
