@@ -109,6 +109,7 @@ class Call:
     answer: bytes | None = None
     images_returned: int = 0
     done_seen: bool = False
+    failure_event: str | None = None  # a stream's error event, sent after the charge like [DONE]
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -151,6 +152,8 @@ class Call:
             if self.plan.stream:
                 if self.done_seen:
                     self._send("data: [DONE]\n\n")
+                elif self.failure_event is not None:
+                    self._send(self.failure_event)
                 self.queue.put_nowait(_END)
 
     async def _serve(self) -> None:
@@ -304,8 +307,10 @@ class Call:
             self.queue.put_nowait((text.encode(), content))
 
     def _send_error(self, message: str) -> None:
+        """The error event that ends a failed stream: sent once the call is charged, so that a client that stops
+        at it (the SDK raises) finds its usage recorded."""
         body = {"error": {"message": message, "type": "api_error", "param": None, "code": "upstream_error"}}
-        self._send(f"data: {json.dumps(body)}\n\n")
+        self.failure_event = f"data: {json.dumps(body)}\n\n"
 
     async def client_events(self) -> AsyncIterator[bytes]:
         """The stream the client reads. Stopping early (the client left) tells the call."""

@@ -47,6 +47,16 @@ class InvalidRequest(GatewayError):
     message = "The request is not valid."
 
 
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    message = "This endpoint does not take that method."
+
+    def __init__(self, *, allowed: str) -> None:
+        super().__init__(f"Use {allowed}.", headers={"Allow": allowed})
+
+
 class InvalidApiKey(GatewayError):
     status = 401
     type = "invalid_request_error"

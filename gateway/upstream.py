@@ -88,6 +88,7 @@ class _Failed(Exception):
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
+        self.detail = detail
 
 
 class _Retryable(_Failed):
@@ -122,13 +123,17 @@ async def _attempt(
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
     if upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
-    timeout = httpx.Timeout(
-        connect=upstream.connect_timeout, read=upstream.timeout, write=upstream.timeout, pool=upstream.connect_timeout
-    )
+    # httpx's read timeout bounds every read of the answer, a stream's gaps included: it must not cut a gap the
+    # idle timeout allows (sse_events enforces that one), so the wait for a stream's headers is bounded here instead.
+    read = max(upstream.timeout, upstream.idle_timeout) if stream else upstream.timeout
+    timeout = httpx.Timeout(connect=upstream.connect_timeout, read=read, write=upstream.timeout, pool=upstream.connect_timeout)
     request = client.build_request("POST", path, content=content, headers=headers, timeout=timeout)
     started = time.perf_counter()
     try:
-        response = await client.send(request, stream=True)
+        async with asyncio.timeout(upstream.timeout if read > upstream.timeout else None):
+            response = await client.send(request, stream=True)
+    except TimeoutError:
+        raise _Retryable("timeout", "no answer in time") from None
     except httpx.TimeoutException as error:
         raise _Retryable("timeout", type(error).__name__) from None
     except httpx.TransportError as error:
@@ -228,6 +233,9 @@ async def call_open(
                         if not upstream.simulated:
                             state = await breaker_failure(upstream.name)
                             metrics.BREAKER_OPEN.labels(upstream.name).set(0 if state == BreakerState.CLOSED else 1)
+                            if state is BreakerState.OPEN:
+                                # This failure opened the breaker (or was the probe's): no more tries while it is open.
+                                raise _Failed(failed.kind, failed.detail) from None
                         raise
             if not upstream.simulated:
                 await breaker_success(upstream.name)

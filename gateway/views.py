@@ -15,7 +15,15 @@ from django.http.response import HttpResponseBase
 from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
 from gateway.calls import Call, in_thread
-from gateway.errors import GatewayError, InvalidRequest, LimitsUnavailable, ModelNotAllowed, ModelNotFound, RateLimited
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    LimitsUnavailable,
+    MethodNotAllowed,
+    ModelNotAllowed,
+    ModelNotFound,
+    RateLimited,
+)
 from gateway.selectors import RouteConfig, route_get, route_list_for_key
 from gateway.shaping import CallPlan, Endpoint, call_plan
 from gateway.simulate import SIMULATED_UPSTREAM
@@ -75,7 +83,7 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
     request_id = uuid.uuid4().hex
     headers = {"x-request-id": request_id}
     if request.method != "POST":
-        return _refused(InvalidRequest("Use POST.", code="method_not_allowed"), headers)
+        return _refused(MethodNotAllowed(allowed="POST"), headers)
     reserved = 0
     call: Call | None = None
     try:
@@ -89,8 +97,15 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
             key_id=api_key.pk, rpm_limit=api_key.rpm_limit, tpm_limit=api_key.tpm_limit, tokens=plan.worst_tokens
         )
         headers.update(limits.ratelimit_headers(admission))
+        if not admission.allowed and admission.retry_after is None:
+            # Waiting would not help: no Retry-After (docs/gateway-resilience.md).
+            raise RateLimited(
+                f"This request's worst case ({plan.worst_tokens} tokens) exceeds this API key's tokens-per-minute "
+                f"limit ({api_key.tpm_limit}); lower `max_tokens` or the prompt.",
+                param="max_tokens",
+            )
         if not admission.allowed:
-            raise RateLimited(headers={"Retry-After": str(admission.retry_after or 1)})
+            raise RateLimited(headers={"Retry-After": str(admission.retry_after)})
         reserved = plan.worst_tokens
         stream_slot = False
         if plan.stream and api_key.max_concurrent_streams is not None:
@@ -180,7 +195,7 @@ async def models(request: HttpRequest) -> HttpResponseBase:
     """The models this key may use."""
     headers = {"x-request-id": uuid.uuid4().hex}
     if request.method != "GET":
-        return _refused(InvalidRequest("Use GET.", code="method_not_allowed"), headers)
+        return _refused(MethodNotAllowed(allowed="GET"), headers)
     try:
         data = await in_thread(_model_list)(authorization=request.headers.get("Authorization"))
     except GatewayError as error:
@@ -190,4 +205,5 @@ async def models(request: HttpRequest) -> HttpResponseBase:
 
 
 async def not_found(request: HttpRequest, path: str = "") -> HttpResponseBase:
-    return ModelNotFound(f"Unknown endpoint /v1/{path[:100]}.", code="unknown_endpoint").response()
+    error = ModelNotFound(f"Unknown endpoint /v1/{path[:100]}.", code="unknown_endpoint")
+    return _refused(error, {"x-request-id": uuid.uuid4().hex})
