@@ -112,6 +112,7 @@ class Call:
     answer: bytes | None = None
     images_returned: int = 0
     done_seen: bool = False
+    reading_upstream: bool = False  # what `cancel` may interrupt: never the close and the charge that follow
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -131,7 +132,7 @@ class Call:
         if self.client_gone:
             return
         self.client_gone = True
-        if self.route.on_disconnect == "cancel" and self.task is not None and not self.task.done():
+        if self.route.on_disconnect == "cancel" and self.reading_upstream and self.task is not None and not self.task.done():
             self.task.cancel()
 
     def _announce(self, result: GatewayError | None) -> None:
@@ -160,6 +161,7 @@ class Call:
         outcome: Outcome | None = None
         try:
             try:
+                self.reading_upstream = True
                 self.opened = await call_open(
                     upstreams=self.upstreams,
                     path=self.plan.endpoint.value,
@@ -173,6 +175,8 @@ class Call:
                 if not self.client_gone:
                     raise  # the server is shutting down: the hold expires by itself
                 outcome = Outcome.CLIENT_DISCONNECTED
+            finally:
+                self.reading_upstream = False
         except GatewayError as error:
             await self._release()
             self._announce(error)
