@@ -110,6 +110,9 @@ class Call:
     images_returned: int = 0
     done_seen: bool = False
     failure_event: str | None = None  # a stream's error event, sent after the charge like [DONE]
+    reading_upstream: bool = False  # what `cancel` may interrupt: never the close and the charge that follow
+    drain_deadline: float | None = None  # loop time: `drain` reads the upstream until then once the client left
+    _waiting: asyncio.Timeout | None = None  # the relay's wait for the upstream's next event
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
@@ -129,8 +132,13 @@ class Call:
         if self.client_gone:
             return
         self.client_gone = True
-        if self.route.on_disconnect == "cancel" and self.task is not None and not self.task.done():
-            self.task.cancel()
+        if self.route.on_disconnect == "cancel":
+            if self.reading_upstream and self.task is not None and not self.task.done():
+                self.task.cancel()
+            return
+        self.drain_deadline = asyncio.get_running_loop().time() + settings.GATEWAY_DRAIN_SECONDS
+        if self._waiting is not None:
+            self._waiting.reschedule(self.drain_deadline)
 
     def _announce(self, result: GatewayError | None) -> None:
         if not self.ready.done():
@@ -160,6 +168,7 @@ class Call:
         outcome: Outcome | None = None
         try:
             try:
+                self.reading_upstream = True
                 self.opened = await call_open(
                     upstreams=self.upstreams,
                     path=self.plan.endpoint.value,
@@ -176,6 +185,8 @@ class Call:
                 if task is not None:
                     task.uncancel()  # the cancellation was ours (`cancel` policy): the call goes on to its charge
                 outcome = Outcome.CLIENT_DISCONNECTED
+            finally:
+                self.reading_upstream = False
         except GatewayError as error:
             await self._release()
             self._announce(error)
@@ -211,7 +222,6 @@ class Call:
         assert self.opened is not None and self.opened.events is not None and self.opened.first_event is not None
         metrics.STREAMS_OPEN.inc()
         self._announce(None)
-        drain_deadline: float | None = None
         renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
         # The hold must still be active at the capture: a stream is cut before the hold's expiry could free it.
         cut_at = time.monotonic() + settings.GATEWAY_HOLD_SECONDS - HOLD_MARGIN_SECONDS
@@ -238,18 +248,17 @@ class Call:
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
                     await self._renew_leases()
-                if self.client_gone and drain_deadline is None:
-                    drain_deadline = time.monotonic() + settings.GATEWAY_DRAIN_SECONDS
+                # Unbounded until the client leaves; client_left bounds it by the drain even mid-wait.
+                waiting = self._waiting = asyncio.timeout_at(self.drain_deadline)
                 try:
-                    if drain_deadline is None:
+                    async with waiting:
                         payload = await anext(events, None)
-                    else:
-                        async with asyncio.timeout(max(0.0, drain_deadline - time.monotonic())):
-                            payload = await anext(events, None)
                 except TimeoutError:
-                    if drain_deadline is not None and time.monotonic() >= drain_deadline:
+                    if waiting.expired():
                         break  # drained as long as we may: charge what was received
                     raise
+                finally:
+                    self._waiting = None
         except (TimeoutError, OSError) as error:
             self._mid_stream_failure(type(error).__name__)
         except Exception as error:  # httpx's transport errors: a dropped connection, a broken chunk

@@ -123,18 +123,19 @@ async def _attempt(
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
     if upstream.api_key:
         headers["Authorization"] = f"Bearer {upstream.api_key}"
-    # httpx's read timeout bounds every read of the answer, a stream's gaps included: it must not cut a gap the
-    # idle timeout allows (sse_events enforces that one), so the wait for a stream's headers is bounded here instead.
-    read = max(upstream.timeout, upstream.idle_timeout) if stream else upstream.timeout
-    timeout = httpx.Timeout(connect=upstream.connect_timeout, read=read, write=upstream.timeout, pool=upstream.connect_timeout)
+    # httpx's read timeout bounds every read of a streamed body, so on a stream it must not be shorter than the
+    # idle timeout (sse_events enforces both the first-event and the between-chunks bounds itself); the
+    # answer's head is then bounded by the first-byte timeout here.
+    read_timeout = max(upstream.timeout, upstream.idle_timeout) if stream else upstream.timeout
+    timeout = httpx.Timeout(
+        connect=upstream.connect_timeout, read=read_timeout, write=upstream.timeout, pool=upstream.connect_timeout
+    )
     request = client.build_request("POST", path, content=content, headers=headers, timeout=timeout)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(upstream.timeout if read > upstream.timeout else None):
+        async with asyncio.timeout(upstream.timeout if stream else None):
             response = await client.send(request, stream=True)
-    except TimeoutError:
-        raise _Retryable("timeout", "no answer in time") from None
-    except httpx.TimeoutException as error:
+    except (httpx.TimeoutException, TimeoutError) as error:
         raise _Retryable("timeout", type(error).__name__) from None
     except httpx.TransportError as error:
         raise _Retryable("connect", type(error).__name__) from None
