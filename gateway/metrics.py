@@ -12,7 +12,9 @@ REQUESTS = Counter(
 )
 REFUSED = Counter("tollgate_gateway_refused_total", "Gateway calls refused before any upstream call, by code", ["code"])
 TOKENS = Counter(
-    "tollgate_gateway_tokens_total", "Tokens charged by model and kind (input, cached_input, output)", ["model", "kind"]
+    "tollgate_gateway_tokens_total",
+    "Tokens charged by model, outcome and kind (input, cached_input, output)",
+    ["model", "outcome", "kind"],
 )
 COST = Counter(
     "tollgate_gateway_cost_total", "Cost charged (live keys), in currency units, by model and outcome", ["model", "outcome"]
