@@ -398,9 +398,7 @@ def main() -> int:
         if not _port_free(port):
             raise SystemExit(f"run: port {port} is in use; stop what uses it or set PORT to another port.")
         if not _port_free(_gateway_port(port)):
-            raise SystemExit(
-                f"run: port {_gateway_port(port)} (the gateway) is in use; stop what uses it or set GATEWAY_PORT."
-            )
+            raise SystemExit(f"run: port {_gateway_port(port)} (the gateway) is in use; stop what uses it or set GATEWAY_PORT.")
         supervisor.ensure_servers()
         supervisor.save()
         supervisor.check_signals()

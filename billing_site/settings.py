@@ -278,7 +278,8 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 GATEWAY_ENCRYPTION_KEYS = env.list("GATEWAY_ENCRYPTION_KEYS", default=[])
 # Where the demo's sandbox upstream answers (`seed_demo` points the demo routes at it).
 GATEWAY_SANDBOX_URL = env.str(
-    "GATEWAY_SANDBOX_URL", default=f"http://127.0.0.1:{env.int('GATEWAY_PORT', default=env.int('PORT', default=8000) + 1)}/sandbox/v1"
+    "GATEWAY_SANDBOX_URL",
+    default=f"http://127.0.0.1:{env.int('GATEWAY_PORT', default=env.int('PORT', default=8000) + 1)}/sandbox/v1",
 )
 
 # --- Metrics: /metrics needs a token or an allow-listed network; with neither it is open in

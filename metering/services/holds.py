@@ -122,18 +122,14 @@ def _hold_finish(*, hold: Hold, status: HoldStatus) -> None:
     Hold.objects.filter(pk=hold.pk).update(status=status, finished_at=timezone.now())
 
 
-def hold_capture(
-    *, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadata: dict[str, Any] | None = None
-) -> HoldOutcome:
+def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadata: dict[str, Any] | None = None) -> HoldOutcome:
     """Write the usage of the actual quantities at the price in force and free the hold, in one
     transaction. The actual cost may exceed the hold (docs/contract.md §2.4: the service was delivered).
     Capturing again answers the same outcome; capturing a released or expired hold is refused."""
     organization_id = tenant.organization.pk
     if hold.organization_id != organization_id or hold.test != tenant.is_test:
         raise NotFound("No such hold.")  # a test key never captures a live hold, nor the other way round
-    event = UsageEvent(
-        service=hold.service.slug, idempotency_key=hold_capture_key(hold.pk), data=data, metadata=metadata or {}
-    )
+    event = UsageEvent(service=hold.service.slug, idempotency_key=hold_capture_key(hold.pk), data=data, metadata=metadata or {})
     if hold.status == HoldStatus.CAPTURED:
         return _capture_replay(hold, event)
     if hold.status != HoldStatus.ACTIVE:
