@@ -201,11 +201,8 @@ async def call_open(
     kinds: list[str] = []
     for upstream in upstreams:
         if not upstream.simulated:
-            if not await breaker_allow(upstream.name):
-                kinds.append("unavailable")
-                metrics.UPSTREAM_ERRORS.labels(upstream.name, "breaker_open").inc()
-                metrics.BREAKER_OPEN.labels(upstream.name).set(1)
-                continue
+            # The slot first: a half-open breaker's one probe permit must not be taken by a call that then finds
+            # the upstream full and never reports back.
             if not await upstream_acquire(
                 upstream=upstream.name,
                 limit=upstream.max_concurrency,
@@ -214,6 +211,12 @@ async def call_open(
             ):
                 kinds.append("unavailable")
                 metrics.UPSTREAM_ERRORS.labels(upstream.name, "concurrency").inc()
+                continue
+            if not await breaker_allow(upstream.name):
+                await upstream_release(upstream=upstream.name, call_id=call_id)
+                kinds.append("unavailable")
+                metrics.UPSTREAM_ERRORS.labels(upstream.name, "breaker_open").inc()
+                metrics.BREAKER_OPEN.labels(upstream.name).set(1)
                 continue
         client = client_for(upstream, transport=transport if upstream.simulated else None)
         content = json.dumps({**body, "model": upstream.upstream_model}).encode()
@@ -246,6 +249,12 @@ async def call_open(
         except _Failed as failed:
             kinds.append(failed.kind)
             logger.warning("gateway: upstream %s failed before the first byte (%s)", upstream.name, failed)
+        except errors.UpstreamRefused:
+            if not upstream.simulated:
+                # It answered, and objects to the request itself: the upstream is healthy (a probe succeeded).
+                await breaker_success(upstream.name)
+                await upstream_release(upstream=upstream.name, call_id=call_id)
+            raise
         except BaseException:
             if not upstream.simulated:
                 await upstream_release(upstream=upstream.name, call_id=call_id)

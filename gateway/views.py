@@ -120,7 +120,8 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
                     f"This API key already has {api_key.max_concurrent_streams} streams open.",
                     headers={"Retry-After": "1"},
                 )
-        upstreams = route.upstreams
+        # A live key is served by the route's paid upstreams; its sandbox ones only when it has nothing else (the demo).
+        upstreams = tuple(u for u in route.upstreams if not u.sandbox) or route.upstreams
         if tenant.is_test:
             # A test key reaches only the route's sandbox upstreams, or the simulated one: never a paid model.
             upstreams = tuple(u for u in route.upstreams if u.sandbox) or (SIMULATED_UPSTREAM,)

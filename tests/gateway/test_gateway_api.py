@@ -623,3 +623,16 @@ def test_a_key_charges_only_its_own_organization(gateway, fake_upstream):
     assert wallet_of(world.organization).balance == before["balance"] - expected
     assert UsageRecord.objects.filter(organization=other).count() == 2
     assert_money_invariants()
+
+
+def test_a_live_key_skips_a_sandbox_upstream_listed_before_the_paid_one(gateway, fake_upstream, fake_upstream_b):
+    """Else a live key would pay for simulated answers whenever staff list the sandbox first."""
+    world = world_build(upstreams=[("play", fake_upstream_b.url + "/v1"), ("paid", fake_upstream.url + "/v1")], sandbox=("play",))
+
+    chat(world.client(gateway))
+    chat(world.client(gateway, test=True))
+
+    assert len(fake_upstream.requests) == 1 and len(fake_upstream_b.requests) == 1
+    records = UsageRecord.objects.filter(organization=world.organization).order_by("id")
+    assert [(r.test, r.metadata["upstream"]) for r in records] == [(False, "paid"), (True, "play")]
+    assert_money_invariants()

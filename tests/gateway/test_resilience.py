@@ -23,6 +23,7 @@ from django.conf import settings as django_settings
 from accounts import services as account_services
 from gateway import breaker, limits
 from gateway.breaker import BreakerState, breaker_state
+from gateway.limits import upstream_acquire, upstream_release
 from gateway.redis import async_redis_close
 from gateway.tokens import count_chat_prompt, count_text
 from metering.models import Hold, HoldStatus, UsageRecord
@@ -563,4 +564,46 @@ def test_a_longer_idle_timeout_does_not_lengthen_the_wait_for_a_streams_first_by
     assert raised.value.status_code == 504 and raised.value.code == "upstream_timeout"
     assert fake_upstream.requests[0].wait_finished(5).client_disconnected
     assert records(world) == []
+    assert_nothing_active(world)
+
+
+def test_a_probe_answered_with_the_upstreams_own_refusal_closes_the_breaker(gateway, fake_upstream, fake_upstream_b):
+    """The upstream answered: it is healthy, whatever it thought of the request. Left unreported, the probe
+    permit would keep the breaker half-open for another whole cool-down."""
+    world = world_build(upstreams=[fake_upstream, fake_upstream_b])
+    a, _ = world.upstream_names
+    client = world.client(gateway)
+    fake_upstream.set_default(status=500)
+    for _ in range(FAILURES):
+        chat(client)
+    fake_upstream.set_default(status=400)
+    wait_for_half_open(a)
+
+    with pytest.raises(openai.BadRequestError):
+        chat(client)
+
+    assert state(a) == BreakerState.CLOSED
+    assert_nothing_active(world)
+
+
+def test_a_full_upstream_does_not_take_the_half_open_probe(gateway, fake_upstream, fake_upstream_b):
+    """The slot is taken before the probe permit: a call that finds the upstream full leaves the probe to the
+    next call that can make it."""
+    world = world_build(upstreams=[fake_upstream, fake_upstream_b], upstream_options={"max_concurrency": 1})
+    a, _ = world.upstream_names
+    client = world.client(gateway)
+    fake_upstream.set_default(status=500)
+    for _ in range(FAILURES):
+        chat(client)
+    fake_upstream.set_default()
+    wait_for_half_open(a)
+    assert run(upstream_acquire(upstream=a, limit=1, call_id="someone-else", lease_seconds=30))
+
+    chat(client)  # A is full: B answers, and A's probe permit is left alone
+    assert state(a) == BreakerState.HALF_OPEN
+    run(upstream_release(upstream=a, call_id="someone-else"))
+    chat(client)  # the probe
+
+    assert len(fake_upstream.requests) == FAILURES + 1
+    assert state(a) == BreakerState.CLOSED
     assert_nothing_active(world)
