@@ -165,6 +165,8 @@ def usage(request, current):
         "form": form,
         "page": usage_page,
         "rows": rows,
+        # The gateway's column only where the page shows a call it made (its record's metadata has an outcome).
+        "gateway_calls": any(isinstance(record.metadata, dict) and "outcome" in record.metadata for record, _ in rows),
         "query": form.querystring(),
         "currency": wallet.currency,
         "filtered": bool(form.querystring()),

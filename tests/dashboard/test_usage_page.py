@@ -152,3 +152,8 @@ def test_usage_shows_a_gateway_calls_model_and_outcome(owner_web, funded, catalo
     assert ">Completed</span>" in html and ">Client left</span>" in html
     assert html.count(">estimated</span>") == 1
     assert 'data-label="Gateway call"><span class="muted">—</span>' in html  # a record not made by the gateway
+
+
+def test_usage_shows_no_gateway_column_when_no_call_on_the_page_came_through_it(owner_web, records):
+    html = owner_web.get("/dashboard/usage/").content.decode()
+    assert "Gateway call" not in html
