@@ -224,13 +224,13 @@ asyncio.run(main())
 """
 
 
-def peer(operation: str, upstream: str, *, times: int = 1) -> list:
+def peer(operation: str, upstream: str, *, times: int = 1, cooldown: float = COOLDOWN) -> list:
     """Another Python process, with its own settings and Redis client, driving the breaker on the same Redis."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "billing_site.settings_test",
         "GATEWAY_BREAKER_FAILURES": str(FAILURES),
-        "GATEWAY_BREAKER_COOLDOWN_SECONDS": str(COOLDOWN),
+        "GATEWAY_BREAKER_COOLDOWN_SECONDS": str(cooldown),
     }
     done = subprocess.run(
         [sys.executable, "-c", PEER_SOURCE, operation, upstream, str(times)],
@@ -245,17 +245,20 @@ def peer(operation: str, upstream: str, *, times: int = 1) -> list:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_breaker_the_gateway_opened_reads_open_in_another_process(gateway, fake_upstream, fake_upstream_b):
+def test_a_breaker_the_gateway_opened_reads_open_in_another_process(gateway, fake_upstream, fake_upstream_b, settings):
+    # A cool-down far longer than a peer process takes to start on a loaded machine, so "open" cannot have
+    # become "half_open" by the time the peer reads it.
+    settings.GATEWAY_BREAKER_COOLDOWN_SECONDS = 120
     world = world_build(upstreams=[fake_upstream, fake_upstream_b])
     a, b = world.upstream_names
     fake_upstream.set_default(status=500)
-    assert peer("state", a) == ["closed"]
+    assert peer("state", a, cooldown=120) == ["closed"]
 
     for _ in range(FAILURES):
         chat(world.client(gateway))
 
-    assert peer("state", a) == ["open"]
-    assert peer("state", b) == ["closed"]
+    assert peer("state", a, cooldown=120) == ["open"]
+    assert peer("state", b, cooldown=120) == ["closed"]
 
 
 def test_failures_another_process_recorded_make_the_gateway_skip_the_upstream(gateway, fake_upstream, fake_upstream_b):
