@@ -103,12 +103,24 @@ def ensure_gateway(*, fast_url: str, slow_url: str) -> GatewayData:
             output_price=OUTPUT_PRICE,
         )
     for name, url in ((FAST_UPSTREAM, fast_url), (SLOW_UPSTREAM, slow_url)):
-        settings = {"max_concurrency": UPSTREAM_CONCURRENCY, "timeout_seconds": 60.0, "idle_timeout_seconds": 60.0}
         upstream = Upstream.objects.filter(name=name).first()
         if upstream is None:
-            gateway_services.upstream_create(name=name, base_url=url + "/v1", **settings)
+            gateway_services.upstream_create(
+                name=name,
+                base_url=url + "/v1",
+                max_concurrency=UPSTREAM_CONCURRENCY,
+                timeout_seconds=60.0,
+                idle_timeout_seconds=60.0,
+            )
         else:
-            gateway_services.upstream_update(upstream=upstream, base_url=url + "/v1", active=True, **settings)
+            gateway_services.upstream_update(
+                upstream=upstream,
+                base_url=url + "/v1",
+                active=True,
+                max_concurrency=UPSTREAM_CONCURRENCY,
+                timeout_seconds=60.0,
+                idle_timeout_seconds=60.0,
+            )
     for model, upstream_name in ((MODEL, FAST_UPSTREAM), (SLOW_MODEL, SLOW_UPSTREAM)):
         links = [gateway_services.RouteUpstreamSpec(upstream=upstream_name, upstream_model=UPSTREAM_MODEL)]
         route = ModelRoute.objects.filter(model=model).first()
@@ -124,8 +136,8 @@ def ensure_gateway(*, fast_url: str, slow_url: str) -> GatewayData:
         secrets: dict[str, str] = json.loads(keys_file.read_text())
     except (OSError, ValueError):
         secrets = {}
-    limits = {"plain": {}, "limited": {"rpm_limit": 2_000_000_000, "tpm_limit": 2_000_000_000}}
-    for name, key_limits in limits.items():
+    limits: dict[str, int | None] = {"plain": None, "limited": 2_000_000_000}
+    for name, limit in limits.items():
         secret = secrets.get(name)
         usable = (
             secret is not None
@@ -135,7 +147,7 @@ def ensure_gateway(*, fast_url: str, slow_url: str) -> GatewayData:
         )
         if not usable:
             secrets[name] = api_key_create(
-                organization=organization, name=f"bench gateway {name}", created_by=owner, **key_limits
+                organization=organization, name=f"bench gateway {name}", created_by=owner, rpm_limit=limit, tpm_limit=limit
             ).secret
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             keys_file.write_text(json.dumps(secrets))
@@ -448,14 +460,14 @@ def run_nonstream_cell(*, path: str, clients: int, args, ctx: GatewayRun) -> dic
 def run_usage_cell(*, clients: int, args, ctx: GatewayRun, run_id: str) -> dict:
     """POST /api/v1/usage/ on the hot wallet through the web gunicorn (the bench's (2)), wrk for one cell."""
     groups = {
-        "web": ctx.web.processes,
+        "web": ctx.web_app.processes,
         "gateway": ctx.gateway.processes,
         "upstream": ctx.slow_fake.processes,
         "db": lambda: cpu.postgres(ctx.target.postmaster_pid, ctx.target.database),
         "bench": lambda: cpu.by_pids([os.getpid()]),
     }
     out, cores, _ = _wrk_cell(
-        url=ctx.web.url + "/api/v1/usage/",
+        url=ctx.web_app.url + "/api/v1/usage/",
         script="usage.lua",
         script_args=[ctx.bench_data.service_slug, ctx.hot_key_file, "/api/v1/usage/"],
         clients=clients,
@@ -474,7 +486,7 @@ class GatewayRun:
     bench_data: Any  # bench.fixtures.BenchData: the hot wallet's key and service for POST usage/
     hot_key_file: str
     target: Any
-    web: web.Gunicorn
+    web_app: web.Gunicorn
     gateway: web.Gunicorn
     fake: FakeUpstreamProcess
     slow_fake: FakeUpstreamProcess
@@ -659,8 +671,14 @@ def run_first_byte(*, args, ctx: GatewayRun) -> dict:
         "direct": (ctx.fake.url + "/v1/chat/completions", "sk-bench-direct", chat_body(model=UPSTREAM_MODEL, stream=True)),
         "gateway": (ctx.gateway.url + "/v1/chat/completions", ctx.data.secret, chat_body(model=MODEL, stream=True)),
     }
-    results = asyncio.run(first_byte_rounds(targets=targets, streams=args.ttfb_streams, rounds=args.ttfb_rounds))
-    out: dict[str, Any] = {"streams": args.ttfb_streams, "rounds": args.ttfb_rounds}
+    return {str(streams): _first_byte_at(targets=targets, streams=streams, args=args) for streams in args.ttfb_streams}
+
+
+def _first_byte_at(*, targets: dict, streams: int, args) -> dict:
+    # As many samples at every concurrency: fewer streams at once, more rounds.
+    rounds = args.ttfb_rounds * max(1, 16 // streams)
+    results = asyncio.run(first_byte_rounds(targets=targets, streams=streams, rounds=rounds))
+    out: dict[str, Any] = {"streams": streams, "rounds": rounds}
     for name, rows in results.items():
         good = [r.ttfb for r in rows if r.status == 200 and r.done and r.ttfb is not None]
         out[name] = {
@@ -734,7 +752,7 @@ def run_gateway(*, args, bench_data, hot_key_file: str, target, web_gunicorn: we
             bench_data=bench_data,
             hot_key_file=hot_key_file,
             target=target,
-            web=web_gunicorn,
+            web_app=web_gunicorn,
             gateway=gateway,
             fake=fake,
             slow_fake=slow_fake,
@@ -767,9 +785,7 @@ def run_gateway(*, args, bench_data, hot_key_file: str, target, web_gunicorn: we
                         flush=True,
                     )
         result["rows"] = summarize(result["cells"], args.clients)
-        print(
-            f"bench: gateway: time to first byte, {args.ttfb_streams} concurrent streams x {args.ttfb_rounds} rounds", flush=True
-        )
+        print(f"bench: gateway: time to first byte, {args.ttfb_streams} concurrent streams", flush=True)
         result["quiet_first_byte"] = _quiet(args)
         result["first_byte"] = run_first_byte(args=args, ctx=ctx)
         print(
@@ -846,7 +862,7 @@ def aims(result: dict, args) -> list[dict]:
     rows = {r["clients"]: r for r in result.get("rows", [])}
     one = rows.get(1)
     value = one.get("added_p50_ms") if one else None
-    invalid = bool(one) and any(one.get(p, {}).get("error_rate", 0) > 0.01 for p in ("direct", "gateway"))
+    invalid = one is not None and any((one.get(p) or {}).get("error_rate", 0) > 0.01 for p in ("direct", "gateway"))
     target = AIMS["added_p50_ms_1"]
     out.append(
         {
@@ -919,8 +935,7 @@ def print_gateway(result: dict, args) -> None:
     for cell in result.get("cells", []):
         if cell.get("error_detail"):
             print(f"    {cell['path']} {cell['clients']} clients: {cell['error_detail']}")
-    fb = result.get("first_byte")
-    if fb:
+    for fb in (result.get("first_byte") or {}).values():
         d, g = fb["direct"], fb["gateway"]
         print(
             f"  streamed, time to first byte ({fb['streams']} concurrent streams x {fb['rounds']} rounds, {d['ok']}/{d['samples']} and "
@@ -999,8 +1014,12 @@ def add_arguments(parser) -> None:
     group.add_argument("--streams", type=int, default=200, help="concurrent slow streams (default 200)")
     group.add_argument("--stream-seconds", type=float, help="how long each slow stream lasts (default 25; --quick: 10)")
     group.add_argument("--stream-chunk-delay", type=float, default=0.2, help="seconds between a slow stream's tokens (0.2)")
-    group.add_argument("--ttfb-streams", type=int, default=16, help="concurrent streams per first-byte round (default 16)")
-    group.add_argument("--ttfb-rounds", type=int, help="first-byte rounds per path (default 5; --quick: 2)")
+    group.add_argument(
+        "--ttfb-streams", default="1,16", help="concurrent streams per first-byte round, comma-separated (default 1,16)"
+    )
+    group.add_argument(
+        "--ttfb-rounds", type=int, help="first-byte rounds per path of 16 streams (fewer at once: more rounds; 5, --quick: 2)"
+    )
     group.add_argument("--usage-clients", type=int, default=1, help="wrk clients of POST usage/ beside the streams (1)")
     group.add_argument(
         "--gateway-profile-requests",
@@ -1010,6 +1029,7 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(args, parser) -> None:
+    args.ttfb_streams = [int(n) for n in str(args.ttfb_streams).split(",") if n.strip()]
     if args.stream_seconds is None:
         args.stream_seconds = 10.0 if args.quick else 25.0
     if args.ttfb_rounds is None:
@@ -1022,5 +1042,5 @@ def finish_arguments(args, parser) -> None:
             f"--stream-seconds ({args.stream_seconds:g}) must exceed --warmup + --duration + 6 s "
             f"({args.warmup + args.duration + 6:g}): the streams must outlast the usage/ cell run beside them"
         )
-    if args.streams < 1 or args.ttfb_streams < 1 or args.stream_chunk_delay <= 0 or args.gateway_workers < 1:
+    if args.streams < 1 or min(args.ttfb_streams, default=0) < 1 or args.stream_chunk_delay <= 0 or args.gateway_workers < 1:
         parser.error("--streams, --ttfb-streams and --gateway-workers must be at least 1, --stream-chunk-delay positive")

@@ -7,7 +7,8 @@ For each key variant (no limits, the default; RPM and TPM limits, which add the 
      of sync_to_async as "awaited" minus "in the thread"), and the SQL each phase sends is timed through
      Django's execute_wrapper; Redis's own commandstats count the commands per call;
   2. a cProfile of as many calls, in every thread (the event loop's, the executor's, asgiref's per-request
-     ones), merged: own time per function and per package, idle waits left out.
+     ones), each on its thread's CPU clock (time.thread_time), merged: where the CPU goes, per function and
+     per package (waits for PostgreSQL, Redis or the fake cost no CPU and drop out).
 The fake is called directly from the same loop as the baseline, so "added in-process" is comparable to the
 wrk cells' added latency (less uvicorn's HTTP parsing and the loopback hop to the gateway).
 """
@@ -27,14 +28,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from bench.gateway import MODEL, UPSTREAM_MODEL, GatewayData, chat_body
 from bench.profiling import _bucket, _label
 
-# What a thread does while it waits for work or for I/O: left out of the "own time" tables.
+# What a thread does while it waits for work or for I/O: left out of the tables (CPU spent entering the wait).
 IDLE = {
     ("~", 0, "<method 'poll' of 'select.epoll' objects>"),
     ("~", 0, "<method 'get' of '_queue.SimpleQueue' objects>"),
@@ -53,6 +54,18 @@ AWAITED = [
     ("gateway.upstream", "_attempt", "  HTTP to the fake, to its whole answer"),
     ("gateway.upstream", "breaker_success", "  breaker success (Redis)"),
     ("gateway.upstream", "upstream_release", "upstream slot release (Redis)"),
+]
+# Entry points whose cumulative CPU (on their thread's clock: waits cost nothing) says which part costs what.
+ENTRY_POINTS = [
+    ("django/core/handlers/asgi.py", "handle", "Django's ASGI handler (its own task, without the view's)"),
+    ("gateway/views.py", "_serve", "the view, on the loop (without its threads and the call's task)"),
+    ("gateway/views.py", "_admit", "admission in its thread: key, route, plan"),
+    ("metering/services/holds.py", "hold_create", "the hold in its thread (metering)"),
+    ("gateway/calls.py", "_run", "the call's task on the loop: upstream, Redis, metrics"),
+    ("gateway/upstream.py", "call_open", "  of which the upstream call with its breaker and slot"),
+    ("gateway/redis.py", "__call__", "  of which Lua scripts on the async Redis client"),
+    ("metering/services/holds.py", "hold_capture", "the capture in its thread (metering)"),
+    ("asgiref/sync.py", "thread_handler", "every thread hop's work, all phases (includes the three above)"),
 ]
 # The order they are printed in (nested ones indented by their label).
 ORDER = [
@@ -144,8 +157,9 @@ def _phases_installed(clock: PhaseClock) -> Iterator[None]:
 
     replaced: list[tuple[Any, str, Any]] = []
     for module in (views, calls):
-        replaced.append((module, "in_thread", module.in_thread))
-        module.in_thread = clock.in_thread(module.in_thread)
+        original = getattr(module, "in_thread")  # noqa: B009 - two modules' attribute of one name
+        replaced.append((module, "in_thread", original))
+        setattr(module, "in_thread", clock.in_thread(original))  # noqa: B010 - idem
     for module_name, attribute, label in AWAITED:
         module = importlib.import_module(module_name)
         original = getattr(module, attribute)
@@ -160,12 +174,12 @@ def _phases_installed(clock: PhaseClock) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _threads_profiled(profiles: list[cProfile.Profile]) -> Iterator[None]:
-    """Every thread started inside gets its own cProfile from its first Python call (asgiref's per-request
-    threads and the loop's executor threads, which the caller makes anew)."""
+    """Every thread started inside gets its own cProfile, on its own CPU clock, from its first Python call
+    (asgiref's per-request threads and the loop's executor threads, which the caller makes anew)."""
 
     def bootstrap(frame, event, arg):  # a profile hook that hands over to cProfile in this thread
         sys.setprofile(None)
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time)
         profiles.append(profile)
         profile.enable()
 
@@ -177,7 +191,8 @@ def _threads_profiled(profiles: list[cProfile.Profile]) -> Iterator[None]:
 
 
 async def _calls(client: httpx.AsyncClient, url: str, body: dict, secret: str, count: int) -> tuple[list[float], dict[int, int]]:
-    latencies, statuses = [], defaultdict(int)
+    latencies: list[float] = []
+    statuses: dict[int, int] = defaultdict(int)
     headers = {"Authorization": f"Bearer {secret}"}
     for _ in range(count):
         started = time.perf_counter()
@@ -204,7 +219,7 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
 
     loop = asyncio.get_running_loop()
     body = chat_body(model=MODEL)
-    transport = httpx.ASGITransport(app=application)
+    transport = httpx.ASGITransport(app=cast(Any, application))  # Django's handler types its scope as a dict
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.bench") as client:
         _, warm_statuses = await _calls(client, "/v1/chat/completions", body, secret, min(50, requests))
         if set(warm_statuses) != {200}:
@@ -214,7 +229,9 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
         with _phases_installed(clock):
             redis_before = _redis_commands()
             clock.on = True
+            cpu_started = time.process_time()
             latencies, statuses = await _calls(client, "/v1/chat/completions", body, secret, requests)
+            process_cpu = time.process_time() - cpu_started
             clock.on = False
             redis_after = _redis_commands()
 
@@ -222,7 +239,7 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
         previous_executor = ThreadPoolExecutor(thread_name_prefix="bench-profiled")
         loop.set_default_executor(previous_executor)
         profiles: list[cProfile.Profile] = []
-        main_profile = cProfile.Profile()
+        main_profile = cProfile.Profile(time.thread_time)
         with _threads_profiled(profiles):
             started = time.perf_counter()
             main_profile.enable()
@@ -260,6 +277,11 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
     packages: dict[str, float] = defaultdict(float)
     for func, values in busy.items():
         packages[_bucket(func[0])] += values[2]
+    profiled_cpu = sum(values[2] for values in rows.values())
+    entry_points = {}
+    for suffix, name, label in ENTRY_POINTS:
+        cumulative = sum(v[3] for f, v in rows.items() if f[0].endswith(suffix) and f[2] == name)
+        entry_points[label] = round(cumulative / profiled_cpu, 4) if profiled_cpu else 0.0
     text = io.StringIO()
     pstats.Stats(str(prof_path), stream=text).sort_stats("tottime").print_stats(60)
     out_prefix.with_suffix(".txt").write_text(text.getvalue())
@@ -268,6 +290,7 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
         "statuses": statuses,
         "profiled_statuses": profiled_statuses,
         "ms_per_call": _ms(total),
+        "process_cpu_ms_per_call": _ms(process_cpu / requests),  # this process: the gateway and its client
         "p50_ms": _ms(statistics.median(latencies)),
         "phases_ms": {name: _ms(phases[name]) for name in [*ORDER, *sorted(set(phases) - set(ORDER))] if name in phases},
         "rest_ms": _ms(total - sequential),
@@ -280,15 +303,19 @@ async def _profile_variant(*, secret: str, fake_url: str, requests: int, out_pre
         "profiled_ms_per_call": _ms(profiled_seconds / requests),
         "threads_profiled": len(profiles),
         "idle_ms_per_call": _ms(idle / requests),
+        "profiled_cpu_ms_per_call": _ms(profiled_cpu / requests),
+        # Shares of the profiled CPU: the profiler's own cost (a Python timer per event) inflates the absolute figures
+        # several times, and most where calls are many and small; the shares times the unprofiled CPU are estimates.
         "top_own": [
             {
                 "function": _label(func),
                 "calls_per_request": round(values[1] / requests, 2),
-                "own_ms_per_request": _ms(values[2] / requests),
+                "own_share": round(values[2] / profiled_cpu, 4),
             }
             for func, values in by_own[:25]
         ],
-        "own_ms_by_package": {k: _ms(v / requests) for k, v in sorted(packages.items(), key=lambda kv: -kv[1])},
+        "own_share_by_package": {k: round(v / profiled_cpu, 4) for k, v in sorted(packages.items(), key=lambda kv: -kv[1])},
+        "entry_points_cumulative_share": entry_points,
         "files": {"pstats": str(prof_path), "text": str(out_prefix.with_suffix(".txt"))},
     }
 
@@ -340,7 +367,8 @@ def print_profile(profile: dict) -> None:
             continue
         print(
             f"  key with {name}: {variant['ms_per_call']:.3f} ms/call (p50 {variant['p50_ms']:.3f}), added in-process "
-            f"{variant['added_ms_per_call']:+.3f} ms; statuses {variant['statuses']}"
+            f"{variant['added_ms_per_call']:+.3f} ms; CPU {variant['process_cpu_ms_per_call']:.3f} ms/call (the gateway and "
+            f"the test client); statuses {variant['statuses']}"
         )
         print("    phase, ms per call:")
         for phase, ms in variant["phases_ms"].items():
@@ -360,14 +388,18 @@ def print_profile(profile: dict) -> None:
             "    Redis commands per call: "
             + ", ".join(f"{k} {v:g}" for k, v in sorted(variant["redis_commands_per_call"].items()))
         )
+        cpu = variant["process_cpu_ms_per_call"]
         print(
-            f"    cProfile ({variant['threads_profiled']} threads, {variant['profiled_ms_per_call']:.3f} ms/call profiled, idle waits "
-            f"{variant['idle_ms_per_call']:.3f} ms/call left out), top own time, ms/call:"
+            f"    cProfile on each thread's CPU clock ({variant['threads_profiled']} threads; the profiler inflates the CPU to "
+            f"{variant['profiled_cpu_ms_per_call']:.1f} ms/call, so shares, and ≈ ms = share × the unprofiled {cpu:.2f} ms):"
         )
-        for row in variant["top_own"][:12]:
-            print(f"      {row['own_ms_per_request']:8.3f}  x{row['calls_per_request']:<6g} {row['function']}")
+        print("    cumulative CPU of the entry points:")
+        for label, share in variant["entry_points_cumulative_share"].items():
+            print(f"      {share:6.1%}  ≈{share * cpu:6.3f} ms  {label}")
+        print("    top own CPU:")
+        for row in variant["top_own"][:10]:
+            print(f"      {row['own_share']:6.1%}  x{row['calls_per_request']:<7g} {row['function']}")
         print(
-            "    own time by package, ms/call: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in list(variant["own_ms_by_package"].items())[:10])
+            "    own CPU by package: " + ", ".join(f"{k} {v:.1%}" for k, v in list(variant["own_share_by_package"].items())[:10])
         )
         print(f"    full profile: {variant['files']['text']}")

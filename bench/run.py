@@ -648,10 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     target.database = connection.settings_dict["NAME"]
     needs_http = bool({"ceiling", "http", "batch", "stripes", "gateway"} & set(args.cases))
     debit_cases = set(args.cases) - {"gateway"}
+    if not debit_cases:
+        args.spread_orgs = 0  # the gateway alone needs the hot wallet (POST usage/ beside its streams), no spread ones
     if needs_http:
         web.ensure_wrk()
-    # The gateway alone needs the hot wallet (POST usage/ beside its streams), not the spread ones.
-    data = fixtures.ensure(spread_count=args.spread_orgs if debit_cases else 0)
+    data = fixtures.ensure(spread_count=args.spread_orgs)
     key_files = fixtures.write_key_files(data)
     machine = env.machine_info()
     if args.gunicorn_config == "plain" or (args.gunicorn_config is None and not (env.BASE_DIR / "gunicorn.conf.py").exists()):
@@ -739,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         if "stripes" in args.cases:
             high_volume = run_high_volume(args=args, data=data, target=target, gunicorn=gunicorn, run_id=run_id)
         if "gateway" in args.cases:
+            assert gunicorn is not None  # started for every HTTP case: the gateway's POST usage/ cells need it
             gateway_result = gateway_case.run_gateway(
                 args=args,
                 bench_data=data,

@@ -132,6 +132,7 @@ def test_the_profile_times_every_phase_of_a_call_in_process(gateway_data, fakes,
         assert {s["phase"] for s in result["statements"]} >= {"hold", "capture"}
         assert result["redis_commands_per_call"].get("evalsha", 0) >= 2  # the breaker and the upstream slot
         assert result["top_own"] and result["threads_profiled"] > 0
+        assert 0 < result["entry_points_cumulative_share"]["the capture in its thread (metering)"] < 1
     assert "key limits: admit (Redis)" in profile["RPM and TPM limits"]["phases_ms"]
     assert (tmp_path / "p-no-key-limits.prof").exists()
 
@@ -191,6 +192,6 @@ def test_arguments_default_per_mode_and_refuse_streams_shorter_than_the_cell_bes
     full = parse_args(["--cases", "gateway"])
 
     assert (quick.stream_seconds, quick.ttfb_rounds, quick.gateway_profile_requests) == (10.0, 2, 100)
-    assert (full.stream_seconds, full.ttfb_rounds, full.streams) == (25.0, 5, 200)
+    assert (full.stream_seconds, full.ttfb_rounds, full.streams, full.ttfb_streams) == (25.0, 5, 200, [1, 16])
     with pytest.raises(SystemExit):
         parse_args(["--cases", "gateway", "--stream-seconds", "5"])
