@@ -381,8 +381,13 @@ def print_profile(profile: dict) -> None:
             "    thread hops (awaited − in the thread), ms: "
             + ", ".join(f"{label} {ms:.3f}" for label, ms in variant["thread_hops_ms"].items())
         )
-        print("    SQL per call (Django's cursor; BEGIN/COMMIT are psycopg's own and not listed):")
-        for s in sorted(variant["statements"], key=lambda s: -s["mean_ms"] * s["per_call"]):
+        statements = variant["statements"]
+        every_call = [s for s in statements if s["per_call"] >= 0.5]
+        print(
+            "    SQL per call (Django's cursor; BEGIN/COMMIT are psycopg's own and not listed; "
+            f"{len(statements) - len(every_call)} rarer statements, the caches' refreshes, left out):"
+        )
+        for s in sorted(every_call, key=lambda s: -s["mean_ms"] * s["per_call"]):
             print(f"      {s['per_call']:4g} x {s['mean_ms']:6.3f} ms  {s['phase']:<28} {s['sql']}")
         print(
             "    Redis commands per call: "
