@@ -29,7 +29,7 @@ def _bucket(filename: str) -> str:
         return filename.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
     if filename.startswith(_STDLIB):
         return "stdlib:" + filename[len(_STDLIB) + 1 :].split("/", 1)[0].removesuffix(".py")
-    for part in ("accounts", "payments", "metering", "billing_site"):
+    for part in ("accounts", "payments", "metering", "billing_site", "gateway"):
         if f"/{part}/" in filename:
             return f"app:{part}"
     return "other"

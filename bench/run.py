@@ -6,6 +6,9 @@
   (2) http     POST /api/v1/usage/ through gunicorn (sync, 4 workers), loaded by wrk
   (3) batch    POST /api/v1/usage/batch/ with 1,000 events per request, in events/s
   (4) stripes  one high-volume organization: (1) and (2) with its wallet striped vs single-row, same run
+  (5) gateway  the AI gateway: a fake OpenAI upstream directly vs through the gateway (latency added,
+               throughput, time to first byte), 200 slow streams (memory, POST usage/ beside them), and
+               where the gateway's time goes (bench/gateway.py, bench/gateway_profile.py)
 
 each at 1, 16 and 64 clients, on one hot wallet and on 1,000 spread wallets; then a cProfile of
 POST usage/ in-process, and the money invariants checked on the bench organizations.
@@ -14,6 +17,7 @@ Results: a table on stdout and JSON in bench/results/<timestamp>.json.
     make bench                                   # ~10 s per cell
     make bench BENCH_ARGS="--quick"              # a smoke run of a few seconds per cell
     make bench BENCH_ARGS="--duration 20 --repeat 3 --cases raw,http --clients 16"
+    make bench BENCH_ARGS="--cases gateway --wait-quiet 30"  # the gateway alone (--quick: a smoke run)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench import env
+from bench import gateway as gateway_case
 
 CASES = {
     "raw": "(1) raw SQL debit",
@@ -40,6 +45,7 @@ CASES = {
     "http": "(2) POST usage/",
     "batch": "(3) POST usage/batch/",
     "stripes": "(4) one high-volume org",
+    "gateway": "(5) AI gateway",
 }
 UNITS = {
     "raw": "tx/s",
@@ -49,6 +55,7 @@ UNITS = {
     "http": "req/s",
     "batch": "events/s",
     "stripes": "tx/s",
+    "gateway": "req/s",
 }
 HIGH_VOLUME_AIM = 2.5  # striped / single-row throughput of one organization, at 16 and 64 clients
 MAX_ERROR_RATE = 0.01
@@ -74,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cases",
         default="raw,classic,ceiling,http,batch",
-        help="any of raw,twostmt,classic,ceiling,http,batch; default raw,classic,ceiling,http,batch",
+        help="any of raw,twostmt,classic,ceiling,http,batch,stripes,gateway; default raw,classic,ceiling,http,batch",
     )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times, interleaved; report medians")
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
@@ -97,6 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench's own database first")
     parser.add_argument("--no-verify", action="store_true", help="skip the invariant check at the end")
+    gateway_case.add_arguments(parser)
     args = parser.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -112,6 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{name} takes any of {', '.join(sorted(allowed))}")
     if args.duration < 1 or any(c < 1 for c in args.clients) or args.repeat < 1:
         parser.error("--duration must be at least 1 s, clients and --repeat at least 1")
+    gateway_case.finish_arguments(args, parser)
     return args
 
 
@@ -637,7 +646,10 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     target.database = connection.settings_dict["NAME"]
-    needs_http = bool({"ceiling", "http", "batch", "stripes"} & set(args.cases))
+    needs_http = bool({"ceiling", "http", "batch", "stripes", "gateway"} & set(args.cases))
+    debit_cases = set(args.cases) - {"gateway"}
+    if not debit_cases:
+        args.spread_orgs = 0  # the gateway alone needs the hot wallet (POST usage/ beside its streams), no spread ones
     if needs_http:
         web.ensure_wrk()
     data = fixtures.ensure(spread_count=args.spread_orgs)
@@ -655,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_id = f"b{stamp}{secrets.token_hex(3)}"
     high_volume: dict | None = None
+    gateway_result: dict | None = None
     cells: list[dict] = []
     failed: list[dict] = []
     gunicorn = None
@@ -675,8 +688,8 @@ def main(argv: list[str] | None = None) -> int:
             for case in args.cases:
                 for mode in args.modes:
                     for clients in args.clients:
-                        if case == "stripes":
-                            continue  # its own section below: one organization, striped and single-row
+                        if case in ("stripes", "gateway"):
+                            continue  # their own sections below
                         cell_id = f"{run_id}-{rep}-{case}-{mode}-{clients}"
                         common = {
                             "case": case,
@@ -726,9 +739,20 @@ def main(argv: list[str] | None = None) -> int:
                         )
         if "stripes" in args.cases:
             high_volume = run_high_volume(args=args, data=data, target=target, gunicorn=gunicorn, run_id=run_id)
+        if "gateway" in args.cases:
+            assert gunicorn is not None  # started for every HTTP case: the gateway's POST usage/ cells need it
+            gateway_result = gateway_case.run_gateway(
+                args=args,
+                bench_data=data,
+                hot_key_file=key_files["hot"],
+                target=target,
+                web_gunicorn=gunicorn,
+                run_id=run_id,
+                stamp=stamp,
+            )
         if gunicorn is not None:
             gunicorn.stop()
-        if args.profile_requests > 0:
+        if args.profile_requests > 0 and debit_cases:
             print(
                 f"bench: profiling {args.profile_requests} POST usage/ and {args.profile_batches} usage/batch/ requests "
                 "in-process",
@@ -759,21 +783,31 @@ def main(argv: list[str] | None = None) -> int:
         invariants = fixtures.verify(data)
 
     rows = summarize(cells)
-    aim_rows = aims(rows)
+    aim_rows = aims(rows) if debit_cases - {"stripes"} else []
+    if gateway_result:
+        aim_rows += gateway_result["aims"]
     print()
-    print(
-        f"Results ({stamp}, {time.monotonic() - started:.0f} s). Throughput counts successes only: transactions committed "
-        "by the raw clients, usage records the server committed during the window for (2) and (3); p50/p99 per "
-        "transaction or request; 'vs (1)' = throughput / that of the raw SQL debit at the same clients and wallets; "
-        "'vs (2c)' and 'p50/(2c)' = throughput and p50 against the bare DRF view doing only the debit; "
-        "cpu = cores used by PostgreSQL / gunicorn / the load generator / everything else on the machine."
-    )
-    print_table(rows, args)
+    print(f"Results ({stamp}, {time.monotonic() - started:.0f} s).")
+    if rows:
+        print(
+            "Throughput counts successes only: transactions committed "
+            "by the raw clients, usage records the server committed during the window for (2) and (3); p50/p99 per "
+            "transaction or request; 'vs (1)' = throughput / that of the raw SQL debit at the same clients and wallets; "
+            "'vs (2c)' and 'p50/(2c)' = throughput and p50 against the bare DRF view doing only the debit; "
+            "cpu = cores used by PostgreSQL / gunicorn / the load generator / everything else on the machine."
+        )
+        print_table(rows, args)
     for f in failed:
         print(f"  FAILED {f['case']} {f['mode']} {f['clients']} (run {f['repeat'] + 1}): {f['error'][:300]}")
     log_errors = _log_errors(env.RESULTS_DIR / f"{stamp}-gunicorn.log") if needs_http else None
     if log_errors:
         print(f"  the gunicorn log has {log_errors} error or traceback lines: bench/results/{stamp}-gunicorn.log")
+    if gateway_result:
+        gateway_case.print_gateway(gateway_result, args)
+        gateway_log_errors = _log_errors(env.BASE_DIR / gateway_result["log"])
+        gateway_result["log_error_lines"] = gateway_log_errors
+        if gateway_log_errors:
+            print(f"  the gateway's log has {gateway_log_errors} error or traceback lines: {gateway_result['log']}")
     print("\nAims (issue):")
     for aim in aim_rows:
         verdict = "invalid (errors)" if aim["invalid"] else "n/a" if aim["ok"] is None else ("met" if aim["ok"] else "NOT met")
@@ -819,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": rows,
                 "aims": aim_rows,
                 "high_volume": high_volume,
+                "gateway": gateway_result,
                 "profile": profile,
                 "invariants": invariants,
             },
@@ -830,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         return 130
     high_volume_ok = not (high_volume and high_volume["invariants"] and not high_volume["invariants"]["ok"])
-    return 0 if (invariants is None or invariants["ok"]) and high_volume_ok else 1
+    gateway_ok = gateway_result is None or gateway_result["ok"]
+    return 0 if (invariants is None or invariants["ok"]) and high_volume_ok and gateway_ok else 1
 
 
 if __name__ == "__main__":

@@ -66,8 +66,12 @@ def _die_with_parent():
 
 
 class Gunicorn:
-    def __init__(self, *, env: dict[str, str], workers: int, config: Path, log_path: Path):
+    """A gunicorn master and its workers on a free loopback port. `worker_class` None keeps the config's
+    (the gateway's config names its uvicorn workers)."""
+
+    def __init__(self, *, env: dict[str, str], workers: int, config: Path, log_path: Path, worker_class: str | None = "sync"):
         self.env, self.workers, self.config, self.log_path = env, workers, config, log_path
+        self.worker_class = worker_class
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -87,8 +91,7 @@ class Gunicorn:
             f"127.0.0.1:{self.port}",
             "--workers",
             str(self.workers),
-            "--worker-class",
-            "sync",
+            *(["--worker-class", self.worker_class] if self.worker_class else []),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
