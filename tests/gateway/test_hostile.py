@@ -1,0 +1,246 @@
+"""A hostile review of the gateway (docs/gateway.md): a customer who wants free or cheaper AI service, and an auditor
+who wants money never wrong. Each test drives the real gateway over a real socket (the `openai` SDK, or raw
+httpx / a raw socket where the SDK hides what matters) against a real upstream: the shared fake, or
+`ScriptedUpstream`, which answers with exactly the bytes a test gives (what no well-behaved fake sends: split SSE
+lines, usage on every chunk, a stream answered in JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import uvicorn
+from django.test import override_settings
+
+from gateway.tokens import count_chat_prompt
+from metering.models import Hold, HoldStatus, UsageRecord
+from tests.gateway.gateway_server import GatewayServer
+from tests.gateway.world import MODEL, World, world_build
+from tests.payments.helpers import assert_money_invariants, wallet_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MESSAGES = [{"role": "user", "content": "Say something."}]
+UPSTREAM_MODEL = f"{MODEL}-upstream"
+
+
+# --- a scripted upstream ---------------------------------------------------------------------------------------
+
+# A piece of an answer: bytes to write, or a pause in seconds.
+Piece = bytes | float
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    content_type: str = "text/event-stream"
+    pieces: Iterable[Piece] = ()
+    pause_before_head: float = 0.0
+
+
+@dataclass
+class ScriptedUpstream:
+    """A real HTTP server (uvicorn, on 127.0.0.1) that answers every request with `answer(body)`."""
+
+    answer: Callable[[dict[str, Any]], Answer] = lambda body: Answer()
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    bytes_sent: int = 0
+    port: int = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = json.loads(raw or b"{}")
+        self.requests.append(body)
+        answer = self.answer(body)
+        if answer.pause_before_head:
+            await asyncio.sleep(answer.pause_before_head)
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": [(b"content-type", answer.content_type.encode())]}
+        )
+        for piece in answer.pieces:
+            if isinstance(piece, float):
+                await asyncio.sleep(piece)
+                continue
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            self.bytes_sent += len(piece)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def _scripted_server() -> Iterator[ScriptedUpstream]:
+    upstream = ScriptedUpstream()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    upstream.port = listener.getsockname()[1]
+    config = uvicorn.Config(upstream, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the scripted upstream did not start"
+        time.sleep(0.01)
+    yield upstream
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def scripted(_scripted_server: ScriptedUpstream) -> Iterator[ScriptedUpstream]:
+    _scripted_server.answer = lambda body: Answer()
+    _scripted_server.requests = []
+    _scripted_server.bytes_sent = 0
+    yield _scripted_server
+
+
+def scripted_world(upstream: ScriptedUpstream, **options: Any) -> World:
+    return world_build(upstreams=[("scripted-" + str(time.monotonic_ns()), upstream.url + "/v1")], **options)
+
+
+def event(payload: dict[str, Any] | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+def chunk(delta: dict[str, Any] | None = None, *, finish: str | None = None, usage: dict[str, Any] | None = None) -> dict:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": UPSTREAM_MODEL,
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:
+        report["prompt_tokens_details"] = {"cached_tokens": cached}
+    return report
+
+
+def completion(content: str, report: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": UPSTREAM_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
+    if report is not None:
+        body["usage"] = report
+    return body
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def local_prompt() -> int:
+    return count_chat_prompt({"messages": MESSAGES}, model=MODEL)
+
+
+def records(world: World) -> list[UsageRecord]:
+    return list(UsageRecord.objects.filter(organization=world.organization).order_by("id"))
+
+
+def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout}s for {what}")
+        time.sleep(0.02)
+
+
+def wait_finished(world: World, *, timeout: float = 10.0) -> Hold:
+    wait_until(
+        lambda: Hold.objects.filter(organization=world.organization).exclude(status=HoldStatus.ACTIVE).exists(),
+        what="the call's hold to be captured or released",
+        timeout=timeout,
+    )
+    return Hold.objects.get(organization=world.organization)
+
+
+def assert_nothing_active(world: World) -> None:
+    assert not Hold.objects.filter(organization=world.organization, status=HoldStatus.ACTIVE).exists()
+    assert wallet_of(world.organization).held == 0
+    assert_money_invariants()
+
+
+def assert_charged(world: World, *, input_tokens: int, output_tokens: int, outcome: str, estimated: bool) -> UsageRecord:
+    (record,) = records(world)
+    assert (record.input_tokens, record.output_tokens) == (input_tokens, output_tokens)
+    assert (record.metadata["outcome"], record.metadata["estimated"]) == (outcome, estimated)
+    assert record.cost == world.cost(input_tokens=input_tokens, output_tokens=output_tokens)
+    assert wallet_of(world.organization).balance == Decimal("10.00") - record.cost
+    assert_nothing_active(world)
+    return record
+
+
+def raw_request(gateway: GatewayServer, head: str, *, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", gateway.port))
+    sock.sendall(head.encode())
+    return sock
+
+
+def read_until_closed(sock: socket.socket, *, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            received = sock.recv(1 << 20)
+        except TimeoutError:
+            return data
+        if not received:
+            return data
+        data += received
+
+
+# --- the request body: the gateway reads no more of it than its limit ------------------------------------------
+
+
+@override_settings(GATEWAY_MAX_BODY_BYTES=2048)
+@pytest.mark.parametrize("framing", ["chunked", "declared"])
+def test_a_body_beyond_the_limit_is_refused_without_reading_it_all(gateway, fake_upstream, framing):
+    """Django's ASGI handler spools the whole body (to disk past 2.5 MB) before any view runs: a client that
+    sends an endless body, or declares a huge one, before any key is checked, had the gateway read and store it."""
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nContent-Type: application/json\r\n"
+    if framing == "chunked":
+        head += "Transfer-Encoding: chunked\r\n\r\n" + "".join(f"400\r\n{'x' * 1024}\r\n" for _ in range(4))
+    else:
+        head += f"Content-Length: {10**12}\r\n\r\n" + "x" * 1024
+    sock = raw_request(gateway, head)  # and never sends the rest
+
+    answer = read_until_closed(sock, timeout=5)
+    sock.close()
+
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"x-request-id" in answer.lower()
+    assert b"larger than 2048 bytes" in answer
+    assert fake_upstream.requests == []
