@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from accounts.models import ApiKey
 from accounts.tenancy import Tenant
 from gateway import billing, limits, metrics, tokens
 from gateway.errors import GatewayError, UpstreamError
@@ -45,6 +46,24 @@ CAPTURE_BACKOFF_SECONDS = 0.25
 def in_thread(function: Any) -> Any:
     """A blocking function (the database, the cache) as a coroutine, on a worker thread."""
     return sync_to_async(function, thread_sensitive=False)
+
+
+def release_when_written(writing: asyncio.Future[Hold], *, api_key: ApiKey, reserved: int) -> None:
+    """Free the hold of a call that will never start (its client left while the hold was being written) once its
+    thread has written it, and give back the call's TPM reservation."""
+
+    async def release() -> None:
+        try:
+            hold = await writing
+        except GatewayError:
+            pass  # refused (402 and the like): no hold was written
+        else:
+            await in_thread(billing.call_release)(hold=hold)
+        await limits.key_tokens_settle(key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=reserved, actual=0)
+
+    task = asyncio.create_task(release(), name="gateway-orphan-hold")
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 def _count(value: Any) -> int | None:

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
+from django.db import connection, transaction
 from django.test import override_settings
 
 from gateway.tokens import count_chat_prompt
 from metering.models import Hold, HoldStatus, UsageRecord
+from payments.models import Wallet
 from tests.gateway.gateway_server import GatewayServer
 from tests.gateway.world import MODEL, World, world_build
 from tests.payments.helpers import assert_money_invariants, wallet_of
@@ -244,3 +247,49 @@ def test_a_body_beyond_the_limit_is_refused_without_reading_it_all(gateway, fake
     assert b"x-request-id" in answer.lower()
     assert b"larger than 2048 bytes" in answer
     assert fake_upstream.requests == []
+
+
+# --- a client that leaves at the wrong moment ------------------------------------------------------------------
+
+
+def chat_request(gateway: GatewayServer, secret: str, body: dict[str, Any]) -> str:
+    payload = json.dumps(body)
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nAuthorization: Bearer {secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload.encode())}\r\n\r\n{payload}"
+    )
+
+
+def lock_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        return int(cursor.fetchone()[0])
+
+
+def test_a_client_leaving_while_its_hold_is_written_leaves_no_hold_behind(gateway, fake_upstream):
+    """The hold is written on a worker thread; the client leaving cancels the view, not the thread. The hold it
+    wrote was then nobody's: it kept the wallet's money reserved (and the key's TPM) until it expired, an hour."""
+    world = world_build(upstreams=[fake_upstream], default_max_tokens=64, tpm_limit=600)  # refills 10 tokens a second
+    head = chat_request(gateway, world.live_secret, {"model": MODEL, "messages": MESSAGES})
+
+    with transaction.atomic():
+        Wallet.objects.select_for_update().get(organization=world.organization)  # the hold waits for this lock
+        sock = raw_request(gateway, head)
+        wait_until(lambda: lock_waiters() > 0, what="the gateway to wait for the wallet's lock")
+        sock.close()
+        time.sleep(0.5)  # the gateway sees the client leave and cancels the view while the hold is being written
+
+    hold = wait_finished(world)
+    assert hold.status == HoldStatus.RELEASED
+    assert fake_upstream.requests == []
+    assert records(world) == []
+    assert_nothing_active(world)
+    follow_up = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {world.live_secret}"},
+        json={"model": MODEL, "messages": MESSAGES},
+        timeout=10,
+    )
+    assert follow_up.status_code == 200
+    # The first call's reservation came back: only the follow-up's own worst case is taken.
+    assert int(follow_up.headers["x-ratelimit-remaining-tokens"]) == 600 - (local_prompt() + 64)
