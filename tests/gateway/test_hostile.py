@@ -293,3 +293,43 @@ def test_a_client_leaving_while_its_hold_is_written_leaves_no_hold_behind(gatewa
     assert follow_up.status_code == 200
     # The first call's reservation came back: only the follow-up's own worst case is taken.
     assert int(follow_up.headers["x-ratelimit-remaining-tokens"]) == 600 - (local_prompt() + 64)
+
+
+# --- SSE framing: what the SSE format allows an upstream to send -------------------------------------------------
+
+REPORT = usage(41, 23)
+
+
+def framed(framing: str, payload: dict[str, Any] | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    if framing == "crlf":
+        return f"data: {text}\r\n\r\n".encode()
+    if framing == "no-space":
+        return f"data:{text}\n\n".encode()
+    if framing == "comments":
+        return f": keep-alive\n\nevent: message\nid: 7\ndata: {text}\n\n".encode()
+    if framing == "split-data-lines":
+        # One event over several `data:` lines: its data is the lines joined by "\n" (still one JSON document).
+        head, tail = text.split('"content"', 1) if '"content"' in text else (text, "")
+        return (f"data: {head}\ndata: " + ('"content"' + tail if tail else "") + "\n\n").encode()
+    return event(payload)
+
+
+@pytest.mark.parametrize("framing", ["crlf", "no-space", "comments", "line-separators"])
+def test_every_sse_framing_reaches_the_client_whole_and_is_charged_once(gateway, scripted, framing):
+    """httpx's line reader splits lines like str.splitlines: on U+2028, U+2029 and U+0085 too, which JSON carries raw
+    in a string (a model can be asked to write them). SSE ends lines only at CR, LF and CRLF. And an event spread
+    over several `data:` lines was relayed as one `data:` line followed by bare lines, which clients drop."""
+    text = "Hello,\u2028new\u2029para\x85graph" if framing == "line-separators" else "Hello, world"
+    world = scripted_world(scripted)
+    pieces = [chunk({"role": "assistant", "content": ""}), chunk({"content": text}), chunk({}, finish="stop")]
+    scripted.answer = lambda body: Answer(pieces=[framed(framing, piece) for piece in [*pieces, chunk(usage=REPORT), "[DONE]"]])
+
+    with world.client(gateway) as client:
+        chunks = list(
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True})
+        )
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (41, 23)
+    assert_charged(world, input_tokens=41, output_tokens=23, outcome="completed", estimated=False)
