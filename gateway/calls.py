@@ -110,6 +110,12 @@ def _output_text(answer: Any) -> str:
     return "".join(parts)
 
 
+def _sse(payload: str) -> str:
+    """One event for the client. An upstream may spread an event's data over several `data:` lines (joined by
+    "\n"): each line needs its own field name, or the client drops all but the first."""
+    return "data: " + payload.replace("\n", "\ndata: ") + "\n\n"
+
+
 @dataclass(eq=False)
 class Call:
     request_id: str
@@ -260,7 +266,7 @@ class Call:
                     break
                 else:
                     self.received.append(payload)
-                    self._send(f"data: {payload}\n\n", content=True)
+                    self._send(_sse(payload), content=True)
                 if time.monotonic() >= cut_at:
                     self._mid_stream_failure("the stream outlived its hold")
                     break
@@ -319,9 +325,9 @@ class Call:
             self.usage = usage_quantities(parsed["usage"])
             if parsed.get("choices"):
                 self.received.append(payload)  # some upstreams put the report on the last content chunk
-                self._send(f"data: {payload}\n\n", content=True)
+                self._send(_sse(payload), content=True)
             elif self.plan.client_wants_usage:
-                self._send(f"data: {payload}\n\n")
+                self._send(_sse(payload))
         return True  # a repeated report is dropped: usage is counted once
 
     def _mid_stream_failure(self, kind: str) -> None:
