@@ -127,6 +127,7 @@ class Call:
     stream_slot: bool = False
     opened: Opened | None = None
     usage: dict[str, int] | None = None
+    usage_relayed: bool = False  # a stream's usage chunk went to the client (who asked for it)
     received: list[str] = field(default_factory=list)  # a stream's content events, in order
     delivered: int = 0  # how many of them the client was handed
     failed: bool = False
@@ -321,14 +322,18 @@ class Call:
             return False
         if not isinstance(parsed, dict) or not parsed.get("usage"):
             return False
-        if self.usage is None:
-            self.usage = usage_quantities(parsed["usage"])
-            if parsed.get("choices"):
-                self.received.append(payload)  # some upstreams put the report on the last content chunk
-                self._send(_sse(payload), content=True)
-            elif self.plan.client_wants_usage:
-                self._send(_sse(payload))
-        return True  # a repeated report is dropped: usage is counted once
+        reported = usage_quantities(parsed["usage"])
+        if reported is not None:
+            # Reports are running totals (some upstreams send one on every chunk, some repeat the last): the latest
+            # is the whole call's, and replaces the earlier ones. Usage is counted once.
+            self.usage = reported
+        if parsed.get("choices"):
+            self.received.append(payload)  # content that carries a report: on the last chunk, or on every chunk
+            self._send(_sse(payload), content=True)
+        elif self.plan.client_wants_usage and not self.usage_relayed:
+            self.usage_relayed = True  # a repeated usage chunk reaches the client once
+            self._send(_sse(payload))
+        return True
 
     def _mid_stream_failure(self, kind: str) -> None:
         assert self.opened is not None

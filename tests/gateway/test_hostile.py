@@ -333,3 +333,33 @@ def test_every_sse_framing_reaches_the_client_whole_and_is_charged_once(gateway,
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (41, 23)
     assert_charged(world, input_tokens=41, output_tokens=23, outcome="completed", estimated=False)
+
+
+# --- usage reports: counted once, and the whole one ------------------------------------------------------------
+
+
+def test_usage_reported_on_every_chunk_charges_the_last_report_and_relays_every_chunk(gateway, scripted):
+    """vLLM (asked with `stream_options.continuous_usage_stats`, which the client sends and the gateway passes on)
+    and some other upstreams report the running usage on every chunk. The gateway kept the first report (0 output
+    tokens) and dropped every later chunk that carried one, content included."""
+    world = scripted_world(scripted)
+    words = ["Once", " upon", " a", " time", " there", " was", " a", " gateway", "."]
+    prompt = 41
+    pieces = [event(chunk({"role": "assistant", "content": ""}, usage=usage(prompt, 0)))]
+    pieces += [event(chunk({"content": word}, usage=usage(prompt, n))) for n, word in enumerate(words, start=1)]
+    pieces += [event(chunk({}, finish="stop", usage=usage(prompt, len(words)))), event(chunk(usage=usage(prompt, len(words))))]
+    scripted.answer = lambda body: Answer(pieces=[*pieces, b"data: [DONE]\n\n"])
+
+    with world.client(gateway) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+            )
+        )
+
+    assert scripted.requests[0]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(words)
+    assert_charged(world, input_tokens=prompt, output_tokens=len(words), outcome="completed", estimated=False)
