@@ -87,8 +87,8 @@ def usage_quantities(usage: Any) -> dict[str, int] | None:
 
 
 def _output_text(answer: Any) -> str:
-    """The text a chat or completion answer (or one stream chunk) delivered: content, refusals and tool-call
-    arguments. Never an error's text."""
+    """The text a chat or completion answer (or one stream chunk) delivered: content, refusals, reasoning (as
+    reasoning upstreams stream it) and function / tool-call arguments. Never an error's text."""
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
         return ""
     parts: list[str] = []
@@ -100,11 +100,12 @@ def _output_text(answer: Any) -> str:
         message = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice.get("message")
         if not isinstance(message, dict):
             continue
-        for key in ("content", "refusal"):
+        for key in ("content", "refusal", "reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 parts.append(message[key])
-        for tool_call in message.get("tool_calls") or ():
-            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+        functions = [call.get("function") for call in calls if isinstance(call, dict)]
+        for function in [*functions, message.get("function_call")]:  # function_call: the legacy `functions` API
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 parts.append(function["arguments"])
     return "".join(parts)

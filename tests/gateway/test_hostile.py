@@ -22,7 +22,7 @@ import uvicorn
 from django.db import connection, transaction
 from django.test import override_settings
 
-from gateway.tokens import count_chat_prompt
+from gateway.tokens import count_chat_prompt, count_text
 from metering.models import Hold, HoldStatus, UsageRecord
 from payments.models import Wallet
 from tests.gateway.gateway_server import GatewayServer
@@ -363,3 +363,50 @@ def test_usage_reported_on_every_chunk_charges_the_last_report_and_relays_every_
     assert scripted.requests[0]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(words)
     assert_charged(world, input_tokens=prompt, output_tokens=len(words), outcome="completed", estimated=False)
+
+
+# --- estimates count every kind of text delivered ----------------------------------------------------------------
+
+ARGUMENT_PIECES = ['{"', "city", '":"', "Paris", '","', "unit", '":"', "celsius", '","', "days", '":', "14", "}"] * 3
+
+
+@pytest.mark.parametrize(
+    ("first_delta", "piece_delta"),
+    [
+        (
+            {"role": "assistant", "content": None, "function_call": {"name": "forecast", "arguments": ""}},
+            lambda text: {"function_call": {"arguments": text}},
+        ),
+        ({"role": "assistant", "content": ""}, lambda text: {"reasoning_content": text}),
+        ({"role": "assistant", "content": ""}, lambda text: {"reasoning": text}),
+    ],
+    ids=["legacy-function-call", "reasoning-content", "reasoning"],
+)
+def test_a_cancelled_stream_is_charged_for_every_kind_of_text_it_delivered(gateway, scripted, first_delta, piece_delta):
+    """Under `cancel` a client that leaves is charged the local count of what it was handed. Legacy function calls
+    (`functions` / `function_call`, still served by OpenAI) stream their output in `delta.function_call`, and reasoning
+    upstreams (DeepSeek, vLLM's reasoning parsers, OpenRouter) in `delta.reasoning_content` / `delta.reasoning`: the
+    estimate counted none of it, so a client could read all of it, leave before the usage chunk, and pay no output."""
+    world = scripted_world(scripted, on_disconnect="cancel")
+    pieces = [event(chunk(first_delta))]
+    for text in ARGUMENT_PIECES:
+        pieces += [0.02, event(chunk(piece_delta(text)))]
+    scripted.answer = lambda body: Answer(
+        pieces=[*pieces, event(chunk({}, finish="stop")), event(chunk(usage=usage(41, 99))), b"data: [DONE]\n\n"]
+    )
+    read = 12
+
+    with world.client(gateway) as client:
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        for _ in range(read):
+            next(stream)
+        stream.close()
+
+    hold = wait_finished(world)
+    assert hold.status == HoldStatus.CAPTURED
+    (record,) = records(world)
+    assert (record.metadata["outcome"], record.metadata["estimated"]) == ("client_disconnected", True)
+    delivered = count_text("".join(ARGUMENT_PIECES[: read - 1]), model=MODEL)
+    assert delivered <= record.output_tokens <= count_text("".join(ARGUMENT_PIECES), model=MODEL)
+    assert record.input_tokens == local_prompt()
+    assert_nothing_active(world)
