@@ -415,11 +415,15 @@ class Call:
         record = await asyncio.shield(self._capture(quantities=quantities, metadata=metadata))
         self.charged = record.cost
         used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
-        for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
-            if quantities.get(kind):
-                metrics.TOKENS.labels(self.model, outcome.value, kind.removesuffix("_tokens")).inc(quantities[kind])
-        if not self.tenant.is_test:
-            metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
+        # The call is charged: what follows is bookkeeping, whose failure must not turn a paid answer into an error.
+        try:
+            for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
+                if quantities.get(kind):
+                    metrics.TOKENS.labels(self.model, outcome.value, kind.removesuffix("_tokens")).inc(quantities[kind])
+            if not self.tenant.is_test:
+                metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
+        except Exception:
+            logger.exception("gateway: call %s is charged, but its metrics could not be updated", self.request_id)
         await self._settle_limits(used)
 
     async def _capture(self, *, quantities: dict[str, int], metadata: dict[str, Any]) -> Any:
@@ -442,11 +446,19 @@ class Call:
         await self._settle_limits(0)
 
     async def _settle_limits(self, used: int) -> None:
+        """Give back the unused TPM reservation and free the stream slot. The call's money is settled by now: an error
+        here (Redis refusing writes: full, or read-only in a failover) is logged, and the leases expire by themselves."""
         api_key = self.tenant.api_key
         assert api_key is not None
-        await limits.key_tokens_settle(
-            key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=self.plan.worst_tokens, actual=used
-        )
+        try:
+            await limits.key_tokens_settle(
+                key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=self.plan.worst_tokens, actual=used
+            )
+        except Exception:
+            logger.exception("gateway: the TPM reservation of call %s could not be settled", self.request_id)
         if self.stream_slot:
             self.stream_slot = False
-            await limits.stream_release(key_id=api_key.pk, stream_id=self.request_id)
+            try:
+                await limits.stream_release(key_id=api_key.pk, stream_id=self.request_id)
+            except Exception:
+                logger.exception("gateway: the stream slot of call %s could not be freed", self.request_id)

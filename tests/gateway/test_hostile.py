@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import uvicorn
+from django.conf import settings
 from django.db import connection, transaction
 from django.test import override_settings
 
@@ -410,3 +412,42 @@ def test_a_cancelled_stream_is_charged_for_every_kind_of_text_it_delivered(gatew
     assert delivered <= record.output_tokens <= count_text("".join(ARGUMENT_PIECES), model=MODEL)
     assert record.input_tokens == local_prompt()
     assert_nothing_active(world)
+
+
+# --- failures in odd places ---------------------------------------------------------------------------------------
+
+
+def test_a_redis_that_refuses_writes_after_the_capture_does_not_turn_a_charged_answer_into_a_500(gateway, scripted):
+    """After the capture come the metrics and the TPM give-back (Redis). An error there (Redis full, or read-only
+    during a failover: errors that are not "unreachable") was taken for a failed charge: the client got a 500 for an
+    answer it had been charged for."""
+    world = scripted_world(scripted, tpm_limit=1000)  # refills slowly: the give-back has a bucket to write
+    answer = json.dumps(completion("Hello there.", usage(41, 23))).encode()
+    scripted.answer = lambda body: Answer(content_type="application/json", pause_before_head=1.0, pieces=[answer])
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            with world.client(gateway) as client:
+                outcome["reply"] = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            outcome["error"] = error
+
+    redis_client = redis.Redis.from_url(settings.GATEWAY_REDIS_URL)
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    try:
+        wait_until(lambda: bool(scripted.requests), what="the upstream to be called")
+        redis_client.config_set("maxmemory-policy", "noeviction")
+        redis_client.config_set("maxmemory", 1)  # full: every write that may grow memory is refused
+        caller.join(15)
+    finally:
+        redis_client.config_set("maxmemory", 0)
+        redis_client.config_set("maxmemory-policy", policy)
+        redis_client.close()
+    assert not caller.is_alive()
+
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["reply"].choices[0].message.content == "Hello there."
+    assert_charged(world, input_tokens=41, output_tokens=23, outcome="completed", estimated=False)
