@@ -181,6 +181,10 @@ async def _attempt(
             )
         if not stream:
             opened.body = await response.aread()
+        elif response.headers.get("content-type", "").startswith("application/json"):
+            # One JSON document for a stream: the upstream ignored `stream` (a whole answer, billed to us) or reports an
+            # error with 200. A retry would only buy another; the next upstream may stream.
+            raise _Failed("status", "a JSON answer to a stream")
         else:
             opened.events = sse_events(response, first_timeout=upstream.timeout, idle_timeout=upstream.idle_timeout)
             try:

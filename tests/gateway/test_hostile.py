@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 import uvicorn
@@ -451,3 +452,22 @@ def test_a_redis_that_refuses_writes_after_the_capture_does_not_turn_a_charged_a
     assert "error" not in outcome, outcome.get("error")
     assert outcome["reply"].choices[0].message.content == "Hello there."
     assert_charged(world, input_tokens=41, output_tokens=23, outcome="completed", estimated=False)
+
+
+@pytest.mark.parametrize("body", [completion("A whole answer.", usage(41, 23)), {"error": {"message": "no streams here"}}])
+def test_a_stream_answered_in_json_is_not_retried_and_charges_nothing(gateway, scripted, settings, body):
+    """An upstream that answers a stream with one JSON document (it ignored `stream`, or reports an error with 200)
+    did the work of a whole answer, billed to us. It was read as an empty stream and retried: each retry another whole
+    answer, none of it charged to anyone."""
+    settings.GATEWAY_UPSTREAM_RETRIES = 2
+    world = scripted_world(scripted)
+    scripted.answer = lambda request: Answer(content_type="application/json", pieces=[json.dumps(body).encode()])
+
+    with pytest.raises(openai.InternalServerError) as raised, world.client(gateway) as client:
+        list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+
+    assert raised.value.status_code == 502
+    assert len(scripted.requests) == 1
+    assert records(world) == []
+    assert Hold.objects.get(organization=world.organization).status == HoldStatus.RELEASED
+    assert_nothing_active(world)
