@@ -41,6 +41,8 @@ _END = object()
 CAPTURE_ATTEMPTS = 4
 HOLD_MARGIN_SECONDS = 120
 CAPTURE_BACKOFF_SECONDS = 0.25
+# Bytes of events waiting for a client's socket before the relay stops reading the upstream (backpressure).
+QUEUE_MAX_BYTES = 256 * 1024
 
 
 def in_thread(function: Any) -> Any:
@@ -143,6 +145,8 @@ class Call:
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0
+    _taken: asyncio.Event = field(default_factory=asyncio.Event)  # the client took an event (or left)
     charged: Decimal | None = None
 
     @property
@@ -159,6 +163,7 @@ class Call:
         if self.client_gone:
             return
         self.client_gone = True
+        self._taken.set()
         if self.route.on_disconnect == "cancel":
             if self.reading_upstream and self.task is not None and not self.task.done():
                 self.task.cancel()
@@ -275,6 +280,7 @@ class Call:
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
                     await self._renew_leases()
+                await self._client_keeps_up()
                 # Unbounded until the client leaves; client_left bounds it by the drain even mid-wait.
                 waiting = self._waiting = asyncio.timeout_at(self.drain_deadline)
                 try:
@@ -315,6 +321,25 @@ class Call:
             call_id=self.request_id if upstream else None,
         )
 
+    async def _client_keeps_up(self) -> None:
+        """Read the upstream no faster than the client reads. A client that takes nothing for the upstream's idle
+        timeout while events wait for it is treated as gone: a reader that stalls costs a bounded queue, not the
+        whole answer in memory."""
+        assert self.opened is not None
+        while self.queued_bytes > QUEUE_MAX_BYTES and not self.client_gone:
+            self._taken.clear()
+            try:
+                async with asyncio.timeout(self.opened.upstream.idle_timeout):
+                    await self._taken.wait()
+            except TimeoutError:
+                while not self.queue.empty():  # what waits now was never handed to the client, and is not charged
+                    self.queue.get_nowait()
+                self.queued_bytes = 0
+                message = f"The client read nothing for {self.opened.upstream.idle_timeout:g} s; the stream was ended."
+                body = {"error": {"message": message, "type": "api_error", "param": None, "code": "client_stalled"}}
+                self._send(f"data: {json.dumps(body)}\n\n")
+                self.client_left()
+
     def _usage_event(self, payload: str) -> bool:
         """Handle a usage report; False when the event carries none after all."""
         try:
@@ -344,7 +369,9 @@ class Call:
 
     def _send(self, text: str, *, content: bool = False) -> None:
         if not self.client_gone:
-            self.queue.put_nowait((text.encode(), content))
+            data = text.encode()
+            self.queued_bytes += len(data)
+            self.queue.put_nowait((data, content))
 
     def _send_error(self, message: str) -> None:
         """The error event that ends a failed stream: sent once the call is charged, so that a client that stops
@@ -360,6 +387,8 @@ class Call:
                 if item is _END:
                     return
                 chunk, content = item
+                self.queued_bytes -= len(chunk)
+                self._taken.set()
                 yield chunk
                 if content:
                     self.delivered += 1

@@ -471,3 +471,51 @@ def test_a_stream_answered_in_json_is_not_retried_and_charges_nothing(gateway, s
     assert records(world) == []
     assert Hold.objects.get(organization=world.organization).status == HoldStatus.RELEASED
     assert_nothing_active(world)
+
+
+# --- a slow reader -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_disconnect", ["drain", "cancel"])
+def test_a_client_that_stops_reading_does_not_make_the_gateway_hold_the_whole_answer(gateway, scripted, on_disconnect):
+    """The relay read the upstream as fast as it wrote and queued every event for the client without bound: a client
+    that opens streams and reads nothing (its TCP window closes) made the gateway hold each whole answer in memory.
+    Now the relay reads no faster than the client, and a client that takes nothing for the upstream's idle timeout
+    is treated as gone: under `drain` the upstream is read to its end without queuing, and its report is charged;
+    under `cancel` the upstream is closed and what the client was handed is charged."""
+    world = scripted_world(scripted, on_disconnect=on_disconnect, upstream_options={"idle_timeout_seconds": 1.0})
+    big = event(chunk({"content": "y" * 8000}))
+    events = 2000  # 16 MB
+    scripted.answer = lambda body: Answer(
+        pieces=[
+            event(chunk({"role": "assistant", "content": ""})),
+            *[big] * events,
+            event(chunk({}, finish="stop")),
+            event(chunk(usage=REPORT)),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    body = {"model": MODEL, "messages": MESSAGES, "stream": True}
+    sock = raw_request(gateway, chat_request(gateway, world.live_secret, body), receive_buffer=65536)
+
+    head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200")
+    time.sleep(2.5)  # reads nothing: longer than the idle timeout
+    received = head + read_until_closed(sock, timeout=20)
+    sock.close()
+
+    assert len(received) < events * len(big) / 2  # not queued for a client that did not read
+    assert b'"code": "client_stalled"' in received
+    assert b"[DONE]" not in received
+    wait_finished(world)
+    if on_disconnect == "drain":
+        assert scripted.bytes_sent >= events * len(big)  # the upstream was read to its end
+        assert_charged(world, input_tokens=41, output_tokens=23, outcome="client_disconnected", estimated=False)
+    else:
+        (record,) = records(world)
+        handed = received.count(b'"content": "' + b"y" * 8000)
+        per_event = count_text("y" * 8000, model=MODEL)
+        assert per_event * (handed - 1) <= record.output_tokens <= per_event * handed  # what it was handed
+        assert_charged(
+            world, input_tokens=local_prompt(), output_tokens=record.output_tokens, outcome="client_disconnected", estimated=True
+        )
