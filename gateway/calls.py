@@ -105,8 +105,10 @@ def _output_text(answer: Any) -> str:
         for key in ("content", "refusal", "reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 parts.append(message[key])
-        calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
-        functions = [call.get("function") for call in calls if isinstance(call, dict)]
+        tool_calls = message.get("tool_calls")
+        functions = (
+            [call.get("function") for call in tool_calls if isinstance(call, dict)] if isinstance(tool_calls, list) else []
+        )
         for function in [*functions, message.get("function_call")]:  # function_call: the legacy `functions` API
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 parts.append(function["arguments"])
