@@ -213,11 +213,13 @@ class Call:
                 )
                 outcome = await (self._relay() if self.plan.stream else self._read_answer())
             except asyncio.CancelledError:
-                if not self.client_gone:
-                    raise  # the server is shutting down: the hold expires by itself
+                if not self.client_gone and not (self.plan.stream and self.received):
+                    raise  # the server is shutting down and nothing reached the client: the hold expires by itself
                 task = asyncio.current_task()
                 if task is not None:
-                    task.uncancel()  # the cancellation was ours (`cancel` policy): the call goes on to its charge
+                    # Ours (`cancel` policy), or the server shutting down mid-stream (the client's connection is cut
+                    # with it; which of the two tasks hears it first is chance): the call goes on to its charge.
+                    task.uncancel()
                 outcome = Outcome.CLIENT_DISCONNECTED
             finally:
                 self.reading_upstream = False

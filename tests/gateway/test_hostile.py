@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -519,3 +523,72 @@ def test_a_client_that_stops_reading_does_not_make_the_gateway_hold_the_whole_an
         assert_charged(
             world, input_tokens=local_prompt(), output_tokens=record.output_tokens, outcome="client_disconnected", estimated=True
         )
+
+
+# --- the gateway process shutting down mid-stream -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_a_stream_cut_by_a_shutdown_is_charged_before_the_worker_is_killed(fake_upstream, tmp_path):
+    """A deploy sends SIGTERM: gunicorn waits `graceful_timeout`, then SIGKILLs the worker. uvicorn, as uvicorn_worker
+    configures it, waited for every stream without limit (so a stream longer than the grace period died with the
+    worker), and once it gave up it raised SIGTERM again under SIG_DFL, ending the process before the cut calls' tasks
+    could charge: the hold was never captured (it expires an hour later), what was relayed never charged."""
+    world = world_build(upstreams=[fake_upstream], on_disconnect="drain", default_max_tokens=1000)
+    fake_upstream.push(chunks=600, chunk_delay=0.05)  # 30 s: longer than the grace period
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "billing_site.settings_test",
+        "DATABASE_NAME": connection.settings_dict["NAME"],
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_WORKERS": "1",
+        "GATEWAY_GRACEFUL_SECONDS": "4",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "gateway.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn_gateway.conf.py"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: _answers(port), what="the gateway process to listen", timeout=60)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=world.live_secret, max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        read = [next(stream) for _ in range(5)]
+        reader = threading.Thread(target=lambda: list(stream), daemon=True)  # the client reads on until it is cut
+        reader.start()
+
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        reader.join(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+    hold = Hold.objects.get(organization=world.organization)
+    assert hold.status == HoldStatus.CAPTURED, (tmp_path / "gateway.log").read_text()[-3000:]
+    (record,) = records(world)
+    delivered = "".join(c.choices[0].delta.content or "" for c in read if c.choices)
+    assert record.output_tokens >= count_text(delivered, model=MODEL)
+    assert record.metadata["outcome"] == "client_disconnected"
+    assert_nothing_active(world)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False
