@@ -598,3 +598,27 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code < 500
     except httpx.HTTPError:
         return False
+
+
+# --- the hold is a true worst case ------------------------------------------------------------------------------
+
+
+def test_completions_are_bounded_by_max_tokens_whatever_else_the_client_names(gateway, scripted):
+    """/v1/completions has one maximum, `max_tokens`. The gateway also read `max_completion_tokens` (a chat field) as
+    the call's maximum there: a client sending `max_completion_tokens: 1` got a hold for one token and an upstream
+    request with no `max_tokens` at all, so the upstream's own default (unbounded on some servers) decided the
+    length, and the capture could pass the hold by any amount."""
+    world = scripted_world(scripted, default_max_tokens=50)
+    text = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": UPSTREAM_MODEL}
+    answer = {**text, "choices": [{"index": 0, "text": " once", "finish_reason": "length"}], "usage": usage(3, 1)}
+    scripted.answer = lambda body: Answer(content_type="application/json", pieces=[json.dumps(answer).encode()])
+
+    with world.client(gateway) as client:
+        client.completions.create(model=MODEL, prompt="Once upon", extra_body={"max_completion_tokens": 1})
+
+    (sent,) = scripted.requests
+    assert sent["max_tokens"] == 50  # the route's default: what the hold covers
+    hold = Hold.objects.get(organization=world.organization)
+    prompt = count_text("Once upon", model=MODEL)
+    assert hold.amount == world.cost(input_tokens=prompt, output_tokens=50)
+    assert_charged(world, input_tokens=3, output_tokens=1, outcome="completed", estimated=False)
