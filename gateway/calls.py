@@ -238,7 +238,7 @@ class Call:
         assert self.opened is not None and self.opened.body is not None
         try:
             answer = json.loads(self.opened.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError("The upstream's answer is not JSON; nothing was charged.") from None
         self.answer = self.opened.body
         if self.plan.endpoint is Endpoint.IMAGES:
@@ -348,7 +348,7 @@ class Call:
         """Handle a usage report; False when the event carries none after all."""
         try:
             parsed = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         if not isinstance(parsed, dict) or not parsed.get("usage"):
             return False
@@ -411,7 +411,7 @@ class Call:
         for payload in events:
             try:
                 text.append(_output_text(json.loads(payload)))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
         return tokens.count_text("".join(text), model=self.model)
 

@@ -102,7 +102,7 @@ def error_event(payload: str) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     return error if isinstance(error, dict) else None

@@ -39,7 +39,7 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")

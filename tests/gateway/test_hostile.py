@@ -622,3 +622,41 @@ def test_completions_are_bounded_by_max_tokens_whatever_else_the_client_names(ga
     prompt = count_text("Once upon", model=MODEL)
     assert hold.amount == world.cost(input_tokens=prompt, output_tokens=50)
     assert_charged(world, input_tokens=3, output_tokens=1, outcome="completed", estimated=False)
+
+
+# --- bad input: a clear error, nothing changed ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["body", "message", "usage"])
+def test_json_nested_too_deep_is_a_400_or_an_upstream_error_not_a_crash(gateway, scripted, where):
+    """Python's JSON decoder raises RecursionError (not ValueError) past ~1,000 levels: a client's body nested that
+    deep was a 500 with a traceback in the log; from an upstream, the call's task died with it."""
+    world = scripted_world(scripted)
+    deep = "[" * 100_000 + "]" * 100_000
+    reply = json.dumps(completion("Hi.", usage(3, 2)))
+    if where == "usage":
+        reply = reply.replace('"prompt_tokens": 3', f'"prompt_tokens": 3, "deep": {deep}')
+    scripted.answer = lambda body: Answer(content_type="application/json", pieces=[reply.encode()])
+    content = {
+        "body": f'{{"model": "{MODEL}", "messages": {deep}}}',
+        "message": f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": {deep}}}]}}',
+        "usage": json.dumps({"model": MODEL, "messages": MESSAGES}),
+    }[where]
+
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {world.live_secret}", "Content-Type": "application/json"},
+        content=content,
+        timeout=20,
+    )
+
+    if where == "usage":
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["code"] == "upstream_error"
+        assert Hold.objects.get(organization=world.organization).status == HoldStatus.RELEASED
+    else:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert scripted.requests == []
+    assert records(world) == []
+    assert_nothing_active(world)
