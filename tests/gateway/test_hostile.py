@@ -660,3 +660,46 @@ def test_json_nested_too_deep_is_a_400_or_an_upstream_error_not_a_crash(gateway,
         assert scripted.requests == []
     assert records(world) == []
     assert_nothing_active(world)
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [
+        '{"prompt_tokens": -5, "completion_tokens": 2}',
+        '{"prompt_tokens": true, "completion_tokens": 2}',
+        '{"prompt_tokens": 3, "completion_tokens": false}',
+        '{"prompt_tokens": 3.0, "completion_tokens": 2}',
+        '{"prompt_tokens": 10000000000000, "completion_tokens": 2}',
+        '{"prompt_tokens": "3", "completion_tokens": 2}',
+        '{"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 900}}',
+        '{"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": -1}}',
+        '{"prompt_tokens": 3, "completion_tokens": 1' + "0" * 5000 + "}",
+    ],
+    ids=["negative", "bool", "false", "float", "huge", "string", "cached-over-prompt", "cached-negative", "5000-digits"],
+)
+def test_an_odd_usage_report_is_never_charged_as_is(gateway, scripted, reported):
+    """What an upstream reports is charged exactly, when it is a sound report: whole numbers from 0 to 10^12 (JSON
+    `true` is not 1), cached tokens at most the prompt. Anything else is charged as the local estimate, and a number
+    Python refuses to read (over 4,300 digits) makes the answer unreadable: a 502, nothing charged."""
+    world = scripted_world(scripted, cached_input_price="1.00")
+    reply = json.dumps(completion("Hi there.", None))[:-1] + f', "usage": {reported}}}'
+    scripted.answer = lambda body: Answer(content_type="application/json", pieces=[reply.encode()])
+
+    with world.client(gateway) as client:
+        if "0" * 5000 in reported:
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model=MODEL, messages=MESSAGES)
+            assert records(world) == []
+            assert_nothing_active(world)
+            return
+        client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    (record,) = records(world)
+    if "cached_tokens" in reported:
+        cached = 3 if "900" in reported else 0
+        assert (record.input_tokens, record.output_tokens, record.metadata["estimated"]) == (3, 2, False)
+        assert record.cost == world.cost(input_tokens=3, output_tokens=2, cached=cached)
+        assert_nothing_active(world)
+    else:
+        estimate = {"input_tokens": local_prompt(), "output_tokens": count_text("Hi there.", model=MODEL)}
+        assert_charged(world, **estimate, outcome="no_usage_reported", estimated=True)
