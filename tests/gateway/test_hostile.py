@@ -703,3 +703,22 @@ def test_an_odd_usage_report_is_never_charged_as_is(gateway, scripted, reported)
     else:
         estimate = {"input_tokens": local_prompt(), "output_tokens": count_text("Hi there.", model=MODEL)}
         assert_charged(world, **estimate, outcome="no_usage_reported", estimated=True)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini\r\nX-Injected: 1", "gpt-4o-mini\nX-Injected: 1", "x" * 100_000, MODEL.upper()])
+def test_a_hostile_model_name_is_a_404_in_json_and_never_a_header(gateway, scripted, model):
+    world = scripted_world(scripted)
+
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"Authorization": f"Bearer {world.live_secret}"},
+        json={"model": model, "messages": MESSAGES},
+        timeout=10,
+    )
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert "x-injected" not in response.headers
+    assert len(response.content) < 1000  # the name is cut in the message
+    assert scripted.requests == []
+    assert not Hold.objects.filter(organization=world.organization).exists()
