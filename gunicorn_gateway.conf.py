@@ -10,7 +10,7 @@ import os
 wsgi_app = "gateway.asgi:application"
 bind = f"0.0.0.0:{os.environ.get('GATEWAY_PORT', int(os.environ.get('PORT', '8000')) + 1)}"
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "gateway.worker.GatewayWorker"  # ends streams before graceful_timeout (gateway/worker.py)
 # A stream may last minutes; a worker is only restarted when it stops answering its heartbeat.
 timeout = 60
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_SECONDS", "60"))  # lets running streams end

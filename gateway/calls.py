@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from accounts.models import ApiKey
 from accounts.tenancy import Tenant
 from gateway import billing, limits, metrics, tokens
 from gateway.errors import GatewayError, UpstreamError
@@ -40,11 +41,31 @@ _END = object()
 CAPTURE_ATTEMPTS = 4
 HOLD_MARGIN_SECONDS = 120
 CAPTURE_BACKOFF_SECONDS = 0.25
+# Bytes of events waiting for a client's socket before the relay stops reading the upstream (backpressure).
+QUEUE_MAX_BYTES = 256 * 1024
 
 
 def in_thread(function: Any) -> Any:
     """A blocking function (the database, the cache) as a coroutine, on a worker thread."""
     return sync_to_async(function, thread_sensitive=False)
+
+
+def release_when_written(writing: asyncio.Future[Hold], *, api_key: ApiKey, reserved: int) -> None:
+    """Free the hold of a call that will never start (its client left while the hold was being written) once its
+    thread has written it, and give back the call's TPM reservation."""
+
+    async def release() -> None:
+        try:
+            hold = await writing
+        except GatewayError:
+            pass  # refused (402 and the like): no hold was written
+        else:
+            await in_thread(billing.call_release)(hold=hold)
+        await limits.key_tokens_settle(key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=reserved, actual=0)
+
+    task = asyncio.create_task(release(), name="gateway-orphan-hold")
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 def _count(value: Any) -> int | None:
@@ -68,8 +89,8 @@ def usage_quantities(usage: Any) -> dict[str, int] | None:
 
 
 def _output_text(answer: Any) -> str:
-    """The text a chat or completion answer (or one stream chunk) delivered: content, refusals and tool-call
-    arguments. Never an error's text."""
+    """The text a chat or completion answer (or one stream chunk) delivered: content, refusals, reasoning (as
+    reasoning upstreams stream it) and function / tool-call arguments. Never an error's text."""
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
         return ""
     parts: list[str] = []
@@ -81,14 +102,23 @@ def _output_text(answer: Any) -> str:
         message = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice.get("message")
         if not isinstance(message, dict):
             continue
-        for key in ("content", "refusal"):
+        for key in ("content", "refusal", "reasoning_content", "reasoning"):
             if isinstance(message.get(key), str):
                 parts.append(message[key])
-        for tool_call in message.get("tool_calls") or ():
-            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+        tool_calls = message.get("tool_calls")
+        functions = (
+            [call.get("function") for call in tool_calls if isinstance(call, dict)] if isinstance(tool_calls, list) else []
+        )
+        for function in [*functions, message.get("function_call")]:  # function_call: the legacy `functions` API
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 parts.append(function["arguments"])
     return "".join(parts)
+
+
+def _sse(payload: str) -> str:
+    """One event for the client. An upstream may spread an event's data over several `data:` lines (joined by
+    "\n"): each line needs its own field name, or the client drops all but the first."""
+    return "data: " + payload.replace("\n", "\ndata: ") + "\n\n"
 
 
 @dataclass(eq=False)
@@ -102,6 +132,7 @@ class Call:
     stream_slot: bool = False
     opened: Opened | None = None
     usage: dict[str, int] | None = None
+    usage_relayed: bool = False  # a stream's usage chunk went to the client (who asked for it)
     received: list[str] = field(default_factory=list)  # a stream's content events, in order
     delivered: int = 0  # how many of them the client was handed
     failed: bool = False
@@ -116,6 +147,8 @@ class Call:
     task: asyncio.Task[None] | None = None
     ready: asyncio.Future[GatewayError | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0
+    _taken: asyncio.Event = field(default_factory=asyncio.Event)  # the client took an event (or left)
     charged: Decimal | None = None
 
     @property
@@ -132,6 +165,7 @@ class Call:
         if self.client_gone:
             return
         self.client_gone = True
+        self._taken.set()
         if self.route.on_disconnect == "cancel":
             if self.reading_upstream and self.task is not None and not self.task.done():
                 self.task.cancel()
@@ -179,11 +213,13 @@ class Call:
                 )
                 outcome = await (self._relay() if self.plan.stream else self._read_answer())
             except asyncio.CancelledError:
-                if not self.client_gone:
-                    raise  # the server is shutting down: the hold expires by itself
+                if not self.client_gone and not (self.plan.stream and self.received):
+                    raise  # the server is shutting down and nothing reached the client: the hold expires by itself
                 task = asyncio.current_task()
                 if task is not None:
-                    task.uncancel()  # the cancellation was ours (`cancel` policy): the call goes on to its charge
+                    # Ours (`cancel` policy), or the server shutting down mid-stream (the client's connection is cut
+                    # with it; which of the two tasks hears it first is chance): the call goes on to its charge.
+                    task.uncancel()
                 outcome = Outcome.CLIENT_DISCONNECTED
             finally:
                 self.reading_upstream = False
@@ -202,7 +238,7 @@ class Call:
         assert self.opened is not None and self.opened.body is not None
         try:
             answer = json.loads(self.opened.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UpstreamError("The upstream's answer is not JSON; nothing was charged.") from None
         self.answer = self.opened.body
         if self.plan.endpoint is Endpoint.IMAGES:
@@ -241,13 +277,14 @@ class Call:
                     break
                 else:
                     self.received.append(payload)
-                    self._send(f"data: {payload}\n\n", content=True)
+                    self._send(_sse(payload), content=True)
                 if time.monotonic() >= cut_at:
                     self._mid_stream_failure("the stream outlived its hold")
                     break
                 if time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + settings.GATEWAY_LEASE_SECONDS / 3
                     await self._renew_leases()
+                await self._client_keeps_up()
                 # Unbounded until the client leaves; client_left bounds it by the drain even mid-wait.
                 waiting = self._waiting = asyncio.timeout_at(self.drain_deadline)
                 try:
@@ -288,22 +325,45 @@ class Call:
             call_id=self.request_id if upstream else None,
         )
 
+    async def _client_keeps_up(self) -> None:
+        """Read the upstream no faster than the client reads. A client that takes nothing for the upstream's idle
+        timeout while events wait for it is treated as gone: a reader that stalls costs a bounded queue, not the
+        whole answer in memory."""
+        assert self.opened is not None
+        while self.queued_bytes > QUEUE_MAX_BYTES and not self.client_gone:
+            self._taken.clear()
+            try:
+                async with asyncio.timeout(self.opened.upstream.idle_timeout):
+                    await self._taken.wait()
+            except TimeoutError:
+                while not self.queue.empty():  # what waits now was never handed to the client, and is not charged
+                    self.queue.get_nowait()
+                self.queued_bytes = 0
+                message = f"The client read nothing for {self.opened.upstream.idle_timeout:g} s; the stream was ended."
+                body = {"error": {"message": message, "type": "api_error", "param": None, "code": "client_stalled"}}
+                self._send(f"data: {json.dumps(body)}\n\n")
+                self.client_left()
+
     def _usage_event(self, payload: str) -> bool:
         """Handle a usage report; False when the event carries none after all."""
         try:
             parsed = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         if not isinstance(parsed, dict) or not parsed.get("usage"):
             return False
-        if self.usage is None:
-            self.usage = usage_quantities(parsed["usage"])
-            if parsed.get("choices"):
-                self.received.append(payload)  # some upstreams put the report on the last content chunk
-                self._send(f"data: {payload}\n\n", content=True)
-            elif self.plan.client_wants_usage:
-                self._send(f"data: {payload}\n\n")
-        return True  # a repeated report is dropped: usage is counted once
+        reported = usage_quantities(parsed["usage"])
+        if reported is not None:
+            # Reports are running totals (some upstreams send one on every chunk, some repeat the last): the latest
+            # is the whole call's, and replaces the earlier ones. Usage is counted once.
+            self.usage = reported
+        if parsed.get("choices"):
+            self.received.append(payload)  # content that carries a report: on the last chunk, or on every chunk
+            self._send(_sse(payload), content=True)
+        elif self.plan.client_wants_usage and not self.usage_relayed:
+            self.usage_relayed = True  # a repeated usage chunk reaches the client once
+            self._send(_sse(payload))
+        return True
 
     def _mid_stream_failure(self, kind: str) -> None:
         assert self.opened is not None
@@ -313,7 +373,9 @@ class Call:
 
     def _send(self, text: str, *, content: bool = False) -> None:
         if not self.client_gone:
-            self.queue.put_nowait((text.encode(), content))
+            data = text.encode()
+            self.queued_bytes += len(data)
+            self.queue.put_nowait((data, content))
 
     def _send_error(self, message: str) -> None:
         """The error event that ends a failed stream: sent once the call is charged, so that a client that stops
@@ -329,6 +391,8 @@ class Call:
                 if item is _END:
                     return
                 chunk, content = item
+                self.queued_bytes -= len(chunk)
+                self._taken.set()
                 yield chunk
                 if content:
                     self.delivered += 1
@@ -347,7 +411,7 @@ class Call:
         for payload in events:
             try:
                 text.append(_output_text(json.loads(payload)))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
         return tokens.count_text("".join(text), model=self.model)
 
@@ -384,11 +448,15 @@ class Call:
         record = await asyncio.shield(self._capture(quantities=quantities, metadata=metadata))
         self.charged = record.cost
         used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
-        for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
-            if quantities.get(kind):
-                metrics.TOKENS.labels(self.model, outcome.value, kind.removesuffix("_tokens")).inc(quantities[kind])
-        if not self.tenant.is_test:
-            metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
+        # The call is charged: what follows is bookkeeping, whose failure must not turn a paid answer into an error.
+        try:
+            for kind in ("input_tokens", "cached_input_tokens", "output_tokens"):
+                if quantities.get(kind):
+                    metrics.TOKENS.labels(self.model, outcome.value, kind.removesuffix("_tokens")).inc(quantities[kind])
+            if not self.tenant.is_test:
+                metrics.COST.labels(self.model, outcome.value).inc(float(record.cost))
+        except Exception:
+            logger.exception("gateway: call %s is charged, but its metrics could not be updated", self.request_id)
         await self._settle_limits(used)
 
     async def _capture(self, *, quantities: dict[str, int], metadata: dict[str, Any]) -> Any:
@@ -411,11 +479,19 @@ class Call:
         await self._settle_limits(0)
 
     async def _settle_limits(self, used: int) -> None:
+        """Give back the unused TPM reservation and free the stream slot. The call's money is settled by now: an error
+        here (Redis refusing writes: full, or read-only in a failover) is logged, and the leases expire by themselves."""
         api_key = self.tenant.api_key
         assert api_key is not None
-        await limits.key_tokens_settle(
-            key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=self.plan.worst_tokens, actual=used
-        )
+        try:
+            await limits.key_tokens_settle(
+                key_id=api_key.pk, tpm_limit=api_key.tpm_limit, reserved=self.plan.worst_tokens, actual=used
+            )
+        except Exception:
+            logger.exception("gateway: the TPM reservation of call %s could not be settled", self.request_id)
         if self.stream_slot:
             self.stream_slot = False
-            await limits.stream_release(key_id=api_key.pk, stream_id=self.request_id)
+            try:
+                await limits.stream_release(key_id=api_key.pk, stream_id=self.request_id)
+            except Exception:
+                logger.exception("gateway: the stream slot of call %s could not be freed", self.request_id)

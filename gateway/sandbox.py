@@ -15,7 +15,7 @@ from gateway.simulate import simulated_answer
 async def sandbox_upstream(request: HttpRequest, path: str) -> HttpResponseBase:
     try:
         body = json.loads(request.body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
         return HttpResponse(b'{"error": {"message": "Not JSON.", "type": "invalid_request_error"}}', status=400)

@@ -77,7 +77,10 @@ def _token_plan(
     stream = _stream_flag(body)
     client_wants_usage = _stream_options(body, stream)
     max_output = default_max_tokens
-    named = [name for name in ("max_completion_tokens", "max_tokens") if body.get(name) is not None]
+    # Only the endpoint's own maxima bound it: /v1/completions knows `max_tokens` alone, and an upstream ignores a
+    # `max_completion_tokens` there (or applies its own default, unbounded on some servers).
+    maxima = ("max_completion_tokens", "max_tokens") if endpoint is Endpoint.CHAT else ("max_tokens",)
+    named = [name for name in maxima if body.get(name) is not None]
     for name in named:
         max_output = _positive_int(body, name, maximum=10_000_000) or max_output
     if len(named) == 2:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +47,35 @@ def client_for(upstream: UpstreamConfig, *, transport: httpx.AsyncBaseTransport 
     return client
 
 
+_SSE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of a server-sent-event stream. SSE ends a line only at CR LF, LF or CR; httpx's aiter_lines splits
+    like str.splitlines, also at U+2028, U+2029 and U+0085, which JSON carries unescaped inside a string."""
+    pending = bytearray()  # the start of a line that has not ended yet
+    after_cr = False  # a CR ended the last piece: an LF opening the next one belongs to it
+    async for piece in chunks:
+        if not piece:
+            continue
+        if after_cr and piece.startswith(b"\n"):
+            piece = piece[1:]
+        after_cr = piece.endswith(b"\r")
+        *complete, rest = _SSE_LINE_END.split(piece)
+        for line in complete:
+            if pending:
+                pending += line
+                line, pending = bytes(pending), bytearray()
+            yield line.decode("utf-8", "replace")
+        pending += rest
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
 async def sse_events(response: httpx.Response, *, first_timeout: float, idle_timeout: float) -> AsyncIterator[str]:
     """The `data:` payloads of a server-sent-event stream, one per event; a stall longer than the
     timeout (the first-byte one for the first event, the idle one after it) raises TimeoutError."""
-    lines = response.aiter_lines().__aiter__()
+    lines = sse_lines(response.aiter_bytes()).__aiter__()
     data: list[str] = []
     timeout = first_timeout
     while True:
@@ -76,7 +102,7 @@ def error_event(payload: str) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     return error if isinstance(error, dict) else None
@@ -155,6 +181,10 @@ async def _attempt(
             )
         if not stream:
             opened.body = await response.aread()
+        elif response.headers.get("content-type", "").startswith("application/json"):
+            # One JSON document for a stream: the upstream ignored `stream` (a whole answer, billed to us) or reports an
+            # error with 200. A retry would only buy another; the next upstream may stream.
+            raise _Failed("status", "a JSON answer to a stream")
         else:
             opened.events = sse_events(response, first_timeout=upstream.timeout, idle_timeout=upstream.idle_timeout)
             try:

@@ -4,6 +4,7 @@ its first byte is in: the whole answer, or a stream of the upstream's events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -14,7 +15,7 @@ from django.http.response import HttpResponseBase
 
 from billing_site.cache import versions_scope
 from gateway import billing, limits, metrics
-from gateway.calls import Call, in_thread
+from gateway.calls import Call, in_thread, release_when_written
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -38,7 +39,7 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
@@ -125,17 +126,23 @@ async def _serve(request: HttpRequest, endpoint: Endpoint) -> HttpResponseBase:
         if tenant.is_test:
             # A test key reaches only the route's sandbox upstreams, or the simulated one: never a paid model.
             upstreams = tuple(u for u in route.upstreams if u.sandbox) or (SIMULATED_UPSTREAM,)
-        try:
-            hold = await in_thread(billing.call_hold)(
+        writing = asyncio.ensure_future(
+            in_thread(billing.call_hold)(
                 tenant=tenant,
                 service=route.service_slug,
                 request_id=request_id,
                 maxima=plan.maxima,
                 param="max_tokens" if plan.worst_output_tokens else None,
             )
-        except BaseException:
+        )
+        try:
+            hold = await asyncio.shield(writing)
+        except BaseException as error:
             if stream_slot:
                 await limits.stream_release(key_id=api_key.pk, stream_id=request_id)
+            if isinstance(error, asyncio.CancelledError):
+                # The client left while the hold was being written: its thread writes it all the same.
+                release_when_written(writing, api_key=api_key, reserved=reserved)
             raise
         call = Call(
             request_id=request_id,
