@@ -358,6 +358,9 @@ GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=20 * 1024 * 1
 GATEWAY_HOLD_SECONDS = max(env.int("GATEWAY_HOLD_SECONDS", default=3600), 300)  # a stream is cut 120 s before
 # How long a stream whose client left is still read for its usage report (route policy `drain`).
 GATEWAY_DRAIN_SECONDS = env.float("GATEWAY_DRAIN_SECONDS", default=60.0)
+# A plain (non-streamed) call's answer comes whole, after the whole generation: its wait, at least the upstream's
+# first-byte timeout.
+GATEWAY_PLAIN_TIMEOUT_SECONDS = env.float("GATEWAY_PLAIN_TIMEOUT_SECONDS", default=600.0)
 GATEWAY_UPSTREAM_RETRIES = env.int("GATEWAY_UPSTREAM_RETRIES", default=1)  # per upstream, before its first byte
 GATEWAY_RETRY_BACKOFF_SECONDS = env.float("GATEWAY_RETRY_BACKOFF_SECONDS", default=0.1)
 GATEWAY_KEEPALIVE_CONNECTIONS = env.int("GATEWAY_KEEPALIVE_CONNECTIONS", default=100)

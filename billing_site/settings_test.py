@@ -11,3 +11,6 @@ CACHES["default"]["LOCATION"] = TEST_REDIS_URL
 CACHES["default"]["KEY_PREFIX"] = "tollgate-test"
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 GATEWAY_REDIS_URL = TEST_REDIS_URL  # its keys carry the cache prefix, so each test starts with none
+# A plain call waits for its answer as long as each test's upstream says (tests of the longer production wait
+# set this themselves: tests/gateway/test_resilience.py).
+GATEWAY_PLAIN_TIMEOUT_SECONDS = 0.0

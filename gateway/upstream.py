@@ -111,10 +111,11 @@ def error_event(payload: str) -> dict[str, Any] | None:
 class _Failed(Exception):
     """An attempt failed before the first byte; `kind` says how (for the final status and the metrics)."""
 
-    def __init__(self, kind: str, detail: str = "") -> None:
+    def __init__(self, kind: str, detail: str = "", *, counts_for_breaker: bool = True) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.detail = detail
+        self.counts_for_breaker = counts_for_breaker
 
 
 class _Retryable(_Failed):
@@ -152,7 +153,10 @@ async def _attempt(
     # httpx's read timeout bounds every read of a streamed body, so on a stream it must not be shorter than the
     # idle timeout (sse_events enforces both the first-event and the between-chunks bounds itself); the
     # answer's head is then bounded by the first-byte timeout here.
-    read_timeout = max(upstream.timeout, upstream.idle_timeout) if stream else upstream.timeout
+    # A plain call's first byte is its last: the whole generation comes before it (GATEWAY_PLAIN_TIMEOUT_SECONDS).
+    read_timeout = (
+        max(upstream.timeout, upstream.idle_timeout) if stream else max(upstream.timeout, settings.GATEWAY_PLAIN_TIMEOUT_SECONDS)
+    )
     timeout = httpx.Timeout(
         connect=upstream.connect_timeout, read=read_timeout, write=upstream.timeout, pool=upstream.connect_timeout
     )
@@ -161,8 +165,13 @@ async def _attempt(
     try:
         async with asyncio.timeout(upstream.timeout if stream else None):
             response = await client.send(request, stream=True)
-    except (httpx.TimeoutException, TimeoutError) as error:
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as error:
         raise _Retryable("timeout", type(error).__name__) from None
+    except (httpx.TimeoutException, TimeoutError) as error:
+        # The request was sent: the upstream may be generating (and billing us). Another try here would pay
+        # for a second generation; the route's next upstream is tried instead. A slow plain call says little
+        # of the upstream's health (a long answer takes long), so only a stream's silence counts against it.
+        raise _Failed("timeout", type(error).__name__, counts_for_breaker=stream) from None
     except httpx.TransportError as error:
         raise _Retryable("connect", type(error).__name__) from None
     opened = Opened(upstream=upstream, response=response, call_id=call_id, started=started, first_byte_at=started)
@@ -197,10 +206,10 @@ async def _attempt(
         return opened
     except TimeoutError:
         await response.aclose()
-        raise _Retryable("timeout", "no first byte in time") from None
+        raise _Failed("timeout", "no first byte in time", counts_for_breaker=stream) from None
     except httpx.TimeoutException as error:
         await response.aclose()
-        raise _Retryable("timeout", type(error).__name__) from None
+        raise _Failed("timeout", type(error).__name__, counts_for_breaker=stream) from None
     except httpx.TransportError as error:
         await response.aclose()
         raise _Retryable("connect", type(error).__name__) from None
@@ -264,7 +273,7 @@ async def call_open(
                         )
                     except _Failed as failed:
                         metrics.UPSTREAM_ERRORS.labels(upstream.name, failed.kind).inc()
-                        if not upstream.simulated:
+                        if not upstream.simulated and failed.counts_for_breaker:
                             state = await breaker_failure(upstream.name)
                             metrics.BREAKER_OPEN.labels(upstream.name).set(0 if state == BreakerState.CLOSED else 1)
                             if state is BreakerState.OPEN:

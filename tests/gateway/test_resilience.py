@@ -610,3 +610,41 @@ def test_a_full_upstream_does_not_take_the_half_open_probe(gateway, fake_upstrea
     assert len(fake_upstream.requests) == FAILURES + 1
     assert state(a) == BreakerState.CLOSED
     assert_nothing_active(world)
+
+
+def test_a_plain_call_waits_for_its_whole_answer_beyond_the_first_byte_timeout(gateway, fake_upstream, settings):
+    """A plain answer comes after the whole generation: it has GATEWAY_PLAIN_TIMEOUT_SECONDS, not the
+    first-byte timeout a stream's first event has."""
+    settings.GATEWAY_PLAIN_TIMEOUT_SECONDS = 5
+    world = world_build(upstreams=[fake_upstream], upstream_options={"timeout_seconds": 0.3, "idle_timeout_seconds": 0.3})
+    fake_upstream.push(stall_before_first_byte=1.0)
+
+    reply = chat(world.client(gateway))
+
+    assert reply.choices[0].message.content and len(fake_upstream.requests) == 1
+    assert records(world)[0].metadata["outcome"] == "completed"
+    assert_nothing_active(world)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_timeout_after_the_request_was_sent_is_not_retried_on_that_upstream(
+    gateway, fake_upstream, fake_upstream_b, settings, stream
+):
+    """The upstream may be generating (and billing us): a retry there would pay for a second generation. The
+    route's next upstream answers. A slow plain answer says little of the upstream's health, so it does not
+    count against its breaker; a stream's silence does."""
+    settings.GATEWAY_UPSTREAM_RETRIES = 2
+    world = world_build(
+        upstreams=[fake_upstream, fake_upstream_b], upstream_options={"timeout_seconds": 0.3, "idle_timeout_seconds": 0.3}
+    )
+    a, b = world.upstream_names
+    fake_upstream.set_default(stall_before_first_byte=2)
+
+    for _ in range(FAILURES):
+        answer = chat(world.client(gateway), stream=stream)
+        assert content_of(list(answer)) if stream else answer.choices[0].message.content
+
+    assert len(fake_upstream.requests) == FAILURES  # one try each, never a retry
+    assert [r.metadata["upstream"] for r in records(world)] == [b] * FAILURES
+    assert state(a) == (BreakerState.OPEN if stream else BreakerState.CLOSED)
+    assert_nothing_active(world)
