@@ -1,5 +1,5 @@
 """Prompt tokens counted locally and offline: the gateway holds the worst case before it calls an upstream, and
-charges a local count when the upstream reports none (SPEC §7). The vocabularies (cl100k_base, o200k_base) ship
+charges a local count when the upstream reports none (docs/gateway.md). The vocabularies (cl100k_base, o200k_base) ship
 inside the bpe-openai wheel; nothing is downloaded. Method, constants and accuracy: docs/gateway-tokens.md.
 
 Every function here reads a request body that `json.loads` produced and trusts nothing in it: a wrong type, a

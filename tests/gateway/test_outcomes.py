@@ -1,4 +1,4 @@
-"""What each gateway call costs (docs/gateway.md, "Money" and "Outcomes"; SPEC §7), driven through the real
+"""What each gateway call costs (docs/gateway.md, "Money" and "Outcomes"), driven through the real
 `openai` SDK (sync and async) against the real gateway and a real fake upstream. Every charge is compared with
 an exact oracle: the upstream's report (World.cost), or for an estimate the local count of what the fake says
 it sent."""
