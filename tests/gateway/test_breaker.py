@@ -13,8 +13,7 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,27 +22,13 @@ from django.conf import settings as django_settings
 
 from gateway import breaker
 from gateway.breaker import BreakerState, breaker_allow, breaker_failure, breaker_state, breaker_success
-from gateway.redis import async_redis_close
 from tests.concurrency import run_concurrently
+from tests.gateway.world import run_on_own_loop as run
 
 T = TypeVar("T")
 FAILURES = 3
 COOLDOWN = 1.5  # seconds: long enough that "still open" holds on a busy machine, short enough to wait out
 UPSTREAM = "openai"
-
-
-def run(awaitable: Awaitable[T]) -> T:
-    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
-    that loop's client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
-
-    async def main() -> T:
-        try:
-            return await awaitable
-        finally:
-            await async_redis_close()
-
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, main()).result(timeout=60)
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,8 @@ from gateway.tokens import count_chat_prompt, count_text
 from metering.models import Hold, HoldStatus, UsageRecord
 from payments.models import Wallet
 from tests.gateway.gateway_server import GatewayServer
-from tests.gateway.world import MODEL, World, world_build
+from tests.gateway.world import MODEL, World, wait_until, world_build
+from tests.gateway.world import wait_hold_finished as wait_finished
 from tests.payments.helpers import assert_money_invariants, wallet_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -175,23 +176,6 @@ def local_prompt() -> int:
 
 def records(world: World) -> list[UsageRecord]:
     return list(UsageRecord.objects.filter(organization=world.organization).order_by("id"))
-
-
-def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {timeout}s for {what}")
-        time.sleep(0.02)
-
-
-def wait_finished(world: World, *, timeout: float = 10.0) -> Hold:
-    wait_until(
-        lambda: Hold.objects.filter(organization=world.organization).exclude(status=HoldStatus.ACTIVE).exists(),
-        what="the call's hold to be captured or released",
-        timeout=timeout,
-    )
-    return Hold.objects.get(organization=world.organization)
 
 
 def assert_nothing_active(world: World) -> None:

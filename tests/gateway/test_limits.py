@@ -8,33 +8,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
 
 from gateway import limits
 from gateway.limits import Admission, LimitsUnavailable, RateWindow
-from gateway.redis import async_redis_close
 from tests.concurrency import run_concurrently
+from tests.gateway.world import run_on_own_loop as run
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0  # a fixed clock for the buckets (Unix seconds), so refill never blurs an assertion
-
-
-def run(awaitable: Awaitable[T]) -> T:
-    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
-    that loop's client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
-
-    async def main() -> T:
-        try:
-            return await awaitable
-        finally:
-            await async_redis_close()
-
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, main()).result(timeout=60)
 
 
 def admit(*, key_id: int = 1, rpm: int | None = None, tpm: int | None = None, tokens: int = 0, at: float = 0.0) -> Admission:

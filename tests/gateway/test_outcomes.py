@@ -10,7 +10,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.concurrency import run_concurrently
 from tests.factories import wallet_fund
 from tests.gateway.fake_upstream import FakeUpstream, closed_port, embedding_vector, run_async
 from tests.gateway.gateway_server import GatewayServer
-from tests.gateway.world import MODEL, World, world_build
+from tests.gateway.world import MODEL, World, wait_hold_finished, world_build
 from tests.payments.helpers import assert_money_invariants, wallet_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,24 +54,6 @@ def the_record(world: World) -> UsageRecord:
 
 def the_hold(world: World) -> Hold:
     return Hold.objects.get(organization=world.organization)
-
-
-def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {timeout}s for {what}")
-        time.sleep(0.02)
-
-
-def wait_hold_finished(world: World, *, timeout: float = 10.0) -> Hold:
-    """The charge of a call whose client left (or got an error event) happens after the client stops reading."""
-    wait_until(
-        lambda: Hold.objects.filter(organization=world.organization).exclude(status=HoldStatus.ACTIVE).exists(),
-        what="the call's hold to be captured or released",
-        timeout=timeout,
-    )
-    return the_hold(world)
 
 
 def estimated_total(outcome: str) -> float:

@@ -3,10 +3,14 @@ and a model route over the given fake upstreams; plus the exact oracle of what a
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
@@ -15,12 +19,14 @@ from accounts.models import Organization
 from billing_site.money import MONEY_QUANTUM
 from gateway import services as gateway_services
 from gateway.models import ModelRoute
-from metering.models import CalcMethod, Service
+from gateway.redis import async_redis_close
+from metering.models import CalcMethod, Hold, HoldStatus, Service
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
 from tests.gateway.fake_upstream import FakeUpstream
 from tests.gateway.gateway_server import GatewayServer
 
 MODEL = "gpt-4o-mini"
+T = TypeVar("T")
 
 
 @dataclass
@@ -120,3 +126,35 @@ def world_build(
         prices=prices,
         upstream_names=names,
     )
+
+
+def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout}s for {what}")
+        time.sleep(0.02)
+
+
+def wait_hold_finished(world: World, *, timeout: float = 10.0) -> Hold:
+    """The charge of a call whose client left (or got an error event) happens after the client stops reading."""
+    wait_until(
+        lambda: Hold.objects.filter(organization=world.organization).exclude(status=HoldStatus.ACTIVE).exists(),
+        what="the call's hold to be captured or released",
+        timeout=timeout,
+    )
+    return Hold.objects.get(organization=world.organization)
+
+
+def run_on_own_loop(awaitable: Awaitable[T]) -> T:
+    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
+    that loop's Redis client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
+
+    async def main() -> T:
+        try:
+            return await awaitable
+        finally:
+            await async_redis_close()
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, main()).result(timeout=60)
