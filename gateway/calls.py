@@ -72,12 +72,14 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**12 else None
 
 
-def usage_quantities(usage: Any) -> dict[str, int] | None:
-    """The TOKENS quantities of an upstream's usage report; None when it is not a sound report."""
+def usage_quantities(usage: Any, *, with_output: bool = True) -> dict[str, int] | None:
+    """The TOKENS quantities of an upstream's usage report; None when it is not a sound report. A report
+    of a call with output (chat, completions) must name `completion_tokens`: without it the output would
+    be charged as none. An embedding's report has none to name."""
     if not isinstance(usage, dict):
         return None
     prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens", 0))
+    completion = _count(usage.get("completion_tokens")) if with_output else _count(usage.get("completion_tokens", 0))
     if prompt is None or completion is None:
         return None
     quantities = {"input_tokens": prompt, "output_tokens": completion}
@@ -245,7 +247,9 @@ class Call:
             images = answer.get("data") if isinstance(answer, dict) else None
             self.images_returned = len(images) if isinstance(images, list) else 0
             return Outcome.CLIENT_DISCONNECTED if self.client_gone else Outcome.COMPLETED
-        self.usage = usage_quantities(answer.get("usage") if isinstance(answer, dict) else None)
+        self.usage = usage_quantities(
+            answer.get("usage") if isinstance(answer, dict) else None, with_output=self.plan.endpoint is not Endpoint.EMBEDDINGS
+        )
         if self.usage is None:
             self.received.append(_output_text(answer))
         if self.client_gone:

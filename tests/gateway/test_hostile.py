@@ -658,12 +658,25 @@ def test_json_nested_too_deep_is_a_400_or_an_upstream_error_not_a_crash(gateway,
         '{"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 900}}',
         '{"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": -1}}',
         '{"prompt_tokens": 3, "completion_tokens": 1' + "0" * 5000 + "}",
+        '{"prompt_tokens": 3, "total_tokens": 3}',
     ],
-    ids=["negative", "bool", "false", "float", "huge", "string", "cached-over-prompt", "cached-negative", "5000-digits"],
+    ids=[
+        "negative",
+        "bool",
+        "false",
+        "float",
+        "huge",
+        "string",
+        "cached-over-prompt",
+        "cached-negative",
+        "5000-digits",
+        "no-completion-tokens",
+    ],
 )
 def test_an_odd_usage_report_is_never_charged_as_is(gateway, scripted, reported):
     """What an upstream reports is charged exactly, when it is a sound report: whole numbers from 0 to 10^12 (JSON
-    `true` is not 1), cached tokens at most the prompt. Anything else is charged as the local estimate, and a number
+    `true` is not 1), cached tokens at most the prompt, and an answer's output named (else it would be charged as
+    none). Anything else is charged as the local estimate, and a number
     Python refuses to read (over 4,300 digits) makes the answer unreadable: a 502, nothing charged."""
     world = scripted_world(scripted, cached_input_price="1.00")
     reply = json.dumps(completion("Hi there.", None))[:-1] + f', "usage": {reported}}}'
