@@ -184,7 +184,9 @@ class Call:
         try:
             await self._serve()
         except asyncio.CancelledError:
-            self._announce(UpstreamError("The gateway stopped before this call ended; nothing was charged."))
+            # A shutdown: a capture already under way still completes (it is shielded), so this cannot promise
+            # that nothing was charged.
+            self._announce(UpstreamError("The gateway stopped while serving this call; check its usage record before retrying."))
             raise
         except Exception:
             # The charge could not be written (the database stayed away through the retries) or the call broke:
