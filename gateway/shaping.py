@@ -136,6 +136,11 @@ def call_plan(*, endpoint: Endpoint, body: dict[str, Any], model: str, calc_meth
             if "prompt" not in body:
                 raise InvalidRequest("`prompt` is required.", param="prompt")
             prompt = tokens.count_completion_prompt(body["prompt"], model=model)
+            suffix = body.get("suffix")
+            if suffix is not None:
+                if not isinstance(suffix, str):
+                    raise InvalidRequest("`suffix` must be a string.", param="suffix")
+                prompt += tokens.count_text(suffix, model=model)  # the upstream reads it as input too
             plan = _token_plan(
                 body, endpoint=endpoint, prompt_tokens=prompt, max_field="max_tokens", default_max_tokens=default_max_tokens
             )

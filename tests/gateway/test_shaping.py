@@ -67,6 +67,8 @@ def test_completions_count_every_prompt_and_echo():
     assert echoed.worst_output_tokens == 10 + echoed.prompt_tokens
     defaulted = plan(Endpoint.COMPLETIONS, prompt="x")
     assert defaulted.body["max_tokens"] == 100
+    suffixed = plan(Endpoint.COMPLETIONS, prompt="Say this is a test", suffix=" and that was the test", max_tokens=10)
+    assert suffixed.prompt_tokens == single.prompt_tokens + tokens.count_text(" and that was the test", model=MODEL)
 
 
 def test_embeddings_hold_their_input_only():
@@ -104,6 +106,7 @@ def test_images_priced_per_request_hold_one_request():
         (Endpoint.CHAT, CalcMethod.IMAGE_RESOLUTION, {"messages": MESSAGES}, "model"),
         (Endpoint.COMPLETIONS, CalcMethod.TOKENS, {}, "prompt"),
         (Endpoint.COMPLETIONS, CalcMethod.TOKENS, {"prompt": "x", "best_of": -1}, "best_of"),
+        (Endpoint.COMPLETIONS, CalcMethod.TOKENS, {"prompt": "x", "suffix": 5}, "suffix"),
         (Endpoint.EMBEDDINGS, CalcMethod.TOKENS, {}, "input"),
         (Endpoint.EMBEDDINGS, CalcMethod.TOKENS, {"input": "x", "stream": True}, "stream"),
         (Endpoint.IMAGES, CalcMethod.IMAGE_RESOLUTION, {"prompt": 5}, "prompt"),
