@@ -40,6 +40,7 @@ _running: set[asyncio.Task[None]] = set()
 _END = object()
 CAPTURE_ATTEMPTS = 4
 HOLD_MARGIN_SECONDS = 120
+RECEIVED_JSON_BYTES = 64 * 1024  # a stream's events kept as JSON for an estimate; past it, as their text
 CAPTURE_BACKOFF_SECONDS = 0.25
 # Bytes of events waiting for a client's socket before the relay stops reading the upstream (backpressure).
 QUEUE_MAX_BYTES = 256 * 1024
@@ -90,6 +91,14 @@ def usage_quantities(usage: Any, *, with_output: bool = True) -> dict[str, int] 
     return quantities
 
 
+def _event_text(payload: str) -> str:
+    """The output text of one stream event's JSON ("" when it is not JSON)."""
+    try:
+        return _output_text(json.loads(payload))
+    except (ValueError, RecursionError):
+        return ""
+
+
 def _output_text(answer: Any) -> str:
     """The text a chat or completion answer (or one stream chunk) delivered: content, refusals, reasoning (as
     reasoning upstreams stream it) and function / tool-call arguments. Never an error's text."""
@@ -136,6 +145,8 @@ class Call:
     usage: dict[str, int] | None = None
     usage_relayed: bool = False  # a stream's usage chunk went to the client (who asked for it)
     received: list[str] = field(default_factory=list)  # a stream's content events, in order
+    received_as_text: int = 0  # how many of `received` are already their text, not their JSON
+    received_bytes: int = 0  # of JSON kept in `received`
     delivered: int = 0  # how many of them the client was handed
     failed: bool = False
     client_gone: bool = False
@@ -254,6 +265,7 @@ class Call:
         )
         if self.usage is None:
             self.received.append(_output_text(answer))
+            self.received_as_text = 1
         if self.client_gone:
             return Outcome.CLIENT_DISCONNECTED
         return Outcome.COMPLETED if self.usage is not None else Outcome.NO_USAGE_REPORTED
@@ -282,7 +294,7 @@ class Call:
                     self._send_error("The upstream failed mid-stream: " + str(error.get("message", ""))[:200])
                     break
                 else:
-                    self.received.append(payload)
+                    self._receive(payload)
                     self._send(_sse(payload), content=True)
                 if time.monotonic() >= cut_at:
                     self._mid_stream_failure("the stream outlived its hold")
@@ -364,7 +376,7 @@ class Call:
             # is the whole call's, and replaces the earlier ones. Usage is counted once.
             self.usage = reported
         if parsed.get("choices"):
-            self.received.append(payload)  # content that carries a report: on the last chunk, or on every chunk
+            self._receive(payload)  # content that carries a report: on the last chunk, or on every chunk
             self._send(_sse(payload), content=True)
         elif self.plan.client_wants_usage and not self.usage_relayed:
             self.usage_relayed = True  # a repeated usage chunk reaches the client once
@@ -406,19 +418,23 @@ class Call:
             self.client_left()
             raise
 
+    def _receive(self, payload: str) -> None:
+        """Keep a content event for a possible estimate: as its JSON (parsed only if an estimate is needed), until
+        a long stream's JSON passes RECEIVED_JSON_BYTES; then as its text alone (a fraction of the JSON)."""
+        self.received.append(payload)
+        self.received_bytes += len(payload)
+        if self.received_bytes > RECEIVED_JSON_BYTES:
+            for index in range(self.received_as_text, len(self.received)):
+                self.received[index] = _event_text(self.received[index])
+            self.received_as_text, self.received_bytes = len(self.received), 0
+
     def _estimated_output(self, outcome: Outcome) -> int:
+        count = len(self.received)
         if outcome is Outcome.CLIENT_DISCONNECTED and self.route.on_disconnect == "cancel":
-            events = self.received[: self.delivered] if self.plan.stream else []
-        else:
-            events = self.received
-        if not self.plan.stream:
-            return tokens.count_text("".join(events), model=self.model)
-        text = []
-        for payload in events:
-            try:
-                text.append(_output_text(json.loads(payload)))
-            except (ValueError, RecursionError):
-                continue
+            count = self.delivered if self.plan.stream else 0
+        text = [
+            event if index < self.received_as_text else _event_text(event) for index, event in enumerate(self.received[:count])
+        ]
         return tokens.count_text("".join(text), model=self.model)
 
     def _quantities(self, outcome: Outcome) -> tuple[dict[str, int] | None, bool]:

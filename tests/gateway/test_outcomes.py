@@ -734,3 +734,22 @@ def test_completions_charge_the_report_or_the_local_count_of_their_text(gateway,
     record = assert_charged(world, input_tokens=tokens.count_completion_prompt(prompt, model=model), output_tokens=output)
     assert record.metadata["outcome"] == "no_usage_reported"
     assert record.metadata["endpoint"] == "completions"
+
+
+@pytest.mark.parametrize("on_disconnect", ["drain", "cancel"])
+def test_a_long_streams_estimate_is_the_same_once_its_events_are_kept_as_text(gateway, fake_upstream, monkeypatch, on_disconnect):
+    """Past RECEIVED_JSON_BYTES a stream keeps its events' text, not their JSON: the estimate must not change."""
+    from gateway import calls
+
+    monkeypatch.setattr(calls, "RECEIVED_JSON_BYTES", 300)  # crossed after a few events, several times over
+    world = world_build(upstreams=[fake_upstream], on_disconnect=on_disconnect)
+    fake_upstream.push(chunks=40, chunk_delay=0.005, error_event_mid_stream=30)
+
+    text, error = read_stream_until_error(world, gateway, use_async=False)
+
+    (received,) = fake_upstream.requests
+    received.wait_finished()
+    assert text == received.content_sent and "mid-stream" in error.message
+    wait_hold_finished(world)
+    record = assert_charged(world, input_tokens=local_prompt_tokens(), output_tokens=local_output_tokens(received.content_sent))
+    assert record.metadata["outcome"] == "upstream_failed" and record.metadata["estimated"] is True
