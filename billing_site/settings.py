@@ -277,10 +277,8 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 # Required in production; development derives one from SECRET_KEY when this is unset.
 GATEWAY_ENCRYPTION_KEYS = env.list("GATEWAY_ENCRYPTION_KEYS", default=[])
 # Where the demo's sandbox upstream answers (`seed_demo` points the demo routes at it).
-GATEWAY_SANDBOX_URL = env.str(
-    "GATEWAY_SANDBOX_URL",
-    default=f"http://127.0.0.1:{env.int('GATEWAY_PORT', default=env.int('PORT', default=8000) + 1)}/sandbox/v1",
-)
+GATEWAY_PORT = env.int("GATEWAY_PORT", default=env.int("PORT", default=8000) + 1)
+GATEWAY_SANDBOX_URL = env.str("GATEWAY_SANDBOX_URL", default=f"http://127.0.0.1:{GATEWAY_PORT}/sandbox/v1")
 
 # --- Metrics: /metrics needs a token or an allow-listed network; with neither it is open in
 # development and closed (403, and a `check --deploy` warning) in production.
@@ -351,8 +349,6 @@ ACCESS_LOG_SAMPLE_RATE = env.float("ACCESS_LOG_SAMPLE_RATE", default=0.01)
 ACCESS_LOG_SLOW_MS = env.float("ACCESS_LOG_SLOW_MS", default=200)
 
 # --- The AI gateway (docs/gateway.md): an ASGI process of its own (gateway/asgi.py).
-GATEWAY_PORT = env.int("GATEWAY_PORT", default=env.int("PORT", default=8000) + 1)
-GATEWAY_WORKERS = env.int("GATEWAY_WORKERS", default=2)
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # A call's hold lives this long at most: a gateway process that dies mid-call leaves it to the expiry task.
 GATEWAY_HOLD_SECONDS = max(env.int("GATEWAY_HOLD_SECONDS", default=3600), 300)  # a stream is cut 120 s before

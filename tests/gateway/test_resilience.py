@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import openai
@@ -24,12 +24,12 @@ from accounts import services as account_services
 from gateway import breaker, limits
 from gateway.breaker import BreakerState, breaker_state
 from gateway.limits import upstream_acquire, upstream_release
-from gateway.redis import async_redis_close
 from gateway.tokens import count_chat_prompt, count_text
 from metering.models import Hold, HoldStatus, UsageRecord
 from tests.concurrency import run_concurrently
-from tests.gateway.fake_upstream import closed_port, run_async
+from tests.gateway.fake_upstream import closed_port
 from tests.gateway.world import MODEL, World, world_build
+from tests.gateway.world import run_on_own_loop as run
 from tests.payments.helpers import assert_money_invariants, money_state, wallet_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,18 +55,6 @@ def chat(client: openai.OpenAI, **options):
 
 def content_of(chunks: list) -> str:
     return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-
-
-def run(awaitable: Awaitable[T]) -> T:
-    """On an event loop of its own (as each gateway worker has), closing that loop's Redis client."""
-
-    async def main() -> T:
-        try:
-            return await awaitable
-        finally:
-            await async_redis_close()
-
-    return run_async(main())
 
 
 def state(upstream: str) -> BreakerState:

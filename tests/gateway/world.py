@@ -3,10 +3,8 @@ and a model route over the given fake upstreams; plus the exact oracle of what a
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
@@ -22,7 +20,7 @@ from gateway.models import ModelRoute
 from gateway.redis import async_redis_close
 from metering.models import CalcMethod, Hold, HoldStatus, Service
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
-from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.fake_upstream import FakeUpstream, run_async
 from tests.gateway.gateway_server import GatewayServer
 
 MODEL = "gpt-4o-mini"
@@ -147,8 +145,8 @@ def wait_hold_finished(world: World, *, timeout: float = 10.0) -> Hold:
 
 
 def run_on_own_loop(awaitable: Awaitable[T]) -> T:
-    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop), closing
-    that loop's Redis client. Not on this thread: after the browser tests, Playwright's loop counts as running here."""
+    """Run on a fresh event loop in a thread of its own (as the ASGI server runs each worker's loop; `run_async`),
+    closing that loop's Redis client."""
 
     async def main() -> T:
         try:
@@ -156,5 +154,4 @@ def run_on_own_loop(awaitable: Awaitable[T]) -> T:
         finally:
             await async_redis_close()
 
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, main()).result(timeout=60)
+    return run_async(main())
