@@ -259,6 +259,7 @@ async def call_open(
                 continue
         client = client_for(upstream, transport=transport if upstream.simulated else None)
         content = json.dumps({**body, "model": upstream.upstream_model}).encode()
+        answered = False  # the slot then goes with the answer (Opened.close releases it)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(1 + settings.GATEWAY_UPSTREAM_RETRIES),
@@ -284,6 +285,7 @@ async def call_open(
                 await breaker_success(upstream.name)
                 metrics.BREAKER_OPEN.labels(upstream.name).set(0)
             metrics.UPSTREAM_FIRST_BYTE.labels(upstream.name).observe(opened.first_byte_at - opened.started)
+            answered = True
             return opened
         except _Failed as failed:
             kinds.append(failed.kind)
@@ -292,12 +294,8 @@ async def call_open(
             if not upstream.simulated:
                 # It answered, and objects to the request itself: the upstream is healthy (a probe succeeded).
                 await breaker_success(upstream.name)
-                await upstream_release(upstream=upstream.name, call_id=call_id)
             raise
-        except BaseException:
-            if not upstream.simulated:
+        finally:
+            if not answered and not upstream.simulated:
                 await upstream_release(upstream=upstream.name, call_id=call_id)
-            raise
-        if not upstream.simulated:
-            await upstream_release(upstream=upstream.name, call_id=call_id)
     raise _final_error(kinds)
