@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -162,7 +161,6 @@ class Call:
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     queued_bytes: int = 0
     _taken: asyncio.Event = field(default_factory=asyncio.Event)  # the client took an event (or left)
-    charged: Decimal | None = None
 
     @property
     def model(self) -> str:
@@ -468,7 +466,6 @@ class Call:
             await self._release()
             return
         record = await asyncio.shield(self._capture(quantities=quantities, metadata=metadata))
-        self.charged = record.cost
         used = quantities.get("input_tokens", 0) + quantities.get("output_tokens", 0)
         # The call is charged: what follows is bookkeeping, whose failure must not turn a paid answer into an error.
         try:
