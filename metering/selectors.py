@@ -17,7 +17,7 @@ from billing_site.cache import TwoLevelCache
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import ZERO
 from metering.models import Hold, HoldStatus, Price, Service, UsageRecord, UsageRollup
-from metering.pricing import UnitPrices, price_fields
+from metering.pricing import UnitPrices, positional, unit_prices_from_row
 
 
 class ServiceNotFound(DomainError):
@@ -30,40 +30,57 @@ class PriceNotSet(DomainError):
     message = "This service has no price in force for your organization."
 
 
+# The price in force for service `s`: the latest effective override for the organization, else the
+# latest effective price of the plan of its active subscription, else the latest effective general
+# price; and whether that plan includes some of the service each month. The charge and every page that
+# shows prices read it through this one fragment (LATERAL joins on metering_service s), so they cannot
+# disagree. A plan's prices and allowances apply only while its subscription is active (paid).
+_PRICE_IN_FORCE = """
+  LEFT JOIN LATERAL (
+        SELECT plan_id FROM metering_subscription WHERE organization_id = %(org)s AND status = 'active'
+       ) sub ON true
+  LEFT JOIN LATERAL (
+        SELECT id, input_price, output_price, unit_price, cached_input_price, model, tiers, package_size
+          FROM metering_price
+         WHERE service_id = s.id
+           AND (organization_id = %(org)s OR plan_id = sub.plan_id OR (organization_id IS NULL AND plan_id IS NULL))
+           AND effective_from <= %(at)s
+         ORDER BY organization_id IS NULL, plan_id IS NULL, effective_from DESC, id DESC
+         LIMIT 1
+       ) p ON true"""
+_ALLOWANCE = (
+    "EXISTS (SELECT 1 FROM metering_planallowance a WHERE a.plan_id = sub.plan_id AND a.service_id = s.id AND a.quantity > 0)"
+)
+_PRICED_SERVICE_SQL = f"""
+SELECT s.id, s.slug, s.calc_method, s.active, p.id, p.input_price, p.output_price, p.unit_price, p.cached_input_price,
+       p.model, p.tiers, p.package_size, {_ALLOWANCE},
+       (SELECT min(effective_from) FROM metering_price
+         WHERE service_id = s.id AND (organization_id = %(org)s OR organization_id IS NULL OR plan_id = sub.plan_id)
+           AND effective_from > %(at)s)
+  FROM metering_service s {_PRICE_IN_FORCE}
+ WHERE s.slug = %(slug)s
+"""
+_PRICES_IN_FORCE_SQL = f"SELECT s.id, p.id FROM metering_service s {_PRICE_IN_FORCE} WHERE s.active AND p.id IS NOT NULL"
+
+# The service and its price in force per (organization, slug), until the next price row of any
+# scope takes effect (`effective_from` may lie in the future). Invalidated by every change of a
+# service, a price, a subscription or a plan's allowance (metering/apps.py): staff's new price is
+# charged from the next request on.
+PRICED_SERVICES: TwoLevelCache[tuple[Any, ...]] = TwoLevelCache("prices")
+
+
 @dataclass(frozen=True, slots=True)
 class PricedService:
     service_id: int
     slug: str
     calc_method: str
     prices: UnitPrices
+    allowance: bool = False  # the organization's active plan includes some of it each month
 
-
-# The price in force for service `s`: the latest effective override for the organization, else the
-# latest effective general price. The charge and every page that shows prices read it through this one
-# fragment (a LATERAL join on metering_service s), so they cannot disagree.
-_PRICE_IN_FORCE = """
-  LEFT JOIN LATERAL (
-        SELECT id, input_price, output_price, unit_price, cached_input_price
-          FROM metering_price
-         WHERE service_id = s.id
-           AND (organization_id = %(org)s OR organization_id IS NULL)
-           AND effective_from <= %(at)s
-         ORDER BY organization_id IS NULL, effective_from DESC, id DESC
-         LIMIT 1
-       ) p ON true"""
-_PRICED_SERVICE_SQL = f"""
-SELECT s.id, s.slug, s.calc_method, s.active, p.id, p.input_price, p.output_price, p.unit_price, p.cached_input_price,
-       (SELECT min(effective_from) FROM metering_price
-         WHERE service_id = s.id AND (organization_id = %(org)s OR organization_id IS NULL) AND effective_from > %(at)s)
-  FROM metering_service s {_PRICE_IN_FORCE}
- WHERE s.slug = %(slug)s
-"""
-_PRICES_IN_FORCE_SQL = f"SELECT s.id, p.id FROM metering_service s {_PRICE_IN_FORCE} WHERE s.active AND p.id IS NOT NULL"
-
-# The service and its price in force per (organization, slug), until the next price row of either
-# scope takes effect (`effective_from` may lie in the future). Invalidated by every change of a
-# service or a price (metering/apps.py): staff's new price is charged from the next request on.
-PRICED_SERVICES: TwoLevelCache[tuple[Any, ...]] = TwoLevelCache("prices")
+    @property
+    def positional(self) -> bool:
+        """Its cost depends on the organization's usage this period (docs/pricing.md)."""
+        return positional(self.prices, allowance=self.allowance)
 
 
 def _priced_service_row(slug: str, organization_id: int, at: datetime) -> tuple[tuple[Any, ...], datetime | None] | None:
@@ -89,19 +106,30 @@ def priced_service_get(
         row = None if found is None else found[0]
     if row is None:
         raise ServiceNotFound()
-    service_id, slug, calc_method, active, price_id, input_price, output_price, unit_price, cached_input_price = row
+    (service_id, slug, calc_method, active, price_id, input_price, output_price, unit_price, cached_input_price) = row[:9]
+    model, tiers, package_size, allowance = row[9:]
     if not (active or include_inactive):
         raise ServiceNotFound()
-    prices = UnitPrices(
-        price_id=price_id,
-        input_price=input_price,
-        output_price=output_price,
-        unit_price=unit_price,
-        cached_input_price=cached_input_price,
-    )
-    if price_id is None or any(getattr(prices, field) is None for field in price_fields(calc_method)):
+    if price_id is None:
         raise PriceNotSet()
-    return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices)
+    prices = unit_prices_from_row(
+        PriceRow(price_id, input_price, output_price, unit_price, cached_input_price, model, tiers, package_size), calc_method
+    )
+    if not prices.complete(calc_method):
+        raise PriceNotSet()
+    return PricedService(service_id=service_id, slug=slug, calc_method=calc_method, prices=prices, allowance=bool(allowance))
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    price_id: int
+    input_price: Decimal | None
+    output_price: Decimal | None
+    unit_price: Decimal | None
+    cached_input_price: Decimal | None
+    model: str
+    tiers: Any
+    package_size: int | None
 
 
 def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict[int, Price]:

@@ -133,6 +133,7 @@ class TransferKind(models.TextChoices):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     REDEMPTION = "redemption"
+    SUBSCRIPTION = "subscription"  # a plan's fee, or the credit of its unused part on an upgrade
     REBALANCE = "rebalance"  # between a high-volume wallet's stripes: wallet legs only, never shown to customers
 
 
