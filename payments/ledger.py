@@ -32,7 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -151,17 +151,43 @@ class PostStatements:
     stripe: str
 
 
-def post_statement(companion_ctes: str) -> PostStatements:
+# Raised inside a guarded posting whose guard wrote but whose wallet refused, so the guard's write rolls back.
+REFUSED_SQLSTATE = "TG402"
+
+
+def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> PostStatements:
     """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
     `companion_ctes` may read `w` (`total`: the organization's balance after; `stripe`: the row, 0 for
     the wallet's) and `t` (id) and must end in a CTE named `companion` that yields one row; its
-    columns come back after the posting's."""
+    columns come back after the posting's.
+
+    `guard_ctes`, when given, run first and must define `seen` (one row: what the caller's guess is
+    checked against, as this statement saw it) and `guard` (a row only when the guess held, after its
+    own write). The money moves only when `guard` has a row; when it has one and the wallet refuses, the
+    statement fails with REFUSED_SQLSTATE, so the guard's write is undone too. The statement answers no
+    row when the guess did not hold; otherwise the posting's columns (NULL when refused… which raised),
+    the companion's, then `seen`'s."""
+    if guard_ctes is None:
+        return PostStatements(
+            *(
+                f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"
+                for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
+            )
+        )
+    guarded = " AND EXISTS (SELECT 1 FROM guard)"
     return PostStatements(
         *(
-            f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"
+            f"WITH {guard_ctes}, {_post_ctes(row.replace(_GUARD_POINT, _GUARD_POINT + guarded), stripe=stripe)},\n"
+            f"{companion_ctes}\nSELECT {_POST_RESULT}, companion.*, seen.*,"
+            f" tollgate_refuse_unless(t.id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
+            " FROM seen LEFT JOIN (w CROSS JOIN t CROSS JOIN companion) ON true"
             for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
         )
     )
+
+
+# Where a guard's condition joins a posting's UPDATE (both row statements have it once).
+_GUARD_POINT = "AND {OVERDRAFT_RULE}".replace("{OVERDRAFT_RULE}", OVERDRAFT_RULE)
 
 
 # A change of holds alone: a hold, a release, or a zero-cost debit (which moves nothing but must
@@ -284,6 +310,11 @@ def _is_striped(organization_id: int) -> bool:
     return bool(row and row[0])
 
 
+class GuardRefused(Exception):
+    """A guarded one-statement charge whose guard held but whose wallet row (or stripe) refused: nothing
+    was written; the caller settles it on its locked path, which rebalances stripes when it must."""
+
+
 def usage_charge_in_one_statement(
     *,
     statements: PostStatements,
@@ -293,16 +324,21 @@ def usage_charge_in_one_statement(
     reference: str,
     params: dict[str, Any],
     now: datetime,
-) -> tuple[Posting, tuple[Any, ...]]:
+    guarded: bool = False,
+) -> tuple[Posting | None, tuple[Any, ...]]:
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
     `post_statement`. Outside a transaction it commits by itself: one round trip, and the row lock is
-    held only while PostgreSQL runs and commits it. `stripes` is the organization's stripe count as
+    held only while PostgreSQL executes and commits it. `stripes` is the organization's stripe count as
     the caller last saw it: with stripes, the statement goes to one stripe picked at random (so
     debits spread over their row locks); when that stripe cannot pay (or no longer exists), the
     stripes are rebalanced under the wallet's lock and the debit retried on the wallet row. Raises
     InsufficientBalance (nothing written) only when the whole wallet cannot pay; an error in the
     caller's writes (e.g. a unique violation) rolls the money back too. Answers the posting and the
-    caller's `companion` columns."""
+    caller's `companion` columns.
+
+    `guarded`: the statements were built with guard CTEs. Then the posting is None when the guard did
+    not hold (the extra columns say what it saw), and a refusal raises GuardRefused instead of being
+    retried here: the guard's row lock comes before the wallet's, so a rebalance must not run inside it."""
     if cost <= ZERO:
         raise ValueError("a one-statement usage charge moves a positive cost")
     params = {
@@ -322,10 +358,19 @@ def usage_charge_in_one_statement(
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
-    with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    if row is None and (stripes or _is_striped(organization_id)):
+    try:
+        with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        if guarded and getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise GuardRefused() from error
+        raise
+    if guarded:
+        if row is None or row[0] is None:  # no row: the guard's own row does not exist yet
+            return None, () if row is None else tuple(row[6:])
+            return None, tuple(row[6:])
+    elif row is None and (stripes or _is_striped(organization_id)):
         with transaction.atomic(), connection.cursor() as cursor:
             _stripes_rebalance(organization_id=organization_id, reserve=cost)
             cursor.execute(statements.wallet, params)
