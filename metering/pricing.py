@@ -14,6 +14,7 @@ is still inside that range (metering/services/positions.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -255,6 +256,8 @@ def unit_prices_from_row(row: Any, method: str) -> UnitPrices:
     """A Price row (or anything with its fields) as UnitPrices, tiers parsed."""
     model = getattr(row, "model", PriceModel.PER_UNIT) or PriceModel.PER_UNIT
     stored = getattr(row, "tiers", None)
+    if isinstance(stored, str):  # jsonb read by a raw cursor comes as its text (Django leaves decoding to the field)
+        stored = json.loads(stored)
     tiers: tuple[Tier, ...] = ()
     if model in (PriceModel.TIERED, PriceModel.VOLUME) and stored:
         tiers, stored = tiers_parse(method, stored)

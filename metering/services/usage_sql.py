@@ -339,7 +339,8 @@ def usage_debit_positional_in_one_statement(
             raise AlreadyRecorded() from error
         raise
     if posting is None:
-        return Position(used=extra[0], free_until=extra[1]) if extra else None
+        # after the companion's (id, start), NULL here: `seen`'s (used, free_until)
+        return Position(used=extra[2], free_until=extra[3]) if extra else None
     record_id, start = extra[:2]
     params["usage_position"] = start
     return _record(priced, params, record_id=record_id, posting=posting)
