@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -440,6 +440,29 @@ class Refusal(StrEnum):
     BUDGET = "budget"  # it would pass the caller's budget (e.g. an API key's remaining spend cap)
 
 
+class BatchPricer(Protocol):
+    """Costs that depend on which earlier events of the batch were charged (a positional price): the
+    batch asks for each cost in order and says which were charged; it may start over."""
+
+    def begin(self) -> None: ...
+    def cost(self, index: int) -> Decimal: ...
+    def charged(self, index: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _FixedCosts:
+    costs: Sequence[Decimal]
+
+    def begin(self) -> None:
+        return None
+
+    def cost(self, index: int) -> Decimal:
+        return self.costs[index]
+
+    def charged(self, index: int) -> None:
+        return None
+
+
 def usage_charge_batch(
     *,
     organization_id: int,
@@ -447,9 +470,12 @@ def usage_charge_batch(
     reference: str,
     budget: Decimal | None = None,
     locked: locks.WalletState | None = None,
+    pricer: BatchPricer | None = None,
 ) -> list[Posting | Refusal]:
     """Charge `costs` in order under one wallet lock, each only if it fits the wallet and the
-    optional `budget` on the total, as if they came one by one; a Refusal where it does not.
+    optional `budget` on the total, as if they came one by one; a Refusal where it does not. With a
+    `pricer`, each event's cost is asked of it in order instead (`costs` gives only how many there are
+    and their first estimate, which sizes a rebalance).
 
     What is charged posts as ONE usage transfer (wallet → revenue, the sum): the batch's events share
     its id, and each event's Posting carries the running balance after it, which its usage record
@@ -460,15 +486,16 @@ def usage_charge_batch(
     cannot pay every event are the stripes rebalanced (the batch's total, or all of the money, left on
     the row) and the batch decided again, as the whole wallet would; balances after are the
     organization's totals."""
+    pricer = pricer or _FixedCosts(costs)
     wallet = locked or locks.wallet_lock(organization_id=organization_id)
-    outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+    outcomes, charged, total, balance = _batch_decide(pricer, len(costs), wallet=wallet, budget=budget)
     rebalanced, stripes_total = False, ZERO
     if wallet.stripes and Refusal.BALANCE in outcomes:
         # The wallet row alone cannot pay all of it: gather the stripes' money and decide again, as the
         # whole wallet would. (When the row alone pays everything, so would the whole wallet: stripes
         # are never negative. Rebalancing then would only lock every stripe and post a leg each.)
         wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(costs, ZERO))
-        outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+        outcomes, charged, total, balance = _batch_decide(pricer, len(costs), wallet=wallet, budget=budget)
         rebalanced = True
     transfer_id = None
     if total > ZERO:
@@ -490,19 +517,24 @@ def usage_charge_batch(
             balance_after=outcome + on_stripes,
             held_after=wallet.held,
         )
-        for cost, outcome in zip(costs, outcomes, strict=True)
+        for cost, outcome in zip(charged, outcomes, strict=True)
     ]
 
 
 def _batch_decide(
-    costs: Sequence[Decimal], *, wallet: locks.WalletState, budget: Decimal | None
-) -> tuple[list[Decimal | Refusal], Decimal, Decimal]:
+    pricer: BatchPricer, count: int, *, wallet: locks.WalletState, budget: Decimal | None
+) -> tuple[list[Decimal | Refusal], list[Decimal], Decimal, Decimal]:
     """Each cost in order against the wallet row and the budget, as if they came one by one: the row's
-    balance after each charged one (or its refusal), the total charged, and the row's balance at the end."""
+    balance after each charged one (or its refusal), each event's cost, the total charged, and the row's
+    balance at the end."""
+    pricer.begin()
     balance = wallet.balance
     outcomes: list[Decimal | Refusal] = []
+    costs: list[Decimal] = []
     total = ZERO
-    for cost in costs:
+    for index in range(count):
+        cost = pricer.cost(index)
+        costs.append(cost)
         if budget is not None and cost > budget:
             outcomes.append(Refusal.BUDGET)
         elif not affordable(balance=balance, held=wallet.held, credit_limit=wallet.credit_limit, cost=cost):
@@ -511,8 +543,9 @@ def _batch_decide(
             balance -= cost
             total += cost
             budget = None if budget is None else budget - cost
+            pricer.charged(index)
             outcomes.append(balance)
-    return outcomes, total, balance
+    return outcomes, costs, total, balance
 
 
 # --- High-volume wallets: stripes (docs/contract.md §2.9) -----------------------------------------------------

@@ -83,3 +83,31 @@ def test_concurrent_events_never_share_a_position_and_total_the_sequential_oracl
     from payments.models import Wallet
 
     assert Wallet.objects.get(organization=organization).balance == D(1000) - total
+
+
+@pytest.mark.django_db
+def test_a_batch_prices_its_events_in_order_and_refused_ones_take_no_position(organization, live_client):
+    wallet_fund(organization, "2.5")
+    tiered_requests()
+    events = [{"service": "tiered-ping", "idempotency_key": f"b{n}"} for n in range(4)]
+    response = live_client.post("/api/v1/usage/batch/", {"events": events}, format="json")
+    assert response.status_code in (200, 207), response.json()
+    statuses = [result["status"] for result in response.json()["results"]]
+    # $1 + $1 fit, the third ($1) does not fit the $0.5 left; the fourth neither (still tier 1: no position taken)
+    assert statuses == [201, 201, 402, 402]
+    assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1]
+    assert UsagePosition.objects.get().used == 2
+
+
+@pytest.mark.django_db
+def test_a_hold_reserves_the_dearest_tier_and_captures_at_its_position(organization, live_client):
+    wallet_fund(organization, "100")
+    tiered_requests(tiers=[{"up_to": 1, "unit_price": "0.5"}, {"up_to": None, "unit_price": "2"}])
+    response = live_client.post("/api/v1/holds/", {"service": "tiered-ping", "idempotency_key": "h"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert D(response.json()["amount"]) == 2
+    hold_id = response.json()["id"]
+    response = live_client.post(f"/api/v1/holds/{hold_id}/capture/", {}, format="json")
+    assert response.status_code == 201, response.json()
+    assert D(response.json()["usage"]["cost"]) == D("0.5")
+    assert UsageRecord.objects.get().position == 0
