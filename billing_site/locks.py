@@ -1,7 +1,7 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
     organization → invitation                                        (team changes only)
-    wallet → hold | payment → refund → stripes (ascending) → API key (money)
+    usage positions (ascending service) → wallet → hold | payment → refund → stripes (ascending) → API key (money)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
 never wait on each other. Every money path that locks more than one row takes the wallet row first;
@@ -20,6 +20,12 @@ pending state, call out, then lock again and apply.
   debit locks one, by its UPDATE. A rebalance or a change of the stripe count locks them all, in
   ascending stripe number, after the wallet row (and after any hold, payment or refund the same
   transaction holds): `wallet_stripes_lock`.
+- usage positions: `metering_usageposition` rows, an organization's usage of a service this period,
+  which positional prices (docs/pricing.md) are priced at. Taken before the wallet: by the hot path's
+  guarded statement (its UPDATE of the position runs before the wallet's), and by
+  `metering.services.positions.position_lock` in the locked paths (a batch locks its services'
+  positions in ascending service id). A stripe rebalance never runs while a position is locked by the
+  hot path: a guarded statement that the wallet refuses fails and is settled on the locked path.
 - refund: after its payment.
 - API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
   row lock last, after the wallet's or the stripe's (spend caps are checked under the wallet lock:

@@ -159,6 +159,7 @@ CELERY_BEAT_SCHEDULE = {
     "payments-sweep": {"task": "payments.tasks.payments_sweep", "schedule": 120.0},
     "reconcile": {"task": "payments.tasks.reconcile", "schedule": 3600.0},
     "usage-retention": {"task": "metering.tasks.usage_retention", "schedule": 86400.0},
+    "volume-true-ups": {"task": "metering.tasks.volume_true_ups", "schedule": 3600.0},
 }
 
 # --- Auth

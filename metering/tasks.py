@@ -18,3 +18,10 @@ def usage_retention() -> dict[str, Any] | None:
     return (
         None if result is None else {"exported": result.exported, "deleted": result.deleted, "cutoff": result.cutoff.isoformat()}
     )
+
+
+@shared_task(name="metering.tasks.volume_true_ups")
+def volume_true_ups() -> int:
+    from metering.services.true_up import volume_true_ups_run
+
+    return volume_true_ups_run()

@@ -142,9 +142,9 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
             # Lock order (billing_site/locks.py): the position (a positional price), the wallet, then the
             # hold; the hold is checked before its amount is freed, so a racing capture, release or
             # expiry of the same hold cannot free it twice.
-            key = None
+            key, now = None, timezone.now()
             if priced.positional and priced.units:
-                key = PositionKey(organization_id, priced.service_id, period_of(timezone.now()), hold.test)
+                key = PositionKey(organization_id, priced.service_id, period_of(now), hold.test)
                 position = position_lock(key)
                 priced = priced.at(position=position.used, free_until=position.free_until)
             if not hold.test:
@@ -165,7 +165,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                 position_advance(key, units=priced.units)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(
-                priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk, cap_enforced=False
+                priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False
             )
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
         hold.status = HoldStatus.CAPTURED

@@ -111,3 +111,32 @@ def test_a_hold_reserves_the_dearest_tier_and_captures_at_its_position(organizat
     assert response.status_code == 201, response.json()
     assert D(response.json()["usage"]["cost"]) == D("0.5")
     assert UsageRecord.objects.get().position == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_volume_true_up_credits_the_difference_once_even_run_twice_concurrently(organization, live_client):
+    from datetime import UTC, datetime
+
+    from metering.models import VolumeTrueUp
+    from metering.services.true_up import volume_true_ups_run
+    from payments.models import LedgerEntry, Transfer, Wallet
+    from tests.metering.helpers import recorded_at
+
+    wallet_fund(organization, "100")
+    tiered_requests(model="volume")
+    with recorded_at(datetime(2026, 10, 30, 12, tzinfo=UTC)):
+        costs = [
+            D(live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": f"v{n}"}, format="json").json()["cost"])
+            for n in range(5)
+        ]
+    assert costs == [1, 1, 1, D("0.5"), D("0.5")]  # each at the tier its running total reached
+    results = run_concurrently(2, lambda _: volume_true_ups_run(), reraise=True)
+    assert sorted(results) == [0, 1]
+    true_up = VolumeTrueUp.objects.get()
+    assert (true_up.charged, true_up.target) == (D(4), D("2.5"))  # 5 requests at the reached tier's $0.5
+    transfer = Transfer.objects.get(reference__startswith="true-up:")
+    assert LedgerEntry.objects.get(transfer=transfer, account="wallet").amount == D("1.5")
+    assert volume_true_ups_run() == 0
+    wallet = Wallet.objects.get(organization=organization)
+    assert wallet.balance == D(100) - D("2.5")
+    assert wallet.balance == sum(LedgerEntry.objects.filter(organization=organization, account="wallet").values_list("amount", flat=True))
