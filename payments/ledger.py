@@ -186,6 +186,46 @@ def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> Pos
     )
 
 
+# A free event on the hot path (a plan's included units): no money moves, but nothing starts while the
+# wallet is at or past its limit (the overdraft rule with nothing to move), checked on the wallet row as
+# the statement sees it — a free event needs no lock on it. Guarded like `post_statement`'s.
+_FREE_ROW = f"""w AS (
+    SELECT {_wallet_total("balance")} AS total, held FROM payments_wallet
+     WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE} AND EXISTS (SELECT 1 FROM guard)
+)"""
+
+
+def free_statement(companion_ctes: str, *, guard_ctes: str) -> str:
+    """A guarded statement for a usage event that costs nothing: `guard_ctes` as for `post_statement`;
+    `companion_ctes` may read `w` (`total`) and must end in `companion`. Answers (total, held, the
+    companion's columns, `seen`'s) — NULL total when the guard did not hold — and fails with
+    REFUSED_SQLSTATE when the guard held but the overdraft rule refused."""
+    return (
+        f"WITH {guard_ctes}, {_FREE_ROW},\n{companion_ctes}\nSELECT w.total, w.held, companion.*, seen.*,"
+        " tollgate_refuse_unless(w.total IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
+        " FROM seen LEFT JOIN (w CROSS JOIN companion) ON true"
+    )
+
+
+def usage_free_in_one_statement(*, statement: str, organization_id: int, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Run a `free_statement` (autocommit: one round trip): its row, or None when the guard's row does
+    not exist yet. GuardRefused when the guard held but the wallet is at or past its limit."""
+    params = {
+        **params,
+        **posting_params(organization_id=organization_id, amount=ZERO, counter_account=Account.REVENUE, kind=TransferKind.USAGE),
+    }
+    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with scope, prepared_cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        if getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise GuardRefused() from error
+        raise
+    return None if row is None else tuple(row)
+
+
 # Where a guard's condition joins a posting's UPDATE (both row statements have it once).
 _GUARD_POINT = "AND {OVERDRAFT_RULE}".replace("{OVERDRAFT_RULE}", OVERDRAFT_RULE)
 

@@ -164,9 +164,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
             if key is not None:
                 position_advance(key, units=priced.units)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
-            record = usage_insert(
-                priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False
-            )
+            record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
         hold.status = HoldStatus.CAPTURED
     except AlreadyRecorded:

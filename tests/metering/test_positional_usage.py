@@ -139,4 +139,28 @@ def test_the_volume_true_up_credits_the_difference_once_even_run_twice_concurren
     assert volume_true_ups_run() == 0
     wallet = Wallet.objects.get(organization=organization)
     assert wallet.balance == D(100) - D("2.5")
-    assert wallet.balance == sum(LedgerEntry.objects.filter(organization=organization, account="wallet").values_list("amount", flat=True))
+    assert wallet.balance == sum(
+        LedgerEntry.objects.filter(organization=organization, account="wallet").values_list("amount", flat=True)
+    )
+
+
+@pytest.mark.django_db
+def test_a_plans_included_units_are_free_first_then_the_price_applies(organization, live_client, catalogue):
+    from django.utils import timezone
+
+    from metering.models import Plan, PlanAllowance, Subscription
+    from metering.services.positions import period_of, position_grant
+
+    wallet_fund(organization, "10")
+    plan = Plan.objects.create(slug="starter", name="Starter", monthly_fee=D("5"))
+    PlanAllowance.objects.create(plan=plan, service=catalogue["ping"], quantity=3)
+    period = period_of(timezone.now())
+    Subscription.objects.create(organization=organization, plan=plan, period=period)
+    position_grant(organization_id=organization.pk, service_id=catalogue["ping"].pk, period=period, units=3)
+    responses = [live_client.post(USAGE, {"service": "ping", "idempotency_key": f"p{n}"}, format="json") for n in range(5)]
+    assert [r.status_code for r in responses] == [201] * 5
+    assert [D(r.json()["cost"]) for r in responses] == [0, 0, 0, D("0.001"), D("0.001")]
+    assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1, 2, 3, 4]
+    from payments.models import Wallet
+
+    assert Wallet.objects.get(organization=organization).balance == D("9.998")
