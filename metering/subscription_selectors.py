@@ -118,3 +118,8 @@ def subscription_charges(*, organization_id: int, limit: int = 50) -> list[Subsc
     """The organization's subscription fees and credits, newest first."""
     charges = SubscriptionCharge.objects.filter(organization_id=organization_id).select_related("plan")
     return list(charges.order_by("-created_at", "-id")[:limit])
+
+
+def past_due_exists(*, organization_id: int) -> bool:
+    """Whether the organization's plan fee is unpaid (the dashboard's banner, the collection after a credit)."""
+    return Subscription.objects.filter(organization_id=organization_id, status=SubscriptionStatus.PAST_DUE).exists()

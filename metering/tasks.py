@@ -48,10 +48,10 @@ def subscription_notify(subscription_id: int, notice: str) -> int:
 def subscription_collect_enqueue(sender: object, *, organization_id: int, **kwargs: Any) -> None:
     """Receiver of the ledger's `wallet_credited_signal` (after the credit committed): queue the
     collection of a past_due subscription's fee, if the organization has one."""
-    from metering.services import subscriptions
+    from metering.subscription_selectors import past_due_exists
 
     try:
-        if subscriptions.past_due_exists(organization_id=organization_id):
+        if past_due_exists(organization_id=organization_id):
             subscription_collect.delay(organization_id)
     except Exception:  # a broker outage must never fail a credit that already committed; beat collects later
         logger.exception("could not queue the subscription collection of organization %s", organization_id)

@@ -340,10 +340,6 @@ def subscription_collect(*, organization_id: int, now: datetime | None = None) -
     return subscription_settle(subscription_id=subscription_id, now=now)
 
 
-def past_due_exists(*, organization_id: int) -> bool:
-    return Subscription.objects.filter(organization_id=organization_id, status=SubscriptionStatus.PAST_DUE).exists()
-
-
 # --- Notices ----------------------------------------------------------------------------------------------------
 
 
