@@ -46,6 +46,11 @@ from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wal
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
 low_balance_crossed_signal = Signal()
+# Sent after the commit of a posting that put money into the wallet from outside (a recharge, a
+# redemption, a staff adjustment; kwargs: organization_id). Metering's receiver queues the collection
+# of a subscription fee left unpaid (past_due); the ledger never imports metering.
+wallet_credited_signal = Signal()
+_CREDITS_ANNOUNCED = frozenset({TransferKind.RECHARGE, TransferKind.REDEMPTION, TransferKind.ADJUSTMENT})
 
 
 class InsufficientBalance(DomainError):
@@ -321,6 +326,8 @@ def transfer_post(
             _stripes_rebalance(organization_id=organization_id, reserve=ZERO)
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
+    if amount > ZERO and kind in _CREDITS_ANNOUNCED:
+        transaction.on_commit(lambda: wallet_credited_signal.send(sender=Wallet, organization_id=organization_id))
     return Posting(transfer_id=transfer_id, amount=amount, balance_after=balance_after, held_after=held_after)
 
 
@@ -705,6 +712,22 @@ def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created
             memo=reason,
             created_by_id=created_by_id,
         )
+
+
+def subscription_charge(*, organization_id: int, amount: Decimal, reference: str, memo: str = "") -> Posting:
+    """Post a subscription fee (`amount` > 0: wallet → revenue, refused by the overdraft rule with
+    InsufficientBalance) or the credit of an upgrade's unused part (`amount` < 0: revenue → wallet), as a
+    `subscription` transfer. Joins the caller's transaction (metering/services/subscriptions.py)."""
+    if amount == ZERO:
+        raise ValueError("a subscription charge moves a non-zero amount")
+    return transfer_post(
+        organization_id=organization_id,
+        kind=TransferKind.SUBSCRIPTION,
+        amount=-amount,
+        counter_account=Account.REVENUE,
+        reference=reference,
+        memo=memo,
+    )
 
 
 def wallet_credit(
