@@ -19,6 +19,7 @@ from billing_site.money import ZERO
 from metering.models import (
     Hold,
     HoldStatus,
+    Plan,
     PlanAllowance,
     Price,
     Service,
@@ -204,6 +205,33 @@ def plan_usage_left(*, organization_id: int, at: datetime | None = None) -> dict
         left = free.get(service_id, 0)
         included[service_id] = Included(quantity=quantity, used=max(0, quantity - left), left=left)
     return included
+
+
+def plan_list() -> list[Plan]:
+    """Every plan, public or not, by slug, with its allowances and their services (staff tools)."""
+    return list(Plan.objects.prefetch_related("allowances__service").order_by("slug"))
+
+
+def plan_get(*, slug: str) -> Plan:
+    """The plan with this slug, with its allowances; NotFound (404) otherwise."""
+    plan = Plan.objects.prefetch_related("allowances__service").filter(slug=slug).first()
+    if plan is None:
+        raise NotFound("No such plan.")
+    return plan
+
+
+def plan_prices(*, plan_ids: list[int], at: datetime | None = None) -> dict[int, dict[str, Price]]:
+    """plan id → service slug → the plan's price row in force at `at` (now), or, for a service whose
+    plan prices all lie ahead, the next one to take effect (its `effective_from` says when)."""
+    at = at or timezone.now()
+    rows = Price.objects.filter(plan_id__in=plan_ids).select_related("service").order_by("effective_from", "id")
+    chosen: dict[int, dict[str, Price]] = {plan_id: {} for plan_id in plan_ids}
+    for row in rows:
+        assert row.plan_id is not None  # the filter above
+        # Oldest first: the last row in force wins; a row ahead counts only while nothing is kept.
+        if row.effective_from <= at or row.service.slug not in chosen[row.plan_id]:
+            chosen[row.plan_id][row.service.slug] = row
+    return chosen
 
 
 def usage_list(

@@ -13,4 +13,6 @@ urlpatterns = [
     path("holds/<int:hold_id>/release/", api.HoldReleaseApi.as_view(), name="hold-release"),
     path("admin/services/", api.ServiceAdminApi.as_view(), name="admin-services"),
     path("admin/prices/", api.PriceAdminApi.as_view(), name="admin-prices"),
+    path("admin/plans/", api.PlanAdminApi.as_view(), name="admin-plans"),
+    path("admin/plans/<slug:slug>/", api.PlanAdminDetailApi.as_view(), name="admin-plan"),
 ]
