@@ -4,12 +4,12 @@
 from datetime import UTC, datetime
 
 import pytest
-from django.utils import timezone
 
-from metering.models import Plan, PlanAllowance, Subscription, SubscriptionStatus
+from metering.models import Plan, PlanAllowance, SubscriptionStatus
 from metering.selectors import Included, plan_usage_left
-from metering.services.positions import PositionKey, period_of, position_advance, position_grant
+from metering.services.positions import position_grant
 from tests.factories import ServiceFactory
+from tests.metering.plan_helpers import grant, subscribe, use
 
 
 @pytest.fixture
@@ -20,22 +20,6 @@ def plan(db):
 @pytest.fixture
 def services(db):
     return {"ping": ServiceFactory(slug="ping"), "dalle": ServiceFactory(slug="dalle"), "other": ServiceFactory(slug="other")}
-
-
-def subscribe(organization, plan, *, status=SubscriptionStatus.ACTIVE):
-    return Subscription.objects.create(organization=organization, plan=plan, status=status, period=period_of(timezone.now()))
-
-
-def use(organization, service, units: int, *, test: bool = False) -> None:
-    key = PositionKey(organization.pk, service.pk, period_of(timezone.now()), test)
-    from metering.services.positions import position_lock
-
-    position_lock(key)
-    position_advance(key, units=units)
-
-
-def grant(organization, service, units: int) -> None:
-    position_grant(organization_id=organization.pk, service_id=service.pk, period=period_of(timezone.now()), units=units)
 
 
 def test_no_subscription_includes_nothing(organization, plan, services):
