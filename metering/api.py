@@ -833,8 +833,8 @@ def staff_price_body(price: Price) -> dict[str, Any]:
     return {
         "id": price.pk,
         "service": price.service.slug,
-        "organization": price.organization.slug if price.organization_id else None,
-        "plan": price.plan.slug if price.plan_id else None,
+        "organization": price.organization.slug if price.organization is not None else None,
+        "plan": price.plan.slug if price.plan is not None else None,
         "effective_from": price.effective_from,
         **price_shape(price.service, price),
     }
@@ -1020,6 +1020,8 @@ PlanPriceOutput = inline_serializer(
         "package_size": serializers.IntegerField(allow_null=True),
     },
 )
+
+
 class PlanOutput(serializers.Serializer[Plan]):
     """Documents the staff API's plan (answers are built by `plan_body`)."""
 

@@ -205,7 +205,7 @@ RATE_UNITS = {
     "output_price": "per 1M output tokens",
     "cached_input_price": "per 1M cached input tokens",
 }
-METHOD_RATE_UNITS = {
+METHOD_RATE_UNITS: dict[str, str] = {
     CalcMethod.CHAR_COUNT: "per 1K characters",
     CalcMethod.WORD_COUNT: "per 1K words",
     CalcMethod.IMAGE_RESOLUTION: "per 512×512 tile",
