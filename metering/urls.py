@@ -15,4 +15,6 @@ urlpatterns = [
     path("subscription/", subscriptions_api.SubscriptionApi.as_view(), name="subscription"),
     path("admin/services/", api.ServiceAdminApi.as_view(), name="admin-services"),
     path("admin/prices/", api.PriceAdminApi.as_view(), name="admin-prices"),
+    path("admin/plans/", api.PlanAdminApi.as_view(), name="admin-plans"),
+    path("admin/plans/<slug:slug>/", api.PlanAdminDetailApi.as_view(), name="admin-plan"),
 ]
