@@ -164,3 +164,18 @@ def test_a_plans_included_units_are_free_first_then_the_price_applies(organizati
     from payments.models import Wallet
 
     assert Wallet.objects.get(organization=organization).balance == D("9.998")
+
+
+@pytest.mark.django_db
+def test_the_usage_answer_shows_the_position_and_the_tiers_it_was_priced_with(organization, live_client):
+    wallet_fund(organization, "100")
+    tiered_requests()
+    live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": "first"}, format="json")
+    body = live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": "second"}, format="json").json()
+    assert body["position"] == 1
+    assert body["pricing"]["model"] == "tiered"
+    assert body["pricing"]["tiers"] == [{"up_to": 3, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}]
+    batch = live_client.post(
+        "/api/v1/usage/batch/", {"events": [{"service": "tiered-ping", "idempotency_key": "third"}]}, format="json"
+    ).json()
+    assert batch["results"][0]["usage"]["position"] == 2
