@@ -446,9 +446,9 @@ def positions_read(service_id: int, organization_ids: list[int]) -> dict[int, tu
         return {org: (used, free_until) for org, used, free_until in cursor.fetchall()}
 
 
-def plan_grant(service_id: int, organization_ids: list[int], *, units: int) -> None:
-    """Each organization's free units of the service end now, then the next `units` are free: a
-    measured window starts with exactly `units` free units per organization."""
+def plan_grant(service_id: int, units: dict[int, int]) -> None:
+    """Each organization's free units of the service end now, then its next `units[organization]` are
+    free: a measured window starts with exactly those free units."""
     from django.db import transaction
     from django.utils import timezone
 
@@ -456,9 +456,9 @@ def plan_grant(service_id: int, organization_ids: list[int], *, units: int) -> N
 
     period = period_of(timezone.now())
     with transaction.atomic():
-        for org in organization_ids:
+        for org, count in units.items():
             positions_revoke(organization_id=org, period=period)
-            position_grant(organization_id=org, service_id=service_id, period=period, units=units)
+            position_grant(organization_id=org, service_id=service_id, period=period, units=count)
 
 
 def _round_money(value: Fraction) -> Decimal:

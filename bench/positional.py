@@ -3,7 +3,7 @@ the per-unit case (2), same clients, wallets, body and cells, but against
 
   tiered  a service whose general price is tiered: before each measured window the bench lays out a
           new tiered price (5 tiers) whose boundaries lie ahead of the organizations' positions, one
-          step apart, the step set from the warm-up's rate so that the window crosses about two;
+          step apart, the step set from the warm-up's rate so that the window crosses two or three;
   plan    a service the organizations' active plan includes: before each measured window every
           organization's free units of it are revoked and `--plan-free-share` of the window's expected
           events granted again, so the window starts free and ends charged.
@@ -93,15 +93,18 @@ class Probe:
         expected = rate * self.duration_seconds / max(1, len(self.organization_ids))
         self.figures = {"expected_events_per_organization": round(expected, 1)}
         if self.case == "tiered":
-            step = self.tier_step or max(1, round(expected / 2))
+            step = self.tier_step or max(1, round(expected / 3))
             ahead = max((used for used, _ in now.values()), default=0)
             boundaries = [ahead + step * k for k in range(1, TIER_BOUNDARIES + 1)]
             price_id = fixtures.tiered_price_create(self.service_id, boundaries=boundaries, owner_id=self.pos.owner_id)
             self.figures.update(tier_step=step, boundaries=boundaries, price_id=price_id)
         else:
-            units = max(1, round(expected * self.plan_free_share))
-            fixtures.plan_grant(self.service_id, self.organization_ids, units=units)
-            self.figures.update(granted_units_per_organization=units, granted_units=units * len(self.organization_ids))
+            # The window's free units in all, spread evenly (spread wallets each see a few events: some
+            # organizations get one unit more, or none at all).
+            total = max(1, round(expected * len(self.organization_ids) * self.plan_free_share))
+            share, extra = divmod(total, len(self.organization_ids))
+            fixtures.plan_grant(self.service_id, {org: share + (i < extra) for i, org in enumerate(self.organization_ids)})
+            self.figures.update(granted_units=total)
         self._start = self._used()
         self._settled = settled_read(self.gunicorn.url)
         self._since = datetime.now(UTC)

@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tier-step",
         type=int,
-        help="(2t): units between tier boundaries (default: the warm-up's rate x duration / 2, about 2 crossed per window)",
+        help="(2t): units between tier boundaries (default: the warm-up's rate x duration / 3, 2-3 crossed per window)",
     )
     parser.add_argument(
         "--plan-free-share",
