@@ -136,8 +136,9 @@ class Probe:
             )
             free, charged, free_until_s, last_s = cursor.fetchone()
         out["free_events"], out["charged_events"] = free, charged
-        if self.case == "plan":
-            # Seconds from the window's start to its last free event, and the rates before and after.
+        if self.case == "plan" and len(self.organization_ids) == 1:
+            # One organization (hot): its window is free up to its last free event, then charged; the
+            # rates before and after. (Spread wallets each run out at their own time: no such split.)
             free_s = float(free_until_s or 0)
             out["free_phase_seconds"] = round(free_s, 2)
             out["free_per_s"] = round(free / free_s, 1) if free_s > 0 else None
@@ -214,7 +215,7 @@ def aims(pricing: list[dict], max_error_rate: float) -> list[dict]:
             invalid = totals["error_rate"] > max_error_rate
             out.append(
                 {
-                    "aim": f"({case})/(2) throughput, 16 clients, {entry['mode']} >= {AIM_VS_PER_UNIT:.1f}x",
+                    "aim": f"(2{case[0]})/(2) throughput, 16 clients, {entry['mode']} >= {AIM_VS_PER_UNIT:.1f}x",
                     "value": ratio,
                     "target": AIM_VS_PER_UNIT,
                     "ok": None if invalid or ratio is None else ratio >= AIM_VS_PER_UNIT,
