@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
+from accounts.api import StrictSerializer
 from accounts.tenancy import TenantMixin
 from billing_site import keyset
 from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
@@ -34,11 +36,12 @@ from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThrottle
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError, InvalidRequest, NotFound, PermissionRefused
-from billing_site.money import money_str
-from metering import selectors, services
-from metering.calculators import ALL_QUANTITY_FIELDS
+from billing_site.money import MONEY_QUANTUM, money_str
+from metering import plan_catalog, selectors, services
+from metering.calculators import ALL_QUANTITY_FIELDS, MAX_COUNT
 from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
-from metering.models import CalcMethod, Hold, Service, UsageRecord
+from metering.models import CalcMethod, Hold, Plan, Price, PriceModel, Service, UsageRecord
+from metering.plan_catalog import PriceSpec
 from metering.pricing import ALL_PRICE_FIELDS, prices_listed
 from metering.services.usage_sql import BatchRecord
 
@@ -482,6 +485,85 @@ class UsageExportApi(TenantMixin, APIView):
         return csv_stream_response(usage_csv_header(), rows, filename="usage.csv")
 
 
+def tiers_out(stored: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A price's tiers as the API carries them: `up_to` (null for the last), each rate and the flat fee
+    (when there is one) as amount strings with the stored scale, like every other amount."""
+    if stored is None:
+        return None
+    return [
+        {name: value if name == "up_to" else money_str(Decimal(value).quantize(MONEY_QUANTUM)) for name, value in tier.items()}
+        for tier in stored
+    ]
+
+
+def price_shape(service: Service, price: Price) -> dict[str, Any]:
+    """A price row's model and rates: `prices` (per_unit rates, or a package's `unit_price`), `tiers`
+    (tiered and volume; null otherwise), `package_size` (package; null otherwise)."""
+    return {
+        "model": price.model,
+        "prices": {name: money_str(value) for name, value in prices_listed(service.calc_method, price).items()},
+        "tiers": tiers_out(price.tiers) if price.model in (PriceModel.TIERED, PriceModel.VOLUME) else None,
+        "package_size": price.package_size if price.model == PriceModel.PACKAGE else None,
+    }
+
+
+def _tier_field() -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.DictField(),
+        allow_null=True,
+        help_text="Tiered and volume prices: `[{up_to, <the method's price fields>, flat_fee?}]`, `up_to` in the "
+        "method's quantity units (null for the last tier), rates in the usual units (per 1M tokens, per 1K characters "
+        "or words, per tile, per request). Null for the other models.",
+    )
+
+
+IncludedOutput = inline_serializer(
+    "IncludedThisPeriod",
+    {
+        "quantity": serializers.IntegerField(help_text="What your plan includes each month."),
+        "used": serializers.IntegerField(help_text="How much of it this month's usage has used."),
+        "left": serializers.IntegerField(help_text="How much is left this month (0 while a plan fee is unpaid)."),
+    },
+    allow_null=True,
+)
+
+SERVICES_EXAMPLE = [
+    {
+        "slug": "gpt-4o",
+        "name": "GPT-4o",
+        "calc_method": "TOKENS",
+        "model": "per_unit",
+        "prices": {"input_price": "2.500000000000", "output_price": "10.000000000000", "cached_input_price": "1.250000000000"},
+        "tiers": None,
+        "package_size": None,
+        "included": None,
+    },
+    {
+        "slug": "translate",
+        "name": "Translate",
+        "calc_method": "CHAR_COUNT",
+        "model": "tiered",
+        "prices": {},
+        "tiers": [
+            {"up_to": 1000000, "unit_price": "0.020000000000"},
+            {"up_to": None, "unit_price": "0.010000000000"},
+        ],
+        "package_size": None,
+        "included": {"quantity": 500000, "used": 120000, "left": 380000},
+    },
+    {
+        "slug": "moderation",
+        "name": "Moderation",
+        "calc_method": "REQUEST",
+        "model": "package",
+        "prices": {"unit_price": "1.000000000000"},
+        "tiers": None,
+        "package_size": 1000,
+        "included": None,
+    },
+]
+
+
 class ServiceListApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated]
 
@@ -493,57 +575,48 @@ class ServiceListApi(TenantMixin, APIView):
                     "slug": serializers.CharField(),
                     "name": serializers.CharField(),
                     "calc_method": serializers.CharField(),
+                    "model": serializers.ChoiceField(choices=PriceModel.choices, allow_null=True),
                     "prices": serializers.DictField(child=Amount(), allow_null=True),
+                    "tiers": _tier_field(),
+                    "package_size": serializers.IntegerField(allow_null=True),
+                    "included": IncludedOutput,
                 },
                 many=True,
             )
         },
         tags=["services"],
         summary="Services and their prices for you",
-        description="Every active service with the prices in force for your organization (your own rates where "
-        "staff set some): `input_price` and `output_price` per 1,000,000 tokens (TOKENS; with `cached_input_price` "
-        "per 1,000,000 cached input tokens where one is set, else cached tokens cost the input price), `unit_price` "
-        "per 1,000 characters or words, per image tile or per request. `prices` is null while a service has no price yet.",
-        examples=[
-            OpenApiExample(
-                "Services",
-                value=[
-                    {
-                        "slug": "gpt-4o",
-                        "name": "GPT-4o",
-                        "calc_method": "TOKENS",
-                        "prices": {
-                            "input_price": "2.500000000000",
-                            "output_price": "10.000000000000",
-                            "cached_input_price": "1.250000000000",
-                        },
-                    },
-                    {
-                        "slug": "moderation",
-                        "name": "Moderation",
-                        "calc_method": "REQUEST",
-                        "prices": {"unit_price": "0.000500000000"},
-                    },
-                ],
-                response_only=True,
-            )
-        ],
+        description="Every active service with the price in force for your organization (your own rates where staff "
+        "set some, else your plan's, else the general ones). `model` says how the price works: `per_unit` (every unit "
+        "at the same rate), `tiered` (each unit at the rate of the tier it falls in, counting your usage this month), "
+        "`volume` (every unit at the rate of the tier your usage this month reaches), `package` (whole packages of "
+        "`package_size` units at `unit_price` each). Per-unit rates are in `prices`: `input_price` and `output_price` "
+        "per 1,000,000 tokens (TOKENS; with `cached_input_price` per 1,000,000 cached input tokens where one is set, else "
+        "cached tokens cost the input price), `unit_price` per 1,000 characters or words, per image tile or per "
+        "request; a package's price is `prices.unit_price`; tiered and volume rates are in `tiers`, each up to its "
+        "`up_to` units (the last has none). `included` is what your plan includes of the service this month, how much "
+        "is used and how much is left (null when your plan includes none). `prices` and `model` are null while a "
+        "service has no price yet.",
+        examples=[OpenApiExample("Services", value=SERVICES_EXAMPLE, response_only=True)],
     )
     def get(self, request: Request) -> Response:
-        rows = selectors.service_list_with_prices(organization_id=self.tenant.organization.pk)
-        return Response(
-            [
+        organization_id = self.tenant.organization.pk
+        rows = selectors.service_list_with_prices(organization_id=organization_id)
+        included = selectors.plan_usage_left(organization_id=organization_id)
+        body = []
+        for service, price in rows:
+            shape = price_shape(service, price) if price else {"model": None, "prices": None, "tiers": None, "package_size": None}
+            figures = included.get(service.pk)
+            body.append(
                 {
                     "slug": service.slug,
                     "name": service.name,
                     "calc_method": service.calc_method,
-                    "prices": {name: money_str(value) for name, value in prices_listed(service.calc_method, price).items()}
-                    if price
-                    else None,
+                    **shape,
+                    "included": figures._asdict() if figures else None,
                 }
-                for service, price in rows
-            ]
-        )
+            )
+        return Response(body)
 
 
 # --- Holds ----------------------------------------------------------------------------------------
@@ -727,43 +800,99 @@ class ServiceAdminApi(APIView):
         return Response(self.Input(service).data, status=status.HTTP_201_CREATED)
 
 
+class _PriceFields(serializers.Serializer[Any]):
+    """A price's rates and model, as staff send them; `price_validate` decides whether they fit."""
+
+    model = serializers.ChoiceField(choices=PriceModel.choices, default=PriceModel.PER_UNIT)
+    tiers = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Tiered and volume: `[{up_to, <the method's price fields>, flat_fee?}]`, `up_to` increasing in the "
+        "method's quantity units, the last one null; rates as decimal strings in the usual units.",
+    )
+    package_size = serializers.IntegerField(required=False, allow_null=True, help_text="Package: quantity units per package.")
+    effective_from = serializers.DateTimeField(required=False)
+    input_price = Amount(min_value=0, required=False)
+    output_price = Amount(min_value=0, required=False)
+    cached_input_price = Amount(min_value=0, required=False)
+    unit_price = Amount(min_value=0, required=False)
+
+
+def _price_spec(values: dict[str, Any]) -> PriceSpec:
+    return PriceSpec(
+        model=values.get("model", PriceModel.PER_UNIT),
+        fields={name: values[name] for name in ALL_PRICE_FIELDS if values.get(name) is not None},
+        tiers=values.get("tiers"),
+        package_size=values.get("package_size"),
+        effective_from=values.get("effective_from"),
+    )
+
+
+def staff_price_body(price: Price) -> dict[str, Any]:
+    """A price row as the staff API answers it."""
+    return {
+        "id": price.pk,
+        "service": price.service.slug,
+        "organization": price.organization.slug if price.organization is not None else None,
+        "plan": price.plan.slug if price.plan is not None else None,
+        "effective_from": price.effective_from,
+        **price_shape(price.service, price),
+    }
+
+
+StaffPriceOutput = inline_serializer(
+    "PriceAdminOutput",
+    {
+        "id": serializers.IntegerField(),
+        "service": serializers.CharField(),
+        "organization": serializers.CharField(allow_null=True),
+        "plan": serializers.CharField(allow_null=True),
+        "effective_from": serializers.DateTimeField(),
+        "model": serializers.ChoiceField(choices=PriceModel.choices),
+        "prices": serializers.DictField(child=Amount()),
+        "tiers": _tier_field(),
+        "package_size": serializers.IntegerField(allow_null=True),
+    },
+)
+
+TIERED_PRICE_EXAMPLE = {
+    "service": "translate",
+    "model": "tiered",
+    "tiers": [
+        {"up_to": 1000000, "unit_price": "0.02"},
+        {"up_to": 10000000, "unit_price": "0.015"},
+        {"up_to": None, "unit_price": "0.01", "flat_fee": "5.00"},
+    ],
+}
+
+
 class PriceAdminApi(APIView):
     permission_classes = [IsAuthenticated, StaffMayChange]
     required_permission = "metering.add_price"
 
-    class Input(serializers.Serializer[Any]):
+    class Input(_PriceFields):
         service = serializers.SlugField()
         organization = serializers.SlugField(allow_null=True, required=False)
-        effective_from = serializers.DateTimeField(required=False)
-        input_price = Amount(min_value=0, required=False)
-        output_price = Amount(min_value=0, required=False)
-        cached_input_price = Amount(min_value=0, required=False)
-        unit_price = Amount(min_value=0, required=False)
+        plan = serializers.SlugField(allow_null=True, required=False, help_text="A plan's price, for its active subscribers.")
 
         class Meta:
             ref_name = "PriceAdminInput"
 
     @extend_schema(
         request=Input,
-        responses={
-            201: inline_serializer(
-                "PriceAdminOutput",
-                {
-                    "id": serializers.IntegerField(),
-                    "service": serializers.CharField(),
-                    "organization": serializers.CharField(allow_null=True),
-                    "effective_from": serializers.DateTimeField(),
-                    "prices": serializers.DictField(),
-                },
-            )
-        },
+        responses={201: StaffPriceOutput},
         tags=["staff"],
         summary="Staff: set a price from a date on",
         description="Prices are never edited: a new rate is a new row, in force from `effective_from` (default now), "
-        "for every organization or, with `organization`, for that one only (it wins over the general price). Give "
-        "exactly the fields of the service's method: `input_price` and `output_price` for TOKENS (and optionally "
-        "`cached_input_price`, per 1,000,000 cached input tokens; without it they cost the input price), `unit_price` "
-        "otherwise; anything else is refused (400). Usage already recorded keeps its price. Staff with catalogue rights only.",
+        "for every organization, or with `organization` for that one only (it wins over every other price), or with "
+        "`plan` for that plan's active subscribers (it wins over the general price); not both. `model` (default "
+        "`per_unit`) says how the price works. A `per_unit` price gives exactly the fields of the service's method: "
+        "`input_price` and `output_price` for TOKENS (and optionally `cached_input_price`, per 1,000,000 cached input "
+        "tokens; without it they cost the input price), `unit_price` otherwise. A `tiered` (each unit at its tier's "
+        "rate) or `volume` (every unit at the rate of the tier the month's usage reaches) price gives `tiers` instead: "
+        "`[{up_to, <those fields>, flat_fee?}]` with increasing `up_to` in quantity units and the last one null. A "
+        "`package` price gives `unit_price` (the price of one package) and `package_size`. Anything else is refused "
+        "(400, each faulty field named). Usage already recorded keeps its price. Staff with catalogue rights only.",
         examples=[
             OpenApiExample(
                 "New token rates from April",
@@ -775,7 +904,33 @@ class PriceAdminApi(APIView):
                     "cached_input_price": "1.25",
                 },
                 request_only=True,
-            )
+            ),
+            OpenApiExample("Tiered characters", value=TIERED_PRICE_EXAMPLE, request_only=True),
+            OpenApiExample(
+                "A package of 1,000 requests for a plan",
+                value={"service": "moderation", "plan": "team", "model": "package", "unit_price": "1.00", "package_size": 1000},
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Created",
+                value={
+                    "id": 42,
+                    "service": "translate",
+                    "organization": None,
+                    "plan": None,
+                    "effective_from": "2026-04-01T00:00:00Z",
+                    "model": "tiered",
+                    "prices": {},
+                    "tiers": [
+                        {"up_to": 1000000, "unit_price": "0.020000000000"},
+                        {"up_to": 10000000, "unit_price": "0.015000000000"},
+                        {"up_to": None, "unit_price": "0.010000000000", "flat_fee": "5.000000000000"},
+                    ],
+                    "package_size": None,
+                },
+                response_only=True,
+                status_codes=["201"],
+            ),
         ],
     )
     def post(self, request: Request) -> Response:
@@ -784,20 +939,193 @@ class PriceAdminApi(APIView):
         values = data.validated_data
         service = selectors.service_get(slug=values["service"])
         organization = account_selectors.organization_get(slug=values["organization"]) if values.get("organization") else None
-        price = services.price_create(
+        plan = selectors.plan_get(slug=values["plan"]) if values.get("plan") else None
+        price = plan_catalog.price_model_create(
             service=service,
+            spec=_price_spec(values),
             organization_id=organization.pk if organization else None,
-            effective_from=values.get("effective_from"),
+            plan_id=plan.pk if plan else None,
             created_by_id=request.user.pk,
-            **{name: values.get(name) for name in ALL_PRICE_FIELDS},
         )
-        return Response(
-            {
-                "id": price.pk,
-                "service": service.slug,
-                "organization": organization.slug if organization else None,
-                "effective_from": price.effective_from,
-                "prices": {name: money_str(value) for name, value in prices_listed(service.calc_method, price).items()},
-            },
-            status=status.HTTP_201_CREATED,
+        return Response(staff_price_body(price), status=status.HTTP_201_CREATED)
+
+
+# --- Staff: plans ----------------------------------------------------------------------------------------
+
+_PLAN_ACTIONS = {"GET": "view", "HEAD": "view", "OPTIONS": "view"}
+
+
+class _PlanStaffApi(APIView):
+    """Staff who may view plans read them (Support too); creating and changing one needs catalogue rights."""
+
+    permission_classes = [IsAuthenticated, StaffMayChange]
+
+    @property
+    def required_permission(self) -> str:
+        return f"metering.{_PLAN_ACTIONS.get(self.request.method or '', 'add')}_plan"
+
+
+class PlanPriceInput(StrictSerializer, _PriceFields):
+    class Meta:
+        ref_name = "PlanPriceInput"
+
+
+class PlanInput(StrictSerializer):
+    slug = serializers.SlugField(max_length=80)
+    name = serializers.CharField(max_length=120, required=False, help_text="Required for a new plan.")
+    description = serializers.CharField(required=False, allow_blank=True)
+    monthly_fee = Amount(min_value=0, required=False, help_text="Charged at each month's start (a new plan: 0 when left out).")
+    public = serializers.BooleanField(required=False, help_text="Customers may choose it (default true).")
+    included = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_COUNT * 1000),
+        required=False,
+        help_text="Service slug → quantity included each month, in the method's quantity units. Each service given is "
+        "set (0: none); the others keep theirs.",
+    )
+    prices = serializers.DictField(
+        child=PlanPriceInput(),
+        required=False,
+        help_text="Service slug → a new plan price (the fields of `POST admin/prices/`); earlier rows are kept.",
+    )
+
+    class Meta:
+        ref_name = "PlanAdminInput"
+
+
+def plan_body(plan: Plan, prices: dict[str, Price]) -> dict[str, Any]:
+    """A plan as the staff API answers it."""
+    return {
+        "slug": plan.slug,
+        "name": plan.name,
+        "description": plan.description,
+        "public": plan.public,
+        "monthly_fee": money_str(plan.monthly_fee),
+        "included": {allowance.service.slug: allowance.quantity for allowance in sorted(plan.allowances.all(), key=str)},
+        "prices": {
+            slug: {"id": price.pk, "effective_from": price.effective_from, **price_shape(price.service, price)}
+            for slug, price in sorted(prices.items())
+        },
+        "created_at": plan.created_at,
+    }
+
+
+PlanPriceOutput = inline_serializer(
+    "PlanPriceOutput",
+    {
+        "id": serializers.IntegerField(),
+        "effective_from": serializers.DateTimeField(),
+        "model": serializers.ChoiceField(choices=PriceModel.choices),
+        "prices": serializers.DictField(child=Amount()),
+        "tiers": _tier_field(),
+        "package_size": serializers.IntegerField(allow_null=True),
+    },
+)
+
+
+class PlanOutput(serializers.Serializer[Plan]):
+    """Documents the staff API's plan (answers are built by `plan_body`)."""
+
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    public = serializers.BooleanField()
+    monthly_fee = Amount()
+    included = serializers.DictField(child=serializers.IntegerField())
+    prices = serializers.DictField(child=PlanPriceOutput)
+    created_at = serializers.DateTimeField()
+
+    class Meta:
+        ref_name = "PlanAdminOutput"
+
+
+PLAN_EXAMPLE = {
+    "slug": "team",
+    "name": "Team",
+    "description": "",
+    "public": True,
+    "monthly_fee": "49.000000000000",
+    "included": {"gpt-4o": 2000000, "translate": 500000},
+    "prices": {
+        "gpt-4o": {
+            "id": 77,
+            "effective_from": "2026-03-01T00:00:00Z",
+            "model": "per_unit",
+            "prices": {"input_price": "2.000000000000", "output_price": "8.000000000000"},
+            "tiers": None,
+            "package_size": None,
+        }
+    },
+    "created_at": "2026-03-01T00:00:00Z",
+}
+
+
+def _plans_answer(plans: list[Plan]) -> list[dict[str, Any]]:
+    prices = selectors.plan_prices(plan_ids=[plan.pk for plan in plans])
+    return [plan_body(plan, prices[plan.pk]) for plan in plans]
+
+
+class PlanAdminApi(_PlanStaffApi):
+    @extend_schema(
+        responses={200: PlanOutput(many=True)},
+        tags=["staff"],
+        summary="Staff: list plans",
+        description="Every plan, public or not, with its monthly fee, what it includes each month per service slug, "
+        "and its price per service (the one in force, or the next one when all lie ahead). Staff who may view plans.",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(_plans_answer(selectors.plan_list()))
+
+    @extend_schema(
+        request=PlanInput,
+        responses={201: PlanOutput, 200: PlanOutput},
+        tags=["staff"],
+        summary="Staff: create or change a plan",
+        description="Creates the plan `slug` (201; `name` required), or changes an existing one (200): its name, fee, "
+        "description and visibility when given, the included quantity of each service in `included` (0: none), and a "
+        "new plan price for each service in `prices` (the fields of `POST admin/prices/`; prices are never edited, "
+        "a change is a new row from its `effective_from`). All or nothing: an unknown service or a price that does not "
+        "fit its method answers 400 naming it, and nothing is written. A fee change applies from the next month's "
+        "start. Staff with catalogue rights only.",
+        examples=[
+            OpenApiExample(
+                "A plan with included tokens and its own rates",
+                value={
+                    "slug": "team",
+                    "name": "Team",
+                    "monthly_fee": "49.00",
+                    "included": {"gpt-4o": 2000000, "translate": 500000},
+                    "prices": {"gpt-4o": {"input_price": "2.00", "output_price": "8.00"}},
+                },
+                request_only=True,
+            ),
+            OpenApiExample("Plan", value=PLAN_EXAMPLE, response_only=True, status_codes=["201", "200"]),
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        data = PlanInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        change = plan_catalog.PlanChange(
+            slug=values["slug"],
+            name=values.get("name"),
+            monthly_fee=values.get("monthly_fee"),
+            description=values.get("description"),
+            public=values.get("public"),
+            included=values.get("included", {}),
+            prices={slug: _price_spec(spec) for slug, spec in values.get("prices", {}).items()},
         )
+        plan, created = plan_catalog.plan_save(change=change, created_by_id=request.user.pk)
+        answer = _plans_answer([selectors.plan_get(slug=plan.slug)])[0]
+        return Response(answer, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class PlanAdminDetailApi(_PlanStaffApi):
+    @extend_schema(
+        responses={200: PlanOutput},
+        tags=["staff"],
+        summary="Staff: one plan",
+        description="The plan with its monthly fee, what it includes each month per service slug and its price per "
+        "service, as in the list. 404 for an unknown slug. Staff who may view plans.",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(_plans_answer([selectors.plan_get(slug=slug)])[0])

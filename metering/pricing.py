@@ -431,9 +431,7 @@ def pricing_kept(prices: UnitPrices, *, free_until: int) -> dict[str, Any]:
     return kept
 
 
-def volume_target(
-    method: str, period_units: dict[str, int], prices: UnitPrices, *, total: int
-) -> Decimal:
+def volume_target(method: str, period_units: dict[str, int], prices: UnitPrices, *, total: int) -> Decimal:
     """What a closed period's chargeable units cost at the volume price of the period's `total`
     quantity (its reached tier's rates and flat fee), exactly, before rounding. `period_units` maps
     each price field to the chargeable units of the period's events priced with `prices`."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.core.cache import cache
 from django.db import connection
@@ -16,7 +16,19 @@ from django.utils import timezone
 from billing_site.cache import TwoLevelCache
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import ZERO
-from metering.models import Hold, HoldStatus, Price, Service, UsageRecord, UsageRollup
+from metering.models import (
+    Hold,
+    HoldStatus,
+    Plan,
+    PlanAllowance,
+    Price,
+    Service,
+    Subscription,
+    SubscriptionStatus,
+    UsagePosition,
+    UsageRecord,
+    UsageRollup,
+)
 from metering.pricing import UnitPrices, positional, unit_prices_from_row
 
 
@@ -144,6 +156,82 @@ def prices_in_force(*, organization_id: int, at: datetime | None = None) -> dict
 def service_list_with_prices(*, organization_id: int) -> list[tuple[Service, Price | None]]:
     prices = prices_in_force(organization_id=organization_id)
     return [(service, prices.get(service.id)) for service in Service.objects.filter(active=True).order_by("slug")]
+
+
+class Included(NamedTuple):
+    """A plan's included quantity of one service this period: how much the plan gives, how much of it
+    is used, how much is left."""
+
+    quantity: int
+    used: int
+    left: int
+
+
+def plan_usage_left(*, organization_id: int, at: datetime | None = None) -> dict[int, Included]:
+    """service id → (quantity, used, left) of what the organization's plan includes this period
+    (calendar month, UTC), for every service its open subscription's plan includes; empty without one.
+    `quantity` is the plan's allowance; `left` is what the live usage position still has free
+    (`free_until − used`, never below 0) while the subscription is active, and 0 while it is past due
+    (its included quantities stop); `used = quantity − left`, never below 0. A period's grant may be
+    smaller than `quantity` (a subscription that started mid-month gets it pro rata), so `used` counts
+    the units not granted too. The customer's plan page, the pricing page and `GET services/` all read
+    this one function."""
+    from metering.services.positions import period_of  # metering.services imports this module
+
+    subscription = (
+        Subscription.objects.filter(organization_id=organization_id)
+        .exclude(status=SubscriptionStatus.CANCELED)
+        .values("plan_id", "status")
+        .first()
+    )
+    if subscription is None:
+        return {}
+    quantities = dict(
+        PlanAllowance.objects.filter(plan_id=subscription["plan_id"]).values_list("service_id", "quantity").order_by("service_id")
+    )
+    if not quantities:
+        return {}
+    free: dict[int, int] = {}
+    if subscription["status"] == SubscriptionStatus.ACTIVE:
+        positions = UsagePosition.objects.filter(
+            organization_id=organization_id,
+            service_id__in=list(quantities),
+            period=period_of(at or timezone.now()),
+            test=False,
+        ).values_list("service_id", "used", "free_until")
+        free = {service_id: max(0, free_until - used) for service_id, used, free_until in positions}
+    included = {}
+    for service_id, quantity in quantities.items():
+        left = free.get(service_id, 0)
+        included[service_id] = Included(quantity=quantity, used=max(0, quantity - left), left=left)
+    return included
+
+
+def plan_list() -> list[Plan]:
+    """Every plan, public or not, by slug, with its allowances and their services (staff tools)."""
+    return list(Plan.objects.prefetch_related("allowances__service").order_by("slug"))
+
+
+def plan_get(*, slug: str) -> Plan:
+    """The plan with this slug, with its allowances; NotFound (404) otherwise."""
+    plan = Plan.objects.prefetch_related("allowances__service").filter(slug=slug).first()
+    if plan is None:
+        raise NotFound("No such plan.")
+    return plan
+
+
+def plan_prices(*, plan_ids: list[int], at: datetime | None = None) -> dict[int, dict[str, Price]]:
+    """plan id → service slug → the plan's price row in force at `at` (now), or, for a service whose
+    plan prices all lie ahead, the next one to take effect (its `effective_from` says when)."""
+    at = at or timezone.now()
+    rows = Price.objects.filter(plan_id__in=plan_ids).select_related("service").order_by("effective_from", "id")
+    chosen: dict[int, dict[str, Price]] = {plan_id: {} for plan_id in plan_ids}
+    for row in rows:
+        assert row.plan_id is not None  # the filter above
+        # Oldest first: the last row in force wins; a row ahead counts only while nothing is kept.
+        if row.effective_from <= at or row.service.slug not in chosen[row.plan_id]:
+            chosen[row.plan_id][row.service.slug] = row
+    return chosen
 
 
 def usage_list(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, timedelta
+from decimal import Decimal
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponseBadRequest
@@ -17,9 +20,12 @@ from billing_site.errors import DomainError
 from billing_site.money import ZERO
 from dashboard import charts, forms, reports, selectors
 from dashboard.context import SESSION_KEY, current_resolve, dashboard_view, page, secure_headers
+from dashboard.reports import UNITS
 from metering import selectors as metering_selectors
 from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
-from metering.pricing import prices_listed
+from metering.models import CalcMethod, Price, PriceModel, Service
+from metering.pricing import optional_price_fields, price_fields, prices_listed
+from metering.selectors import Included
 from payments import selectors as payment_selectors
 
 CHART_DAYS = 30
@@ -194,13 +200,95 @@ def usage_export(request, current):
     return csv_stream_response(usage_csv_header(), rows, filename=f"usage-{current.organization.slug}-{stamp}.csv")
 
 
+RATE_UNITS = {
+    "input_price": "per 1M input tokens",
+    "output_price": "per 1M output tokens",
+    "cached_input_price": "per 1M cached input tokens",
+}
+METHOD_RATE_UNITS: dict[str, str] = {
+    CalcMethod.CHAR_COUNT: "per 1K characters",
+    CalcMethod.WORD_COUNT: "per 1K words",
+    CalcMethod.IMAGE_RESOLUTION: "per 512×512 tile",
+    CalcMethod.REQUEST: "per request",
+}
+RATE_HEADINGS = {"input_price": "Input", "output_price": "Output", "cached_input_price": "Cached input"}
+
+
+def rate_unit(calc_method: str, name: str) -> str:
+    """What a rate is quoted per: `per 1M input tokens`, `per 1K characters`, `per request`…"""
+    return RATE_UNITS.get(name) or METHOD_RATE_UNITS.get(calc_method, "")
+
+
+@dataclass(frozen=True)
+class TierRow:
+    """One tier as a person reads it: the range of this month's units it covers, its rates, its flat fee."""
+
+    range: str
+    rates: list[tuple[str, Decimal | None]]
+    flat_fee: Decimal | None
+
+
+def tier_rows(calc_method: str, stored: list[dict[str, Any]], names: list[str]) -> list[TierRow]:
+    """A price's tiers with their ranges: `0 – 1,000,000`, `1,000,001 – 5,000,000`, `5,000,001 +`."""
+    rows, low = [], 0
+    for tier in stored:
+        up_to = tier.get("up_to")
+        start = format(low + 1 if low else 0, ",")
+        text = f"{start} +" if up_to is None else f"{start} – {up_to:,}"
+        rates = [(name, Decimal(tier[name]) if name in tier else None) for name in names]
+        flat_fee = Decimal(tier["flat_fee"]) if tier.get("flat_fee") else None
+        rows.append(TierRow(range=text, rates=rates, flat_fee=flat_fee))
+        low = up_to if up_to is not None else low
+    return rows
+
+
+@dataclass(frozen=True)
+class PricingRow:
+    service: Service
+    price: Price | None
+    rates: list[tuple[str, Decimal, str]]  # per-unit: (field, rate, what it is quoted per)
+    tiers: list[TierRow]
+    tier_rates: list[tuple[str, str, str]]  # the tier table's rate columns: (field, heading, quoted per)
+    has_flat_fees: bool
+    unit: str  # what a quantity of the service counts (tokens, characters, …)
+    included: Included | None
+
+    @property
+    def used_percent(self) -> int:
+        """How much of the included quantity is used, 0 to 100, for the bar."""
+        if self.included is None or not self.included.quantity:
+            return 0
+        return min(100, self.included.used * 100 // self.included.quantity)
+
+
 @dashboard_view()
 def pricing(request, current):
-    services = metering_selectors.service_list_with_prices(organization_id=current.organization.pk)
-    rows = [
-        (service, price, list(prices_listed(service.calc_method, price).items()) if price else []) for service, price in services
-    ]
-    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    organization_id = current.organization.pk
+    included = metering_selectors.plan_usage_left(organization_id=organization_id)
+    rows = []
+    for service, price in metering_selectors.service_list_with_prices(organization_id=organization_id):
+        method = service.calc_method
+        listed = prices_listed(method, price) if price else {}
+        names: list[str] = []
+        tiers: list[TierRow] = []
+        if price and price.model in (PriceModel.TIERED, PriceModel.VOLUME) and price.tiers:
+            names = [
+                name for name in (*price_fields(method), *optional_price_fields(method)) if any(name in t for t in price.tiers)
+            ]
+            tiers = tier_rows(method, price.tiers, names)
+        rows.append(
+            PricingRow(
+                service=service,
+                price=price,
+                rates=[(name, value, rate_unit(method, name)) for name, value in listed.items()],
+                tiers=tiers,
+                tier_rates=[(name, RATE_HEADINGS.get(name, "Rate"), rate_unit(method, name)) for name in names],
+                has_flat_fees=any(tier.flat_fee for tier in tiers),
+                unit="tokens" if method == CalcMethod.TOKENS else UNITS.get(method, "units"),
+                included=included.get(service.pk),
+            )
+        )
+    wallet = payment_selectors.wallet_get(organization_id=organization_id)
     return page(request, "dashboard/pricing.html", {"rows": rows, "currency": wallet.currency})
 
 

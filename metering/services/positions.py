@@ -105,9 +105,14 @@ def position_advance(key: PositionKey, *, units: int) -> None:
 def position_ensure(key: PositionKey) -> Position:
     """The position row as this statement sees it, created when missing (no lock kept)."""
     with connection.cursor() as cursor:
-        cursor.execute(_POSITION_ENSURE_SQL, key.params())
-        used, free_until = cursor.fetchone()
-    return Position(used, free_until)
+        # A twin creating the row at the same moment makes ours do nothing while its row is not yet in
+        # our snapshot; the next statement sees it.
+        for _ in range(3):
+            cursor.execute(_POSITION_ENSURE_SQL, key.params())
+            row = cursor.fetchone()
+            if row is not None:
+                return Position(*row)
+    raise RuntimeError("a usage position row neither inserted nor found")
 
 
 def position_grant(*, organization_id: int, service_id: int, period: date, units: int) -> Position:

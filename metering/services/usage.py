@@ -110,8 +110,8 @@ POSITION_GUESSES = 3
 def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRecord:
     """A positional event (docs/pricing.md): on the hot path, priced at the position this process last
     saw and debited in one statement that checks it; when the position moved out of the range the cost
-    holds for, priced again at the one the statement saw. Capped and test keys, events that cost nothing
-    there, and an event whose guesses keep missing take the locked path: lock the position, price,
+    holds for, priced again at the one the statement saw. Capped and test keys, and an event whose
+    guesses keep missing or whose wallet refuses, take the locked path: lock the position, price,
     charge, advance."""
     now = timezone.now()
     key = PositionKey(tenant.organization.pk, priced.service_id, period_of(now), tenant.is_test)
@@ -119,8 +119,6 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
         seen = positions_seen.get(key) or position_ensure(key)
         for _ in range(POSITION_GUESSES):
             priced = priced.at(position=seen.used, free_until=seen.free_until)
-            if priced.cost <= ZERO:
-                break
             try:
                 outcome = usage_debit_positional_in_one_statement(priced, tenant=tenant, now=now, key=key)
             except ledger.GuardRefused:

@@ -133,24 +133,30 @@ DEBIT_SQL = ledger.post_statement(f"""rec AS (
 # the range the cost was computed for (its row lock comes first: billing_site/locks.py), so no two
 # events take the same position and none is charged at a position it does not have; the record keeps
 # the position it got. `seen` is the position as the statement saw it, for the next guess.
-_POSITION_ROW = (
-    "organization_id = %(usage_org)s AND service_id = %(usage_service)s AND period = %(usage_period)s AND NOT test"
-)
-POSITIONAL_DEBIT_SQL = ledger.post_statement(
-    f"""rec AS (
-    INSERT INTO metering_usagerecord ({_COLUMN_LIST})
-    SELECT {_values(transfer="t.id", balance_after="w.total", hold="NULL", position="(SELECT start FROM guard)")} FROM t, w
-    RETURNING id
-), {_rollup_and_spend("(SELECT stripe FROM w)")}, companion AS (SELECT id, (SELECT start FROM guard) FROM rec)""",
-    guard_ctes=f"""seen AS (
+_POSITION_ROW = "organization_id = %(usage_org)s AND service_id = %(usage_service)s AND period = %(usage_period)s AND NOT test"
+_POSITION_GUARD = f"""seen AS (
     SELECT used, free_until FROM metering_usageposition WHERE {_POSITION_ROW}
 ), guard AS (
     UPDATE metering_usageposition SET used = used + %(usage_quantity)s
      WHERE {_POSITION_ROW} AND free_until = %(usage_free_until)s
        AND used BETWEEN %(usage_position_low)s AND COALESCE(%(usage_position_high)s::bigint, 9223372036854775807)
  RETURNING used - %(usage_quantity)s AS start
-)""",
+)"""
+
+
+def _positional_record(stripe: str, *, transfer: str) -> str:
+    return f"""rec AS (
+    INSERT INTO metering_usagerecord ({_COLUMN_LIST})
+    SELECT {_values(transfer=transfer, balance_after="w.total", hold="NULL", position="(SELECT start FROM guard)")} FROM w
+    RETURNING id
+), {_rollup_and_spend(stripe)}, companion AS (SELECT id, (SELECT start FROM guard) FROM rec)"""
+
+
+POSITIONAL_DEBIT_SQL = ledger.post_statement(
+    _positional_record("(SELECT stripe FROM w)", transfer="(SELECT id FROM t)"), guard_ctes=_POSITION_GUARD
 )
+# The same for an event its position makes free (a plan's included units): no money moves.
+POSITIONAL_FREE_SQL = ledger.free_statement(_positional_record("0", transfer="NULL"), guard_ctes=_POSITION_GUARD)
 
 # A batch's records go in by binary COPY (no SQL text to build or parse), with ids drawn first so the
 # answer can name them. A key already taken makes the COPY fail on the unique index.
@@ -228,7 +234,7 @@ def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, post
         request_hash=priced.request_hash,
         metadata=priced.event.metadata,
         transfer_id=posting.transfer_id if posting else None,
-        balance_after=posting.balance_after if posting else None,
+        balance_after=posting.balance_after if posting else params["usage_balance_after"],
         hold_id=params["usage_hold"],
         position=params["usage_position"],
         pricing=priced.pricing,
@@ -315,7 +321,8 @@ def usage_debit_positional_in_one_statement(
     """The hot path of a positional event priced at a guessed position: the record when the position
     still lay in the range its cost holds for, else the position the statement saw (None: there is no
     position row yet) and nothing is written. GuardRefused when the guess held but the wallet row (or
-    stripe) could not pay: the caller settles the event on its locked path."""
+    stripe) could not pay, or, for a free event, is at or past its limit: the caller settles the event
+    on its locked path."""
     params = record_params(priced, tenant=tenant, now=now)
     params.update(
         usage_period=key.period,
@@ -324,16 +331,26 @@ def usage_debit_positional_in_one_statement(
         usage_position_high=priced.high,
     )
     try:
-        posting, extra = ledger.usage_charge_in_one_statement(
-            statements=POSITIONAL_DEBIT_SQL,
-            organization_id=params["usage_org"],
-            stripes=tenant.organization.wallet_stripes,
-            cost=priced.cost,
-            reference=f"usage:{priced.event.idempotency_key}",
-            params=params,
-            now=now,
-            guarded=True,
-        )
+        if priced.cost > ZERO:
+            posting, extra = ledger.usage_charge_in_one_statement(
+                statements=POSITIONAL_DEBIT_SQL,
+                organization_id=params["usage_org"],
+                stripes=tenant.organization.wallet_stripes,
+                cost=priced.cost,
+                reference=f"usage:{priced.event.idempotency_key}",
+                params=params,
+                now=now,
+                guarded=True,
+            )
+        else:
+            row = ledger.usage_free_in_one_statement(
+                statement=POSITIONAL_FREE_SQL, organization_id=params["usage_org"], params=params
+            )
+            posting, extra = None, () if row is None else row[2:]
+            if row is not None and row[0] is not None:
+                params["usage_balance_after"] = row[0]
+                params["usage_position"] = extra[1]
+                return _record(priced, params, record_id=extra[0], posting=None)
     except IntegrityError as error:
         if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
             raise AlreadyRecorded() from error

@@ -83,3 +83,84 @@ def test_concurrent_events_never_share_a_position_and_total_the_sequential_oracl
     from payments.models import Wallet
 
     assert Wallet.objects.get(organization=organization).balance == D(1000) - total
+
+
+@pytest.mark.django_db
+def test_a_batch_prices_its_events_in_order_and_refused_ones_take_no_position(organization, live_client):
+    wallet_fund(organization, "2.5")
+    tiered_requests()
+    events = [{"service": "tiered-ping", "idempotency_key": f"b{n}"} for n in range(4)]
+    response = live_client.post("/api/v1/usage/batch/", {"events": events}, format="json")
+    assert response.status_code in (200, 207), response.json()
+    statuses = [result["status"] for result in response.json()["results"]]
+    # $1 + $1 fit, the third ($1) does not fit the $0.5 left; the fourth neither (still tier 1: no position taken)
+    assert statuses == [201, 201, 402, 402]
+    assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1]
+    assert UsagePosition.objects.get().used == 2
+
+
+@pytest.mark.django_db
+def test_a_hold_reserves_the_dearest_tier_and_captures_at_its_position(organization, live_client):
+    wallet_fund(organization, "100")
+    tiered_requests(tiers=[{"up_to": 1, "unit_price": "0.5"}, {"up_to": None, "unit_price": "2"}])
+    response = live_client.post("/api/v1/holds/", {"service": "tiered-ping", "idempotency_key": "h"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert D(response.json()["amount"]) == 2
+    hold_id = response.json()["id"]
+    response = live_client.post(f"/api/v1/holds/{hold_id}/capture/", {}, format="json")
+    assert response.status_code == 201, response.json()
+    assert D(response.json()["usage"]["cost"]) == D("0.5")
+    assert UsageRecord.objects.get().position == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_volume_true_up_credits_the_difference_once_even_run_twice_concurrently(organization, live_client):
+    from datetime import UTC, datetime
+
+    from metering.models import VolumeTrueUp
+    from metering.services.true_up import volume_true_ups_run
+    from payments.models import LedgerEntry, Transfer, Wallet
+    from tests.metering.helpers import recorded_at
+
+    wallet_fund(organization, "100")
+    tiered_requests(model="volume")
+    with recorded_at(datetime(2026, 10, 30, 12, tzinfo=UTC)):
+        costs = [
+            D(live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": f"v{n}"}, format="json").json()["cost"])
+            for n in range(5)
+        ]
+    assert costs == [1, 1, 1, D("0.5"), D("0.5")]  # each at the tier its running total reached
+    results = run_concurrently(2, lambda _: volume_true_ups_run(), reraise=True)
+    assert sorted(results) == [0, 1]
+    true_up = VolumeTrueUp.objects.get()
+    assert (true_up.charged, true_up.target) == (D(4), D("2.5"))  # 5 requests at the reached tier's $0.5
+    transfer = Transfer.objects.get(reference__startswith="true-up:")
+    assert LedgerEntry.objects.get(transfer=transfer, account="wallet").amount == D("1.5")
+    assert volume_true_ups_run() == 0
+    wallet = Wallet.objects.get(organization=organization)
+    assert wallet.balance == D(100) - D("2.5")
+    assert wallet.balance == sum(
+        LedgerEntry.objects.filter(organization=organization, account="wallet").values_list("amount", flat=True)
+    )
+
+
+@pytest.mark.django_db
+def test_a_plans_included_units_are_free_first_then_the_price_applies(organization, live_client, catalogue):
+    from django.utils import timezone
+
+    from metering.models import Plan, PlanAllowance, Subscription
+    from metering.services.positions import period_of, position_grant
+
+    wallet_fund(organization, "10")
+    plan = Plan.objects.create(slug="starter", name="Starter", monthly_fee=D("5"))
+    PlanAllowance.objects.create(plan=plan, service=catalogue["ping"], quantity=3)
+    period = period_of(timezone.now())
+    Subscription.objects.create(organization=organization, plan=plan, period=period)
+    position_grant(organization_id=organization.pk, service_id=catalogue["ping"].pk, period=period, units=3)
+    responses = [live_client.post(USAGE, {"service": "ping", "idempotency_key": f"p{n}"}, format="json") for n in range(5)]
+    assert [r.status_code for r in responses] == [201] * 5
+    assert [D(r.json()["cost"]) for r in responses] == [0, 0, 0, D("0.001"), D("0.001")]
+    assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1, 2, 3, 4]
+    from payments.models import Wallet
+
+    assert Wallet.objects.get(organization=organization).balance == D("9.998")

@@ -25,11 +25,16 @@ def test_services_lists_active_services_with_prices_named_per_method(catalogue, 
         "slug": "gpt",
         "name": "Gpt",
         "calc_method": "TOKENS",
+        "model": "per_unit",
         "prices": {"input_price": "0.150000000000", "output_price": "0.600000000000"},
+        "tiers": None,
+        "package_size": None,
+        "included": None,
     }
     assert services["translate"]["prices"] == {"unit_price": "0.020000000000"}
     assert services["dalle"]["prices"] == {"unit_price": "0.010000000000"}
     assert services["unpriced"]["prices"] is None
+    assert services["unpriced"]["model"] is None
 
 
 def test_services_show_the_organizations_override(catalogue, organization, live_client, other_client):
