@@ -14,6 +14,7 @@ is still inside that range (metering/services/positions.py).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -256,11 +257,10 @@ def unit_prices_from_row(row: Any, method: str) -> UnitPrices:
     """A Price row (or anything with its fields) as UnitPrices, tiers parsed."""
     model = getattr(row, "model", PriceModel.PER_UNIT) or PriceModel.PER_UNIT
     stored = getattr(row, "tiers", None)
-    if isinstance(stored, str):  # jsonb read by a raw cursor comes as its text (Django leaves decoding to the field)
-        stored = json.loads(stored)
     tiers: tuple[Tier, ...] = ()
     if model in (PriceModel.TIERED, PriceModel.VOLUME) and stored:
-        tiers, stored = tiers_parse(method, stored)
+        # jsonb read by a raw cursor comes as its text (Django leaves decoding to the field)
+        tiers, stored = _tiers_parsed(method, stored if isinstance(stored, str) else json.dumps(stored))
     return UnitPrices(
         price_id=row.pk if hasattr(row, "pk") else row.price_id,
         input_price=row.input_price,
@@ -272,6 +272,13 @@ def unit_prices_from_row(row: Any, method: str) -> UnitPrices:
         package_size=getattr(row, "package_size", None),
         stored_tiers=stored,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tiers_parsed(method: str, text: str) -> tuple[tuple[Tier, ...], list[dict[str, Any]]]:
+    """`tiers_parse` of stored tiers, once per distinct text: the price in force is read on every event,
+    and its tiers were checked when the row was written."""
+    return tiers_parse(method, json.loads(text))
 
 
 # --- The formula ----------------------------------------------------------------------------------------

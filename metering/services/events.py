@@ -12,9 +12,10 @@ from typing import Any
 
 from billing_site.api.limits import idempotency_key_validate, json_depth
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest
+from billing_site.money import ZERO
 from metering import selectors
 from metering.calculators import Quantities, measure
-from metering.pricing import UnitPrices, charged_prices, cost_at, pricing_kept
+from metering.pricing import PositionedCost, UnitPrices, charged_prices, cost_at, pricing_kept
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 8
@@ -151,7 +152,13 @@ def event_price(
         raise priced
     quantities = measure(priced.calc_method, event.data)
     prices = charged_prices(priced.calc_method, quantities, priced.prices)
-    first = cost_at(priced.calc_method, quantities, priced.prices, start=0, free_until=0)
+    # A positional event is priced where it lands (`PricedEvent.at`); until then its cost is a placeholder
+    # nothing may write (usage_sql.record_params refuses it). A zero-unit event costs nothing anywhere.
+    first = (
+        PositionedCost(ZERO, 0, None)
+        if priced.positional
+        else cost_at(priced.calc_method, quantities, priced.prices, start=0, free_until=0)
+    )
     return PricedEvent(
         event,
         priced.service_id,

@@ -180,6 +180,8 @@ def record_params(
     priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None = None, hold_id: int | None = None
 ) -> dict[str, Any]:
     """The `usage_*` parameters of one record (and its rollup and spend)."""
+    if priced.positional and priced.units and priced.position is None:
+        raise ValueError("a positional event is written only once priced at its position")
     quantities = priced.quantities
     return {
         "usage_org": tenant.organization.pk,
