@@ -300,7 +300,7 @@ def _ceil_div(value: int, size: int) -> int:
 def _unit_price(prices: UnitPrices, name: str) -> Decimal:
     if name == "cached_input_price" and prices.cached_input_price is None:
         name = "input_price"
-    value = getattr(prices, name)
+    value: Decimal | None = getattr(prices, name)
     if value is None:  # selectors.priced_service_get refuses such a price (PriceNotSet) before this
         raise TypeError(f"a price without its {name}")
     return value

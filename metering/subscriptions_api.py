@@ -101,7 +101,7 @@ class PlanListApi(TenantMixin, APIView):
                 many=True,
             )
         },
-        tags=["plans"],
+        tags=["services"],
         summary="The plans you may choose",
         description="Every public plan, cheapest first: its `monthly_fee`, the quantities it `included` each month per "
         "service slug (used first, at no cost), and its own `prices` per service slug (`model`, then the rates as "
@@ -144,7 +144,7 @@ class SubscriptionApi(TenantMixin, APIView):
 
     @extend_schema(
         responses={200: SubscriptionOutput},
-        tags=["plans"],
+        tags=["services"],
         summary="Your subscription",
         description="Your organization's subscription (active or past_due) with this period's use of its included "
         "quantities: `left` is what is still free this month while the subscription is active (0 while past_due), "
@@ -160,7 +160,7 @@ class SubscriptionApi(TenantMixin, APIView):
     @extend_schema(
         request=inline_serializer("SubscriptionInput", {"plan": serializers.CharField()}),
         responses={201: SubscriptionOutput, 200: SubscriptionOutput},
-        tags=["plans"],
+        tags=["services"],
         summary="Subscribe, or change plan",
         description="Without a subscription: subscribe to `plan` (201), paying its fee for the rest of the month pro "
         "rata to the second, with its included quantities pro rata. With one: a plan with a higher monthly fee is an "
@@ -184,7 +184,7 @@ class SubscriptionApi(TenantMixin, APIView):
     @extend_schema(
         request=None,
         responses={200: SubscriptionOutput},
-        tags=["plans"],
+        tags=["services"],
         summary="Cancel at the end of the period",
         description="The subscription stays as it is until the end of the month, then ends (no further fee). "
         "`POST` your current plan before then to keep it. 404 when you have none. Owners and admins only.",

@@ -137,6 +137,8 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                 request_hash=priced.request_hash,
                 metadata=priced.event.metadata,
                 created_at=now,
+                position=priced.position if priced.positional and priced.units else None,
+                pricing=priced.pricing,
             )
             results[index] = BatchResult(status=201, record=written[key])
     for index, priced in duplicates:

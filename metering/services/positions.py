@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from django.db import connection
 
@@ -76,7 +77,7 @@ class PositionKey:
     period: date
     test: bool
 
-    def params(self) -> dict[str, object]:
+    def params(self) -> dict[str, Any]:
         return {"org": self.organization_id, "service": self.service_id, "period": self.period, "test": self.test}
 
 

@@ -117,7 +117,7 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
     key = PositionKey(tenant.organization.pk, priced.service_id, period_of(now), tenant.is_test)
     if not tenant.is_test and not spend_cap_applies(tenant):
         seen = positions_seen.get(key) or position_ensure(key)
-        for _ in range(POSITION_GUESSES):
+        for guess in range(POSITION_GUESSES):
             priced = priced.at(position=seen.used, free_until=seen.free_until)
             try:
                 outcome = usage_debit_positional_in_one_statement(priced, tenant=tenant, now=now, key=key)
@@ -126,6 +126,7 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
             if isinstance(outcome, UsageRecord):
                 assert outcome.position is not None
                 positions_seen.set(key, Position(outcome.position + priced.units, priced.free_until))
+                metrics.POSITION_SETTLED.labels("retry" if guess else "first").inc()
                 return outcome
             seen = outcome or position_ensure(key)
             positions_seen.set(key, seen)
@@ -140,4 +141,5 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
         position_advance(key, units=priced.units)
         record = usage_insert(priced, tenant=tenant, now=now, posting=posting)
     positions_seen.set(key, Position(position.used + priced.units, position.free_until))
+    metrics.POSITION_SETTLED.labels("locked").inc()
     return record

@@ -385,6 +385,8 @@ class BatchRecord:
     request_hash: str
     metadata: dict[str, Any]
     created_at: datetime
+    position: int | None = None
+    pricing: dict[str, Any] | None = None
 
 
 def usage_insert_batch(

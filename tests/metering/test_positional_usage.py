@@ -1,6 +1,6 @@
 """Positional prices on the usage paths: each event priced at the position it took (docs/pricing.md)."""
 
-from decimal import Decimal as D
+from decimal import Decimal
 from fractions import Fraction
 
 import pytest
@@ -35,8 +35,8 @@ def test_tiered_requests_cost_their_tier_in_order(organization, live_client):
     for n in range(5):
         response = live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": f"k{n}"}, format="json")
         assert response.status_code == 201, response.json()
-        costs.append(D(response.json()["cost"]))
-    assert costs == [1, 1, 1, D("0.5"), D("0.5")]
+        costs.append(Decimal(response.json()["cost"]))
+    assert costs == [1, 1, 1, Decimal("0.5"), Decimal("0.5")]
     assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1, 2, 3, 4]
     assert UsagePosition.objects.get().used == 5
 
@@ -61,7 +61,7 @@ def test_a_tokens_event_spanning_tiers_is_split_input_first(organization, live_c
     assert response.status_code == 201, response.json()
     # 900 input in tier 1, then 100 output in tier 1 and 200 output in tier 2 (per 1M tokens)
     expected = (Fraction(900 * 2) + Fraction(100 * 8) + Fraction(200 * 4)) / 1_000_000
-    assert Fraction(D(response.json()["cost"])) == expected
+    assert Fraction(Decimal(response.json()["cost"])) == expected
 
 
 @pytest.mark.django_db(transaction=True)
@@ -79,10 +79,10 @@ def test_concurrent_events_never_share_a_position_and_total_the_sequential_oracl
     positions = list(UsageRecord.objects.values_list("position", flat=True))
     assert sorted(positions) == list(range(800))
     total = sum(UsageRecord.objects.values_list("cost", flat=True))
-    assert total == 300 * 1 + 500 * D("0.25")
+    assert total == 300 * 1 + 500 * Decimal("0.25")
     from payments.models import Wallet
 
-    assert Wallet.objects.get(organization=organization).balance == D(1000) - total
+    assert Wallet.objects.get(organization=organization).balance == Decimal(1000) - total
 
 
 @pytest.mark.django_db
@@ -105,11 +105,11 @@ def test_a_hold_reserves_the_dearest_tier_and_captures_at_its_position(organizat
     tiered_requests(tiers=[{"up_to": 1, "unit_price": "0.5"}, {"up_to": None, "unit_price": "2"}])
     response = live_client.post("/api/v1/holds/", {"service": "tiered-ping", "idempotency_key": "h"}, format="json")
     assert response.status_code == 201, response.json()
-    assert D(response.json()["amount"]) == 2
+    assert Decimal(response.json()["amount"]) == 2
     hold_id = response.json()["id"]
     response = live_client.post(f"/api/v1/holds/{hold_id}/capture/", {}, format="json")
     assert response.status_code == 201, response.json()
-    assert D(response.json()["usage"]["cost"]) == D("0.5")
+    assert Decimal(response.json()["usage"]["cost"]) == Decimal("0.5")
     assert UsageRecord.objects.get().position == 0
 
 
@@ -126,19 +126,19 @@ def test_the_volume_true_up_credits_the_difference_once_even_run_twice_concurren
     tiered_requests(model="volume")
     with recorded_at(datetime(2026, 10, 30, 12, tzinfo=UTC)):
         costs = [
-            D(live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": f"v{n}"}, format="json").json()["cost"])
+            Decimal(live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": f"v{n}"}, format="json").json()["cost"])
             for n in range(5)
         ]
-    assert costs == [1, 1, 1, D("0.5"), D("0.5")]  # each at the tier its running total reached
+    assert costs == [1, 1, 1, Decimal("0.5"), Decimal("0.5")]  # each at the tier its running total reached
     results = run_concurrently(2, lambda _: volume_true_ups_run(), reraise=True)
     assert sorted(results) == [0, 1]
     true_up = VolumeTrueUp.objects.get()
-    assert (true_up.charged, true_up.target) == (D(4), D("2.5"))  # 5 requests at the reached tier's $0.5
+    assert (true_up.charged, true_up.target) == (Decimal(4), Decimal("2.5"))  # 5 requests at the reached tier's $0.5
     transfer = Transfer.objects.get(reference__startswith="true-up:")
-    assert LedgerEntry.objects.get(transfer=transfer, account="wallet").amount == D("1.5")
+    assert LedgerEntry.objects.get(transfer=transfer, account="wallet").amount == Decimal("1.5")
     assert volume_true_ups_run() == 0
     wallet = Wallet.objects.get(organization=organization)
-    assert wallet.balance == D(100) - D("2.5")
+    assert wallet.balance == Decimal(100) - Decimal("2.5")
     assert wallet.balance == sum(
         LedgerEntry.objects.filter(organization=organization, account="wallet").values_list("amount", flat=True)
     )
@@ -152,15 +152,30 @@ def test_a_plans_included_units_are_free_first_then_the_price_applies(organizati
     from metering.services.positions import period_of, position_grant
 
     wallet_fund(organization, "10")
-    plan = Plan.objects.create(slug="starter", name="Starter", monthly_fee=D("5"))
+    plan = Plan.objects.create(slug="starter", name="Starter", monthly_fee=Decimal("5"))
     PlanAllowance.objects.create(plan=plan, service=catalogue["ping"], quantity=3)
     period = period_of(timezone.now())
     Subscription.objects.create(organization=organization, plan=plan, period=period)
     position_grant(organization_id=organization.pk, service_id=catalogue["ping"].pk, period=period, units=3)
     responses = [live_client.post(USAGE, {"service": "ping", "idempotency_key": f"p{n}"}, format="json") for n in range(5)]
     assert [r.status_code for r in responses] == [201] * 5
-    assert [D(r.json()["cost"]) for r in responses] == [0, 0, 0, D("0.001"), D("0.001")]
+    assert [Decimal(r.json()["cost"]) for r in responses] == [0, 0, 0, Decimal("0.001"), Decimal("0.001")]
     assert sorted(UsageRecord.objects.values_list("position", flat=True)) == [0, 1, 2, 3, 4]
     from payments.models import Wallet
 
-    assert Wallet.objects.get(organization=organization).balance == D("9.998")
+    assert Wallet.objects.get(organization=organization).balance == Decimal("9.998")
+
+
+@pytest.mark.django_db
+def test_the_usage_answer_shows_the_position_and_the_tiers_it_was_priced_with(organization, live_client):
+    wallet_fund(organization, "100")
+    tiered_requests()
+    live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": "first"}, format="json")
+    body = live_client.post(USAGE, {"service": "tiered-ping", "idempotency_key": "second"}, format="json").json()
+    assert body["position"] == 1
+    assert body["pricing"]["model"] == "tiered"
+    assert body["pricing"]["tiers"] == [{"up_to": 3, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}]
+    batch = live_client.post(
+        "/api/v1/usage/batch/", {"events": [{"service": "tiered-ping", "idempotency_key": "third"}]}, format="json"
+    ).json()
+    assert batch["results"][0]["usage"]["position"] == 2
