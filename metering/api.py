@@ -37,12 +37,13 @@ from billing_site.api.throttling import BatchEventRateThrottle, PrincipalRateThr
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError, InvalidRequest, NotFound, PermissionRefused
 from billing_site.money import MONEY_QUANTUM, money_str
-from metering import plan_catalog, selectors, services
+from metering import selectors, services
 from metering.calculators import ALL_QUANTITY_FIELDS, MAX_COUNT
 from metering.exports import EXPORT_CHUNK, EXPORT_FIRST_CHUNK, usage_csv_header, usage_csv_rows
 from metering.models import CalcMethod, Hold, Plan, Price, PriceModel, Service, UsageRecord
-from metering.plan_catalog import PriceSpec
 from metering.pricing import ALL_PRICE_FIELDS, prices_listed
+from metering.services import plans as plan_services
+from metering.services.catalog import PriceSpec
 from metering.services.usage_sql import BatchRecord
 
 USAGE_FIELDS = frozenset({"service", "idempotency_key", "metadata", *ALL_QUANTITY_FIELDS})
@@ -954,12 +955,17 @@ class PriceAdminApi(APIView):
         service = selectors.service_get(slug=values["service"])
         organization = account_selectors.organization_get(slug=values["organization"]) if values.get("organization") else None
         plan = selectors.plan_get(slug=values["plan"]) if values.get("plan") else None
-        price = plan_catalog.price_model_create(
+        spec = _price_spec(values)
+        price = services.price_create(
             service=service,
-            spec=_price_spec(values),
             organization_id=organization.pk if organization else None,
             plan_id=plan.pk if plan else None,
+            effective_from=spec.effective_from,
             created_by_id=request.user.pk,
+            model=spec.model,
+            tiers=spec.tiers,
+            package_size=spec.package_size,
+            **spec.fields,
         )
         return Response(staff_price_body(price), status=status.HTTP_201_CREATED)
 
@@ -1119,7 +1125,7 @@ class PlanAdminApi(_PlanStaffApi):
         data = PlanInput(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        change = plan_catalog.PlanChange(
+        change = plan_services.PlanChange(
             slug=values["slug"],
             name=values.get("name"),
             monthly_fee=values.get("monthly_fee"),
@@ -1128,7 +1134,7 @@ class PlanAdminApi(_PlanStaffApi):
             included=values.get("included", {}),
             prices={slug: _price_spec(spec) for slug, spec in values.get("prices", {}).items()},
         )
-        plan, created = plan_catalog.plan_save(change=change, created_by_id=request.user.pk)
+        plan, created = plan_services.plan_save(change=change, created_by_id=request.user.pk)
         answer = _plans_answer([selectors.plan_get(slug=plan.slug)])[0]
         return Response(answer, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -4,12 +4,16 @@
 - `usage`: one event, debited on the hot path in one statement
 - `batch`: many events under one wallet lock
 - `holds`: reserve, capture, release, expire
-- `catalog`: services and price rows (staff)
+- `catalog`: services and price rows of every model (staff)
+- `plans`: plans, what they include, their prices (staff)
+- `subscriptions`: choosing a plan, renewals, fees and their collection
+- `positions`: an organization's usage of a service this month, which positional prices price at
+- `true_up`: the volume true-up of a closed month
 - `usage_sql`: the SQL that writes usage records, rollups and key spend, from one column list
 """
 
 from metering.services.batch import BatchResult, usage_record_batch
-from metering.services.catalog import price_create, price_fields_check, service_create
+from metering.services.catalog import price_create, service_create
 from metering.services.events import (
     RESERVED_KEY_PREFIX,
     SpendCapExceeded,
@@ -44,7 +48,6 @@ __all__ = [
     "hold_release",
     "holds_expire",
     "price_create",
-    "price_fields_check",
     "service_create",
     "usage_record",
     "usage_record_batch",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from billing_site.errors import InvalidRequest
 from metering.models import Price, PriceModel, Service
-from metering.pricing import PriceInvalid, optional_price_fields, price_fields, price_validate
+from metering.pricing import PriceInvalid, price_validate
 
 
 def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
@@ -23,24 +24,43 @@ def service_create(*, slug: str, name: str, calc_method: str, active: bool = Tru
     return service
 
 
-def price_fields_check(*, calc_method: str, given: dict[str, Decimal | None]) -> None:
-    """A price row gives every field its service's method needs, and only fields the method uses (a
-    TOKENS row may add `cached_input_price`) (docs/contract.md §3): the staff API and the back office
-    both apply this. InvalidRequest names each missing or foreign field."""
-    needed = set(price_fields(calc_method))
-    allowed = needed | set(optional_price_fields(calc_method))
-    missing = sorted(name for name in needed if given.get(name) is None)
-    foreign = sorted(name for name, value in given.items() if value is not None and name not in allowed)
-    if missing or foreign:
-        optional = optional_price_fields(calc_method)
-        raise InvalidRequest(
-            f"A {calc_method} price takes {', '.join(sorted(needed))}"
-            + (f" (optionally {', '.join(optional)})." if optional else "."),
-            details={
-                **{n: ["This field is required."] for n in missing},
-                **{n: ["Does not apply to this method."] for n in foreign},
-            },
-        )
+@dataclass(frozen=True)
+class PriceSpec:
+    """A price as staff send it: the method's price fields (per_unit, package) or tiers (tiered, volume)."""
+
+    model: str = PriceModel.PER_UNIT
+    fields: dict[str, Any] = field(default_factory=dict)
+    tiers: Any = None
+    package_size: Any = None
+    effective_from: datetime | None = None
+
+
+def price_refusal(error: PriceInvalid, *, prefix: str = "") -> InvalidRequest:
+    """A PriceInvalid as the API's 400, its messages under the fields they are about."""
+    return InvalidRequest(
+        f"The price is invalid: {error}", details={f"{prefix}{name}": list(messages) for name, messages in error.errors.items()}
+    )
+
+
+def price_row_build(
+    *, service: Service, spec: PriceSpec, organization_id: int | None, plan_id: int | None, created_by_id: int | None
+) -> Price:
+    """The unsaved row for `spec`, checked by the one price rule (`pricing.price_validate`, docs/pricing.md);
+    PriceInvalid when it does not fit the service's method or its model."""
+    prices, tiers, package_size = price_validate(
+        method=service.calc_method, model=spec.model, fields=spec.fields, tiers=spec.tiers, package_size=spec.package_size
+    )
+    return Price(
+        service=service,
+        organization_id=organization_id,
+        plan_id=plan_id,
+        effective_from=spec.effective_from or timezone.now(),
+        model=spec.model,
+        tiers=tiers,
+        package_size=package_size,
+        created_by_id=created_by_id,
+        **prices,
+    )
 
 
 def price_create(
@@ -58,36 +78,32 @@ def price_create(
     package_size: Any = None,
     plan_id: int | None = None,
 ) -> Price:
-    """A new price row (rates are never edited in place), for everyone, one organization or one plan's
-    subscribers. Checked by the one price rule (`pricing.price_validate`, docs/pricing.md); InvalidRequest
-    names each fault."""
+    """A new price row of any model (rates are never edited in place): for everyone, one organization,
+    or one plan's subscribers (never both). InvalidRequest names each field that does not fit."""
+    if organization_id is not None and plan_id is not None:
+        raise InvalidRequest(
+            "A price is for one organization or for one plan, not both.",
+            details={"plan": ["Leave it empty for an organization's price."]},
+        )
     given = {
         "input_price": input_price,
         "output_price": output_price,
         "cached_input_price": cached_input_price,
         "unit_price": unit_price,
     }
-    if organization_id is not None and plan_id is not None:
-        raise InvalidRequest("A price is for one organization or for one plan, not both.", details={"plan": ["Not both."]})
-    if model == PriceModel.PER_UNIT and tiers is None and package_size is None:
-        price_fields_check(calc_method=service.calc_method, given=given)
+    spec = PriceSpec(
+        model=model,
+        fields={name: value for name, value in given.items() if value is not None},
+        tiers=tiers,
+        package_size=package_size,
+        effective_from=effective_from,
+    )
     try:
-        fields, stored_tiers, size = price_validate(
-            method=service.calc_method, model=model, fields=given, tiers=tiers, package_size=package_size
+        price = price_row_build(
+            service=service, spec=spec, organization_id=organization_id, plan_id=plan_id, created_by_id=created_by_id
         )
     except PriceInvalid as error:
-        raise InvalidRequest(f"This price is not valid: {error}", details=error.errors) from None
-    price = Price(
-        service=service,
-        organization_id=organization_id,
-        plan_id=plan_id,
-        effective_from=effective_from or timezone.now(),
-        created_by_id=created_by_id,
-        model=model,
-        tiers=stored_tiers,
-        package_size=size,
-        **fields,
-    )
+        raise price_refusal(error) from None
     price.full_clean()
     price.save()
     return price

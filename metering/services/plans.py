@@ -1,89 +1,17 @@
-"""Staff writes for the catalogue's price models and plans: a price of any model (per_unit, tiered,
-volume, package) for everyone, one organization or one plan's subscribers, and plans with the
-quantities they include. Every price is checked by `metering.pricing.price_validate` (one rule, one
-place) and is a new row: rates are never edited in place (a database trigger refuses it).
-
-(These are services; they live beside `metering/services/catalog.py` rather than in it only because
-that package was outside this change's reach.)
-"""
+"""Staff writes for plans: a plan, the quantities it includes each month, and its own prices (new
+price rows, checked by the one price rule and never edited; docs/pricing.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from billing_site.errors import InvalidRequest
-from metering.models import Plan, PlanAllowance, Price, PriceModel, Service
-from metering.pricing import PriceInvalid, price_validate
-
-
-def _refused(error: PriceInvalid, *, prefix: str = "") -> InvalidRequest:
-    """A PriceInvalid as the API's 400, its messages under the fields they are about."""
-    return InvalidRequest(
-        f"The price is invalid: {error}", details={f"{prefix}{name}": list(messages) for name, messages in error.errors.items()}
-    )
-
-
-@dataclass(frozen=True)
-class PriceSpec:
-    """A price as staff send it: the method's price fields (per_unit, package) or tiers (tiered, volume)."""
-
-    model: str = PriceModel.PER_UNIT
-    fields: dict[str, Any] = field(default_factory=dict)
-    tiers: Any = None
-    package_size: Any = None
-    effective_from: datetime | None = None
-
-
-def _price_row(
-    *, service: Service, spec: PriceSpec, organization_id: int | None, plan_id: int | None, created_by_id: int | None
-) -> Price:
-    """The unsaved row for `spec`; PriceInvalid when it does not fit the service's method or its model."""
-    prices, tiers, package_size = price_validate(
-        method=service.calc_method, model=spec.model, fields=spec.fields, tiers=spec.tiers, package_size=spec.package_size
-    )
-    return Price(
-        service=service,
-        organization_id=organization_id,
-        plan_id=plan_id,
-        effective_from=spec.effective_from or timezone.now(),
-        model=spec.model,
-        tiers=tiers,
-        package_size=package_size,
-        created_by_id=created_by_id,
-        **prices,
-    )
-
-
-def price_model_create(
-    *,
-    service: Service,
-    spec: PriceSpec,
-    organization_id: int | None = None,
-    plan_id: int | None = None,
-    created_by_id: int | None = None,
-) -> Price:
-    """A new price row of any model: general, for one organization, or for one plan (never both).
-    InvalidRequest names each field that does not fit (docs/contract.md §3)."""
-    if organization_id is not None and plan_id is not None:
-        raise InvalidRequest(
-            "A price is for one organization or for one plan, not both.",
-            details={"plan": ["Leave it empty for an organization's price."]},
-        )
-    try:
-        price = _price_row(
-            service=service, spec=spec, organization_id=organization_id, plan_id=plan_id, created_by_id=created_by_id
-        )
-    except PriceInvalid as error:
-        raise _refused(error) from None
-    price.full_clean()
-    price.save()
-    return price
+from metering.models import Plan, PlanAllowance, Price, Service
+from metering.pricing import PriceInvalid
+from metering.services.catalog import PriceSpec, price_refusal, price_row_build
 
 
 @dataclass(frozen=True)
@@ -117,10 +45,12 @@ def plan_save(*, change: PlanChange, created_by_id: int | None) -> tuple[Plan, b
             continue
         try:
             rows.append(
-                _price_row(service=services[slug], spec=spec, organization_id=None, plan_id=None, created_by_id=created_by_id)
+                price_row_build(
+                    service=services[slug], spec=spec, organization_id=None, plan_id=None, created_by_id=created_by_id
+                )
             )
         except PriceInvalid as error:
-            errors.update(_refused(error, prefix=f"prices.{slug}.").details)
+            errors.update(price_refusal(error, prefix=f"prices.{slug}.").details)
     if errors:
         raise InvalidRequest(
             "The plan is invalid: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), details=errors
