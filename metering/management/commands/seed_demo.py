@@ -15,7 +15,9 @@ from django.db import connection, transaction
 from accounts import services as account_services
 from accounts.models import ApiKey, ApiKeyMode, Organization, Role, User
 from metering import services as metering_services
-from metering.models import CalcMethod, Price, Service
+from metering.models import CalcMethod, Plan, Price, Service
+from metering.services.catalog import PriceSpec
+from metering.services.plans import PlanChange, plan_save
 from payments.ledger import wallet_adjust
 from payments.models import LedgerEntry, Wallet
 
@@ -26,7 +28,7 @@ PRICES_FROM = datetime(2025, 1, 1, tzinfo=UTC)
 
 # (slug, name, calc_method, prices) — units per docs/contract.md §3: tokens (cached input tokens too) per 1M,
 # characters and words per 1K, images per 512×512 tile, requests per request.
-SERVICES: tuple[tuple[str, str, str, dict[str, Decimal]], ...] = (
+SERVICES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     (
         "gpt-4o",
         "GPT-4o",
@@ -43,6 +45,42 @@ SERVICES: tuple[tuple[str, str, str, dict[str, Decimal]], ...] = (
     ("summarize-words", "Summarization", CalcMethod.WORD_COUNT, {"unit_price": Decimal("0.040")}),
     ("dall-e-3", "DALL·E 3", CalcMethod.IMAGE_RESOLUTION, {"unit_price": Decimal("0.010")}),
     ("moderation", "Moderation", CalcMethod.REQUEST, {"unit_price": Decimal("0.0005")}),
+    (
+        "text-embedding-3-small",
+        "Embeddings (tiered)",
+        CalcMethod.TOKENS,
+        {
+            "model": "tiered",
+            "tiers": [
+                {"up_to": 10_000_000, "input_price": "0.02", "output_price": "0"},
+                {"up_to": None, "input_price": "0.01", "output_price": "0"},
+            ],
+        },
+    ),
+)
+
+# Two plans a customer may choose on the dashboard's Plan page (docs/pricing.md, Plans).
+PLANS = (
+    PlanChange(
+        slug="starter",
+        name="Starter",
+        monthly_fee=Decimal("20"),
+        description="5M GPT-4o mini tokens and 10,000 moderation requests included each month.",
+        included={"gpt-4o-mini": 5_000_000, "moderation": 10_000},
+    ),
+    PlanChange(
+        slug="pro",
+        name="Pro",
+        monthly_fee=Decimal("99"),
+        description="50M GPT-4o mini tokens and 500 image tiles included, and GPT-4o at a lower rate.",
+        included={"gpt-4o-mini": 50_000_000, "dall-e-3": 500},
+        prices={
+            "gpt-4o": PriceSpec(
+                fields={"input_price": Decimal("2.00"), "output_price": Decimal("8.00"), "cached_input_price": Decimal("1.00")},
+                effective_from=PRICES_FROM,
+            )
+        },
+    ),
 )
 
 # Serializes concurrent seeds (two `make run`s at once) for the whole command, across its transactions.
@@ -71,6 +109,9 @@ class Command(BaseCommand):
                 name=ORGANIZATION_NAME, memberships__user=owner, memberships__role=Role.OWNER
             ).first() or account_services.organization_create(name=ORGANIZATION_NAME, owner=owner)
             new_services = _services(created_by=admin)
+            for plan in PLANS:
+                if not Plan.objects.filter(slug=plan.slug).exists():
+                    plan_save(change=plan, created_by_id=admin.pk)
         # The gateway's sandbox upstream and routes for the demo services: by the command's name, since
         # the gateway app is a higher floor than this one.
         gateway_output = io.StringIO()
