@@ -344,8 +344,8 @@ class SubscriptionChargeKind(models.TextChoices):
 
 
 class SubscriptionCharge(models.Model):
-    """One fee (or credit) of a subscription; unique per (subscription, period, kind, plan), so a task
-    or request that runs twice charges once."""
+    """One fee (or credit) of a subscription. A period's fee and a start fee are unique per
+    (subscription, period, kind, plan), so a task or request that runs twice charges once."""
 
     subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="charges")
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+", db_index=False)
@@ -353,12 +353,19 @@ class SubscriptionCharge(models.Model):
     period = models.DateField()
     kind = models.CharField(max_length=16, choices=SubscriptionChargeKind.choices)
     amount = MoneyField(help_text="Positive: charged to the wallet; negative: credited.")
+    monthly_fee = MoneyField(default=0, help_text="The plan's monthly fee the amount was computed from.")
     transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["subscription", "period", "kind", "plan"], name="subscription_charge_once"),
+            # A period's fee once, however often renewal runs; upgrades are the customer's own acts,
+            # serialized on the subscription's lock, and may go A → B → A → B in a month when staff move fees.
+            models.UniqueConstraint(
+                fields=["subscription", "period", "kind", "plan"],
+                condition=Q(kind__in=["period_fee", "start_fee"]),
+                name="subscription_charge_once",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -438,12 +438,13 @@ def pricing_kept(prices: UnitPrices, *, free_until: int) -> dict[str, Any]:
     return kept
 
 
-def volume_target(method: str, period_units: dict[str, int], prices: UnitPrices, *, total: int) -> Decimal:
+def volume_target(method: str, period_units: dict[str, int], prices: UnitPrices, *, total: int, flat_fee: bool = True) -> Decimal:
     """What a closed period's chargeable units cost at the volume price of the period's `total`
-    quantity (its reached tier's rates and flat fee), exactly, before rounding. `period_units` maps
-    each price field to the chargeable units of the period's events priced with `prices`."""
+    quantity (its reached tier's rates, and its flat fee unless not `flat_fee`), exactly, before
+    rounding. `period_units` maps each price field to the chargeable units of the period's events
+    priced with `prices`."""
     tier = _volume_tier(prices.tiers, total)
-    amount = tier.flat_fee if total > 0 else ZERO
+    amount = tier.flat_fee if total > 0 and flat_fee else ZERO
     for _, name, per in PRICE_COMPONENTS[method]:
         count = period_units.get(name, 0)
         if count:

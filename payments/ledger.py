@@ -521,8 +521,7 @@ def usage_charge_batch(
 ) -> list[Posting | Refusal]:
     """Charge `costs` in order under one wallet lock, each only if it fits the wallet and the
     optional `budget` on the total, as if they came one by one; a Refusal where it does not. With a
-    `pricer`, each event's cost is asked of it in order instead (`costs` gives only how many there are
-    and their first estimate, which sizes a rebalance).
+    `pricer`, each event's cost is asked of it in order instead (`costs` gives only how many there are).
 
     What is charged posts as ONE usage transfer (wallet → revenue, the sum): the batch's events share
     its id, and each event's Posting carries the running balance after it, which its usage record
@@ -541,7 +540,8 @@ def usage_charge_batch(
         # The wallet row alone cannot pay all of it: gather the stripes' money and decide again, as the
         # whole wallet would. (When the row alone pays everything, so would the whole wallet: stripes
         # are never negative. Rebalancing then would only lock every stripe and post a leg each.)
-        wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(costs, ZERO))
+        # What the events cost as first decided (a pricer's costs may differ from the estimates in `costs`).
+        wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(charged, ZERO))
         outcomes, charged, total, balance = _batch_decide(pricer, len(costs), wallet=wallet, budget=budget)
         rebalanced = True
     transfer_id = None

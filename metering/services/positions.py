@@ -59,6 +59,11 @@ ON CONFLICT (organization_id, service_id, period, test) DO UPDATE
    SET free_until = GREATEST(p.free_until, p.used) + %(units)s
 RETURNING used, free_until
 """
+# Free units taken back (an upgrade refunds the rest of the old plan): never below what is used already.
+_POSITION_REDUCE_SQL = """
+UPDATE metering_usageposition SET free_until = GREATEST(used, free_until - %(units)s)
+ WHERE organization_id = %(org)s AND service_id = %(service)s AND period = %(period)s AND NOT test AND free_until > used
+"""
 _POSITION_REVOKE_SQL = """
 UPDATE metering_usageposition SET free_until = LEAST(free_until, used)
  WHERE organization_id = %(org)s AND period = %(period)s AND NOT test AND free_until > used
@@ -127,6 +132,14 @@ def position_grant(*, organization_id: int, service_id: int, period: date, units
         used, free_until = cursor.fetchone()
     positions_seen.forget(organization_id)
     return Position(used, free_until)
+
+
+def position_reduce(*, organization_id: int, service_id: int, period: date, units: int) -> None:
+    """Take back up to `units` of the free units left of the service this period (never the ones used).
+    Live usage only; inside the caller's transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute(_POSITION_REDUCE_SQL, {"org": organization_id, "service": service_id, "period": period, "units": units})
+    positions_seen.forget(organization_id)
 
 
 def positions_revoke(*, organization_id: int, period: date) -> None:

@@ -27,7 +27,7 @@ from billing_site import locks
 from billing_site.errors import NotFound
 from billing_site.money import EXACT, MONEY_PLACES, MONEY_QUANTUM, ZERO, money_str
 from metering.models import Plan, PlanAllowance, Subscription, SubscriptionCharge, SubscriptionChargeKind, SubscriptionStatus
-from metering.services.positions import period_of, position_grant
+from metering.services.positions import period_of, position_grant, position_reduce
 from payments import ledger
 
 logger = logging.getLogger(__name__)
@@ -188,9 +188,18 @@ def _upgrade(subscription: Subscription, *, plan: Plan, now: datetime) -> None:
     if subscription.status != SubscriptionStatus.ACTIVE:
         raise SubscriptionPastDue()
     old, fraction = subscription.plan, fraction_left(now)
-    _grant(subscription, plan=plan, fraction=fraction)  # positions before the wallet
-    # The credit posts first, so the fee's overdraft check sees it: the wallet must pay the difference.
-    _charge(subscription, plan=old, kind=SubscriptionChargeKind.UPGRADE_CREDIT, amount=-prorated_money(old.monthly_fee, fraction))
+    # The old plan's rest of the month is refunded, so its included units for it go too (the used ones
+    # stay used); then the new plan's pro rata. Positions before the wallet.
+    _grant(subscription, plan=old, fraction=fraction, take_back=True)
+    _grant(subscription, plan=plan, fraction=fraction)
+    # The credit is what the old plan was charged at this period (staff may have changed its fee since),
+    # and posts first, so the fee's overdraft check sees it: the wallet must pay the difference.
+    _charge(
+        subscription,
+        plan=old,
+        kind=SubscriptionChargeKind.UPGRADE_CREDIT,
+        amount=-prorated_money(_paid_rate(subscription, old), fraction),
+    )
     _charge(subscription, plan=plan, kind=SubscriptionChargeKind.UPGRADE_FEE, amount=prorated_money(plan.monthly_fee, fraction))
     subscription.plan = plan
     subscription.next_plan = None
@@ -198,17 +207,31 @@ def _upgrade(subscription: Subscription, *, plan: Plan, now: datetime) -> None:
     subscription.save(update_fields=["plan", "next_plan", "cancel_at_period_end"])
 
 
-def _grant(subscription: Subscription, *, plan: Plan, fraction: Fraction) -> None:
-    """Make the plan's included quantities × fraction free for the rest of the subscription's period."""
+def _grant(subscription: Subscription, *, plan: Plan, fraction: Fraction, take_back: bool = False) -> None:
+    """Make the plan's included quantities × fraction free for the rest of the subscription's period (or,
+    `take_back`, no longer free, as far as they are left)."""
     for allowance in PlanAllowance.objects.filter(plan=plan, quantity__gt=0).order_by("service_id"):
         units = prorated_units(allowance.quantity, fraction)
         if units:
-            position_grant(
+            (position_reduce if take_back else position_grant)(
                 organization_id=subscription.organization_id,
                 service_id=allowance.service_id,
                 period=subscription.period,
                 units=units,
             )
+
+
+_FEE_KINDS = (SubscriptionChargeKind.PERIOD_FEE, SubscriptionChargeKind.START_FEE, SubscriptionChargeKind.UPGRADE_FEE)
+
+
+def _paid_rate(subscription: Subscription, plan: Plan) -> Decimal:
+    """The monthly fee the subscription's current plan was charged at this period (0: it was not charged)."""
+    paid = (
+        SubscriptionCharge.objects.filter(subscription=subscription, period=subscription.period, plan=plan, kind__in=_FEE_KINDS)
+        .order_by("-id")
+        .first()
+    )
+    return ZERO if paid is None else paid.monthly_fee
 
 
 def _charge(subscription: Subscription, *, plan: Plan, kind: SubscriptionChargeKind, amount: Decimal) -> SubscriptionCharge:
@@ -230,6 +253,7 @@ def _charge(subscription: Subscription, *, plan: Plan, kind: SubscriptionChargeK
         period=subscription.period,
         kind=kind,
         amount=amount,
+        monthly_fee=plan.monthly_fee,
         transfer_id=transfer_id,
     )
 

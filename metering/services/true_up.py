@@ -52,9 +52,10 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
     charged = ZERO
     units: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     prices = {}
-    for record in records.iterator():
+    latest_price_id = None
+    for record in records.order_by("created_at", "id").iterator():
         assert record.pricing is not None and record.position is not None
-        price_id = record.pricing["price_id"]
+        price_id = latest_price_id = record.pricing["price_id"]
         if price_id not in prices:
             prices[price_id] = unit_prices_from_row(_KeptPrice(record.pricing), service.calc_method)
         quantities = Quantities(record.quantity, record.input_tokens, record.output_tokens, record.cached_input_tokens)
@@ -63,9 +64,12 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
         ).items():
             units[price_id][name] += count
         charged += record.cost
+    # A tier's flat fee is paid once a period: the reached tier's of the price the period ended with.
     target = ZERO
     for price_id, per_field in units.items():
-        target = EXACT.add(target, volume_target(service.calc_method, per_field, prices[price_id], total=position.used))
+        last = price_id == latest_price_id
+        amount = volume_target(service.calc_method, per_field, prices[price_id], total=position.used, flat_fee=last)
+        target = EXACT.add(target, amount)
     target = money_round(target)
     difference = target - charged
     try:
