@@ -28,6 +28,7 @@ def _staff(group: str, email: str):
     from django.apps import apps
 
     importlib.import_module("metering.migrations.0004_staff_groups_payments").extend_groups(apps, None)
+    importlib.import_module("metering.migrations.0012_staff_groups_plans").extend_groups(apps, None)
     user = UserFactory(email=email, is_staff=True, name=group)
     user.groups.add(Group.objects.get(name=group))
     return user
