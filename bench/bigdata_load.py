@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 SLUG_PREFIX = "bench-bigdata-"
 LARGE_SLUG = "bench-bigdata-large"
@@ -121,7 +122,7 @@ def ensure_fixtures(*, small_organizations: int, quiet: bool = False) -> Fixture
                 organization_id=None,
                 effective_from=datetime(2000, 1, 1, tzinfo=UTC),
                 created_by_id=staff.pk,
-                **prices,
+                **dict[str, Any](prices),
             )
 
     wanted = [LARGE_SLUG, *(SMALL_SLUG.format(i) for i in range(small_organizations))]

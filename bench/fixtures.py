@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,232 @@ def verify_organizations(orgs: list[int]) -> dict[str, Any]:
         "ledger_entries": entries,
         "usage_records": records,
     }
+
+
+# --- Positional prices: a tiered service and a plan's allowance (docs/performance.md, "Pricing models") ---------
+
+TIERED_SLUG = "bench-tiered"
+PLAN_SERVICE_SLUG = "bench-plan-request"
+PLAN_SLUG = "bench-plan"
+# Each tier cheaper than the one before, around the per-unit price (UNIT_PRICE), so funding lasts as long.
+TIER_RATES = ("0.000002", "0.0000015", "0.000001", "0.0000008", "0.0000005")
+PLAN_ALLOWANCE = 1_000_000  # the plan's nominal monthly quantity; the bench grants each cell's free units itself
+
+
+@dataclass(frozen=True)
+class PositionalData:
+    tiered_slug: str
+    tiered_service_id: int
+    plan_service_slug: str
+    plan_service_id: int
+    plan_id: int
+    owner_id: int
+
+
+def ensure_positional(data: BenchData) -> PositionalData:
+    """The tiered service (a general tiered price; each cell lays out its own tiers, see
+    `tiered_layout`) and the plan's service (a general per-unit price of UNIT_PRICE, included in the
+    plan `bench-plan`), with every bench organization subscribed to that plan (active, this month).
+    Made through the catalogue's services and the models (not the subscriptions services)."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from accounts.models import User
+    from metering import selectors
+    from metering.models import CalcMethod, Plan, PlanAllowance, Price, Service, Subscription, SubscriptionStatus
+    from metering.services import price_create, service_create
+    from metering.services.positions import period_of
+
+    owner = User.objects.get(email=OWNER_EMAIL)
+    tiered = Service.objects.filter(slug=TIERED_SLUG).first() or service_create(
+        slug=TIERED_SLUG, name="Bench request, tiered", calc_method=CalcMethod.REQUEST
+    )
+    if not Price.objects.filter(service=tiered, organization__isnull=True, plan__isnull=True).exists():
+        tiered_price_create(tiered.pk, boundaries=[1000 * (k + 1) for k in range(len(TIER_RATES) - 1)], owner_id=owner.pk)
+    plan_service = Service.objects.filter(slug=PLAN_SERVICE_SLUG).first() or service_create(
+        slug=PLAN_SERVICE_SLUG, name="Bench request, in a plan", calc_method=CalcMethod.REQUEST
+    )
+    if not Price.objects.filter(service=plan_service, organization__isnull=True, plan__isnull=True).exists():
+        price_create(
+            service=plan_service, organization_id=None, effective_from=None, created_by_id=owner.pk, unit_price=UNIT_PRICE
+        )
+    period = period_of(timezone.now())
+    # Subscriptions and allowances are not among the models whose saves invalidate the price cache on
+    # this branch: the writes are wrapped so every process prices the plan's service anew.
+    with transaction.atomic(), selectors.PRICED_SERVICES.invalidating():
+        plan, _ = Plan.objects.get_or_create(
+            slug=PLAN_SLUG, defaults={"name": "Bench plan", "monthly_fee": Decimal(0), "public": False}
+        )
+        PlanAllowance.objects.update_or_create(plan=plan, service=plan_service, defaults={"quantity": PLAN_ALLOWANCE})
+        orgs = data.organization_ids
+        current = dict(
+            Subscription.objects.filter(organization_id__in=orgs)
+            .exclude(status=SubscriptionStatus.CANCELED)
+            .values_list("organization_id", "plan_id")
+        )
+        foreign = [org for org, plan_id in current.items() if plan_id != plan.pk]
+        if foreign:
+            raise SystemExit(f"bench: {len(foreign)} bench organizations are subscribed to another plan than {PLAN_SLUG}")
+        Subscription.objects.filter(organization_id__in=orgs, plan=plan).exclude(status=SubscriptionStatus.CANCELED).exclude(
+            status=SubscriptionStatus.ACTIVE, period=period
+        ).update(status=SubscriptionStatus.ACTIVE, period=period)
+        Subscription.objects.bulk_create(
+            [
+                Subscription(organization_id=org, plan=plan, status=SubscriptionStatus.ACTIVE, period=period)
+                for org in orgs
+                if org not in current
+            ]
+        )
+    return PositionalData(
+        tiered_slug=TIERED_SLUG,
+        tiered_service_id=tiered.pk,
+        plan_service_slug=PLAN_SERVICE_SLUG,
+        plan_service_id=plan_service.pk,
+        plan_id=plan.pk,
+        owner_id=owner.pk,
+    )
+
+
+def tiered_price_create(service_id: int, *, boundaries: list[int], owner_id: int) -> int:
+    """A new general tiered price for the service, its tiers ending at `boundaries` (ascending, one
+    fewer than TIER_RATES) and at TIER_RATES; answers its id. Staff's new price row, as the back office
+    makes it: it takes effect now and every process prices with it from its next request."""
+    from metering.models import PriceModel, Service
+    from metering.services import price_create
+
+    ends: list[int | None] = [*boundaries, None]
+    price = price_create(
+        service=Service.objects.get(pk=service_id),
+        organization_id=None,
+        effective_from=None,
+        created_by_id=owner_id,
+        model=PriceModel.TIERED,
+        tiers=[{"up_to": end, "unit_price": rate} for end, rate in zip(ends, TIER_RATES, strict=True)],
+    )
+    return price.pk
+
+
+def positions_read(service_id: int, organization_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """organization → (used, free_until) of its live position for the service this period (absent: none yet)."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from metering.services.positions import period_of
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT organization_id, used, free_until FROM metering_usageposition"
+            " WHERE service_id = %s AND period = %s AND NOT test AND organization_id = ANY(%s)",
+            [service_id, period_of(timezone.now()), organization_ids],
+        )
+        return {org: (used, free_until) for org, used, free_until in cursor.fetchall()}
+
+
+def plan_grant(service_id: int, units: dict[int, int]) -> None:
+    """Each organization's free units of the service end now, then its next `units[organization]` are
+    free: a measured window starts with exactly those free units."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from metering.services.positions import period_of, position_grant, positions_revoke
+
+    period = period_of(timezone.now())
+    with transaction.atomic():
+        for org, count in units.items():
+            positions_revoke(organization_id=org, period=period)
+            position_grant(organization_id=org, service_id=service_id, period=period, units=count)
+
+
+def _round_money(value: Fraction) -> Decimal:
+    """Half-even to the money scale, computed on the Fraction (the oracle does not use the app's rounding)."""
+    return Decimal(round(value * 10**12)).scaleb(-12)
+
+
+def _tiered_oracle(tiers: list[dict[str, Any]], start: int, units: int) -> Fraction:
+    total, low = Fraction(0), 0
+    for tier in tiers:
+        high = tier["up_to"]
+        top = start + units if high is None else min(start + units, high)
+        total += max(0, top - max(start, low)) * Fraction(tier["unit_price"])
+        low = high if high is not None else low
+    return total
+
+
+def verify_positional(pos: PositionalData, organization_ids: list[int]) -> list[dict[str, Any]]:
+    """The positional services' own checks on the bench organizations, as {name, violations, ...}:
+    positions are unique and gapless and end at the position row; each tiered record costs what an
+    exact Fraction oracle gives for the positions it took, under the tiers of its price row (read from
+    metering_price, not from the record); each record of the plan's service costs the per-unit price
+    of its units past the free ones."""
+    from django.db import connection
+
+    checks = []
+    with connection.cursor() as cursor:
+        for label, service_id in (("tiered", pos.tiered_service_id), ("plan", pos.plan_service_id)):
+            cursor.execute(
+                """SELECT count(*) FILTER (WHERE r.position IS NULL OR r.position <> r.expected), count(*)
+                     FROM (SELECT u.position, COALESCE(lag(u.position + u.quantity) OVER w, p.used - sum(u.quantity) OVER all_)
+                                  AS expected
+                             FROM metering_usagerecord u
+                             JOIN metering_usageposition p ON p.organization_id = u.organization_id AND p.service_id = u.service_id
+                                  AND p.period = date_trunc('month', u.created_at AT TIME ZONE 'UTC')::date AND NOT p.test
+                            WHERE u.service_id = %(service)s AND u.organization_id = ANY(%(orgs)s) AND NOT u.test
+                           WINDOW w AS (PARTITION BY u.organization_id, p.period ORDER BY u.position),
+                                  all_ AS (PARTITION BY u.organization_id, p.period)) r""",
+                {"service": service_id, "orgs": organization_ids},
+            )
+            wrong, records = cursor.fetchone()
+            checks.append(
+                {
+                    "name": f"{label}: each record's position follows the one before, no gap, no overlap, up to the position row",
+                    "violations": wrong,
+                    "records": records,
+                }
+            )
+        cursor.execute(
+            """SELECT u.position, u.quantity, u.cost, p.tiers::text
+                 FROM metering_usagerecord u JOIN metering_price p ON p.id = (u.pricing->>'price_id')::bigint
+                WHERE u.service_id = %(service)s AND u.organization_id = ANY(%(orgs)s) AND NOT u.test""",
+            {"service": pos.tiered_service_id, "orgs": organization_ids},
+        )
+        tier_rows: dict[str, list[dict[str, Any]]] = {}
+        wrong = charged = 0
+        total, oracle = Decimal(0), Decimal(0)
+        for position, quantity, cost, tiers_text in cursor.fetchall():
+            tiers = tier_rows.setdefault(tiers_text, json.loads(tiers_text))
+            expected = _round_money(_tiered_oracle(tiers, position, quantity))
+            wrong += cost != expected
+            charged += 1
+            total += cost
+            oracle += expected
+        checks.append(
+            {
+                "name": "tiered: each record's cost == the Fraction oracle at its positions, under its price row's tiers",
+                "violations": wrong,
+                "records": charged,
+                "charged": str(total),
+                "oracle": str(oracle),
+            }
+        )
+        cursor.execute(
+            """SELECT u.position, u.quantity, u.cost, (u.pricing->>'free_until')::bigint, p.unit_price
+                 FROM metering_usagerecord u JOIN metering_price p ON p.id = (u.pricing->>'price_id')::bigint
+                WHERE u.service_id = %(service)s AND u.organization_id = ANY(%(orgs)s) AND NOT u.test""",
+            {"service": pos.plan_service_id, "orgs": organization_ids},
+        )
+        wrong = records = free = 0
+        for position, quantity, cost, free_until, unit_price in cursor.fetchall():
+            chargeable = max(0, position + quantity - max(position, free_until))
+            expected = _round_money(chargeable * Fraction(unit_price))
+            wrong += cost != expected
+            records += 1
+            free += chargeable == 0
+        checks.append(
+            {
+                "name": "plan: each record costs the per-unit price of its units past the free ones (Fraction oracle)",
+                "violations": wrong,
+                "records": records,
+                "free": free,
+            }
+        )
+    return checks

@@ -166,7 +166,18 @@ def profile_endpoint(*, name: str, path: str, body, secret: str, requests: int, 
     }
 
 
-def profile_all(*, data: BenchData, requests: int, batch_requests: int, batch_size: int, run_id: str, out_prefix: Path) -> dict:
+def profile_all(
+    *,
+    data: BenchData,
+    requests: int,
+    batch_requests: int,
+    batch_size: int,
+    run_id: str,
+    out_prefix: Path,
+    services: dict[str, str] | None = None,
+) -> dict:
+    """POST usage/ on the bench's per-unit service, then on each of `services` (name → slug: the
+    positional cases' services), then usage/batch/."""
     out = {}
     out["usage"] = profile_endpoint(
         name="POST /api/v1/usage/ (hot wallet)",
@@ -176,6 +187,15 @@ def profile_all(*, data: BenchData, requests: int, batch_requests: int, batch_si
         body=lambda i: {"service": data.service_slug, "idempotency_key": f"{run_id}-u{i}"},
         out_prefix=out_prefix.with_name(out_prefix.name + "-usage"),
     )
+    for name, slug in (services or {}).items():
+        out[name] = profile_endpoint(
+            name=f"POST /api/v1/usage/ on {slug} (hot wallet)",
+            path="/api/v1/usage/",
+            secret=data.hot.secret,
+            requests=requests,
+            body=lambda i, slug=slug: {"service": slug, "idempotency_key": f"{run_id}-{slug}-{i}"},
+            out_prefix=out_prefix.with_name(out_prefix.name + f"-usage-{name}"),
+        )
     if batch_requests > 0:
         out["batch"] = profile_endpoint(
             name=f"POST /api/v1/usage/batch/ with {batch_size} events (hot wallet)",

@@ -5,6 +5,9 @@
   (2c) ceiling a bare Django + DRF view in the same deployment doing only the debit (bench/ceiling.py)
   (2) http     POST /api/v1/usage/ through gunicorn (sync, 4 workers), loaded by wrk
   (3) batch    POST /api/v1/usage/batch/ with 1,000 events per request, in events/s
+  (2t) tiered  POST usage/ as (2), on a service with a tiered price whose boundaries each window crosses
+  (2p) plan    POST usage/ as (2), on a service the organizations' plan includes, the allowance running out
+               in each window (bench/positional.py; "Pricing models" in docs/performance.md)
   (4) stripes  one high-volume organization: (1) and (2) with its wallet striped vs single-row, same run
   (5) gateway  the AI gateway: a fake OpenAI upstream directly vs through the gateway (latency added,
                throughput, time to first byte), 200 slow streams (memory, POST usage/ beside them), and
@@ -18,6 +21,7 @@ Results: a table on stdout and JSON in bench/results/<timestamp>.json.
     make bench BENCH_ARGS="--quick"              # a smoke run of a few seconds per cell
     make bench BENCH_ARGS="--duration 20 --repeat 3 --cases raw,http --clients 16"
     make bench BENCH_ARGS="--cases gateway --wait-quiet 30"  # the gateway alone (--quick: a smoke run)
+    make bench BENCH_ARGS="--cases http,tiered,plan --clients 16 --repeat 3"  # the pricing models vs per-unit
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +50,8 @@ CASES = {
     "ceiling": "(2c) bare DRF view, debit",
     "http": "(2) POST usage/",
     "batch": "(3) POST usage/batch/",
+    "tiered": "(2t) POST usage/, tiered",
+    "plan": "(2p) POST usage/, plan",
     "stripes": "(4) one high-volume org",
     "gateway": "(5) AI gateway",
 }
@@ -54,6 +62,8 @@ UNITS = {
     "ceiling": "req/s",
     "http": "req/s",
     "batch": "events/s",
+    "tiered": "req/s",
+    "plan": "req/s",
     "stripes": "tx/s",
     "gateway": "req/s",
 }
@@ -81,7 +91,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cases",
         default="raw,classic,ceiling,http,batch",
-        help="any of raw,twostmt,classic,ceiling,http,batch,stripes,gateway; default raw,classic,ceiling,http,batch",
+        help="any of raw,twostmt,classic,ceiling,http,batch,tiered,plan,stripes,gateway; default raw,classic,ceiling,http,batch",
+    )
+    parser.add_argument(
+        "--tier-step",
+        type=int,
+        help="(2t): units between tier boundaries (default: the warm-up's rate x duration / 3, 2-3 crossed per window)",
+    )
+    parser.add_argument(
+        "--plan-free-share",
+        type=float,
+        default=0.5,
+        help="(2p): free units granted before each window, as a share of the events it should see (default 0.5)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="run the whole matrix N times, interleaved; report medians")
     parser.add_argument("--spread-orgs", type=int, default=1000, help="organizations for the spread mode (default 1000)")
@@ -118,6 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, values, allowed in (("--modes", args.modes, {"hot", "spread"}), ("--cases", args.cases, set(CASES))):
         if not values or set(values) - allowed:
             parser.error(f"{name} takes any of {', '.join(sorted(allowed))}")
+    if (args.tier_step is not None and args.tier_step < 1) or not 0 <= args.plan_free_share <= 10:
+        parser.error("--tier-step is at least 1; --plan-free-share between 0 and 10")
     if args.duration < 1 or any(c < 1 for c in args.clients) or args.repeat < 1:
         parser.error("--duration must be at least 1 s, clients and --repeat at least 1")
     gateway_case.finish_arguments(args, parser)
@@ -186,24 +209,37 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, key_files) -> dict:
+def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, key_files, probe=None) -> dict:
+    """One wrk cell; a positional case's `probe` (bench/positional.py) sets up its window after the warm-up
+    and adds its figures (`positional`) after it."""
     from bench import cpu, web
     from bench.ceiling import CEILING_PATH
 
-    paths = {"http": "/api/v1/usage/", "ceiling": "/" + CEILING_PATH, "batch": "/api/v1/usage/batch/"}
+    paths = {
+        "http": "/api/v1/usage/",
+        "tiered": "/api/v1/usage/",
+        "plan": "/api/v1/usage/",
+        "ceiling": "/" + CEILING_PATH,
+        "batch": "/api/v1/usage/batch/",
+    }
     script = "batch.lua" if case == "batch" else "usage.lua"
     url = gunicorn.url + paths[case]
     threads = max(1, min(clients, len(os.sched_getaffinity(0))))
     extra = [str(args.batch_size)] if case == "batch" else [paths[case]]
+    service_slug = probe.service_slug if probe else data.service_slug
+    if probe:
+        probe.before_warmup()
     if args.warmup > 0:
         web.run_wrk(
             url=url,
             script=script,
-            script_args=[f"{run_id}w", data.service_slug, key_files[mode], *extra],
+            script_args=[f"{run_id}w", service_slug, key_files[mode], *extra],
             connections=clients,
             duration=max(1, round(args.warmup)),
             threads=threads,
         )
+    if probe:
+        probe.before_measure()
     window = cpu.Window(
         {"db": lambda: cpu.postgres(target.postmaster_pid, target.database), "app": gunicorn.processes}, children_rusage="gen"
     ).start()
@@ -211,7 +247,7 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
     out = web.run_wrk(
         url=url,
         script=script,
-        script_args=[f"{run_id}m", data.service_slug, key_files[mode], *extra],
+        script_args=[f"{run_id}m", service_slug, key_files[mode], *extra],
         connections=clients,
         duration=max(1, round(args.duration)),
         threads=threads,
@@ -251,6 +287,8 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
     }
     if case == "batch":
         cell["events"] = out["ok_events"]
+    if probe:
+        cell["positional"] = probe.after_measure()
     return cell
 
 
@@ -265,21 +303,23 @@ def _records_between(data, start: datetime, end: datetime) -> int:
         return cursor.fetchone()[0]
 
 
-def preflight(gunicorn, data, batch_size: int) -> None:
+def preflight(gunicorn, data, batch_size: int, positional_slugs: tuple[str, ...] = ()) -> None:
     """One request of each kind outside wrk: the load must be measuring successes."""
     from bench import web
     from bench.ceiling import CEILING_PATH
 
     probe = secrets.token_hex(6)
-    for path in ("/api/v1/usage/", "/" + CEILING_PATH):
+    targets = [("/api/v1/usage/", data.service_slug), ("/" + CEILING_PATH, data.service_slug)]
+    targets += [("/api/v1/usage/", slug) for slug in positional_slugs]
+    for path, slug in targets:
         for tenant in [data.hot] * 8 + data.spread[:8]:  # several, so that every worker answers at least once
             status, body = web.post_json(
                 gunicorn.url + path,
-                {"service": data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
+                {"service": slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
                 tenant.secret,
             )
             if status != 201:
-                raise SystemExit(f"bench: POST {path} for {tenant.slug} answered {status}, not 201: {body}")
+                raise SystemExit(f"bench: POST {path} ({slug}) for {tenant.slug} answered {status}, not 201: {body}")
     events = [{"service": data.service_slug, "idempotency_key": f"preflight-{probe}-b{i}"} for i in range(min(3, batch_size))]
     status, body = web.post_json(gunicorn.url + "/api/v1/usage/batch/", {"events": events}, data.hot.secret)
     if status != 200 or any(r.get("status") != 201 for r in body.get("results", [])):
@@ -614,6 +654,23 @@ def print_profile(profile: dict) -> None:
         print(f"  full profile: {batch['files']['text']}")
 
 
+def print_profile_short(case: str, usage: dict) -> None:
+    """The in-process profile of POST usage/ on a positional case's service (one client: no contention)."""
+    print(
+        f"\nProfile of POST usage/ on the {case} service in-process ({usage['requests']} requests, statuses "
+        f"{usage['statuses']}): {usage['ms_per_request_plain']:.3f} ms/request unprofiled (Python CPU "
+        f"{usage['cpu_ms_per_request_plain']:.3f} ms), {usage['round_trips_per_request']:.0f} database round trips "
+        f"taking {usage['db_wait_ms_per_request']:.3f} ms"
+    )
+    print("  statements through Django's cursor:")
+    for statement in usage["statements"]:
+        print(f"    {statement}")
+    print("  top 12 by cumulative time, ms/request (own ms/request):")
+    for row in usage["top_cumulative"][:12]:
+        print(f"    {row['cumulative_ms_per_request']:8.3f} ({row['own_ms_per_request']:.3f})  {row['function']}")
+    print(f"  full profile: {usage['files']['text']}")
+
+
 def _log_errors(path: Path) -> int:
     try:
         with path.open(errors="replace") as log:
@@ -638,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.core.management import call_command
 
-    from bench import cpu, fixtures, profiling, web
+    from bench import cpu, fixtures, positional, profiling, web
 
     print("bench: migrating the bench database", flush=True)
     call_command("migrate", interactive=False, verbosity=0)
@@ -646,13 +703,14 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     target.database = connection.settings_dict["NAME"]
-    needs_http = bool({"ceiling", "http", "batch", "stripes", "gateway"} & set(args.cases))
+    needs_http = bool({"ceiling", "http", "batch", "tiered", "plan", "stripes", "gateway"} & set(args.cases))
     debit_cases = set(args.cases) - {"gateway"}
     if not debit_cases:
         args.spread_orgs = 0  # the gateway alone needs the hot wallet (POST usage/ beside its streams), no spread ones
     if needs_http:
         web.ensure_wrk()
     data = fixtures.ensure(spread_count=args.spread_orgs)
+    pos = fixtures.ensure_positional(data) if set(positional.POSITIONAL_CASES) & set(args.cases) else None
     key_files = fixtures.write_key_files(data)
     machine = env.machine_info()
     if args.gunicorn_config == "plain" or (args.gunicorn_config is None and not (env.BASE_DIR / "gunicorn.conf.py").exists()):
@@ -674,16 +732,28 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     profile = None
     started = time.monotonic()
+    app_env = env.app_environment()
+    metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in app_env:
+        # Every worker's counters in files that /metrics sums (as gunicorn.conf.py sets up; the plain
+        # config does not): the positional cases read how their events settled from there.
+        metrics_dir = tempfile.mkdtemp(prefix="tollgate-bench-metrics-")
+        app_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         if needs_http:
             gunicorn = web.Gunicorn(
-                env=env.app_environment(),
+                env=app_env,
                 workers=args.workers,
                 config=gunicorn_config,
                 log_path=env.RESULTS_DIR / f"{stamp}-gunicorn.log",
             )
             gunicorn.start()
-            preflight(gunicorn, data, args.batch_size)
+            preflight(
+                gunicorn,
+                data,
+                args.batch_size,
+                (pos.tiered_slug, pos.plan_service_slug) if pos is not None else (),
+            )
         for rep in range(args.repeat):
             for case in args.cases:
                 for mode in args.modes:
@@ -708,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             if case in ("raw", "twostmt", "classic"):
                                 cell = run_raw_cell(**common)
+                            elif case in positional.POSITIONAL_CASES:
+                                probe = positional.probe_for(case, pos=pos, mode=mode, data=data, gunicorn=gunicorn, args=args)
+                                cell = run_http_cell(**common, key_files=key_files, probe=probe)
                             else:
                                 cell = run_http_cell(**common, key_files=key_files)
                         except Exception as exc:  # noqa: BLE001 - one broken cell must not lose the others' results
@@ -766,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=args.batch_size,
                     run_id=f"{run_id}-p",
                     out_prefix=env.RESULTS_DIR / f"{stamp}-profile",
+                    services={
+                        case: pos.tiered_slug if case == "tiered" else pos.plan_service_slug
+                        for case in positional.POSITIONAL_CASES
+                        if pos is not None and case in args.cases
+                    },
                 )
             except Exception as exc:  # noqa: BLE001 - report it with the results measured so far
                 print(f"bench: the profile failed: {type(exc).__name__}: {exc}", flush=True)
@@ -776,14 +854,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if gunicorn is not None:
             gunicorn.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
     invariants = None
     if not args.no_verify:
         print("bench: checking the money invariants on the bench organizations", flush=True)
         invariants = fixtures.verify(data)
+        if pos is not None:
+            invariants["checks"] += fixtures.verify_positional(pos, data.organization_ids)
+            invariants["ok"] = all(check["violations"] == 0 for check in invariants["checks"])
 
     rows = summarize(cells)
-    aim_rows = aims(rows) if debit_cases - {"stripes"} else []
+    pricing = positional.pricing_rows(rows, cells) if pos is not None else []
+    aim_rows = aims(rows) if debit_cases - {"stripes", "tiered", "plan"} else []
+    aim_rows += positional.aims(pricing, MAX_ERROR_RATE)
     if gateway_result:
         aim_rows += gateway_result["aims"]
     print()
@@ -802,6 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     log_errors = _log_errors(env.RESULTS_DIR / f"{stamp}-gunicorn.log") if needs_http else None
     if log_errors:
         print(f"  the gunicorn log has {log_errors} error or traceback lines: bench/results/{stamp}-gunicorn.log")
+    if pricing:
+        positional.print_pricing(pricing, args)
     if gateway_result:
         gateway_case.print_gateway(gateway_result, args)
         gateway_log_errors = _log_errors(env.BASE_DIR / gateway_result["log"])
@@ -818,6 +905,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nProfile: failed: {profile['error']}")
     elif profile:
         print_profile(profile)
+        for case in positional.POSITIONAL_CASES:
+            if case in profile:
+                print_profile_short(case, profile[case])
     if invariants:
         print(
             f"\nMoney invariants on {len(data.organization_ids)} bench organizations ({invariants['ledger_entries']:,} ledger "
@@ -825,9 +915,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{'OK' if invariants['ok'] else 'FAIL'}"
         )
         for check in invariants["checks"]:
+            detail = ", ".join(f"{k} {v}" for k, v in check.items() if k not in ("name", "violations"))
             print(
                 f"  {'ok  ' if check['violations'] == 0 else 'FAIL'} {check['name']}"
                 + ("" if check["violations"] == 0 else f": {check['violations']} violations")
+                + (f" ({detail})" if detail else "")
             )
 
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -851,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
                 "failed_cells": failed,
                 "gunicorn_log_error_lines": log_errors,
                 "summary": rows,
+                "pricing_models": pricing,
                 "aims": aim_rows,
                 "high_volume": high_volume,
                 "gateway": gateway_result,

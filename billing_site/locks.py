@@ -1,7 +1,11 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
     organization → invitation                                        (team changes only)
-    wallet → hold | payment → refund → stripes (ascending) → API key (money)
+<<<<<<< HEAD
+    usage positions (ascending service) → wallet → hold | payment → refund → stripes (ascending) → API key (money)
+=======
+    subscription → position → wallet → hold | payment → refund → stripes (ascending) → API key (money)
+>>>>>>> subs
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
 never wait on each other. Every money path that locks more than one row takes the wallet row first;
@@ -20,10 +24,22 @@ pending state, call out, then lock again and apply.
   debit locks one, by its UPDATE. A rebalance or a change of the stripe count locks them all, in
   ascending stripe number, after the wallet row (and after any hold, payment or refund the same
   transaction holds): `wallet_stripes_lock`.
+- usage positions: `metering_usageposition` rows, an organization's usage of a service this period,
+  which positional prices (docs/pricing.md) are priced at. Taken before the wallet: by the hot path's
+  guarded statement (its UPDATE of the position runs before the wallet's), and by
+  `metering.services.positions.position_lock` in the locked paths (a batch locks its services'
+  positions in ascending service id). A stripe rebalance never runs while a position is locked by the
+  hot path: a guarded statement that the wallet refuses fails and is settled on the locked path.
 - refund: after its payment.
 - API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
   row lock last, after the wallet's or the stripe's (spend caps are checked under the wallet lock:
   capped keys never take the stripes' hot path).
+- subscription: an organization's open `metering_subscription` row (`subscription_lock`), taken first by
+  every change of a plan and every period renewal or collection of its fee
+  (metering/services/subscriptions.py), so two of them never interleave; then the usage positions its
+  included quantities are granted on (metering/services/positions.py), then the wallet the fee moves.
+- position: a `metering_usageposition` row, before the wallet (the usage paths that price at a
+  position lock it first; a grant of included quantities takes it by its upsert).
 - organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
 
 This module sits on the lowest floor so every app may use it; it names the models through Django's
@@ -104,6 +120,19 @@ def refund_lock(*, refund_id: int) -> Any:
     """Lock and answer a Refund (after its wallet and its payment)."""
     _in_transaction("refund_lock")
     return _locked("payments", "Refund", pk=refund_id)
+
+
+def subscription_lock(*, subscription_id: int) -> Any:
+    """Lock and answer a metering Subscription (before any position and the wallet)."""
+    _in_transaction("subscription_lock")
+    return _locked("metering", "Subscription", pk=subscription_id)
+
+
+def subscription_open_lock(*, organization_id: int) -> Any:
+    """Lock and answer the organization's subscription that is not canceled, or None."""
+    _in_transaction("subscription_open_lock")
+    model = apps.get_model("metering", "Subscription")
+    return model.objects.select_for_update().filter(organization_id=organization_id).exclude(status="canceled").first()
 
 
 def organization_lock(*, organization_id: int) -> None:

@@ -30,6 +30,11 @@ WALLET_LOCK_SECONDS = Histogram(
     "Time of the ledger statement that waits for, takes and holds the wallet row lock",
     buckets=LATENCY_BUCKETS,
 )
+# How a positional event (tiered, volume, package, a plan's allowance) settled: its first guess at the
+# position held, a later guess held, or the locked path took it (docs/performance.md, "Pricing models").
+POSITION_SETTLED = Counter(
+    "tollgate_position_settled_total", "Positional usage events by how their position was settled", ["path"]
+)
 REVENUE = Counter("tollgate_revenue_total", "Usage revenue (live), in currency units", ["currency"])
 RECHARGES = Counter("tollgate_recharges_total", "Recharged amounts credited, in currency units", ["currency"])
 PAYMENTS = Counter("tollgate_payments_total", "Payments reaching a status", ["provider", "status"])

@@ -156,9 +156,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker logs through LOGGING belo
 CELERY_BEAT_SCHEDULE_FILENAME = str(embedded.DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "holds-expire": {"task": "metering.tasks.holds_expire", "schedule": 60.0},
+    # Starts each subscription's new period (its fee, once) and collects unpaid fees (docs/pricing.md, Plans).
+    "subscriptions-renew": {"task": "metering.tasks.subscriptions_renew", "schedule": 60.0},
     "payments-sweep": {"task": "payments.tasks.payments_sweep", "schedule": 120.0},
     "reconcile": {"task": "payments.tasks.reconcile", "schedule": 3600.0},
     "usage-retention": {"task": "metering.tasks.usage_retention", "schedule": 86400.0},
+    "volume-true-ups": {"task": "metering.tasks.volume_true_ups", "schedule": 3600.0},
 }
 
 # --- Auth

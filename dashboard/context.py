@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership, Organization, Role, User
 from accounts.selectors import membership_list
+from metering.subscription_selectors import past_due_exists
 
 SESSION_KEY = "dashboard_organization"
 _Response = TypeVar("_Response", bound=HttpResponseBase)
@@ -87,7 +88,13 @@ def organization_choose(request: HttpRequest, slug: str) -> Membership:
 
 def page(request: HttpRequest, template: str, context: dict | None = None, *, status: int = 200) -> HttpResponse:
     """Render a dashboard page with the shell's context (current organization, navigation)."""
-    base = {"current": getattr(request, "current", None), "time_zone_name": timezone.get_current_timezone_name()}
+    current = getattr(request, "current", None)
+    base = {
+        "current": current,
+        "time_zone_name": timezone.get_current_timezone_name(),
+        # Read only when the layout asks (every signed-in page): the banner of an unpaid plan fee.
+        "subscription_past_due": (lambda: past_due_exists(organization_id=current.organization.pk)) if current else False,
+    }
     response = render(request, template, {**base, **(context or {})}, status=status)
     return secure_headers(response)
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from dashboard.views import auth, billing, keys, pages, settings, team
+from dashboard.views import auth, billing, keys, pages, plan, settings, team
 
 app_name = "dashboard"
 
@@ -21,6 +21,9 @@ urlpatterns = [
     path("dashboard/usage/", pages.usage, name="usage"),
     path("dashboard/usage/export.csv", pages.usage_export, name="usage_export"),
     path("dashboard/pricing/", pages.pricing, name="pricing"),
+    path("dashboard/plan/", plan.plan, name="plan"),
+    path("dashboard/plan/choose/", plan.plan_choose, name="plan_choose"),
+    path("dashboard/plan/cancel/", plan.plan_cancel, name="plan_cancel"),
     path("dashboard/keys/", keys.keys, name="keys"),
     path("dashboard/keys/<int:key_id>/created/", keys.key_created, name="key_created"),
     path("dashboard/keys/<int:key_id>/revoke/", keys.key_revoke, name="key_revoke"),

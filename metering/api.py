@@ -110,6 +110,10 @@ def usage_body(record: UsageRecord | BatchRecord) -> dict[str, Any]:
         body["cached_input_price"] = money_str(record.cached_input_price)
     if record.unit_price is not None:
         body["unit_price"] = money_str(record.unit_price)
+    pricing = getattr(record, "pricing", None)
+    if pricing is not None:  # a positional price (docs/pricing.md): where the event's units started, and the price
+        body["position"] = record.position
+        body["pricing"] = pricing
     return body
 
 
@@ -150,6 +154,16 @@ class UsageOutput(serializers.Serializer[UsageRecord]):
     output_price = Amount(required=False)
     cached_input_price = Amount(required=False)
     unit_price = Amount(required=False)
+    position = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Positional prices only: the organization's usage of the service this month before this event.",
+    )
+    pricing = serializers.DictField(
+        required=False,
+        help_text="Positional prices only: what the event was priced with — model, tiers or package, price id, "
+        "and `free_until` (units at positions below it were included in the plan).",
+    )
     cost = Amount()
     balance_after = Amount(allow_null=True)
     test = serializers.BooleanField()

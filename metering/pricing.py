@@ -14,6 +14,8 @@ is still inside that range (metering/services/positions.py).
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -257,7 +259,8 @@ def unit_prices_from_row(row: Any, method: str) -> UnitPrices:
     stored = getattr(row, "tiers", None)
     tiers: tuple[Tier, ...] = ()
     if model in (PriceModel.TIERED, PriceModel.VOLUME) and stored:
-        tiers, stored = tiers_parse(method, stored)
+        # jsonb read by a raw cursor comes as its text (Django leaves decoding to the field)
+        tiers, stored = _tiers_parsed(method, stored if isinstance(stored, str) else json.dumps(stored))
     return UnitPrices(
         price_id=row.pk if hasattr(row, "pk") else row.price_id,
         input_price=row.input_price,
@@ -269,6 +272,13 @@ def unit_prices_from_row(row: Any, method: str) -> UnitPrices:
         package_size=getattr(row, "package_size", None),
         stored_tiers=stored,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tiers_parsed(method: str, text: str) -> tuple[tuple[Tier, ...], list[dict[str, Any]]]:
+    """`tiers_parse` of stored tiers, once per distinct text: the price in force is read on every event,
+    and its tiers were checked when the row was written."""
+    return tiers_parse(method, json.loads(text))
 
 
 # --- The formula ----------------------------------------------------------------------------------------
@@ -297,7 +307,7 @@ def _ceil_div(value: int, size: int) -> int:
 def _unit_price(prices: UnitPrices, name: str) -> Decimal:
     if name == "cached_input_price" and prices.cached_input_price is None:
         name = "input_price"
-    value = getattr(prices, name)
+    value: Decimal | None = getattr(prices, name)
     if value is None:  # selectors.priced_service_get refuses such a price (PriceNotSet) before this
         raise TypeError(f"a price without its {name}")
     return value

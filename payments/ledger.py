@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -46,6 +46,11 @@ from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wal
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
 low_balance_crossed_signal = Signal()
+# Sent after the commit of a posting that put money into the wallet from outside (a recharge, a
+# redemption, a staff adjustment; kwargs: organization_id). Metering's receiver queues the collection
+# of a subscription fee left unpaid (past_due); the ledger never imports metering.
+wallet_credited_signal = Signal()
+_CREDITS_ANNOUNCED = frozenset({TransferKind.RECHARGE, TransferKind.REDEMPTION, TransferKind.ADJUSTMENT})
 
 
 class InsufficientBalance(DomainError):
@@ -151,17 +156,83 @@ class PostStatements:
     stripe: str
 
 
-def post_statement(companion_ctes: str) -> PostStatements:
+# Raised inside a guarded posting whose guard wrote but whose wallet refused, so the guard's write rolls back.
+REFUSED_SQLSTATE = "TG402"
+
+
+def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> PostStatements:
     """The usage posting extended with a caller's own writes, for `usage_charge_in_one_statement`.
     `companion_ctes` may read `w` (`total`: the organization's balance after; `stripe`: the row, 0 for
     the wallet's) and `t` (id) and must end in a CTE named `companion` that yields one row; its
-    columns come back after the posting's."""
+    columns come back after the posting's.
+
+    `guard_ctes`, when given, run first and must define `seen` (one row: what the caller's guess is
+    checked against, as this statement saw it) and `guard` (a row only when the guess held, after its
+    own write). The money moves only when `guard` has a row; when it has one and the wallet refuses, the
+    statement fails with REFUSED_SQLSTATE, so the guard's write is undone too. The statement answers no
+    row when the guess did not hold; otherwise the posting's columns (NULL when refused… which raised),
+    the companion's, then `seen`'s."""
+    if guard_ctes is None:
+        return PostStatements(
+            *(
+                f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"
+                for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
+            )
+        )
+    guarded = " AND EXISTS (SELECT 1 FROM guard)"
     return PostStatements(
         *(
-            f"WITH {_post_ctes(row, stripe=stripe)},\n{companion_ctes}\nSELECT {_POST_RESULT}, companion.* FROM w, t, companion"
+            f"WITH {guard_ctes}, {_post_ctes(row.replace(_GUARD_POINT, _GUARD_POINT + guarded), stripe=stripe)},\n"
+            f"{companion_ctes}\nSELECT {_POST_RESULT}, companion.*, seen.*,"
+            f" tollgate_refuse_unless(t.id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
+            " FROM seen LEFT JOIN (w CROSS JOIN t CROSS JOIN companion) ON true"
             for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
         )
     )
+
+
+# A free event on the hot path (a plan's included units): no money moves, but nothing starts while the
+# wallet is at or past its limit (the overdraft rule with nothing to move), checked on the wallet row as
+# the statement sees it — a free event needs no lock on it. Guarded like `post_statement`'s.
+_FREE_ROW = f"""w AS (
+    SELECT {_wallet_total("balance")} AS total, held FROM payments_wallet
+     WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE} AND EXISTS (SELECT 1 FROM guard)
+)"""
+
+
+def free_statement(companion_ctes: str, *, guard_ctes: str) -> str:
+    """A guarded statement for a usage event that costs nothing: `guard_ctes` as for `post_statement`;
+    `companion_ctes` may read `w` (`total`) and must end in `companion`. Answers (total, held, the
+    companion's columns, `seen`'s) — NULL total when the guard did not hold — and fails with
+    REFUSED_SQLSTATE when the guard held but the overdraft rule refused."""
+    return (
+        f"WITH {guard_ctes}, {_FREE_ROW},\n{companion_ctes}\nSELECT w.total, w.held, companion.*, seen.*,"
+        " tollgate_refuse_unless(w.total IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
+        " FROM seen LEFT JOIN (w CROSS JOIN companion) ON true"
+    )
+
+
+def usage_free_in_one_statement(*, statement: str, organization_id: int, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Run a `free_statement` (autocommit: one round trip): its row, or None when the guard's row does
+    not exist yet. GuardRefused when the guard held but the wallet is at or past its limit."""
+    params = {
+        **params,
+        **posting_params(organization_id=organization_id, amount=ZERO, counter_account=Account.REVENUE, kind=TransferKind.USAGE),
+    }
+    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with scope, prepared_cursor() as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        if getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise GuardRefused() from error
+        raise
+    return None if row is None else tuple(row)
+
+
+# Where a guard's condition joins a posting's UPDATE (both row statements have it once).
+_GUARD_POINT = "AND {OVERDRAFT_RULE}".replace("{OVERDRAFT_RULE}", OVERDRAFT_RULE)
 
 
 # A change of holds alone: a hold, a release, or a zero-cost debit (which moves nothing but must
@@ -255,6 +326,8 @@ def transfer_post(
             _stripes_rebalance(organization_id=organization_id, reserve=ZERO)
     if crossed_threshold:
         _announce_low_balance_after_commit(organization_id)
+    if amount > ZERO and kind in _CREDITS_ANNOUNCED:
+        transaction.on_commit(lambda: wallet_credited_signal.send(sender=Wallet, organization_id=organization_id))
     return Posting(transfer_id=transfer_id, amount=amount, balance_after=balance_after, held_after=held_after)
 
 
@@ -284,6 +357,11 @@ def _is_striped(organization_id: int) -> bool:
     return bool(row and row[0])
 
 
+class GuardRefused(Exception):
+    """A guarded one-statement charge whose guard held but whose wallet row (or stripe) refused: nothing
+    was written; the caller settles it on its locked path, which rebalances stripes when it must."""
+
+
 def usage_charge_in_one_statement(
     *,
     statements: PostStatements,
@@ -293,16 +371,21 @@ def usage_charge_in_one_statement(
     reference: str,
     params: dict[str, Any],
     now: datetime,
-) -> tuple[Posting, tuple[Any, ...]]:
+    guarded: bool = False,
+) -> tuple[Posting | None, tuple[Any, ...]]:
     """Debit usage (wallet → revenue) and write the caller's rows in ONE statement built by
     `post_statement`. Outside a transaction it commits by itself: one round trip, and the row lock is
-    held only while PostgreSQL runs and commits it. `stripes` is the organization's stripe count as
+    held only while PostgreSQL executes and commits it. `stripes` is the organization's stripe count as
     the caller last saw it: with stripes, the statement goes to one stripe picked at random (so
     debits spread over their row locks); when that stripe cannot pay (or no longer exists), the
     stripes are rebalanced under the wallet's lock and the debit retried on the wallet row. Raises
     InsufficientBalance (nothing written) only when the whole wallet cannot pay; an error in the
     caller's writes (e.g. a unique violation) rolls the money back too. Answers the posting and the
-    caller's `companion` columns."""
+    caller's `companion` columns.
+
+    `guarded`: the statements were built with guard CTEs. Then the posting is None when the guard did
+    not hold (the extra columns say what it saw), and a refusal raises GuardRefused instead of being
+    retried here: the guard's row lock comes before the wallet's, so a rebalance must not run inside it."""
     if cost <= ZERO:
         raise ValueError("a one-statement usage charge moves a positive cost")
     params = {
@@ -322,10 +405,19 @@ def usage_charge_in_one_statement(
     # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
-    with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    if row is None and (stripes or _is_striped(organization_id)):
+    try:
+        with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        if guarded and getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise GuardRefused() from error
+        raise
+    if guarded:
+        if row is None or row[0] is None:  # no row: the guard's own row does not exist yet
+            return None, () if row is None else tuple(row[6:])
+            return None, tuple(row[6:])
+    elif row is None and (stripes or _is_striped(organization_id)):
         with transaction.atomic(), connection.cursor() as cursor:
             _stripes_rebalance(organization_id=organization_id, reserve=cost)
             cursor.execute(statements.wallet, params)
@@ -395,6 +487,29 @@ class Refusal(StrEnum):
     BUDGET = "budget"  # it would pass the caller's budget (e.g. an API key's remaining spend cap)
 
 
+class BatchPricer(Protocol):
+    """Costs that depend on which earlier events of the batch were charged (a positional price): the
+    batch asks for each cost in order and says which were charged; it may start over."""
+
+    def begin(self) -> None: ...
+    def cost(self, index: int) -> Decimal: ...
+    def charged(self, index: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _FixedCosts:
+    costs: Sequence[Decimal]
+
+    def begin(self) -> None:
+        return None
+
+    def cost(self, index: int) -> Decimal:
+        return self.costs[index]
+
+    def charged(self, index: int) -> None:
+        return None
+
+
 def usage_charge_batch(
     *,
     organization_id: int,
@@ -402,9 +517,12 @@ def usage_charge_batch(
     reference: str,
     budget: Decimal | None = None,
     locked: locks.WalletState | None = None,
+    pricer: BatchPricer | None = None,
 ) -> list[Posting | Refusal]:
     """Charge `costs` in order under one wallet lock, each only if it fits the wallet and the
-    optional `budget` on the total, as if they came one by one; a Refusal where it does not.
+    optional `budget` on the total, as if they came one by one; a Refusal where it does not. With a
+    `pricer`, each event's cost is asked of it in order instead (`costs` gives only how many there are
+    and their first estimate, which sizes a rebalance).
 
     What is charged posts as ONE usage transfer (wallet → revenue, the sum): the batch's events share
     its id, and each event's Posting carries the running balance after it, which its usage record
@@ -415,15 +533,16 @@ def usage_charge_batch(
     cannot pay every event are the stripes rebalanced (the batch's total, or all of the money, left on
     the row) and the batch decided again, as the whole wallet would; balances after are the
     organization's totals."""
+    pricer = pricer or _FixedCosts(costs)
     wallet = locked or locks.wallet_lock(organization_id=organization_id)
-    outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+    outcomes, charged, total, balance = _batch_decide(pricer, len(costs), wallet=wallet, budget=budget)
     rebalanced, stripes_total = False, ZERO
     if wallet.stripes and Refusal.BALANCE in outcomes:
         # The wallet row alone cannot pay all of it: gather the stripes' money and decide again, as the
         # whole wallet would. (When the row alone pays everything, so would the whole wallet: stripes
         # are never negative. Rebalancing then would only lock every stripe and post a leg each.)
         wallet, stripes_total = _stripes_rebalance(organization_id=organization_id, reserve=sum(costs, ZERO))
-        outcomes, total, balance = _batch_decide(costs, wallet=wallet, budget=budget)
+        outcomes, charged, total, balance = _batch_decide(pricer, len(costs), wallet=wallet, budget=budget)
         rebalanced = True
     transfer_id = None
     if total > ZERO:
@@ -445,19 +564,24 @@ def usage_charge_batch(
             balance_after=outcome + on_stripes,
             held_after=wallet.held,
         )
-        for cost, outcome in zip(costs, outcomes, strict=True)
+        for cost, outcome in zip(charged, outcomes, strict=True)
     ]
 
 
 def _batch_decide(
-    costs: Sequence[Decimal], *, wallet: locks.WalletState, budget: Decimal | None
-) -> tuple[list[Decimal | Refusal], Decimal, Decimal]:
+    pricer: BatchPricer, count: int, *, wallet: locks.WalletState, budget: Decimal | None
+) -> tuple[list[Decimal | Refusal], list[Decimal], Decimal, Decimal]:
     """Each cost in order against the wallet row and the budget, as if they came one by one: the row's
-    balance after each charged one (or its refusal), the total charged, and the row's balance at the end."""
+    balance after each charged one (or its refusal), each event's cost, the total charged, and the row's
+    balance at the end."""
+    pricer.begin()
     balance = wallet.balance
     outcomes: list[Decimal | Refusal] = []
+    costs: list[Decimal] = []
     total = ZERO
-    for cost in costs:
+    for index in range(count):
+        cost = pricer.cost(index)
+        costs.append(cost)
         if budget is not None and cost > budget:
             outcomes.append(Refusal.BUDGET)
         elif not affordable(balance=balance, held=wallet.held, credit_limit=wallet.credit_limit, cost=cost):
@@ -466,8 +590,9 @@ def _batch_decide(
             balance -= cost
             total += cost
             budget = None if budget is None else budget - cost
+            pricer.charged(index)
             outcomes.append(balance)
-    return outcomes, total, balance
+    return outcomes, costs, total, balance
 
 
 # --- High-volume wallets: stripes (docs/contract.md §2.9) -----------------------------------------------------
@@ -587,6 +712,22 @@ def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created
             memo=reason,
             created_by_id=created_by_id,
         )
+
+
+def subscription_charge(*, organization_id: int, amount: Decimal, reference: str, memo: str = "") -> Posting:
+    """Post a subscription fee (`amount` > 0: wallet → revenue, refused by the overdraft rule with
+    InsufficientBalance) or the credit of an upgrade's unused part (`amount` < 0: revenue → wallet), as a
+    `subscription` transfer. Joins the caller's transaction (metering/services/subscriptions.py)."""
+    if amount == ZERO:
+        raise ValueError("a subscription charge moves a non-zero amount")
+    return transfer_post(
+        organization_id=organization_id,
+        kind=TransferKind.SUBSCRIPTION,
+        amount=-amount,
+        counter_account=Account.REVENUE,
+        reference=reference,
+        memo=memo,
+    )
 
 
 def wallet_credit(

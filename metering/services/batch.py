@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -17,6 +19,7 @@ from billing_site.money import ZERO
 from metering import selectors
 from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, SpendCapExceeded, UsageEvent, event_price
+from metering.services.positions import Position, PositionKey, period_of, position_advance, position_lock
 from metering.services.usage_sql import BatchRecord, spend_cap_applies, spend_cap_remaining, usage_insert_batch
 from payments import ledger
 
@@ -73,7 +76,13 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
     now = timezone.now()
     postings: list[ledger.Posting | ledger.Refusal | None]
     with transaction.atomic(durable=True):
+        # Positions before the wallet (billing_site/locks.py); positional events are priced in order under them.
+        pricer = _PositionalPricer.lock([priced for _, priced in fresh], organization_id=organization_id, now=now, test=is_test)
         if is_test:
+            pricer.begin()
+            for index in range(len(fresh)):
+                pricer.cost(index)
+                pricer.charged(index)
             postings = [None] * len(fresh)
         else:
             # A capped key's budget is read under the wallet's lock, so the lock is taken first then.
@@ -86,8 +95,11 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                     reference=f"usage:batch:{fresh[0][1].event.idempotency_key}" if fresh else "usage:batch",
                     budget=budget,
                     locked=locked,
+                    pricer=pricer if pricer.positional else None,
                 )
             )
+        fresh = [(index, pricer.priced[n]) for n, (index, _) in enumerate(fresh)]
+        pricer.advance()
         accepted = [
             (priced, posting)
             for (_, priced), posting in zip(fresh, postings, strict=True)
@@ -125,6 +137,8 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                 request_hash=priced.request_hash,
                 metadata=priced.event.metadata,
                 created_at=now,
+                position=priced.position if priced.positional and priced.units else None,
+                pricing=priced.pricing,
             )
             results[index] = BatchResult(status=201, record=written[key])
     for index, priced in duplicates:
@@ -135,6 +149,49 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
         )
     _count_batch(results, tenant=tenant)
     return results  # type: ignore[return-value]
+
+
+class _PositionalPricer:
+    """The batch's events priced in order: a positional one at its service's running position, which
+    moves on only for the events charged (ledger.BatchPricer). `priced` holds each event as last priced."""
+
+    def __init__(self, events: list[PricedEvent], start: dict[PositionKey, Position], keys: list[PositionKey | None]) -> None:
+        self.events = events
+        self.priced = list(events)
+        self.start = start
+        self.keys = keys
+        self.running: dict[PositionKey, int] = {}
+        self.positional = bool(start)
+
+    @classmethod
+    def lock(cls, events: list[PricedEvent], *, organization_id: int, now: datetime, test: bool) -> _PositionalPricer:
+        period = period_of(now)
+        keys: list[PositionKey | None] = [
+            PositionKey(organization_id, priced.service_id, period, test) if priced.positional and priced.units else None
+            for priced in events
+        ]
+        # Ascending service id, so two batches lock their positions in the same order.
+        start = {key: position_lock(key) for key in sorted({k for k in keys if k}, key=lambda k: k.service_id)}
+        return cls(events, start, keys)
+
+    def begin(self) -> None:
+        self.running = {key: position.used for key, position in self.start.items()}
+
+    def cost(self, index: int) -> Decimal:
+        key = self.keys[index]
+        if key is not None:
+            self.priced[index] = self.events[index].at(position=self.running[key], free_until=self.start[key].free_until)
+        return self.priced[index].cost
+
+    def charged(self, index: int) -> None:
+        key = self.keys[index]
+        if key is not None:
+            self.running[key] += self.events[index].units
+
+    def advance(self) -> None:
+        """Move each locked position on by the units charged at it."""
+        for key, position in self.start.items():
+            position_advance(key, units=self.running[key] - position.used)
 
 
 def _count_batch(results: Sequence[BatchResult | None], *, tenant: Tenant) -> None:

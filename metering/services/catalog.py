@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.utils import timezone
 
 from billing_site.errors import InvalidRequest
-from metering.models import Price, Service
-from metering.pricing import optional_price_fields, price_fields
+from metering.models import Price, PriceModel, Service
+from metering.pricing import PriceInvalid, optional_price_fields, price_fields, price_validate
 
 
 def service_create(*, slug: str, name: str, calc_method: str, active: bool = True) -> Service:
@@ -52,22 +53,40 @@ def price_create(
     output_price: Decimal | None = None,
     unit_price: Decimal | None = None,
     cached_input_price: Decimal | None = None,
+    model: str = PriceModel.PER_UNIT,
+    tiers: Any = None,
+    package_size: Any = None,
+    plan_id: int | None = None,
 ) -> Price:
-    """A new price row (rates are never edited in place). The fields must be the ones the service's
-    method uses (docs/contract.md §3); InvalidRequest otherwise."""
+    """A new price row (rates are never edited in place), for everyone, one organization or one plan's
+    subscribers. Checked by the one price rule (`pricing.price_validate`, docs/pricing.md); InvalidRequest
+    names each fault."""
     given = {
         "input_price": input_price,
         "output_price": output_price,
         "cached_input_price": cached_input_price,
         "unit_price": unit_price,
     }
-    price_fields_check(calc_method=service.calc_method, given=given)
+    if organization_id is not None and plan_id is not None:
+        raise InvalidRequest("A price is for one organization or for one plan, not both.", details={"plan": ["Not both."]})
+    if model == PriceModel.PER_UNIT and tiers is None and package_size is None:
+        price_fields_check(calc_method=service.calc_method, given=given)
+    try:
+        fields, stored_tiers, size = price_validate(
+            method=service.calc_method, model=model, fields=given, tiers=tiers, package_size=package_size
+        )
+    except PriceInvalid as error:
+        raise InvalidRequest(f"This price is not valid: {error}", details=error.errors) from None
     price = Price(
         service=service,
         organization_id=organization_id,
+        plan_id=plan_id,
         effective_from=effective_from or timezone.now(),
         created_by_id=created_by_id,
-        **given,
+        model=model,
+        tiers=stored_tiers,
+        package_size=size,
+        **fields,
     )
     price.full_clean()
     price.save()

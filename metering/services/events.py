@@ -6,15 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from billing_site.api.limits import idempotency_key_validate, json_depth
 from billing_site.errors import DomainError, ErrorCode, InvalidRequest
+from billing_site.money import ZERO
 from metering import selectors
 from metering.calculators import Quantities, measure
-from metering.pricing import charged_prices, strategy_for
+from metering.pricing import PositionedCost, UnitPrices, charged_prices, cost_at, pricing_kept
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 8
@@ -48,7 +49,9 @@ class UsageEvent:
 
 @dataclass(frozen=True, slots=True)
 class PricedEvent:
-    """An event with its service, quantities, unit prices and cost, ready to be written."""
+    """An event with its service, quantities, unit prices and cost, ready to be written. A positional
+    event (docs/pricing.md) is priced at `position` (None: priced as if first), and its cost holds for
+    any start in [`low`, `high`] with the same `free_until`; `at` prices it at another position."""
 
     event: UsageEvent
     service_id: int
@@ -57,6 +60,30 @@ class PricedEvent:
     prices: dict[str, Decimal | None]
     cost: Decimal
     request_hash: str
+    unit_prices: UnitPrices | None = None
+    positional: bool = False
+    position: int | None = None
+    free_until: int = 0
+    low: int = 0
+    high: int | None = None
+
+    @property
+    def units(self) -> int:
+        """How many positions the event takes: its quantity (for TOKENS, input + output tokens)."""
+        return self.quantities.quantity
+
+    @property
+    def pricing(self) -> dict[str, Any] | None:
+        """What its usage record keeps of a positional price."""
+        if not self.positional or self.unit_prices is None:
+            return None
+        return pricing_kept(self.unit_prices, free_until=self.free_until)
+
+    def at(self, *, position: int, free_until: int) -> PricedEvent:
+        """The same event priced at `position` with the free units ending at `free_until`."""
+        assert self.unit_prices is not None
+        priced = cost_at(self.calc_method, self.quantities, self.unit_prices, start=position, free_until=free_until)
+        return replace(self, cost=priced.cost, position=position, free_until=free_until, low=priced.low, high=priced.high)
 
 
 def validate_idempotency_key(key: Any) -> str:
@@ -124,6 +151,24 @@ def event_price(
     if isinstance(priced, DomainError):
         raise priced
     quantities = measure(priced.calc_method, event.data)
-    cost = strategy_for(priced.calc_method).cost(priced.calc_method, quantities, priced.prices)
     prices = charged_prices(priced.calc_method, quantities, priced.prices)
-    return PricedEvent(event, priced.service_id, priced.calc_method, quantities, prices, cost, event.request_hash())
+    # A positional event is priced where it lands (`PricedEvent.at`); until then its cost is a placeholder
+    # nothing may write (usage_sql.record_params refuses it). A zero-unit event costs nothing anywhere.
+    first = (
+        PositionedCost(ZERO, 0, None)
+        if priced.positional
+        else cost_at(priced.calc_method, quantities, priced.prices, start=0, free_until=0)
+    )
+    return PricedEvent(
+        event,
+        priced.service_id,
+        priced.calc_method,
+        quantities,
+        prices,
+        first.cost,
+        event.request_hash(),
+        unit_prices=priced.prices,
+        positional=priced.positional,
+        low=first.low,
+        high=first.high,
+    )

@@ -20,8 +20,9 @@ from billing_site.money import ZERO, money_round
 from metering import selectors
 from metering.calculators import measure
 from metering.models import Hold, HoldStatus, UsageRecord
-from metering.pricing import strategy_for
+from metering.pricing import cost_bound
 from metering.services.events import RESERVED_KEY_PREFIX, SpendCapExceeded, UsageEvent, event_price
+from metering.services.positions import PositionKey, period_of, position_advance, position_lock
 from metering.services.usage_sql import AlreadyRecorded, spend_cap_remaining, usage_insert
 from payments import ledger
 
@@ -58,7 +59,8 @@ def hold_create(
     maxima_quantities = None
     if amount is None:
         maxima_quantities = measure(priced.calc_method, maxima)
-        amount = strategy_for(priced.calc_method).cost(priced.calc_method, maxima_quantities, priced.prices)
+        # The most the maxima can cost at any position this period (a tiered price's dearest tier).
+        amount = cost_bound(priced.calc_method, maxima_quantities, priced.prices)
     elif maxima:
         raise InvalidRequest("Send `amount` or the method's maximum quantities, not both.")
     else:
@@ -137,8 +139,14 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
     priced = event_price(event, organization_id=organization_id, include_inactive=True)  # delivered before any retirement
     try:
         with transaction.atomic(durable=True):
-            # Lock order (billing_site/locks.py): the wallet, then the hold; the hold is checked before its
-            # amount is freed, so a racing capture, release or expiry of the same hold cannot free it twice.
+            # Lock order (billing_site/locks.py): the position (a positional price), the wallet, then the
+            # hold; the hold is checked before its amount is freed, so a racing capture, release or
+            # expiry of the same hold cannot free it twice.
+            key, now = None, timezone.now()
+            if priced.positional and priced.units:
+                key = PositionKey(organization_id, priced.service_id, period_of(now), hold.test)
+                position = position_lock(key)
+                priced = priced.at(position=position.used, free_until=position.free_until)
             if not hold.test:
                 locks.wallet_lock(organization_id=organization_id)
             locked: Hold = locks.hold_lock(hold_id=hold.pk)
@@ -153,10 +161,10 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                     release_held=hold.amount,
                     may_overdraw=True,
                 )
+            if key is not None:
+                position_advance(key, units=priced.units)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
-            record = usage_insert(
-                priced, tenant=capture_tenant, now=timezone.now(), posting=posting, hold_id=hold.pk, cap_enforced=False
-            )
+            record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
         hold.status = HoldStatus.CAPTURED
     except AlreadyRecorded:

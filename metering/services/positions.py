@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from django.db import connection
 
@@ -76,7 +77,7 @@ class PositionKey:
     period: date
     test: bool
 
-    def params(self) -> dict[str, object]:
+    def params(self) -> dict[str, Any]:
         return {"org": self.organization_id, "service": self.service_id, "period": self.period, "test": self.test}
 
 
@@ -105,9 +106,14 @@ def position_advance(key: PositionKey, *, units: int) -> None:
 def position_ensure(key: PositionKey) -> Position:
     """The position row as this statement sees it, created when missing (no lock kept)."""
     with connection.cursor() as cursor:
-        cursor.execute(_POSITION_ENSURE_SQL, key.params())
-        used, free_until = cursor.fetchone()
-    return Position(used, free_until)
+        # A twin creating the row at the same moment makes ours do nothing while its row is not yet in
+        # our snapshot; the next statement sees it.
+        for _ in range(3):
+            cursor.execute(_POSITION_ENSURE_SQL, key.params())
+            row = cursor.fetchone()
+            if row is not None:
+                return Position(*row)
+    raise RuntimeError("a usage position row neither inserted nor found")
 
 
 def position_grant(*, organization_id: int, service_id: int, period: date, units: int) -> Position:

@@ -15,8 +15,23 @@ from billing_site.errors import DomainError, IdempotencyConflict
 from billing_site.money import ZERO
 from metering import selectors
 from metering.models import Service, UsageRecord
-from metering.services.events import SpendCapExceeded, UsageEvent, event_price
-from metering.services.usage_sql import AlreadyRecorded, spend_cap_applies, usage_debit_in_one_statement, usage_insert
+from metering.services.events import PricedEvent, SpendCapExceeded, UsageEvent, event_price
+from metering.services.positions import (
+    Position,
+    PositionKey,
+    period_of,
+    position_advance,
+    position_ensure,
+    position_lock,
+    positions_seen,
+)
+from metering.services.usage_sql import (
+    AlreadyRecorded,
+    spend_cap_applies,
+    usage_debit_in_one_statement,
+    usage_debit_positional_in_one_statement,
+    usage_insert,
+)
 from payments import ledger
 
 
@@ -59,7 +74,9 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     organization_id = tenant.organization.pk
     priced = event_price(event, organization_id=organization_id)
     try:
-        if not tenant.is_test and not spend_cap_applies(tenant) and priced.cost > ZERO:
+        if priced.positional and priced.units:
+            record = _usage_record_positional(priced, tenant=tenant)
+        elif not tenant.is_test and not spend_cap_applies(tenant) and priced.cost > ZERO:
             record = usage_debit_in_one_statement(priced, tenant=tenant, now=timezone.now())
         else:
             # Capped keys check their cap after the posting; test keys and free events move no money
@@ -84,3 +101,45 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
         raise
     record.service = Service(pk=priced.service_id, slug=event.service, calc_method=priced.calc_method)
     return UsageOutcome(record=record, replayed=False)
+
+
+# How often the hot path prices again at the position it saw before it settles for the locked path.
+POSITION_GUESSES = 3
+
+
+def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRecord:
+    """A positional event (docs/pricing.md): on the hot path, priced at the position this process last
+    saw and debited in one statement that checks it; when the position moved out of the range the cost
+    holds for, priced again at the one the statement saw. Capped and test keys, and an event whose
+    guesses keep missing or whose wallet refuses, take the locked path: lock the position, price,
+    charge, advance."""
+    now = timezone.now()
+    key = PositionKey(tenant.organization.pk, priced.service_id, period_of(now), tenant.is_test)
+    if not tenant.is_test and not spend_cap_applies(tenant):
+        seen = positions_seen.get(key) or position_ensure(key)
+        for guess in range(POSITION_GUESSES):
+            priced = priced.at(position=seen.used, free_until=seen.free_until)
+            try:
+                outcome = usage_debit_positional_in_one_statement(priced, tenant=tenant, now=now, key=key)
+            except ledger.GuardRefused:
+                break
+            if isinstance(outcome, UsageRecord):
+                assert outcome.position is not None
+                positions_seen.set(key, Position(outcome.position + priced.units, priced.free_until))
+                metrics.POSITION_SETTLED.labels("retry" if guess else "first").inc()
+                return outcome
+            seen = outcome or position_ensure(key)
+            positions_seen.set(key, seen)
+    with transaction.atomic(durable=True):
+        position = position_lock(key)  # before the wallet's lock (billing_site/locks.py)
+        priced = priced.at(position=position.used, free_until=position.free_until)
+        posting = None
+        if not tenant.is_test:
+            posting = ledger.usage_charge(
+                organization_id=key.organization_id, cost=priced.cost, reference=f"usage:{priced.event.idempotency_key}"
+            )
+        position_advance(key, units=priced.units)
+        record = usage_insert(priced, tenant=tenant, now=now, posting=posting)
+    positions_seen.set(key, Position(position.used + priced.units, position.free_until))
+    metrics.POSITION_SETTLED.labels("locked").inc()
+    return record

@@ -22,6 +22,7 @@ from billing_site.errors import IdempotencyConflict
 from billing_site.money import ZERO
 from metering.models import Service, UsageRecord
 from metering.services.events import PricedEvent, spend_cap_check
+from metering.services.positions import Position, PositionKey
 from payments import ledger
 
 # The usage record's columns: (column, parameter, PostgreSQL type).
@@ -46,6 +47,8 @@ RECORD_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("transfer_id", "transfer", "bigint"),
     ("balance_after", "balance_after", "numeric"),
     ("hold_id", "hold", "bigint"),
+    ("position", "position", "bigint"),
+    ("pricing", "pricing", "jsonb"),
     ("created_at", "now", "timestamptz"),
 )
 IDEMPOTENCY_CONSTRAINT = "usage_idempotency_key_per_org_mode"
@@ -125,6 +128,36 @@ DEBIT_SQL = ledger.post_statement(f"""rec AS (
     RETURNING id
 ), {_rollup_and_spend("(SELECT stripe FROM w)")}, companion AS (SELECT id FROM rec)""")
 
+# The hot path for a positional price (docs/pricing.md): the same statement, guarded by the event's
+# position. `guard` advances the organization's position for the service only while it still lies in
+# the range the cost was computed for (its row lock comes first: billing_site/locks.py), so no two
+# events take the same position and none is charged at a position it does not have; the record keeps
+# the position it got. `seen` is the position as the statement saw it, for the next guess.
+_POSITION_ROW = "organization_id = %(usage_org)s AND service_id = %(usage_service)s AND period = %(usage_period)s AND NOT test"
+_POSITION_GUARD = f"""seen AS (
+    SELECT used, free_until FROM metering_usageposition WHERE {_POSITION_ROW}
+), guard AS (
+    UPDATE metering_usageposition SET used = used + %(usage_quantity)s
+     WHERE {_POSITION_ROW} AND free_until = %(usage_free_until)s
+       AND used BETWEEN %(usage_position_low)s AND COALESCE(%(usage_position_high)s::bigint, 9223372036854775807)
+ RETURNING used - %(usage_quantity)s AS start
+)"""
+
+
+def _positional_record(stripe: str, *, transfer: str) -> str:
+    return f"""rec AS (
+    INSERT INTO metering_usagerecord ({_COLUMN_LIST})
+    SELECT {_values(transfer=transfer, balance_after="w.total", hold="NULL", position="(SELECT start FROM guard)")} FROM w
+    RETURNING id
+), {_rollup_and_spend(stripe)}, companion AS (SELECT id, (SELECT start FROM guard) FROM rec)"""
+
+
+POSITIONAL_DEBIT_SQL = ledger.post_statement(
+    _positional_record("(SELECT stripe FROM w)", transfer="(SELECT id FROM t)"), guard_ctes=_POSITION_GUARD
+)
+# The same for an event its position makes free (a plan's included units): no money moves.
+POSITIONAL_FREE_SQL = ledger.free_statement(_positional_record("0", transfer="NULL"), guard_ctes=_POSITION_GUARD)
+
 # A batch's records go in by binary COPY (no SQL text to build or parse), with ids drawn first so the
 # answer can name them. A key already taken makes the COPY fail on the unique index.
 _BATCH_IDS_SQL = "SELECT nextval(pg_get_serial_sequence('metering_usagerecord', 'id')) FROM generate_series(1, %s)"
@@ -147,6 +180,8 @@ def record_params(
     priced: PricedEvent, *, tenant: Tenant, now: datetime, posting: ledger.Posting | None = None, hold_id: int | None = None
 ) -> dict[str, Any]:
     """The `usage_*` parameters of one record (and its rollup and spend)."""
+    if priced.positional and priced.units and priced.position is None:
+        raise ValueError("a positional event is written only once priced at its position")
     quantities = priced.quantities
     return {
         "usage_org": tenant.organization.pk,
@@ -171,6 +206,8 @@ def record_params(
         "usage_transfer": posting.transfer_id if posting else None,
         "usage_balance_after": posting.balance_after if posting else None,
         "usage_hold": hold_id,
+        "usage_position": priced.position if priced.positional and priced.units else None,
+        "usage_pricing": None if priced.pricing is None else json.dumps(priced.pricing),
         "usage_now": now,
         "usage_day": now.date(),
     }
@@ -199,8 +236,10 @@ def _record(priced: PricedEvent, params: dict[str, Any], *, record_id: int, post
         request_hash=priced.request_hash,
         metadata=priced.event.metadata,
         transfer_id=posting.transfer_id if posting else None,
-        balance_after=posting.balance_after if posting else None,
+        balance_after=posting.balance_after if posting else params["usage_balance_after"],
         hold_id=params["usage_hold"],
+        position=params["usage_position"],
+        pricing=priced.pricing,
         created_at=params["usage_now"],
     )
 
@@ -278,6 +317,54 @@ def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: da
     return _record(priced, params, record_id=record_id, posting=posting)
 
 
+def usage_debit_positional_in_one_statement(
+    priced: PricedEvent, *, tenant: Tenant, now: datetime, key: PositionKey
+) -> UsageRecord | Position | None:
+    """The hot path of a positional event priced at a guessed position: the record when the position
+    still lay in the range its cost holds for, else the position the statement saw (None: there is no
+    position row yet) and nothing is written. GuardRefused when the guess held but the wallet row (or
+    stripe) could not pay, or, for a free event, is at or past its limit: the caller settles the event
+    on its locked path."""
+    params = record_params(priced, tenant=tenant, now=now)
+    params.update(
+        usage_period=key.period,
+        usage_free_until=priced.free_until,
+        usage_position_low=priced.low,
+        usage_position_high=priced.high,
+    )
+    try:
+        if priced.cost > ZERO:
+            posting, extra = ledger.usage_charge_in_one_statement(
+                statements=POSITIONAL_DEBIT_SQL,
+                organization_id=params["usage_org"],
+                stripes=tenant.organization.wallet_stripes,
+                cost=priced.cost,
+                reference=f"usage:{priced.event.idempotency_key}",
+                params=params,
+                now=now,
+                guarded=True,
+            )
+        else:
+            row = ledger.usage_free_in_one_statement(
+                statement=POSITIONAL_FREE_SQL, organization_id=params["usage_org"], params=params
+            )
+            posting, extra = None, () if row is None else row[2:]
+            if row is not None and row[0] is not None:
+                params["usage_balance_after"] = row[0]
+                params["usage_position"] = extra[1]
+                return _record(priced, params, record_id=extra[0], posting=None)
+    except IntegrityError as error:
+        if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
+            raise AlreadyRecorded() from error
+        raise
+    if posting is None:
+        # after the companion's (id, start), NULL here: `seen`'s (used, free_until)
+        return Position(used=extra[2], free_until=extra[3]) if extra else None
+    record_id, start = extra[:2]
+    params["usage_position"] = start
+    return _record(priced, params, record_id=record_id, posting=posting)
+
+
 @dataclass(slots=True)
 class BatchRecord:
     """A usage record a batch wrote, as rendered: built from what was sent, not read back, and much
@@ -300,6 +387,8 @@ class BatchRecord:
     request_hash: str
     metadata: dict[str, Any]
     created_at: datetime
+    position: int | None = None
+    pricing: dict[str, Any] | None = None
 
 
 def usage_insert_batch(
@@ -325,7 +414,7 @@ def usage_insert_batch(
     params["usage_total"] = sum((totals[4] for totals in rollup.values()), ZERO)
     # COPY's jsonb dumper encodes the object itself, so the metadata goes as the dict, not its JSON text.
     names = [f"usage_{param}" for _, param, _ in RECORD_COLUMNS]
-    metadata_at = names.index("usage_metadata")
+    metadata_at, pricing_at = names.index("usage_metadata"), names.index("usage_pricing")
     with server_bound_cursor() as cursor:
         cursor.execute(_BATCH_IDS_SQL, [len(rows)])
         ids = [record_id for (record_id,) in cursor.fetchall()]
@@ -335,6 +424,7 @@ def usage_insert_batch(
                 for record_id, row, (priced, _) in zip(ids, rows, accepted, strict=True):
                     values = [record_id, *(row[name] for name in names)]
                     values[1 + metadata_at] = priced.event.metadata
+                    values[1 + pricing_at] = priced.pricing
                     copy.write_row(values)
         except IntegrityError as error:
             if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:

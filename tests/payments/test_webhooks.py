@@ -41,7 +41,10 @@ def test_signed_success_event_credits_the_wallet_once(api_client, organization, 
 
     assert response.status_code == 200, response.content
     assert response.json() == {"received": True, "duplicate": False}
-    assert len(callbacks) == 1  # settlement is queued after commit, not run in the request
+    # Settlement is queued after commit, not run in the request; the credit it posts (run here,
+    # eagerly) announces itself after its own commit (the ledger's wallet_credited_signal).
+    assert len(callbacks) == 2
+    assert "webhook_receive" in callbacks[0].__qualname__ and "transfer_post" in callbacks[1].__qualname__
     event = WebhookEvent.objects.get()
     assert (event.provider, event.event_id, event.event_type, event.payment_id) == (
         "sandbox",

@@ -4,6 +4,7 @@ import io
 import os
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.hashers import check_password
@@ -152,6 +153,10 @@ def _services(*, created_by: User) -> list[str]:
             created.append(slug)
         if not Price.objects.filter(service=service, organization__isnull=True).exists():
             metering_services.price_create(
-                service=service, organization_id=None, effective_from=PRICES_FROM, created_by_id=created_by.pk, **prices
+                service=service,
+                organization_id=None,
+                effective_from=PRICES_FROM,
+                created_by_id=created_by.pk,
+                **dict[str, Any](prices),
             )
     return created
