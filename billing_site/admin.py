@@ -80,6 +80,11 @@ class AccessibleLabels:
                 time.attrs["aria-label"] = f"{label}: time"
             else:
                 field.widget.attrs.setdefault("aria-label", label)
+                # The admin wraps a select of related rows (add/change links beside it); the wrapper's
+                # copy in this form renders its own inner widget, whose attrs are the ones that count.
+                inner = getattr(field.widget, "widget", None)
+                if isinstance(inner, forms.Widget):
+                    inner.attrs.setdefault("aria-label", label)
 
 
 class LabelledForm(AccessibleLabels, forms.ModelForm):

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from accounts import services as account_services
-from metering.models import CalcMethod
+from metering.models import CalcMethod, Plan, Subscription
 from payments import ledger
 from payments.models import Payment, PaymentStatus, Refund
 from tests.browser.axe import axe_check, axe_violations, format_violations
@@ -28,6 +28,7 @@ def _staff(group: str, email: str):
     from django.apps import apps
 
     importlib.import_module("metering.migrations.0004_staff_groups_payments").extend_groups(apps, None)
+    importlib.import_module("metering.migrations.0012_staff_groups_plans").extend_groups(apps, None)
     user = UserFactory(email=email, is_staff=True, name=group)
     user.groups.add(Group.objects.get(name=group))
     return user
@@ -71,7 +72,37 @@ def _back_office_data(live_server_url: str):
     payment = Payment.objects.filter(status=PaymentStatus.SUCCEEDED).first()
     Refund.objects.create(organization=organization, payment=payment, amount=Decimal(5), reason="unused credit")
     _gateway_configuration()
+    _plan_and_subscription(organization)
     return organization, broke
+
+
+def _plan_and_subscription(organization) -> None:
+    """A plan with an included quantity, a tiered plan price and a package price, and a subscriber with
+    a charge (after the usage above: their prices would apply to it)."""
+    from metering.models import PlanAllowance, Price, Service, SubscriptionCharge
+
+    moderation = Service.objects.get(slug="moderation")
+    plan = Plan.objects.create(slug="team", name="Team", monthly_fee=Decimal(49))
+    PlanAllowance.objects.create(plan=plan, service=moderation, quantity=10_000)
+    Price.objects.create(
+        service=moderation,
+        plan=plan,
+        model="tiered",
+        tiers=[{"up_to": 100_000, "unit_price": "0.0004"}, {"up_to": None, "unit_price": "0.0003"}],
+        effective_from=timezone.now(),
+    )
+    Price.objects.create(
+        service=Service.objects.get(slug="gpt-4o"),
+        model="package",
+        unit_price=Decimal(1),
+        package_size=1000,
+        effective_from=timezone.now() + timedelta(days=30),
+    )
+    period = timezone.now().date().replace(day=1)
+    subscription = Subscription.objects.create(organization=organization, plan=plan, period=period)
+    SubscriptionCharge.objects.create(
+        subscription=subscription, organization=organization, plan=plan, period=period, kind="start_fee", amount=Decimal("30.12")
+    )
 
 
 def _gateway_configuration() -> None:
@@ -111,6 +142,9 @@ PAGES = [
     ("admin-holds", "/admin/metering/hold/"),
     ("admin-reconciliation", "/admin/reconciliation/"),
     ("admin-price-add", "/admin/metering/price/add/"),
+    ("admin-prices", "/admin/metering/price/"),
+    ("admin-plan", "/admin/metering/plan/{plan}/change/"),
+    ("admin-subscription", "/admin/metering/subscription/{subscription}/change/"),
 ]
 
 
@@ -120,7 +154,16 @@ def test_back_office_pages(visitor, live_server):
     _admin_log_in(visitor, "billing@tollgate.test")
     payment = Payment.objects.filter(status=PaymentStatus.SUCCEEDED).first()
     for name, path in PAGES:
-        visitor.goto(path.format(organization=organization.pk, slug=organization.slug, payment=payment.pk))
+        plan, subscription = Plan.objects.get(slug="team"), Subscription.objects.get(organization=organization)
+        visitor.goto(
+            path.format(
+                organization=organization.pk,
+                slug=organization.slug,
+                payment=payment.pk,
+                plan=plan.pk,
+                subscription=subscription.pk,
+            )
+        )
         axe_check(visitor.page, context=name)
         visitor.shot(name)
 

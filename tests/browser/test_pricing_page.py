@@ -93,7 +93,7 @@ def test_staff_add_a_tiered_price_in_the_admin_and_customers_see_its_table(visit
     admin.page.get_by_role("button", name="Log in").click()
     admin.goto("/admin/metering/price/add/")
     page = admin.page
-    page.get_by_label("Service:").select_option(str(service.pk))
+    page.get_by_label("Service", exact=True).select_option(str(service.pk))
     page.get_by_label("Model", exact=True).select_option("tiered")
     expect(page.locator("#id_tiers_helptext")).to_contain_text("flat_fee")
     page.get_by_label("Tiers", exact=True).fill('[{"up_to": 1000, "unit_price": "0.02"}, {"up_to": 500, "unit_price": "0.01"}]')
