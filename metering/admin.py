@@ -46,6 +46,23 @@ TIERS_HELP = (
 )
 
 
+# A price row's fields in the order the add forms show them (inline under a service, or on its own page).
+PRICE_FORM_FIELDS = [
+    "organization",
+    "plan",
+    "effective_from",
+    "model",
+    "input_price",
+    "output_price",
+    "cached_input_price",
+    "unit_price",
+    "tiers",
+    "package_size",
+    "created_by",
+    "created_at",
+]
+
+
 class PriceForm(LabelledForm):
     """A new price row, checked by the pricing module's one rule (metering.pricing.price_validate): the
     fields its service's method and its model use, and no others, so a row can never leave a service
@@ -104,20 +121,7 @@ class PriceInline(admin.TabularInline):
     form = PriceForm
     formfield_overrides = AMOUNT_INPUTS
     extra = 1
-    fields = [
-        "organization",
-        "plan",
-        "effective_from",
-        "model",
-        "input_price",
-        "output_price",
-        "cached_input_price",
-        "unit_price",
-        "tiers",
-        "package_size",
-        "created_by",
-        "created_at",
-    ]
+    fields = PRICE_FORM_FIELDS
     readonly_fields = ["created_by", "created_at"]
     raw_id_fields = ["organization"]  # a labelled id box (with a lookup), not an unlabelled widget
     ordering = ["-effective_from", "-id"]
@@ -151,21 +155,7 @@ class ServiceAdmin(admin.ModelAdmin):
 class PriceAdmin(admin.ModelAdmin):
     form = PriceForm
     formfield_overrides = AMOUNT_INPUTS
-    fields = [
-        "service",
-        "organization",
-        "plan",
-        "effective_from",
-        "model",
-        "input_price",
-        "output_price",
-        "cached_input_price",
-        "unit_price",
-        "tiers",
-        "package_size",
-        "created_by",
-        "created_at",
-    ]
+    fields = ["service", *PRICE_FORM_FIELDS]
     list_display = [
         "service",
         "organization",

@@ -9,6 +9,8 @@ carries both without collisions.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -296,24 +298,45 @@ def spend_cap_remaining(*, tenant: Tenant) -> Decimal | None:
     return None if row is None else row[0]
 
 
-def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: datetime) -> UsageRecord:
-    """The hot path: one round trip that debits, records, rolls up and commits. For keys without a
-    spend cap only (the cap is checked after the spend update, which needs a transaction)."""
-    params = record_params(priced, tenant=tenant, now=now)
-    try:
-        posting, (record_id,) = ledger.usage_charge_in_one_statement(
-            statements=DEBIT_SQL,
+def _charged_in_one_statement(
+    priced: PricedEvent,
+    params: dict[str, Any],
+    *,
+    tenant: Tenant,
+    now: datetime,
+    statements: ledger.PostStatements,
+    guarded: bool,
+) -> tuple[ledger.Posting | None, tuple[Any, ...]]:
+    """`ledger.usage_charge_in_one_statement` for this record; AlreadyRecorded when its key exists."""
+    with _already_recorded_on_conflict():
+        return ledger.usage_charge_in_one_statement(
+            statements=statements,
             organization_id=params["usage_org"],
             stripes=tenant.organization.wallet_stripes,
             cost=priced.cost,
             reference=f"usage:{priced.event.idempotency_key}",
             params=params,
             now=now,
+            guarded=guarded,
         )
+
+
+@contextmanager
+def _already_recorded_on_conflict() -> Iterator[None]:
+    """A reused idempotency key violates the unique index and rolls its statement back: AlreadyRecorded."""
+    try:
+        yield
     except IntegrityError as error:
         if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
             raise AlreadyRecorded() from error
         raise
+
+
+def usage_debit_in_one_statement(priced: PricedEvent, *, tenant: Tenant, now: datetime) -> UsageRecord:
+    """The hot path: one round trip that debits, records, rolls up and commits. For keys without a
+    spend cap only (the cap is checked after the spend update, which needs a transaction)."""
+    params = record_params(priced, tenant=tenant, now=now)
+    posting, (record_id,) = _charged_in_one_statement(priced, params, tenant=tenant, now=now, statements=DEBIT_SQL, guarded=False)
     return _record(priced, params, record_id=record_id, posting=posting)
 
 
@@ -332,31 +355,20 @@ def usage_debit_positional_in_one_statement(
         usage_position_low=priced.low,
         usage_position_high=priced.high,
     )
-    try:
-        if priced.cost > ZERO:
-            posting, extra = ledger.usage_charge_in_one_statement(
-                statements=POSITIONAL_DEBIT_SQL,
-                organization_id=params["usage_org"],
-                stripes=tenant.organization.wallet_stripes,
-                cost=priced.cost,
-                reference=f"usage:{priced.event.idempotency_key}",
-                params=params,
-                now=now,
-                guarded=True,
-            )
-        else:
+    if priced.cost > ZERO:
+        posting, extra = _charged_in_one_statement(
+            priced, params, tenant=tenant, now=now, statements=POSITIONAL_DEBIT_SQL, guarded=True
+        )
+    else:
+        with _already_recorded_on_conflict():
             row = ledger.usage_free_in_one_statement(
                 statement=POSITIONAL_FREE_SQL, organization_id=params["usage_org"], params=params
             )
-            posting, extra = None, () if row is None else row[2:]
-            if row is not None and row[0] is not None:
-                params["usage_balance_after"] = row[0]
-                params["usage_position"] = extra[1]
-                return _record(priced, params, record_id=extra[0], posting=None)
-    except IntegrityError as error:
-        if getattr(getattr(error.__cause__, "diag", None), "constraint_name", None) == IDEMPOTENCY_CONSTRAINT:
-            raise AlreadyRecorded() from error
-        raise
+        posting, extra = None, () if row is None else row[2:]
+        if row is not None and row[0] is not None:
+            params["usage_balance_after"] = row[0]
+            params["usage_position"] = extra[1]
+            return _record(priced, params, record_id=extra[0], posting=None)
     if posting is None:
         # after the companion's (id, start), NULL here: `seen`'s (used, free_until)
         return Position(used=extra[2], free_until=extra[3]) if extra else None
