@@ -47,7 +47,7 @@ TIERS_HELP = (
 
 
 # A price row's fields in the order the add forms show them (inline under a service, or on its own page).
-PRICE_FORM_FIELDS = [
+PRICE_FORM_FIELDS: tuple[str, ...] = (
     "organization",
     "plan",
     "effective_from",
@@ -60,7 +60,7 @@ PRICE_FORM_FIELDS = [
     "package_size",
     "created_by",
     "created_at",
-]
+)
 
 
 class PriceForm(LabelledForm):
@@ -155,7 +155,7 @@ class ServiceAdmin(admin.ModelAdmin):
 class PriceAdmin(admin.ModelAdmin):
     form = PriceForm
     formfield_overrides = AMOUNT_INPUTS
-    fields = ["service", *PRICE_FORM_FIELDS]
+    fields = ("service", *PRICE_FORM_FIELDS)
     list_display = [
         "service",
         "organization",
