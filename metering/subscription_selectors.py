@@ -15,9 +15,9 @@ from metering.models import (
     Subscription,
     SubscriptionCharge,
     SubscriptionStatus,
-    UsagePosition,
 )
 from metering.pricing import prices_listed
+from metering.selectors import plan_usage_left
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,36 +82,22 @@ def subscription_open_get(*, organization_id: int) -> Subscription | None:
 
 
 def subscription_included(*, subscription: Subscription) -> list[Included]:
-    """Per service the plan includes: `quantity` a month; `left` = the free units left this period
-    (free_until − used of the live usage position, never below 0) while active, 0 otherwise; `used` =
-    quantity − left (never below 0: an upgrade can leave more free units than the new plan's quantity)."""
-    allowances = list(
-        PlanAllowance.objects.filter(plan_id=subscription.plan_id).select_related("service").order_by("service__slug")
-    )
-    positions = {
-        position.service_id: position
-        for position in UsagePosition.objects.filter(
-            organization_id=subscription.organization_id,
-            period=subscription.period,
-            test=False,
-            service_id__in=[allowance.service_id for allowance in allowances],
+    """Per service the plan includes, by slug: its monthly `quantity`, and this month's `used` and `left`
+    as `metering.selectors.plan_usage_left` counts them (the one rule the pricing page and `services/`
+    read too)."""
+    figures = plan_usage_left(organization_id=subscription.organization_id)
+    allowances = PlanAllowance.objects.filter(plan_id=subscription.plan_id).select_related("service").order_by("service__slug")
+    return [
+        Included(
+            service=allowance.service.slug,
+            name=allowance.service.name,
+            quantity=allowance.quantity,
+            used=figures[allowance.service_id].used,
+            left=figures[allowance.service_id].left,
         )
-    }
-    active = subscription.status == SubscriptionStatus.ACTIVE
-    included = []
-    for allowance in allowances:
-        position = positions.get(allowance.service_id)
-        left = max(0, position.free_until - position.used) if active and position is not None else 0
-        included.append(
-            Included(
-                service=allowance.service.slug,
-                name=allowance.service.name,
-                quantity=allowance.quantity,
-                used=max(0, allowance.quantity - left),
-                left=left,
-            )
-        )
-    return included
+        for allowance in allowances
+        if allowance.service_id in figures
+    ]
 
 
 def subscription_charges(*, organization_id: int, limit: int = 50) -> list[SubscriptionCharge]:
