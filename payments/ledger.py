@@ -169,9 +169,9 @@ def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> Pos
     `guard_ctes`, when given, run first and must define `seen` (one row: what the caller's guess is
     checked against, as this statement saw it) and `guard` (a row only when the guess held, after its
     own write). The money moves only when `guard` has a row; when it has one and the wallet refuses, the
-    statement fails with REFUSED_SQLSTATE, so the guard's write is undone too. The statement answers no
-    row when the guess did not hold; otherwise the posting's columns (NULL when refused… which raised),
-    the companion's, then `seen`'s."""
+    statement fails with REFUSED_SQLSTATE, so the guard's write is undone too. It answers one row per
+    `seen` row: the posting's columns, the companion's, then `seen`'s — the first two NULL when the
+    guess did not hold."""
     if guard_ctes is None:
         return PostStatements(
             *(
@@ -179,15 +179,32 @@ def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> Pos
                 for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
             )
         )
-    guarded = " AND EXISTS (SELECT 1 FROM guard)"
     return PostStatements(
         *(
-            f"WITH {guard_ctes}, {_post_ctes(row.replace(_GUARD_POINT, _GUARD_POINT + guarded), stripe=stripe)},\n"
-            f"{companion_ctes}\nSELECT {_POST_RESULT}, companion.*, seen.*,"
-            f" tollgate_refuse_unless(t.id IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
-            " FROM seen LEFT JOIN (w CROSS JOIN t CROSS JOIN companion) ON true"
+            _guarded(
+                f"{guard_ctes}, {_post_ctes(row.replace(_GUARD_POINT, _GUARD_POINT + _GUARD_HELD), stripe=stripe)},\n{companion_ctes}",
+                columns=_POST_RESULT,
+                joined="w CROSS JOIN t",
+                moved="t.id",
+            )
             for row, stripe in ((_WALLET_ROW, False), (_STRIPE_ROW, True))
         )
+    )
+
+
+# Where a guard's condition joins a posting's UPDATE (both row statements have it once), and the condition.
+_GUARD_POINT = f"AND {OVERDRAFT_RULE}"
+_GUARD_HELD = " AND EXISTS (SELECT 1 FROM guard)"
+
+
+def _guarded(ctes: str, *, columns: str, joined: str, moved: str) -> str:
+    """The answer of a guarded statement: one row per `seen` row, with `columns` and the companion's
+    (NULL when the guard did not hold), then `seen`'s; and a failure (REFUSED_SQLSTATE) when the guard
+    held but `moved` is NULL, so the guard's write is undone with the rest."""
+    return (
+        f"WITH {ctes}\nSELECT {columns}, companion.*, seen.*,"
+        f" tollgate_refuse_unless({moved} IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
+        f" FROM seen LEFT JOIN ({joined} CROSS JOIN companion) ON true"
     )
 
 
@@ -196,7 +213,7 @@ def post_statement(companion_ctes: str, *, guard_ctes: str | None = None) -> Pos
 # the statement sees it — a free event needs no lock on it. Guarded like `post_statement`'s.
 _FREE_ROW = f"""w AS (
     SELECT {_wallet_total("balance")} AS total, held FROM payments_wallet
-     WHERE organization_id = %(ledger_org)s AND {OVERDRAFT_RULE} AND EXISTS (SELECT 1 FROM guard)
+     WHERE organization_id = %(ledger_org)s {_GUARD_POINT}{_GUARD_HELD}
 )"""
 
 
@@ -205,11 +222,7 @@ def free_statement(companion_ctes: str, *, guard_ctes: str) -> str:
     `companion_ctes` may read `w` (`total`) and must end in `companion`. Answers (total, held, the
     companion's columns, `seen`'s) — NULL total when the guard did not hold — and fails with
     REFUSED_SQLSTATE when the guard held but the overdraft rule refused."""
-    return (
-        f"WITH {guard_ctes}, {_FREE_ROW},\n{companion_ctes}\nSELECT w.total, w.held, companion.*, seen.*,"
-        " tollgate_refuse_unless(w.total IS NOT NULL OR NOT EXISTS (SELECT 1 FROM guard))"
-        " FROM seen LEFT JOIN (w CROSS JOIN companion) ON true"
-    )
+    return _guarded(f"{guard_ctes}, {_FREE_ROW},\n{companion_ctes}", columns="w.total, w.held", joined="w", moved="w.total")
 
 
 def usage_free_in_one_statement(*, statement: str, organization_id: int, params: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -219,20 +232,22 @@ def usage_free_in_one_statement(*, statement: str, organization_id: int, params:
         **params,
         **posting_params(organization_id=organization_id, amount=ZERO, counter_account=Account.REVENUE, kind=TransferKind.USAGE),
     }
-    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    try:
-        with scope, prepared_cursor() as cursor:
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
-    except DatabaseError as error:
-        if getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
-            raise GuardRefused() from error
-        raise
+    row = _one_statement(statement, params, guarded=True)
     return None if row is None else tuple(row)
 
 
-# Where a guard's condition joins a posting's UPDATE (both row statements have it once).
-_GUARD_POINT = "AND {OVERDRAFT_RULE}".replace("{OVERDRAFT_RULE}", OVERDRAFT_RULE)
+def _one_statement(statement: str, params: dict[str, Any], *, guarded: bool) -> Any:
+    """Run one prepared statement (in a savepoint inside a caller's transaction, so a failure does not
+    poison it) and answer its row; a guarded statement's refusal raises GuardRefused."""
+    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
+            cursor.execute(statement, params)
+            return cursor.fetchone()
+    except DatabaseError as error:
+        if guarded and getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
+            raise GuardRefused() from error
+        raise
 
 
 # A change of holds alone: a hold, a release, or a zero-cost debit (which moves nothing but must
@@ -402,21 +417,11 @@ def usage_charge_in_one_statement(
     statement = statements.wallet
     if stripes:
         statement, params["ledger_stripe"] = statements.stripe, stripe_pick(stripes)
-    # Inside a caller's transaction, a savepoint keeps a failed statement from poisoning it.
-    scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     started = time.perf_counter()
-    try:
-        with scope, prepared_cursor() as cursor:  # parsed and planned once per connection
-            cursor.execute(statement, params)
-            row = cursor.fetchone()
-    except DatabaseError as error:
-        if guarded and getattr(error.__cause__, "sqlstate", None) == REFUSED_SQLSTATE:
-            raise GuardRefused() from error
-        raise
+    row = _one_statement(statement, params, guarded=guarded)
     if guarded:
         if row is None or row[0] is None:  # no row: the guard's own row does not exist yet
             return None, () if row is None else tuple(row[6:])
-            return None, tuple(row[6:])
     elif row is None and (stripes or _is_striped(organization_id)):
         with transaction.atomic(), connection.cursor() as cursor:
             _stripes_rebalance(organization_id=organization_id, reserve=cost)
