@@ -22,7 +22,7 @@ from metering.calculators import measure
 from metering.models import Hold, HoldStatus, UsageRecord
 from metering.pricing import cost_bound
 from metering.services.events import RESERVED_KEY_PREFIX, SpendCapExceeded, UsageEvent, event_price
-from metering.services.positions import PositionKey, period_of, position_advance, position_lock
+from metering.services.positions import position_take
 from metering.services.usage_sql import AlreadyRecorded, spend_cap_remaining, usage_insert
 from payments import ledger
 
@@ -142,11 +142,9 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
             # Lock order (billing_site/locks.py): the position (a positional price), the wallet, then the
             # hold; the hold is checked before its amount is freed, so a racing capture, release or
             # expiry of the same hold cannot free it twice.
-            key, now = None, timezone.now()
+            now = timezone.now()
             if priced.positional and priced.units:
-                key = PositionKey(organization_id, priced.service_id, period_of(now), hold.test)
-                position = position_lock(key)
-                priced = priced.at(position=position.used, free_until=position.free_until)
+                priced = position_take(priced, organization_id=organization_id, now=now, test=hold.test)
             if not hold.test:
                 locks.wallet_lock(organization_id=organization_id)
             locked: Hold = locks.hold_lock(hold_id=hold.pk)
@@ -161,8 +159,6 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                     release_held=hold.amount,
                     may_overdraw=True,
                 )
-            if key is not None:
-                position_advance(key, units=priced.units)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)

@@ -20,9 +20,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
+
+if TYPE_CHECKING:
+    from metering.services.events import PricedEvent
 
 _ROLLUP_SO_FAR = """(SELECT COALESCE(sum(r.quantity), 0) FROM metering_usagerollup r
   WHERE r.organization_id = %(org)s AND r.service_id = %(service)s AND r.test = %(test)s
@@ -99,6 +102,16 @@ def position_lock(key: PositionKey) -> Position:
         cursor.execute(_POSITION_LOCK_SQL, key.params())
         used, free_until = cursor.fetchone()
     return Position(used, free_until)
+
+
+def position_take(priced: PricedEvent, *, organization_id: int, now: datetime, test: bool) -> PricedEvent:
+    """The locked path's step: lock the event's position row (before the wallet's), price the event at
+    it and move the position on past its units — inside the caller's transaction, which charges it."""
+    key = PositionKey(organization_id, priced.service_id, period_of(now), test)
+    position = position_lock(key)
+    priced = priced.at(position=position.used, free_until=position.free_until)
+    position_advance(key, units=priced.units)
+    return priced
 
 
 def position_advance(key: PositionKey, *, units: int) -> None:

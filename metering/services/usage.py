@@ -20,9 +20,8 @@ from metering.services.positions import (
     Position,
     PositionKey,
     period_of,
-    position_advance,
     position_ensure,
-    position_lock,
+    position_take,
     positions_seen,
 )
 from metering.services.usage_sql import (
@@ -131,15 +130,14 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
             seen = outcome or position_ensure(key)
             positions_seen.set(key, seen)
     with transaction.atomic(durable=True):
-        position = position_lock(key)  # before the wallet's lock (billing_site/locks.py)
-        priced = priced.at(position=position.used, free_until=position.free_until)
+        priced = position_take(priced, organization_id=key.organization_id, now=now, test=key.test)
         posting = None
         if not tenant.is_test:
             posting = ledger.usage_charge(
                 organization_id=key.organization_id, cost=priced.cost, reference=f"usage:{priced.event.idempotency_key}"
             )
-        position_advance(key, units=priced.units)
         record = usage_insert(priced, tenant=tenant, now=now, posting=posting)
-    positions_seen.set(key, Position(position.used + priced.units, position.free_until))
+    assert record.position is not None
+    positions_seen.set(key, Position(record.position + priced.units, priced.free_until))
     metrics.POSITION_SETTLED.labels("locked").inc()
     return record
