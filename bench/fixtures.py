@@ -66,7 +66,7 @@ def ensure(*, spread_count: int) -> BenchData:
     from metering import selectors
     from metering.calculators import measure
     from metering.models import CalcMethod, Price, Service
-    from metering.pricing import strategy_for
+    from metering.pricing import cost_at
     from metering.services import price_create, service_create
     from payments.ledger import wallet_adjust
     from payments.models import Wallet
@@ -141,7 +141,7 @@ def ensure(*, spread_count: int) -> BenchData:
 
     hot = tenant(HOT_SLUG)
     priced = selectors.priced_service_get(slug=SERVICE_SLUG, organization_id=hot.organization_id)
-    cost = strategy_for(priced.calc_method).cost(priced.calc_method, measure(priced.calc_method, {}), priced.prices)
+    cost = cost_at(priced.calc_method, measure(priced.calc_method, {}), priced.prices, start=0, free_until=0).cost
     assert priced.prices.unit_price is not None  # the bench service is priced per request (UNIT_PRICE)
     data = BenchData(
         hot=hot,

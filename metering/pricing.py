@@ -105,7 +105,7 @@ class UnitPrices:
 
 def prices_listed(method: str, price: Any) -> dict[str, Decimal]:
     """A per-unit price's rates as shown to people and the API: the method's fields, then the optional
-    ones the row sets (a TOKENS row's `cached_input_price`). Empty for other models (see `tiers_listed`)."""
+    ones the row sets (a TOKENS row's `cached_input_price`). A package's price per package; empty for tiered and volume prices (their rates are in their tiers)."""
     if getattr(price, "model", PriceModel.PER_UNIT) == PriceModel.PACKAGE:
         return {"unit_price": price.unit_price}
     if getattr(price, "model", PriceModel.PER_UNIT) != PriceModel.PER_UNIT:
@@ -313,6 +313,11 @@ def _unit_price(prices: UnitPrices, name: str) -> Decimal:
     return value
 
 
+def _rated(total: Decimal, count: int, rate: Decimal, per: int) -> Decimal:
+    """`total` plus `count` units at `rate` per `per` units, exactly."""
+    return EXACT.add(total, EXACT.divide(EXACT.multiply(Decimal(count), rate), Decimal(per)))
+
+
 def _volume_tier(tiers: tuple[Tier, ...], total: int) -> Tier:
     """The tier a running total of `total` units reaches."""
     for tier in tiers:
@@ -340,12 +345,12 @@ def exact_cost(method: str, quantities: Quantities, prices: UnitPrices, *, start
             for tier in prices.tiers:
                 charged = _overlap(tier.low, tier.up_to, first, end)
                 if charged:
-                    total = EXACT.add(total, EXACT.divide(EXACT.multiply(Decimal(charged), tier.price(name)), Decimal(per)))
+                    total = _rated(total, charged, tier.price(name), per)
             continue
         charged = max(0, end - first)
         if charged:
             rate = reached.price(name) if reached is not None else _unit_price(prices, name)
-            total = EXACT.add(total, EXACT.divide(EXACT.multiply(Decimal(charged), rate), Decimal(per)))
+            total = _rated(total, charged, rate, per)
     # A tier's flat fee is paid once a period, by the event that holds the tier's first position.
     for tier in prices.tiers:
         if tier.flat_fee and start <= tier.low < start + units:
@@ -416,8 +421,7 @@ def cost_bound(method: str, quantities: Quantities, prices: UnitPrices) -> Decim
         return money_round(exact_cost(method, quantities, prices, start=0, free_until=0))
     total = sum((tier.flat_fee for tier in prices.tiers), ZERO)
     for count, name, per in _components(method, quantities):
-        rate = max(tier.price(name) for tier in prices.tiers)
-        total = EXACT.add(total, EXACT.divide(EXACT.multiply(Decimal(count), rate), Decimal(per)))
+        total = _rated(total, count, max(tier.price(name) for tier in prices.tiers), per)
     return money_round(total)
 
 
@@ -448,7 +452,7 @@ def volume_target(method: str, period_units: dict[str, int], prices: UnitPrices,
     for _, name, per in PRICE_COMPONENTS[method]:
         count = period_units.get(name, 0)
         if count:
-            amount = EXACT.add(amount, EXACT.divide(EXACT.multiply(Decimal(count), tier.price(name)), Decimal(per)))
+            amount = _rated(amount, count, tier.price(name), per)
     return amount
 
 
@@ -461,18 +465,3 @@ def chargeable_units(method: str, quantities: Quantities, *, start: int, free_un
         position = end
         units[name] = units.get(name, 0) + max(0, end - first)
     return units
-
-
-class PerUnitPricing:
-    """The per-unit formula for callers that have no position (an estimate)."""
-
-    def cost(self, method: str, quantities: Quantities, prices: UnitPrices) -> Decimal:
-        """Σ quantity × price / units, computed exactly, then rounded once (half-even)."""
-        return money_round(exact_cost(method, quantities, prices, start=0, free_until=0))
-
-
-PER_UNIT = PerUnitPricing()
-
-
-def strategy_for(method: str) -> PerUnitPricing:
-    return PER_UNIT

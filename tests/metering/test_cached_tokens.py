@@ -24,7 +24,7 @@ from billing_site.errors import InvalidRequest
 from metering.calculators import measure
 from metering.exports import USAGE_CSV_COLUMNS
 from metering.models import CalcMethod, Hold, HoldStatus, Price, UsageRecord
-from metering.pricing import UnitPrices, charged_prices, strategy_for
+from metering.pricing import UnitPrices, charged_prices, cost_at
 from metering.retention import usage_retention_run
 from metering.services.usage_sql import DEBIT_SQL
 from tests.conftest import key_client
@@ -135,7 +135,7 @@ def test_the_cost_is_rounded_once_over_cached_and_uncached_parts():
     quantities = measure(CalcMethod.TOKENS, {"input_tokens": 2, "cached_input_tokens": 1, "output_tokens": 0})
     prices = UnitPrices(price_id=1, input_price=D("0.0000025"), output_price=D(0), cached_input_price=D("0.0000005"))
 
-    assert strategy_for(CalcMethod.TOKENS).cost(CalcMethod.TOKENS, quantities, prices) == D("0.000000000003")
+    assert cost_at(CalcMethod.TOKENS, quantities, prices, start=0, free_until=0).cost == D("0.000000000003")
 
 
 prices_st = st.decimals(min_value=0, max_value=1000, places=12, allow_nan=False, allow_infinity=False)
@@ -157,7 +157,7 @@ def test_cost_equals_the_fraction_oracle(input_tokens, output_tokens, cached_sha
     quantities = measure(CalcMethod.TOKENS, data)
     prices = UnitPrices(price_id=1, input_price=input_price, output_price=output_price, cached_input_price=cached_price)
 
-    cost = strategy_for(CalcMethod.TOKENS).cost(CalcMethod.TOKENS, quantities, prices)
+    cost = cost_at(CalcMethod.TOKENS, quantities, prices, start=0, free_until=0).cost
 
     assert cost == oracle(
         input_tokens=input_tokens,

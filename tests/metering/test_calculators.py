@@ -6,7 +6,7 @@ import pytest
 
 from billing_site.errors import InvalidRequest
 from metering.calculators import MAX_COUNT, Quantities, count_words, measure
-from metering.pricing import UnitPrices, strategy_for
+from metering.pricing import UnitPrices, cost_at
 
 # --- TOKENS ---------------------------------------------------------------------------------
 
@@ -218,7 +218,8 @@ def test_request_refuses_fields_of_other_methods(data):
 
 
 def cost(method: str, quantities: Quantities, **prices: str) -> Decimal:
-    return strategy_for(method).cost(method, quantities, UnitPrices(price_id=1, **{k: Decimal(v) for k, v in prices.items()}))
+    prices_in_force = UnitPrices(price_id=1, **{k: Decimal(v) for k, v in prices.items()})
+    return cost_at(method, quantities, prices_in_force, start=0, free_until=0).cost
 
 
 def test_one_token_at_fifteen_cents_per_million_costs_exactly_0_00000015():
@@ -272,4 +273,5 @@ def test_cost_is_rounded_once_not_per_component():
 
 def test_cost_refuses_float_prices():
     with pytest.raises(TypeError):
-        strategy_for("TOKENS").cost("TOKENS", Quantities(1, 1, 0), UnitPrices(price_id=1, input_price=0.15, output_price=0.6))
+        prices = UnitPrices(price_id=1, input_price=0.15, output_price=0.6)
+        cost_at("TOKENS", Quantities(1, 1, 0), prices, start=0, free_until=0)
