@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -17,7 +16,7 @@ from metering.models import (
     SubscriptionStatus,
 )
 from metering.pricing import prices_listed
-from metering.selectors import plan_usage_left
+from metering.selectors import plan_prices, plan_usage_left
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,33 +41,34 @@ class PlanListing:
     prices: dict[str, dict[str, Any]]  # service slug → the plan's price in force
 
 
-def plan_prices(*, plan: Plan, at: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """service slug → the plan's own price in force at `at` (now): its model, its rates (per-unit
-    fields, or a package's price), and its tiers or package size where it has them."""
-    rows = (
-        Price.objects.filter(plan=plan, effective_from__lte=at or timezone.now())
-        .select_related("service")
-        .order_by("service_id", "-effective_from", "-id")
-        .distinct("service_id")
-    )
-    listed: dict[str, dict[str, Any]] = {}
-    for price in rows:
-        entry: dict[str, Any] = {"model": price.model, **prices_listed(price.service.calc_method, price)}
-        if price.tiers is not None:
-            entry["tiers"] = price.tiers
-        if price.package_size is not None:
-            entry["package_size"] = price.package_size
-        listed[price.service.slug] = entry
-    return listed
+def _price_listed(price: Price) -> dict[str, Any]:
+    """A plan price as customers read it: its model, its rates (per-unit fields, or a package's price),
+    and its tiers or package size where it has them."""
+    entry: dict[str, Any] = {"model": price.model, **prices_listed(price.service.calc_method, price)}
+    if price.tiers is not None:
+        entry["tiers"] = price.tiers
+    if price.package_size is not None:
+        entry["package_size"] = price.package_size
+    return entry
 
 
 def plans_public() -> list[PlanListing]:
-    """The plans a customer may choose, cheapest first, with what each includes and its own prices."""
+    """The plans a customer may choose, cheapest first, with what each includes and its own prices in
+    force now (one not yet in force is not shown)."""
     plans = list(Plan.objects.filter(public=True).order_by("monthly_fee", "slug"))
     allowances: dict[int, dict[str, int]] = {plan.pk: {} for plan in plans}
     for allowance in PlanAllowance.objects.filter(plan__in=plans).select_related("service").order_by("service__slug"):
         allowances[allowance.plan_id][allowance.service.slug] = allowance.quantity
-    return [PlanListing(plan=plan, included=allowances[plan.pk], prices=plan_prices(plan=plan)) for plan in plans]
+    now = timezone.now()
+    prices = plan_prices(plan_ids=[plan.pk for plan in plans], at=now)
+    return [
+        PlanListing(
+            plan=plan,
+            included=allowances[plan.pk],
+            prices={slug: _price_listed(row) for slug, row in prices[plan.pk].items() if row.effective_from <= now},
+        )
+        for plan in plans
+    ]
 
 
 def subscription_open_get(*, organization_id: int) -> Subscription | None:
