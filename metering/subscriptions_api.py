@@ -19,7 +19,8 @@ from billing_site.money import money_str
 from metering import subscription_selectors as selectors
 from metering.models import Subscription
 from metering.services import subscriptions
-from metering.services.subscriptions import ChangeOutcome, period_bounds
+from metering.services.positions import period_bounds
+from metering.services.subscriptions import ChangeOutcome
 
 
 def _utc_iso(moment: datetime) -> str:

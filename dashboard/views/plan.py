@@ -13,7 +13,8 @@ from dashboard.context import dashboard_view, page
 from dashboard.templatetags.dashboard import money_format
 from metering import subscription_selectors as selectors
 from metering.services import subscriptions
-from metering.services.subscriptions import ChangeOutcome, period_bounds
+from metering.services.positions import period_bounds
+from metering.services.subscriptions import ChangeOutcome
 from payments import selectors as payment_selectors
 
 CHARGES_SHOWN = 24

@@ -78,6 +78,13 @@ def period_of(moment: datetime) -> date:
     return moment.astimezone(UTC).date().replace(day=1)
 
 
+def period_bounds(period: date) -> tuple[datetime, datetime]:
+    """The period's first moment and the next period's (UTC): [start, end)."""
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
 @dataclass(frozen=True, slots=True)
 class PositionKey:
     organization_id: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -27,7 +27,7 @@ from billing_site import locks
 from billing_site.errors import NotFound
 from billing_site.money import EXACT, MONEY_PLACES, MONEY_QUANTUM, ZERO, money_str
 from metering.models import Plan, PlanAllowance, Subscription, SubscriptionCharge, SubscriptionChargeKind, SubscriptionStatus
-from metering.services.positions import period_of, position_grant, position_reduce
+from metering.services.positions import period_bounds, period_of, position_grant, position_reduce
 from payments import ledger
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,6 @@ class SubscriptionPastDue(ledger.InsufficientBalance):
 
 
 # --- Proration ------------------------------------------------------------------------------------------------
-
-
-def period_bounds(period: date) -> tuple[datetime, datetime]:
-    """The period's first moment and the next period's (UTC): [start, end)."""
-    start = datetime(period.year, period.month, 1, tzinfo=UTC)
-    end = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
 
 
 def fraction_left(moment: datetime) -> Fraction:

@@ -5,7 +5,7 @@ transfer (a credit when the events paid more, a charge when they paid less)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
@@ -15,13 +15,9 @@ from billing_site.money import EXACT, ZERO, money_round
 from metering.calculators import Quantities
 from metering.models import PriceModel, Service, UsagePosition, UsageRecord, VolumeTrueUp
 from metering.pricing import chargeable_units, unit_prices_from_row, volume_target
-from metering.services.positions import period_of
+from metering.services.positions import period_bounds, period_of
 from payments import ledger
 from payments.models import Account, TransferKind
-
-
-def _next_period(period: date) -> date:
-    return date(period.year + period.month // 12, period.month % 12 + 1, 1)
 
 
 def volume_true_up(*, organization_id: int, service_id: int, period: date) -> VolumeTrueUp | None:
@@ -37,9 +33,7 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
     ).first()
     if position is None:
         return None
-    start = datetime(period.year, period.month, 1, tzinfo=UTC)
-    end_period = _next_period(period)
-    end = datetime(end_period.year, end_period.month, 1, tzinfo=UTC)
+    start, end = period_bounds(period)
     records = UsageRecord.objects.filter(
         organization_id=organization_id,
         service_id=service_id,

@@ -8,8 +8,7 @@ import pytest
 from django.utils import timezone
 
 from metering.models import Subscription, SubscriptionStatus
-from metering.services.positions import PositionKey, period_of, position_advance
-from metering.services.subscriptions import period_bounds
+from metering.services.positions import PositionKey, period_bounds, period_of, position_advance
 from tests.conftest import key_client
 from tests.factories import service_with_price, wallet_fund
 from tests.metering.subscriptions_world import balance, plan_make
