@@ -452,12 +452,13 @@ def plan_grant(service_id: int, units: dict[int, int]) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from metering.services.positions import period_of, position_grant, positions_revoke
+    from metering.services.positions import period_of, position_grant, position_reduce
 
     period = period_of(timezone.now())
     with transaction.atomic():
         for org, count in units.items():
-            positions_revoke(organization_id=org, period=period)
+            # every free unit left goes (never below what is used), then the window's are granted
+            position_reduce(organization_id=org, service_id=service_id, period=period, units=2**62)
             position_grant(organization_id=org, service_id=service_id, period=period, units=count)
 
 

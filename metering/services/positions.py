@@ -31,45 +31,38 @@ _ROLLUP_SO_FAR = """(SELECT COALESCE(sum(r.quantity), 0) FROM metering_usageroll
   WHERE r.organization_id = %(org)s AND r.service_id = %(service)s AND r.test = %(test)s
     AND r.day >= %(period)s AND r.day < (%(period)s::date + interval '1 month'))"""
 
+# The key's row, and a new one starting from the period's usage so far.
+_ROW = "organization_id = %(org)s AND service_id = %(service)s AND period = %(period)s AND test = %(test)s"
+_INSERT = "INSERT INTO metering_usageposition AS p (organization_id, service_id, period, test, used, free_until)"
+_ON_KEY = "ON CONFLICT (organization_id, service_id, period, test)"
+
 # Creates the row when missing and locks it (a no-op update takes the row lock and answers the newest version).
 _POSITION_LOCK_SQL = f"""
-INSERT INTO metering_usageposition AS p (organization_id, service_id, period, test, used, free_until)
-VALUES (%(org)s, %(service)s, %(period)s, %(test)s, {_ROLLUP_SO_FAR}, 0)
-ON CONFLICT (organization_id, service_id, period, test) DO UPDATE SET used = p.used
+{_INSERT} VALUES (%(org)s, %(service)s, %(period)s, %(test)s, {_ROLLUP_SO_FAR}, 0)
+{_ON_KEY} DO UPDATE SET used = p.used
 RETURNING used, free_until
 """
 _POSITION_ENSURE_SQL = f"""
 WITH ins AS (
-    INSERT INTO metering_usageposition (organization_id, service_id, period, test, used, free_until)
-    VALUES (%(org)s, %(service)s, %(period)s, %(test)s, {_ROLLUP_SO_FAR}, 0)
-    ON CONFLICT (organization_id, service_id, period, test) DO NOTHING
+    {_INSERT} VALUES (%(org)s, %(service)s, %(period)s, %(test)s, {_ROLLUP_SO_FAR}, 0)
+    {_ON_KEY} DO NOTHING
     RETURNING used, free_until
 )
 SELECT used, free_until FROM ins
 UNION ALL
-SELECT used, free_until FROM metering_usageposition
- WHERE organization_id = %(org)s AND service_id = %(service)s AND period = %(period)s AND test = %(test)s
+SELECT used, free_until FROM metering_usageposition WHERE {_ROW}
 """
-_POSITION_ADVANCE_SQL = """
-UPDATE metering_usageposition SET used = used + %(units)s
- WHERE organization_id = %(org)s AND service_id = %(service)s AND period = %(period)s AND test = %(test)s
-"""
+_POSITION_ADVANCE_SQL = f"UPDATE metering_usageposition SET used = used + %(units)s WHERE {_ROW}"
 # The free units a plan grants start where the usage is now, or extend what is left of earlier ones.
 _POSITION_GRANT_SQL = f"""
-INSERT INTO metering_usageposition AS p (organization_id, service_id, period, test, used, free_until)
-VALUES (%(org)s, %(service)s, %(period)s, false, {_ROLLUP_SO_FAR}, {_ROLLUP_SO_FAR} + %(units)s)
-ON CONFLICT (organization_id, service_id, period, test) DO UPDATE
-   SET free_until = GREATEST(p.free_until, p.used) + %(units)s
+{_INSERT} VALUES (%(org)s, %(service)s, %(period)s, false, {_ROLLUP_SO_FAR}, {_ROLLUP_SO_FAR} + %(units)s)
+{_ON_KEY} DO UPDATE SET free_until = GREATEST(p.free_until, p.used) + %(units)s
 RETURNING used, free_until
 """
 # Free units taken back (an upgrade refunds the rest of the old plan): never below what is used already.
-_POSITION_REDUCE_SQL = """
+_POSITION_REDUCE_SQL = f"""
 UPDATE metering_usageposition SET free_until = GREATEST(used, free_until - %(units)s)
- WHERE organization_id = %(org)s AND service_id = %(service)s AND period = %(period)s AND NOT test AND free_until > used
-"""
-_POSITION_REVOKE_SQL = """
-UPDATE metering_usageposition SET free_until = LEAST(free_until, used)
- WHERE organization_id = %(org)s AND period = %(period)s AND NOT test AND free_until > used
+ WHERE {_ROW} AND free_until > used
 """
 
 
@@ -158,14 +151,10 @@ def position_reduce(*, organization_id: int, service_id: int, period: date, unit
     """Take back up to `units` of the free units left of the service this period (never the ones used).
     Live usage only; inside the caller's transaction."""
     with connection.cursor() as cursor:
-        cursor.execute(_POSITION_REDUCE_SQL, {"org": organization_id, "service": service_id, "period": period, "units": units})
-    positions_seen.forget(organization_id)
-
-
-def positions_revoke(*, organization_id: int, period: date) -> None:
-    """End every free unit the organization has left this period (its plan's fee went unpaid)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_POSITION_REVOKE_SQL, {"org": organization_id, "period": period})
+        cursor.execute(
+            _POSITION_REDUCE_SQL,
+            {"org": organization_id, "service": service_id, "period": period, "test": False, "units": units},
+        )
     positions_seen.forget(organization_id)
 
 
