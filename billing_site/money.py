@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any, Literal, TypeAlias, overload
 
 from django.db import models
@@ -19,6 +20,16 @@ ZERO = Decimal(0)
 def money_round(amount: Decimal) -> Decimal:
     """The single rounding a cost ever gets: half-even to the stored scale."""
     return amount.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN, context=EXACT)
+
+
+def money_round_fraction(amount: Fraction) -> Decimal:
+    """`money_round` of an exact fraction (a proration: seconds left / seconds in the month), with no
+    rounded intermediate: a quotient that does not terminate is never cut before its one rounding."""
+    scaled = amount * 10**MONEY_PLACES
+    whole, rest = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rest > scaled.denominator or (2 * rest == scaled.denominator and whole % 2):
+        whole += 1
+    return Decimal(whole).scaleb(-MONEY_PLACES, context=EXACT).quantize(MONEY_QUANTUM, context=EXACT)
 
 
 _MoneyIn: TypeAlias = str | float | Decimal | Combinable

@@ -25,7 +25,7 @@ from django.utils import timezone
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site import locks
 from billing_site.errors import NotFound
-from billing_site.money import EXACT, MONEY_PLACES, MONEY_QUANTUM, ZERO, money_str
+from billing_site.money import ZERO, money_round_fraction, money_str
 from metering.models import Plan, PlanAllowance, Subscription, SubscriptionCharge, SubscriptionChargeKind, SubscriptionStatus
 from metering.services.positions import period_bounds, period_of, position_grant, position_reduce
 from payments import ledger
@@ -58,13 +58,8 @@ def fraction_left(moment: datetime) -> Fraction:
 
 
 def prorated_money(amount: Decimal, fraction: Fraction) -> Decimal:
-    """amount × fraction, rounded once half-even to the stored scale (computed exactly, never through a
-    rounded intermediate)."""
-    scaled = Fraction(amount) * fraction * 10**MONEY_PLACES
-    whole, rest = divmod(scaled.numerator, scaled.denominator)
-    if 2 * rest > scaled.denominator or (2 * rest == scaled.denominator and whole % 2):
-        whole += 1
-    return Decimal(whole).scaleb(-MONEY_PLACES, context=EXACT).quantize(MONEY_QUANTUM, context=EXACT)
+    """amount × fraction, rounded once half-even to the stored scale (computed exactly)."""
+    return money_round_fraction(Fraction(amount) * fraction)
 
 
 def prorated_units(quantity: int, fraction: Fraction) -> int:
