@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -234,6 +235,10 @@ class Hold(models.Model):
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    budget_spends = ArrayField(
+        models.BigIntegerField(), default=list, blank=True, editable=False,
+        help_text="The budget spend rows this hold counts against until it is captured or released.",
+    )
 
     class Meta:
         indexes = [models.Index(fields=["expires_at"], condition=Q(status="active"), name="hold_active_expiry")]

@@ -56,6 +56,9 @@ class Wallet(models.Model):
         default=0,
         help_text="High-volume: how many stripes (WalletStripe rows) keep part of the balance; 0 = one row.",
     )
+    # The auto top-up's threshold while it is on (docs/credits.md), copied here so the debit's own
+    # statement can say that available fell below it without reading another table.
+    auto_recharge_below = MoneyField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [
@@ -135,6 +138,8 @@ class TransferKind(models.TextChoices):
     REDEMPTION = "redemption"
     SUBSCRIPTION = "subscription"  # a plan's fee, or the credit of its unused part on an upgrade
     REBALANCE = "rebalance"  # between a high-volume wallet's stripes: wallet legs only, never shown to customers
+    GRANT = "grant"  # a credit grant put into the wallet (docs/credits.md)
+    EXPIRY = "expiry"  # what an expired grant still held, written off to `expired_credits`
 
 
 class Account(models.TextChoices):
@@ -145,6 +150,7 @@ class Account(models.TextChoices):
     PAYMENTS_CLEARING = "payments_clearing"
     PROMOTIONS = "promotions"
     ADJUSTMENTS = "adjustments"
+    EXPIRED_CREDITS = "expired_credits"
 
 
 class Transfer(models.Model):
@@ -363,3 +369,28 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.url}: {self.status_code or self.error}"
+
+
+from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
+    BUDGET_ALERT_PERCENTS,
+    Budget,
+    BudgetMode,
+    BudgetPeriod,
+    BudgetSpend,
+    CreditGrant,
+    GrantAllocation,
+    GrantCategory,
+    GrantSource,
+)
+
+__all__ = [
+    "BUDGET_ALERT_PERCENTS",
+    "Budget",
+    "BudgetMode",
+    "BudgetPeriod",
+    "BudgetSpend",
+    "CreditGrant",
+    "GrantAllocation",
+    "GrantCategory",
+    "GrantSource",
+]
