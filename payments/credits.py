@@ -15,17 +15,16 @@ from billing_site import locks
 from billing_site.errors import InvalidRequest
 from billing_site.money import ZERO, money_amount_error
 from payments import ledger
-from payments.models import (
+from payments.credit_models import (
     GRANT_PRIORITY_DEFAULT,
     GRANT_PRIORITY_MAX,
     GRANT_PRIORITY_MIN,
-    Account,
     CreditGrant,
     GrantAllocation,
     GrantCategory,
     GrantSource,
-    TransferKind,
 )
+from payments.models import Account, TransferKind
 
 # Where a grant's money comes from: promotional credit is our gift; paid credit was bought outside
 # the checkout (an invoice, a contract), so it comes in through the clearing account like a recharge.
