@@ -133,7 +133,12 @@ def test_concurrent_holds_never_pass_a_hard_budget_and_settle_it_exactly(shop):
 
     assert results["settled"] == 40
     assert not Hold.objects.filter(organization=organization, status=HoldStatus.ACTIVE).exists()
-    assert Hold.objects.filter(organization=organization, status=HoldStatus.CAPTURED).count() == len(to_capture)
+    assert (
+        set(Hold.objects.filter(organization=organization, status=HoldStatus.CAPTURED).values_list("pk", flat=True)) == to_capture
+    )
+    assert (
+        set(Hold.objects.filter(organization=organization, status=HoldStatus.RELEASED).values_list("pk", flat=True)) == to_release
+    )
     spend.refresh_from_db()
     usage_cost = UsageRecord.objects.filter(organization=organization).aggregate(s=Sum("cost"))["s"]
     # what the budget counts is exactly the usage that was delivered: the captures' actual cost and the

@@ -226,7 +226,10 @@ def test_a_hold_refused_by_the_budget_leaves_no_hold_and_no_spend(organization, 
         assert (response.status_code, code_of(response)) == (402, "budget_exceeded"), (amount, response.content)
     assert money_state(organization) == before
     assert spends(organization) == {b.pk: D("1.5")}
-    assert live_client.post(HOLDS, {"service": "meter", "amount": "0.5", "idempotency_key": "fits"}, format="json").status_code == 201
+    assert (
+        live_client.post(HOLDS, {"service": "meter", "amount": "0.5", "idempotency_key": "fits"}, format="json").status_code
+        == 201
+    )
     assert spends(organization) == {b.pk: D(2)}
 
 

@@ -54,7 +54,11 @@ def three_grants(organization) -> list[ModelGrant]:
     """Burn order: `first` (priority 5), then `soon` (priority 10, expires first), then `later`
     (priority 10, no expiry) — created in the opposite order, so age does not decide it."""
     now = timezone.now()
-    specs = [("later", "50.5", 10, None), ("soon", "30.13", 10, now + timedelta(days=1)), ("first", "20", 5, now + timedelta(days=2))]
+    specs = [
+        ("later", "50.5", 10, None),
+        ("soon", "30.13", 10, now + timedelta(days=1)),
+        ("first", "20", 5, now + timedelta(days=2)),
+    ]
     grants = []
     for seq, (_, amount, priority, expires_at) in enumerate(specs):
         created = grant(organization, amount, priority=priority, expires_at=expires_at)
@@ -87,7 +91,9 @@ def test_concurrent_debits_burn_grants_exactly_as_the_sequential_oracle(price, f
 
     outcomes = hammer(key.secret)
 
-    assert outcomes == {"ok": passing} | ({"402:insufficient_balance": THREADS * EACH - passing} if passing < THREADS * EACH else {})
+    assert outcomes == {"ok": passing} | (
+        {"402:insufficient_balance": THREADS * EACH - passing} if passing < THREADS * EACH else {}
+    )
     cost = frac(price)
     now = timezone.now()
     expected: dict[tuple[int, int], Fraction] = {}
@@ -116,13 +122,13 @@ def test_on_a_striped_wallet_grants_burn_in_order_then_the_stripes_take_over():
 
     assert outcomes == {"ok": THREADS * EACH}
     assert all(g.remaining == 0 for g in CreditGrant.objects.filter(organization=organization))
-    per_grant = dict(
-        GrantAllocation.objects.filter(organization=organization).values_list("grant_id").annotate(s=Sum("amount"))
-    )
+    per_grant = dict(GrantAllocation.objects.filter(organization=organization).values_list("grant_id").annotate(s=Sum("amount")))
     assert {k: frac(v) for k, v in per_grant.items()} == {g.id: g.amount for g in grants}
     # the debit that finished the last grant paid the rest of its cost with ungranted money; the
     # debits with allocations are exactly the first ones, in transfer order, until the grants ran out
-    with_allocations = sorted(set(GrantAllocation.objects.filter(organization=organization).values_list("transfer_id", flat=True)))
+    with_allocations = sorted(
+        set(GrantAllocation.objects.filter(organization=organization).values_list("transfer_id", flat=True))
+    )
     first = list(
         Transfer.objects.filter(organization=organization, kind=TransferKind.USAGE).order_by("id").values_list("id", flat=True)
     )

@@ -197,7 +197,9 @@ class CreditsMachine(RuleBasedStateMachine):
         due = [g for g in self.grants if g.remaining > 0 and not g.live(now)]
         grants_expire()
         for g in due:
-            transfer = Transfer.objects.get(organization_id=self.organization.pk, kind=TransferKind.EXPIRY, reference=f"grant:{g.id}")
+            transfer = Transfer.objects.get(
+                organization_id=self.organization.pk, kind=TransferKind.EXPIRY, reference=f"grant:{g.id}"
+            )
             self.allocations[(transfer.pk, g.id)] = g.remaining
             self.written_off += g.remaining
             g.remaining = Fraction(0)
