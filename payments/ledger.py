@@ -652,14 +652,17 @@ def _held_change(
     return HeldChange(Posting(transfer_id=None, amount=ZERO, balance_after=total, held_after=held), list(spends))
 
 
-def wallet_hold(*, organization_id: int, amount: Decimal, api_key_id: int | None = None) -> HeldChange:
-    """Reserve `amount` (no entry is posted); refused by the overdraft rule (InsufficientBalance) and by
-    a hard budget of the organization or of `api_key_id` (BudgetExceeded), which it counts against until
-    `budget_spends_settle` takes it back. A hold is what bounds an over-capture (docs/contract.md §2.4),
-    so it is always positive."""
+def wallet_hold(*, organization_id: int, amount: Decimal, usage: bool, api_key_id: int | None = None) -> HeldChange:
+    """Reserve `amount` (no entry is posted); refused by the overdraft rule (InsufficientBalance). A
+    hold for `usage` is also refused by a hard budget of the organization or of `api_key_id`
+    (BudgetExceeded), and counts against them until `budget_spends_settle` takes it back (a refund's
+    hold is not usage). A hold is what bounds an over-capture (docs/contract.md §2.4), so it is always
+    positive."""
     if amount <= ZERO:
         raise ValueError("a hold reserves a positive amount")
-    return _held_change(organization_id=organization_id, held_delta=amount, unchecked=False, api_key_id=api_key_id, budgeted=True)
+    return _held_change(
+        organization_id=organization_id, held_delta=amount, unchecked=False, api_key_id=api_key_id, budgeted=usage
+    )
 
 
 def wallet_release(*, organization_id: int, amount: Decimal) -> Posting:

@@ -226,3 +226,35 @@ def test_a_tiered_price_draws_grants_on_the_guarded_statement(organization, live
     assert remaining(g) == [D("7.5")]
     assert BudgetSpend.objects.get().spent == D("2.5")
     assert_books(organization)
+
+
+def test_a_refund_never_pays_out_granted_credit(organization, staff_user, meter):
+    from billing_site.errors import InvalidRequest
+    from payments import services
+    from tests.payments.payment_helpers import settled_sandbox_payment
+
+    payment = settled_sandbox_payment(organization, "50.00")
+
+    # Spend 40 of the cash, then receive a promotional grant: 10 cash and 100 of promotion remain.
+    ledger.usage_charge(organization_id=organization.pk, cost=D("40"), reference="usage:spent")
+    grant(organization, "100")
+    with pytest.raises(InvalidRequest) as refused:
+        services.payment_refund(payment=payment, amount=D("50"), reason="customer asked", staff=staff_user)
+    assert refused.value.details["amount"] == ["At most 10 is refundable now."]
+    assert Wallet.objects.get(pk=organization.pk).held == D("0")
+
+    done = services.payment_refund(payment=payment, amount=D("10"), reason="customer asked", staff=staff_user)
+    assert done.status == "succeeded"
+    assert Wallet.objects.get(pk=organization.pk).balance == D("100")
+    assert_books(organization)
+
+
+def test_a_refunds_reservation_does_not_count_against_budgets(organization, staff_user):
+    from payments import services
+    from tests.payments.payment_helpers import settled_sandbox_payment
+
+    payment = settled_sandbox_payment(organization, "50.00")
+    Budget.objects.create(organization=organization, period="month", amount=D("1"), mode="hard")
+    done = services.payment_refund(payment=payment, amount=D("20"), reason="customer asked", staff=staff_user)
+    assert done.status == "succeeded"
+    assert not BudgetSpend.objects.exists()
