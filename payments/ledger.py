@@ -505,6 +505,7 @@ def _wallet_row_statement(*, organization_id: int, sql: str, params: dict[str, A
     row = _refusable_statement(sql, params)
     if row is None and _is_striped(organization_id):
         with transaction.atomic():
+            _budgets_before_rebalance(params)
             _stripes_rebalance(organization_id=organization_id, reserve=reserve)
             row = _refusable_statement(sql, params)
             if row is None:
@@ -525,6 +526,13 @@ def _refusable_statement(sql: str, params: dict[str, Any]) -> Any:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
+
+
+def _budgets_before_rebalance(params: dict[str, Any]) -> None:
+    """A rebalance locks the wallet before the posting runs again: lock the budgets' spends the posting
+    will count against first, so their locks still come before the wallet's (billing_site/locks.py)."""
+    if params.get("ledger_budget_cost"):
+        budget_spends_take(organization_id=params["ledger_org"], api_key_id=params["ledger_key"], now=params["ledger_now"])
 
 
 def _is_striped(organization_id: int) -> bool:
@@ -595,6 +603,7 @@ def usage_charge_in_one_statement(
         row = _refusable_statement(statements.wallet, params)
     if row is None and not guarded and (stripes or _is_striped(organization_id)):
         with transaction.atomic():
+            _budgets_before_rebalance(params)
             _stripes_rebalance(organization_id=organization_id, reserve=cost)
             row = _refusable_statement(statements.wallet, params)
             if row is None:

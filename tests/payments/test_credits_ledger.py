@@ -298,3 +298,18 @@ def test_an_upgrade_gives_the_old_fees_credit_back_to_the_grants_that_paid_it(or
     assert_books(organization)
     back = GrantAllocation.objects.filter(grant=promo, amount__lt=0).get()
     assert back.amount == -credit
+
+
+def test_a_striped_debit_that_needs_a_rebalance_counts_against_its_budget_once(organization, live_client):
+    from tests.factories import wallet_fund
+
+    service_with_price(slug="big", unit_price="5")
+    wallet_fund(organization, "10")
+    ledger.wallet_stripes_set(organization_id=organization.pk, stripes=4)  # 2 on each row: none pays 5 alone
+    Budget.objects.create(organization=organization, period="day", amount=D("9"), mode="hard")
+    assert use(live_client, "a", service="big").status_code == 201
+    refused = use(live_client, "b", service="big")
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert BudgetSpend.objects.get().spent == D("5")
+    assert Wallet.objects.get(pk=organization.pk).balance == D("5")
+    assert_books(organization)
