@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing_site import locks
@@ -82,6 +83,7 @@ def grant_create_in_transaction(
         memo=spec.reason,
         created_by_id=created_by_id,
     )
+    assert posting.transfer_id is not None  # a credit always posts a transfer
     return CreditGrant.objects.create(
         organization_id=organization_id,
         amount=spec.amount,
@@ -108,6 +110,13 @@ def grant_create(
         )
 
 
+def granted_total(*, organization_id: int) -> Decimal:
+    """What the organization's grants still hold, expired or not (read as of now; under the wallet's
+    lock it is exact, since every writer of a grant holds it first or, on a stripe, only draws)."""
+    total = CreditGrant.objects.filter(organization_id=organization_id, remaining__gt=0).aggregate(s=Sum("remaining"))["s"]
+    return total or ZERO
+
+
 def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
     """Write off what an expired grant still holds: one `expiry` transfer (wallet → expired_credits) and
     its allocation, under the wallet's lock and the grant's, exactly once however often or concurrently
@@ -122,7 +131,7 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
         locked = locks.grant_lock(grant_id=grant_id)
         if locked.remaining <= ZERO or locked.expires_at is None or locked.expires_at > now:
             return ZERO
-        left = locked.remaining
+        left: Decimal = locked.remaining
         posting = ledger.transfer_post(
             organization_id=organization_id,
             kind=TransferKind.EXPIRY,
@@ -132,6 +141,7 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
             memo="Credit grant expired",
             may_overdraw=True,  # written off, not spent: the money is gone whatever the balance
         )
+        assert posting.transfer_id is not None  # a non-zero amount always posts a transfer
         CreditGrant.objects.filter(pk=grant_id).update(remaining=ZERO, expiry_transfer_id=posting.transfer_id)
         GrantAllocation.objects.create(
             organization_id=organization_id, grant_id=grant_id, transfer_id=posting.transfer_id, amount=left, created_at=now

@@ -104,7 +104,9 @@ def hold_create(
             with transaction.atomic(durable=True):
                 if not tenant.is_test:
                     # takes the budget spends' locks, then the wallet's
-                    held = ledger.wallet_hold(organization_id=organization_id, amount=amount, api_key_id=tenant.api_key_id)
+                    held = ledger.wallet_hold(
+                        organization_id=organization_id, amount=amount, usage=True, api_key_id=tenant.api_key_id
+                    )
                     hold.budget_spends = held.budget_spends
                     remaining = spend_cap_remaining(tenant=tenant)
                     if remaining is not None and amount > remaining:
