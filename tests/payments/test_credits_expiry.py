@@ -19,6 +19,7 @@ from tests.payments.credit_world import (
     assert_grant_books,
     batch,
     capture,
+    clock_at,
     code_of,
     expired_credits_total,
     grant,
@@ -155,4 +156,22 @@ def test_a_hold_made_on_credit_that_then_expires_is_captured_as_debt(organizatio
     assert grants_expire() == 1
     assert wallet_of(organization).balance == D("-1")
     assert expired_credits_total(organization.pk) == D("3")
+    assert_grant_books(organization.pk)
+
+
+def test_a_batch_at_a_grants_expiry_decides_with_the_clock_its_posting_uses(organization, live_client, meter):
+    """The posting statements read expired credit with the application's clock (`ledger_now`), but a
+    batch decides its events under `locks.wallet_lock`, which reads it with the database's now(). Where
+    the two clocks disagree about a grant's expiry (any skew between app servers and PostgreSQL, or the
+    time between the batch's transaction start and its posting), the batch decides the events affordable
+    and its posting is then refused: the whole request fails with 402 instead of answering each event.
+    Here the application's clock is an hour ahead of the database's, and the grant expires in between."""
+    real = timezone.now()
+    grant(organization, "5", expires_at=real + timedelta(minutes=30))
+    with clock_at(real + timedelta(hours=1)):
+        alone = use(live_client, "a")
+        assert (alone.status_code, code_of(alone)) == (402, "insufficient_balance")  # expired, by the app's clock
+        response = batch(live_client, ["b", "c"])
+        assert response.status_code == 200, response.content
+        assert [(r["status"], r["error"]["code"]) for r in response.json()["results"]] == [(402, "insufficient_balance")] * 2
     assert_grant_books(organization.pk)
