@@ -9,7 +9,8 @@ import pytest
 from django.db.models import Sum
 
 from accounts import services as account_services
-from metering.models import Hold, HoldStatus, UsageRecord
+from metering.models import Hold, HoldStatus, Service, UsageRecord
+from metering.services import catalog
 from payments import ledger
 from payments.models import Budget, BudgetSpend, Transfer, TransferKind
 from tests.concurrency import run_concurrently
@@ -54,12 +55,14 @@ def hammer(secret: str, prefix: str) -> list[str]:
     return [o for thread in results for o in thread]
 
 
-@pytest.mark.parametrize("scope", ["organization", "api_key", "organization_striped"])
+@pytest.mark.parametrize("scope", ["organization", "api_key", "organization_striped", "capped_key"])
 def test_exactly_k_debits_pass_a_hard_budget_of_k_at_any_concurrency(shop, scope):
     organization, key = shop["organization"], shop["key"]
     if scope == "organization_striped":
         ledger.wallet_stripes_set(organization_id=organization.pk, stripes=4)
         organization.refresh_from_db()
+    elif scope == "capped_key":  # a capped key takes the locked path (its cap is checked under the wallet lock)
+        key = account_services.api_key_create(organization=organization, name="capped", spend_cap=D(10_000))
     budget = Budget.objects.create(
         organization=organization, api_key=key.api_key if scope == "api_key" else None, period="day", amount=D(K), mode="hard"
     )
@@ -70,6 +73,33 @@ def test_exactly_k_debits_pass_a_hard_budget_of_k_at_any_concurrency(shop, scope
     assert BudgetSpend.objects.get(budget=budget).spent == D(K)
     assert UsageRecord.objects.filter(organization=organization).count() == K
     assert Transfer.objects.filter(organization=organization, kind=TransferKind.USAGE).count() == K
+    assert wallet_of(organization).balance == FUNDING - K
+    assert_money_invariants([organization.pk])
+
+
+def test_a_tiered_price_stops_exactly_at_a_hard_budget_and_never_advances_on_a_refusal(shop):
+    """The positional (guarded) statement and its locked fallback: the first 100 requests cost 1.00,
+    the next 0.50 each, so a budget of 137 lets exactly 100 + 74 through, and a refused request takes
+    no position."""
+    organization, key = shop["organization"], shop["key"]
+    catalog.price_create(
+        service=Service.objects.get(slug="meter"),
+        organization_id=None,
+        effective_from=None,
+        created_by_id=None,
+        model="tiered",
+        tiers=[{"up_to": 100, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}],
+    )
+    budget = Budget.objects.create(organization=organization, period="month", amount=D(K), mode="hard")
+
+    outcomes = Counter(hammer(key.secret, "tiered"))
+
+    assert outcomes == {"ok": 174, "402:budget_exceeded": THREADS * EACH - 174}
+    assert BudgetSpend.objects.get(budget=budget).spent == D(K)
+    positions = sorted(UsageRecord.objects.filter(organization=organization).values_list("position", flat=True))
+    assert positions == list(range(174))
+    costs = Counter(UsageRecord.objects.filter(organization=organization).values_list("cost", flat=True))
+    assert costs == {D(1): 100, D("0.5"): 74}
     assert wallet_of(organization).balance == FUNDING - K
     assert_money_invariants([organization.pk])
 
