@@ -179,3 +179,48 @@ def test_concurrent_holds_never_pass_a_hard_budget_and_settle_it_exactly(shop):
     assert wallet_of(organization).held == 0
     assert wallet_of(organization).balance == FUNDING - usage_cost
     assert_money_invariants([organization.pk])
+
+
+def test_striped_rebalances_under_budgets_never_deadlock_and_count_exactly(shop):
+    """A high-volume wallet that keeps running its stripes dry rebalances under the wallet's lock while
+    other threads' statements lock the budgets' spends first: the rebalancing posting must take the
+    spends before the wallet too (billing_site/locks.py), or two of them deadlock. Debits and holds
+    (made and released) from 16 threads, with an organization budget and a hard key budget; the wallet
+    runs dry early, so most debits after that try a rebalance."""
+    organization, key = shop["organization"], shop["key"]
+    ledger.wallet_adjust(organization_id=organization.pk, amount=-(FUNDING - 150), reason="down to 150", created_by_id=None)
+    ledger.wallet_stripes_set(organization_id=organization.pk, stripes=4)
+    organization.refresh_from_db()
+    org_budget = Budget.objects.create(organization=organization, period="month", amount=D(10_000), mode="soft")
+    key_budget = Budget.objects.create(organization=organization, api_key=key.api_key, period="day", amount=D(1000), mode="hard")
+
+    def work(index: int) -> list[str]:
+        client = key_client(key.secret)
+        outcomes = []
+        for n in range(30):
+            if n % 5 == 4:
+                made = hold(client, f"h-{index}-{n}", "7")
+                outcomes.append(f"hold-{outcome(made)}")
+                if made.status_code == 201:
+                    assert release(client, made.json()["id"]).status_code == 200
+            else:
+                outcomes.append(outcome(use(client, f"u-{index}-{n}")))
+        return outcomes
+
+    outcomes = Counter(o for thread in run_concurrently(THREADS, work, reraise=True) for o in thread)
+
+    assert set(outcomes) <= {
+        "ok",
+        "402:insufficient_balance",
+        "402:budget_exceeded",
+        "hold-ok",
+        "hold-402:budget_exceeded",
+        "hold-402:insufficient_balance",
+    }
+    passed = outcomes["ok"]
+    assert 0 < passed <= 150
+    assert BudgetSpend.objects.get(budget=key_budget).spent == passed
+    assert BudgetSpend.objects.get(budget=org_budget).spent == passed
+    assert wallet_of(organization).balance == 150 - passed
+    assert wallet_of(organization).held == 0
+    assert_money_invariants([organization.pk])
