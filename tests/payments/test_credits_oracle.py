@@ -1,7 +1,8 @@
 """Property-based (docs/credits.md): random grants (priorities, expiries), recharges, debits through the
 real API (usage/, usage/batch/, holds and their captures and releases), the passing of time and the
-expiry task, on one organization, against a Fraction model of every grant's remaining, the ungranted
-money, the holds, the write-offs and the allocation of every transfer.
+expiry task, on one organization with random hard budgets (its own, its key's) and a soft one, against
+a Fraction model of every grant's remaining, the ungranted money, the holds, the write-offs, the
+allocation of every transfer and every budget's spend.
 
 Time: neither freezegun nor time_machine is installed, and the overdraft rule's expired credit is read
 with the application's clock by some statements and the database's by others (`locks.wallet_lock`).
@@ -23,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from accounts import services as account_services
 from metering.models import Hold
 from payments.credits import grants_expire
-from payments.models import CreditGrant, Transfer, TransferKind, Wallet
+from payments.models import Budget, BudgetSpend, CreditGrant, Transfer, TransferKind, Wallet
 from tests.conftest import key_client
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
 from tests.payments.credit_world import (
@@ -47,7 +48,16 @@ pytestmark = pytest.mark.slow
 D = Decimal
 PRICE = "0.37"
 COST = frac(PRICE)
+budget_amounts = st.decimals(min_value=D("0.5"), max_value=D("8"), places=2, allow_nan=False, allow_infinity=False)
 money = st.decimals(min_value=D("0.01"), max_value=D("3"), places=2, allow_nan=False, allow_infinity=False)
+
+
+@dataclass
+class ModelBudget:
+    id: int
+    amount: Fraction
+    hard: bool
+    spent: Fraction = Fraction(0)
 
 
 @dataclass
@@ -66,16 +76,51 @@ class CreditsMachine(RuleBasedStateMachine):
         self.held = Fraction(0)
         self.written_off = Fraction(0)
         self.allocations: dict[tuple[int, int], Fraction] = {}
+        self.budgets: list[ModelBudget] = []
         self.step = 0
+        # The application's clock stands still for the example (budgets count in its period; grants
+        # are moved instead of the clock), so the budgets' period never rolls over midway.
+        self.clock = pytest.MonkeyPatch()
+        frozen = timezone.now()
+        self.clock.setattr(timezone, "now", lambda: frozen)
 
-    @initialize(funding=st.one_of(st.just(D(0)), money))
-    def open(self, funding):
+    def teardown(self):
+        self.clock.undo()
+
+    @initialize(
+        funding=st.one_of(st.just(D(0)), money),
+        org_hard=st.one_of(st.none(), budget_amounts),
+        key_hard=st.one_of(st.none(), budget_amounts),
+    )
+    def open(self, funding, org_hard, key_hard):
         owner = UserFactory()
         self.organization = organization_create(name="Credits model", owner=owner)
         key = account_services.api_key_create(organization=self.organization, name="model", created_by=owner)
         self.client = key_client(key.secret)
+        for api_key, period, amount, mode in [
+            (None, "day", org_hard, "hard"),
+            (key.api_key, "week", key_hard, "hard"),
+            (None, "month", D("4"), "soft"),
+        ]:
+            if amount is not None:
+                made = Budget.objects.create(
+                    organization=self.organization, api_key=api_key, period=period, amount=amount, mode=mode
+                )
+                self.budgets.append(ModelBudget(made.pk, frac(amount), mode == "hard"))
         if funding:
             self.recharge(funding)
+
+    def headroom(self) -> Fraction | None:
+        hard = [b.amount - b.spent for b in self.budgets if b.hard]
+        return min(hard) if hard else None
+
+    def within_budgets(self, cost: Fraction, charged: Fraction = Fraction(0)) -> bool:
+        headroom = self.headroom()
+        return headroom is None or cost <= headroom - charged
+
+    def count(self, amount: Fraction) -> None:
+        for b in self.budgets:
+            b.spent += amount
 
     # --- the model ---------------------------------------------------------------------------------
 
@@ -123,12 +168,15 @@ class CreditsMachine(RuleBasedStateMachine):
 
     @rule()
     def usage(self):
-        fits = self.fits(COST)
+        within, fits = self.within_budgets(COST), self.fits(COST)
         response = use(self.client, self.key())
-        if fits:
+        if not within:  # a hard budget refuses first
+            assert (response.status_code, code_of(response)) == (402, "budget_exceeded"), response.content
+        elif fits:
             assert response.status_code == 201, response.content
             assert D(response.json()["cost"]) == D(PRICE)
             self.debit(COST, self.last_transfer(TransferKind.USAGE))
+            self.count(COST)
         else:
             assert (response.status_code, code_of(response)) == (402, "insufficient_balance"), response.content
 
@@ -139,22 +187,28 @@ class CreditsMachine(RuleBasedStateMachine):
         statuses = [r["status"] for r in response.json()["results"]]
         charged = Fraction(0)
         for status in statuses:
-            # each event as if sent alone: the model's available shrinks with each charged one
-            if self.available() - charged > 0 and self.available() - charged - COST >= 0:
+            # each event as if sent alone: the model's available and headroom shrink with each charged one
+            if not self.within_budgets(COST, charged):
+                assert status == 402, statuses
+            elif self.available() - charged > 0 and self.available() - charged - COST >= 0:
                 assert status == 201, statuses
                 charged += COST
             else:
                 assert status == 402, statuses
         if charged:
             self.debit(charged, self.last_transfer(TransferKind.USAGE))
+            self.count(charged)
 
     @rule(amount=money)
     def reserve(self, amount):
-        fits = self.fits(frac(amount))
+        within, fits = self.within_budgets(frac(amount)), self.fits(frac(amount))
         response = hold(self.client, self.key(), amount)
-        if fits:
+        if not within:
+            assert (response.status_code, code_of(response)) == (402, "budget_exceeded"), response.content
+        elif fits:
             assert response.status_code == 201, response.content
             self.held += frac(amount)
+            self.count(frac(amount))
             self.holds.append(ModelHold(response.json()["id"], frac(amount)))
         else:
             assert (response.status_code, code_of(response)) == (402, "insufficient_balance"), response.content
@@ -169,6 +223,7 @@ class CreditsMachine(RuleBasedStateMachine):
         model.active = False
         self.held -= model.amount
         self.debit(COST, self.last_transfer(TransferKind.USAGE))  # drawn at capture time, in full
+        self.count(COST - model.amount)  # may pass a hard budget: the service was delivered
 
     @precondition(lambda self: any(h.active for h in self.holds))
     @rule(pick=st.integers(min_value=0))
@@ -179,6 +234,7 @@ class CreditsMachine(RuleBasedStateMachine):
         assert response.status_code == 200, response.content
         model.active = False
         self.held -= model.amount  # gives nothing back: the hold took nothing
+        self.count(-model.amount)
 
     @precondition(lambda self: any(g.expires_at is not None for g in self.grants))
     @rule(hours=st.integers(1, 4))
@@ -222,6 +278,9 @@ class CreditsMachine(RuleBasedStateMachine):
             1 for g in self.grants if g.written_off
         )
         assert Hold.objects.filter(organization_id=org, status="active").count() == sum(1 for h in self.holds if h.active)
+        spent = dict(BudgetSpend.objects.filter(organization_id=org).values_list("budget_id", "spent"))
+        assert {b.id: b.spent for b in self.budgets} == {b.id: frac(spent.get(b.id, 0)) for b in self.budgets}
+        assert BudgetSpend.objects.filter(organization_id=org).count() <= len(self.budgets)  # one period each
         assert_grant_books(org)
 
 
