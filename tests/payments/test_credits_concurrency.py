@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts import services as account_services
 from payments import ledger
 from payments.credits import grants_expire
-from payments.models import Account, CreditGrant, GrantAllocation, LedgerEntry, Transfer, TransferKind
+from payments.models import Account, Budget, BudgetSpend, CreditGrant, GrantAllocation, LedgerEntry, Transfer, TransferKind
 from tests.concurrency import run_concurrently
 from tests.conftest import key_client
 from tests.factories import UserFactory, organization_create, service_with_price, wallet_fund
@@ -117,10 +117,13 @@ def test_on_a_striped_wallet_grants_burn_in_order_then_the_stripes_take_over():
     ledger.wallet_stripes_set(organization_id=organization.pk, stripes=4)
     organization.refresh_from_db()
     grants = three_grants(organization)
+    counted = Budget.objects.create(organization=organization, period="month", amount=D(10), mode="soft")
 
     outcomes = hammer(key.secret)
 
     assert outcomes == {"ok": THREADS * EACH}
+    # on a stripe or, refused there while grants are live, on the wallet row: counted once either way
+    assert BudgetSpend.objects.get(budget=counted).spent == THREADS * EACH * D("0.37")
     assert all(g.remaining == 0 for g in CreditGrant.objects.filter(organization=organization))
     per_grant = dict(GrantAllocation.objects.filter(organization=organization).values_list("grant_id").annotate(s=Sum("amount")))
     assert {k: frac(v) for k, v in per_grant.items()} == {g.id: g.amount for g in grants}

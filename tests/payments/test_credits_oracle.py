@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from accounts import services as account_services
 from metering.models import Hold
+from payments import ledger
 from payments.credits import grants_expire
 from payments.models import Budget, BudgetSpend, CreditGrant, Transfer, TransferKind, Wallet
 from tests.conftest import key_client
@@ -91,8 +92,9 @@ class CreditsMachine(RuleBasedStateMachine):
         funding=st.one_of(st.just(D(0)), money),
         org_hard=st.one_of(st.none(), budget_amounts),
         key_hard=st.one_of(st.none(), budget_amounts),
+        stripes=st.sampled_from([0, 0, 4]),
     )
-    def open(self, funding, org_hard, key_hard):
+    def open(self, funding, org_hard, key_hard, stripes):
         owner = UserFactory()
         self.organization = organization_create(name="Credits model", owner=owner)
         key = account_services.api_key_create(organization=self.organization, name="model", created_by=owner)
@@ -109,6 +111,8 @@ class CreditsMachine(RuleBasedStateMachine):
                 self.budgets.append(ModelBudget(made.pk, frac(amount), mode == "hard"))
         if funding:
             self.recharge(funding)
+        if stripes:  # a high-volume wallet: debits on its stripes while it holds no live grant
+            ledger.wallet_stripes_set(organization_id=self.organization.pk, stripes=stripes)
 
     def headroom(self) -> Fraction | None:
         hard = [b.amount - b.spent for b in self.budgets if b.hard]
