@@ -153,7 +153,9 @@ def ensure(*, spread_count: int, hot_slug: str = HOT_SLUG, spread_slug: str = SP
         unit_price=priced.prices.unit_price,
         cost=cost,
     )
-    print(f"bench: setup ready in {time.monotonic() - started:.1f}s (1 hot + {spread_count} spread organizations)", flush=True)
+    print(
+        f"bench: setup ready in {time.monotonic() - started:.1f}s ({hot_slug} + {spread_count} spread organizations)", flush=True
+    )
     return data
 
 

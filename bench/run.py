@@ -800,8 +800,10 @@ def main(argv: list[str] | None = None) -> int:
                                 cell = run_raw_cell(**common)
                             elif case == "credits":
                                 assert credits is not None
-                                probe = credits_case.probe_for(credits=credits, mode=mode, gunicorn=gunicorn)
-                                cell = run_http_cell(**{**common, "data": credits.data}, key_files=credits.key_files, probe=probe)
+                                credits_probe = credits_case.probe_for(credits=credits, mode=mode, gunicorn=gunicorn)
+                                cell = run_http_cell(
+                                    **{**common, "data": credits.data}, key_files=credits.key_files, probe=credits_probe
+                                )
                             elif case in positional.POSITIONAL_CASES:
                                 probe = positional.probe_for(case, pos=pos, mode=mode, data=data, gunicorn=gunicorn, args=args)
                                 cell = run_http_cell(**common, key_files=key_files, probe=probe)

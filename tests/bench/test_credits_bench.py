@@ -104,6 +104,7 @@ def test_setup_gives_each_organization_three_grants_and_a_hard_monthly_budget_on
     assert [g.priority for g in _grants(credits.data.hot.organization_id)] == [10, 10, 20, 30]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["hot", "spread"])
 def test_a_smoke_cell_draws_every_debit_from_the_first_grant_and_counts_it_against_the_budget(credits, gunicorn, mode):
     before = {org: _grants(org) for org in credits.data.organization_ids}
@@ -115,7 +116,7 @@ def test_a_smoke_cell_draws_every_debit_from_the_first_grant_and_counts_it_again
     assert window["ok"], window["checks"]
     assert window["records"] > 0 and window["budget_refused"] == 0 and window["insufficient_balance"] == 0
     assert len(window["checks"]) == 8 and all(check["violations"] == 0 for check in window["checks"])
-    # The exact oracle: every event (warm-up, window, preflight-free) cost 1e-6, all of it from each
+    # The exact oracle: every event (warm-up and window) cost 1e-6, all of it from each
     # organization's priority-10 grant; the other grants are untouched.
     tenants = [credits.data.hot] if mode == "hot" else credits.data.spread
     total = Fraction(0)
@@ -133,6 +134,7 @@ def test_a_smoke_cell_draws_every_debit_from_the_first_grant_and_counts_it_again
     assert total >= window["records"] * Fraction(fixtures.UNIT_PRICE)  # the window's, plus its warm-up's
 
 
+@pytest.mark.slow
 def test_a_budget_that_refuses_is_counted_and_never_passed(credits, gunicorn):
     hot = credits.data.hot.organization_id
     allowed = 5
@@ -166,7 +168,8 @@ def test_a_budget_that_refuses_is_counted_and_never_passed(credits, gunicorn):
     assert window["ok"], window["checks"]
     assert window["records"] == allowed
     assert window["budget_refused"] > 0
-    assert window["budget_refused"] == int(cell["statuses"].get("402", 0)) == cell["errors"]
+    # wrk does not count the requests still in flight when it stops; the server counted every refusal
+    assert window["budget_refused"] >= int(cell["statuses"].get("402", 0)) == cell["errors"] > 0
     spend = BudgetSpend.objects.get(organization_id=hot)
     assert spend.spent == Budget.objects.get(organization_id=hot).amount  # reached exactly, never passed
 
@@ -181,8 +184,12 @@ def test_the_money_checks_fail_on_tampered_money(credits):
     CreditGrant.objects.filter(pk=grant.pk).update(remaining=grant.remaining - Decimal("0.01"))
     budget = Budget.objects.get(organization_id=orgs[1])
     BudgetSpend.objects.create(
-        organization_id=orgs[1], budget=budget, period_start=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
-        spent=Decimal("0.5"), amount=budget.amount, ceiling=budget.amount,
+        organization_id=orgs[1],
+        budget=budget,
+        period_start=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+        spent=Decimal("0.5"),
+        amount=budget.amount,
+        ceiling=budget.amount,
     )
 
     violations = {check["name"]: check["violations"] for check in credits_case.money_checks(orgs, since=since, now=now)}
@@ -203,10 +210,22 @@ def test_summary_gives_the_ratio_at_16_clients_and_a_verdict_on_every_windows_mo
             }
         return out
 
-    cells = [cell("http", "hot", 200.0), cell("credits", "hot", 170.0), cell("http", "spread", 100.0), cell("credits", "spread", 70.0, ok=False)]
+    cells = [
+        cell("http", "hot", 200.0),
+        cell("credits", "hot", 170.0),
+        cell("http", "spread", 100.0),
+        cell("credits", "spread", 70.0, ok=False),
+    ]
     rows = [
-        {"case": c["case"], "mode": c["mode"], "clients": 16, "throughput": c["throughput"], "throughput_runs": [c["throughput"]],
-         "error_rate": 0.0, "p50_ms": 10.0}
+        {
+            "case": c["case"],
+            "mode": c["mode"],
+            "clients": 16,
+            "throughput": c["throughput"],
+            "throughput_runs": [c["throughput"]],
+            "error_rate": 0.0,
+            "p50_ms": 10.0,
+        }
         for c in cells
     ]
 
