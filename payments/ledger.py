@@ -83,8 +83,9 @@ EXPIRED_UNWRITTEN = (
     " WHERE g.organization_id = %(ledger_org)s AND g.remaining > 0 AND g.expires_at <= %(ledger_now)s)"
 )
 OVERDRAFT_RULE = (
-    f"(%(ledger_unchecked)s OR (balance - held - {EXPIRED_UNWRITTEN} > -credit_limit"
-    f" AND balance + %(ledger_delta)s - (held + %(ledger_held_delta)s) - {EXPIRED_UNWRITTEN} >= -credit_limit))"
+    "(%(ledger_unchecked)s OR (SELECT balance - held - x.expired > -credit_limit"
+    " AND balance + %(ledger_delta)s - (held + %(ledger_held_delta)s) - x.expired >= -credit_limit"
+    f" FROM (SELECT {EXPIRED_UNWRITTEN} AS expired) AS x))"
 )
 
 
@@ -223,9 +224,10 @@ def _refusals(moved: str, *, guarded: bool) -> str:
     REFUSED_SQLSTATE when it wrote something (a budget's spend, a guard's advance) but the wallet
     refused (`moved` is NULL). A CASE, so the checks run in this order and always run."""
     wrote = "EXISTS (SELECT 1 FROM budget_spend)" + (" OR EXISTS (SELECT 1 FROM guard)" if guarded else "")
+    # The functions run only to fail: a call per statement costs more than the CASE.
     return (
-        "CASE WHEN NOT tollgate_budget_allows((SELECT ok FROM budget_ok)) THEN false"
-        f" WHEN NOT tollgate_refuse_unless({moved} IS NOT NULL OR NOT ({wrote})) THEN false ELSE true END"
+        "CASE WHEN NOT (SELECT ok FROM budget_ok) THEN tollgate_budget_allows(false)"
+        f" WHEN NOT ({moved} IS NOT NULL OR NOT ({wrote})) THEN tollgate_refuse_unless(false) ELSE true END"
     )
 
 
