@@ -41,3 +41,45 @@ def test_an_upgrade_after_the_grant_that_paid_the_old_fee_was_written_off(organi
     assert expired_credits_total(organization.pk) == D("10") + credit
     assert CreditGrant.objects.get(pk=promo.pk).remaining == D("0")
     assert_grant_books(organization.pk)
+
+
+def test_a_volume_true_ups_credit_goes_back_to_the_grants_that_paid_for_the_usage(organization, live_client):
+    """A volume price charges each event at the tier its running total reached, and the month's true-up
+    credits back the difference once the month is closed (docs/pricing.md). When promotional credit paid
+    for that usage, the credit must go back to the grant (as an upgrade's credit does, docs/credits.md
+    "Reversals give back"): otherwise it becomes ungranted money, which never expires and which a payment
+    refund may pay out as cash. FAILS on purpose: a real bug (metering/services/true_up.py posts the
+    credit without giving it back to the grants)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from metering.services.true_up import volume_true_ups_run
+    from metering.models import CalcMethod
+    from metering.services import catalog
+    from tests.factories import ServiceFactory
+    from tests.metering.helpers import recorded_at
+
+    catalog.price_create(
+        service=ServiceFactory(slug="tiered-ping", calc_method=CalcMethod.REQUEST),
+        organization_id=None,
+        effective_from=None,
+        created_by_id=None,
+        model="volume",
+        tiers=[{"up_to": 3, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}],
+    )
+    promo = grant(organization, "10", priority=10, expires_at=timezone.now() + timedelta(days=30))
+    with recorded_at(datetime(2026, 10, 30, 12, tzinfo=UTC)):
+        for n in range(5):
+            assert (
+                live_client.post(
+                    "/api/v1/usage/", {"service": "tiered-ping", "idempotency_key": f"v{n}"}, format="json"
+                ).status_code
+                == 201
+            )
+    assert CreditGrant.objects.get(pk=promo.pk).remaining == D("6")  # 1 + 1 + 1 + 0.5 + 0.5, all promotional
+    assert volume_true_ups_run() == 1  # credits back 4 − 5 × 0.5 = 1.5
+
+    assert wallet_of(organization).balance == D("7.5")
+    assert CreditGrant.objects.get(pk=promo.pk).remaining == D("7.5"), "the true-up's credit became ungranted money"
+    assert_grant_books(organization.pk)
