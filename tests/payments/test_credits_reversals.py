@@ -2,13 +2,20 @@
 the old plan's fee goes back to the grants the fee drew from, and a grant that expired meanwhile gets
 its share back and has it written off. The grant may also have been written off already."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+
+from django.utils import timezone
+
+from metering.models import CalcMethod
+from metering.services import catalog
+from metering.services.true_up import volume_true_ups_run
 
 from metering.services import subscriptions
 from payments.credits import grants_expire
 from payments.models import CreditGrant
-from tests.factories import wallet_fund
+from tests.factories import ServiceFactory, wallet_fund
+from tests.metering.helpers import recorded_at
 from tests.metering.subscriptions_world import oracle_fraction, oracle_money, plan_make
 from tests.payments.credit_world import assert_grant_books, clock_at, expired_credits_total, grant
 from tests.payments.helpers import wallet_of
@@ -50,16 +57,6 @@ def test_a_volume_true_ups_credit_goes_back_to_the_grants_that_paid_for_the_usag
     "Reversals give back"): otherwise it becomes ungranted money, which never expires and which a payment
     refund may pay out as cash. FAILS on purpose: a real bug (metering/services/true_up.py posts the
     credit without giving it back to the grants)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from metering.services.true_up import volume_true_ups_run
-    from metering.models import CalcMethod
-    from metering.services import catalog
-    from tests.factories import ServiceFactory
-    from tests.metering.helpers import recorded_at
-
     catalog.price_create(
         service=ServiceFactory(slug="tiered-ping", calc_method=CalcMethod.REQUEST),
         organization_id=None,
