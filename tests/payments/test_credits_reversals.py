@@ -8,10 +8,8 @@ from decimal import Decimal
 from django.utils import timezone
 
 from metering.models import CalcMethod
-from metering.services import catalog
+from metering.services import catalog, subscriptions
 from metering.services.true_up import volume_true_ups_run
-
-from metering.services import subscriptions
 from payments.credits import grants_expire
 from payments.models import CreditGrant
 from tests.factories import ServiceFactory, wallet_fund
