@@ -77,7 +77,8 @@ def test_exactly_k_debits_pass_a_hard_budget_of_k_at_any_concurrency(shop, scope
     assert_money_invariants([organization.pk])
 
 
-def test_a_tiered_price_stops_exactly_at_a_hard_budget_and_never_advances_on_a_refusal(shop):
+@pytest.mark.parametrize("stripes", [0, 4])
+def test_a_tiered_price_stops_exactly_at_a_hard_budget_and_never_advances_on_a_refusal(shop, stripes):
     """The positional (guarded) statement and its locked fallback: the first 100 requests cost 1.00,
     the next 0.50 each, so a budget of 137 lets exactly 100 + 74 through, and a refused request takes
     no position."""
@@ -90,6 +91,9 @@ def test_a_tiered_price_stops_exactly_at_a_hard_budget_and_never_advances_on_a_r
         model="tiered",
         tiers=[{"up_to": 100, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}],
     )
+    if stripes:
+        ledger.wallet_stripes_set(organization_id=organization.pk, stripes=stripes)
+        organization.refresh_from_db()
     budget = Budget.objects.create(organization=organization, period="month", amount=D(K), mode="hard")
 
     outcomes = Counter(hammer(key.secret, "tiered"))
