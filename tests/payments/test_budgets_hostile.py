@@ -277,3 +277,14 @@ def test_a_free_event_is_refused_by_an_overspent_budget_in_a_batch_as_it_is_not_
     assert alone.status_code == 201, alone.content
     together = batch(live_client, ["free-in-batch"], service="free").json()["results"]
     assert [r["status"] for r in together] == [201], together
+
+
+def test_another_organization_can_neither_capture_nor_release_our_hold(organization, live_client, other_client, meter):
+    wallet_fund(organization, "10")
+    b = budget(organization, "5")
+    made = hold(live_client, "h", "4").json()["id"]
+    before = money_state(organization)
+    assert capture(other_client, made).status_code == 404
+    assert release(other_client, made).status_code == 404
+    assert money_state(organization) == before
+    assert spends(organization) == {b.pk: D(4)}
