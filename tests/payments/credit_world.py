@@ -144,8 +144,9 @@ def allocations_by_transfer(organization_id: int) -> dict[tuple[int, int], Decim
 
 def assert_grant_books(organization_id: int, *, holds: bool = True) -> None:
     """docs/credits.md's invariants: balance == Σ wallet entries; each grant's remaining == amount − Σ its
-    allocations and ≥ 0; Σ allocations of a usage or subscription transfer ≤ its cost; an expiry transfer
-    writes off exactly its grant's allocation; plus the ledger's own invariants."""
+    allocations and ≥ 0; Σ allocations of a usage or subscription debit ≤ its cost, of a credit that
+    reverses one (an upgrade's) a give-back of at most the credit; an expiry transfer writes off exactly
+    its grant's allocation; plus the ledger's own invariants."""
     assert_money_invariants([organization_id], holds=holds)
     wallet = Wallet.objects.get(organization_id=organization_id)
     assert wallet.balance == wallet_entries_total(organization_id)
@@ -159,8 +160,10 @@ def assert_grant_books(organization_id: int, *, holds: bool = True) -> None:
         .annotate(total=Sum("amount"))
     ):
         wallet_leg = LedgerEntry.objects.get(transfer_id=row["transfer_id"], account=Account.WALLET).amount
-        if row["transfer__kind"] in (TransferKind.USAGE, TransferKind.SUBSCRIPTION):
-            assert 0 < row["total"] <= -wallet_leg, row
+        if row["transfer__kind"] in (TransferKind.USAGE, TransferKind.SUBSCRIPTION) and wallet_leg < 0:
+            assert 0 < row["total"] <= -wallet_leg, row  # a debit draws at most its cost
+        elif row["transfer__kind"] == TransferKind.SUBSCRIPTION:
+            assert -wallet_leg <= row["total"] < 0, row  # a credit gives back at most itself
         else:
             assert row["transfer__kind"] == TransferKind.EXPIRY, row
             assert row["total"] == -wallet_leg, row

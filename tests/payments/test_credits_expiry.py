@@ -160,11 +160,11 @@ def test_a_hold_made_on_credit_that_then_expires_is_captured_as_debt(organizatio
 
 
 def test_a_batch_at_a_grants_expiry_decides_with_the_clock_its_posting_uses(organization, live_client, meter):
-    """The posting statements read expired credit with the application's clock (`ledger_now`), but a
-    batch decides its events under `locks.wallet_lock`, which reads it with the database's now(). Where
-    the two clocks disagree about a grant's expiry (any skew between app servers and PostgreSQL, or the
-    time between the batch's transaction start and its posting), the batch decides the events affordable
-    and its posting is then refused: the whole request fails with 402 instead of answering each event.
+    """A batch decides its events under the wallet's lock and then posts them: both must read expired
+    credit as of the same moment. Were the decision to use another clock than the posting (the
+    database's now() against the application's, or the transaction's start against the posting's
+    time), a grant expiring in between would make the batch decide the events affordable and its
+    posting then be refused: the whole request would fail with 402 instead of answering each event.
     Here the application's clock is an hour ahead of the database's, and the grant expires in between."""
     real = timezone.now()
     grant(organization, "5", expires_at=real + timedelta(minutes=30))
