@@ -1022,18 +1022,19 @@ def subscription_charge(
         memo=memo,
     )
     if amount < ZERO and reverses_transfer_id is not None and posting.transfer_id is not None:
-        _grants_give_back(
+        grants_give_back(
             organization_id=organization_id,
             transfer_id=posting.transfer_id,
-            reversed_transfer_id=reverses_transfer_id,
+            reversed_transfer_ids=[reverses_transfer_id],
             amount=-amount,
         )
     return posting
 
 
-def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transfer_id: int, amount: Decimal) -> None:
-    """A credit that reverses a debit (an upgrade's credit of the fee) gives back to the grants the debit
-    drew from, the last drawn first, never more than the debit took from each. A grant that expired
+def grants_give_back(*, organization_id: int, transfer_id: int, reversed_transfer_ids: Sequence[int], amount: Decimal) -> None:
+    """A credit (`transfer_id`, of `amount`) that reverses debits (an upgrade's credit of the fee, a volume
+    true-up's credit of a month's usage) gives back to the grants the debits drew from, the last drawn
+    first, never more than the debits took from each nor more than the grant ever held. A grant that expired
     meanwhile gets it back too and the expiry task writes it off; one already written off has its share
     written off at once (an `expiry` transfer), so reversed credit never turns into money without an
     expiry. Under the wallet's lock (the credit's posting took it); then the grants'. A debit is
@@ -1042,8 +1043,8 @@ def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transf
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT grant_id, sum(amount) FROM payments_grantallocation"
-            " WHERE organization_id = %s AND transfer_id = %s AND amount > 0 GROUP BY grant_id ORDER BY max(id) DESC",
-            [organization_id, reversed_transfer_id],
+            " WHERE organization_id = %s AND transfer_id = ANY(%s) AND amount > 0 GROUP BY grant_id ORDER BY max(id) DESC",
+            [organization_id, list(reversed_transfer_ids)],
         )
         taken = cursor.fetchall()
         back: dict[int, Decimal] = {}
@@ -1055,10 +1056,17 @@ def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transf
         if not back:
             return
         cursor.execute(
-            "SELECT id, expiry_transfer_id IS NOT NULL FROM payments_creditgrant WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            "SELECT id, expiry_transfer_id IS NOT NULL, amount - remaining FROM payments_creditgrant"
+            " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
             [sorted(back)],
         )
-        lapsed = {grant_id for grant_id, written_off in cursor.fetchall() if written_off}
+        lapsed = set()
+        for grant_id, written_off, spent in cursor.fetchall():
+            # A batch's transfer may be reversed by two services' true-ups: never more than the grant gave.
+            back[grant_id] = min(back[grant_id], spent)
+            if written_off:
+                lapsed.add(grant_id)
+        back = {grant_id: give for grant_id, give in back.items() if give > ZERO}
         live = [(grant_id, give) for grant_id, give in back.items() if grant_id not in lapsed]
         _allocations_write(cursor, organization_id=organization_id, transfer_id=transfer_id, gives=live, bump=True)
         if lapsed:
@@ -1070,7 +1078,7 @@ def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transf
                 kind=TransferKind.EXPIRY,
                 amount=-sum((give for _, give in gone), ZERO),
                 counter_account=Account.EXPIRED_CREDITS,
-                reference=f"reverses:{reversed_transfer_id}",
+                reference=f"reverses:{transfer_id}",
                 memo="Credit given back to an expired grant",
                 may_overdraw=True,
             )

@@ -162,7 +162,7 @@ def assert_grant_books(organization_id: int, *, holds: bool = True) -> None:
         wallet_leg = LedgerEntry.objects.get(transfer_id=row["transfer_id"], account=Account.WALLET).amount
         if row["transfer__kind"] in (TransferKind.USAGE, TransferKind.SUBSCRIPTION) and wallet_leg < 0:
             assert 0 < row["total"] <= -wallet_leg, row  # a debit draws at most its cost
-        elif row["transfer__kind"] == TransferKind.SUBSCRIPTION:
+        elif row["transfer__kind"] in (TransferKind.USAGE, TransferKind.SUBSCRIPTION):
             assert -wallet_leg <= row["total"] < 0, row  # a credit gives back at most itself
         else:
             assert row["transfer__kind"] == TransferKind.EXPIRY, row

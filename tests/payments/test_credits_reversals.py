@@ -53,8 +53,7 @@ def test_a_volume_true_ups_credit_goes_back_to_the_grants_that_paid_for_the_usag
     credits back the difference once the month is closed (docs/pricing.md). When promotional credit paid
     for that usage, the credit must go back to the grant (as an upgrade's credit does, docs/credits.md
     "Reversals give back"): otherwise it becomes ungranted money, which never expires and which a payment
-    refund may pay out as cash. FAILS on purpose: a real bug (metering/services/true_up.py posts the
-    credit without giving it back to the grants)."""
+    refund may pay out as cash."""
     catalog.price_create(
         service=ServiceFactory(slug="tiered-ping", calc_method=CalcMethod.REQUEST),
         organization_id=None,
