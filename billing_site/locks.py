@@ -1,7 +1,7 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
     organization → invitation                                        (team changes only)
-    subscription → usage positions (ascending service) → budget spends → wallet → hold | payment → refund
+    subscription → usage positions (ascending service) → budgets → budget spends → wallet → hold | payment → refund
         → stripes (ascending) → credit grants (burn order) → API key (money)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
@@ -28,6 +28,10 @@ pending state, call out, then lock again and apply.
   positions in ascending service id). A stripe rebalance never runs while a position is locked by the
   hot path: a guarded statement that the wallet refuses fails and is settled on the locked path.
 - refund: after its payment.
+- budgets: `payments_budget` rows, which the statements that write budget spends lock FOR KEY SHARE
+  (ascending id) as they read them, so a spend row is never written for a budget deleted meanwhile. A
+  budget's deletion locks its row FOR UPDATE before it deletes its spends and itself; editing one (a
+  non-key UPDATE) waits for nobody.
 - budget spends: `payments_budgetspend` rows, what a budget's scope spent this period (docs/credits.md).
   A usage posting's statement upserts them before its UPDATE of the wallet (or stripe) row, which
   waits for them (its condition reads the upsert's answer); `budget_spends_lock` takes them in the

@@ -126,6 +126,7 @@ _BUDGET_CTES = """budget_rule AS (
       FROM payments_budget b
      WHERE %(ledger_budget_cost)s::numeric > 0 AND b.organization_id = %(ledger_org)s
        AND (b.api_key_id IS NULL OR b.api_key_id = %(ledger_key)s::bigint)
+       FOR KEY SHARE OF b
 ), budget_spend AS (
     INSERT INTO payments_budgetspend AS bs (organization_id, budget_id, period_start, spent, amount, ceiling, alerted)
     SELECT %(ledger_org)s, id, period_start, %(ledger_budget_cost)s, amount, ceiling, 0 FROM budget_rule
@@ -702,6 +703,7 @@ SELECT b.organization_id, b.id, date_trunc(b.period, %(ledger_now)s::timestamptz
   FROM payments_budget b
  WHERE b.organization_id = %(ledger_org)s AND (b.api_key_id IS NULL OR b.api_key_id = %(ledger_key)s::bigint)
  ORDER BY b.id
+   FOR KEY SHARE OF b
     ON CONFLICT (organization_id, budget_id, period_start) DO UPDATE SET amount = excluded.amount, ceiling = excluded.ceiling
 RETURNING bs.id, bs.ceiling - bs.spent
 """
