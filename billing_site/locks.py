@@ -35,7 +35,8 @@ pending state, call out, then lock again and apply.
 - budget spends: `payments_budgetspend` rows, what a budget's scope spent this period (docs/credits.md).
   A usage posting's statement upserts them before its UPDATE of the wallet (or stripe) row, which
   waits for them (its condition reads the upsert's answer); `budget_spends_lock` takes them in the
-  locked paths (ascending id), before the wallet.
+  locked paths (ascending id), before the wallet. A hold's capture takes this period's spends, then
+  its hold's (an older period's when it rolled over): a newer period's before an older one's.
 - credit grants: `payments_creditgrant` rows, locked in burn order by the draw function a usage or
   subscription posting calls in its own statement after the wallet row (or stripe) is locked, and by
   `grant_lock` (an expiry's write-off) after `wallet_lock`. Every writer of a grant holds its

@@ -150,6 +150,9 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
             if priced.positional and priced.units:
                 priced = position_take(priced, organization_id=organization_id, now=now, test=hold.test)
             if not hold.test:
+                # The debit is posted now, so it counts in this period's budgets (the hold's period may
+                # be over): this period's spends, then the hold's, then the wallet (billing_site/locks.py).
+                spends = ledger.budget_spends_take(organization_id=organization_id, api_key_id=hold.api_key_id, now=now)
                 ledger.budget_spends_lock(spend_ids=hold.budget_spends)
                 locks.wallet_lock(organization_id=organization_id)
             locked: Hold = locks.hold_lock(hold_id=hold.pk)
@@ -163,9 +166,10 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                     reference=f"hold:{hold.pk}",
                     release_held=hold.amount,
                     may_overdraw=True,
-                    budgeted=False,  # the hold counted against the budgets; this settles the difference
+                    budgeted=False,  # counted below: the hold leaves its budgets, the cost joins this period's
                 )
-                ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=priced.cost - hold.amount)
+                ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=-hold.amount)
+                ledger.budget_spends_settle(spend_ids=spends.spend_ids, delta=priced.cost)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
