@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.tenancy import Tenant
 from billing_site import locks
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest, NotFound
-from billing_site.money import ZERO, money_round
+from billing_site.money import AMOUNT_MAX, ZERO, money_round
 from metering import selectors
 from metering.calculators import measure
 from metering.models import Hold, HoldStatus, UsageRecord
@@ -65,6 +65,9 @@ def hold_create(
         raise InvalidRequest("Send `amount` or the method's maximum quantities, not both.")
     else:
         amount = money_round(amount)
+        if amount > AMOUNT_MAX:
+            # Far beyond any wallet; and a budget's spend must never overflow adding it up (a 500).
+            raise InvalidRequest("`amount` is too large.", details={"amount": [f"At most {AMOUNT_MAX:,}."]})
     if amount <= ZERO:
         # The hold is what bounds an over-capture (docs/contract.md §2.4): a zero hold would let a wallet far below
         # its limit keep getting service.
