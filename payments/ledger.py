@@ -941,14 +941,15 @@ def _stripes_move(
 def _stripes_rebalance(*, organization_id: int, reserve: Decimal) -> tuple[locks.WalletState, Decimal]:
     """Lock the wallet row, then every stripe; give each stripe an equal share of what the wallet can
     spend beyond `reserve` (rounded down) and leave the rest — at least `reserve` when the wallet has
-    it, and a share — on the wallet row. What the wallet can spend is `balance − held + credit_limit`
-    over all its rows, so when it is nothing every stripe ends empty: nothing new starts anywhere.
+    it, and a share — on the wallet row. What the wallet can spend is `balance − held − expired credit
+    not written off yet + credit_limit` over all its rows, so when it is nothing every stripe ends empty: nothing new starts anywhere.
     Answers the wallet row's state after and the stripes' total. Inside the caller's transaction."""
     wallet = locks.wallet_lock(organization_id=organization_id)
     stripes = locks.wallet_stripes_lock(organization_id=organization_id)
     if not stripes:
         return wallet, ZERO
-    spendable = wallet.balance - wallet.held + wallet.credit_limit + sum(stripes.values(), ZERO)
+    # Expired credit not written off yet is not spendable (the wallet row's rule counts all of it): it stays on the row.
+    spendable = wallet.balance - wallet.unavailable + wallet.credit_limit + sum(stripes.values(), ZERO)
     share = (max(spendable - reserve, ZERO) / (len(stripes) + 1)).quantize(MONEY_QUANTUM, rounding=ROUND_DOWN)
     balance = _stripes_move(
         organization_id=organization_id, wallet=wallet, stripes=stripes, targets=dict.fromkeys(stripes, share)
