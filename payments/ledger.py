@@ -726,13 +726,19 @@ def budget_spends_take(*, organization_id: int, api_key_id: int | None, now: dat
     return BudgetSpends(spend_ids=[spend_id for spend_id, _ in rows], headroom=min(hard) if hard else None)
 
 
-def budget_spends_settle(*, spend_ids: Sequence[int], delta: Decimal) -> None:
+def budget_spends_settle(*, organization_id: int, spend_ids: Sequence[int], delta: Decimal) -> None:
     """Move what a hold counted against its budgets by `delta` once it ends: −(its amount) on a release,
-    (actual − held) on a capture, which may pass a hard budget (the service was delivered). In the
-    caller's transaction, after `budget_spends_lock`; a budget deleted since has no rows left to move."""
+    (actual − held) on a capture, which may pass a hard budget (the service was delivered); or add what
+    a batch charged. In the caller's transaction, after `budget_spends_lock`; a budget deleted since has
+    no rows left to move. Spends whose alert level rose are announced once it commits, as a posting's."""
     if spend_ids and delta != ZERO:
         with connection.cursor() as cursor:
-            cursor.execute("UPDATE payments_budgetspend SET spent = spent + %s WHERE id = ANY(%s)", [delta, list(spend_ids)])
+            cursor.execute(
+                f"UPDATE payments_budgetspend SET spent = spent + %s WHERE id = ANY(%s) RETURNING id, {BUDGET_LEVEL} > alerted",
+                [delta, list(spend_ids)],
+            )
+            rose = sorted(spend_id for spend_id, up in cursor.fetchall() if up)
+        _announce_after_commit(organization_id, crossed=False, auto_due=False, alerts=rose)
 
 
 def usage_charge(

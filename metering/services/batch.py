@@ -103,7 +103,7 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                 )
             )
             moved = sum((p.amount for p in postings if isinstance(p, ledger.Posting)), ZERO)  # negative: debits
-            ledger.budget_spends_settle(spend_ids=spends.spend_ids, delta=-moved)
+            ledger.budget_spends_settle(organization_id=organization_id, spend_ids=spends.spend_ids, delta=-moved)
         fresh = [(index, pricer.priced[n]) for n, (index, _) in enumerate(fresh)]
         pricer.advance()
         accepted = [

@@ -171,8 +171,8 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                     may_overdraw=True,
                     budgeted=False,  # counted below: the hold leaves its budgets, the cost joins this period's
                 )
-                ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=-hold.amount)
-                ledger.budget_spends_settle(spend_ids=spends.spend_ids, delta=priced.cost)
+                ledger.budget_spends_settle(organization_id=organization_id, spend_ids=hold.budget_spends, delta=-hold.amount)
+                ledger.budget_spends_settle(organization_id=organization_id, spend_ids=spends.spend_ids, delta=priced.cost)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
@@ -215,7 +215,7 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
             raise HoldNotActive()
         if not hold.test:
             ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
-            ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=-hold.amount)
+            ledger.budget_spends_settle(organization_id=hold.organization_id, spend_ids=hold.budget_spends, delta=-hold.amount)
         _hold_finish(hold=hold, status=status)
     hold.status = status
     return HoldOutcome(hold=hold, replayed=False)
