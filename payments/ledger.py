@@ -593,12 +593,15 @@ def usage_charge_in_one_statement(
             api_key_id=api_key_id,
         ),
     }
-    statement = statements.wallet
+    statement, first = statements.wallet, params
     if stripes:
-        statement, params["ledger_stripe"] = statements.stripe, stripe_pick(stripes)
+        # A stripe never draws from grants: it refuses while the organization has any (as its statement
+        # sees them), and one committed meanwhile must not be locked under the stripe's lock alone.
+        params["ledger_stripe"] = stripe_pick(stripes)
+        statement, first = statements.stripe, {**params, "ledger_draw": ZERO}
     started = time.perf_counter()
     try:
-        row = _one_statement(statement, params, guarded=guarded)
+        row = _one_statement(statement, first, guarded=guarded)
     except _WalletRefused:
         row = None
     if guarded:
