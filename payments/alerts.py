@@ -18,8 +18,8 @@ from django.utils import timezone
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
 from billing_site.outbound import destination_post
-from payments.ledger import LOW_BALANCE_CROSSED
 from payments.budgets import BUDGET_ALERT_LEVEL_SQL, budget_period_end
+from payments.ledger import LOW_BALANCE_CROSSED
 from payments.models import BUDGET_ALERT_PERCENTS, AlertDelivery, AlertDeliveryKind, BudgetMode, BudgetSpend, Wallet
 from payments.providers.sandbox import sign
 from payments.validators import alert_webhook_destination

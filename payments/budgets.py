@@ -124,7 +124,7 @@ def budget_update(*, budget: Budget, now: datetime | None = None, **changes: Any
     if unknown:
         raise InvalidRequest(
             "The budget is not valid.",
-            details={name: "A budget's scope and period cannot change: delete it and create another." for name in unknown},
+            details=dict.fromkeys(unknown, "A budget's scope and period cannot change: delete it and create another."),
         )
     amount, mode = changes.get("amount", budget.amount), changes.get("mode", budget.mode)
     errors = _validate(amount=amount, period=budget.period, mode=mode)
