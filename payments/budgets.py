@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Case, DecimalField, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Case, DateTimeField, DecimalField, OuterRef, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
 from accounts.models import ApiKey, ApiKeyMode
@@ -190,10 +190,10 @@ def budget_statuses(budgets: QuerySet[Budget] | list[Budget], *, now: datetime |
     now = now or timezone.now()
     starts = {period: budget_period_start(period, now) for period in BudgetPeriod.values}
     if isinstance(budgets, QuerySet):
-        current_start = Case(*(When(period=p, then=Value(s)) for p, s in starts.items()))
-        spent = BudgetSpend.objects.filter(budget_id=OuterRef("pk"), period_start=current_start).values("spent")[:1]
+        current_start = Case(*(When(period=p, then=Value(s)) for p, s in starts.items()), output_field=DateTimeField())
+        spent = BudgetSpend.objects.filter(budget_id=OuterRef("pk"), period_start=OuterRef("current_start")).values("spent")[:1]
         budgets = list(
-            budgets.annotate(
+            budgets.annotate(current_start=current_start).annotate(
                 current_spent=Subquery(spent, output_field=DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES))
             )
         )
