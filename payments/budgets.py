@@ -91,17 +91,26 @@ def _api_key_error(*, organization_id: int, api_key_id: object, now: datetime) -
     return None
 
 
+def budget_create_errors(
+    *, organization_id: int, api_key_id: object, period: object, amount: object, mode: object
+) -> dict[str, str]:
+    """What is wrong with these budget terms, by field (empty when nothing is); the one budget per scope
+    and period is left to the database's constraint, which budget_create reports under `period`."""
+    errors = _validate(amount=amount, period=period, mode=mode)
+    if api_key_id is not None and (
+        key_error := _api_key_error(organization_id=organization_id, api_key_id=api_key_id, now=timezone.now())
+    ):
+        errors["api_key"] = key_error
+    return errors
+
+
 def budget_create(
     *, organization_id: int, api_key_id: int | None, period: str, amount: Decimal, mode: str = BudgetMode.HARD
 ) -> Budget:
     """A budget on the organization (`api_key_id` None) or one of its live keys. InvalidRequest, each
     error under its field, for a bad amount, period or mode, a key that is not the organization's live
     key, or a scope that already has a budget for this period (one per scope and period)."""
-    errors = _validate(amount=amount, period=period, mode=mode)
-    if api_key_id is not None and (
-        key_error := _api_key_error(organization_id=organization_id, api_key_id=api_key_id, now=timezone.now())
-    ):
-        errors["api_key"] = key_error
+    errors = budget_create_errors(organization_id=organization_id, api_key_id=api_key_id, period=period, amount=amount, mode=mode)
     if errors:
         raise InvalidRequest("The budget is not valid.", details=errors)
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -36,6 +37,15 @@ def grant(
         reason="test grant",
     )
     return credits.grant_create(organization_id=organization.pk, spec=spec, created_by_id=None)
+
+
+@pytest.fixture(autouse=True)
+def _staff_groups(db):
+    """The groups come from data migrations, which transactional tests elsewhere truncate: run again
+    the one that gives them their rights on grants and budgets (it is idempotent)."""
+    from django.apps import apps
+
+    importlib.import_module("payments.migrations.0011_redemption_grants").extend_groups(apps, None)
 
 
 def staff_in(group: str):
