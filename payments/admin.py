@@ -29,8 +29,13 @@ from billing_site.admin import (
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import money_format
-from payments import ledger, reconciliation, selectors, services
-from payments.credit_admin import CreditGrantInline
+from payments import (
+    credit_admin,  # noqa: F401 - registers the grants' and budgets' admins
+    ledger,
+    reconciliation,
+    selectors,
+    services,
+)
 from payments.models import (
     GRANT_PRIORITY_DEFAULT,
     GRANT_PRIORITY_MAX,
@@ -166,7 +171,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     readonly_fields = ["created_at"]
     prepopulated_fields = {"slug": ["name"]}
-    inlines = [WalletInline, MembershipInline, ApiKeyInline, CreditGrantInline]
+    inlines = [WalletInline, MembershipInline, ApiKeyInline]
     actions = ["adjust_balance"]
     list_select_related = ["wallet"]
     show_full_result_count = False
@@ -211,6 +216,8 @@ class OrganizationAdmin(admin.ModelAdmin):
                 recent_payments=selectors.payment_list(organization_id=obj.pk)[:RECENT_ROWS],
                 can_adjust=self.has_adjust_permission(request),
                 can_grant=request.user.has_perm("payments.add_creditgrant"),
+                # Shown in the page rather than as an inline: an inline's formset would be part of every save.
+                recent_grants=selectors.grant_list(organization_id=obj.pk)[:RECENT_ROWS],
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 

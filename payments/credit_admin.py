@@ -19,7 +19,6 @@ from billing_site.admin import (
     LabelledForm,
     OrganizationFilter,
     ReadOnlyAdmin,
-    ReadOnlyInline,
     money_cell,
 )
 from billing_site.errors import DomainError
@@ -143,16 +142,6 @@ class CreditGrantAdmin(GrantMoney, admin.ModelAdmin):
         )
         # The admin logs and redirects to the object it thinks it saved: make that the grant just made.
         obj.pk, obj.transfer_id, obj.remaining, obj.created_at = grant.pk, grant.transfer_id, grant.remaining, grant.created_at
-
-
-class CreditGrantInline(GrantMoney, ReadOnlyInline):
-    """The organization's grants on its page, newest first; staff add one from the grants' own add page."""
-
-    model = CreditGrant
-    fk_name = "organization"
-    fields = ("category", "amount_shown", "remaining_shown", "priority", "expires_at", "source", "reason", "created_at")
-    ordering = ("-created_at",)
-    verbose_name_plural = "credit grants"
 
 
 @admin.register(GrantAllocation)
