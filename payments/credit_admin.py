@@ -75,7 +75,8 @@ class GrantForm(LabelledForm):
         )
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if not self.errors:
             try:
                 credits.grant_spec_validate(self.spec())
@@ -112,7 +113,7 @@ class CreditGrantAdmin(GrantMoney, admin.ModelAdmin):
     readonly_fields = ["amount_shown", "remaining_shown", "transfer", "expiry_transfer", "source", "created_by", "created_at"]
     show_full_result_count = False
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return list(GrantForm.Meta.fields)
         return ["organization", "category", "priority", "expires_at", "reason", *self.readonly_fields]
@@ -128,7 +129,7 @@ class CreditGrantAdmin(GrantMoney, admin.ModelAdmin):
     def changeform_view(self, request: HttpRequest, object_id: Any = None, form_url: str = "", extra_context: Any = None) -> Any:
         # Without the admin's own transaction around the view: grant_create is a durable money
         # operation, the outermost transaction of its own.
-        return self._changeform_view(request, object_id, form_url, extra_context)
+        return self._changeform_view(request, object_id, form_url, extra_context)  # type: ignore[attr-defined]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -165,7 +166,8 @@ class BudgetForm(LabelledForm):
         widgets = {"amount": AmountInput}
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if self.errors:
             return cleaned
         if self.instance.pk is None:

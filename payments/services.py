@@ -572,6 +572,7 @@ def code_redeem(*, organization: Organization, user: User | None, code: str) -> 
                 .values_list("balance_after", flat=True)
                 .get()
             )
+            assert row_after is not None  # a wallet entry always records its balance after
             balance_after = row_after + stripes_balance(organization_id=organization.pk)
     except IntegrityError as exc:
         raise InvalidCode("Your organization already redeemed this code.") from exc
