@@ -76,6 +76,12 @@ class WalletState:
     low_balance_threshold: Decimal
     low_balance_alerted: bool
     stripes: int
+    expired_unwritten: Decimal  # credit grants past their expiry not yet written off: not spendable
+
+    @property
+    def unavailable(self) -> Decimal:
+        """What the overdraft rule counts as not available: the holds and the expired credit."""
+        return self.held + self.expired_unwritten
 
 
 def wallet_lock(*, organization_id: int) -> WalletState:
@@ -83,8 +89,10 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     _in_transaction("wallet_lock")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes"
-            " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes,"
+            " (SELECT COALESCE(sum(g.remaining), 0) FROM payments_creditgrant g"
+            "   WHERE g.organization_id = w.organization_id AND g.remaining > 0 AND g.expires_at <= now())"
+            " FROM payments_wallet w WHERE organization_id = %s FOR UPDATE OF w",
             [organization_id],
         )
         row = cursor.fetchone()

@@ -9,23 +9,23 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing_site import locks
 from billing_site.errors import InvalidRequest
 from billing_site.money import ZERO, money_amount_error
 from payments import ledger
-from payments.models import (
+from payments.credit_models import (
     GRANT_PRIORITY_DEFAULT,
     GRANT_PRIORITY_MAX,
     GRANT_PRIORITY_MIN,
-    Account,
     CreditGrant,
     GrantAllocation,
     GrantCategory,
     GrantSource,
-    TransferKind,
 )
+from payments.models import Account, TransferKind
 
 # Where a grant's money comes from: promotional credit is our gift; paid credit was bought outside
 # the checkout (an invoice, a contract), so it comes in through the clearing account like a recharge.
@@ -83,6 +83,7 @@ def grant_create_in_transaction(
         memo=spec.reason,
         created_by_id=created_by_id,
     )
+    assert posting.transfer_id is not None  # a credit always posts a transfer
     return CreditGrant.objects.create(
         organization_id=organization_id,
         amount=spec.amount,
@@ -109,6 +110,13 @@ def grant_create(
         )
 
 
+def granted_total(*, organization_id: int) -> Decimal:
+    """What the organization's grants still hold, expired or not (read as of now; under the wallet's
+    lock it is exact, since every writer of a grant holds it first or, on a stripe, only draws)."""
+    total = CreditGrant.objects.filter(organization_id=organization_id, remaining__gt=0).aggregate(s=Sum("remaining"))["s"]
+    return total or ZERO
+
+
 def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
     """Write off what an expired grant still holds: one `expiry` transfer (wallet → expired_credits) and
     its allocation, under the wallet's lock and the grant's, exactly once however often or concurrently
@@ -123,7 +131,7 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
         locked = locks.grant_lock(grant_id=grant_id)
         if locked.remaining <= ZERO or locked.expires_at is None or locked.expires_at > now:
             return ZERO
-        left = locked.remaining
+        left: Decimal = locked.remaining
         posting = ledger.transfer_post(
             organization_id=organization_id,
             kind=TransferKind.EXPIRY,
@@ -133,6 +141,7 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> Decimal:
             memo="Credit grant expired",
             may_overdraw=True,  # written off, not spent: the money is gone whatever the balance
         )
+        assert posting.transfer_id is not None  # a non-zero amount always posts a transfer
         CreditGrant.objects.filter(pk=grant_id).update(remaining=ZERO, expiry_transfer_id=posting.transfer_id)
         GrantAllocation.objects.create(
             organization_id=organization_id, grant_id=grant_id, transfer_id=posting.transfer_id, amount=left, created_at=now

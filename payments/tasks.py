@@ -7,7 +7,7 @@ from celery import Task, shared_task
 
 from billing_site import metrics
 from billing_site.outbound import DestinationRefused, DestinationUnresolved
-from payments import alerts, reconciliation, services
+from payments import alerts, credits, reconciliation, services
 
 logger = logging.getLogger(__name__)
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
@@ -19,6 +19,11 @@ TRANSIENT = (ConnectionError, TimeoutError, OSError)
 def payment_settle(event_id: int) -> str | None:
     payment = services.payment_settle(event_id=event_id)
     return payment.status if payment else None
+
+
+@shared_task(name="payments.tasks.grants_expire", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def grants_expire() -> int:
+    return credits.grants_expire()
 
 
 @shared_task(name="payments.tasks.payments_sweep")
