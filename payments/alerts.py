@@ -18,8 +18,8 @@ from django.utils import timezone
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
 from billing_site.outbound import destination_post
-from payments.budgets import BUDGET_ALERT_LEVEL_SQL, budget_period_end
-from payments.ledger import LOW_BALANCE_CROSSED
+from payments.budgets import budget_period_end
+from payments.ledger import BUDGET_LEVEL, LOW_BALANCE_CROSSED
 from payments.models import BUDGET_ALERT_PERCENTS, AlertDelivery, AlertDeliveryKind, BudgetMode, BudgetSpend, Wallet
 from payments.providers.sandbox import sign
 from payments.validators import alert_webhook_destination
@@ -78,8 +78,7 @@ def budget_alert_claim(*, spend_id: int) -> tuple[BudgetSpend, int] | None:
     it locks, so of concurrent or repeated claims exactly one wins each level."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE payments_budgetspend SET alerted = {BUDGET_ALERT_LEVEL_SQL}"
-            f" WHERE id = %s AND alerted < {BUDGET_ALERT_LEVEL_SQL} RETURNING alerted",
+            f"UPDATE payments_budgetspend SET alerted = {BUDGET_LEVEL} WHERE id = %s AND alerted < {BUDGET_LEVEL} RETURNING alerted",
             [spend_id],
         )
         row = cursor.fetchone()

@@ -48,7 +48,7 @@ def budget_period_end(period: str, at: datetime) -> datetime:
 
 
 def budget_alert_level(*, spent: Decimal, amount: Decimal) -> int:
-    """How many of the 50/80/100 % alert levels `spent` has reached (BUDGET_ALERT_LEVEL_SQL in Python)."""
+    """How many of the 50/80/100 % alert levels `spent` has reached (the ledger's BUDGET_LEVEL in Python)."""
     if spent >= amount:
         return 3
     if spent * 100 >= amount * 80:
@@ -56,12 +56,6 @@ def budget_alert_level(*, spent: Decimal, amount: Decimal) -> int:
     if spent * 100 >= amount * 50:
         return 1
     return 0
-
-
-# The same rule over a payments_budgetspend row, for the alert's conditional claim.
-BUDGET_ALERT_LEVEL_SQL = (
-    "(CASE WHEN spent >= amount THEN 3 WHEN spent * 100 >= amount * 80 THEN 2 WHEN spent * 100 >= amount * 50 THEN 1 ELSE 0 END)"
-)
 
 
 # --- Services -------------------------------------------------------------------------------------

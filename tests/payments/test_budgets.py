@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from accounts import services as account_services
 from accounts.models import ApiKey
 from billing_site.errors import InvalidRequest, NotFound
-from payments import budgets
+from payments import budgets, ledger
 from payments.models import Budget, BudgetSpend
 from tests.concurrency import run_concurrently
 
@@ -114,7 +114,7 @@ def test_period_start_refuses_an_unknown_period():
 def test_alert_level_in_python_and_sql_agree(db, spent, amount, level):
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {budgets.BUDGET_ALERT_LEVEL_SQL} FROM (SELECT %s::numeric AS spent, %s::numeric AS amount) row",
+            f"SELECT {ledger.BUDGET_LEVEL} FROM (SELECT %s::numeric AS spent, %s::numeric AS amount) row",
             [spent, amount],
         )
         [(in_sql,)] = cursor.fetchall()
