@@ -17,8 +17,8 @@ from billing_site.admin import (
     AMOUNT_INPUTS,
     AmountInput,
     LabelledForm,
+    LargeTableAdmin,
     OrganizationFilter,
-    ReadOnlyAdmin,
     money_cell,
 )
 from billing_site.errors import DomainError
@@ -110,6 +110,7 @@ class CreditGrantAdmin(GrantMoney, admin.ModelAdmin):
     date_hierarchy = "created_at"
     form = GrantForm
     formfield_overrides = AMOUNT_INPUTS
+    raw_id_fields = ["organization"]
     readonly_fields = ["amount_shown", "remaining_shown", "transfer", "expiry_transfer", "source", "created_by", "created_at"]
     show_full_result_count = False
 
@@ -146,7 +147,7 @@ class CreditGrantAdmin(GrantMoney, admin.ModelAdmin):
 
 
 @admin.register(GrantAllocation)
-class GrantAllocationAdmin(ReadOnlyAdmin):
+class GrantAllocationAdmin(LargeTableAdmin):  # a row per grant a debit drew from: it grows like the ledger
     list_display = ["id", "organization", "grant", "transfer", "amount_shown", "created_at"]
     list_filter = [OrganizationFilter]
     list_select_related = ["organization"]
@@ -242,7 +243,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
 
 @admin.register(BudgetSpend)
-class BudgetSpendAdmin(ReadOnlyAdmin):
+class BudgetSpendAdmin(LargeTableAdmin):  # a row per budget per period
     list_display = ["id", "organization", "budget", "period_start", "spent_shown", "amount_shown", "ceiling", "alerted"]
     list_filter = [OrganizationFilter]
     list_select_related = ["organization", "budget"]
