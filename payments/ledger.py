@@ -505,6 +505,7 @@ def _wallet_row_statement(*, organization_id: int, sql: str, params: dict[str, A
     row = _refusable_statement(sql, params)
     if row is None and _is_striped(organization_id):
         with transaction.atomic():
+            _budgets_before_rebalance(params)
             _stripes_rebalance(organization_id=organization_id, reserve=reserve)
             row = _refusable_statement(sql, params)
             if row is None:
@@ -525,6 +526,13 @@ def _refusable_statement(sql: str, params: dict[str, Any]) -> Any:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
+
+
+def _budgets_before_rebalance(params: dict[str, Any]) -> None:
+    """A rebalance locks the wallet before the posting runs again: lock the budgets' spends the posting
+    will count against first, so their locks still come before the wallet's (billing_site/locks.py)."""
+    if params.get("ledger_budget_cost"):
+        budget_spends_take(organization_id=params["ledger_org"], api_key_id=params["ledger_key"], now=params["ledger_now"])
 
 
 def _is_striped(organization_id: int) -> bool:
@@ -595,6 +603,7 @@ def usage_charge_in_one_statement(
         row = _refusable_statement(statements.wallet, params)
     if row is None and not guarded and (stripes or _is_striped(organization_id)):
         with transaction.atomic():
+            _budgets_before_rebalance(params)
             _stripes_rebalance(organization_id=organization_id, reserve=cost)
             row = _refusable_statement(statements.wallet, params)
             if row is None:
@@ -986,13 +995,17 @@ def wallet_adjust(*, organization_id: int, amount: Decimal, reason: str, created
         )
 
 
-def subscription_charge(*, organization_id: int, amount: Decimal, reference: str, memo: str = "") -> Posting:
+def subscription_charge(
+    *, organization_id: int, amount: Decimal, reference: str, memo: str = "", reverses_transfer_id: int | None = None
+) -> Posting:
     """Post a subscription fee (`amount` > 0: wallet → revenue, refused by the overdraft rule with
-    InsufficientBalance) or the credit of an upgrade's unused part (`amount` < 0: revenue → wallet), as a
-    `subscription` transfer. Joins the caller's transaction (metering/services/subscriptions.py)."""
+    InsufficientBalance; it draws from credit grants like usage) or the credit of an upgrade's unused
+    part (`amount` < 0: revenue → wallet), which gives back to the grants the fee's transfer
+    (`reverses_transfer_id`) drew from, as a `subscription` transfer. Joins the caller's transaction
+    (metering/services/subscriptions.py)."""
     if amount == ZERO:
         raise ValueError("a subscription charge moves a non-zero amount")
-    return transfer_post(
+    posting = transfer_post(
         organization_id=organization_id,
         kind=TransferKind.SUBSCRIPTION,
         amount=-amount,
@@ -1000,6 +1013,53 @@ def subscription_charge(*, organization_id: int, amount: Decimal, reference: str
         reference=reference,
         memo=memo,
     )
+    if amount < ZERO and reverses_transfer_id is not None and posting.transfer_id is not None:
+        _grants_give_back(
+            organization_id=organization_id,
+            transfer_id=posting.transfer_id,
+            reversed_transfer_id=reverses_transfer_id,
+            amount=-amount,
+        )
+    return posting
+
+
+def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transfer_id: int, amount: Decimal) -> None:
+    """A credit that reverses a debit (an upgrade's credit of the fee) gives back to the grants the debit
+    drew from, the last drawn first, never more than the debit took from each. A grant that expired
+    meanwhile gets it back too and the expiry task writes it off, so reversed credit never turns into
+    money without an expiry. Under the wallet's lock (the credit's posting took it); then the grants'.
+    A debit is reversed at most once (an upgrade credits the fee its plan was last charged); were it
+    reversed twice, the grant's `remaining <= amount` constraint refuses the second."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT grant_id, sum(amount) FROM payments_grantallocation"
+            " WHERE organization_id = %s AND transfer_id = %s AND amount > 0 GROUP BY grant_id ORDER BY max(id) DESC",
+            [organization_id, reversed_transfer_id],
+        )
+        taken = cursor.fetchall()
+        back: list[tuple[int, Decimal]] = []
+        for grant_id, took in taken:
+            if amount <= ZERO:
+                break
+            give = min(took, amount)
+            back.append((grant_id, give))
+            amount -= give
+        if not back:
+            return
+        grant_ids = sorted(grant_id for grant_id, _ in back)
+        cursor.execute("SELECT id FROM payments_creditgrant WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [grant_ids])
+        cursor.execute(
+            "WITH v AS (SELECT * FROM unnest(%(grants)s::bigint[], %(amounts)s::numeric[]) AS v(grant_id, amount)),"
+            " bumped AS (UPDATE payments_creditgrant g SET remaining = g.remaining + v.amount FROM v WHERE g.id = v.grant_id)"
+            " INSERT INTO payments_grantallocation (organization_id, grant_id, transfer_id, amount, created_at)"
+            " SELECT %(org)s, v.grant_id, %(transfer)s, -v.amount, now() FROM v",
+            {
+                "grants": [grant_id for grant_id, _ in back],
+                "amounts": [give for _, give in back],
+                "org": organization_id,
+                "transfer": transfer_id,
+            },
+        )
 
 
 def wallet_credit(

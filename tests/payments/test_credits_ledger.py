@@ -258,3 +258,58 @@ def test_a_refunds_reservation_does_not_count_against_budgets(organization, staf
     done = services.payment_refund(payment=payment, amount=D("20"), reason="customer asked", staff=staff_user)
     assert done.status == "succeeded"
     assert not BudgetSpend.objects.exists()
+
+
+def test_an_upgrade_gives_the_old_fees_credit_back_to_the_grants_that_paid_it(organization):
+    """Else a plan bought with expiring promotional credit and upgraded at once would turn the credit of
+    its unused part into money that never expires."""
+    from datetime import UTC, datetime
+
+    from metering.services import subscriptions
+    from tests.metering.subscriptions_world import oracle_fraction, oracle_money, plan_make
+
+    plan_make("basic", "30")
+    plan_make("pro", "90")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    promo = grant_create(
+        organization_id=organization.pk,
+        spec=GrantSpec(
+            amount=D("40"),
+            category=GrantCategory.PROMOTIONAL,
+            priority=10,
+            expires_at=datetime(2027, 1, 1, tzinfo=UTC),
+            reason="t",
+        ),
+        created_by_id=None,
+    )
+    from tests.factories import wallet_fund
+
+    wallet_fund(organization, "200")
+    subscriptions.subscription_choose(organization_id=organization.pk, plan_slug="basic", now=start)
+    assert remaining(promo) == [D("10")]  # the whole first fee came from the grant
+
+    moment = datetime(2026, 12, 11, 7, 30, tzinfo=UTC)
+    subscriptions.subscription_choose(organization_id=organization.pk, plan_slug="pro", now=moment)
+
+    credit = oracle_money("30", oracle_fraction(moment))
+    fee = oracle_money("90", oracle_fraction(moment))
+    # the credit went back to the grant, then the new fee drew from it again: 10 + credit − min(fee, 10 + credit)
+    assert remaining(promo) == [max(D("10") + credit - fee, D("0"))]
+    assert_books(organization)
+    back = GrantAllocation.objects.filter(grant=promo, amount__lt=0).get()
+    assert back.amount == -credit
+
+
+def test_a_striped_debit_that_needs_a_rebalance_counts_against_its_budget_once(organization, live_client):
+    from tests.factories import wallet_fund
+
+    service_with_price(slug="big", unit_price="5")
+    wallet_fund(organization, "10")
+    ledger.wallet_stripes_set(organization_id=organization.pk, stripes=4)  # 2 on each row: none pays 5 alone
+    Budget.objects.create(organization=organization, period="day", amount=D("9"), mode="hard")
+    assert use(live_client, "a", service="big").status_code == 201
+    refused = use(live_client, "b", service="big")
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded"
+    assert BudgetSpend.objects.get().spent == D("5")
+    assert Wallet.objects.get(pk=organization.pk).balance == D("5")
+    assert_books(organization)
