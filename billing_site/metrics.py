@@ -45,6 +45,7 @@ SETTLEMENT_LAG = Histogram(
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
 )
 LOW_BALANCE_ALERTS = Counter("tollgate_low_balance_alerts_total", "Low-balance alerts sent")
+BUDGET_ALERTS = Counter("tollgate_budget_alerts_total", "Budget threshold alerts sent")
 RECONCILIATION_MISMATCHES = Gauge(
     "tollgate_reconciliation_mismatches",
     "Wallets or identities that failed the last reconciliation",

@@ -232,6 +232,7 @@ SPECTACULAR_SETTINGS = {
         {"name": "holds", "description": "Reserve money before a long or streamed call, then capture or release it."},
         {"name": "balance", "description": "Your balance and the ledger that explains it."},
         {"name": "payments", "description": "Recharges, redemption codes, and the providers' notifications."},
+        {"name": "budgets", "description": "Spend limits per day, week or month, for the organization or one API key."},
         {"name": "staff", "description": "For Tollgate staff: the catalogue, prices and balance adjustments."},
     ],
     "VERSION": "1.0.0",
@@ -240,6 +241,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name `mode`: an API key's and a budget's.
+    "ENUM_NAME_OVERRIDES": {
+        "ApiKeyModeEnum": "accounts.models.ApiKeyMode",
+        "BudgetModeEnum": "payments.credit_models.BudgetMode",
+    },
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "billing_site.api.schema.postprocess"],
 }
 
@@ -248,6 +254,8 @@ CURRENCY = env.str("CURRENCY", default="USD")
 API_KEY_LAST_USED_RESOLUTION = timedelta(seconds=env.int("API_KEY_LAST_USED_SECONDS", default=60))
 HOLD_DEFAULT_TTL = timedelta(seconds=env.int("HOLD_DEFAULT_TTL_SECONDS", default=600))
 HOLD_MAX_TTL = timedelta(seconds=env.int("HOLD_MAX_TTL_SECONDS", default=86400))
+# A credit grant that expires within this is flagged `expires_soon` (API, dashboard notice).
+GRANT_EXPIRES_SOON = timedelta(days=env.int("GRANT_EXPIRES_SOON_DAYS", default=7))
 USAGE_BATCH_MAX_EVENTS = 1000
 # Largest request body accepted (413 above it); room for a full batch of text events.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("REQUEST_BODY_MAX_BYTES", default=10 * 1024 * 1024)

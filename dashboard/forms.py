@@ -391,3 +391,43 @@ class TimeZoneForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["time_zone"]).choices = time_zone_choices()
+
+
+# --- Budgets ----------------------------------------------------------------------------------------
+
+BUDGET_ORGANIZATION_SCOPE = "organization"
+
+
+class BudgetEditForm(forms.Form):
+    """A budget's amount and mode (payments.budgets says what they accept)."""
+
+    amount = forms.DecimalField(
+        min_value=Decimal("0.000000000001"),
+        max_digits=22,
+        decimal_places=12,
+        label="Amount",
+        help_text="The most the scope may spend in one period.",
+    )
+    mode = forms.ChoiceField(
+        choices=[("hard", "Hard: refuse usage past it"), ("soft", "Soft: alert only")], initial="hard", widget=forms.RadioSelect
+    )
+
+
+class BudgetCreateForm(BudgetEditForm):
+    scope = forms.ChoiceField(label="Applies to", help_text="The whole organization, or one live API key.")
+    period = forms.ChoiceField(
+        choices=[("day", "Day"), ("week", "Week (from Monday)"), ("month", "Month")],
+        initial="month",
+        help_text="UTC calendar periods: the spend starts again from zero at the next one.",
+    )
+    field_order = ["scope", "period", "amount", "mode"]
+
+    def __init__(self, *args, api_keys: list[ApiKey], **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [(BUDGET_ORGANIZATION_SCOPE, "The whole organization")]
+        choices += [(str(key.pk), f"API key {key.name} ({key.prefix}…)") for key in api_keys]
+        cast(forms.ChoiceField, self.fields["scope"]).choices = choices
+
+    def api_key_id(self) -> int | None:
+        scope = self.cleaned_data["scope"]
+        return None if scope == BUDGET_ORGANIZATION_SCOPE else int(scope)

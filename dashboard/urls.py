@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from dashboard.views import auth, billing, keys, pages, plan, settings, team
+from dashboard.views import auth, billing, credits, keys, pages, plan, settings, team
 
 app_name = "dashboard"
 
@@ -32,6 +32,10 @@ urlpatterns = [
     path("dashboard/billing/redeem/", billing.redeem, name="redeem"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
     path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),
+    path("dashboard/credits/", credits.credits, name="credits"),
+    path("dashboard/budgets/", credits.budgets, name="budgets"),
+    path("dashboard/budgets/<int:budget_id>/edit/", credits.budget_edit, name="budget_edit"),
+    path("dashboard/budgets/<int:budget_id>/delete/", credits.budget_delete, name="budget_delete"),
     path("dashboard/team/", team.team, name="team"),
     path("dashboard/team/<int:membership_id>/role/", team.member_role, name="member_role"),
     path("dashboard/team/<int:membership_id>/remove/", team.member_remove, name="member_remove"),

@@ -29,8 +29,17 @@ from billing_site.admin import (
 from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import money_format
-from payments import ledger, reconciliation, selectors, services
+from payments import (
+    credit_admin,  # noqa: F401 - registers the grants' and budgets' admins
+    ledger,
+    reconciliation,
+    selectors,
+    services,
+)
 from payments.models import (
+    GRANT_PRIORITY_DEFAULT,
+    GRANT_PRIORITY_MAX,
+    GRANT_PRIORITY_MIN,
     STRIPES_MAX,
     STRIPES_MIN,
     LedgerEntry,
@@ -206,6 +215,9 @@ class OrganizationAdmin(admin.ModelAdmin):
                 recent_entries=selectors.ledger_entry_list(organization_id=obj.pk)[:RECENT_ROWS],
                 recent_payments=selectors.payment_list(organization_id=obj.pk)[:RECENT_ROWS],
                 can_adjust=self.has_adjust_permission(request),
+                can_grant=request.user.has_perm("payments.add_creditgrant"),
+                # Shown in the page rather than as an inline: an inline's formset would be part of every save.
+                recent_grants=selectors.grant_list(organization_id=obj.pk)[:RECENT_ROWS],
             )
         return super().render_change_form(request, context, add, change, form_url, obj)
 
@@ -487,6 +499,19 @@ class CodeBatchForm(forms.Form):
     count = forms.IntegerField(min_value=1, max_value=10_000)
     max_uses = forms.IntegerField(min_value=1, initial=1, help_text="How many organizations may redeem each code.")
     expires_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM (UTC); empty for no expiry.")
+    grant_priority = forms.IntegerField(
+        min_value=GRANT_PRIORITY_MIN,
+        max_value=GRANT_PRIORITY_MAX,
+        initial=GRANT_PRIORITY_DEFAULT,
+        required=False,
+        help_text="The redeemed credit's burn priority, 1–100; lower burns first.",
+    )
+    grant_expires_days = forms.IntegerField(
+        min_value=1,
+        max_value=services.GRANT_EXPIRES_DAYS_MAX,
+        required=False,
+        help_text="The redeemed credit expires this many days after its redemption; empty for never.",
+    )
 
 
 @admin.register(RedemptionCode)
@@ -521,6 +546,8 @@ class RedemptionCodeAdmin(ReadOnlyAdmin):
                 max_uses=data["max_uses"],
                 expires_at=data["expires_at"],
                 created_by=request.user,
+                grant_priority=GRANT_PRIORITY_DEFAULT if data["grant_priority"] is None else data["grant_priority"],
+                grant_expires_days=data["grant_expires_days"],
             )
             first = RedemptionCode.objects.get(digest=services.code_digest(codes[0]))
             self.log_addition(request, first, f"Generated batch {data['batch']}: {len(codes)} codes worth {data['amount']} each")

@@ -1,5 +1,8 @@
-"""Low-balance alerts: once per crossing of the threshold, re-armed by a top-up (the ledger clears
-the flag when a credit lifts the balance back to the threshold)."""
+"""Alerts to an organization's owners and admins, by email and its signed webhook.
+
+Low-balance alerts: once per crossing of the threshold, re-armed by a top-up (the ledger clears the
+flag when a credit lifts the balance back to the threshold). Budget alerts: once per period per
+threshold (50/80/100 %), claimed on the period's BudgetSpend row (docs/credits.md)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ from django.utils import timezone
 from accounts.models import MANAGER_ROLES, Membership
 from billing_site.money import money_str
 from billing_site.outbound import destination_post
-from payments.ledger import LOW_BALANCE_CROSSED
-from payments.models import AlertDelivery, AlertDeliveryKind, Wallet
+from payments.budgets import budget_period_end
+from payments.ledger import BUDGET_LEVEL, LOW_BALANCE_CROSSED
+from payments.models import BUDGET_ALERT_PERCENTS, AlertDelivery, AlertDeliveryKind, BudgetMode, BudgetSpend, Wallet
 from payments.providers.sandbox import sign
 from payments.validators import alert_webhook_destination
 
 logger = logging.getLogger(__name__)
 ALERT_SIGNATURE_HEADER = "Tollgate-Signature"
+BUDGET_PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 def low_balance_claim(*, organization_id: int) -> Wallet | None:
@@ -65,6 +70,73 @@ def low_balance_notify(*, wallet: Wallet, email: bool = True, webhook: bool = Tr
             }
         ).encode()
         alert_webhook_post(wallet=wallet, body=body, kind=AlertDeliveryKind.BALANCE_LOW)
+
+
+def budget_alert_claim(*, spend_id: int) -> tuple[BudgetSpend, int] | None:
+    """Raise the spend row's `alerted` to the level its spend has reached, if that is higher; answer the
+    row and the level when this call won the raise. The UPDATE's condition is re-checked on the row
+    it locks, so of concurrent or repeated claims exactly one wins each level."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE payments_budgetspend SET alerted = {BUDGET_LEVEL} WHERE id = %s AND alerted < {BUDGET_LEVEL} RETURNING alerted",
+            [spend_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return BudgetSpend.objects.select_related("budget__api_key", "organization").get(pk=spend_id), row[0]
+
+
+def budget_alert_notify(*, spend: BudgetSpend, level: int, email: bool = True, webhook: bool = True) -> None:
+    """Tell the owners and admins (`email`) and the alert webhook (`webhook`) that the budget's scope
+    spent `BUDGET_ALERT_PERCENTS[level - 1]` % of it this period."""
+    budget, organization = spend.budget, spend.organization
+    wallet = Wallet.objects.select_related("organization").get(organization_id=organization.pk)
+    percent = BUDGET_ALERT_PERCENTS[level - 1]
+    scope = f"API key {budget.api_key.prefix}… ({budget.api_key.name})" if budget.api_key else organization.name
+    spent, amount = money_str(spend.spent), money_str(spend.amount)
+    resets_at = budget_period_end(budget.period, spend.period_start)
+    recipients = list(
+        Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES).values_list("user__email", flat=True)
+    )
+    if email and recipients:
+        every = BUDGET_PERIOD_ADJECTIVES[budget.period]
+        lines = [
+            f"{scope} has spent {spent} {wallet.currency} of its {every} budget of {amount} this period ({percent}% or more)."
+        ]
+        if percent == 100:
+            lines.append(
+                "Usage beyond it is refused until the budget resets."
+                if budget.mode == BudgetMode.HARD
+                else "It is a soft budget: usage goes on; this is a warning."
+            )
+        lines.append(f"The budget resets at {resets_at:%Y-%m-%d %H:%M} UTC.")
+        send_mail(
+            subject=f"[Tollgate] {organization.name}: {percent}% of the {every} budget of {scope} spent",
+            message=" ".join(lines),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=recipients,
+        )
+    if webhook and wallet.alert_webhook_url:
+        body = json.dumps(
+            {
+                "type": "budget.threshold",
+                "organization": organization.slug,
+                "budget": budget.pk,
+                "scope": "api_key" if budget.api_key_id else "organization",
+                "api_key": budget.api_key_id,
+                "period": budget.period,
+                "mode": budget.mode,
+                "percent": percent,
+                "spent": spent,
+                "amount": amount,
+                "currency": wallet.currency,
+                "period_start": spend.period_start.isoformat(),
+                "resets_at": resets_at.isoformat(),
+                "created_at": timezone.now().isoformat(),
+            }
+        ).encode()
+        alert_webhook_post(wallet=wallet, body=body, kind=AlertDeliveryKind.BUDGET_THRESHOLD)
 
 
 class AlertWebhookFailed(Exception):

@@ -319,11 +319,23 @@ class RedemptionCode(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
+    # The promotional credit grant a redemption puts into the wallet (docs/credits.md).
+    grant_priority = models.PositiveSmallIntegerField(default=50, help_text="1–100; lower burns first.")
+    grant_expires_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The credit expires this many days after it is redeemed; empty for never."
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="code_amount_positive"),
             models.CheckConstraint(condition=Q(uses__lte=F("max_uses")), name="code_uses_within_max"),
+            models.CheckConstraint(
+                condition=Q(grant_priority__gte=1) & Q(grant_priority__lte=100), name="code_grant_priority_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(grant_expires_days__isnull=True) | Q(grant_expires_days__gte=1),
+                name="code_grant_expires_days_positive",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -346,6 +358,7 @@ class Redemption(models.Model):
 
 class AlertDeliveryKind(models.TextChoices):
     BALANCE_LOW = "balance.low"
+    BUDGET_THRESHOLD = "budget.threshold"
     TEST = "test"
 
 
@@ -373,6 +386,9 @@ class AlertDelivery(models.Model):
 
 from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
     BUDGET_ALERT_PERCENTS,
+    GRANT_PRIORITY_DEFAULT,
+    GRANT_PRIORITY_MAX,
+    GRANT_PRIORITY_MIN,
     Budget,
     BudgetMode,
     BudgetPeriod,
@@ -385,6 +401,9 @@ from payments.credit_models import (  # noqa: E402 - the models module is where 
 
 __all__ = [
     "BUDGET_ALERT_PERCENTS",
+    "GRANT_PRIORITY_DEFAULT",
+    "GRANT_PRIORITY_MAX",
+    "GRANT_PRIORITY_MIN",
     "Budget",
     "BudgetMode",
     "BudgetPeriod",

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, F, QuerySet, Sum, Window
 from django.utils import timezone
@@ -15,6 +16,7 @@ from django.utils import timezone
 from billing_site.money import ZERO
 from payments.models import (
     Account,
+    CreditGrant,
     LedgerEntry,
     Payment,
     PaymentStatus,
@@ -305,3 +307,22 @@ def wallet_statement(
         )
         return StatementPage(lines=lines, older=following.id + 1)
     return StatementPage(lines=lines, older=None)
+
+
+def grant_list(*, organization_id: int) -> QuerySet[CreditGrant]:
+    """The organization's credit grants, newest first, spent and expired ones included."""
+    return CreditGrant.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")
+
+
+def grant_expires_soon(grant: CreditGrant, *, now: datetime | None = None) -> bool:
+    """The grant still holds credit and expires within settings.GRANT_EXPIRES_SOON."""
+    now = now or timezone.now()
+    return grant.expires_at is not None and grant.remaining > 0 and now < grant.expires_at <= now + settings.GRANT_EXPIRES_SOON
+
+
+def grants_expiring_soon(*, organization_id: int, now: datetime | None = None) -> QuerySet[CreditGrant]:
+    """The grants `grant_expires_soon` flags, soonest first (the dashboard's notice)."""
+    now = now or timezone.now()
+    return CreditGrant.objects.filter(
+        organization_id=organization_id, remaining__gt=0, expires_at__gt=now, expires_at__lte=now + settings.GRANT_EXPIRES_SOON
+    ).order_by("expires_at", "id")

@@ -29,9 +29,15 @@ from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, Inv
 from billing_site.money import ZERO, currency_exponent
 from payments import credits, ledger
 from payments.models import (
+    GRANT_PRIORITY_DEFAULT,
+    GRANT_PRIORITY_MAX,
+    GRANT_PRIORITY_MIN,
     STRIPES_MAX,
     STRIPES_MIN,
     Account,
+    GrantCategory,
+    GrantSource,
+    LedgerEntry,
     Payment,
     PaymentStatus,
     Redemption,
@@ -42,6 +48,7 @@ from payments.models import (
     Wallet,
     WebhookEvent,
     alert_signing_secret_new,
+    stripes_balance,
 )
 from payments.providers import (
     ProviderError,
@@ -488,6 +495,7 @@ def refunds_sweep(*, older_than: timedelta = timedelta(minutes=5), now: datetime
 
 # --- Redemption codes -------------------------------------------------------------------------------------
 
+GRANT_EXPIRES_DAYS_MAX = 3660
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: codes are read and typed by people
 
 
@@ -496,11 +504,25 @@ def code_digest(code: str) -> str:
 
 
 def redemption_codes_generate(
-    *, batch: str, amount: Decimal, count: int, max_uses: int = 1, expires_at: datetime | None, created_by: User | None
+    *,
+    batch: str,
+    amount: Decimal,
+    count: int,
+    max_uses: int = 1,
+    expires_at: datetime | None,
+    created_by: User | None,
+    grant_priority: int = GRANT_PRIORITY_DEFAULT,
+    grant_expires_days: int | None = None,
 ) -> list[str]:
-    """Create `count` unguessable codes (100 bits each) and answer them: the only time they exist in clear."""
+    """Create `count` unguessable codes (100 bits each) and answer them: the only time they exist in clear.
+    A redemption puts a promotional credit grant of the code's amount into the wallet, burned at
+    `grant_priority` and expiring `grant_expires_days` after the redemption (never when None)."""
     if not 1 <= count <= 10_000 or max_uses < 1 or amount <= ZERO:
         raise InvalidRequest("Between 1 and 10,000 codes, each worth a positive amount, usable at least once.")
+    if not GRANT_PRIORITY_MIN <= grant_priority <= GRANT_PRIORITY_MAX:
+        raise InvalidRequest(f"The credit's priority is from {GRANT_PRIORITY_MIN} to {GRANT_PRIORITY_MAX}; lower burns first.")
+    if grant_expires_days is not None and not 1 <= grant_expires_days <= GRANT_EXPIRES_DAYS_MAX:
+        raise InvalidRequest(f"The credit expires 1 to {GRANT_EXPIRES_DAYS_MAX:,} days after redemption, or never.")
     codes = ["-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(5)) for _ in range(4)) for _ in range(count)]
     RedemptionCode.objects.bulk_create(
         RedemptionCode(
@@ -512,6 +534,8 @@ def redemption_codes_generate(
             max_uses=max_uses,
             expires_at=expires_at,
             created_by=created_by,
+            grant_priority=grant_priority,
+            grant_expires_days=grant_expires_days,
         )
         for code in codes
     )
@@ -519,9 +543,10 @@ def redemption_codes_generate(
 
 
 def code_redeem(*, organization: Organization, user: User | None, code: str) -> ledger.Posting:
-    """Credit the wallet with a code's value (a `redemption` transfer from promotions). Refused,
-    moving nothing, when the code is unknown, expired, used up, or already redeemed by this
-    organization; concurrent redemptions never exceed max uses (the row update is conditional)."""
+    """Credit the wallet with a code's value as a promotional credit grant (one `redemption` transfer
+    from promotions, with the code's grant priority and expiry). Refused, moving nothing, when the code
+    is unknown, expired, used up, or already redeemed by this organization; concurrent redemptions
+    never exceed max uses (the row update is conditional)."""
     voucher = RedemptionCode.objects.filter(digest=code_digest(code)).first() if isinstance(code, str) else None
     if voucher is None:
         raise InvalidCode("Unknown code.")
@@ -533,19 +558,33 @@ def code_redeem(*, organization: Organization, user: User | None, code: str) -> 
         raise InvalidCode(f"This code is worth {voucher.currency}; your balance is kept in {currency}.")
     try:
         with transaction.atomic(durable=True):
-            posting = ledger.wallet_credit(
+            grant = credits.grant_create_in_transaction(
                 organization_id=organization.pk,
-                amount=voucher.amount,
-                kind=TransferKind.REDEMPTION,
-                counter_account=Account.PROMOTIONS,
+                spec=credits.GrantSpec(
+                    amount=voucher.amount,
+                    category=GrantCategory.PROMOTIONAL,
+                    priority=voucher.grant_priority,
+                    expires_at=now + timedelta(days=voucher.grant_expires_days) if voucher.grant_expires_days else None,
+                    reason=f"Redemption code {voucher.prefix}…",
+                ),
+                source=GrantSource.REDEMPTION,
                 reference=f"code:{voucher.pk}",
                 created_by_id=user.pk if user else None,
+                kind=TransferKind.REDEMPTION,
+                counter_account=Account.PROMOTIONS,
             )
             claimed = RedemptionCode.objects.filter(pk=voucher.pk, uses__lt=F("max_uses")).update(uses=F("uses") + 1)
             if not claimed:
                 raise InvalidCode("This code has been used up.")
-            assert posting.transfer_id is not None  # a credit always posts a transfer
-            Redemption.objects.create(organization=organization, code=voucher, transfer_id=posting.transfer_id, created_by=user)
+            Redemption.objects.create(organization=organization, code=voucher, transfer_id=grant.transfer_id, created_by=user)
+            # The credit posted to the wallet row; a high-volume wallet's stripes hold the rest of its balance.
+            row_after = (
+                LedgerEntry.objects.filter(transfer_id=grant.transfer_id, account=Account.WALLET)
+                .values_list("balance_after", flat=True)
+                .get()
+            )
+            assert row_after is not None  # a wallet entry always records its balance after
+            balance_after = row_after + stripes_balance(organization_id=organization.pk)
     except IntegrityError as exc:
         raise InvalidCode("Your organization already redeemed this code.") from exc
-    return posting
+    return ledger.Posting(transfer_id=grant.transfer_id, amount=voucher.amount, balance_after=balance_after, held_after=ZERO)

@@ -66,6 +66,45 @@ def low_balance_alert_enqueue(sender: object, *, organization_id: int, **kwargs:
         logger.exception("could not queue the low-balance alert of organization %s", organization_id)
 
 
+@shared_task(name="payments.tasks.budget_alert", bind=True, max_retries=5, retry_backoff=True)
+def budget_alert(self: Task, spend_id: int, level: int = 0, emailed: bool = False) -> int:
+    """Alert the level the budget spend row reached, if no alert of it went out this period. A retry
+    carries the level it claimed (`level`), so it never claims again, and skips the email once sent."""
+    from payments.models import BudgetSpend
+
+    if level:
+        spend = BudgetSpend.objects.select_related("budget__api_key", "organization").filter(pk=spend_id).first()
+        if spend is None:
+            return 0  # the budget was deleted since
+    else:
+        claimed = alerts.budget_alert_claim(spend_id=spend_id)
+        if claimed is None:
+            return 0  # no new level, or another run sent it
+        spend, level = claimed
+    try:
+        if not emailed:
+            alerts.budget_alert_notify(spend=spend, level=level, webhook=False)
+            emailed = True
+        alerts.budget_alert_notify(spend=spend, level=level, email=False)
+    except Exception as exc:
+        if isinstance(exc, DestinationRefused) and not isinstance(exc, DestinationUnresolved):
+            logger.warning("budget alert webhook of organization %s refused: %s", spend.organization_id, exc)
+        else:
+            raise self.retry(exc=exc, kwargs={"spend_id": spend_id, "level": level, "emailed": emailed}) from exc
+    metrics.BUDGET_ALERTS.inc()
+    return level
+
+
+def budget_alert_enqueue(sender: object, *, organization_id: int, spend_ids: list[int], **kwargs: Any) -> None:
+    """Receiver of the ledger's `budget_alert_signal` (sent after the usage committed): one task per
+    spend row, so a retry of one never re-sends another's."""
+    for spend_id in spend_ids:
+        try:
+            budget_alert.delay(spend_id)
+        except Exception:  # a broker outage must never fail usage that already committed
+            logger.exception("could not queue the budget alert of organization %s", organization_id)
+
+
 @shared_task(name="payments.tasks.sandbox_webhook_deliver", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=8)
 def sandbox_webhook_deliver(payment_id: int, outcome: str) -> int:
     from payments.providers import sandbox

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from payments import api
+from payments import api, credits_api
 
 urlpatterns = [
     path("balance/", api.BalanceApi.as_view(), name="balance"),
@@ -11,4 +11,8 @@ urlpatterns = [
     path("payments/webhooks/<slug:provider>/", api.WebhookApi.as_view(), name="payment-webhook"),
     path("redeem/", api.RedeemApi.as_view(), name="redeem"),
     path("admin/organizations/<slug:slug>/adjust/", api.AdjustApi.as_view(), name="admin-adjust"),
+    path("admin/organizations/<slug:slug>/grants/", credits_api.AdminGrantApi.as_view(), name="admin-grants"),
+    path("grants/", credits_api.GrantListApi.as_view(), name="grants"),
+    path("budgets/", credits_api.BudgetListCreateApi.as_view(), name="budgets"),
+    path("budgets/<int:budget_id>/", credits_api.BudgetDetailApi.as_view(), name="budget"),
 ]

@@ -69,6 +69,7 @@ def overview(request, current):
         "runway_days": selectors.runway_days(available=wallet.available + wallet.credit_limit, per_day=burn),
         "spend_30d": chart.total,
         "low_balance": wallet.low_balance_threshold > ZERO and wallet.balance < wallet.low_balance_threshold,
+        "grants_expiring": list(payment_selectors.grants_expiring_soon(organization_id=organization.pk)[:3]),
         "exhausted": wallet.available <= -wallet.credit_limit,
         "chart": chart,
         "phone_chart": phone_chart,

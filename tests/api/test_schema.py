@@ -141,12 +141,15 @@ def test_nul_in_a_query_filter_is_refused(principals):
     assert client.get("/api/v1/usage/", {"service": "a\x00b"}).status_code == 400
 
 
-TAGS = {"auth", "account", "keys", "services", "usage", "holds", "balance", "payments", "staff"}
+TAGS = {"auth", "account", "keys", "services", "usage", "holds", "balance", "payments", "budgets", "staff"}
 PAGINATED_LISTS = {
     ("get", "/api/v1/usage/"),
     ("get", "/api/v1/api-keys/"),
     ("get", "/api/v1/ledger/"),
     ("get", "/api/v1/payments/"),
+    ("get", "/api/v1/grants/"),
+    ("get", "/api/v1/budgets/"),
+    ("get", "/api/v1/admin/organizations/{slug}/grants/"),
 }
 
 
@@ -178,6 +181,9 @@ def test_writes_carry_request_and_response_examples(db, client):
         ("post", "/api/v1/payments/recharge/"),
         ("post", "/api/v1/auth/token/"),
         ("post", "/api/v1/admin/organizations/{slug}/adjust/"),
+        ("post", "/api/v1/admin/organizations/{slug}/grants/"),
+        ("post", "/api/v1/budgets/"),
+        ("patch", "/api/v1/budgets/{budget_id}/"),
         ("patch", "/api/v1/api-keys/{api_key_id}/"),
         ("post", "/api/v1/admin/upstreams/"),
         ("patch", "/api/v1/admin/upstreams/{name}/"),
