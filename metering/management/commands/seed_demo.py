@@ -21,7 +21,8 @@ from metering.services.catalog import PriceSpec
 from metering.services.plans import PlanChange, plan_save
 from payments.credits import GrantSpec, grant_create
 from payments.ledger import wallet_adjust
-from payments.models import Budget, BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, Wallet
+from payments.budgets import budget_create
+from payments.models import BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, Wallet
 
 ADMIN_EMAIL = "admin@tollgate.local"
 OWNER_EMAIL = "owner@demo.tollgate.local"
@@ -143,8 +144,12 @@ class Command(BaseCommand):
                 ),
                 created_by_id=admin.pk,
             )
-            Budget.objects.create(
-                organization=organization, period=BudgetPeriod.MONTH, amount=Decimal("50"), mode=BudgetMode.SOFT
+            budget_create(
+                organization_id=organization.pk,
+                api_key_id=None,
+                period=BudgetPeriod.MONTH,
+                amount=Decimal("50"),
+                mode=BudgetMode.SOFT,
             )
 
         keys = []
