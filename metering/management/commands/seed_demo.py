@@ -19,9 +19,9 @@ from metering import services as metering_services
 from metering.models import CalcMethod, Plan, Price, Service
 from metering.services.catalog import PriceSpec
 from metering.services.plans import PlanChange, plan_save
+from payments.budgets import budget_create
 from payments.credits import GrantSpec, grant_create
 from payments.ledger import wallet_adjust
-from payments.budgets import budget_create
 from payments.models import BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, Wallet
 
 ADMIN_EMAIL = "admin@tollgate.local"
