@@ -46,6 +46,9 @@ from payments.models import STRIPES_MAX, STRIPES_MIN, Account, TransferKind, Wal
 # Sent after the commit of a posting that took a wallet below its low-balance threshold (kwargs:
 # organization_id). The payments app's receiver queues the alert; the ledger never imports tasks.
 low_balance_crossed_signal = Signal()
+# Sent after the commit of a debit that left available below the wallet's `auto_recharge_below`
+# (kwargs: organization_id). The payments app's receiver queues the auto top-up (docs/credits.md).
+auto_recharge_due_signal = Signal()
 # Sent after the commit of a posting that put money into the wallet from outside (a recharge, a
 # redemption, a staff adjustment; kwargs: organization_id). Metering's receiver queues the collection
 # of a subscription fee left unpaid (past_due); the ledger never imports metering.

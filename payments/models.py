@@ -235,6 +235,7 @@ class Payment(models.Model):
     refunded_amount = MoneyField(default=0)
     transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     failure_reason = models.CharField(max_length=255, blank=True)
+    auto = models.BooleanField(default=False, editable=False, help_text="Started by auto top-up, off-session.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -245,12 +246,17 @@ class Payment(models.Model):
             models.Index(fields=["organization", "-created_at"], name="payment_org_time"),
             models.Index(fields=["status", "created_at"], name="payment_status_time"),
             models.Index(fields=["provider", "provider_reference"], name="payment_provider_ref"),
+            models.Index(fields=["organization", "created_at"], condition=Q(auto=True), name="payment_auto_org_time"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["organization", "idempotency_key"], name="payment_idempotency_key_per_org"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
             models.CheckConstraint(
                 condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=F("amount")), name="payment_refund_within_amount"
+            ),
+            # Auto top-up starts exactly one recharge at a time per organization, however many tasks race.
+            models.UniqueConstraint(
+                fields=["organization"], condition=Q(auto=True) & Q(status="pending"), name="payment_one_pending_auto_per_org"
             ),
         ]
 
@@ -346,6 +352,7 @@ class Redemption(models.Model):
 
 class AlertDeliveryKind(models.TextChoices):
     BALANCE_LOW = "balance.low"
+    AUTO_RECHARGE_OFF = "auto_recharge.off"
     TEST = "test"
 
 
@@ -371,6 +378,7 @@ class AlertDelivery(models.Model):
         return f"{self.kind} to {self.url}: {self.status_code or self.error}"
 
 
+from payments.auto_models import AutoRecharge  # noqa: E402 - see below
 from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
     BUDGET_ALERT_PERCENTS,
     Budget,
@@ -385,6 +393,7 @@ from payments.credit_models import (  # noqa: E402 - the models module is where 
 
 __all__ = [
     "BUDGET_ALERT_PERCENTS",
+    "AutoRecharge",
     "Budget",
     "BudgetMode",
     "BudgetPeriod",
