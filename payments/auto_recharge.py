@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from billing_site import locks
 from billing_site.errors import InvalidRequest
-from billing_site.money import ZERO, currency_exponent
+from billing_site.money import MONEY_QUANTUM, ZERO, currency_exponent
 from payments.auto_models import AUTO_RECHARGE_DECLINES_MAX, SANDBOX_METHOD_OK, SANDBOX_METHODS, AutoRecharge
 from payments.models import Payment, PaymentStatus, Wallet
 from payments.providers import ProviderDeclined, ProviderError, ProviderUnreachable, provider_get, providers_enabled
@@ -62,7 +62,7 @@ def auto_recharge_spent(*, organization_id: int, now: datetime | None = None) ->
     total = Payment.objects.filter(
         organization_id=organization_id, auto=True, status__in=MONTHLY_COUNTED, created_at__gte=start, created_at__lt=end
     ).aggregate(total=Sum("amount"))["total"]
-    return total or ZERO
+    return (total or ZERO).quantize(MONEY_QUANTUM)
 
 
 def auto_payment_list(*, organization_id: int):  # noqa: ANN201 - a queryset of Payment
