@@ -161,7 +161,7 @@ def auto_recharge_card_save(*, organization_id: int, stripe_customer: str, payme
             "A Stripe customer id (cus_…) and a payment method id (pm_…).",
             details={"stripe_customer": ["cus_…"], "payment_method": ["pm_…"]},
         )
-    with transaction.atomic(durable=True):
+    with transaction.atomic():  # the back office calls it inside its own transaction
         placeholder = AutoRecharge(
             organization_id=organization_id,
             enabled=False,
