@@ -358,7 +358,10 @@ class AutoRechargeForm(forms.Form):
     payment_method = forms.ChoiceField(
         required=False,
         label="Sandbox saved method",
-        choices=[("pm_sandbox_ok", "Always charged (pm_sandbox_ok)"), ("pm_sandbox_decline", "Always declined (pm_sandbox_decline)")],
+        choices=[
+            ("pm_sandbox_ok", "Always charged (pm_sandbox_ok)"),
+            ("pm_sandbox_decline", "Always declined (pm_sandbox_decline)"),
+        ],
     )
 
     def __init__(self, *args, **kwargs):

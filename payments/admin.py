@@ -12,8 +12,8 @@ from django.db.models import F
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
 from django.utils.dateparse import parse_date
+from django.utils.html import format_html, format_html_join
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
@@ -540,10 +540,10 @@ class AutoRechargeAdmin(admin.ModelAdmin):
         "history",
     ]
 
-    def get_fields(self, request: HttpRequest, obj: AutoRecharge | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: AutoRecharge | None = None) -> tuple[str, ...]:
         if obj is None:
-            return ["organization", "stripe_customer", "payment_method"]
-        return ["organization", "stripe_customer", "payment_method", *self.settings_shown]
+            return ("organization", "stripe_customer", "payment_method")
+        return ("organization", "stripe_customer", "payment_method", *self.settings_shown)
 
     def get_readonly_fields(self, request: HttpRequest, obj: AutoRecharge | None = None) -> list[str]:
         return self.settings_shown if obj is None else ["organization", *self.settings_shown]

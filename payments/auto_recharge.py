@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from billing_site import locks
@@ -65,7 +65,7 @@ def auto_recharge_spent(*, organization_id: int, now: datetime | None = None) ->
     return (total or ZERO).quantize(MONEY_QUANTUM)
 
 
-def auto_payment_list(*, organization_id: int):  # noqa: ANN201 - a queryset of Payment
+def auto_payment_list(*, organization_id: int) -> QuerySet[Payment]:
     return Payment.objects.filter(organization_id=organization_id, auto=True).order_by("-created_at", "-pk")
 
 
@@ -115,7 +115,9 @@ def _validate(data: AutoRechargeInput, *, currency: str, saved: AutoRecharge | N
     else:
         if data.payment_method is not None:
             errors["payment_method"] = ["A card is saved by our support team, not over the API."]
-        elif data.enabled and (saved is None or saved.provider != "stripe" or not saved.stripe_customer or not saved.payment_method):
+        elif data.enabled and (
+            saved is None or saved.provider != "stripe" or not saved.stripe_customer or not saved.payment_method
+        ):
             errors["provider"] = ["No card is saved for off-session charges yet: ask support to save one."]
     return errors
 
@@ -128,7 +130,9 @@ def auto_recharge_update(*, organization_id: int, data: AutoRechargeInput) -> Au
     wallet = Wallet.objects.get(pk=organization_id)
     errors = _validate(data, currency=wallet.currency, saved=auto_recharge_get(organization_id=organization_id))
     if errors:
-        raise InvalidRequest("Auto top-up was not changed: " + "; ".join(f"{k}: {v[0]}" for k, v in errors.items()), details=errors)
+        raise InvalidRequest(
+            "Auto top-up was not changed: " + "; ".join(f"{k}: {v[0]}" for k, v in errors.items()), details=errors
+        )
     values = {
         "enabled": data.enabled,
         "threshold": data.threshold,

@@ -153,7 +153,13 @@ def _auto_context(current, auto_form) -> dict:
     organization_id = current.organization.pk
     setting = auto_recharge.auto_recharge_get(organization_id=organization_id)
     if auto_form is None:
-        initial = {"threshold": "10", "amount": "50", "monthly_max": "200", "provider": "sandbox", "payment_method": "pm_sandbox_ok"}
+        initial: dict[str, object] = {
+            "threshold": "10",
+            "amount": "50",
+            "monthly_max": "200",
+            "provider": "sandbox",
+            "payment_method": "pm_sandbox_ok",
+        }
         if setting is not None:
             initial = {
                 "enabled": setting.enabled,

@@ -42,7 +42,7 @@ class FakeStripe:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 params = {key: values[0] for key, values in parse_qs(body, keep_blank_values=True).items()}
                 status, answer, replayed = fake.answer(self.path, dict(self.headers.items()), params)
@@ -117,7 +117,9 @@ class FakeStripe:
                 error["decline_code"] = "generic_decline"
             return 402, {"error": error}
         if not method.startswith("pm_card_"):
-            return 400, {"error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such PaymentMethod"}}
+            return 400, {
+                "error": {"type": "invalid_request_error", "code": "resource_missing", "message": "No such PaymentMethod"}
+            }
         intent.update(status="succeeded", amount_received=intent["amount"])
         self.charges.append(intent)
         return 200, intent

@@ -68,9 +68,7 @@ def test_the_wallet_carries_the_threshold_while_on_and_null_while_off(organizati
 # --- Sandbox: the whole path ----------------------------------------------------------------------------
 
 
-def test_below_the_threshold_one_sandbox_top_up_is_charged_and_credited_once(
-    organization, django_capture_on_commit_callbacks
-):
+def test_below_the_threshold_one_sandbox_top_up_is_charged_and_credited_once(organization, django_capture_on_commit_callbacks):
     below(organization, "3")
     auto_enable(organization, threshold="5", amount="20")
 
@@ -504,7 +502,9 @@ def test_the_fake_stripe_answers_a_repeated_key_without_charging_again(organizat
 # --- A real debit (the lead wires the ledger's statement to send the signal) ------------------------------
 
 
-def test_a_real_debit_below_the_threshold_starts_the_top_up(live_client, organization, catalogue, django_capture_on_commit_callbacks):
+def test_a_real_debit_below_the_threshold_starts_the_top_up(
+    live_client, organization, catalogue, django_capture_on_commit_callbacks
+):
     """POST usage/ that leaves available below the threshold: the ledger sends auto_recharge_due_signal
     after commit, and exactly one top-up is charged and credited."""
     wallet_fund(organization, "10")

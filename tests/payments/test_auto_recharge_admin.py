@@ -36,7 +36,12 @@ def test_a_billing_admin_saves_a_card_for_an_organization(organization):
 
     assert response.status_code == 302, response.content.decode()[:2000]
     setting = AutoRecharge.objects.get(pk=organization.pk)
-    assert (setting.provider, setting.stripe_customer, setting.payment_method, setting.enabled) == ("stripe", "cus_Q1", "pm_1Q", False)
+    assert (setting.provider, setting.stripe_customer, setting.payment_method, setting.enabled) == (
+        "stripe",
+        "cus_Q1",
+        "pm_1Q",
+        False,
+    )
 
 
 @pytest.mark.parametrize(("customer", "method"), [("Q1", "pm_1Q"), ("cus_Q1", "tok_visa"), ("", "")])
@@ -44,7 +49,8 @@ def test_the_card_form_refuses_what_is_not_a_stripe_id(organization, customer, m
     client, _ = staff_client("Billing admins")
 
     response = client.post(
-        "/admin/payments/autorecharge/add/", {"organization": organization.pk, "stripe_customer": customer, "payment_method": method}
+        "/admin/payments/autorecharge/add/",
+        {"organization": organization.pk, "stripe_customer": customer, "payment_method": method},
     )
 
     assert response.status_code == 200
@@ -77,7 +83,12 @@ def test_support_sees_the_setting_and_its_history_but_changes_nothing(organizati
     assert page.status_code == 200
     html = page.content.decode()
     assert 'data-testid="auto-history"' in html and f"#{payment.pk}" in html and "declined" in html
-    assert client.post(f"/admin/payments/autorecharge/{organization.pk}/change/", {"stripe_customer": "cus_X", "payment_method": "pm_X"}).status_code == 403
+    assert (
+        client.post(
+            f"/admin/payments/autorecharge/{organization.pk}/change/", {"stripe_customer": "cus_X", "payment_method": "pm_X"}
+        ).status_code
+        == 403
+    )
     assert AutoRecharge.objects.get(pk=organization.pk).stripe_customer == ""
     assert client.get("/admin/payments/autorecharge/").status_code == 200
 

@@ -199,7 +199,14 @@ def test_naming_another_organization_answers_404(owner_client, organization, oth
 # --- The dashboard's form ---------------------------------------------------------------------------------------
 
 
-FORM = {"enabled": "on", "threshold": "10", "amount": "50", "monthly_max": "200", "provider": "sandbox", "payment_method": "pm_sandbox_ok"}
+FORM = {
+    "enabled": "on",
+    "threshold": "10",
+    "amount": "50",
+    "monthly_max": "200",
+    "provider": "sandbox",
+    "payment_method": "pm_sandbox_ok",
+}
 
 
 def test_the_billing_page_shows_the_auto_top_up_section(owner, organization):
