@@ -343,7 +343,7 @@ class AutoRechargeForm(forms.Form):
         min_value=Decimal(0),
         max_digits=16,
         decimal_places=6,
-        label="Add",
+        label="Top-up amount",
         widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
     )
     monthly_max = forms.DecimalField(
@@ -357,7 +357,7 @@ class AutoRechargeForm(forms.Form):
     provider = forms.ChoiceField(label="Charge", widget=forms.RadioSelect)
     payment_method = forms.ChoiceField(
         required=False,
-        label="Sandbox saved method",
+        label="Sandbox method",
         choices=[
             ("pm_sandbox_ok", "Always charged (pm_sandbox_ok)"),
             ("pm_sandbox_decline", "Always declined (pm_sandbox_decline)"),
@@ -365,9 +365,10 @@ class AutoRechargeForm(forms.Form):
     )
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "auto_%s")  # the page's recharge form has its own `amount` and `provider`
         super().__init__(*args, **kwargs)
-        labels = {"sandbox": "Sandbox saved method", "stripe": "Saved card (Stripe)"}
-        choices = [(p, labels[p]) for p in providers_enabled() if p in labels]
+        labels = {"sandbox": "Sandbox", "stripe": "Saved card (Stripe)"}
+        choices = [(p, labels[p]) for p in providers_enabled() if p in labels and (p != "stripe" or settings.STRIPE_SECRET_KEY)]
         cast(forms.ChoiceField, self.fields["provider"]).choices = choices
 
 

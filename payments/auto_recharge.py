@@ -185,11 +185,16 @@ def auto_recharge_card_save(*, organization_id: int, stripe_customer: str, payme
 
 
 def _queue_if_below(organization_id: int) -> None:
-    from payments.tasks import auto_recharge_due
+    # Past the signal's cache gate: a person just turned it on, and a debit's announcement a moment
+    # before (while it was off) must not hold this one back.
+    from payments.tasks import auto_recharge_run
 
     wallet = Wallet.objects.get(pk=organization_id)
     if wallet.auto_recharge_below is not None and wallet.available < wallet.auto_recharge_below:
-        auto_recharge_due(sender=Wallet, organization_id=organization_id)
+        try:
+            auto_recharge_run.delay(organization_id)
+        except Exception:  # the next debit below the threshold announces it again
+            logger.exception("could not queue the auto top-up of organization %s", organization_id)
 
 
 # --- Starting a top-up ---------------------------------------------------------------------------------

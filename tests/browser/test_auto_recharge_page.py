@@ -32,10 +32,10 @@ def test_an_owner_turns_on_auto_top_up_and_the_low_balance_is_topped_up(visitor,
 
     section.get_by_label("Top up automatically").check()
     section.get_by_label("When available falls below").fill("5")
-    section.get_by_label("Add").fill("20")
+    section.get_by_label("Top-up amount").fill("20")
     section.get_by_label("At most per month").fill("100")
-    section.get_by_label("Sandbox saved method", exact=True).first.check()
-    section.get_by_label("Sandbox saved method", exact=False).last.select_option("pm_sandbox_ok")
+    section.get_by_label("Sandbox", exact=True).check()
+    section.get_by_label("Sandbox method").select_option("pm_sandbox_ok")
     section.get_by_role("button", name="Save auto top-up").click()
 
     expect(page.get_by_text("Auto top-up is on.")).to_be_visible()

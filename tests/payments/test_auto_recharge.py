@@ -523,3 +523,21 @@ def test_a_real_debit_below_the_threshold_starts_the_top_up(
     assert_credited_once(payment)
     assert wallet_of(organization).balance == D("10") - D("5.12") + D("20")
     assert_money_invariants([organization.pk])
+
+
+def test_the_signal_gate_lets_one_task_through_per_organization(organization, other_organization):
+    """The receiver is cheap: within the gate's 30 s, further announcements queue nothing."""
+    from django.core.cache import cache
+
+    wallet_fund(organization, "10")  # not below yet: the first announcement's task finds nothing to do
+    auto_enable(organization, threshold="5", amount="20")
+    due(organization)
+    wallet_fund(organization, "-8")
+
+    due(organization)  # gated
+    assert auto_payments(organization) == []
+
+    cache.delete(f"auto-recharge-due:{organization.pk}")
+    with sandbox_network():
+        due(organization)
+    assert len(auto_payments(organization)) == 1
