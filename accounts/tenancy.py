@@ -31,6 +31,10 @@ class Tenant:
         object.__setattr__(self, "is_test", self.api_key is not None and self.api_key.mode == ApiKeyMode.TEST.value)
 
     @property
+    def api_key_id(self) -> int | None:
+        return self.api_key.pk if self.api_key is not None else None
+
+    @property
     def is_manager(self) -> bool:
         return self.role in MANAGER_ROLES
 

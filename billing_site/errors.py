@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     SPEND_CAP_EXCEEDED = "spend_cap_exceeded"
+    BUDGET_EXCEEDED = "budget_exceeded"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     HOLD_NOT_ACTIVE = "hold_not_active"
     PRICE_NOT_SET = "price_not_set"
@@ -39,6 +40,7 @@ HTTP_STATUS = {
     ErrorCode.INVALID_API_KEY: 401,
     ErrorCode.INSUFFICIENT_BALANCE: 402,
     ErrorCode.SPEND_CAP_EXCEEDED: 402,
+    ErrorCode.BUDGET_EXCEEDED: 402,
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.SERVICE_NOT_FOUND: 404,

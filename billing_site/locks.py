@@ -1,8 +1,8 @@
 """Every row lock Tollgate takes, and the one order they are taken in.
 
     organization → invitation                                        (team changes only)
-    subscription → usage positions (ascending service) → wallet → hold | payment → refund → stripes (ascending)
-        → API key                                                   (money)
+    subscription → usage positions (ascending service) → budget spends → wallet → hold | payment → refund
+        → stripes (ascending) → credit grants (burn order) → API key (money)
     auto recharge → wallet → payment                                 (auto top-up only)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
@@ -29,6 +29,14 @@ pending state, call out, then lock again and apply.
   positions in ascending service id). A stripe rebalance never runs while a position is locked by the
   hot path: a guarded statement that the wallet refuses fails and is settled on the locked path.
 - refund: after its payment.
+- budget spends: `payments_budgetspend` rows, what a budget's scope spent this period (docs/credits.md).
+  A usage posting's statement upserts them before its UPDATE of the wallet (or stripe) row, which
+  waits for them (its condition reads the upsert's answer); `budget_spends_lock` takes them in the
+  locked paths (ascending id), before the wallet.
+- credit grants: `payments_creditgrant` rows, locked in burn order by the draw function a usage or
+  subscription posting calls in its own statement after the wallet row (or stripe) is locked, and by
+  `grant_lock` (an expiry's write-off) after `wallet_lock`. Every writer of a grant holds its
+  wallet's lock first, except a debit on a stripe, which locks only its stripe, then the grants.
 - API key: never locked here. The usage statements' `UPDATE accounts_apikey SET spent = …` takes its
   row lock last, after the wallet's or the stripe's (spend caps are checked under the wallet lock:
   capped keys never take the stripes' hot path).
@@ -74,6 +82,12 @@ class WalletState:
     low_balance_threshold: Decimal
     low_balance_alerted: bool
     stripes: int
+    expired_unwritten: Decimal  # credit grants past their expiry not yet written off: not spendable
+
+    @property
+    def unavailable(self) -> Decimal:
+        """What the overdraft rule counts as not available: the holds and the expired credit."""
+        return self.held + self.expired_unwritten
 
 
 def wallet_lock(*, organization_id: int) -> WalletState:
@@ -81,8 +95,10 @@ def wallet_lock(*, organization_id: int) -> WalletState:
     _in_transaction("wallet_lock")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes"
-            " FROM payments_wallet WHERE organization_id = %s FOR UPDATE",
+            "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes,"
+            " (SELECT COALESCE(sum(g.remaining), 0) FROM payments_creditgrant g"
+            "   WHERE g.organization_id = w.organization_id AND g.remaining > 0 AND g.expires_at <= now())"
+            " FROM payments_wallet w WHERE organization_id = %s FOR UPDATE OF w",
             [organization_id],
         )
         row = cursor.fetchone()
@@ -123,6 +139,12 @@ def refund_lock(*, refund_id: int) -> Any:
     """Lock and answer a Refund (after its wallet and its payment)."""
     _in_transaction("refund_lock")
     return _locked("payments", "Refund", pk=refund_id)
+
+
+def grant_lock(*, grant_id: int) -> Any:
+    """Lock and answer a CreditGrant (after its wallet)."""
+    _in_transaction("grant_lock")
+    return _locked("payments", "CreditGrant", pk=grant_id)
 
 
 def subscription_lock(*, subscription_id: int) -> Any:

@@ -15,6 +15,22 @@ MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 # Wide enough that no product of a quantity and a price loses a digit before the one rounding.
 EXACT = Context(prec=60)
 ZERO = Decimal(0)
+# The largest amount one grant, budget or top-up may name: far above any real one, far below overflow.
+AMOUNT_MAX = Decimal(10) ** 9
+
+
+def money_amount_error(amount: object, *, positive: bool = True) -> str | None:
+    """Why `amount` is not a money amount a person may set (a finite Decimal within MONEY_PLACES
+    decimals, positive, at most AMOUNT_MAX), or None when it is."""
+    if not isinstance(amount, Decimal) or not amount.is_finite():
+        return "A decimal amount, as a string."
+    if amount != amount.quantize(MONEY_QUANTUM, context=EXACT):
+        return f"At most {MONEY_PLACES} decimal places."
+    if positive and amount <= ZERO:
+        return "A positive amount."
+    if abs(amount) > AMOUNT_MAX:
+        return f"At most {AMOUNT_MAX:,}."
+    return None
 
 
 def money_round(amount: Decimal) -> Decimal:

@@ -162,6 +162,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "payments.tasks.reconcile", "schedule": 3600.0},
     "usage-retention": {"task": "metering.tasks.usage_retention", "schedule": 86400.0},
     "volume-true-ups": {"task": "metering.tasks.volume_true_ups", "schedule": 3600.0},
+    # Writes off what expired credit grants still hold, once each (docs/credits.md).
+    "grants-expire": {"task": "payments.tasks.grants_expire", "schedule": 60.0},
 }
 
 # --- Auth

@@ -37,7 +37,7 @@ def caller_authenticate(*, authorization: str | None) -> tuple[Tenant, ApiKey]:
 
 
 def _domain_error(error: DomainError, *, param: str | None) -> errors.GatewayError:
-    if error.code in (ErrorCode.INSUFFICIENT_BALANCE, ErrorCode.SPEND_CAP_EXCEEDED):
+    if error.code in (ErrorCode.INSUFFICIENT_BALANCE, ErrorCode.SPEND_CAP_EXCEEDED, ErrorCode.BUDGET_EXCEEDED):
         return errors.InsufficientBalance(error.message, code=str(error.code))
     if isinstance(error, NotFound):
         return errors.ModelNotFound("This model's service is not available.")

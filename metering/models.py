@@ -236,7 +236,10 @@ class Hold(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     budget_spends = ArrayField(
-        models.BigIntegerField(), default=list, blank=True, editable=False,
+        models.BigIntegerField(),
+        default=list,
+        blank=True,
+        editable=False,
         help_text="The budget spend rows this hold counts against until it is captured or released.",
     )
 

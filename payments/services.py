@@ -27,7 +27,7 @@ from accounts.selectors import API_KEYS
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO, currency_exponent
-from payments import ledger
+from payments import credits, ledger
 from payments.models import (
     STRIPES_MAX,
     STRIPES_MIN,
@@ -380,7 +380,18 @@ def payment_refund(*, payment: Payment, amount: Decimal, reason: str, staff: Use
         if force:
             locks.wallet_lock(organization_id=payment.organization_id)
         else:
-            ledger.wallet_hold(organization_id=payment.organization_id, amount=amount)  # takes the wallet's lock
+            held = ledger.wallet_hold(organization_id=payment.organization_id, amount=amount, usage=False)  # the wallet's lock
+            # Credit grants are never paid back as cash: only ungranted money may leave (docs/credits.md).
+            refundable = (
+                held.posting.balance_after
+                - held.posting.held_after
+                - credits.granted_total(organization_id=payment.organization_id)
+            )
+            if refundable < ZERO:
+                raise InvalidRequest(
+                    "Credit grants are not refundable: the wallet's money beyond its grants is less than this refund.",
+                    details={"amount": [f"At most {max(amount + refundable, ZERO).normalize():f} is refundable now."]},
+                )
         locked: Payment = locks.payment_lock(payment_id=payment.pk)
         pending = sum(locked.refunds.filter(status=RefundStatus.PENDING).values_list("amount", flat=True), ZERO)
         if locked.status not in (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED):

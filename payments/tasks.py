@@ -8,7 +8,7 @@ from django.core.cache import cache
 
 from billing_site import metrics
 from billing_site.outbound import DestinationRefused, DestinationUnresolved
-from payments import alerts, auto_recharge, reconciliation, services
+from payments import alerts, auto_recharge, credits, reconciliation, services
 from payments.providers import ProviderUnreachable
 
 logger = logging.getLogger(__name__)
@@ -21,6 +21,11 @@ TRANSIENT = (ConnectionError, TimeoutError, OSError)
 def payment_settle(event_id: int) -> str | None:
     payment = services.payment_settle(event_id=event_id)
     return payment.status if payment else None
+
+
+@shared_task(name="payments.tasks.grants_expire", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
+def grants_expire() -> int:
+    return credits.grants_expire()
 
 
 @shared_task(name="payments.tasks.payments_sweep")

@@ -85,7 +85,9 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                 pricer.charged(index)
             postings = [None] * len(fresh)
         else:
-            # A capped key's budget is read under the wallet's lock, so the lock is taken first then.
+            # The budgets' spends before the wallet (billing_site/locks.py); a capped key's remaining cap
+            # is read under the wallet's lock, so that lock is taken first then.
+            spends = ledger.budget_spends_take(organization_id=organization_id, api_key_id=tenant.api_key_id, now=now)
             locked = locks.wallet_lock(organization_id=organization_id) if spend_cap_applies(tenant) else None
             budget = spend_cap_remaining(tenant=tenant) if locked else None
             postings = list(
@@ -96,8 +98,11 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                     budget=budget,
                     locked=locked,
                     pricer=pricer if pricer.positional else None,
+                    period_budget=spends.headroom,
                 )
             )
+            moved = sum((p.amount for p in postings if isinstance(p, ledger.Posting)), ZERO)  # negative: debits
+            ledger.budget_spends_settle(spend_ids=spends.spend_ids, delta=-moved)
         fresh = [(index, pricer.priced[n]) for n, (index, _) in enumerate(fresh)]
         pricer.advance()
         accepted = [
@@ -117,6 +122,8 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             results[index] = BatchResult(status=402, error=ledger.InsufficientBalance())
         elif posting == ledger.Refusal.BUDGET:
             results[index] = BatchResult(status=402, error=SpendCapExceeded())
+        elif posting == ledger.Refusal.PERIOD_BUDGET:
+            results[index] = BatchResult(status=402, error=ledger.BudgetExceeded())
         else:
             q, prices, key = priced.quantities, priced.prices, priced.event.idempotency_key
             written[key] = BatchRecord(

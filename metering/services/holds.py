@@ -103,7 +103,11 @@ def hold_create(
         try:
             with transaction.atomic(durable=True):
                 if not tenant.is_test:
-                    ledger.wallet_hold(organization_id=organization_id, amount=amount)  # takes the wallet's lock
+                    # takes the budget spends' locks, then the wallet's
+                    held = ledger.wallet_hold(
+                        organization_id=organization_id, amount=amount, usage=True, api_key_id=tenant.api_key_id
+                    )
+                    hold.budget_spends = held.budget_spends
                     remaining = spend_cap_remaining(tenant=tenant)
                     if remaining is not None and amount > remaining:
                         # Refused before the call it guards runs: a capture past the cap is recorded in full.
@@ -146,6 +150,7 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
             if priced.positional and priced.units:
                 priced = position_take(priced, organization_id=organization_id, now=now, test=hold.test)
             if not hold.test:
+                ledger.budget_spends_lock(spend_ids=hold.budget_spends)
                 locks.wallet_lock(organization_id=organization_id)
             locked: Hold = locks.hold_lock(hold_id=hold.pk)
             if locked.status != HoldStatus.ACTIVE:
@@ -158,7 +163,9 @@ def hold_capture(*, tenant: Tenant, hold: Hold, data: Mapping[str, Any], metadat
                     reference=f"hold:{hold.pk}",
                     release_held=hold.amount,
                     may_overdraw=True,
+                    budgeted=False,  # the hold counted against the budgets; this settles the difference
                 )
+                ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=priced.cost - hold.amount)
             capture_tenant = Tenant(organization=tenant.organization, user=hold.user, api_key=hold.api_key, role=None)
             record = usage_insert(priced, tenant=capture_tenant, now=now, posting=posting, hold_id=hold.pk, cap_enforced=False)
             _hold_finish(hold=hold, status=HoldStatus.CAPTURED)
@@ -189,8 +196,9 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
     if hold.status != HoldStatus.ACTIVE:
         raise HoldNotActive()
     with transaction.atomic(durable=True):
-        # Lock order: the wallet, then the hold (see hold_capture).
+        # Lock order: the budget spends, the wallet, then the hold (see hold_capture).
         if not hold.test:
+            ledger.budget_spends_lock(spend_ids=hold.budget_spends)
             locks.wallet_lock(organization_id=hold.organization_id)
         locked: Hold = locks.hold_lock(hold_id=hold.pk)
         if locked.status != HoldStatus.ACTIVE:
@@ -200,6 +208,7 @@ def hold_release(*, hold: Hold, status: HoldStatus = HoldStatus.RELEASED) -> Hol
             raise HoldNotActive()
         if not hold.test:
             ledger.wallet_release(organization_id=hold.organization_id, amount=hold.amount)
+            ledger.budget_spends_settle(spend_ids=hold.budget_spends, delta=-hold.amount)
         _hold_finish(hold=hold, status=status)
     hold.status = status
     return HoldOutcome(hold=hold, replayed=False)

@@ -182,11 +182,13 @@ def _upgrade(subscription: Subscription, *, plan: Plan, now: datetime) -> None:
     _grant(subscription, plan=plan, fraction=fraction)
     # The credit is what the old plan was charged at this period (staff may have changed its fee since),
     # and posts first, so the fee's overdraft check sees it: the wallet must pay the difference.
+    paid = _paid_charge(subscription, old)
     _charge(
         subscription,
         plan=old,
         kind=SubscriptionChargeKind.UPGRADE_CREDIT,
-        amount=-prorated_money(_paid_rate(subscription, old), fraction),
+        amount=-prorated_money(ZERO if paid is None else paid.monthly_fee, fraction),
+        reverses_transfer_id=None if paid is None else paid.transfer_id,
     )
     _charge(subscription, plan=plan, kind=SubscriptionChargeKind.UPGRADE_FEE, amount=prorated_money(plan.monthly_fee, fraction))
     subscription.plan = plan
@@ -212,19 +214,26 @@ def _grant(subscription: Subscription, *, plan: Plan, fraction: Fraction, take_b
 _FEE_KINDS = (SubscriptionChargeKind.PERIOD_FEE, SubscriptionChargeKind.START_FEE, SubscriptionChargeKind.UPGRADE_FEE)
 
 
-def _paid_rate(subscription: Subscription, plan: Plan) -> Decimal:
-    """The monthly fee the subscription's current plan was charged at this period (0: it was not charged)."""
-    paid = (
+def _paid_charge(subscription: Subscription, plan: Plan) -> SubscriptionCharge | None:
+    """The charge of the plan's monthly fee this period (None: it was not charged); its `monthly_fee` is
+    the rate it was charged at (staff may have changed the plan's fee since)."""
+    return (
         SubscriptionCharge.objects.filter(subscription=subscription, period=subscription.period, plan=plan, kind__in=_FEE_KINDS)
         .order_by("-id")
         .first()
     )
-    return ZERO if paid is None else paid.monthly_fee
 
 
-def _charge(subscription: Subscription, *, plan: Plan, kind: SubscriptionChargeKind, amount: Decimal) -> SubscriptionCharge:
-    """Post the fee (or, negative, the credit) through the ledger and record it; the record's unique
-    key (subscription, period, kind, plan) makes it once."""
+def _charge(
+    subscription: Subscription,
+    *,
+    plan: Plan,
+    kind: SubscriptionChargeKind,
+    amount: Decimal,
+    reverses_transfer_id: int | None = None,
+) -> SubscriptionCharge:
+    """Post the fee (or, negative, the credit of the fee charged by `reverses_transfer_id`) through the
+    ledger and record it; the record's unique key (subscription, period, kind, plan) makes it once."""
     transfer_id = None
     if amount != ZERO:
         posting = ledger.subscription_charge(
@@ -232,6 +241,7 @@ def _charge(subscription: Subscription, *, plan: Plan, kind: SubscriptionChargeK
             amount=amount,
             reference=f"subscription:{subscription.pk}",
             memo=f"{plan.name}: {SubscriptionChargeKind(kind).label}, {subscription.period:%Y-%m}",
+            reverses_transfer_id=reverses_transfer_id,
         )
         transfer_id = posting.transfer_id
     return SubscriptionCharge.objects.create(

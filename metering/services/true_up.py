@@ -80,6 +80,7 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
                     reference=f"true-up:{service.slug}:{period:%Y-%m}",
                     memo=f"Volume true-up of {service.slug} for {period:%B %Y}",
                     may_overdraw=True,  # the usage was delivered
+                    budgeted=False,  # settles a closed month: its budgets' periods are over
                 )
                 true_up.transfer_id = posting.transfer_id
                 VolumeTrueUp.objects.filter(pk=true_up.pk).update(transfer_id=posting.transfer_id)

@@ -69,7 +69,7 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
     """Meter one event and debit its cost (docs/contract.md §2): exactly once per idempotency key and mode; a
     replay answers the first record; a different body under the same key is refused (409). Test keys
     record but move no money. Raises ServiceNotFound, PriceNotSet, InvalidRequest,
-    InsufficientBalance, SpendCapExceeded, IdempotencyConflict."""
+    InsufficientBalance, BudgetExceeded, SpendCapExceeded, IdempotencyConflict."""
     organization_id = tenant.organization.pk
     priced = event_price(event, organization_id=organization_id)
     try:
@@ -84,10 +84,13 @@ def _usage_record(*, tenant: Tenant, event: UsageEvent) -> UsageOutcome:
                 posting = None
                 if not tenant.is_test:
                     posting = ledger.usage_charge(
-                        organization_id=organization_id, cost=priced.cost, reference=f"usage:{event.idempotency_key}"
+                        organization_id=organization_id,
+                        cost=priced.cost,
+                        reference=f"usage:{event.idempotency_key}",
+                        api_key_id=tenant.api_key_id,
                     )
                 record = usage_insert(priced, tenant=tenant, now=timezone.now(), posting=posting)
-    except (AlreadyRecorded, ledger.InsufficientBalance, SpendCapExceeded):
+    except (AlreadyRecorded, ledger.InsufficientBalance, ledger.BudgetExceeded, SpendCapExceeded):
         # A key that was already used answers its first result even if the wallet is now empty.
         replay = _replay(
             organization_id=organization_id,
@@ -134,7 +137,10 @@ def _usage_record_positional(priced: PricedEvent, *, tenant: Tenant) -> UsageRec
         posting = None
         if not tenant.is_test:
             posting = ledger.usage_charge(
-                organization_id=key.organization_id, cost=priced.cost, reference=f"usage:{priced.event.idempotency_key}"
+                organization_id=key.organization_id,
+                cost=priced.cost,
+                reference=f"usage:{priced.event.idempotency_key}",
+                api_key_id=tenant.api_key_id,
             )
         record = usage_insert(priced, tenant=tenant, now=now, posting=posting)
     assert record.position is not None

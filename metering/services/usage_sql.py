@@ -317,6 +317,7 @@ def _charged_in_one_statement(
             reference=f"usage:{priced.event.idempotency_key}",
             params=params,
             now=now,
+            api_key_id=params["usage_key"],
             guarded=guarded,
         )
 

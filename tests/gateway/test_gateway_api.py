@@ -21,7 +21,7 @@ from gateway.tokens import count_chat_prompt, count_text
 from metering.models import CalcMethod, Hold, HoldStatus, UsageRecord
 from tests.factories import organization_create, wallet_fund
 from tests.gateway.fake_upstream import LOREM, FakeUpstream, run_async
-from tests.gateway.world import MODEL, World, world_build
+from tests.gateway.world import MODEL, World, wait_hold_finished, world_build
 from tests.payments.helpers import assert_money_invariants, money_state, wallet_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -151,6 +151,28 @@ def test_a_wallet_short_of_the_worst_case_is_refused_though_the_answer_would_be_
     assert wallet_of(world.organization).balance == before["balance"] - world.cost(
         input_tokens=reply.usage.prompt_tokens, output_tokens=reply.usage.completion_tokens
     )
+    assert_money_invariants()
+
+
+def test_a_hard_budget_is_402_budget_exceeded_and_counts_each_call_as_charged(gateway, fake_upstream):
+    from payments.models import Budget, BudgetSpend
+
+    world = world_build(upstreams=[fake_upstream])
+    Budget.objects.create(organization=world.organization, period="day", amount=Decimal("0.0001"), mode="hard")
+    before = money_state(world.organization)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        chat(world.client(gateway))  # its worst case passes the day's budget
+
+    error_of(raised, status=402, code="budget_exceeded")
+    assert fake_upstream.requests == []
+    assert money_state(world.organization) == before
+
+    Budget.objects.filter(organization=world.organization).update(amount=Decimal("1"))
+    small = chat(world.client(gateway), max_tokens=1)
+    charged = world.cost(input_tokens=small.usage.prompt_tokens, output_tokens=1)
+    wait_hold_finished(world)
+    assert BudgetSpend.objects.get(organization=world.organization).spent == charged  # the hold's worst case became the charge
     assert_money_invariants()
 
 

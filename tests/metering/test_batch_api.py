@@ -130,9 +130,9 @@ def test_batch_in_test_mode_moves_no_money(funded, test_mode_client):
 
 
 def test_batch_of_1000_events_is_accepted(funded, live_client, django_assert_max_num_queries):
-    # key, priced service (memoized per slug), replay pre-check, savepoint, wallet lock, the one usage
-    # transfer, record ids, the records' COPY, rollup, key spend, release: no query per event
-    with django_assert_max_num_queries(12):
+    # key, priced service (memoized per slug), replay pre-check, savepoint, the budgets' spends, wallet
+    # lock, the one usage transfer, record ids, the records' COPY, rollup, key spend, release: no query per event
+    with django_assert_max_num_queries(13):
         results = send(live_client, [ping_event(f"e{i}") for i in range(1000)])
 
     assert {r["status"] for r in results} == {201}

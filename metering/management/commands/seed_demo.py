@@ -2,7 +2,7 @@
 
 import io
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +11,7 @@ from django.contrib.auth.hashers import check_password
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
+from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey, ApiKeyMode, Organization, Role, User
@@ -18,8 +19,9 @@ from metering import services as metering_services
 from metering.models import CalcMethod, Plan, Price, Service
 from metering.services.catalog import PriceSpec
 from metering.services.plans import PlanChange, plan_save
+from payments.credits import GrantSpec, grant_create
 from payments.ledger import wallet_adjust
-from payments.models import LedgerEntry, Wallet
+from payments.models import Budget, BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, Wallet
 
 ADMIN_EMAIL = "admin@tollgate.local"
 OWNER_EMAIL = "owner@demo.tollgate.local"
@@ -128,6 +130,22 @@ class Command(BaseCommand):
                 created_by_id=admin.pk,
             )
             credited = True
+            # A welcome grant that burns first and expires, and a soft monthly budget, so the Credits
+            # and Budgets pages show something (docs/credits.md).
+            grant_create(
+                organization_id=organization.pk,
+                spec=GrantSpec(
+                    amount=Decimal("5"),
+                    category=GrantCategory.PROMOTIONAL,
+                    priority=10,
+                    expires_at=timezone.now() + timedelta(days=5),
+                    reason="Demo welcome credit",
+                ),
+                created_by_id=admin.pk,
+            )
+            Budget.objects.create(
+                organization=organization, period=BudgetPeriod.MONTH, amount=Decimal("50"), mode=BudgetMode.SOFT
+            )
 
         keys = []
         if not ApiKey.objects.filter(organization=organization).exists():
@@ -161,6 +179,8 @@ class Command(BaseCommand):
         balance = Wallet.objects.get(organization=organization).balance
         credit_note = f" (credited {settings.STARTING_DEMO_BALANCE} now)" if credited else ""
         write(f"  balance:            {balance.normalize():f} {settings.CURRENCY}{credit_note}")
+        if credited:
+            write("  credits:            a 5.00 welcome grant expiring in 5 days; a soft monthly budget of 50.00")
         if keys:
             write("API keys (shown once, store them now):")
             for created in keys:
