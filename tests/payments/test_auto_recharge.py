@@ -128,7 +128,7 @@ def test_a_top_up_starts_only_below_the_threshold_while_on(organization, balance
 def test_holds_count_against_available(organization):
     wallet_fund(organization, "10")
     auto_enable(organization, threshold="5", amount="20")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("6"))  # available 4
+    ledger.wallet_hold(organization_id=organization.pk, amount=D("6"), usage=False)  # available 4
 
     assert auto_recharge.auto_recharge_start(organization_id=organization.pk) is not None
 
