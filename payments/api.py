@@ -165,7 +165,18 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
     class Meta:
         model = Payment
         ref_name = "Payment"
-        fields = ["id", "provider", "amount", "currency", "status", "checkout_url", "refunded_amount", "created_at", "settled_at"]
+        fields = [
+            "id",
+            "provider",
+            "amount",
+            "currency",
+            "status",
+            "checkout_url",
+            "refunded_amount",
+            "auto",
+            "created_at",
+            "settled_at",
+        ]
 
 
 class RechargeApi(TenantMixin, APIView):
@@ -201,6 +212,7 @@ class RechargeApi(TenantMixin, APIView):
                     "status": "pending",
                     "checkout_url": "https://billing.example.com/sandbox/checkout/…/",
                     "refunded_amount": "0.000000000000",
+                    "auto": False,
                     "created_at": "2026-03-01T09:30:00Z",
                     "settled_at": None,
                 },
@@ -231,7 +243,8 @@ class PaymentListApi(TenantMixin, APIView):
         tags=["payments"],
         summary="List your recharges",
         description="Every recharge, newest first, with its status: `pending`, `succeeded`, `failed`, `canceled`, "
-        "and later `refunded` or `partially_refunded` (`refunded_amount` says how much). Owners and admins only.",
+        "and later `refunded` or `partially_refunded` (`refunded_amount` says how much); `auto` marks those auto "
+        "top-up charged to the saved payment method. Owners and admins only.",
     )
     def get(self, request: Request) -> Response:
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)

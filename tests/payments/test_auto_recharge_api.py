@@ -287,3 +287,18 @@ def test_the_page_says_why_it_turned_itself_off(owner, organization):
     html = client_for(owner).get("/dashboard/billing/").content.decode()
     assert 'data-testid="auto-recharge-disabled"' in html
     assert "3 declined charges in a row" in html
+
+
+def test_the_payments_list_marks_auto_top_ups(owner_client, organization):
+    from tests.payments.payment_helpers import sandbox_payment
+
+    by_hand = sandbox_payment(organization, "10.00")
+    wallet_fund(organization, "1")
+    auto_enable(organization)
+    from payments import auto_recharge
+
+    auto = auto_recharge.auto_recharge_start(organization_id=organization.pk)
+
+    listed = {p["id"]: p["auto"] for p in owner_client.get("/api/v1/payments/").json()["results"]}
+    assert listed == {by_hand.pk: False, auto.pk: True}
+    assert owner_client.get(f"/api/v1/payments/{auto.pk}/").json()["auto"] is True
