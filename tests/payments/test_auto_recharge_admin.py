@@ -21,9 +21,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _staff_groups(db):
+    """The groups come from data migrations; transactional tests elsewhere truncate them, so re-run
+    those migrations' functions (they are idempotent)."""
     from django.apps import apps
 
-    importlib.import_module("payments.migrations.0012_staff_groups_auto_recharge").extend_groups(apps, None)
+    for migration in ("metering.migrations.0004_staff_groups_payments", "payments.migrations.0012_staff_groups_auto_recharge"):
+        importlib.import_module(migration).extend_groups(apps, None)
 
 
 def test_a_billing_admin_saves_a_card_for_an_organization(organization):
