@@ -19,11 +19,24 @@ THREADS = 50
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
+@pytest.fixture(autouse=True)
+def queued_not_run(settings):
+    """Tasks are queued, not run inline, whatever an earlier test left: turning auto top-up on below the
+    threshold queues one, and it must not start the top-up before the threads race for it."""
+    from billing_site.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    previous, app.conf.task_always_eager = app.conf.task_always_eager, False
+    yield
+    app.conf.task_always_eager = previous
+
+
 def test_fifty_concurrent_triggers_start_exactly_one_top_up_and_one_charge(fake_stripe):
     organization = organization_create(name="Racers")
     wallet_fund(organization, "3")
     stripe_card_save(organization)
     auto_enable(organization, threshold="5", amount="20", monthly_max="1000", provider="stripe", payment_method=None)
+    assert not Payment.objects.filter(organization=organization).exists()
 
     results = run_concurrently(THREADS, lambda _: tasks.auto_recharge_run(organization.pk), reraise=True)
 
