@@ -57,8 +57,9 @@ def _keys_file(database: str) -> Path:
     return RESULTS_DIR / f".keys-{hashlib.sha256(database.encode()).hexdigest()[:12]}.json"
 
 
-def ensure(*, spread_count: int) -> BenchData:
-    """Make whatever is missing; fast when everything exists (a handful of queries)."""
+def ensure(*, spread_count: int, hot_slug: str = HOT_SLUG, spread_slug: str = SPREAD_SLUG) -> BenchData:
+    """Make whatever is missing; fast when everything exists (a handful of queries). Another set of
+    organizations (the credits case's, bench/credits.py) passes its own slugs."""
     from django.db import connection, transaction
 
     from accounts.models import ApiKey, Organization, User
@@ -82,7 +83,7 @@ def ensure(*, spread_count: int) -> BenchData:
     if not Price.objects.filter(service=service, organization__isnull=True).exists():
         price_create(service=service, organization_id=None, effective_from=None, created_by_id=owner.pk, unit_price=UNIT_PRICE)
 
-    wanted = [HOT_SLUG, *(SPREAD_SLUG.format(i) for i in range(spread_count))]
+    wanted = [hot_slug, *(spread_slug.format(i) for i in range(spread_count))]
     organizations = {o.slug: o for o in Organization.objects.filter(slug__in=wanted)}
     missing = [slug for slug in wanted if slug not in organizations]
     if missing:
@@ -123,7 +124,7 @@ def ensure(*, spread_count: int) -> BenchData:
         keys_file.chmod(0o600)
 
     # Top up through the ledger whatever fell below half its funding.
-    funding = {slug: HOT_FUNDING if slug == HOT_SLUG else SPREAD_FUNDING for slug in wanted}
+    funding = {slug: HOT_FUNDING if slug == hot_slug else SPREAD_FUNDING for slug in wanted}
     balances = dict(Wallet.objects.filter(organization__slug__in=wanted).values_list("organization__slug", "balance"))
     low = [slug for slug in wanted if balances[slug] < funding[slug] / 2]
     if low:
@@ -139,29 +140,31 @@ def ensure(*, spread_count: int) -> BenchData:
     def tenant(slug: str) -> Tenant:
         return Tenant(slug=slug, organization_id=organizations[slug].pk, api_key_id=key_ids[slug], secret=secrets[slug])
 
-    hot = tenant(HOT_SLUG)
+    hot = tenant(hot_slug)
     priced = selectors.priced_service_get(slug=SERVICE_SLUG, organization_id=hot.organization_id)
     cost = cost_at(priced.calc_method, measure(priced.calc_method, {}), priced.prices, start=0, free_until=0).cost
     assert priced.prices.unit_price is not None  # the bench service is priced per request (UNIT_PRICE)
     data = BenchData(
         hot=hot,
-        spread=[tenant(SPREAD_SLUG.format(i)) for i in range(spread_count)],
+        spread=[tenant(spread_slug.format(i)) for i in range(spread_count)],
         service_slug=SERVICE_SLUG,
         service_id=priced.service_id,
         calc_method=priced.calc_method,
         unit_price=priced.prices.unit_price,
         cost=cost,
     )
-    print(f"bench: setup ready in {time.monotonic() - started:.1f}s (1 hot + {spread_count} spread organizations)", flush=True)
+    print(
+        f"bench: setup ready in {time.monotonic() - started:.1f}s ({hot_slug} + {spread_count} spread organizations)", flush=True
+    )
     return data
 
 
-def write_key_files(data: BenchData) -> dict[str, str]:
+def write_key_files(data: BenchData, *, prefix: str = "") -> dict[str, str]:
     """One secret per line, for wrk's scripts."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = {}
     for mode, tenants in (("hot", [data.hot]), ("spread", data.spread)):
-        path = RESULTS_DIR / f".wrk-keys-{mode}.txt"
+        path = RESULTS_DIR / f".wrk-keys-{prefix}{mode}.txt"
         path.write_text("".join(t.secret + "\n" for t in tenants))
         path.chmod(0o600)
         paths[mode] = str(path)

@@ -8,6 +8,8 @@
   (2t) tiered  POST usage/ as (2), on a service with a tiered price whose boundaries each window crosses
   (2p) plan    POST usage/ as (2), on a service the organizations' plan includes, the allowance running out
                in each window (bench/positional.py; "Pricing models" in docs/performance.md)
+  (2g) credits POST usage/ as (2), from organizations with three live credit grants and a hard monthly
+               budget, each window's money checked (bench/credits.py; "Credits and budgets" in docs/performance.md)
   (4) stripes  one high-volume organization: (1) and (2) with its wallet striped vs single-row, same run
   (5) gateway  the AI gateway: a fake OpenAI upstream directly vs through the gateway (latency added,
                throughput, time to first byte), 200 slow streams (memory, POST usage/ beside them), and
@@ -22,6 +24,7 @@ Results: a table on stdout and JSON in bench/results/<timestamp>.json.
     make bench BENCH_ARGS="--duration 20 --repeat 3 --cases raw,http --clients 16"
     make bench BENCH_ARGS="--cases gateway --wait-quiet 30"  # the gateway alone (--quick: a smoke run)
     make bench BENCH_ARGS="--cases http,tiered,plan --clients 16 --repeat 3"  # the pricing models vs per-unit
+    make bench BENCH_ARGS="--cases http,credits --clients 16 --repeat 3"  # grants and budgets vs per-unit
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench import credits as credits_case
 from bench import env
 from bench import gateway as gateway_case
 
@@ -52,6 +56,7 @@ CASES = {
     "batch": "(3) POST usage/batch/",
     "tiered": "(2t) POST usage/, tiered",
     "plan": "(2p) POST usage/, plan",
+    "credits": "(2g) POST usage/, credits",
     "stripes": "(4) one high-volume org",
     "gateway": "(5) AI gateway",
 }
@@ -64,6 +69,7 @@ UNITS = {
     "batch": "events/s",
     "tiered": "req/s",
     "plan": "req/s",
+    "credits": "req/s",
     "stripes": "tx/s",
     "gateway": "req/s",
 }
@@ -91,7 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cases",
         default="raw,classic,ceiling,http,batch",
-        help="any of raw,twostmt,classic,ceiling,http,batch,tiered,plan,stripes,gateway; default raw,classic,ceiling,http,batch",
+        help="any of raw,twostmt,classic,ceiling,http,batch,tiered,plan,credits,stripes,gateway; "
+        "default raw,classic,ceiling,http,batch",
     )
     parser.add_argument(
         "--tier-step",
@@ -211,7 +218,8 @@ def _ms(seconds: float | None) -> float | None:
 
 def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, key_files, probe=None) -> dict:
     """One wrk cell; a positional case's `probe` (bench/positional.py) sets up its window after the warm-up
-    and adds its figures (`positional`) after it."""
+    and adds its figures (`positional`) after it; the credits case's (bench/credits.py) checks its window's
+    money (`credits`)."""
     from bench import cpu, web
     from bench.ceiling import CEILING_PATH
 
@@ -219,6 +227,7 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
         "http": "/api/v1/usage/",
         "tiered": "/api/v1/usage/",
         "plan": "/api/v1/usage/",
+        "credits": "/api/v1/usage/",
         "ceiling": "/" + CEILING_PATH,
         "batch": "/api/v1/usage/batch/",
     }
@@ -288,7 +297,7 @@ def run_http_cell(*, case, mode, clients, args, data, target, gunicorn, run_id, 
     if case == "batch":
         cell["events"] = out["ok_events"]
     if probe:
-        cell["positional"] = probe.after_measure()
+        cell["credits" if case == "credits" else "positional"] = probe.after_measure()
     return cell
 
 
@@ -303,7 +312,7 @@ def _records_between(data, start: datetime, end: datetime) -> int:
         return cursor.fetchone()[0]
 
 
-def preflight(gunicorn, data, batch_size: int, positional_slugs: tuple[str, ...] = ()) -> None:
+def preflight(gunicorn, data, batch_size: int, positional_slugs: tuple[str, ...] = (), credits_data=None) -> None:
     """One request of each kind outside wrk: the load must be measuring successes."""
     from bench import web
     from bench.ceiling import CEILING_PATH
@@ -320,6 +329,15 @@ def preflight(gunicorn, data, batch_size: int, positional_slugs: tuple[str, ...]
             )
             if status != 201:
                 raise SystemExit(f"bench: POST {path} ({slug}) for {tenant.slug} answered {status}, not 201: {body}")
+    if credits_data is not None:
+        for tenant in [credits_data.hot] * 8 + credits_data.spread[:8]:
+            status, body = web.post_json(
+                gunicorn.url + "/api/v1/usage/",
+                {"service": credits_data.service_slug, "idempotency_key": f"preflight-{probe}-{secrets.token_hex(4)}"},
+                tenant.secret,
+            )
+            if status != 201:
+                raise SystemExit(f"bench: POST /api/v1/usage/ for {tenant.slug} (credits) answered {status}, not 201: {body}")
     events = [{"service": data.service_slug, "idempotency_key": f"preflight-{probe}-b{i}"} for i in range(min(3, batch_size))]
     status, body = web.post_json(gunicorn.url + "/api/v1/usage/batch/", {"events": events}, data.hot.secret)
     if status != 200 or any(r.get("status") != 201 for r in body.get("results", [])):
@@ -703,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     target.database = connection.settings_dict["NAME"]
-    needs_http = bool({"ceiling", "http", "batch", "tiered", "plan", "stripes", "gateway"} & set(args.cases))
+    needs_http = bool({"ceiling", "http", "batch", "tiered", "plan", "credits", "stripes", "gateway"} & set(args.cases))
     debit_cases = set(args.cases) - {"gateway"}
     if not debit_cases:
         args.spread_orgs = 0  # the gateway alone needs the hot wallet (POST usage/ beside its streams), no spread ones
@@ -711,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         web.ensure_wrk()
     data = fixtures.ensure(spread_count=args.spread_orgs)
     pos = fixtures.ensure_positional(data) if set(positional.POSITIONAL_CASES) & set(args.cases) else None
+    credits = credits_case.ensure(spread_count=args.spread_orgs) if "credits" in args.cases else None
     key_files = fixtures.write_key_files(data)
     machine = env.machine_info()
     if args.gunicorn_config == "plain" or (args.gunicorn_config is None and not (env.BASE_DIR / "gunicorn.conf.py").exists()):
@@ -753,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
                 data,
                 args.batch_size,
                 (pos.tiered_slug, pos.plan_service_slug) if pos is not None else (),
+                credits.data if credits is not None else None,
             )
         for rep in range(args.repeat):
             for case in args.cases:
@@ -778,6 +798,12 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             if case in ("raw", "twostmt", "classic"):
                                 cell = run_raw_cell(**common)
+                            elif case == "credits":
+                                assert credits is not None
+                                credits_probe = credits_case.probe_for(credits=credits, mode=mode, gunicorn=gunicorn)
+                                cell = run_http_cell(
+                                    **{**common, "data": credits.data}, key_files=credits.key_files, probe=credits_probe
+                                )
                             elif case in positional.POSITIONAL_CASES:
                                 probe = positional.probe_for(case, pos=pos, mode=mode, data=data, gunicorn=gunicorn, args=args)
                                 cell = run_http_cell(**common, key_files=key_files, probe=probe)
@@ -863,12 +889,24 @@ def main(argv: list[str] | None = None) -> int:
         invariants = fixtures.verify(data)
         if pos is not None:
             invariants["checks"] += fixtures.verify_positional(pos, data.organization_ids)
-            invariants["ok"] = all(check["violations"] == 0 for check in invariants["checks"])
+        if credits is not None:
+            credit_orgs = credits.data.organization_ids
+            more = fixtures.verify_organizations(credit_orgs)
+            invariants["checks"] += [{**check, "name": f"credits organizations: {check['name']}"} for check in more["checks"]]
+            invariants["checks"] += [
+                {**check, "name": f"credits organizations: {check['name']}"}
+                for check in credits_case.money_checks(credit_orgs, since=datetime.now(UTC), now=datetime.now(UTC))[1:3]
+            ]
+            invariants["ledger_entries"] += more["ledger_entries"]
+            invariants["usage_records"] += more["usage_records"]
+        invariants["ok"] = all(check["violations"] == 0 for check in invariants["checks"])
 
     rows = summarize(cells)
     pricing = positional.pricing_rows(rows, cells) if pos is not None else []
-    aim_rows = aims(rows) if debit_cases - {"stripes", "tiered", "plan"} else []
+    credit_rows = credits_case.credit_rows(rows, cells) if credits is not None else []
+    aim_rows = aims(rows) if debit_cases - {"stripes", "tiered", "plan", "credits"} else []
     aim_rows += positional.aims(pricing, MAX_ERROR_RATE)
+    aim_rows += credits_case.aims(credit_rows, MAX_ERROR_RATE)
     if gateway_result:
         aim_rows += gateway_result["aims"]
     print()
@@ -889,6 +927,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  the gunicorn log has {log_errors} error or traceback lines: bench/results/{stamp}-gunicorn.log")
     if pricing:
         positional.print_pricing(pricing, args)
+    if credit_rows:
+        credits_case.print_credits(credit_rows, args)
     if gateway_result:
         gateway_case.print_gateway(gateway_result, args)
         gateway_log_errors = _log_errors(env.BASE_DIR / gateway_result["log"])
@@ -910,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_profile_short(case, profile[case])
     if invariants:
         print(
-            f"\nMoney invariants on {len(data.organization_ids)} bench organizations ({invariants['ledger_entries']:,} ledger "
+            f"\nMoney invariants on {len(data.organization_ids) + (len(credits.data.organization_ids) if credits else 0)} bench organizations ({invariants['ledger_entries']:,} ledger "
             f"entries, {invariants['usage_records']:,} usage records, {invariants['seconds']} s): "
             f"{'OK' if invariants['ok'] else 'FAIL'}"
         )
@@ -944,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn_log_error_lines": log_errors,
                 "summary": rows,
                 "pricing_models": pricing,
+                "credits": credit_rows,
                 "aims": aim_rows,
                 "high_volume": high_volume,
                 "gateway": gateway_result,
@@ -959,7 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     high_volume_ok = not (high_volume and high_volume["invariants"] and not high_volume["invariants"]["ok"])
     gateway_ok = gateway_result is None or gateway_result["ok"]
-    return 0 if (invariants is None or invariants["ok"]) and high_volume_ok and gateway_ok else 1
+    credits_ok = credits_case.all_ok(cells)
+    return 0 if (invariants is None or invariants["ok"]) and high_volume_ok and gateway_ok and credits_ok else 1
 
 
 if __name__ == "__main__":

@@ -60,11 +60,13 @@ app registry rather than importing the apps above it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
 from django.db import connection, transaction
+from django.utils import timezone
 
 
 def _in_transaction(what: str) -> None:
@@ -90,16 +92,17 @@ class WalletState:
         return self.held + self.expired_unwritten
 
 
-def wallet_lock(*, organization_id: int) -> WalletState:
-    """Lock the organization's wallet until the transaction ends and answer its money columns."""
+def wallet_lock(*, organization_id: int, now: datetime | None = None) -> WalletState:
+    """Lock the organization's wallet until the transaction ends and answer its money columns; its
+    expired credit as of `now` (the moment the caller's postings will name, so both agree)."""
     _in_transaction("wallet_lock")
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT balance, held, credit_limit, low_balance_threshold, low_balance_alerted, stripes,"
             " (SELECT COALESCE(sum(g.remaining), 0) FROM payments_creditgrant g"
-            "   WHERE g.organization_id = w.organization_id AND g.remaining > 0 AND g.expires_at <= now())"
+            "   WHERE g.organization_id = w.organization_id AND g.remaining > 0 AND g.expires_at <= %s)"
             " FROM payments_wallet w WHERE organization_id = %s FOR UPDATE OF w",
-            [organization_id],
+            [now or timezone.now(), organization_id],
         )
         row = cursor.fetchone()
     if row is None:

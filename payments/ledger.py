@@ -83,8 +83,9 @@ EXPIRED_UNWRITTEN = (
     " WHERE g.organization_id = %(ledger_org)s AND g.remaining > 0 AND g.expires_at <= %(ledger_now)s)"
 )
 OVERDRAFT_RULE = (
-    f"(%(ledger_unchecked)s OR (balance - held - {EXPIRED_UNWRITTEN} > -credit_limit"
-    f" AND balance + %(ledger_delta)s - (held + %(ledger_held_delta)s) - {EXPIRED_UNWRITTEN} >= -credit_limit))"
+    "(%(ledger_unchecked)s OR (SELECT balance - held - x.expired > -credit_limit"
+    " AND balance + %(ledger_delta)s - (held + %(ledger_held_delta)s) - x.expired >= -credit_limit"
+    f" FROM (SELECT {EXPIRED_UNWRITTEN} AS expired) AS x))"
 )
 
 
@@ -223,9 +224,10 @@ def _refusals(moved: str, *, guarded: bool) -> str:
     REFUSED_SQLSTATE when it wrote something (a budget's spend, a guard's advance) but the wallet
     refused (`moved` is NULL). A CASE, so the checks run in this order and always run."""
     wrote = "EXISTS (SELECT 1 FROM budget_spend)" + (" OR EXISTS (SELECT 1 FROM guard)" if guarded else "")
+    # The functions run only to fail: a call per statement costs more than the CASE.
     return (
-        "CASE WHEN NOT tollgate_budget_allows((SELECT ok FROM budget_ok)) THEN false"
-        f" WHEN NOT tollgate_refuse_unless({moved} IS NOT NULL OR NOT ({wrote})) THEN false ELSE true END"
+        "CASE WHEN NOT (SELECT ok FROM budget_ok) THEN tollgate_budget_allows(false)"
+        f" WHEN NOT ({moved} IS NOT NULL OR NOT ({wrote})) THEN tollgate_refuse_unless(false) ELSE true END"
     )
 
 
@@ -452,6 +454,7 @@ def transfer_post(
     may_overdraw: bool = False,
     api_key_id: int | None = None,
     budgeted: bool = True,
+    now: datetime | None = None,
 ) -> Posting:
     """Move `amount` into the wallet (negative: out of it) against `counter_account`, and free
     `release_held` of the wallet's holds in the same statement.
@@ -481,6 +484,7 @@ def transfer_post(
         unchecked=may_overdraw or amount > ZERO,
         api_key_id=api_key_id,
         budgeted=budgeted,
+        now=now,
     )
     started = time.perf_counter()
     row = _wallet_row_statement(organization_id=organization_id, sql=_POST_SQL, params=params, reserve=-amount)
@@ -738,6 +742,7 @@ def usage_charge(
     may_overdraw: bool = False,
     api_key_id: int | None = None,
     budgeted: bool = True,
+    now: datetime | None = None,
 ) -> Posting:
     """Debit usage: wallet → revenue (counted against the budgets that apply unless not `budgeted`)."""
     return transfer_post(
@@ -750,6 +755,7 @@ def usage_charge(
         may_overdraw=may_overdraw,
         api_key_id=api_key_id,
         budgeted=budgeted,
+        now=now,
     )
 
 
@@ -791,6 +797,7 @@ def usage_charge_batch(
     locked: locks.WalletState | None = None,
     pricer: BatchPricer | None = None,
     period_budget: Decimal | None = None,
+    now: datetime | None = None,
 ) -> list[Posting | Refusal]:
     """Charge `costs` in order under one wallet lock, each only if it fits the wallet and the
     optional `budget` on the total (and `period_budget`, the hard budgets' headroom from
@@ -807,7 +814,8 @@ def usage_charge_batch(
     the row) and the batch decided again, as the whole wallet would; balances after are the
     organization's totals."""
     pricer = pricer or _FixedCosts(costs)
-    wallet = locked or locks.wallet_lock(organization_id=organization_id)
+    now = now or timezone.now()  # one moment for the decision and the posting: what credit has expired
+    wallet = locked or locks.wallet_lock(organization_id=organization_id, now=now)
     outcomes, charged, total, balance = _batch_decide(
         pricer, len(costs), wallet=wallet, budget=budget, period_budget=period_budget
     )
@@ -824,7 +832,7 @@ def usage_charge_batch(
         rebalanced = True
     transfer_id = None
     if total > ZERO:
-        posting = usage_charge(organization_id=organization_id, cost=total, reference=reference, budgeted=False)
+        posting = usage_charge(organization_id=organization_id, cost=total, reference=reference, budgeted=False, now=now)
         # The organization's balance is the wallet row's plus its stripes' as this statement saw them;
         # they are locked (and fixed) only after a rebalance, and there are none on a one-row wallet.
         on_stripes = posting.balance_after - balance
@@ -862,7 +870,7 @@ def _batch_decide(
         costs.append(cost)
         if budget is not None and cost > budget:
             outcomes.append(Refusal.BUDGET)
-        elif period_budget is not None and cost > period_budget:
+        elif period_budget is not None and cost > ZERO and cost > period_budget:  # a free event passes, as alone
             outcomes.append(Refusal.PERIOD_BUDGET)
         elif not affordable(balance=balance, held=wallet.unavailable, credit_limit=wallet.credit_limit, cost=cost):
             outcomes.append(Refusal.BALANCE)
@@ -1014,52 +1022,97 @@ def subscription_charge(
         memo=memo,
     )
     if amount < ZERO and reverses_transfer_id is not None and posting.transfer_id is not None:
-        _grants_give_back(
+        grants_give_back(
             organization_id=organization_id,
             transfer_id=posting.transfer_id,
-            reversed_transfer_id=reverses_transfer_id,
+            reversed_transfer_ids=[reverses_transfer_id],
             amount=-amount,
         )
     return posting
 
 
-def _grants_give_back(*, organization_id: int, transfer_id: int, reversed_transfer_id: int, amount: Decimal) -> None:
-    """A credit that reverses a debit (an upgrade's credit of the fee) gives back to the grants the debit
-    drew from, the last drawn first, never more than the debit took from each. A grant that expired
-    meanwhile gets it back too and the expiry task writes it off, so reversed credit never turns into
-    money without an expiry. Under the wallet's lock (the credit's posting took it); then the grants'.
-    A debit is reversed at most once (an upgrade credits the fee its plan was last charged); were it
-    reversed twice, the grant's `remaining <= amount` constraint refuses the second."""
+def grants_give_back(*, organization_id: int, transfer_id: int, reversed_transfer_ids: Sequence[int], amount: Decimal) -> None:
+    """A credit (`transfer_id`, of `amount`) that reverses debits (an upgrade's credit of the fee, a volume
+    true-up's credit of a month's usage) gives back to the grants the debits drew from, the last drawn
+    first, never more than the debits took from each nor more than the grant ever held. A grant that expired
+    meanwhile gets it back too and the expiry task writes it off; one already written off has its share
+    written off at once (an `expiry` transfer), so reversed credit never turns into money without an
+    expiry. Under the wallet's lock (the credit's posting took it); then the grants'. A debit is
+    reversed at most once (an upgrade credits the fee its plan was last charged); were it reversed
+    twice, the grant's `remaining <= amount` constraint refuses the second."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT grant_id, sum(amount) FROM payments_grantallocation"
-            " WHERE organization_id = %s AND transfer_id = %s AND amount > 0 GROUP BY grant_id ORDER BY max(id) DESC",
-            [organization_id, reversed_transfer_id],
+            " WHERE organization_id = %s AND transfer_id = ANY(%s) AND amount > 0 GROUP BY grant_id ORDER BY max(id) DESC",
+            [organization_id, list(reversed_transfer_ids)],
         )
         taken = cursor.fetchall()
-        back: list[tuple[int, Decimal]] = []
+        back: dict[int, Decimal] = {}
         for grant_id, took in taken:
             if amount <= ZERO:
                 break
-            give = min(took, amount)
-            back.append((grant_id, give))
-            amount -= give
+            back[grant_id] = min(took, amount)
+            amount -= back[grant_id]
         if not back:
             return
-        grant_ids = sorted(grant_id for grant_id, _ in back)
-        cursor.execute("SELECT id FROM payments_creditgrant WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [grant_ids])
         cursor.execute(
-            "WITH v AS (SELECT * FROM unnest(%(grants)s::bigint[], %(amounts)s::numeric[]) AS v(grant_id, amount)),"
-            " bumped AS (UPDATE payments_creditgrant g SET remaining = g.remaining + v.amount FROM v WHERE g.id = v.grant_id)"
-            " INSERT INTO payments_grantallocation (organization_id, grant_id, transfer_id, amount, created_at)"
-            " SELECT %(org)s, v.grant_id, %(transfer)s, -v.amount, now() FROM v",
-            {
-                "grants": [grant_id for grant_id, _ in back],
-                "amounts": [give for _, give in back],
-                "org": organization_id,
-                "transfer": transfer_id,
-            },
+            "SELECT id, expiry_transfer_id IS NOT NULL, amount - remaining FROM payments_creditgrant"
+            " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            [sorted(back)],
         )
+        lapsed = set()
+        for grant_id, written_off, spent in cursor.fetchall():
+            # A batch's transfer may be reversed by two services' true-ups: never more than the grant gave.
+            back[grant_id] = min(back[grant_id], spent)
+            if written_off:
+                lapsed.add(grant_id)
+        back = {grant_id: give for grant_id, give in back.items() if give > ZERO}
+        live = [(grant_id, give) for grant_id, give in back.items() if grant_id not in lapsed]
+        _allocations_write(cursor, organization_id=organization_id, transfer_id=transfer_id, gives=live, bump=True)
+        if lapsed:
+            gone = [(grant_id, back[grant_id]) for grant_id in sorted(lapsed)]
+            # back to the written-off grant (net nothing on it), then out to expired_credits with its write-off
+            _allocations_write(cursor, organization_id=organization_id, transfer_id=transfer_id, gives=gone, bump=False)
+            expiry = transfer_post(
+                organization_id=organization_id,
+                kind=TransferKind.EXPIRY,
+                amount=-sum((give for _, give in gone), ZERO),
+                counter_account=Account.EXPIRED_CREDITS,
+                reference=f"reverses:{transfer_id}",
+                memo="Credit given back to an expired grant",
+                may_overdraw=True,
+            )
+            assert expiry.transfer_id is not None
+            _allocations_write(
+                cursor,
+                organization_id=organization_id,
+                transfer_id=expiry.transfer_id,
+                gives=[(g, -a) for g, a in gone],
+                bump=False,
+            )
+
+
+def _allocations_write(
+    cursor: Any, *, organization_id: int, transfer_id: int, gives: list[tuple[int, Decimal]], bump: bool
+) -> None:
+    """Allocations of `transfer_id` giving each grant its amount back (a negative allocation; a negative
+    amount here takes it again), and with `bump` the grants' `remaining` moved to match."""
+    if not gives:
+        return
+    cursor.execute(
+        "WITH v AS (SELECT * FROM unnest(%(grants)s::bigint[], %(amounts)s::numeric[]) AS v(grant_id, amount)),"
+        " bumped AS (UPDATE payments_creditgrant g SET remaining = g.remaining + v.amount FROM v"
+        "            WHERE g.id = v.grant_id AND %(bump)s)"
+        " INSERT INTO payments_grantallocation (organization_id, grant_id, transfer_id, amount, created_at)"
+        " SELECT %(org)s, v.grant_id, %(transfer)s, -v.amount, now() FROM v",
+        {
+            "grants": [grant_id for grant_id, _ in gives],
+            "amounts": [give for _, give in gives],
+            "org": organization_id,
+            "transfer": transfer_id,
+            "bump": bump,
+        },
+    )
 
 
 def wallet_credit(

@@ -88,7 +88,7 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
             # The budgets' spends before the wallet (billing_site/locks.py); a capped key's remaining cap
             # is read under the wallet's lock, so that lock is taken first then.
             spends = ledger.budget_spends_take(organization_id=organization_id, api_key_id=tenant.api_key_id, now=now)
-            locked = locks.wallet_lock(organization_id=organization_id) if spend_cap_applies(tenant) else None
+            locked = locks.wallet_lock(organization_id=organization_id, now=now) if spend_cap_applies(tenant) else None
             budget = spend_cap_remaining(tenant=tenant) if locked else None
             postings = list(
                 ledger.usage_charge_batch(
@@ -99,6 +99,7 @@ def usage_record_batch(*, tenant: Tenant, events: Sequence[UsageEvent | DomainEr
                     locked=locked,
                     pricer=pricer if pricer.positional else None,
                     period_budget=spends.headroom,
+                    now=now,
                 )
             )
             moved = sum((p.amount for p in postings if isinstance(p, ledger.Posting)), ZERO)  # negative: debits

@@ -42,8 +42,9 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
         created_at__lt=end,
         pricing__model=PriceModel.VOLUME,
         position__isnull=False,
-    ).only("quantity", "input_tokens", "output_tokens", "cached_input_tokens", "cost", "position", "pricing")
+    ).only("quantity", "input_tokens", "output_tokens", "cached_input_tokens", "cost", "position", "pricing", "transfer_id")
     charged = ZERO
+    paid_by: set[int] = set()  # the usage transfers that charged the month's records
     units: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     prices = {}
     latest_price_id = None
@@ -58,6 +59,8 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
         ).items():
             units[price_id][name] += count
         charged += record.cost
+        if record.transfer_id is not None:
+            paid_by.add(record.transfer_id)
     # A tier's flat fee is paid once a period: the reached tier's of the price the period ended with.
     target = ZERO
     for price_id, per_field in units.items():
@@ -82,6 +85,14 @@ def volume_true_up(*, organization_id: int, service_id: int, period: date) -> Vo
                     may_overdraw=True,  # the usage was delivered
                     budgeted=False,  # settles a closed month: its budgets' periods are over
                 )
+                if difference < ZERO and posting.transfer_id is not None:
+                    # a credit of the month's usage goes back to the grants that paid for it (docs/credits.md)
+                    ledger.grants_give_back(
+                        organization_id=organization_id,
+                        transfer_id=posting.transfer_id,
+                        reversed_transfer_ids=sorted(paid_by),
+                        amount=-difference,
+                    )
                 true_up.transfer_id = posting.transfer_id
                 VolumeTrueUp.objects.filter(pk=true_up.pk).update(transfer_id=posting.transfer_id)
     except IntegrityError:

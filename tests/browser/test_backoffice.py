@@ -52,7 +52,7 @@ def _back_office_data(live_server_url: str):
             timeout=10,
         )
         assert response.status_code == 201, response.text
-    ledger.wallet_hold(organization_id=organization.pk, amount=Decimal("2.5"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=Decimal("2.5"))
     old = timezone.now() - timedelta(days=3)
     for status, amount, created in [
         (PaymentStatus.SUCCEEDED, "100.00", timezone.now()),

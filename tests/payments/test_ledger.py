@@ -30,7 +30,7 @@ def charge(organization, amount: str) -> ledger.Posting:
 def test_postings_keep_balance_equal_to_entries_and_running_balance_after(organization):
     wallet_fund(organization, "10")
     charge(organization, "0.000000150000")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("2"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D("2"))
     ledger.usage_charge(organization_id=organization.pk, cost=D("3"), release_held=D("2"), reference="hold")
     ledger.wallet_credit(
         organization_id=organization.pk,
@@ -105,7 +105,7 @@ def test_zero_amount_debit_is_refused_at_or_below_the_limit(organization, fundin
     with pytest.raises(ledger.InsufficientBalance):
         charge(organization, "0")
     with pytest.raises(ledger.InsufficientBalance):
-        ledger.wallet_hold(organization_id=organization.pk, amount=TINY)
+        ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=TINY)
     assert_money_invariants([organization.pk], holds=False)
 
 
@@ -164,7 +164,7 @@ def test_debit_may_reach_the_limit_but_not_pass_it(organization, credit_limit, f
 def test_debit_counts_active_holds(organization, credit_limit):
     set_credit_limit(organization, credit_limit)
     wallet_fund(organization, "10")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("4"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D("4"))
 
     with pytest.raises(ledger.InsufficientBalance):
         charge(organization, str(D("6") + D(credit_limit) + TINY))
@@ -173,7 +173,7 @@ def test_debit_counts_active_holds(organization, credit_limit):
     wallet = wallet_of(organization)
     assert wallet.available == -D(credit_limit)
     with pytest.raises(ledger.InsufficientBalance):
-        ledger.wallet_hold(organization_id=organization.pk, amount=TINY)
+        ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=TINY)
     assert wallet_of(organization).held == D("4")
 
 
@@ -203,14 +203,14 @@ def test_overdrawn_capture_may_pass_the_limit_and_credits_still_land(organizatio
     """docs/contract.md §2.4's one exception: usage already delivered is recorded in full."""
     set_credit_limit(organization, "1")
     wallet_fund(organization, "2")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("2"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D("2"))
 
     ledger.usage_charge(organization_id=organization.pk, cost=D("5"), release_held=D("2"), may_overdraw=True)
     assert wallet_of(organization).balance == D("-3")
     with pytest.raises(ledger.InsufficientBalance):
         charge(organization, str(TINY))
     with pytest.raises(ledger.InsufficientBalance):
-        ledger.wallet_hold(organization_id=organization.pk, amount=TINY)
+        ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=TINY)
 
     wallet_fund(organization, "1")  # a credit short of the limit still lands
     assert wallet_of(organization).balance == D("-2")
@@ -220,7 +220,7 @@ def test_overdrawn_capture_may_pass_the_limit_and_credits_still_land(organizatio
 def test_batch_skips_what_does_not_fit_and_keeps_running_balances(organization):
     set_credit_limit(organization, "1")
     wallet_fund(organization, "2")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("0.5"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D("0.5"))
 
     with transaction.atomic():
         postings = ledger.usage_charge_batch(

@@ -40,7 +40,7 @@ def busy_period(organization, other_organization, staff_user):
     services.code_redeem(organization=other_organization, user=None, code=code)
     ledger.wallet_adjust(organization_id=organization.pk, amount=D("5"), reason="goodwill", created_by_id=staff_user.pk)
     ledger.wallet_adjust(organization_id=other_organization.pk, amount=D("-2"), reason="correction", created_by_id=staff_user.pk)
-    ledger.wallet_hold(organization_id=organization.pk, amount=D("3"))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D("3"))
 
     end = timezone.now()
     wallet_fund(organization, "400", reason="after the period")

@@ -49,7 +49,7 @@ def test_database_refuses_a_wallet_that_opens_with_money(db):
 def test_settings_writes_pass_and_ledger_writes_bump_the_sequence(organization):
     before = wallet_of(organization).ledger_seq
     wallet_fund(organization, "5")
-    ledger.wallet_hold(organization_id=organization.pk, amount=D(1))
+    ledger.wallet_hold(usage=True, organization_id=organization.pk, amount=D(1))
     wallet_settings_update(organization_id=organization.pk, credit_limit=D(2), low_balance_threshold=D(1))
     wallet = wallet_of(organization)
     assert (wallet.balance, wallet.held, wallet.credit_limit, wallet.low_balance_threshold) == (D(5), D(1), D(2), D(1))
