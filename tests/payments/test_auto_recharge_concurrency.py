@@ -26,9 +26,14 @@ def queued_not_run(settings):
     from billing_site.celery import app
 
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    previous, app.conf.task_always_eager = app.conf.task_always_eager, False
+    overridden, previous = "task_always_eager" in app.conf.changes, app.conf.changes.get("task_always_eager")
+    app.conf.task_always_eager = False
     yield
-    app.conf.task_always_eager = previous
+    # Put back exactly what was there: an override left behind would outlive the settings fixture.
+    if overridden:
+        app.conf.task_always_eager = previous
+    else:
+        app.conf.changes.pop("task_always_eager", None)
 
 
 def test_fifty_concurrent_triggers_start_exactly_one_top_up_and_one_charge(fake_stripe):
