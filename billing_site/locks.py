@@ -3,6 +3,7 @@
     organization → invitation                                        (team changes only)
     subscription → usage positions (ascending service) → budgets → budget spends → wallet → hold | payment → refund
         → stripes (ascending) → credit grants (burn order) → API key (money)
+    auto recharge → wallet → payment                                 (auto top-up only)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
 never wait on each other. Every money path that locks more than one row takes the wallet row first;
@@ -50,6 +51,11 @@ pending state, call out, then lock again and apply.
   included quantities are granted on (metering/services/positions.py), then the wallet the fee moves.
 - position: a `metering_usageposition` row, before the wallet (the usage paths that price at a
   position lock it first; a grant of included quantities takes it by its upsert).
+- auto recharge: an organization's `payments_autorecharge` row (`auto_recharge_lock`), taken first by
+  every decision of auto top-up (payments/auto_recharge.py): a change of its settings, the start of an
+  off-session recharge (the monthly maximum is summed and the pending payment inserted under it), and
+  the record of a decline. Then the wallet (its `auto_recharge_below` column follows the setting), then
+  the payment. No other money path takes it, and the provider is called only after it is released.
 - organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
 
 This module sits on the lowest floor so every app may use it; it names the models through Django's
@@ -160,6 +166,12 @@ def subscription_open_lock(*, organization_id: int) -> Any:
     _in_transaction("subscription_open_lock")
     model = apps.get_model("metering", "Subscription")
     return model.objects.select_for_update().filter(organization_id=organization_id).exclude(status="canceled").first()
+
+
+def auto_recharge_lock(*, organization_id: int) -> Any:
+    """Lock and answer the organization's AutoRecharge, or None (before its wallet and payments)."""
+    _in_transaction("auto_recharge_lock")
+    return apps.get_model("payments", "AutoRecharge").objects.select_for_update().filter(pk=organization_id).first()
 
 
 def organization_lock(*, organization_id: int) -> None:

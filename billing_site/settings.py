@@ -284,6 +284,8 @@ SANDBOX_WEBHOOK_URL = env.str("SANDBOX_WEBHOOK_URL", default=f"{SITE_URL}/api/v1
 ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# Empty: Stripe's own API. Set only to point the SDK at a stand-in (the tests' fake Stripe server).
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 
 # --- The AI gateway (gateway/crypto.py, docs/operations.md "Upstream API keys")
 # Fernet keys that encrypt upstream API keys at rest: the first encrypts, all decrypt (rotation).

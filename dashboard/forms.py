@@ -328,6 +328,50 @@ class RechargeForm(forms.Form):
         return amount
 
 
+class AutoRechargeForm(forms.Form):
+    """Auto top-up's settings; the service (payments.auto_recharge) checks the amounts and the method."""
+
+    enabled = forms.BooleanField(required=False, label="Top up automatically")
+    threshold = forms.DecimalField(
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        label="When available falls below",
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
+    amount = forms.DecimalField(
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        label="Top-up amount",
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
+    monthly_max = forms.DecimalField(
+        min_value=Decimal(0),
+        max_digits=16,
+        decimal_places=6,
+        label="At most per month",
+        help_text="Pending top-ups count. Resets on the 1st (UTC).",
+        widget=forms.NumberInput(attrs={"step": "0.01", "inputmode": "decimal"}),
+    )
+    provider = forms.ChoiceField(label="Charge", widget=forms.RadioSelect)
+    payment_method = forms.ChoiceField(
+        required=False,
+        label="Sandbox method",
+        choices=[
+            ("pm_sandbox_ok", "Always charged (pm_sandbox_ok)"),
+            ("pm_sandbox_decline", "Always declined (pm_sandbox_decline)"),
+        ],
+    )
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("auto_id", "auto_%s")  # the page's recharge form has its own `amount` and `provider`
+        super().__init__(*args, **kwargs)
+        labels = {"sandbox": "Sandbox", "stripe": "Saved card (Stripe)"}
+        choices = [(p, labels[p]) for p in providers_enabled() if p in labels and (p != "stripe" or settings.STRIPE_SECRET_KEY)]
+        cast(forms.ChoiceField, self.fields["provider"]).choices = choices
+
+
 class RedeemForm(forms.Form):
     code = forms.CharField(
         max_length=40,

@@ -30,6 +30,7 @@ urlpatterns = [
     path("dashboard/billing/", billing.billing, name="billing"),
     path("dashboard/billing/transactions.csv", billing.transactions_export, name="transactions_export"),
     path("dashboard/billing/redeem/", billing.redeem, name="redeem"),
+    path("dashboard/billing/auto-recharge/", billing.auto_recharge_update, name="auto_recharge"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
     path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),
     path("dashboard/credits/", credits.credits, name="credits"),

@@ -11,8 +11,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.dateparse import parse_date
+from django.utils.html import format_html, format_html_join
 
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
@@ -30,6 +31,7 @@ from billing_site.csv_stream import csv_stream_response
 from billing_site.errors import DomainError
 from billing_site.money import money_format
 from payments import (
+    auto_recharge,
     credit_admin,  # noqa: F401 - registers the grants' and budgets' admins
     ledger,
     reconciliation,
@@ -42,6 +44,7 @@ from payments.models import (
     GRANT_PRIORITY_MIN,
     STRIPES_MAX,
     STRIPES_MIN,
+    AutoRecharge,
     LedgerEntry,
     Payment,
     RedemptionCode,
@@ -415,8 +418,18 @@ class RefundForm(forms.Form):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    list_display = ["id", "organization", "provider", "amount_shown", "status", "refunded_shown", "created_at", "settled_at"]
-    list_filter = [OrganizationFilter, "status", "provider"]
+    list_display = [
+        "id",
+        "organization",
+        "provider",
+        "auto",
+        "amount_shown",
+        "status",
+        "refunded_shown",
+        "created_at",
+        "settled_at",
+    ]
+    list_filter = [OrganizationFilter, "status", "provider", "auto"]
     search_fields = ["organization__slug", "provider_reference"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]
@@ -426,6 +439,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     fields = [
         "organization",
         "provider",
+        "auto",
         "amount_shown",
         "status",
         "refunded_shown",
@@ -483,6 +497,124 @@ class PaymentAdmin(ReadOnlyAdmin):
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("payments.add_refund")
+
+
+class AutoRechargeCardForm(forms.ModelForm):
+    """Staff save a Stripe customer and its payment method for off-session charges (the organization's
+    people choose the amounts and turn it on); the service writes them."""
+
+    class Meta:
+        model = AutoRecharge
+        fields = ["organization", "stripe_customer", "payment_method"]
+        help_texts = {
+            "stripe_customer": "The organization's Stripe customer (cus_…).",
+            "payment_method": "A payment method attached to that customer and set up for off-session use (pm_…).",
+        }
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if not str(data.get("stripe_customer", "")).startswith("cus_"):
+            self.add_error("stripe_customer", "A Stripe customer id: cus_…")
+        if not str(data.get("payment_method", "")).startswith(("pm_", "card_", "src_")):
+            self.add_error("payment_method", "A Stripe payment method id: pm_…")
+        return data
+
+
+AUTO_HISTORY_SHOWN = 50
+
+
+@admin.register(AutoRecharge)
+class AutoRechargeAdmin(admin.ModelAdmin):
+    form = AutoRechargeCardForm
+    list_display = [
+        "organization",
+        "enabled",
+        "threshold_shown",
+        "amount_shown",
+        "monthly_max_shown",
+        "provider",
+        "consecutive_declines",
+        "disabled_reason",
+        "updated_at",
+    ]
+    list_filter = ["enabled", "provider"]
+    search_fields = ["organization__slug", "organization__name"]
+    list_select_related = ["organization__wallet"]
+    settings_shown = [
+        "enabled",
+        "threshold_shown",
+        "amount_shown",
+        "monthly_max_shown",
+        "provider",
+        "consecutive_declines",
+        "disabled_reason",
+        "spent_this_month",
+        "updated_at",
+        "history",
+    ]
+
+    def get_fields(self, request: HttpRequest, obj: AutoRecharge | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ("organization", "stripe_customer", "payment_method")
+        return ("organization", "stripe_customer", "payment_method", *self.settings_shown)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: AutoRecharge | None = None) -> list[str]:
+        return self.settings_shown if obj is None else ["organization", *self.settings_shown]
+
+    def has_delete_permission(self, request: HttpRequest, obj: AutoRecharge | None = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: AutoRecharge, form: forms.ModelForm, change: bool) -> None:
+        saved = auto_recharge.auto_recharge_card_save(
+            organization_id=obj.organization_id,
+            stripe_customer=form.cleaned_data["stripe_customer"],
+            payment_method=form.cleaned_data["payment_method"],
+        )
+        obj.__dict__.update({f.attname: getattr(saved, f.attname) for f in AutoRecharge._meta.concrete_fields})
+
+    @admin.display(description="threshold")
+    def threshold_shown(self, setting: AutoRecharge) -> str:
+        return money_cell(setting.threshold, setting.organization.wallet.currency)
+
+    @admin.display(description="amount")
+    def amount_shown(self, setting: AutoRecharge) -> str:
+        return money_cell(setting.amount, setting.organization.wallet.currency)
+
+    @admin.display(description="monthly maximum")
+    def monthly_max_shown(self, setting: AutoRecharge) -> str:
+        return money_cell(setting.monthly_max, setting.organization.wallet.currency)
+
+    @admin.display(description="charged this month (UTC)")
+    def spent_this_month(self, setting: AutoRecharge) -> str:
+        currency = setting.organization.wallet.currency
+        return money_cell(auto_recharge.auto_recharge_spent(organization_id=setting.organization_id), currency)
+
+    @admin.display(description="auto top-ups (newest first)")
+    def history(self, setting: AutoRecharge) -> str:
+        payments = auto_recharge.auto_payment_list(organization_id=setting.organization_id)[:AUTO_HISTORY_SHOWN]
+        rows = format_html_join(
+            "",
+            '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:payments_payment_change", args=[p.pk]),
+                    p.pk,
+                    p.created_at.strftime("%Y-%m-%d %H:%M"),
+                    money_format(p.amount, p.currency),
+                    p.provider,
+                    p.status,
+                    p.failure_reason or p.provider_reference,
+                )
+                for p in payments
+            ),
+        )
+        if not payments:
+            return "None yet."
+        return format_html(
+            '<table data-testid="auto-history"><thead><tr><th>payment</th><th>created</th><th>amount</th><th>provider</th>'
+            "<th>status</th><th>reason / reference</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
 
 @admin.register(WebhookEvent)

@@ -199,3 +199,37 @@ def alert_webhook_test_send(*, organization_id: int) -> AlertDelivery:
     except Exception:
         logger.info("test alert of organization %s not delivered", organization_id, exc_info=True)
     return AlertDelivery.objects.filter(organization_id=organization_id).latest("id")
+
+
+def auto_recharge_off_notify(*, organization_id: int, email: bool = True, webhook: bool = True) -> None:
+    """Auto top-up turned itself off: email the owners and admins (`email`), POST a signed
+    `auto_recharge.off` body to the alert webhook if one is set (`webhook`)."""
+    from payments.auto_models import AutoRecharge
+
+    wallet = Wallet.objects.select_related("organization").get(organization_id=organization_id)
+    setting = AutoRecharge.objects.get(pk=organization_id)
+    organization = wallet.organization
+    recipients = list(
+        Membership.objects.filter(organization=organization, role__in=MANAGER_ROLES).values_list("user__email", flat=True)
+    )
+    if email and recipients:
+        send_mail(
+            subject=f"[Tollgate] {organization.name}: auto top-up is off",
+            message=f"Auto top-up of {organization.name} turned itself off: {setting.disabled_reason} "
+            f"Check the saved payment method, then turn it on again on the Billing page. "
+            f"The balance is {money_str(wallet.balance)} {wallet.currency}.",
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=recipients,
+        )
+    if webhook and wallet.alert_webhook_url:
+        body = json.dumps(
+            {
+                "type": "auto_recharge.off",
+                "organization": organization.slug,
+                "reason": setting.disabled_reason,
+                "balance": money_str(wallet.balance),
+                "currency": wallet.currency,
+                "created_at": timezone.now().isoformat(),
+            }
+        ).encode()
+        alert_webhook_post(wallet=wallet, body=body, kind=AlertDeliveryKind.AUTO_RECHARGE_OFF)

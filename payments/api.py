@@ -20,7 +20,7 @@ from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_re
 from billing_site.api.staff import StaffMayChange
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import money_str
-from payments import selectors, services
+from payments import auto_recharge, selectors, services
 from payments.models import LedgerEntry, Payment, Wallet
 from payments.providers import WebhookRefused
 
@@ -165,7 +165,18 @@ class PaymentOutput(serializers.ModelSerializer[Payment]):
     class Meta:
         model = Payment
         ref_name = "Payment"
-        fields = ["id", "provider", "amount", "currency", "status", "checkout_url", "refunded_amount", "created_at", "settled_at"]
+        fields = [
+            "id",
+            "provider",
+            "amount",
+            "currency",
+            "status",
+            "checkout_url",
+            "refunded_amount",
+            "auto",
+            "created_at",
+            "settled_at",
+        ]
 
 
 class RechargeApi(TenantMixin, APIView):
@@ -201,6 +212,7 @@ class RechargeApi(TenantMixin, APIView):
                     "status": "pending",
                     "checkout_url": "https://billing.example.com/sandbox/checkout/…/",
                     "refunded_amount": "0.000000000000",
+                    "auto": False,
                     "created_at": "2026-03-01T09:30:00Z",
                     "settled_at": None,
                 },
@@ -231,7 +243,8 @@ class PaymentListApi(TenantMixin, APIView):
         tags=["payments"],
         summary="List your recharges",
         description="Every recharge, newest first, with its status: `pending`, `succeeded`, `failed`, `canceled`, "
-        "and later `refunded` or `partially_refunded` (`refunded_amount` says how much). Owners and admins only.",
+        "and later `refunded` or `partially_refunded` (`refunded_amount` says how much); `auto` marks those auto "
+        "top-up charged to the saved payment method. Owners and admins only.",
     )
     def get(self, request: Request) -> Response:
         payments = selectors.payment_list(organization_id=self.tenant.organization.pk)
@@ -309,3 +322,96 @@ class RedeemApi(TenantMixin, APIView):
             organization=self.tenant.organization, user=self.tenant.user, code=data.validated_data["code"]
         )
         return Response({"amount": money_str(posting.amount), "balance_after": money_str(posting.balance_after)}, status=201)
+
+
+# --- Auto top-up -----------------------------------------------------------------------------------------
+
+
+def auto_recharge_body(*, organization_id: int, currency: str) -> dict[str, Any]:
+    setting = auto_recharge.auto_recharge_get(organization_id=organization_id)
+    spent = auto_recharge.auto_recharge_spent(organization_id=organization_id)
+    return {
+        "enabled": bool(setting and setting.enabled),
+        "threshold": money_str(setting.threshold) if setting else None,
+        "amount": money_str(setting.amount) if setting else None,
+        "monthly_max": money_str(setting.monthly_max) if setting else None,
+        "provider": setting.provider if setting else None,
+        "payment_method": auto_recharge.method_masked(setting),
+        "consecutive_declines": setting.consecutive_declines if setting else 0,
+        "disabled_reason": setting.disabled_reason if setting else "",
+        "spent_this_month": money_str(spent),
+        "currency": currency,
+    }
+
+
+class AutoRechargeApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    class Input(serializers.Serializer[Any]):
+        enabled = serializers.BooleanField()
+        threshold = Amount()
+        amount = Amount()
+        monthly_max = Amount()
+        provider = serializers.CharField(max_length=20)
+        payment_method = serializers.CharField(max_length=255, required=False)
+
+        class Meta:
+            ref_name = "AutoRechargeInput"
+
+    Output = inline_serializer(
+        "AutoRecharge",
+        {
+            "enabled": serializers.BooleanField(),
+            "threshold": Amount(allow_null=True),
+            "amount": Amount(allow_null=True),
+            "monthly_max": Amount(allow_null=True),
+            "provider": serializers.CharField(allow_null=True),
+            "payment_method": serializers.CharField(),
+            "consecutive_declines": serializers.IntegerField(),
+            "disabled_reason": serializers.CharField(),
+            "spent_this_month": Amount(),
+            "currency": serializers.CharField(),
+        },
+    )
+
+    @extend_schema(
+        operation_id="v1_auto_recharge_read",
+        responses={200: Output},
+        tags=["payments"],
+        summary="Your auto top-up",
+        description="Whether auto top-up is on, its `threshold`, `amount` and `monthly_max`, the `provider` and saved "
+        "`payment_method` (masked) it charges, how many charges were declined in a row, why it turned itself off "
+        "(`disabled_reason`), and what it charged this UTC calendar month (`spent_this_month`). Owners and admins only.",
+    )
+    def get(self, request: Request) -> Response:
+        wallet = selectors.wallet_get(organization_id=self.tenant.organization.pk)
+        return Response(auto_recharge_body(organization_id=wallet.organization_id, currency=wallet.currency))
+
+    @extend_schema(
+        operation_id="v1_auto_recharge_update",
+        request=Input,
+        responses={200: Output},
+        tags=["payments"],
+        summary="Set your auto top-up",
+        description="When your available balance falls below `threshold`, `amount` is charged to the saved payment "
+        "method, one recharge at a time, never more than `monthly_max` in a UTC calendar month (pending charges "
+        "count). After 3 declines in a row it turns itself off and emails the owners. The sandbox offers the saved "
+        "methods `pm_sandbox_ok` and `pm_sandbox_decline` (`payment_method`); a card for `stripe` is saved by support. "
+        "Owners and admins only.",
+        examples=[
+            OpenApiExample(
+                "Top up $50 below $10",
+                value={"enabled": True, "threshold": "10.00", "amount": "50.00", "monthly_max": "200.00", "provider": "sandbox"},
+                request_only=True,
+            )
+        ],
+    )
+    def put(self, request: Request) -> Response:
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        organization_id = self.tenant.organization.pk
+        auto_recharge.auto_recharge_update(
+            organization_id=organization_id, data=auto_recharge.AutoRechargeInput(**data.validated_data)
+        )
+        wallet = selectors.wallet_get(organization_id=organization_id)
+        return Response(auto_recharge_body(organization_id=organization_id, currency=wallet.currency))

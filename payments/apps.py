@@ -21,6 +21,7 @@ class PaymentsConfig(AppConfig):
         organization_created.connect(ledger.wallet_open_for_organization, dispatch_uid="payments.wallet_open")
         ledger.low_balance_crossed_signal.connect(tasks.low_balance_alert_enqueue, dispatch_uid="payments.low_balance_alert")
         ledger.budget_alert_signal.connect(tasks.budget_alert_enqueue, dispatch_uid="payments.budget_alert")
+        ledger.auto_recharge_due_signal.connect(tasks.auto_recharge_due, dispatch_uid="payments.auto_recharge_due")
         # Said at every start of every process, so nobody runs a money-minting sandbox unawares.
         if checks.sandbox_enabled_in_production():
             logger.warning(checks.SANDBOX_ENABLED_IN_PRODUCTION)

@@ -235,6 +235,7 @@ class Payment(models.Model):
     refunded_amount = MoneyField(default=0)
     transfer = models.ForeignKey(Transfer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     failure_reason = models.CharField(max_length=255, blank=True)
+    auto = models.BooleanField(default=False, editable=False, help_text="Started by auto top-up, off-session.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -245,12 +246,17 @@ class Payment(models.Model):
             models.Index(fields=["organization", "-created_at"], name="payment_org_time"),
             models.Index(fields=["status", "created_at"], name="payment_status_time"),
             models.Index(fields=["provider", "provider_reference"], name="payment_provider_ref"),
+            models.Index(fields=["organization", "created_at"], condition=Q(auto=True), name="payment_auto_org_time"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["organization", "idempotency_key"], name="payment_idempotency_key_per_org"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="payment_amount_positive"),
             models.CheckConstraint(
                 condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=F("amount")), name="payment_refund_within_amount"
+            ),
+            # Auto top-up starts exactly one recharge at a time per organization, however many tasks race.
+            models.UniqueConstraint(
+                fields=["organization"], condition=Q(auto=True) & Q(status="pending"), name="payment_one_pending_auto_per_org"
             ),
         ]
 
@@ -359,6 +365,7 @@ class Redemption(models.Model):
 class AlertDeliveryKind(models.TextChoices):
     BALANCE_LOW = "balance.low"
     BUDGET_THRESHOLD = "budget.threshold"
+    AUTO_RECHARGE_OFF = "auto_recharge.off"
     TEST = "test"
 
 
@@ -384,6 +391,7 @@ class AlertDelivery(models.Model):
         return f"{self.kind} to {self.url}: {self.status_code or self.error}"
 
 
+from payments.auto_models import AutoRecharge  # noqa: E402 - see below
 from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
     BUDGET_ALERT_PERCENTS,
     GRANT_PRIORITY_DEFAULT,
@@ -404,6 +412,7 @@ __all__ = [
     "GRANT_PRIORITY_DEFAULT",
     "GRANT_PRIORITY_MAX",
     "GRANT_PRIORITY_MIN",
+    "AutoRecharge",
     "Budget",
     "BudgetMode",
     "BudgetPeriod",

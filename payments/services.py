@@ -253,6 +253,8 @@ def _payment_matching(provider: str, event: ProviderEvent) -> Payment:
         raise WebhookRefused("the event's amount or currency differs from the payment")
     if event.livemode != payment.livemode:
         raise WebhookRefused("the event's live/test mode differs from the payment")
+    if event.event_type.startswith("payment_intent.") and not payment.auto:
+        raise WebhookRefused("an off-session PaymentIntent event for a payment auto top-up did not start")
     if event.provider_reference and payment.provider_reference and event.provider_reference != payment.provider_reference:
         raise WebhookRefused("the event's provider reference differs from the payment")
     return payment
@@ -342,6 +344,9 @@ def _event_outcome(event: WebhookEvent) -> Outcome:
         "checkout.session.async_payment_succeeded": Outcome.SUCCEEDED,
         "checkout.session.async_payment_failed": Outcome.FAILED,
         "checkout.session.expired": Outcome.CANCELED,
+        # Auto top-up's off-session charges (only those reach a payment: see the provider's parse_webhook).
+        "payment_intent.succeeded": Outcome.SUCCEEDED,
+        "payment_intent.payment_failed": Outcome.FAILED,
     }.get(provider_event, Outcome.IGNORED)
 
 

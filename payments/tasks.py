@@ -4,10 +4,12 @@ import logging
 from typing import Any
 
 from celery import Task, shared_task
+from django.core.cache import cache
 
 from billing_site import metrics
 from billing_site.outbound import DestinationRefused, DestinationUnresolved
-from payments import alerts, credits, reconciliation, services
+from payments import alerts, auto_recharge, credits, reconciliation, services
+from payments.providers import ProviderUnreachable
 
 logger = logging.getLogger(__name__)
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
@@ -122,3 +124,65 @@ def reconcile() -> dict[str, Any]:
 def alert_webhook_test(organization_id: int) -> bool:
     """The settings page's "Send test alert": one attempt, logged whatever its outcome, never retried."""
     return alerts.alert_webhook_test_send(organization_id=organization_id).delivered
+
+
+# --- Auto top-up (docs/credits.md) ----------------------------------------------------------------
+
+# Debits below the threshold announce it again and again; one task per organization per this many
+# seconds is plenty (the pending payment's unique index is what makes a top-up start only once).
+AUTO_RECHARGE_GATE_SECONDS = 30
+
+
+def auto_recharge_due(sender: object, *, organization_id: int, **kwargs: Any) -> None:
+    """Receiver of the ledger's `auto_recharge_due_signal` (sent after the debit committed): cheap,
+    the debit never waits for a provider. A cache gate lets one task through per organization."""
+    try:
+        if not cache.add(f"auto-recharge-due:{organization_id}", 1, timeout=AUTO_RECHARGE_GATE_SECONDS):
+            return
+    except Exception:  # without the cache, the database still starts at most one top-up
+        logger.warning("auto top-up gate unavailable for organization %s", organization_id, exc_info=True)
+    try:
+        auto_recharge_run.delay(organization_id)
+    except Exception:  # a broker outage must never fail a debit that already committed
+        logger.exception("could not queue the auto top-up of organization %s", organization_id)
+
+
+@shared_task(name="payments.tasks.auto_recharge_run")
+def auto_recharge_run(organization_id: int) -> str | None:
+    """Start the organization's top-up if one is due, then charge it (outside any transaction)."""
+    payment = auto_recharge.auto_recharge_start(organization_id=organization_id)
+    if payment is None:
+        return None
+    try:
+        return auto_recharge.auto_recharge_charge(payment_id=payment.pk).status
+    except ProviderUnreachable:
+        auto_recharge_charge.apply_async((payment.pk,), countdown=30)
+        return "retrying"
+
+
+@shared_task(
+    name="payments.tasks.auto_recharge_charge",
+    autoretry_for=(ProviderUnreachable, *TRANSIENT),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=8,
+)
+def auto_recharge_charge(payment_id: int) -> str:
+    return auto_recharge.auto_recharge_charge(payment_id=payment_id).status
+
+
+@shared_task(name="payments.tasks.auto_recharge_off_notify", bind=True, max_retries=5, retry_backoff=True)
+def auto_recharge_off_notify(self: Task, organization_id: int, emailed: bool = False) -> bool:
+    """Tell the owners and admins (and the organization's webhook) that auto top-up turned itself off.
+    Queued once, by the decline that turned it off; a retry is for the webhook alone."""
+    try:
+        if not emailed:
+            alerts.auto_recharge_off_notify(organization_id=organization_id, webhook=False)
+            emailed = True
+        alerts.auto_recharge_off_notify(organization_id=organization_id, email=False)
+    except Exception as exc:
+        if isinstance(exc, DestinationRefused) and not isinstance(exc, DestinationUnresolved):
+            logger.warning("auto top-up webhook of organization %s refused: %s", organization_id, exc)
+            return True
+        raise self.retry(exc=exc, kwargs={"organization_id": organization_id, "emailed": emailed}) from exc
+    return True

@@ -10,6 +10,7 @@ urlpatterns = [
     path("payments/<int:payment_id>/", api.PaymentDetailApi.as_view(), name="payment"),
     path("payments/webhooks/<slug:provider>/", api.WebhookApi.as_view(), name="payment-webhook"),
     path("redeem/", api.RedeemApi.as_view(), name="redeem"),
+    path("auto-recharge/", api.AutoRechargeApi.as_view(), name="auto-recharge"),
     path("admin/organizations/<slug:slug>/adjust/", api.AdjustApi.as_view(), name="admin-adjust"),
     path("admin/organizations/<slug:slug>/grants/", credits_api.AdminGrantApi.as_view(), name="admin-grants"),
     path("grants/", credits_api.GrantListApi.as_view(), name="grants"),

@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -17,7 +18,8 @@ from billing_site.errors import DomainError
 from billing_site.money import money_str
 from dashboard import forms, selectors
 from dashboard.context import dashboard_view, page
-from dashboard.templatetags.dashboard import label, money_exact, money_format, tone
+from dashboard.templatetags.dashboard import label, money_exact, money_format, plain_amount, tone
+from payments import auto_recharge
 from payments import selectors as payment_selectors
 from payments import services as payment_services
 from payments.models import Payment, PaymentStatus
@@ -55,7 +57,7 @@ def billing(request, current):
     return _billing_page(request, current, wallet=wallet, form=form)
 
 
-def _billing_page(request, current, *, wallet, form, redeem_form=None):
+def _billing_page(request, current, *, wallet, form, redeem_form=None, auto_form=None):
     payments = Paginator(payment_selectors.payment_list(organization_id=current.organization.pk), PAYMENTS_PER_PAGE)
     statement = payment_selectors.wallet_statement(
         organization_id=current.organization.pk,
@@ -72,8 +74,9 @@ def _billing_page(request, current, *, wallet, form, redeem_form=None):
         "statement_older": statement.older,
         "statement_paged": "before" in request.GET,
         "quick_amounts": QUICK_AMOUNTS,
+        **_auto_context(current, auto_form),
     }
-    failed = form.errors or (redeem_form is not None and redeem_form.errors)
+    failed = form.errors or any(f is not None and f.errors for f in (redeem_form, auto_form))
     return page(request, "dashboard/billing.html", context, status=400 if failed else 200)
 
 
@@ -141,6 +144,68 @@ def redeem(request, current):
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
     form = forms.RechargeForm(currency=wallet.currency, initial={"idempotency_key": uuid.uuid4().hex, "amount": "25"})
     return _billing_page(request, current, wallet=wallet, form=form, redeem_form=redeem_form)
+
+
+AUTO_PAYMENTS_SHOWN = 10
+
+
+def _auto_context(current, auto_form) -> dict:
+    organization_id = current.organization.pk
+    setting = auto_recharge.auto_recharge_get(organization_id=organization_id)
+    if auto_form is None:
+        initial: dict[str, object] = {
+            "threshold": "10",
+            "amount": "50",
+            "monthly_max": "200",
+            "provider": "sandbox",
+            "payment_method": "pm_sandbox_ok",
+        }
+        if setting is not None:
+            initial = {
+                "enabled": setting.enabled,
+                "threshold": plain_amount(setting.threshold),
+                "amount": plain_amount(setting.amount),
+                "monthly_max": plain_amount(setting.monthly_max),
+                "provider": setting.provider,
+                "payment_method": setting.payment_method if setting.provider == "sandbox" else "pm_sandbox_ok",
+            }
+        auto_form = forms.AutoRechargeForm(initial=initial)
+    return {
+        "auto_form": auto_form,
+        "auto_setting": setting,
+        "auto_method": auto_recharge.method_masked(setting),
+        "auto_spent": auto_recharge.auto_recharge_spent(organization_id=organization_id),
+        "auto_payments": auto_recharge.auto_payment_list(organization_id=organization_id)[:AUTO_PAYMENTS_SHOWN],
+    }
+
+
+@require_POST
+@dashboard_view(managers_only=True)
+def auto_recharge_update(request, current):
+    """Turn auto top-up on or off and change its amounts; a refusal changes nothing and says why."""
+    auto_form = forms.AutoRechargeForm(request.POST)
+    if auto_form.is_valid():
+        data = auto_form.cleaned_data
+        try:
+            auto_recharge.auto_recharge_update(
+                organization_id=current.organization.pk,
+                data=auto_recharge.AutoRechargeInput(
+                    enabled=data["enabled"],
+                    threshold=data["threshold"],
+                    amount=data["amount"],
+                    monthly_max=data["monthly_max"],
+                    provider=data["provider"],
+                    payment_method=(data["payment_method"] or None) if data["provider"] == "sandbox" else None,
+                ),
+            )
+        except DomainError as error:
+            forms.service_error_add(auto_form, error)
+        else:
+            messages.success(request, "Auto top-up is on." if data["enabled"] else "Auto top-up is off.")
+            return redirect(f"{reverse('dashboard:billing')}#auto-recharge")
+    wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
+    form = forms.RechargeForm(currency=wallet.currency, initial={"idempotency_key": uuid.uuid4().hex, "amount": "25"})
+    return _billing_page(request, current, wallet=wallet, form=form, auto_form=auto_form)
 
 
 def _payment(current, payment_id: int) -> Payment:

@@ -1,7 +1,15 @@
 """Payment providers behind one small interface. These modules are the only code that talks to
 a provider; nothing here runs inside a transaction or under a row lock."""
 
-from payments.providers.base import Checkout, Provider, ProviderError, ProviderEvent, ProviderUnreachable, WebhookRefused
+from payments.providers.base import (
+    Checkout,
+    Provider,
+    ProviderDeclined,
+    ProviderError,
+    ProviderEvent,
+    ProviderUnreachable,
+    WebhookRefused,
+)
 
 
 def providers_enabled() -> list[str]:
@@ -28,6 +36,7 @@ def provider_get(name: str) -> Provider:
 __all__ = [
     "Checkout",
     "Provider",
+    "ProviderDeclined",
     "ProviderError",
     "ProviderEvent",
     "ProviderUnreachable",

@@ -22,6 +22,11 @@ class ProviderUnreachable(ProviderError):
     have taken effect, so retry it with the same idempotency key rather than assume either."""
 
 
+class ProviderDeclined(ProviderError):
+    """The payment method was declined (an off-session charge: the card refused, or it needs the
+    payer present to authenticate)."""
+
+
 class WebhookRefused(Exception):
     """A notification we will not act on: bad signature, stale, malformed, or not matching."""
 
@@ -62,6 +67,13 @@ class Provider(Protocol):
 
     def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         """Return `amount` of `payment` to the payer; one provider refund per idempotency key."""
+        ...
+
+    def charge_saved(self, payment: Payment, *, customer: str, payment_method: str) -> str:
+        """Charge `payment` off-session to a saved method and answer the provider's reference; its
+        success is settled by the provider's notification, as a checkout's is. ProviderDeclined when
+        the method is refused, ProviderUnreachable without a definitive answer (retry: one charge
+        per payment however often it is asked)."""
         ...
 
 

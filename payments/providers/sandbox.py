@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
-from payments.providers.base import Checkout, Outcome, ProviderError, ProviderEvent, WebhookRefused
+from payments.providers.base import Checkout, Outcome, ProviderDeclined, ProviderError, ProviderEvent, WebhookRefused
 
 if TYPE_CHECKING:
     from payments.models import Payment
@@ -100,6 +100,17 @@ class SandboxProvider:
 
     def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         return f"sbx_re_{uuid.uuid4().hex[:16]}"
+
+    def charge_saved(self, payment: Payment, *, customer: str, payment_method: str) -> str:
+        """`pm_sandbox_ok` is charged: the signed success notification goes out as a confirmed checkout's
+        does (by a worker, over HTTP); `pm_sandbox_decline`, and any other method, is declined."""
+        from payments.auto_models import SANDBOX_METHOD_OK
+        from payments.tasks import sandbox_webhook_deliver
+
+        if payment_method != SANDBOX_METHOD_OK:
+            raise ProviderDeclined("The sandbox declined this payment method.")
+        sandbox_webhook_deliver.delay(payment.pk, str(Outcome.SUCCEEDED))
+        return f"sbx_{payment.pk}"
 
 
 def deliver(*, payment_id: int, outcome: str) -> int:

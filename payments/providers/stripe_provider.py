@@ -13,6 +13,7 @@ from django.conf import settings
 from payments.providers.base import (
     Checkout,
     Outcome,
+    ProviderDeclined,
     ProviderError,
     ProviderEvent,
     ProviderUnreachable,
@@ -22,7 +23,7 @@ from payments.providers.base import (
 )
 
 if TYPE_CHECKING:
-    from stripe.params import RefundCreateParams
+    from stripe.params import PaymentIntentCreateParams, RefundCreateParams
     from stripe.params.checkout import SessionCreateParams
 
     from payments.models import Payment
@@ -34,11 +35,19 @@ ACTING_EVENTS = {
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
 }
+# An off-session PaymentIntent of auto top-up (docs/credits.md). A checkout's own PaymentIntent sends
+# these too; only those marked `auto` in their metadata act (the session's events settle the others).
+INTENT_EVENTS = {"payment_intent.succeeded": Outcome.SUCCEEDED, "payment_intent.payment_failed": Outcome.FAILED}
+AUTO_METADATA = "tollgate_auto"
 
 
 def _client() -> stripe.StripeClient:
     if not settings.STRIPE_SECRET_KEY:
         raise ProviderError("Stripe is not configured (STRIPE_SECRET_KEY).")
+    if settings.STRIPE_API_BASE:
+        return stripe.StripeClient(
+            settings.STRIPE_SECRET_KEY, max_network_retries=2, base_addresses={"api": settings.STRIPE_API_BASE}
+        )
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, max_network_retries=2)
 
 
@@ -84,6 +93,8 @@ class StripeProvider:
         except stripe.SignatureVerificationError as exc:
             raise WebhookRefused("Stripe signature does not verify") from exc
         payload = event.to_dict()
+        if event.type in INTENT_EVENTS:
+            return _intent_event(event.id, event.type, payload, livemode=bool(event.livemode))
         if event.type not in ACTING_EVENTS:
             return ProviderEvent(
                 event_id=event.id,
@@ -127,6 +138,33 @@ class StripeProvider:
             provider_reference=session.get("id", ""),
         )
 
+    def charge_saved(self, payment: Payment, *, customer: str, payment_method: str) -> str:
+        """An off-session PaymentIntent confirmed at once, keyed by our payment (a retry never charges
+        twice). A decline, or a card that needs its holder to authenticate, is a CardError."""
+        params: PaymentIntentCreateParams = {
+            "amount": to_minor_units(payment.amount, payment.currency),
+            "currency": payment.currency.lower(),
+            "customer": customer,
+            "payment_method": payment_method,
+            "off_session": True,
+            "confirm": True,
+            "metadata": {"payment_id": str(payment.pk), AUTO_METADATA: "true"},
+        }
+        try:
+            intent = _client().v1.payment_intents.create(
+                params=params, options={"idempotency_key": f"tollgate-auto-{payment.pk}"}
+            )
+        except stripe.CardError as exc:
+            code = exc.code or "card_declined"
+            raise ProviderDeclined(f"Stripe declined the saved card ({code}).") from exc
+        except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
+            raise ProviderUnreachable(f"Stripe did not answer the charge: {exc.__class__.__name__}") from exc
+        except stripe.StripeError as exc:
+            raise ProviderError(f"Stripe refused the charge: {exc.user_message or exc.__class__.__name__}") from exc
+        if intent.status not in ("succeeded", "processing"):
+            raise ProviderDeclined(f"Stripe left the charge {intent.status}.")
+        return intent.id
+
     def refund(self, payment: Payment, amount: Decimal, *, idempotency_key: str) -> str:
         client = _client()
         try:
@@ -146,3 +184,38 @@ class StripeProvider:
         except stripe.StripeError as exc:
             raise ProviderError(f"Stripe refused the refund: {exc.user_message or exc.__class__.__name__}") from exc
         return refund.id
+
+
+def _intent_event(event_id: str, event_type: str, payload: dict[str, Any], *, livemode: bool) -> ProviderEvent:
+    intent: dict[str, Any] = (payload.get("data") or {}).get("object") or {}
+    metadata: dict[str, Any] = intent.get("metadata") or {}
+    if metadata.get(AUTO_METADATA) != "true":
+        return ProviderEvent(
+            event_id=event_id,
+            event_type=event_type,
+            outcome=Outcome.IGNORED,
+            payment_id=None,
+            amount=None,
+            currency=None,
+            livemode=livemode,
+            payload=payload,
+        )
+    try:
+        payment_id = int(metadata["payment_id"])
+        currency = str(intent["currency"]).upper()
+        # What was charged: `amount_received` on a success, the intent's `amount` otherwise.
+        minor = intent.get("amount_received") if event_type == "payment_intent.succeeded" else intent.get("amount")
+        amount = from_minor_units(int(minor), currency)  # type: ignore[arg-type]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise WebhookRefused("the Stripe PaymentIntent does not name a Tollgate payment") from exc
+    return ProviderEvent(
+        event_id=event_id,
+        event_type=event_type,
+        outcome=INTENT_EVENTS[event_type],
+        payment_id=payment_id,
+        amount=amount,
+        currency=currency,
+        livemode=livemode,
+        payload=payload,
+        provider_reference=str(intent.get("id", "")),
+    )

@@ -102,9 +102,11 @@ def test_a_batch_at_the_boundary_counts_in_the_period_it_ran_in(organization, li
     assert_money_invariants([organization.pk])
 
 
-def test_a_hold_made_before_midnight_settles_the_day_it_counted_in(organization, live_client, meter):
-    """A hold counts against the period it was made in; releasing or capturing it after the period
-    rolled over settles that period's spend, and the new period's is untouched."""
+def test_a_hold_ended_after_midnight_gives_its_day_back_and_a_capture_counts_in_the_new_day(organization, live_client, meter):
+    """A hold counts against the period it was made in until it ends. Releasing it after the period
+    rolled over gives that period its amount back; capturing it takes its amount out of that period and
+    counts the actual cost in the period the capture happens in (else a hold opened before midnight would
+    let the next day's hard budget be spent in full on top of it)."""
     budget = Budget.objects.create(organization=organization, period="day", amount=D("3"), mode="hard")
     day1, day2 = at("2027-05-04T00:00:00"), at("2027-05-05T00:00:00")
     with clock_at(day2 - LAST_SECOND):
@@ -117,8 +119,8 @@ def test_a_hold_made_before_midnight_settles_the_day_it_counted_in(organization,
         assert release(live_client, released).status_code == 200
         assert capture(live_client, captured).status_code in (200, 201)
         assert code_of(use(live_client, "d-over")) == "budget_exceeded"
-    # day 1: the released hold's 2 taken back, the captured hold's 1 became its actual 1.00
-    assert spend_starts(budget) == {day1: D("1"), day2: D("3")}
+    # day 1: both holds taken back; day 2: its 3 debits and the capture's actual 1.00 (delivered, past the budget)
+    assert spend_starts(budget) == {day1: D("0"), day2: D("4")}
     assert wallet_of(organization).balance == D("996")
     assert wallet_of(organization).held == D("0")
     assert_money_invariants([organization.pk])

@@ -25,7 +25,7 @@ def extend_groups(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('payments', '0010_credits_budgets'),
+        ('payments', '0012_staff_groups_auto_recharge'),
         ('metering', '0003_staff_groups'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
