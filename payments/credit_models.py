@@ -103,6 +103,9 @@ class BudgetMode(models.TextChoices):
     SOFT = "soft"  # alerts only
 
 
+BUDGET_EXISTS = "A budget for this scope and period already exists: change that one."
+
+
 class Budget(models.Model):
     """A spend limit on usage for the organization, or for one of its API keys, per UTC calendar day,
     week or month. Its spend lives in one BudgetSpend row per period, so it resets by itself."""
@@ -119,8 +122,19 @@ class Budget(models.Model):
         indexes = [models.Index(fields=["organization", "api_key"], name="budget_org_key")]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="budget_amount_positive"),
+            # Two partial constraints rather than one with nulls_distinct=False, whose system check needs a
+            # database connection (so `migrate --check` could not report the deployment's own errors).
             models.UniqueConstraint(
-                fields=["organization", "api_key", "period"], name="budget_one_per_scope_period", nulls_distinct=False
+                fields=["organization", "period"],
+                condition=Q(api_key__isnull=True),
+                name="budget_one_per_scope_period",
+                violation_error_message=BUDGET_EXISTS,
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "api_key", "period"],
+                condition=Q(api_key__isnull=False),
+                name="budget_one_per_key_period",
+                violation_error_message=BUDGET_EXISTS,
             ),
         ]
 

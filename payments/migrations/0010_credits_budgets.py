@@ -143,7 +143,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='budget',
-            constraint=models.UniqueConstraint(fields=('organization', 'api_key', 'period'), name='budget_one_per_scope_period', nulls_distinct=False),
+            constraint=models.UniqueConstraint(condition=models.Q(('api_key__isnull', True)), fields=('organization', 'period'), name='budget_one_per_scope_period', violation_error_message='A budget for this scope and period already exists: change that one.'),
+        ),
+        migrations.AddConstraint(
+            model_name='budget',
+            constraint=models.UniqueConstraint(condition=models.Q(('api_key__isnull', False)), fields=('organization', 'api_key', 'period'), name='budget_one_per_key_period', violation_error_message='A budget for this scope and period already exists: change that one.'),
         ),
         migrations.AddConstraint(
             model_name='budgetspend',

@@ -31,7 +31,7 @@ def _staff_groups(db):
     from django.apps import apps
 
     importlib.import_module("metering.migrations.0004_staff_groups_payments").extend_groups(apps, None)
-    importlib.import_module("payments.migrations.0011_redemption_grants").extend_groups(apps, None)
+    importlib.import_module("payments.migrations.0013_redemption_grants").extend_groups(apps, None)
 
 
 def staff(group: str) -> Client:

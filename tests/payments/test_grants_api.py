@@ -45,7 +45,7 @@ def _staff_groups(db):
     the one that gives them their rights on grants and budgets (it is idempotent)."""
     from django.apps import apps
 
-    importlib.import_module("payments.migrations.0011_redemption_grants").extend_groups(apps, None)
+    importlib.import_module("payments.migrations.0013_redemption_grants").extend_groups(apps, None)
 
 
 def staff_in(group: str):
