@@ -110,6 +110,14 @@ class Organization(models.Model):
         editable=False,
         help_text="Where the hot path sends a debit: a copy of the wallet's stripe count (0: one row), written with it.",
     )
+    # Who the receipts and statements are made out to (docs/statements.md); the name defaults to `name`.
+    billing_name = models.CharField(
+        max_length=200, blank=True, validators=[plain_text_validate], help_text="The legal name on receipts and statements."
+    )
+    billing_address = models.TextField(max_length=1000, blank=True, help_text="Postal address, as printed on documents.")
+    tax_id = models.CharField(
+        max_length=64, blank=True, validators=[plain_text_validate], help_text="VAT number or other tax id, as printed on documents."
+    )
 
     def __str__(self) -> str:
         return self.name

@@ -16,3 +16,44 @@ def immutable_table_sql(table: str) -> tuple[str, str]:
         f"CREATE TRIGGER {trigger} BEFORE UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION tollgate_refuse_change();"
     )
     return forward, f"DROP TRIGGER IF EXISTS {trigger} ON {table};"
+
+
+# Numbered documents (docs/statements.md): the counter row of (organization, kind) is upserted by the
+# inserting transaction, which holds its lock until it ends, so concurrent inserts take turns and a
+# rolled-back insert takes its number back with it: no gaps, no repeats, whatever the caller sends.
+DOCUMENT_NUMBER_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION tollgate_document_number() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO payments_documentcounter (organization_id, kind, last) VALUES (NEW.organization_id, TG_ARGV[0], 1)
+    ON CONFLICT (organization_id, kind) DO UPDATE SET last = payments_documentcounter.last + 1
+    RETURNING last INTO NEW.number;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION tollgate_document_counter_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR NEW.organization_id <> OLD.organization_id OR NEW.kind <> OLD.kind
+       OR NEW.last NOT IN (OLD.last, OLD.last + 1) THEN
+        RAISE EXCEPTION 'document counters only count up by one: % refused', TG_OP
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER payments_documentcounter_guard BEFORE UPDATE OR DELETE ON payments_documentcounter
+FOR EACH ROW EXECUTE FUNCTION tollgate_document_counter_guard();
+"""
+DOCUMENT_NUMBER_FUNCTIONS_REVERSE = """
+DROP TRIGGER IF EXISTS payments_documentcounter_guard ON payments_documentcounter;
+DROP FUNCTION IF EXISTS tollgate_document_counter_guard();
+DROP FUNCTION IF EXISTS tollgate_document_number() CASCADE;
+"""
+
+
+def document_number_sql(table: str, kind: str) -> tuple[str, str]:
+    """(forward, reverse) SQL numbering `table`'s rows per organization as documents of `kind`."""
+    trigger = f"{table}_number"
+    forward = (
+        f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION tollgate_document_number('{kind}');"
+    )
+    return forward, f"DROP TRIGGER IF EXISTS {trigger} ON {table};"

@@ -4,6 +4,7 @@
     subscription → usage positions (ascending service) → budgets → budget spends → wallet → hold | payment → refund
         → stripes (ascending) → credit grants (burn order) → API key (money)
     auto recharge → wallet → payment                                 (auto top-up only)
+    … → document counter                                             (a receipt, a statement: always last)
 
 A transaction that needs several of these rows locks them in this order, so two transactions can
 never wait on each other. Every money path that locks more than one row takes the wallet row first;
@@ -56,6 +57,11 @@ pending state, call out, then lock again and apply.
   off-session recharge (the monthly maximum is summed and the pending payment inserted under it), and
   the record of a decline. Then the wallet (its `auto_recharge_below` column follows the setting), then
   the payment. No other money path takes it, and the provider is called only after it is released.
+- document counter: a `payments_documentcounter` row, one per organization and kind of document
+  (docs/statements.md). The numbering trigger of a receipt or statement upserts it as the document is
+  inserted, so every insert holds it until its transaction ends: last, after the wallet and payment a
+  settlement holds. A statement's issuance takes it first and alone (`document_counter_lock`), so one
+  organization's months are issued one at a time, in order.
 - organization: only team changes (roles, removals) lock it, to keep the last owner; no money path does.
 
 This module sits on the lowest floor so every app may use it; it names the models through Django's
@@ -113,6 +119,19 @@ def wallet_lock(*, organization_id: int, now: datetime | None = None) -> WalletS
     if row is None:
         raise LookupError(f"organization {organization_id} has no wallet")
     return WalletState(*row)
+
+
+def document_counter_lock(*, organization_id: int, kind: str) -> int:
+    """Lock (creating it at 0 if need be) the organization's counter of `kind` documents until the
+    transaction ends; answer the last number issued."""
+    _in_transaction("document_counter_lock")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO payments_documentcounter (organization_id, kind, last) VALUES (%s, %s, 0)"
+            " ON CONFLICT (organization_id, kind) DO UPDATE SET last = payments_documentcounter.last RETURNING last",
+            [organization_id, kind],
+        )
+        return int(cursor.fetchone()[0])
 
 
 def wallet_stripes_lock(*, organization_id: int) -> dict[int, Decimal]:

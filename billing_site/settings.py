@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "metering",
     "dashboard",
     "gateway",
+    "statements",
 ]
 
 MIDDLEWARE = [
@@ -164,7 +165,17 @@ CELERY_BEAT_SCHEDULE = {
     "volume-true-ups": {"task": "metering.tasks.volume_true_ups", "schedule": 3600.0},
     # Writes off what expired credit grants still hold, once each (docs/credits.md).
     "grants-expire": {"task": "payments.tasks.grants_expire", "schedule": 60.0},
+    # Issues each organization's statement of the month that closed (docs/statements.md), once.
+    "statements-issue": {"task": "statements.tasks.statements_issue", "schedule": 600.0},
 }
+# A month's statement waits this long after the month ends: longer than any transaction that may
+# still commit a ledger entry dated in that month.
+STATEMENT_ISSUE_DELAY_SECONDS = env.int("STATEMENT_ISSUE_DELAY_SECONDS", default=3600)
+# The seller on receipts and statements (docs/statements.md).
+SELLER_NAME = env.str("SELLER_NAME", default="Tollgate")
+SELLER_ADDRESS = env.str("SELLER_ADDRESS", default="")
+SELLER_TAX_ID = env.str("SELLER_TAX_ID", default="")
+SELLER_EMAIL = env.str("SELLER_EMAIL", default="")
 
 # --- Auth
 AUTH_PASSWORD_VALIDATORS = [

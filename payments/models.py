@@ -392,6 +392,7 @@ class AlertDelivery(models.Model):
 
 
 from payments.auto_models import AutoRecharge  # noqa: E402 - see below
+from payments.document_models import DocumentCounter, DocumentKind, Receipt  # noqa: E402
 from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
     BUDGET_ALERT_PERCENTS,
     GRANT_PRIORITY_DEFAULT,
@@ -418,7 +419,10 @@ __all__ = [
     "BudgetPeriod",
     "BudgetSpend",
     "CreditGrant",
+    "DocumentCounter",
+    "DocumentKind",
     "GrantAllocation",
     "GrantCategory",
     "GrantSource",
+    "Receipt",
 ]

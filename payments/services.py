@@ -40,6 +40,7 @@ from payments.models import (
     LedgerEntry,
     Payment,
     PaymentStatus,
+    Receipt,
     Redemption,
     RedemptionCode,
     Refund,
@@ -306,6 +307,8 @@ def payment_settle(*, event_id: int) -> Payment | None:
                 Payment.objects.filter(pk=payment.pk).update(
                     status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now, updated_at=now
                 )
+                # Its receipt, numbered by the database with the credit, so numbers follow settlements.
+                Receipt.objects.create(organization_id=payment.organization_id, payment_id=payment.pk, issued_at=now)
             else:
                 Payment.objects.filter(pk=payment.pk).update(status=OUTCOME_STATUS[outcome], settled_at=now, updated_at=now)
     except _NothingToDo:

@@ -1,0 +1,120 @@
+"""Reads for statements: the figures of a month straight from the ledger, and the issued statements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import QuerySet
+
+from billing_site.money import ZERO
+from payments.models import TransferKind
+from statements.models import Statement
+
+# The order lines appear in, on every statement.
+KIND_ORDER: tuple[str, ...] = (
+    TransferKind.RECHARGE,
+    TransferKind.REDEMPTION,
+    TransferKind.GRANT,
+    TransferKind.USAGE,
+    TransferKind.SUBSCRIPTION,
+    TransferKind.EXPIRY,
+    TransferKind.REFUND,
+    TransferKind.ADJUSTMENT,
+    TransferKind.REBALANCE,
+)
+
+
+@dataclass(frozen=True)
+class FigureLine:
+    kind: str
+    service_id: int | None
+    amount: Decimal
+    transfers: int
+
+
+@dataclass(frozen=True)
+class Figures:
+    opening_balance: Decimal
+    closing_balance: Decimal
+    lines: tuple[FigureLine, ...]
+
+
+# The wallet's entries (the wallet row's and its stripes'), by their time: summed before the month
+# (opening) and before its end (closing), and in it by their transfer's kind.
+_KIND_TOTALS_SQL = """
+SELECT t.kind, SUM(e.amount), COUNT(DISTINCT t.id)
+  FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
+ WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
+ GROUP BY t.kind
+"""
+_BALANCE_BEFORE_SQL = """
+SELECT COALESCE(SUM(e.amount), 0) FROM payments_ledgerentry e
+ WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(at)s
+"""
+# Usage by service: a usage transfer's records say which services it paid for (their costs sum to its
+# wallet leg); a volume true-up's transfer names its service. Records are found by the organization's
+# time index around the month (a record carries its transfer's time), then kept by transfer.
+_USAGE_BY_SERVICE_SQL = """
+WITH month AS (
+    SELECT DISTINCT e.transfer_id AS id
+      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id AND t.kind = 'usage'
+     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
+)
+SELECT service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM (
+    SELECT r.service_id, -r.cost AS amount, r.transfer_id FROM metering_usagerecord r
+     WHERE r.organization_id = %(org)s AND r.created_at >= %(near_start)s AND r.created_at < %(near_end)s
+       AND NOT r.test AND r.transfer_id IN (SELECT id FROM month)
+    UNION ALL
+    SELECT v.service_id, e.amount, v.transfer_id FROM metering_volumetrueup v
+      JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
+     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM month)
+) attributed
+GROUP BY service_id
+ORDER BY service_id
+"""
+_RECORD_SLACK = timedelta(days=1)
+
+
+def statement_figures(*, organization_id: int, start: datetime, end: datetime) -> Figures:
+    """The wallet's movements over [start, end) from the ledger: opening and closing balance (the sum
+    of its entries before each instant) and one line per transfer kind, usage split by service. The
+    lines sum exactly to closing − opening; a usage remainder no record names is a line without a
+    service (none is expected)."""
+    params = {"org": organization_id, "start": start, "end": end}
+    with connection.cursor() as cursor:
+        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": start})
+        opening = cursor.fetchone()[0]
+        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": end})
+        closing = cursor.fetchone()[0]
+        cursor.execute(_KIND_TOTALS_SQL, params)
+        by_kind = {kind: (amount, count) for kind, amount, count in cursor.fetchall()}
+        by_service: list[tuple[int, Decimal, int]] = []
+        if TransferKind.USAGE in by_kind:
+            cursor.execute(
+                _USAGE_BY_SERVICE_SQL, {**params, "near_start": start - _RECORD_SLACK, "near_end": end + _RECORD_SLACK}
+            )
+            by_service = cursor.fetchall()
+    lines: list[FigureLine] = []
+    for kind in [*KIND_ORDER, *sorted(set(by_kind) - set(KIND_ORDER))]:
+        if kind not in by_kind:
+            continue
+        amount, count = by_kind[kind]
+        if kind != TransferKind.USAGE:
+            lines.append(FigureLine(kind=kind, service_id=None, amount=amount, transfers=count))
+            continue
+        lines.extend(FigureLine(kind=kind, service_id=sid, amount=total, transfers=n) for sid, total, n in by_service if total)
+        rest = amount - sum((total for _, total, _ in by_service), ZERO)
+        if rest:
+            lines.append(FigureLine(kind=kind, service_id=None, amount=rest, transfers=count))
+    return Figures(opening_balance=opening, closing_balance=closing, lines=tuple(lines))
+
+
+def statement_list(*, organization_id: int) -> QuerySet[Statement]:
+    return Statement.objects.filter(organization_id=organization_id).order_by("-period_start")
+
+
+def statement_get(*, organization_id: int, statement_id: int) -> Statement | None:
+    return Statement.objects.filter(organization_id=organization_id, pk=statement_id).prefetch_related("lines__service").first()
