@@ -15,3 +15,16 @@ def metrics_restricted_check(app_configs, **kwargs) -> list[Warning]:
             id="billing_site.W001",
         )
     ]
+
+
+@register(deploy=True)
+def seller_named_check(app_configs, **kwargs) -> list[Warning]:
+    if settings.DEVELOPMENT or "SELLER_NAME" in settings.SELLER_SET:
+        return []
+    return [
+        Warning(
+            "SELLER_NAME is not set: every receipt and statement names 'Tollgate' as the seller.",
+            hint="Set SELLER_NAME, and SELLER_ADDRESS, SELLER_TAX_ID, SELLER_EMAIL as your invoices need (docs/statements.md).",
+            id="billing_site.W002",
+        )
+    ]

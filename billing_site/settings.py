@@ -176,6 +176,7 @@ SELLER_NAME = env.str("SELLER_NAME", default="Tollgate")
 SELLER_ADDRESS = env.str("SELLER_ADDRESS", default="")
 SELLER_TAX_ID = env.str("SELLER_TAX_ID", default="")
 SELLER_EMAIL = env.str("SELLER_EMAIL", default="")
+SELLER_SET = frozenset(name for name in ("SELLER_NAME", "SELLER_ADDRESS", "SELLER_TAX_ID", "SELLER_EMAIL") if name in env.ENVIRON)
 
 # --- Auth
 AUTH_PASSWORD_VALIDATORS = [

@@ -261,6 +261,7 @@ def production_manage(*args: str, **overrides: str | None) -> subprocess.Complet
         "REDIS_URL": "redis://127.0.0.1:1/0",
         "ALLOWED_HOSTS": "billing.example.com",
         "METRICS_TOKEN": "a-scrape-token",
+        "SELLER_NAME": "Example AI Ltd",
         "GATEWAY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "DJANGO_SETTINGS_MODULE": "billing_site.settings",
         **overrides,
@@ -279,6 +280,26 @@ def test_production_settings_pass_check_deploy():
 def test_production_check_deploy_warns_when_metrics_are_unrestricted():
     result = production_manage("check", "--deploy", METRICS_TOKEN=None, METRICS_ALLOWED_NETWORKS=None)
     assert "billing_site.W001" in result.stdout + result.stderr
+
+
+def test_check_deploy_warns_while_receipts_name_no_seller(settings):
+    from django.core.checks import run_checks
+
+    def ids() -> set[str]:
+        return {message.id for message in run_checks(include_deployment_checks=True)}
+
+    settings.DEVELOPMENT, settings.SELLER_SET = False, frozenset()
+    assert "billing_site.W002" in ids()
+    settings.SELLER_SET = frozenset({"SELLER_NAME"})
+    assert "billing_site.W002" not in ids()
+    settings.DEVELOPMENT, settings.SELLER_SET = True, frozenset()
+    assert "billing_site.W002" not in ids()
+
+
+@pytest.mark.slow
+def test_production_check_deploy_warns_when_no_seller_is_named():
+    result = production_manage("check", "--deploy", SELLER_NAME=None)
+    assert "billing_site.W002" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
