@@ -15,14 +15,17 @@ from django.utils import timezone
 
 from accounts import services as account_services
 from accounts.models import ApiKey, ApiKeyMode, Organization, Role, User
+from accounts.tenancy import Tenant
 from metering import services as metering_services
 from metering.models import CalcMethod, Plan, Price, Service
 from metering.services.catalog import PriceSpec
+from metering.services.events import UsageEvent, event_price
 from metering.services.plans import PlanChange, plan_save
+from metering.services.usage_sql import usage_debit_in_one_statement
+from payments import ledger
 from payments.budgets import budget_create
 from payments.credits import GrantSpec, grant_create
-from payments.ledger import wallet_adjust
-from payments.models import BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, Wallet
+from payments.models import Account, BudgetMode, BudgetPeriod, GrantCategory, LedgerEntry, TransferKind, Wallet
 
 ADMIN_EMAIL = "admin@tollgate.local"
 OWNER_EMAIL = "owner@demo.tollgate.local"
@@ -120,16 +123,12 @@ class Command(BaseCommand):
         gateway_output = io.StringIO()
         call_command("gateway_seed_demo", stdout=gateway_output)
 
-        # The starting balance goes through the ledger like any money (wallet_adjust is its own
-        # durable transaction); an organization with any entry already got it.
+        # The starting balance goes through the ledger like any money; an organization with any entry
+        # already got it. It and a month of usage are dated last month, so the demo has a closed month
+        # and its statement (docs/statements.md).
         credited = False
         if not LedgerEntry.objects.filter(organization=organization).exists():
-            wallet_adjust(
-                organization_id=organization.pk,
-                amount=settings.STARTING_DEMO_BALANCE,
-                reason="Demo starting balance",
-                created_by_id=admin.pk,
-            )
+            _last_month_history(organization=organization, admin=admin, owner=owner)
             credited = True
             # A welcome grant that burns first and expires, and a soft monthly budget, so the Credits
             # and Budgets pages show something (docs/credits.md).
@@ -151,6 +150,10 @@ class Command(BaseCommand):
                 amount=Decimal("50"),
                 mode=BudgetMode.SOFT,
             )
+
+        # Last month's statement, by the command's name (statements is a higher floor than this one).
+        statements_output = io.StringIO()
+        call_command("statements_issue", organization=organization.slug, stdout=statements_output)
 
         keys = []
         if not ApiKey.objects.filter(organization=organization).exists():
@@ -182,8 +185,11 @@ class Command(BaseCommand):
         if gateway_routes:
             write(gateway_routes.rstrip("\n"))
         balance = Wallet.objects.get(organization=organization).balance
-        credit_note = f" (credited {settings.STARTING_DEMO_BALANCE} now)" if credited else ""
+        credit_note = f" (credited {settings.STARTING_DEMO_BALANCE} and used some last month)" if credited else ""
         write(f"  balance:            {balance.normalize():f} {settings.CURRENCY}{credit_note}")
+        latest = organization.statements.order_by("-period_start").first()
+        if latest is not None:
+            write(f"  statement:          S-{latest.number:06d} for {latest.period_start:%B %Y} (dashboard: Statements)")
         if credited:
             write("  credits:            a 5.00 welcome grant expiring in 5 days; a soft monthly budget of 50.00")
         if keys:
@@ -192,6 +198,47 @@ class Command(BaseCommand):
                 write(f"  {created.api_key.mode:<4}  {created.secret}")
         else:
             write("API keys: the demo organization already has keys; create more in the API (POST /api/v1/api-keys/).")
+
+
+# Last month's demo usage: (day of the month, service, quantities).
+LAST_MONTH_USAGE: tuple[tuple[int, str, dict[str, int]], ...] = (
+    (3, "gpt-4o", {"input_tokens": 123_457, "output_tokens": 31_211}),
+    (4, "translate", {"characters": 18_342}),
+    (6, "moderation", {}),
+    (9, "gpt-4o", {"input_tokens": 88_001, "output_tokens": 12_907}),
+    (11, "dall-e-3", {"width": 1024, "height": 1024, "images": 3}),
+    (14, "summarize-words", {"words": 2_750}),
+    (17, "gpt-4o-mini", {"input_tokens": 1_250_003, "output_tokens": 402_118}),
+    (20, "translate", {"characters": 7_777}),
+    (24, "moderation", {}),
+    (27, "gpt-4o", {"input_tokens": 45_678, "output_tokens": 9_876}),
+)
+
+
+def _last_month_history(*, organization: Organization, admin: User, owner: User) -> None:
+    """The demo organization as if it had joined last month: created then, credited its starting
+    balance on the 2nd and billed for usage through the month, each event debited by the same
+    statement as the API's (dated then), so last month closes and has its statement."""
+    last_month = (
+        timezone.now().astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    ).replace(day=1)
+    Organization.objects.filter(pk=organization.pk).update(created_at=last_month + timedelta(days=1))
+    organization.refresh_from_db()
+    ledger.transfer_post(
+        organization_id=organization.pk,
+        kind=TransferKind.ADJUSTMENT,
+        amount=settings.STARTING_DEMO_BALANCE,
+        counter_account=Account.ADJUSTMENTS,
+        reference="staff",
+        memo="Demo starting balance",
+        created_by_id=admin.pk,
+        now=last_month + timedelta(days=1, hours=9),
+    )
+    tenant = Tenant(organization=organization, user=owner, api_key=None, role=Role.OWNER)
+    for day, slug, quantities in LAST_MONTH_USAGE:
+        event = UsageEvent(service=slug, idempotency_key=f"demo-{slug}-{day}", data=quantities)
+        priced = event_price(event, organization_id=organization.pk)
+        usage_debit_in_one_statement(priced, tenant=tenant, now=last_month + timedelta(days=day - 1, hours=14, minutes=day))
 
 
 def _shown_password(user: User, password: str) -> str:
