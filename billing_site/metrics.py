@@ -46,6 +46,12 @@ SETTLEMENT_LAG = Histogram(
 )
 LOW_BALANCE_ALERTS = Counter("tollgate_low_balance_alerts_total", "Low-balance alerts sent")
 BUDGET_ALERTS = Counter("tollgate_budget_alerts_total", "Budget threshold alerts sent")
+STATEMENTS_ISSUED = Counter("tollgate_statements_issued_total", "Monthly statements issued")
+# A statement's opening balance (the ledger's sum before its month) that differs from the previous
+# statement's closing: an entry dated in an issued month committed after it was issued.
+STATEMENT_CHAIN_BREAKS = Counter(
+    "tollgate_statement_chain_breaks_total", "Statements whose opening differs from the previous statement's closing"
+)
 RECONCILIATION_MISMATCHES = Gauge(
     "tollgate_reconciliation_mismatches",
     "Wallets or identities that failed the last reconciliation",

@@ -42,61 +42,67 @@ class Figures:
     lines: tuple[FigureLine, ...]
 
 
-# The wallet's entries (the wallet row's and its stripes'), by their time: summed before the month
-# (opening) and before its end (closing), and in it by their transfer's kind.
-_KIND_TOTALS_SQL = """
-SELECT t.kind, SUM(e.amount), COUNT(DISTINCT t.id)
-  FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
- WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
- GROUP BY t.kind
-"""
-_BALANCE_BEFORE_SQL = """
-SELECT COALESCE(SUM(e.amount), 0) FROM payments_ledgerentry e
- WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(at)s
-"""
-# Usage by service: a usage transfer's records say which services it paid for (their costs sum to its
-# wallet leg); a volume true-up's transfer names its service. Records are found by the organization's
-# time index around the month (a record carries its transfer's time), then kept by transfer.
-_USAGE_BY_SERVICE_SQL = """
-WITH month AS (
-    SELECT DISTINCT e.transfer_id AS id
-      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id AND t.kind = 'usage'
-     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
-)
-SELECT service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM (
+# One statement, so every figure comes from one snapshot of the ledger: the organization's wallet
+# entries (the wallet row's and its stripes') before the month's end, by their time; summed before the
+# month (opening), all of them (closing), the month's by their transfer's kind, and the month's usage by
+# service. A usage transfer's records say which services it paid for (their costs sum to its wallet
+# leg); a volume true-up names its service. Records are found by the organization's time index around
+# the month (a record carries its transfer's time), then kept by transfer.
+_FIGURES_SQL = """
+WITH entry AS (
+    SELECT e.amount, e.created_at >= %(start)s AS in_month, e.transfer_id
+      FROM payments_ledgerentry e
+     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(end)s
+), month AS (
+    SELECT entry.amount, entry.transfer_id, t.kind
+      FROM entry JOIN payments_transfer t ON t.id = entry.transfer_id
+     WHERE entry.in_month
+), usage_transfer AS (
+    SELECT DISTINCT transfer_id AS id FROM month WHERE kind = 'usage'
+), attributed AS (
     SELECT r.service_id, -r.cost AS amount, r.transfer_id FROM metering_usagerecord r
      WHERE r.organization_id = %(org)s AND r.created_at >= %(near_start)s AND r.created_at < %(near_end)s
-       AND NOT r.test AND r.transfer_id IN (SELECT id FROM month)
+       AND NOT r.test AND r.transfer_id IN (SELECT id FROM usage_transfer)
     UNION ALL
     SELECT v.service_id, e.amount, v.transfer_id FROM metering_volumetrueup v
       JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
-     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM month)
-) attributed
-GROUP BY service_id
-ORDER BY service_id
+     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM usage_transfer)
+)
+SELECT 'balance', NULL::text, NULL::bigint, COALESCE(SUM(amount) FILTER (WHERE NOT in_month), 0), COALESCE(SUM(amount), 0) FROM entry
+UNION ALL
+SELECT 'kind', kind, NULL::bigint, SUM(amount), COUNT(DISTINCT transfer_id) FROM month GROUP BY kind
+UNION ALL
+SELECT 'service', NULL::text, service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM attributed GROUP BY service_id
 """
 _RECORD_SLACK = timedelta(days=1)
 
 
 def statement_figures(*, organization_id: int, start: datetime, end: datetime) -> Figures:
-    """The wallet's movements over [start, end) from the ledger: opening and closing balance (the sum
-    of its entries before each instant) and one line per transfer kind, usage split by service. The
-    lines sum exactly to closing − opening; a usage remainder no record names is a line without a
-    service (none is expected)."""
-    params = {"org": organization_id, "start": start, "end": end}
+    """The wallet's movements over [start, end) from the ledger, in one snapshot: opening and closing
+    balance (the sum of its entries before each instant) and one line per transfer kind, usage split by
+    service. The lines sum exactly to closing − opening; a usage remainder no record names is a line
+    without a service (none is expected)."""
+    params = {
+        "org": organization_id,
+        "start": start,
+        "end": end,
+        "near_start": start - _RECORD_SLACK,
+        "near_end": end + _RECORD_SLACK,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": start})
-        opening = cursor.fetchone()[0]
-        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": end})
-        closing = cursor.fetchone()[0]
-        cursor.execute(_KIND_TOTALS_SQL, params)
-        by_kind = {kind: (amount, count) for kind, amount, count in cursor.fetchall()}
-        by_service: list[tuple[int, Decimal, int]] = []
-        if TransferKind.USAGE in by_kind:
-            cursor.execute(
-                _USAGE_BY_SERVICE_SQL, {**params, "near_start": start - _RECORD_SLACK, "near_end": end + _RECORD_SLACK}
-            )
-            by_service = cursor.fetchall()
+        cursor.execute(_FIGURES_SQL, params)
+        rows = cursor.fetchall()
+    opening = closing = ZERO
+    by_kind: dict[str, tuple[Decimal, int]] = {}
+    by_service: list[tuple[int, Decimal, int]] = []
+    for section, kind, service_id, amount, count in rows:
+        if section == "balance":
+            opening, closing = amount, count
+        elif section == "kind":
+            by_kind[kind] = (amount, int(count))
+        else:
+            by_service.append((service_id, amount, int(count)))
+    by_service.sort()
     lines: list[FigureLine] = []
     for kind in [*KIND_ORDER, *sorted(set(by_kind) - set(KIND_ORDER))]:
         if kind not in by_kind:

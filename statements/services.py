@@ -7,12 +7,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing_site import locks
+from billing_site import locks, metrics
 from payments.models import DocumentKind, Wallet
 from statements.models import Statement, StatementLine
 from statements.selectors import statement_figures
@@ -45,43 +45,51 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
     it, or None when no month is due. Safe to run twice or at once: the organization's counter lock
     serializes issuers, and one statement per month is a unique constraint."""
     now = now or timezone.now()
-    try:
-        with transaction.atomic(durable=True):
-            locks.document_counter_lock(organization_id=organization_id, kind=DocumentKind.STATEMENT)
-            last = Statement.objects.filter(organization_id=organization_id).order_by("-period_start").first()
-            if last is not None:
-                start = last.period_end
-            else:
-                start = month_start(Organization.objects.values_list("created_at", flat=True).get(pk=organization_id))
-            end = month_after(start)
-            if end + statement_issue_delay() > now:
-                return None
-            figures = statement_figures(organization_id=organization_id, start=start, end=end)
-            statement = Statement.objects.create(
-                organization_id=organization_id,
-                period_start=start,
-                period_end=end,
-                currency=Wallet.objects.values_list("currency", flat=True).get(organization_id=organization_id),
-                opening_balance=figures.opening_balance,
-                closing_balance=figures.closing_balance,
-                issued_at=now,
+    with transaction.atomic(durable=True):
+        locks.document_counter_lock(organization_id=organization_id, kind=DocumentKind.STATEMENT)
+        last = Statement.objects.filter(organization_id=organization_id).order_by("-period_start").first()
+        if last is not None:
+            start = last.period_end
+        else:
+            start = month_start(Organization.objects.values_list("created_at", flat=True).get(pk=organization_id))
+        end = month_after(start)
+        if end + statement_issue_delay() > now:
+            return None
+        figures = statement_figures(organization_id=organization_id, start=start, end=end)
+        if last is not None and figures.opening_balance != last.closing_balance:
+            # The new statement still says what the ledger says; the earlier one missed an entry
+            # dated in its month that committed after it was issued (STATEMENT_ISSUE_DELAY_SECONDS too short).
+            metrics.STATEMENT_CHAIN_BREAKS.inc()
+            logger.error(
+                "statement chain broken: organization %s opens %s at %s, its statement %s closed at %s",
+                organization_id,
+                f"{start:%Y-%m}",
+                figures.opening_balance,
+                last.number,
+                last.closing_balance,
             )
-            StatementLine.objects.bulk_create(
-                StatementLine(
-                    statement=statement,
-                    position=position,
-                    kind=line.kind,
-                    service_id=line.service_id,
-                    amount=line.amount,
-                    transfers=line.transfers,
-                )
-                for position, line in enumerate(figures.lines, start=1)
+        statement = Statement.objects.create(
+            organization_id=organization_id,
+            period_start=start,
+            period_end=end,
+            currency=Wallet.objects.values_list("currency", flat=True).get(organization_id=organization_id),
+            opening_balance=figures.opening_balance,
+            closing_balance=figures.closing_balance,
+            issued_at=now,
+        )
+        StatementLine.objects.bulk_create(
+            StatementLine(
+                statement=statement,
+                position=position,
+                kind=line.kind,
+                service_id=line.service_id,
+                amount=line.amount,
+                transfers=line.transfers,
             )
-            transaction.on_commit(lambda: statement_issued_signal.send(sender=Statement, statement_id=statement.pk))
-    except IntegrityError:
-        # A twin issuer that did not take the counter lock first (none in this code) lost the race.
-        logger.warning("statement of organization %s for %s issued already", organization_id, start)
-        return None
+            for position, line in enumerate(figures.lines, start=1)
+        )
+        transaction.on_commit(lambda: statement_issued_signal.send(sender=Statement, statement_id=statement.pk))
+    metrics.STATEMENTS_ISSUED.inc()
     return statement
 
 

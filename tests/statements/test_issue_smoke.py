@@ -55,3 +55,29 @@ def test_settlement_numbers_receipts(organization, api_client, eager_celery, dja
             assert post_sandbox(api_client, sandbox_body(payment)).status_code == 200
     numbers = list(Receipt.objects.filter(organization=organization).order_by("number").values_list("payment_id", "number"))
     assert numbers == [(p.pk, n) for n, p in enumerate(payments, start=1)]
+
+
+def test_an_entry_dated_in_an_issued_month_that_commits_late_breaks_the_chain_loudly(organization, caplog):
+    """The issue delay makes this impossible for real transactions; if it happens (a delay set too
+    short), the next statement still equals the ledger and the break is logged and counted."""
+    from billing_site import metrics
+    from payments import ledger
+    from payments.models import Account, TransferKind
+
+    Organization.objects.filter(pk=organization.pk).update(created_at=datetime(2026, 3, 2, tzinfo=UTC))
+    march = statement_issue_next(organization_id=organization.pk, now=datetime(2026, 4, 1, 2, tzinfo=UTC))
+    assert march is not None and march.closing_balance == 0
+    ledger.transfer_post(
+        organization_id=organization.pk,
+        kind=TransferKind.ADJUSTMENT,
+        amount=Decimal("3.5"),
+        counter_account=Account.ADJUSTMENTS,
+        memo="late",
+        now=datetime(2026, 3, 31, 23, 59, 59, tzinfo=UTC),
+    )
+    breaks = metrics.STATEMENT_CHAIN_BREAKS._value.get()
+    april = statement_issue_next(organization_id=organization.pk, now=datetime(2026, 5, 1, 2, tzinfo=UTC))
+    assert april is not None
+    assert (april.opening_balance, april.closing_balance, april.lines.count()) == (Decimal("3.5"), Decimal("3.5"), 0)
+    assert metrics.STATEMENT_CHAIN_BREAKS._value.get() == breaks + 1
+    assert "statement chain broken" in caplog.text
