@@ -30,17 +30,22 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Only the numbering trigger counts: its upsert runs inside a trigger, so this guard sees a trigger
+-- depth of 2 for it and of 1 for a statement sent by hand, which may only lock the row (last = last,
+-- or a new row at 0: document_counter_lock).
 CREATE OR REPLACE FUNCTION tollgate_document_counter_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' OR NEW.organization_id <> OLD.organization_id OR NEW.kind <> OLD.kind
-       OR NEW.last NOT IN (OLD.last, OLD.last + 1) THEN
-        RAISE EXCEPTION 'document counters only count up by one: % refused', TG_OP
+    IF TG_OP = 'DELETE'
+       OR (TG_OP = 'INSERT' AND NOT (NEW.last = 0 OR (NEW.last = 1 AND pg_trigger_depth() > 1)))
+       OR (TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.kind <> OLD.kind
+           OR NOT (NEW.last = OLD.last OR (NEW.last = OLD.last + 1 AND pg_trigger_depth() > 1)))) THEN
+        RAISE EXCEPTION 'document counters only count up by one, as documents are inserted: % refused', TG_OP
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    RETURN NEW;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
 END $$;
 
-CREATE TRIGGER payments_documentcounter_guard BEFORE UPDATE OR DELETE ON payments_documentcounter
+CREATE TRIGGER payments_documentcounter_guard BEFORE INSERT OR UPDATE OR DELETE ON payments_documentcounter
 FOR EACH ROW EXECUTE FUNCTION tollgate_document_counter_guard();
 """
 DOCUMENT_NUMBER_FUNCTIONS_REVERSE = """

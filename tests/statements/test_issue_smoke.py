@@ -81,3 +81,22 @@ def test_an_entry_dated_in_an_issued_month_that_commits_late_breaks_the_chain_lo
     assert (april.opening_balance, april.closing_balance, april.lines.count()) == (Decimal("3.5"), Decimal("3.5"), 0)
     assert metrics.STATEMENT_CHAIN_BREAKS._value.get() == breaks + 1
     assert "statement chain broken" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE payments_documentcounter SET last = last + 1",
+        "UPDATE payments_documentcounter SET last = last - 1",
+        "DELETE FROM payments_documentcounter",
+        "INSERT INTO payments_documentcounter (organization_id, kind, last) VALUES (%(org)s, 'receipt', 1)",
+        "INSERT INTO payments_documentcounter (organization_id, kind, last) VALUES (%(org)s, 'receipt', 41)",
+    ],
+)
+def test_only_an_inserted_document_moves_its_counter(organization, sql):
+    Organization.objects.filter(pk=organization.pk).update(created_at=datetime(2026, 1, 5, tzinfo=UTC))
+    assert statement_issue_next(organization_id=organization.pk) is not None
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, {"org": organization.pk})
+    second = statement_issue_next(organization_id=organization.pk)
+    assert second is not None and second.number == 2
