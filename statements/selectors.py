@@ -44,20 +44,16 @@ class Figures:
 
 
 # One statement, so every figure comes from one snapshot of the ledger: the organization's wallet
-# entries (the wallet row's and its stripes') before the month's end, by their time; summed before the
-# month (opening), all of them (closing), the month's by their transfer's kind, and the month's usage by
-# service. A usage transfer's records say which services it paid for (their costs sum to its wallet
-# leg); a volume true-up names its service. Records are found by the organization's time index around
-# the month (a record carries its transfer's time), then kept by transfer.
+# entries (the wallet row's and its stripes') before the month's end, by their time, summed in one pass
+# before the month (opening) and in all (closing); the month's, read once, by their transfer's kind and
+# its usage by service. A usage transfer's records say which services it paid for (their costs sum to
+# its wallet leg); a volume true-up names its service. Records are found by the organization's time
+# index around the month (a record carries its transfer's time), then kept by transfer.
 _FIGURES_SQL = """
-WITH entry AS (
-    SELECT e.amount, e.created_at >= %(start)s AS in_month, e.transfer_id
-      FROM payments_ledgerentry e
-     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(end)s
-), month AS (
-    SELECT entry.amount, entry.transfer_id, t.kind
-      FROM entry JOIN payments_transfer t ON t.id = entry.transfer_id
-     WHERE entry.in_month
+WITH month AS MATERIALIZED (
+    SELECT e.transfer_id, t.kind, e.amount
+      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
+     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
 ), usage_transfer AS (
     SELECT DISTINCT transfer_id AS id FROM month WHERE kind = 'usage'
 ), attributed AS (
@@ -69,7 +65,10 @@ WITH entry AS (
       JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
      WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM usage_transfer)
 )
-SELECT 'balance', NULL::text, NULL::bigint, COALESCE(SUM(amount) FILTER (WHERE NOT in_month), 0), COALESCE(SUM(amount), 0) FROM entry
+SELECT 'balance', NULL::text, NULL::bigint,
+       COALESCE(SUM(e.amount) FILTER (WHERE e.created_at < %(start)s), 0), COALESCE(SUM(e.amount), 0)
+  FROM payments_ledgerentry e
+ WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(end)s
 UNION ALL
 SELECT 'kind', kind, NULL::bigint, SUM(amount), COUNT(DISTINCT transfer_id) FROM month GROUP BY kind
 UNION ALL
