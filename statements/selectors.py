@@ -102,6 +102,9 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
         if kind not in by_kind:
             continue
         amount, count = by_kind[kind]
+        if kind == TransferKind.REBALANCE and not amount:
+            # A high-volume wallet moving money between its own rows: nothing the customer did or paid.
+            continue
         if kind != TransferKind.USAGE:
             lines.append(FigureLine(kind=kind, service_id=None, amount=amount, transfers=count))
             continue
