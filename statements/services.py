@@ -13,11 +13,16 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing_site import locks
+from billing_site.money import ZERO
 from payments.models import DocumentKind, Wallet
 from statements.models import Statement, StatementLine
 from statements.selectors import statement_figures
 
 logger = logging.getLogger(__name__)
+
+class StatementFiguresMoved(RuntimeError):
+    """The month's ledger moved while its figures were read: nothing was issued; a later run issues it."""
+
 
 # Sent after the commit of each issued statement, with `statement_id`: the email goes out.
 statement_issued_signal = Signal()
@@ -57,6 +62,10 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
             if end + statement_issue_delay() > now:
                 return None
             figures = statement_figures(organization_id=organization_id, start=start, end=end)
+            if figures.opening_balance + sum((line.amount for line in figures.lines), ZERO) != figures.closing_balance:
+                # The figures take several queries, each seeing what had committed by then: an entry of the
+                # month committed between them. Issue it on a later run, once the ledger has stopped moving.
+                raise StatementFiguresMoved(f"organization {organization_id}, {start:%Y-%m}")
             statement = Statement.objects.create(
                 organization_id=organization_id,
                 period_start=start,

@@ -16,7 +16,12 @@ from accounts.models import Organization
 from payments import ledger
 from payments.models import Account, DocumentCounter, DocumentKind, Receipt, TransferKind
 from statements.models import Statement, StatementLine
-from statements.services import statement_issue_delay, statement_issue_next, statements_issue_for_organization
+from statements.services import (
+    StatementFiguresMoved,
+    statement_issue_delay,
+    statement_issue_next,
+    statements_issue_for_organization,
+)
 from tests.concurrency import JOIN_TIMEOUT_SECONDS
 from tests.factories import organization_create, wallet_fund
 from tests.payments.credit_world import clock_at
@@ -286,3 +291,88 @@ def test_an_entry_dated_in_an_issued_month_that_commits_late_breaks_the_chain():
     assert february is not None
     assert february.opening_balance == D(15) != january.closing_balance
     assert list(february.lines.all()) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_committing_while_the_figures_are_read_never_gives_a_statement_that_does_not_add_up(monkeypatch):
+    """The figures are read in several queries, each seeing what had committed when it ran. An entry
+    of the month committing between them (the late transaction above, at the worst moment) gave a
+    statement whose opening (0) + lines (15) was not its closing (10). Now the issuer refuses to issue
+    it (nothing written, no number used) and the next run issues the month as the ledger has it."""
+    from statements import selectors
+
+    organization = organization_create(name="Acme")
+    created_at(organization, JAN + timedelta(days=1))
+    adjust_at(organization, JAN + timedelta(days=2), "10")
+    posted, closing_read, committed = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    class Spy:
+        """The selector's cursor: once the closing balance is read, the late entry commits."""
+
+        def __init__(self, cursor):
+            self.cursor = cursor
+
+        def execute(self, sql, params):
+            self.cursor.execute(sql, params)
+            if sql == selectors._BALANCE_BEFORE_SQL and params["at"] == FEB and not closing_read.is_set():
+                closing_read.set()
+                assert committed.wait(timeout=JOIN_TIMEOUT_SECONDS)
+
+        def __getattr__(self, name):
+            return getattr(self.cursor, name)
+
+    class Connection:
+        def cursor(self):
+            real = connection.cursor()
+
+            class Scope:
+                def __enter__(self_inner):
+                    return Spy(real.__enter__())
+
+                def __exit__(self_inner, *exc):
+                    return real.__exit__(*exc)
+
+            return Scope()
+
+    def late() -> None:
+        try:
+            with transaction.atomic():
+                ledger.transfer_post(
+                    organization_id=organization.pk,
+                    kind=TransferKind.ADJUSTMENT,
+                    amount=D("5"),
+                    counter_account=Account.ADJUSTMENTS,
+                    reference="staff",
+                    memo="late",
+                    now=FEB - timedelta(seconds=1),
+                )
+                posted.set()
+                assert closing_read.wait(timeout=JOIN_TIMEOUT_SECONDS)
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+        finally:
+            committed.set()
+            connection.close()
+
+    thread = threading.Thread(target=late, daemon=True)
+    thread.start()
+    assert posted.wait(timeout=JOIN_TIMEOUT_SECONDS)
+    monkeypatch.setattr(selectors, "connection", Connection())
+    try:
+        with pytest.raises(StatementFiguresMoved):
+            statement_issue_next(organization_id=organization.pk, now=FEB + timedelta(hours=2))
+    finally:
+        closing_read.set()
+        thread.join(timeout=JOIN_TIMEOUT_SECONDS)
+    assert not thread.is_alive()
+    if errors:
+        raise errors[0]
+    monkeypatch.undo()
+
+    assert not Statement.objects.filter(organization=organization).exists()
+    assert not DocumentCounter.objects.filter(organization=organization, kind=DocumentKind.STATEMENT, last__gt=0).exists()
+    january = statement_issue_next(organization_id=organization.pk, now=FEB + timedelta(hours=2))
+    assert january is not None and january.number == 1
+    assert (january.opening_balance, january.closing_balance) == (D(0), D(15))
+    assert sum((line.amount for line in january.lines.all()), D(0)) == D(15)
