@@ -20,6 +20,7 @@ from statements.selectors import statement_figures
 
 logger = logging.getLogger(__name__)
 
+
 class StatementFiguresMoved(RuntimeError):
     """The month's ledger moved while its figures were read: nothing was issued; a later run issues it."""
 

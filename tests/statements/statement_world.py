@@ -59,7 +59,9 @@ class Book:
             self.moved(when, TransferKind.USAGE, -cost, service_id)
         burn(self.grants, sum(costs.values(), F(0)), when)
 
-    def granted(self, grant_id: int, when: datetime, amount: str, *, priority: int, expires_at: datetime | None, kind: str) -> None:
+    def granted(
+        self, grant_id: int, when: datetime, amount: str, *, priority: int, expires_at: datetime | None, kind: str
+    ) -> None:
         self.moved(when, kind, amount)
         self.grants.append(
             ModelGrant(
@@ -87,9 +89,9 @@ class Book:
 
 def ledger_before(organization_id: int, moment: datetime) -> Decimal:
     """The wallet's ledger (its row's and its stripes' entries) summed before `moment`."""
-    total = LedgerEntry.objects.filter(
-        organization_id=organization_id, account=Account.WALLET, created_at__lt=moment
-    ).aggregate(s=Sum("amount"))["s"]
+    total = LedgerEntry.objects.filter(organization_id=organization_id, account=Account.WALLET, created_at__lt=moment).aggregate(
+        s=Sum("amount")
+    )["s"]
     return total or D(0)
 
 
@@ -102,11 +104,11 @@ def statement_lines(statement: Statement) -> dict[tuple[str, int | None], Fracti
     return found
 
 
-def assert_statements_match(book: Book, statements: list[Statement], *, opening: Fraction = F(0)) -> None:
+def assert_statements_match(book: Book, statements: list[Statement], *, opening: Fraction | None = None) -> None:
     """Every statement (in month order, consecutive) against the book and the ledger: opening = the
     previous closing (the first: `opening`), each line = the book's figure for it exactly, opening + Σ
     lines = closing = Σ of the ledger before the month's end; an idle month has no lines."""
-    expected_opening = opening
+    expected_opening = opening or F(0)
     for previous, statement in zip([None, *statements], statements, strict=False):
         if previous is not None:
             assert statement.period_start == previous.period_end, "months must follow each other"

@@ -9,6 +9,7 @@ and each closing is the ledger's own sum before the month's end."""
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -18,9 +19,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts import services as account_services
-from accounts.models import Organization, Role
+from accounts.models import Organization
 from metering.models import CalcMethod, UsageRecord
-from metering.services import subscriptions
+from metering.services import catalog, subscriptions
 from metering.services.true_up import volume_true_ups_run
 from payments import credits, ledger
 from payments import services as payment_services
@@ -32,7 +33,7 @@ from tests.conftest import key_client
 from tests.factories import ServiceFactory, UserFactory, organization_create, service_with_price, wallet_fund
 from tests.metering.subscriptions_world import oracle_fraction, oracle_money, plan_make
 from tests.payments.credit_world import clock_at, grant
-from tests.payments.payment_helpers import sandbox_notify, sandbox_payment
+from tests.payments.payment_helpers import post_sandbox, sandbox_body, sandbox_notify, sandbox_payment
 from tests.statements.statement_world import Book, assert_statements_match, frac, month_of, next_month
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +48,9 @@ HOLDS = "/api/v1/holds/"
 
 @pytest.fixture
 def services(db) -> dict[str, int]:
-    return {slug: service_with_price(slug=slug, calc_method=CalcMethod.REQUEST, unit_price=price).pk for slug, price in PRICES.items()}
+    return {
+        slug: service_with_price(slug=slug, calc_method=CalcMethod.REQUEST, unit_price=price).pk for slug, price in PRICES.items()
+    }
 
 
 class World:
@@ -238,7 +241,9 @@ def test_random_months_equal_the_books_and_the_ledger(services, seed):
         assert issued and issued[0].period_start == first
         assert [s.number for s in issued] == list(range(1, len(issued) + 1))
         assert issued[-1].period_end == month_of(timezone.now() - timedelta(hours=1))
-        assert_statements_match(world.book, list(Statement.objects.filter(organization=world.organization).order_by("period_start")))
+        assert_statements_match(
+            world.book, list(Statement.objects.filter(organization=world.organization).order_by("period_start"))
+        )
     # the striped wallet's usage went to its stripes, and the statements counted it
     striped = worlds[1].organization.pk
     assert LedgerEntry.objects.filter(organization_id=striped, stripe__isnull=False, transfer__kind=TransferKind.USAGE).exists()
@@ -251,15 +256,11 @@ def test_the_current_month_through_the_real_api(
     and usage/batch/, a hold captured, test-key usage, staff adjustments, a refund, a grant written
     off by grants_expire, a redemption, a subscription fee, and last month's volume true-up; issued
     with now = next month's start + 2 h."""
-    from tests.payments.payment_helpers import post_sandbox, sandbox_body
-
     plan_make("basic", "30")
     world = World("acme", services, random.Random(1))
     organization = world.organization
     # a volume-priced service used last month (the application's clock then), trued up this month
     tiered = ServiceFactory(slug="tiered", calc_method=CalcMethod.REQUEST)
-    from metering.services import catalog
-
     catalog.price_create(
         service=tiered,
         organization_id=None,
@@ -310,8 +311,6 @@ def test_the_current_month_through_the_real_api(
     short = grant(organization, "2", priority=1, expires_at=now() + timedelta(seconds=1))
     book.granted(short.pk, now(), "2", priority=1, expires_at=short.expires_at, kind=TransferKind.GRANT)
     world.use(now(), "beta")  # drawn from the short grant first (priority 1)
-    import time
-
     time.sleep(1.1)
     assert credits.grants_expire() == 1
     book.expired(now())

@@ -12,9 +12,15 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from accounts import services as account_services
 from accounts.models import Organization
+from metering.models import CalcMethod
+from metering.services import catalog
+from metering.services.true_up import volume_true_ups_run
 from payments import ledger
+from payments.credits import grants_expire
 from payments.models import Account, DocumentCounter, DocumentKind, Receipt, TransferKind
+from statements import selectors
 from statements.models import Statement, StatementLine
 from statements.services import (
     StatementFiguresMoved,
@@ -23,8 +29,9 @@ from statements.services import (
     statements_issue_for_organization,
 )
 from tests.concurrency import JOIN_TIMEOUT_SECONDS
-from tests.factories import organization_create, wallet_fund
-from tests.payments.credit_world import clock_at
+from tests.conftest import key_client
+from tests.factories import ServiceFactory, organization_create, wallet_fund
+from tests.payments.credit_world import clock_at, grant
 from tests.payments.payment_helpers import sandbox_payment, settled_sandbox_payment
 from tests.statements.statement_world import ledger_before
 
@@ -75,7 +82,7 @@ def issued(organization) -> Statement:
     ],
 )
 def test_an_issued_statements_figures_cannot_be_updated(issued, column, value):
-    refused(f"UPDATE statements_statement SET {column} = {value} WHERE id = %s", [issued.pk])  # noqa: S608 - the test's own constants
+    refused(f"UPDATE statements_statement SET {column} = {value} WHERE id = %s", [issued.pk])
 
 
 @pytest.mark.django_db
@@ -153,7 +160,6 @@ def test_an_explicit_number_is_overridden_by_the_trigger(issued):
         assert cursor.fetchone()[0] == 2
 
 
-
 @pytest.mark.django_db
 def test_an_explicit_receipt_number_is_overridden_by_the_trigger(organization):
     settled_sandbox_payment(organization, "5.00")
@@ -218,9 +224,7 @@ def test_december_to_january(organization):
     december, january = issued
     assert (december.opening_balance, december.closing_balance) == (D(0), D("1.000000000001"))
     assert (january.opening_balance, january.closing_balance) == (D("1.000000000001"), D("2.500000000001"))
-    assert [(line.kind, line.amount, line.transfers) for line in january.lines.all()] == [
-        (TransferKind.ADJUSTMENT, D("1.5"), 2)
-    ]
+    assert [(line.kind, line.amount, line.transfers) for line in january.lines.all()] == [(TransferKind.ADJUSTMENT, D("1.5"), 2)]
 
 
 @pytest.mark.django_db
@@ -299,8 +303,6 @@ def test_an_entry_committing_while_the_figures_are_read_never_gives_a_statement_
     of the month committing between them (the late transaction above, at the worst moment) gave a
     statement whose opening (0) + lines (15) was not its closing (10). Now the issuer refuses to issue
     it (nothing written, no number used) and the next run issues the month as the ledger has it."""
-    from statements import selectors
-
     organization = organization_create(name="Acme")
     created_at(organization, JAN + timedelta(days=1))
     adjust_at(organization, JAN + timedelta(days=2), "10")
@@ -324,16 +326,17 @@ def test_an_entry_committing_while_the_figures_are_read_never_gives_a_statement_
 
     class Connection:
         def cursor(self):
-            real = connection.cursor()
+            return Scope(connection.cursor())
 
-            class Scope:
-                def __enter__(self_inner):
-                    return Spy(real.__enter__())
+    class Scope:
+        def __init__(self, real):
+            self.real = real
 
-                def __exit__(self_inner, *exc):
-                    return real.__exit__(*exc)
+        def __enter__(self):
+            return Spy(self.real.__enter__())
 
-            return Scope()
+        def __exit__(self, *exc):
+            return self.real.__exit__(*exc)
 
     def late() -> None:
         try:
@@ -376,3 +379,49 @@ def test_an_entry_committing_while_the_figures_are_read_never_gives_a_statement_
     assert january is not None and january.number == 1
     assert (january.opening_balance, january.closing_balance) == (D(0), D(15))
     assert sum((line.amount for line in january.lines.all()), D(0)) == D(15)
+
+
+# --- Money paths that might say something the ledger does not ------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_true_ups_credit_given_back_to_a_written_off_grant_is_the_services_credit_and_an_expiry(organization):
+    """October's usage of a volume-priced service was paid by a promotional grant that expired and was
+    written off; November's true-up credits the service and gives the credit back to the written-off
+    grant, which writes it off at once (a `reverses:` expiry). Each month's lines are what happened,
+    and both months close at the ledger's 0."""
+
+    oct_, nov, dec = (datetime(2026, m, 1, tzinfo=UTC) for m in (10, 11, 12))
+    tiered = ServiceFactory(slug="tiered", calc_method=CalcMethod.REQUEST)
+    catalog.price_create(
+        service=tiered,
+        organization_id=None,
+        effective_from=datetime(2000, 1, 1, tzinfo=UTC),
+        created_by_id=None,
+        model="volume",
+        tiers=[{"up_to": 3, "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}],
+    )
+    client = key_client(account_services.api_key_create(organization=organization, name="live").secret)
+    created_at(organization, oct_)
+    with clock_at(oct_ + timedelta(days=1)):
+        grant(organization, "10", priority=10, expires_at=oct_ + timedelta(days=19))
+    with clock_at(oct_ + timedelta(days=2)):
+        for n in range(5):  # 1 + 1 + 1 + 0.5 + 0.5, all from the grant
+            assert (
+                client.post("/api/v1/usage/", {"service": "tiered", "idempotency_key": f"v{n}"}, format="json").status_code == 201
+            )
+    with clock_at(oct_ + timedelta(days=20)):
+        assert grants_expire() == 1  # writes off the 6 left
+    with clock_at(nov + timedelta(days=1)):
+        assert volume_true_ups_run() == 1  # credits back 4 − 5 × 0.5 = 1.5
+
+    october, november = statements_issue_for_organization(organization_id=organization.pk, now=dec + timedelta(hours=1))
+    as_lines = lambda s: [(line.kind, line.service_id, line.amount) for line in s.lines.all()]  # noqa: E731
+    assert as_lines(october) == [
+        (TransferKind.GRANT, None, D(10)),
+        (TransferKind.USAGE, tiered.pk, D(-4)),
+        (TransferKind.EXPIRY, None, D(-6)),
+    ]
+    assert as_lines(november) == [(TransferKind.USAGE, tiered.pk, D("1.5")), (TransferKind.EXPIRY, None, D("-1.5"))]
+    assert (october.opening_balance, october.closing_balance, november.closing_balance) == (D(0), D(0), D(0))
+    assert ledger_before(organization.pk, dec) == D(0)

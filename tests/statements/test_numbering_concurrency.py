@@ -47,7 +47,9 @@ def closed_months(organization_id: int, now: datetime) -> list[datetime]:
 
 
 def assert_numbered(organization_id: int, months: list[datetime]) -> None:
-    issued = list(Statement.objects.filter(organization_id=organization_id).order_by("number").values_list("number", "period_start"))
+    issued = list(
+        Statement.objects.filter(organization_id=organization_id).order_by("number").values_list("number", "period_start")
+    )
     assert issued == list(enumerate(months, start=1))
     assert DocumentCounter.objects.get(organization_id=organization_id, kind=DocumentKind.STATEMENT).last == len(months)
 
@@ -57,7 +59,9 @@ def test_sixteen_issuers_of_one_organization_issue_each_month_once_in_order():
     wallet_fund(organization, "5")
     now = timezone.now()
 
-    results = run_concurrently(16, lambda _: statements_issue_for_organization(organization_id=organization.pk, now=now), reraise=True)
+    results = run_concurrently(
+        16, lambda _: statements_issue_for_organization(organization_id=organization.pk, now=now), reraise=True
+    )
 
     months = closed_months(organization.pk, now)
     assert len(months) == 14
@@ -137,7 +141,9 @@ def test_receipts_of_payments_settled_at_once_are_numbered_in_settlement_order()
 
     for org, mine in ((organization, payments), (other, others)):
         rows = list(
-            Payment.objects.filter(organization=org).order_by("receipt__number").values_list("receipt__number", "transfer_id", "status")
+            Payment.objects.filter(organization=org)
+            .order_by("receipt__number")
+            .values_list("receipt__number", "transfer_id", "status")
         )
         assert [number for number, _, _ in rows] == list(range(1, len(mine) + 1))
         assert {status for _, _, status in rows} == {"succeeded"}
