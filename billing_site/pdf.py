@@ -127,7 +127,7 @@ class Document(FPDF):
         if note:
             self.paragraph(note, muted=True)
 
-    def table(
+    def table(  # type: ignore[override]  # our own table, not fpdf2's context manager of the same name
         self, header: Sequence[str], rows: Sequence[Sequence[str]], *, widths: Sequence[float], right: Sequence[bool]
     ) -> None:
         """A plain table: a bold header, then rows; `widths` are fractions of the page's width and
