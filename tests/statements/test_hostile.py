@@ -14,7 +14,8 @@ from django.db import IntegrityError, connection, transaction
 
 from accounts import services as account_services
 from accounts.models import Organization
-from metering.models import CalcMethod
+from metering.models import CalcMethod, Service
+from metering.retention import usage_retention_run
 from metering.services import catalog
 from metering.services.true_up import volume_true_ups_run
 from payments import ledger
@@ -30,7 +31,7 @@ from statements.services import (
 )
 from tests.concurrency import JOIN_TIMEOUT_SECONDS
 from tests.conftest import key_client
-from tests.factories import ServiceFactory, organization_create, wallet_fund
+from tests.factories import ServiceFactory, organization_create, service_with_price, wallet_fund
 from tests.payments.credit_world import clock_at, grant
 from tests.payments.payment_helpers import sandbox_payment, settled_sandbox_payment
 from tests.statements.statement_world import ledger_before
@@ -425,3 +426,25 @@ def test_a_true_ups_credit_given_back_to_a_written_off_grant_is_the_services_cre
     assert as_lines(november) == [(TransferKind.USAGE, tiered.pk, D("1.5")), (TransferKind.EXPIRY, None, D("-1.5"))]
     assert (october.opening_balance, october.closing_balance, november.closing_balance) == (D(0), D(0), D(0))
     assert ledger_before(organization.pk, dec) == D(0)
+
+
+@pytest.mark.django_db
+@pytest.mark.xfail(
+    strict=True,
+    reason="RISK: a month issued after usage retention dropped its records (a first deploy's backfill of old "
+    "months, or USAGE_RETENTION_DAYS shorter than a month) loses usage by service: one line without a service",
+)
+def test_usage_by_service_survives_usage_retention(organization, live_key, tmp_path):
+    service_with_price(slug="ping", calc_method=CalcMethod.REQUEST, unit_price="0.01")
+    client = key_client(live_key.secret)
+    created_at(organization, JAN)
+    with clock_at(JAN + timedelta(days=3)):
+        wallet_fund(organization, "5")
+        assert client.post("/api/v1/usage/", {"service": "ping", "idempotency_key": "a"}, format="json").status_code == 201
+    usage_retention_run(older_than_days=60, archive_dir=tmp_path)
+    january = statement_issue_next(organization_id=organization.pk, now=FEB + timedelta(hours=1))
+    assert january is not None and january.closing_balance == D("4.99")  # the total stays exact either way
+    assert [(line.kind, line.service_id) for line in january.lines.all()] == [
+        (TransferKind.USAGE, Service.objects.get(slug="ping").pk),
+        (TransferKind.ADJUSTMENT, None),
+    ]
