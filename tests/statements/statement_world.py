@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
 from django.db.models import Sum
 
+from metering.models import UsageRecord, VolumeTrueUp
 from payments.models import Account, LedgerEntry, TransferKind
 from statements.models import Statement
 from tests.payments.credit_world import ModelGrant, burn
@@ -125,10 +126,32 @@ def assert_statements_match(book: Book, statements: list[Statement], *, opening:
         assert frac(statement.closing_balance) == closing, f"{start:%Y-%m} closing"
         assert frac(statement.opening_balance) + sum(statement_lines(statement).values(), F(0)) == closing
         assert frac(ledger_before(book.organization_id, statement.period_end)) == closing
+        assert_usage_lines_are_the_records(statement, got)
         if not book.months.get(start):
             assert got == {} and statement.opening_balance == statement.closing_balance
         expected_opening = closing
 
 
-def at(start: datetime, *, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
-    return start + timedelta(days=day - 1, hours=hour, minutes=minute, seconds=second, microseconds=micro)
+def assert_usage_lines_are_the_records(statement: Statement, lines: dict[tuple[str, int | None], Fraction]) -> None:
+    """Each service's usage line is minus the costs of its live usage records of the month plus its
+    volume true-ups' credits posted in the month, exactly; the test key's records count nowhere."""
+    by_service: dict[int, Fraction] = defaultdict(Fraction)
+    records = UsageRecord.objects.filter(
+        organization_id=statement.organization_id,
+        test=False,
+        created_at__gte=statement.period_start,
+        created_at__lt=statement.period_end,
+    )
+    for service_id, cost in records.values_list("service_id", "cost"):
+        by_service[service_id] -= frac(cost)
+    true_ups = VolumeTrueUp.objects.filter(organization_id=statement.organization_id, transfer__isnull=False)
+    for true_up in true_ups:
+        for amount in LedgerEntry.objects.filter(
+            transfer_id=true_up.transfer_id,
+            account=Account.WALLET,
+            created_at__gte=statement.period_start,
+            created_at__lt=statement.period_end,
+        ).values_list("amount", flat=True):
+            by_service[true_up.service_id] += frac(amount)
+    usage = {service_id: amount for (kind, service_id), amount in lines.items() if kind == TransferKind.USAGE}
+    assert usage == {service_id: amount for service_id, amount in by_service.items() if amount}
