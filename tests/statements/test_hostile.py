@@ -25,6 +25,7 @@ from statements import selectors
 from statements.models import Statement, StatementLine
 from statements.services import (
     StatementFiguresMoved,
+    organizations_due,
     statement_issue_delay,
     statement_issue_next,
     statements_issue_for_organization,
@@ -448,3 +449,16 @@ def test_usage_by_service_survives_usage_retention(organization, live_key, tmp_p
         (TransferKind.USAGE, Service.objects.get(slug="ping").pk),
         (TransferKind.ADJUSTMENT, None),
     ]
+
+
+@pytest.mark.django_db
+def test_the_beat_finds_an_organization_due_exactly_when_its_month_may_be_issued(organization, other_organization):
+    created_at(organization, JAN + timedelta(days=30, hours=23))
+    created_at(other_organization, FEB)  # February's: nothing of it is closed in February
+    ready = FEB + statement_issue_delay()
+    assert organizations_due(now=ready - timedelta(microseconds=1)) == []
+    assert organizations_due(now=ready) == [organization.pk]
+    statements_issue_for_organization(organization_id=organization.pk, now=ready)
+    assert organizations_due(now=ready) == []
+    march = datetime(2026, 3, 1, tzinfo=UTC) + statement_issue_delay()
+    assert organizations_due(now=march) == sorted([organization.pk, other_organization.pk])
