@@ -29,7 +29,7 @@ from payments.credit_models import GRANT_PRIORITY_DEFAULT
 from payments.models import CreditGrant, LedgerEntry, TransferKind
 from statements.models import Statement
 from statements.services import statements_issue_for_organization
-from tests.conftest import key_client
+from tests.conftest import jwt_client, key_client
 from tests.factories import ServiceFactory, UserFactory, organization_create, service_with_price, wallet_fund
 from tests.metering.subscriptions_world import oracle_fraction, oracle_money, plan_make
 from tests.payments.credit_world import clock_at, grant
@@ -307,8 +307,24 @@ def test_the_current_month_through_the_real_api(
     done = payment_services.payment_refund(payment=payment, amount=D("10.01"), reason="asked", staff=world.staff)
     assert done.status == "succeeded"
     book.moved(now(), TransferKind.REFUND, "-10.01")
-    world.redeem(now(), "3", days=None)
-    short = grant(organization, "2", priority=1, expires_at=now() + timedelta(seconds=1))
+    (code,) = payment_services.redemption_codes_generate(batch="spring", amount=D("3"), count=1, expires_at=None, created_by=None)
+    redeemed = jwt_client(world.owner).post("/api/v1/redeem/", {"code": code}, format="json")
+    assert redeemed.status_code in (200, 201), redeemed.content
+    voucher = CreditGrant.objects.get(organization=organization, source="redemption")
+    book.granted(voucher.pk, now(), "3", priority=GRANT_PRIORITY_DEFAULT, expires_at=None, kind=TransferKind.REDEMPTION)
+    response = staff_client.post(
+        f"/api/v1/admin/organizations/{organization.slug}/grants/",
+        {
+            "amount": "2",
+            "category": "promotional",
+            "priority": 1,
+            "expires_at": (now() + timedelta(seconds=1)).isoformat(),
+            "reason": "launch",
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    short = CreditGrant.objects.get(organization=organization, reason="launch")
     book.granted(short.pk, now(), "2", priority=1, expires_at=short.expires_at, kind=TransferKind.GRANT)
     world.use(now(), "beta")  # drawn from the short grant first (priority 1)
     time.sleep(1.1)
