@@ -104,6 +104,17 @@ class World:
         assert response.status_code == 201, response.content
         assert response.json()["test"] is True
 
+    def test_batch_and_hold(self, when: datetime) -> None:
+        """The test key's batch and captured hold: recorded, and no money moves."""
+        events = [{"service": slug, "idempotency_key": self.key()} for slug in ("alpha", "beta")]
+        with clock_at(when):
+            response = self.test.post(BATCH, {"events": events}, format="json")
+            assert [r["status"] for r in response.json()["results"]] == [201, 201], response.content
+            held = self.test.post(HOLDS, {"service": "alpha", "amount": "2", "idempotency_key": self.key()}, format="json")
+            assert held.status_code == 201, held.content
+            captured = self.test.post(f"{HOLDS}{held.json()['id']}/capture/", {}, format="json")
+        assert captured.status_code in (200, 201), captured.content
+
     def hold_captured(self, when: datetime, slug: str) -> None:
         with clock_at(when):
             held = self.live.post(HOLDS, {"service": slug, "amount": "2", "idempotency_key": self.key()}, format="json")
@@ -191,6 +202,7 @@ def month_acts(world: World, start: datetime, rng: random.Random, *, edges: bool
         lambda t: world.use(t, rng.choice(list(PRICES))),
         lambda t: world.batch(t, rng.sample(["alpha", "beta", "gamma", "alpha", "gamma"], k=4)),
         world.test_usage,
+        world.test_batch_and_hold,
         lambda t: world.hold_captured(t, rng.choice(list(PRICES))),
         world.hold_released,
         lambda t: world.adjust(t, rng.choice(["3.5", "-1.25", "0.000000000001", "-0.000000000003"])),
@@ -201,7 +213,7 @@ def month_acts(world: World, start: datetime, rng: random.Random, *, edges: bool
         world.rebalance,
     ]
     if striped:
-        acts = acts[:7] + acts[9:]
+        acts = acts[:8] + acts[10:]
     world.recharge(times[0], rng.choice(["500", "250.01"]))
     if striped:
         world.rebalance(times[0])
@@ -298,6 +310,7 @@ def test_the_current_month_through_the_real_api(
     world.hold_captured(now(), "beta")
     world.hold_released(now())
     world.test_usage(now())
+    world.test_batch_and_hold(now())
     for amount in ("7.25", "-0.000000000001"):
         response = staff_client.post(
             f"/api/v1/admin/organizations/{organization.slug}/adjust/", {"amount": amount, "reason": "staff"}, format="json"
