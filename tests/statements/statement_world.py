@@ -44,9 +44,16 @@ class Book:
         default_factory=lambda: defaultdict(lambda: defaultdict(Fraction))
     )
     grants: list[ModelGrant] = field(default_factory=list)
+    # how many ledger transfers each figure sums
+    transfers: dict[datetime, dict[tuple[str, int | None], int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
 
-    def moved(self, when: datetime, kind: str, amount: Fraction | Decimal | str, service_id: int | None = None) -> None:
+    def moved(
+        self, when: datetime, kind: str, amount: Fraction | Decimal | str, service_id: int | None = None, *, transfers: int = 1
+    ) -> None:
         self.months[month_of(when)][(kind, service_id)] += F(amount) if isinstance(amount, Fraction) else frac(amount)
+        self.transfers[month_of(when)][(kind, service_id)] += transfers
 
     def debit(self, when: datetime, kind: str, cost: Fraction | Decimal | str, service_id: int | None = None) -> None:
         """A usage or subscription debit: it draws from the live grants in burn order."""
@@ -117,6 +124,8 @@ def assert_statements_match(book: Book, statements: list[Statement], *, opening:
         assert statement.period_end == next_month(start)
         got = statement_lines(statement)
         want = book.lines(start)
+        counts = {(line.kind, line.service_id): line.transfers for line in statement.lines.all()}
+        assert counts == {key: book.transfers[start][key] for key in want}, f"{start:%Y-%m}: transfers"
         # Rebalance moves money between a wallet's own rows: nothing the customer did, and it nets to 0.
         assert (TransferKind.REBALANCE, None) not in got, f"{start:%Y-%m}: a rebalance line {got}"
         assert (TransferKind.USAGE, None) not in got, f"{start:%Y-%m}: usage no record names: {got}"

@@ -291,7 +291,7 @@ def test_the_current_month_through_the_real_api(
             assert world.live.post(USAGE, {"service": "tiered", "idempotency_key": f"v{n}"}, format="json").status_code == 201
     start_at = last_month + timedelta(days=3)
     book.moved(start_at, TransferKind.ADJUSTMENT, "20")
-    book.moved(start_at, TransferKind.USAGE, "-4", tiered.pk)
+    book.moved(start_at, TransferKind.USAGE, "-4", tiered.pk, transfers=5)
 
     now = timezone.now
     payment = sandbox_payment(organization, "100.05")
