@@ -49,7 +49,8 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
     """Issue the organization's next statement if its month has closed (ended at least the issue
     delay before `now`): the month after its last statement, or the month it was created in. Answers
     it, or None when no month is due. Safe to run twice or at once: the organization's counter lock
-    serializes issuers, and one statement per month is a unique constraint."""
+    serializes issuers, and one statement per month is a unique constraint. StatementFiguresMoved,
+    issuing nothing, when the month's ledger moved while its figures were read."""
     now = now or timezone.now()
     try:
         with transaction.atomic(durable=True):
