@@ -28,3 +28,22 @@ def seller_named_check(app_configs, **kwargs) -> list[Warning]:
             id="billing_site.W002",
         )
     ]
+
+
+# A month's statement splits usage by service from its usage records (docs/statements.md): they must
+# outlive the month by the issue delay and any catch-up after an outage.
+STATEMENT_RETENTION_DAYS_MIN = 62
+
+
+@register()
+def retention_keeps_statement_months_check(app_configs, **kwargs) -> list[Warning]:
+    if not 0 < settings.USAGE_RETENTION_DAYS < STATEMENT_RETENTION_DAYS_MIN:
+        return []
+    return [
+        Warning(
+            f"USAGE_RETENTION_DAYS={settings.USAGE_RETENTION_DAYS} may archive a month's usage records before its "
+            "statement is issued: that month's usage would then show as one line without its services.",
+            hint=f"Keep USAGE_RETENTION_DAYS at {STATEMENT_RETENTION_DAYS_MIN} or more (docs/statements.md).",
+            id="billing_site.W003",
+        )
+    ]

@@ -81,7 +81,7 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
     """The wallet's movements over [start, end) from the ledger, in one snapshot: opening and closing
     balance (the sum of its entries before each instant) and one line per transfer kind, usage split by
     service. The lines sum exactly to closing − opening; a usage remainder no record names is a line
-    without a service (none is expected)."""
+    without a service (none is expected). A striped wallet's rebalances, netting to nothing, are no line."""
     params: dict[str, Any] = {
         "org": organization_id,
         "start": start,
@@ -108,6 +108,9 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
         if kind not in by_kind:
             continue
         amount, count = by_kind[kind]
+        if kind == TransferKind.REBALANCE and not amount:
+            # A high-volume wallet moving money between its own rows: nothing the customer did or paid.
+            continue
         if kind != TransferKind.USAGE:
             lines.append(FigureLine(kind=kind, service_id=None, amount=amount, transfers=count))
             continue

@@ -13,11 +13,16 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from billing_site import locks, metrics
+from billing_site.money import ZERO
 from payments.models import DocumentKind, Wallet
 from statements.models import Statement, StatementLine
 from statements.selectors import statement_figures
 
 logger = logging.getLogger(__name__)
+
+class StatementFiguresMoved(RuntimeError):
+    """A month's figures did not add up (opening + lines ≠ closing): nothing was issued."""
+
 
 # Sent after the commit of each issued statement, with `statement_id`: the email goes out.
 statement_issued_signal = Signal()
@@ -56,6 +61,10 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
         if end + statement_issue_delay() > now:
             return None
         figures = statement_figures(organization_id=organization_id, start=start, end=end)
+        if figures.opening_balance + sum((line.amount for line in figures.lines), ZERO) != figures.closing_balance:
+            # Never expected (the figures are one snapshot, the lines a partition of the month's entries):
+            # a statement that does not add up is not issued, and the task's error says so.
+            raise StatementFiguresMoved(f"organization {organization_id}, {start:%Y-%m}")
         if last is not None and figures.opening_balance != last.closing_balance:
             # The new statement still says what the ledger says; the earlier one missed an entry
             # dated in its month that committed after it was issued (STATEMENT_ISSUE_DELAY_SECONDS too short).

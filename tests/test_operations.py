@@ -296,6 +296,17 @@ def test_check_deploy_warns_while_receipts_name_no_seller(settings):
     assert "billing_site.W002" not in ids()
 
 
+def test_checks_warn_of_a_usage_retention_too_short_for_statements(settings):
+    from django.core.checks import run_checks
+
+    def ids() -> set[str]:
+        return {message.id for message in run_checks()}
+
+    for days, warned in ((0, False), (30, True), (61, True), (62, False), (400, False)):
+        settings.USAGE_RETENTION_DAYS = days
+        assert ("billing_site.W003" in ids()) is warned, days
+
+
 @pytest.mark.slow
 def test_production_check_deploy_warns_when_no_seller_is_named():
     result = production_manage("check", "--deploy", SELLER_NAME=None)
