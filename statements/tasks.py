@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from statements import services
+from statements import emails, services
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
 
@@ -19,3 +19,19 @@ def statements_issue() -> int:
 @shared_task(name="statements.tasks.statements_issue_organization", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def statements_issue_organization(organization_id: int) -> int:
     return len(services.statements_issue_for_organization(organization_id=organization_id))
+
+
+@shared_task(
+    name="statements.tasks.statement_email",
+    autoretry_for=TRANSIENT,  # smtplib's errors are OSErrors
+    retry_backoff=True,
+    max_retries=8,
+)
+def statement_email(statement_id: int) -> bool:
+    """Email an issued statement to its organization's owners, once however often it runs."""
+    return emails.statement_email_send(statement_id=statement_id)
+
+
+def statement_email_enqueue(sender: object, *, statement_id: int, **kwargs: object) -> None:
+    """statement_issued_signal's receiver (it is sent after the statement's commit)."""
+    statement_email.delay(statement_id)
