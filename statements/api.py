@@ -8,7 +8,9 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -92,7 +94,7 @@ class StatementListApi(TenantMixin, APIView):
         operation_id="v1_statements_list",
         parameters=PAGE_PARAMETERS,
         responses={200: paginated(StatementOutput, "StatementPage")},
-        tags=["statements"],
+        tags=["balance"],
         summary="List your monthly statements",
         description="One statement per closed UTC month, newest first, numbered 1, 2, 3… per organization without "
         "gaps. `opening_balance` and `closing_balance` are exact decimal strings in `currency`; a month's statement "
@@ -108,7 +110,7 @@ class StatementDetailApi(TenantMixin, APIView):
 
     @extend_schema(
         responses={200: StatementDetailOutput},
-        tags=["statements"],
+        tags=["balance"],
         summary="One statement, line by line",
         description="The statement with its `lines` (one per kind of movement; usage one per service, `service` "
         "null for usage no record names), each the exact sum of the month's ledger entries, and its `summary` "
@@ -119,12 +121,22 @@ class StatementDetailApi(TenantMixin, APIView):
         return Response(StatementDetailOutput(_statement(self, statement_id)).data)
 
 
+class FileNegotiation(DefaultContentNegotiation):
+    """A file endpoint answers its file whatever `Accept` says (a client asking for application/pdf is
+    right to), and its errors in JSON, rather than refusing the request with 406."""
+
+    def select_renderer(self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None) -> Any:
+        renderer = renderers[0]
+        return renderer, renderer.media_type
+
+
 class StatementPdfApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+    content_negotiation_class = FileNegotiation
 
     @extend_schema(
         responses={(200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The statement as a PDF file.")},
-        tags=["statements"],
+        tags=["balance"],
         summary="Download a statement as PDF",
         description="The statement as a printable PDF (an attachment named `statement-<organization>-S-000007.pdf`). "
         f"Amounts are rounded to the currency's usual decimals; the JSON and the CSV carry every digit. {WHO}",
@@ -135,10 +147,11 @@ class StatementPdfApi(TenantMixin, APIView):
 
 class StatementCsvApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+    content_negotiation_class = FileNegotiation
 
     @extend_schema(
         responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="The statement as a UTF-8 CSV file.")},
-        tags=["statements"],
+        tags=["balance"],
         summary="Download a statement as CSV",
         description="The statement's exact figures as CSV: an `opening_balance` row, one `line` row per statement line, "
         f"a `closing_balance` row; every cell quoted (RFC 4180), amounts with every stored digit. {WHO}",
