@@ -90,7 +90,9 @@ def month_activity(organization: Organization, *, rng: random.Random, capture, s
     month.expected["grants"] += Fraction(value)
 
     value = amount(rng, 1, 5)
-    (code,) = services.redemption_codes_generate(batch=f"b{rng.randint(0, 10**9)}", amount=value, count=1, expires_at=None, created_by=None)
+    (code,) = services.redemption_codes_generate(
+        batch=f"b{rng.randint(0, 10**9)}", amount=value, count=1, expires_at=None, created_by=None
+    )
     services.code_redeem(organization=organization, user=owner, code=code)
     month.expected["redemptions"] += Fraction(value)
 
@@ -140,4 +142,3 @@ def month_issue(organization: Organization) -> Statement:
     statement = statement_issue_next(organization_id=organization.pk, now=after_month())
     assert statement is not None
     return Statement.objects.select_related("organization").prefetch_related("lines__service").get(pk=statement.pk)
-

@@ -56,7 +56,16 @@ def test_the_list_is_newest_first_with_exact_amounts(owner_client, organization)
     assert [row["id"] for row in body["results"]] == [newer.pk, older.pk]
     assert [row["number"] for row in body["results"]] == [2, 1]
     first = body["results"][1]
-    assert set(first) == {"id", "number", "period_start", "period_end", "currency", "opening_balance", "closing_balance", "issued_at"}
+    assert set(first) == {
+        "id",
+        "number",
+        "period_start",
+        "period_end",
+        "currency",
+        "opening_balance",
+        "closing_balance",
+        "issued_at",
+    }
     assert first["opening_balance"] == "5.000000000000"
     assert first["closing_balance"] == "5.000000000001"
     assert first["period_start"] == "2026-11-01T00:00:00Z" and first["period_end"] == "2026-12-01T00:00:00Z"
@@ -178,4 +187,6 @@ def test_the_schema_describes_the_files(client, db):
     detail = schema["paths"]["/api/v1/statements/{statement_id}/"]["get"]["responses"]["200"]["content"]["application/json"]
     assert detail["schema"] == {"$ref": "#/components/schemas/StatementDetail"}
     components = schema["components"]["schemas"]
-    assert {"Statement", "StatementDetail", "StatementLine", "StatementSummary", "StatementSummaryRow", "StatementPage"} <= set(components)
+    assert {"Statement", "StatementDetail", "StatementLine", "StatementSummary", "StatementSummaryRow", "StatementPage"} <= set(
+        components
+    )
