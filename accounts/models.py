@@ -116,7 +116,10 @@ class Organization(models.Model):
     )
     billing_address = models.TextField(max_length=1000, blank=True, help_text="Postal address, as printed on documents.")
     tax_id = models.CharField(
-        max_length=64, blank=True, validators=[plain_text_validate], help_text="VAT number or other tax id, as printed on documents."
+        max_length=64,
+        blank=True,
+        validators=[plain_text_validate],
+        help_text="VAT number or other tax id, as printed on documents.",
     )
 
     def __str__(self) -> str:

@@ -1,6 +1,7 @@
 """The statement's core, once against hand figures: issued for a closed month, numbered 1, 2, 3…,
 once; receipts numbered by the database as payments are credited."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,7 +26,7 @@ def test_a_month_is_issued_once_and_equals_its_ledger(organization):
     months = [s.period_start for s in issued]
     assert months[0] == start
     assert [s.number for s in issued] == list(range(1, len(issued) + 1))
-    assert all(b.period_start == a.period_end for a, b in zip(issued, issued[1:], strict=False))
+    assert all(b.period_start == a.period_end for a, b in itertools.pairwise(issued))
     current = issued[-1]
     assert current.period_end + timedelta(hours=1) <= now
     assert statement_issue_next(organization_id=organization.pk, now=now) is None
@@ -40,9 +41,8 @@ def test_a_statement_refuses_any_change(organization):
     assert statement is not None
     with pytest.raises(IntegrityError), transaction.atomic():
         Statement.objects.filter(pk=statement.pk).update(closing_balance=Decimal(5))
-    with pytest.raises(IntegrityError), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE payments_documentcounter SET last = last + 5")
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE payments_documentcounter SET last = last + 5")
     Statement.objects.filter(pk=statement.pk).update(emailed_at=datetime.now(UTC))
 
 
