@@ -127,7 +127,8 @@ class Document(FPDF):
         if note:
             self.paragraph(note, muted=True)
 
-    def table(
+    # Named like fpdf2's own table() (a context manager we do not use); ours is the documents' plain table.
+    def table(  # type: ignore[override]
         self, header: Sequence[str], rows: Sequence[Sequence[str]], *, widths: Sequence[float], right: Sequence[bool]
     ) -> None:
         """A plain table: a bold header, then rows; `widths` are fractions of the page's width and
