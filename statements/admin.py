@@ -67,7 +67,7 @@ class StatementAdmin(ReadOnlyAdmin):
     list_filter = [OrganizationFilter, PeriodFilter]
     list_select_related = ["organization"]
     search_fields = ["organization__slug", "organization__name"]
-    fields = [
+    fields = readonly_fields = (
         "number_shown",
         "organization",
         "period_shown",
@@ -79,8 +79,7 @@ class StatementAdmin(ReadOnlyAdmin):
         "issued_at",
         "emailed_at",
         "downloads",
-    ]
-    readonly_fields = fields
+    )
     inlines = [StatementLineInline]
 
     @admin.display(description="number", ordering="number")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.http import HttpResponse
@@ -19,6 +20,7 @@ from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.fields import Amount
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.errors import NotFound
+from metering.models import Service
 from statements import render, selectors
 from statements.models import Statement, StatementLine
 
@@ -36,7 +38,9 @@ class StatementOutput(serializers.ModelSerializer[Statement]):
 
 
 class StatementLineOutput(serializers.ModelSerializer[StatementLine]):
-    service = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    service: serializers.SlugRelatedField[Service] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
     service_name = serializers.CharField(source="service.name", default=None, allow_null=True)
     amount = Amount(help_text="Signed: what these movements added to the wallet.")
 
@@ -48,7 +52,8 @@ class StatementLineOutput(serializers.ModelSerializer[StatementLine]):
 
 class StatementSummaryRowOutput(serializers.Serializer[Any]):
     category = serializers.CharField()
-    label = serializers.CharField()
+    # A field named like Field.label, the attribute: DRF takes declared fields out of the class body.
+    label = serializers.CharField()  # type: ignore[assignment]
     service = serializers.CharField(source="service_slug", allow_null=True)
     service_name = serializers.CharField(allow_null=True)
     transfers = serializers.IntegerField()
@@ -125,8 +130,10 @@ class FileNegotiation(DefaultContentNegotiation):
     """A file endpoint answers its file whatever `Accept` says (a client asking for application/pdf is
     right to), and its errors in JSON, rather than refusing the request with 406."""
 
-    def select_renderer(self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None) -> Any:
-        renderer = renderers[0]
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
         return renderer, renderer.media_type
 
 
