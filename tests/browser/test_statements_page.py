@@ -52,3 +52,41 @@ def test_an_owner_downloads_a_statement_pdf(visitor_factory):
     width = phone.page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the statements page scrolls sideways on a phone ({width}px)"
     phone.shot("statements")
+
+
+def test_support_opens_a_statement_in_the_back_office_and_downloads_its_csv(visitor):
+    import importlib
+
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    from tests.factories import PASSWORD
+
+    # transactional tests truncate the groups their data migrations made
+    importlib.import_module("metering.migrations.0004_staff_groups_payments").extend_groups(apps, None)
+    importlib.import_module("statements.migrations.0002_staff_groups").extend_groups(apps, None)
+    support = UserFactory(email="support@tollgate.test", is_staff=True)
+    support.groups.add(Group.objects.get(name="Support"))
+    organization = organization_create(name="Difference Engines")
+    month_live(organization)
+    wallet_fund(organization, Decimal("42.000000000042"))
+    statement = month_issue(organization)
+    number = statement_number_display(statement)
+
+    visitor.goto("/admin/login/")
+    page = visitor.page
+    page.get_by_label("Email").fill(support.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/admin/")
+    visitor.goto("/admin/statements/statement/")
+    axe_check(page, context="back office statements")
+    visitor.shot("admin-statements")
+    page.get_by_role("link", name=number).click()
+    page.wait_for_url(f"**/admin/statements/statement/{statement.pk}/change/")
+    axe_check(page, context="back office statement")
+    visitor.shot("admin-statement")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename == f"statement-{organization.slug}-{number}.csv"
+    assert '"closing_balance","","","","","42.000000000042"' in download.value.path().read_text()
