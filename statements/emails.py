@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.mail import EmailMessage
+from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -17,6 +17,8 @@ from statements.models import Statement
 from statements.selectors import statement_document_get, statement_number_display, statement_period_display
 
 logger = logging.getLogger(__name__)
+# The claimed row stays locked while the mail server answers: never for longer than this.
+SEND_TIMEOUT_SECONDS = 30
 
 
 def statement_recipients(*, organization_id: int) -> list[str]:
@@ -49,6 +51,7 @@ def statement_email_message(*, statement: Statement, recipients: list[str]) -> E
         body=body,
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=recipients,
+        connection=get_connection(timeout=getattr(settings, "EMAIL_TIMEOUT", None) or SEND_TIMEOUT_SECONDS),
     )
     message.attach(render.statement_filename(statement, "pdf"), render.statement_pdf(statement=statement), "application/pdf")
     message.attach(render.statement_filename(statement, "csv"), render.statement_csv(statement=statement), "text/csv")

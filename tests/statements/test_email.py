@@ -117,3 +117,49 @@ def test_two_tasks_at_once_send_one_email(settings):
     results = run_concurrently(4, lambda _: statement_email_send(statement_id=statement.pk), reraise=True)
     assert sorted(results) == [False, False, False, True]
     assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_silent_mail_server_gives_up_in_time_and_the_statement_waits_for_a_retry(organization, settings, monkeypatch):
+    """A real SMTP port that accepts and never greets: the send times out (the claimed row is not held
+    forever), the claim rolls back, the task's retry policy (OSError) takes it from there."""
+    import socket
+    import time
+
+    from statements import emails
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        statement = november(organization)
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", listener.getsockname()[1]
+        settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+        monkeypatch.setattr(emails, "SEND_TIMEOUT_SECONDS", 1)
+        started = time.monotonic()
+        # in a thread joined with a timeout: a send without one would hang here, not fail
+        (outcome,) = run_concurrently(1, lambda _: statement_email_send(statement_id=statement.pk))
+        assert isinstance(outcome, OSError), outcome
+        assert time.monotonic() - started < 10
+        assert accepted, "the mail server was reached"
+        statement.refresh_from_db()
+        assert statement.emailed_at is None
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        for connection in accepted:
+            connection.close()
+        listener.close()
