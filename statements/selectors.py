@@ -220,3 +220,20 @@ def statement_document_get(*, statement_id: int) -> Statement | None:
     """Any organization's statement with what its documents print (staff's back office; customers go
     through `statement_get`, which scopes to their organization)."""
     return Statement.objects.filter(pk=statement_id).select_related("organization").prefetch_related("lines__service").first()
+
+
+# A statement's email is queued after its commit; one not sent this long after issuance lost its task
+# (the broker was down then, a worker died for good) and is queued again, for a few days.
+EMAIL_SWEEP_AFTER = timedelta(minutes=15)
+EMAIL_SWEEP_WINDOW = timedelta(days=3)
+
+
+def statements_unemailed(*, now: datetime) -> list[int]:
+    """Statements issued between EMAIL_SWEEP_WINDOW and EMAIL_SWEEP_AFTER before `now` and not emailed yet."""
+    return list(
+        Statement.objects.filter(
+            emailed_at__isnull=True, issued_at__gte=now - EMAIL_SWEEP_WINDOW, issued_at__lte=now - EMAIL_SWEEP_AFTER
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )

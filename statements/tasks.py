@@ -1,18 +1,22 @@
 """Celery tasks for statements: load by id, call a service, own the retry policy."""
 
 from celery import shared_task
+from django.utils import timezone
 
-from statements import emails, services
+from statements import emails, selectors, services
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
 
 
 @shared_task(name="statements.tasks.statements_issue")
 def statements_issue() -> int:
-    """The beat task: one issuing task per organization with a closed month not yet issued."""
+    """The beat task: one issuing task per organization with a closed month not yet issued, and the
+    email again of any statement whose email task was lost (selectors.statements_unemailed)."""
     due = services.organizations_due()
     for organization_id in due:
         statements_issue_organization.delay(organization_id)
+    for statement_id in selectors.statements_unemailed(now=timezone.now()):
+        statement_email.delay(statement_id)
     return len(due)
 
 

@@ -163,3 +163,40 @@ def test_a_silent_mail_server_gives_up_in_time_and_the_statement_waits_for_a_ret
         for connection in accepted:
             connection.close()
         listener.close()
+
+
+@pytest.mark.django_db
+def test_the_beat_queues_again_an_email_whose_task_was_lost(organization, owner, eager_celery, settings):
+    """Issued while the broker was down (the signal's task never ran): the beat task queues the email
+    again once the statement is 15 minutes old, for three days; never one already emailed."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from statements.tasks import statements_issue
+
+    now = timezone.now()
+
+    def issued(month: int, age: timedelta, *, emailed: bool = False) -> Statement:
+        return Statement.objects.create(
+            organization=organization,
+            period_start=datetime(2025, month, 1, tzinfo=UTC),
+            period_end=datetime(2025, month + 1, 1, tzinfo=UTC),
+            currency="USD",
+            opening_balance=0,
+            closing_balance=0,
+            issued_at=now - age,
+            emailed_at=now if emailed else None,
+        )
+
+    lost = issued(1, timedelta(minutes=20))
+    fresh = issued(2, timedelta(minutes=5))  # its own task may still be on its way
+    done = issued(3, timedelta(hours=1), emailed=True)
+    stale = issued(4, timedelta(days=4))
+    statements_issue()
+    assert [message.subject for message in mail.outbox] == [f"Your Tollgate statement for January 2025 (S-{lost.number:06d})"]
+    assert Statement.objects.filter(emailed_at__isnull=True).count() == 2
+    assert {fresh.pk, stale.pk} == set(Statement.objects.filter(emailed_at__isnull=True).values_list("pk", flat=True))
+    assert Statement.objects.get(pk=done.pk).emailed_at == done.emailed_at
+    statements_issue()
+    assert len(mail.outbox) == 1
