@@ -21,6 +21,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyDetailApi.as_view(), name="api-key"),
     path("", include("payments.urls")),
+    path("", include("statements.urls")),
     path("", include("gateway.api_urls")),
 ]
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from dashboard.views import auth, billing, credits, keys, pages, plan, settings, team
+from dashboard.views import auth, billing, credits, keys, pages, plan, settings, statements, team
 
 app_name = "dashboard"
 
@@ -33,6 +33,9 @@ urlpatterns = [
     path("dashboard/billing/auto-recharge/", billing.auto_recharge_update, name="auto_recharge"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
     path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),
+    path("dashboard/statements/", statements.statements, name="statements"),
+    path("dashboard/statements/<int:statement_id>/pdf/", statements.statement_pdf, name="statement_pdf"),
+    path("dashboard/statements/<int:statement_id>/csv/", statements.statement_csv, name="statement_csv"),
     path("dashboard/credits/", credits.credits, name="credits"),
     path("dashboard/budgets/", credits.budgets, name="budgets"),
     path("dashboard/budgets/<int:budget_id>/edit/", credits.budget_edit, name="budget_edit"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -127,3 +127,122 @@ def statement_list(*, organization_id: int) -> QuerySet[Statement]:
 
 def statement_get(*, organization_id: int, statement_id: int) -> Statement | None:
     return Statement.objects.filter(organization_id=organization_id, pk=statement_id).prefetch_related("lines__service").first()
+
+
+# --- The statement's summary: its lines in the categories customers read (SPEC §10) -------------------
+
+# (category, label, kinds) in the order the summary shows them; usage gets one row per service.
+SUMMARY_CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("recharges", "Recharges", (TransferKind.RECHARGE,)),
+    ("usage", "Usage", (TransferKind.USAGE,)),
+    ("subscription", "Subscription fees", (TransferKind.SUBSCRIPTION,)),
+    ("grants", "Credit grants", (TransferKind.GRANT,)),
+    ("redemptions", "Redeemed codes", (TransferKind.REDEMPTION,)),
+    ("expiry", "Expired credit", (TransferKind.EXPIRY,)),
+    ("refunds", "Refunds", (TransferKind.REFUND,)),
+    ("adjustments", "Adjustments", (TransferKind.ADJUSTMENT,)),
+)
+OTHER_CATEGORY = ("other", "Other")
+USAGE_OTHER_LABEL = "Usage (other)"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    category: str
+    label: str
+    amount: Decimal
+    transfers: int
+    service_slug: str | None = None
+    service_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    opening_balance: Decimal
+    closing_balance: Decimal
+    rows: tuple[SummaryRow, ...]
+
+    @property
+    def usage_rows(self) -> tuple[SummaryRow, ...]:
+        return tuple(row for row in self.rows if row.category == "usage")
+
+
+def statement_summary(statement: Statement) -> Summary:
+    """The statement's lines in the SPEC's categories, every category present (0 without a line): recharges,
+    usage one row per service (a line without a service reads "Usage (other)"), subscription fees, credit
+    grants, redeemed codes, expired credit, refunds, adjustments, and "Other" for any further kind
+    (rebalance, a kind added later), so no line is ever dropped. The rows sum exactly to closing − opening
+    as the lines do."""
+    lines = list(statement.lines.all())
+    rows: list[SummaryRow] = []
+    placed: set[int] = set()
+    for category, label, kinds in SUMMARY_CATEGORIES:
+        mine = [line for line in lines if line.kind in kinds]
+        placed.update(line.pk for line in mine)
+        if category != "usage":
+            rows.append(
+                SummaryRow(
+                    category=category,
+                    label=label,
+                    amount=sum((line.amount for line in mine), ZERO),
+                    transfers=sum(line.transfers for line in mine),
+                )
+            )
+            continue
+        if not mine:
+            rows.append(SummaryRow(category=category, label=label, amount=ZERO, transfers=0))
+        for line in sorted(mine, key=lambda line: (line.service is None, line.position)):
+            service = line.service
+            rows.append(
+                SummaryRow(
+                    category=category,
+                    label=f"Usage: {service.name}" if service is not None else USAGE_OTHER_LABEL,
+                    amount=line.amount,
+                    transfers=line.transfers,
+                    service_slug=service.slug if service is not None else None,
+                    service_name=service.name if service is not None else None,
+                )
+            )
+    others = [line for line in lines if line.pk not in placed]
+    rows.append(
+        SummaryRow(
+            category=OTHER_CATEGORY[0],
+            label=OTHER_CATEGORY[1],
+            amount=sum((line.amount for line in others), ZERO),
+            transfers=sum(line.transfers for line in others),
+        )
+    )
+    return Summary(opening_balance=statement.opening_balance, closing_balance=statement.closing_balance, rows=tuple(rows))
+
+
+def statement_number_display(statement: Statement) -> str:
+    """The statement's number as documents print it: `S-000007`."""
+    return f"S-{statement.number:06d}"
+
+
+def statement_period_display(statement: Statement) -> str:
+    """The statement's month as people read it: `November 2026` (its UTC month)."""
+    return f"{statement.period_start.astimezone(UTC):%B %Y}"
+
+
+def statement_document_get(*, statement_id: int) -> Statement | None:
+    """Any organization's statement with what its documents print (staff's back office; customers go
+    through `statement_get`, which scopes to their organization)."""
+    return Statement.objects.filter(pk=statement_id).select_related("organization").prefetch_related("lines__service").first()
+
+
+# A statement's email is queued after its commit; one not sent this long after issuance lost its task
+# (the broker was down then, a worker died for good) and is queued again, for a few days.
+EMAIL_SWEEP_AFTER = timedelta(minutes=15)
+EMAIL_SWEEP_WINDOW = timedelta(days=3)
+
+
+def statements_unemailed(*, now: datetime) -> list[int]:
+    """Statements issued between EMAIL_SWEEP_WINDOW and EMAIL_SWEEP_AFTER before `now` and not emailed yet."""
+    return list(
+        Statement.objects.filter(
+            emailed_at__isnull=True, issued_at__gte=now - EMAIL_SWEEP_WINDOW, issued_at__lte=now - EMAIL_SWEEP_AFTER
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )

@@ -20,6 +20,7 @@ from statements.selectors import statement_figures
 
 logger = logging.getLogger(__name__)
 
+
 class StatementFiguresMoved(RuntimeError):
     """A month's figures did not add up (opening + lines ≠ closing): nothing was issued."""
 

@@ -1,21 +1,41 @@
 """Celery tasks for statements: load by id, call a service, own the retry policy."""
 
 from celery import shared_task
+from django.utils import timezone
 
-from statements import services
+from statements import emails, selectors, services
 
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
 
 
 @shared_task(name="statements.tasks.statements_issue")
 def statements_issue() -> int:
-    """The beat task: one issuing task per organization with a closed month not yet issued."""
+    """The beat task: one issuing task per organization with a closed month not yet issued, and the
+    email again of any statement whose email task was lost (selectors.statements_unemailed)."""
     due = services.organizations_due()
     for organization_id in due:
         statements_issue_organization.delay(organization_id)
+    for statement_id in selectors.statements_unemailed(now=timezone.now()):
+        statement_email.delay(statement_id)
     return len(due)
 
 
 @shared_task(name="statements.tasks.statements_issue_organization", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def statements_issue_organization(organization_id: int) -> int:
     return len(services.statements_issue_for_organization(organization_id=organization_id))
+
+
+@shared_task(
+    name="statements.tasks.statement_email",
+    autoretry_for=TRANSIENT,  # smtplib's errors are OSErrors
+    retry_backoff=True,
+    max_retries=8,
+)
+def statement_email(statement_id: int) -> bool:
+    """Email an issued statement to its organization's owners, once however often it runs."""
+    return emails.statement_email_send(statement_id=statement_id)
+
+
+def statement_email_enqueue(sender: object, *, statement_id: int, **kwargs: object) -> None:
+    """statement_issued_signal's receiver (it is sent after the statement's commit)."""
+    statement_email.delay(statement_id)

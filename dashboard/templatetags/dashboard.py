@@ -125,6 +125,7 @@ SECTIONS = {
     "pricing": "pricing",
     "plan": "plan",
     "credits": "credits",
+    "statements": "statements",
     "budgets": "budgets",
     "budget_edit": "budgets",
     "budget_delete": "budgets",

@@ -147,6 +147,7 @@ PAGINATED_LISTS = {
     ("get", "/api/v1/api-keys/"),
     ("get", "/api/v1/ledger/"),
     ("get", "/api/v1/payments/"),
+    ("get", "/api/v1/statements/"),
     ("get", "/api/v1/grants/"),
     ("get", "/api/v1/budgets/"),
     ("get", "/api/v1/admin/organizations/{slug}/grants/"),
