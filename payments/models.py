@@ -392,7 +392,6 @@ class AlertDelivery(models.Model):
 
 
 from payments.auto_models import AutoRecharge  # noqa: E402 - see below
-from payments.document_models import DocumentCounter, DocumentKind, Receipt  # noqa: E402
 from payments.credit_models import (  # noqa: E402 - the models module is where Django looks for them
     BUDGET_ALERT_PERCENTS,
     GRANT_PRIORITY_DEFAULT,
@@ -407,6 +406,7 @@ from payments.credit_models import (  # noqa: E402 - the models module is where 
     GrantCategory,
     GrantSource,
 )
+from payments.document_models import DocumentCounter, DocumentKind, Receipt  # noqa: E402
 
 __all__ = [
     "BUDGET_ALERT_PERCENTS",
