@@ -41,7 +41,11 @@ def test_owners_and_admins_set_them(request, organization, who):
 def test_every_field_is_replaced_and_the_address_is_tidied(owner_client, organization):
     owner_client.put(URL, GOOD, format="json")
 
-    body = {"billing_name": "  Łódź Spółka z o.o. ", "billing_address": "\r\nul. Piotrkowska 1  \r\n\t90-001 Łódź\r\n\r\n", "tax_id": ""}
+    body = {
+        "billing_name": "  Łódź Spółka z o.o. ",
+        "billing_address": "\r\nul. Piotrkowska 1  \r\n\t90-001 Łódź\r\n\r\n",
+        "tax_id": "",
+    }
     response = owner_client.put(URL, body, format="json")
 
     assert response.status_code == 200, response.content

@@ -48,9 +48,7 @@ def test_a_client_asking_for_a_pdf_gets_it_and_its_errors_as_json(owner_client, 
 def test_a_refunded_payment_keeps_its_receipt(owner_client, organization, credited, staff_user):
     refund(credited, "40.00", staff=staff_user)
 
-    text = assert_receipt(
-        owner_client.get(receipt_url(credited)), slug=organization.slug, number="R-000002", amount="$42.00"
-    )
+    text = assert_receipt(owner_client.get(receipt_url(credited)), slug=organization.slug, number="R-000002", amount="$42.00")
     assert "−$40.00" in text and "Net paid" in text and "$2.00" in text
 
 
