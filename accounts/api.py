@@ -380,8 +380,10 @@ class BillingDetailsApi(TenantMixin, APIView):
     def put(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
+        actor = self.tenant.user
+        assert actor is not None, "IsOrganizationManager lets people in, never API keys"
         organization = services.organization_billing_update(
-            organization=self.tenant.organization, actor=self.tenant.user, **data.validated_data
+            organization=self.tenant.organization, actor=actor, **data.validated_data
         )
         return Response(self.Output(organization).data)
 

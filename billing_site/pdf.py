@@ -137,7 +137,7 @@ class Document(FPDF):
         if note:
             self.paragraph(note, muted=True)
 
-    def table(
+    def table(  # type: ignore[override]  # fpdf2's own table() (a context manager) is not used here
         self, header: Sequence[str], rows: Sequence[Sequence[str]], *, widths: Sequence[float], right: Sequence[bool]
     ) -> None:
         """A plain table: a bold header, then rows; `widths` are fractions of the page's width and

@@ -562,7 +562,7 @@ class ReceiptAdmin(ReadOnlyAdmin):
     date_hierarchy = "issued_at"
     list_select_related = ["organization"]
     fields = ["number_shown", "organization", "payment_link", "issued_at", "download"]
-    readonly_fields = fields
+    readonly_fields = ["number_shown", "organization", "payment_link", "issued_at", "download"]
     ordering = ["-issued_at", "-id"]
     show_full_result_count = False
 

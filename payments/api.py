@@ -283,7 +283,7 @@ class PdfRenderer(BaseRenderer):
     charset = None
     render_style = "binary"
 
-    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         return data if isinstance(data, bytes) else b""
 
 
@@ -320,7 +320,7 @@ class PaymentReceiptApi(TenantMixin, APIView):
         response["Cache-Control"] = "private, no-store"
         return response
 
-    def finalize_response(self, request, response, *args, **kwargs):
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
         if isinstance(response, Response):  # an error: always the JSON body, whatever was asked for
             response.accepted_renderer = JSONRenderer()
