@@ -516,7 +516,7 @@ class BillingDetails:
     tax_id: str
 
 
-def _billing_address_normalize(address: str) -> str:
+def billing_address_normalize(address: str) -> str:
     """One line break per line (`\\r\\n` and `\\r` become `\\n`), no trailing spaces, no empty lines
     at either end: the address as documents print it."""
     lines = [line.rstrip() for line in address.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
@@ -533,7 +533,7 @@ def organization_billing_update(
     if _role_in(organization.pk, actor) not in MANAGER_ROLES:
         raise PermissionRefused("Only owners and admins change the billing details.")
     details = BillingDetails(
-        billing_name=billing_name.strip(), billing_address=_billing_address_normalize(billing_address), tax_id=tax_id.strip()
+        billing_name=billing_name.strip(), billing_address=billing_address_normalize(billing_address), tax_id=tax_id.strip()
     )
     candidate = Organization(pk=organization.pk, name=organization.name, slug=organization.slug, **vars(details))
     errors: dict[str, list[str]] = {}

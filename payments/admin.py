@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_date
 from django.utils.html import format_html, format_html_join
 
+from accounts import services as account_services
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
 from accounts.signals import organization_created
@@ -188,6 +189,8 @@ class OrganizationAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
     def save_model(self, request, obj: Organization, form, change) -> None:
+        # Stored as the customers' own form stores it (a browser sends \r\n between lines).
+        obj.billing_address = account_services.billing_address_normalize(obj.billing_address)
         super().save_model(request, obj, form, change)
         if not change:  # born here rather than by sign-up: it opens its wallet the same way
             organization_created.send(sender=Organization, organization=obj)
