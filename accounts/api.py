@@ -324,6 +324,70 @@ class ApiKeyDetailApi(TenantMixin, APIView):
         return Response(ApiKeyOutput(api_key).data)
 
 
+BILLING_DETAILS_EXAMPLE = {
+    "billing_name": "Analytical Engines Ltd",
+    "billing_address": "12 Difference Lane\nLondon N1 7AA\nUnited Kingdom",
+    "tax_id": "GB123456789",
+}
+
+
+class BillingDetailsApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+
+    class Input(StrictSerializer):
+        billing_name = serializers.CharField(max_length=200, allow_blank=True, trim_whitespace=False)
+        billing_address = serializers.CharField(max_length=1000, allow_blank=True, trim_whitespace=False)
+        tax_id = serializers.CharField(max_length=64, allow_blank=True, trim_whitespace=False)
+
+        class Meta:
+            ref_name = "BillingDetailsInput"
+
+    class Output(serializers.Serializer):
+        billing_name = serializers.CharField(help_text="The legal name on receipts and statements; empty prints `name`.")
+        billing_address = serializers.CharField(help_text="Postal address, lines separated by `\\n`.")
+        tax_id = serializers.CharField(help_text="VAT number or other tax id; empty prints none.")
+
+        class Meta:
+            ref_name = "BillingDetails"
+
+    @extend_schema(
+        operation_id="v1_billing_details_read",
+        responses={200: Output},
+        tags=["account"],
+        summary="Your billing details",
+        description="Who your receipts and statements are made out to: `billing_name` (empty: your organization's "
+        "name is printed), `billing_address` (lines separated by `\\n`) and `tax_id`. Owners and admins only.",
+        examples=[OpenApiExample("Billing details", value=BILLING_DETAILS_EXAMPLE, response_only=True)],
+    )
+    def get(self, request):
+        return Response(self.Output(self.tenant.organization).data)
+
+    @extend_schema(
+        operation_id="v1_billing_details_update",
+        request=Input,
+        responses={200: Output},
+        tags=["account"],
+        summary="Set your billing details",
+        description="Replaces all three fields (send an empty string to clear one); receipts and statements print "
+        "them from then on, including those already issued when downloaded again. Control characters (other than line "
+        "breaks and tabs in the address) and invisible formatting characters are refused: 400 `invalid_request` naming "
+        "each faulty field, and nothing changes. Owners and admins only.",
+        examples=[
+            OpenApiExample("Set billing details", value=BILLING_DETAILS_EXAMPLE, request_only=True),
+            OpenApiExample("Saved", value=BILLING_DETAILS_EXAMPLE, response_only=True),
+        ],
+    )
+    def put(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        actor = self.tenant.user
+        assert actor is not None, "IsOrganizationManager lets people in, never API keys"
+        organization = services.organization_billing_update(
+            organization=self.tenant.organization, actor=actor, **data.validated_data
+        )
+        return Response(self.Output(organization).data)
+
+
 TOKEN_PAIR_EXAMPLE = OpenApiExample(
     "Tokens", value={"access": "eyJhbGciOiJIUzI1NiIs…", "refresh": "eyJhbGciOiJIUzI1NiIs…"}, response_only=True
 )

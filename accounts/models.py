@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.signals import user_password_changed
 from billing_site.money import MoneyField
-from billing_site.validators import plain_text_validate
+from billing_site.validators import multiline_text_validate, plain_text_validate
 
 
 class UserManager(BaseUserManager["User"]):
@@ -114,7 +114,9 @@ class Organization(models.Model):
     billing_name = models.CharField(
         max_length=200, blank=True, validators=[plain_text_validate], help_text="The legal name on receipts and statements."
     )
-    billing_address = models.TextField(max_length=1000, blank=True, help_text="Postal address, as printed on documents.")
+    billing_address = models.TextField(
+        max_length=1000, blank=True, validators=[multiline_text_validate], help_text="Postal address, as printed on documents."
+    )
     tax_id = models.CharField(
         max_length=64,
         blank=True,

@@ -504,3 +504,53 @@ def user_time_zone_set(*, user: User, time_zone: str) -> User:
     User.objects.filter(pk=user.pk).update(time_zone=time_zone)
     user.time_zone = time_zone
     return user
+
+
+BILLING_FIELDS = ("billing_name", "billing_address", "tax_id")
+
+
+@dataclass(frozen=True)
+class BillingDetails:
+    billing_name: str
+    billing_address: str
+    tax_id: str
+
+
+def billing_address_normalize(address: str) -> str:
+    """One line break per line (`\\r\\n` and `\\r` become `\\n`), no trailing spaces, no empty lines
+    at either end: the address as documents print it."""
+    lines = [line.rstrip() for line in address.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return "\n".join(lines).strip("\n").strip()
+
+
+def organization_billing_update(
+    *, organization: Organization, billing_name: str, billing_address: str, tax_id: str, actor: User
+) -> Organization:
+    """Set who receipts and statements are made out to (owners and admins). Every field is replaced;
+    an empty name prints the organization's name.
+    InvalidRequest naming each faulty field (control or invisible characters, too long) and nothing
+    changed; PermissionRefused for anyone else."""
+    if _role_in(organization.pk, actor) not in MANAGER_ROLES:
+        raise PermissionRefused("Only owners and admins change the billing details.")
+    details = BillingDetails(
+        billing_name=billing_name.strip(), billing_address=billing_address_normalize(billing_address), tax_id=tax_id.strip()
+    )
+    candidate = Organization(pk=organization.pk, name=organization.name, slug=organization.slug, **vars(details))
+    errors: dict[str, list[str]] = {}
+    try:
+        candidate.full_clean(
+            exclude=[f.name for f in Organization._meta.fields if f.name not in BILLING_FIELDS], validate_unique=False
+        )
+    except ValidationError as exc:
+        errors = exc.message_dict
+    # A TextField's max_length is a form's business only; the model does not check it.
+    address_max = Organization._meta.get_field("billing_address").max_length or 0
+    if len(details.billing_address) > address_max:
+        errors.setdefault("billing_address", []).append(f"At most {address_max} characters.")
+    if errors:
+        raise InvalidRequest("The billing details are not valid.", details=errors)
+    # Only these columns: the rest of the row (name, limits, stripes) may have changed since it was read.
+    Organization.objects.filter(pk=organization.pk).update(**vars(details))
+    for name, value in vars(details).items():
+        setattr(organization, name, value)
+    return organization

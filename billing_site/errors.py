@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     ORGANIZATION_REQUIRED = "organization_required"
     NOT_FOUND = "not_found"
     SERVICE_NOT_FOUND = "service_not_found"
+    RECEIPT_NOT_FOUND = "receipt_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_ACCEPTABLE = "not_acceptable"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -44,6 +45,7 @@ HTTP_STATUS = {
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.SERVICE_NOT_FOUND: 404,
+    ErrorCode.RECEIPT_NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.NOT_ACCEPTABLE: 406,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,

@@ -112,6 +112,16 @@ class Document(FPDF):
         self.line(self.l_margin, self.get_y(), self.l_margin + self.epw, self.get_y())
         self.ln(1.5)
 
+    def details(self, rows: Sequence[tuple[str, str]]) -> None:
+        """Label and value rows, the label muted on the left and the value beside it, wrapped when long
+        (a provider's reference, an address)."""
+        self.set_font(FONT, "", 9.5)
+        for label, value in rows:
+            self.set_text_color(*MUTED)
+            self.cell(self.epw * 0.3, 6, label)
+            self.set_text_color(*INK)
+            self.multi_cell(self.epw * 0.7, 6, value, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
     def amounts(self, rows: Sequence[tuple[str, str]], *, total: tuple[str, str] | None = None, note: str = "") -> None:
         """Label and amount rows (the amount right-aligned), then an optional bold total row."""
         self.set_font(FONT, "", 9.5)

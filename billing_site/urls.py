@@ -20,6 +20,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("me/", accounts_api.MeApi.as_view(), name="me"),
     path("api-keys/", accounts_api.ApiKeyListCreateApi.as_view(), name="api-keys"),
     path("api-keys/<int:api_key_id>/", accounts_api.ApiKeyDetailApi.as_view(), name="api-key"),
+    path("billing-details/", accounts_api.BillingDetailsApi.as_view(), name="billing-details"),
     path("", include("payments.urls")),
     path("", include("statements.urls")),
     path("", include("gateway.api_urls")),

@@ -425,6 +425,38 @@ class OrganizationRenameForm(forms.Form):
     organization = forms.CharField(max_length=120, label="Organization name")
 
 
+class BillingDetailsForm(forms.Form):
+    """Who receipts and statements are made out to; accounts.services.organization_billing_update checks the text."""
+
+    billing_name = forms.CharField(
+        max_length=200,
+        required=False,
+        label="Billing name",
+        help_text="The legal name on receipts; empty prints the organization's name.",
+    )
+    billing_address = forms.CharField(
+        max_length=1000,
+        required=False,
+        strip=False,
+        label="Billing address",
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="As printed on documents, one line per line.",
+    )
+    tax_id = forms.CharField(max_length=64, required=False, label="Tax id", help_text="VAT number or other tax id, if any.")
+
+
+def service_errors_add(form: forms.Form, error: DomainError) -> None:
+    """Show each message of a service's refusal next to the field its details name, else above the form."""
+    placed = False
+    for name, messages in error.details.items():
+        if name in form.fields:
+            for message in messages if isinstance(messages, list) else [messages]:
+                form.add_error(name, str(message))
+            placed = True
+    if not placed:
+        form.add_error(None, error.message)
+
+
 def time_zone_choices() -> list[tuple[str, str]]:
     return [(name, name.replace("_", " ")) for name in sorted(time_zone_names())]
 

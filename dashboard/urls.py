@@ -33,6 +33,7 @@ urlpatterns = [
     path("dashboard/billing/auto-recharge/", billing.auto_recharge_update, name="auto_recharge"),
     path("dashboard/payments/<int:payment_id>/", billing.payment, name="payment"),
     path("dashboard/payments/<int:payment_id>/status/", billing.payment_status, name="payment_status"),
+    path("dashboard/payments/<int:payment_id>/receipt.pdf", billing.payment_receipt, name="payment_receipt"),
     path("dashboard/statements/", statements.statements, name="statements"),
     path("dashboard/statements/<int:statement_id>/pdf/", statements.statement_pdf, name="statement_pdf"),
     path("dashboard/statements/<int:statement_id>/csv/", statements.statement_csv, name="statement_csv"),
@@ -49,6 +50,7 @@ urlpatterns = [
     path("dashboard/settings/alert-test/", settings.alert_test_send, name="alert_test_send"),
     path("dashboard/settings/organization/", settings.organization_rename, name="organization_rename"),
     path("dashboard/settings/time-zone/", settings.time_zone_set, name="time_zone_set"),
+    path("dashboard/settings/billing-details/", settings.billing_details_update, name="billing_details"),
     path("dashboard/settings/password/", auth.PasswordChangeView.as_view(), name="password_change"),
     path("dashboard/switch/", settings.organization_switch, name="switch"),
 ]

@@ -9,12 +9,13 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.dateparse import parse_date
 from django.utils.html import format_html, format_html_join
 
+from accounts import services as account_services
 from accounts.admin import ApiKeyInline, MembershipInline
 from accounts.models import ApiKey, Organization
 from accounts.signals import organization_created
@@ -34,6 +35,7 @@ from payments import (
     auto_recharge,
     credit_admin,  # noqa: F401 - registers the grants' and budgets' admins
     ledger,
+    receipts,
     reconciliation,
     selectors,
     services,
@@ -47,6 +49,7 @@ from payments.models import (
     AutoRecharge,
     LedgerEntry,
     Payment,
+    Receipt,
     RedemptionCode,
     Refund,
     Transfer,
@@ -165,6 +168,7 @@ ORGANIZATION_KEPT = (
     "Remove its members or revoke its API keys instead."
 )
 RECENT_ROWS = 10
+ORGANIZATION_BILLING = "Printed on the organization's receipts and statements (also those already issued, when downloaded again)."
 
 
 @admin.register(Organization)
@@ -174,12 +178,19 @@ class OrganizationAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     readonly_fields = ["created_at"]
     prepopulated_fields = {"slug": ["name"]}
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "created_at"]}),
+        ("Rate limits", {"fields": ["requests_per_minute", "batch_events_per_minute"]}),
+        ("Billing details", {"fields": ["billing_name", "billing_address", "tax_id"], "description": ORGANIZATION_BILLING}),
+    ]
     inlines = [WalletInline, MembershipInline, ApiKeyInline]
     actions = ["adjust_balance"]
     list_select_related = ["wallet"]
     show_full_result_count = False
 
     def save_model(self, request, obj: Organization, form, change) -> None:
+        # Stored as the customers' own form stores it (a browser sends \r\n between lines).
+        obj.billing_address = account_services.billing_address_normalize(obj.billing_address)
         super().save_model(request, obj, form, change)
         if not change:  # born here rather than by sign-up: it opens its wallet the same way
             organization_created.send(sender=Organization, organization=obj)
@@ -428,11 +439,12 @@ class PaymentAdmin(ReadOnlyAdmin):
         "refunded_shown",
         "created_at",
         "settled_at",
+        "receipt_number",
     ]
     list_filter = [OrganizationFilter, "status", "provider", "auto"]
     search_fields = ["organization__slug", "provider_reference"]
     date_hierarchy = "created_at"
-    list_select_related = ["organization"]
+    list_select_related = ["organization", "receipt"]
     inlines = [WebhookEventInline, RefundInline]
     actions = ["refund"]
     show_full_result_count = False
@@ -451,8 +463,43 @@ class PaymentAdmin(ReadOnlyAdmin):
         "created_by",
         "created_at",
         "settled_at",
+        "receipt_shown",
     ]
-    readonly_fields = ["amount_shown", "refunded_shown"]
+    readonly_fields = ["amount_shown", "refunded_shown", "receipt_shown"]
+
+    @admin.display(description="receipt")
+    def receipt_number(self, payment: Payment) -> str:
+        receipt = getattr(payment, "receipt", None)
+        return receipts.receipt_number_display(receipt.number) if receipt else "—"
+
+    @admin.display(description="receipt")
+    def receipt_shown(self, payment: Payment) -> str:
+        receipt = Receipt.objects.filter(payment_id=payment.pk).first()
+        if receipt is None:
+            return "None: only a credited payment has a receipt."
+        return receipt_download_link(receipt)
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:payment_id>/receipt.pdf",
+                self.admin_site.admin_view(self.receipt_view),
+                name="payments_payment_receipt",
+            ),
+            *super().get_urls(),
+        ]
+
+    def receipt_view(self, request, payment_id: int):
+        """The payment's receipt as the customer downloads it, for staff who may view payments (Support too)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            receipt = receipts.receipt_get_for_staff(payment_id=payment_id)
+        except Receipt.DoesNotExist as exc:
+            raise Http404("This payment has no receipt.") from exc
+        response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
+        return response
 
     @admin.display(description="amount", ordering="amount")
     def amount_shown(self, payment: Payment) -> str:
@@ -497,6 +544,52 @@ class PaymentAdmin(ReadOnlyAdmin):
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("payments.add_refund")
+
+
+def receipt_download_link(receipt: Receipt) -> str:
+    return format_html(
+        '{} · <a href="{}" data-testid="receipt-download">Download receipt</a>',
+        receipts.receipt_number_display(receipt.number),
+        reverse("admin:payments_payment_receipt", args=[receipt.payment_id]),
+    )
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    """Receipts, as numbered when their payments were credited. Nothing is added, changed or deleted
+    here (the database refuses too); whoever may view payments may view and download their receipts."""
+
+    list_display = ["number_shown", "organization", "payment_link", "issued_at", "download"]
+    list_filter = [OrganizationFilter]
+    search_fields = ["organization__slug", "payment__provider_reference"]
+    date_hierarchy = "issued_at"
+    list_select_related = ["organization"]
+    fields = ["number_shown", "organization", "payment_link", "issued_at", "download"]
+    readonly_fields = ["number_shown", "organization", "payment_link", "issued_at", "download"]
+    ordering = ["-issued_at", "-id"]
+    show_full_result_count = False
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.has_perm("payments.view_payment") or super().has_view_permission(request, obj)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    @admin.display(description="number", ordering="number")
+    def number_shown(self, receipt: Receipt) -> str:
+        return receipts.receipt_number_display(receipt.number)
+
+    @admin.display(description="payment")
+    def payment_link(self, receipt: Receipt) -> str:
+        return format_html(
+            '<a href="{}">#{}</a>', reverse("admin:payments_payment_change", args=[receipt.payment_id]), receipt.payment_id
+        )
+
+    @admin.display(description="PDF")
+    def download(self, receipt: Receipt) -> str:
+        return format_html(
+            '<a href="{}">Download receipt</a>', reverse("admin:payments_payment_receipt", args=[receipt.payment_id])
+        )
 
 
 class AutoRechargeCardForm(forms.ModelForm):

@@ -2,12 +2,14 @@
 
 from typing import Any
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,8 +22,8 @@ from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_re
 from billing_site.api.staff import StaffMayChange
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import money_str
-from payments import auto_recharge, selectors, services
-from payments.models import LedgerEntry, Payment, Wallet
+from payments import auto_recharge, receipts, selectors, services
+from payments.models import LedgerEntry, Payment, Receipt, Wallet
 from payments.providers import WebhookRefused
 
 
@@ -266,6 +268,64 @@ class PaymentDetailApi(TenantMixin, APIView):
         if payment is None:
             raise NotFound("No such payment.")
         return Response(PaymentOutput(payment).data)
+
+
+class ReceiptNotFound(NotFound):
+    code = ErrorCode.RECEIPT_NOT_FOUND
+    message = "This payment has no receipt: only credited payments have one."
+
+
+class PdfRenderer(BaseRenderer):
+    """Lets a client ask for `Accept: application/pdf`; the view answers the PDF itself."""
+
+    media_type = "application/pdf"
+    format = "pdf"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return data if isinstance(data, bytes) else b""
+
+
+class PaymentReceiptApi(TenantMixin, APIView):
+    permission_classes = [IsAuthenticated, IsOrganizationManager]
+    renderer_classes = [JSONRenderer, PdfRenderer]
+
+    @extend_schema(
+        operation_id="v1_payments_receipt",
+        responses={
+            (200, "application/pdf"): OpenApiResponse(OpenApiTypes.BINARY, description="The receipt, a PDF file"),
+            404: OpenApiResponse(
+                description="`not_found`: no such payment (or another organization's); `receipt_not_found`: the "
+                "payment was not credited (pending, failed or canceled), so it has no receipt"
+            ),
+        },
+        tags=["payments"],
+        summary="A recharge's receipt (PDF)",
+        description="The receipt of a credited recharge, as a PDF to download (`Content-Disposition: attachment`): its "
+        "number (`R-000042`, numbered per organization in the order payments were credited), your billing details "
+        "(`billing-details/`), the amount and currency, the provider and its reference, when it was paid, and any "
+        "refunds with the net paid. Refunded payments keep their receipt. Owners and admins only.",
+    )
+    def get(self, request: Request, payment_id: int) -> HttpResponse:
+        organization = self.tenant.organization
+        if not selectors.payment_list(organization_id=organization.pk).filter(pk=payment_id).exists():
+            raise NotFound("No such payment.")
+        try:
+            receipt = receipts.receipt_get(organization_id=organization.pk, payment_id=payment_id)
+        except Receipt.DoesNotExist as exc:
+            raise ReceiptNotFound() from exc
+        response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if isinstance(response, Response):  # an error: always the JSON body, whatever was asked for
+            response.accepted_renderer = JSONRenderer()
+            response.accepted_media_type = JSONRenderer.media_type
+        return response
 
 
 class WebhookApi(APIView):

@@ -8,6 +8,7 @@ urlpatterns = [
     path("payments/", api.PaymentListApi.as_view(), name="payments"),
     path("payments/recharge/", api.RechargeApi.as_view(), name="recharge"),
     path("payments/<int:payment_id>/", api.PaymentDetailApi.as_view(), name="payment"),
+    path("payments/<int:payment_id>/receipt/", api.PaymentReceiptApi.as_view(), name="payment-receipt"),
     path("payments/webhooks/<slug:provider>/", api.WebhookApi.as_view(), name="payment-webhook"),
     path("redeem/", api.RedeemApi.as_view(), name="redeem"),
     path("auto-recharge/", api.AutoRechargeApi.as_view(), name="auto-recharge"),

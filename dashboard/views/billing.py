@@ -6,7 +6,7 @@ import uuid
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import timezone
@@ -19,10 +19,10 @@ from billing_site.money import money_str
 from dashboard import forms, selectors
 from dashboard.context import dashboard_view, page
 from dashboard.templatetags.dashboard import label, money_exact, money_format, plain_amount, tone
-from payments import auto_recharge
+from payments import auto_recharge, receipts
 from payments import selectors as payment_selectors
 from payments import services as payment_services
-from payments.models import Payment, PaymentStatus
+from payments.models import Payment, PaymentStatus, Receipt
 
 PAYMENTS_PER_PAGE = 20
 STATEMENT_LINES = 25
@@ -222,7 +222,25 @@ def payment(request, current, payment_id: int):
     payment = _payment(current, payment_id)
     wallet = payment_selectors.wallet_get(organization_id=current.organization.pk)
     result = request.GET.get("result")
-    return page(request, "dashboard/payment.html", {"payment": payment, "wallet": wallet, "result": result})
+    receipt = receipts.receipt_find(organization_id=current.organization.pk, payment_id=payment.pk)
+    receipt_number = receipts.receipt_number_display(receipt.number) if receipt else None
+    context = {"payment": payment, "wallet": wallet, "result": result, "receipt_number": receipt_number}
+    return page(request, "dashboard/payment.html", context)
+
+
+@never_cache
+@require_GET
+@dashboard_view(managers_only=True)
+def payment_receipt(request, current, payment_id: int):
+    """The payment's receipt as a PDF download; the 404 page for another organization's payment and
+    for one not credited (it has no receipt)."""
+    try:
+        receipt = receipts.receipt_get(organization_id=current.organization.pk, payment_id=payment_id)
+    except Receipt.DoesNotExist as exc:
+        raise Http404 from exc
+    response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
+    return response
 
 
 @never_cache

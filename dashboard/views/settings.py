@@ -45,19 +45,29 @@ def _alert_form(wallet, data=None) -> forms.AlertSettingsForm:
     return forms.AlertSettingsForm(data, initial=initial)
 
 
-def _settings_page(request, current, *, wallet=None, form=None, rename_form=None, zone_form=None):
+def _billing_form(organization, data=None) -> forms.BillingDetailsForm:
+    initial = {
+        "billing_name": organization.billing_name,
+        "billing_address": organization.billing_address,
+        "tax_id": organization.tax_id,
+    }
+    return forms.BillingDetailsForm(data, initial=initial)
+
+
+def _settings_page(request, current, *, wallet=None, form=None, rename_form=None, zone_form=None, billing_form=None):
     wallet = wallet or payment_selectors.wallet_get(organization_id=current.organization.pk)
     form = form or _alert_form(wallet)
     context = {
         "form": form,
         "wallet": wallet,
         "rename_form": rename_form or forms.OrganizationRenameForm(initial={"organization": current.organization.name}),
+        "billing_form": billing_form or _billing_form(current.organization),
         "zone_form": zone_form or forms.TimeZoneForm(initial={"time_zone": current.user.time_zone}),
         "deliveries": selectors.alert_delivery_list(organization_id=current.organization.pk)[:DELIVERIES_SHOWN]
         if current.is_manager
         else [],
     }
-    failed = any(f is not None and f.errors for f in (form, rename_form, zone_form))
+    failed = any(f is not None and f.errors for f in (form, rename_form, zone_form, billing_form))
     return page(request, "dashboard/settings.html", context, status=400 if failed else 200)
 
 
@@ -76,6 +86,24 @@ def organization_rename(request, current):
             messages.success(request, f"The organization is now called {current.organization.name}.")
             return redirect("dashboard:settings")
     return _settings_page(request, current, rename_form=rename_form)
+
+
+@require_POST
+@dashboard_view(managers_only=True)
+def billing_details_update(request, current):
+    """Who receipts and statements are made out to; a refusal changes nothing and says why, by field."""
+    billing_form = _billing_form(current.organization, request.POST)
+    if billing_form.is_valid():
+        try:
+            account_services.organization_billing_update(
+                organization=current.organization, actor=request.user, **billing_form.cleaned_data
+            )
+        except DomainError as error:
+            forms.service_errors_add(billing_form, error)
+        else:
+            messages.success(request, "Billing details saved: receipts and statements print them from now on.")
+            return redirect("dashboard:settings")
+    return _settings_page(request, current, billing_form=billing_form)
 
 
 @require_POST
