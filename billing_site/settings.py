@@ -211,6 +211,7 @@ THROTTLE_KEY_PER_MINUTE = env.int("THROTTLE_KEY_PER_MINUTE", default=60_000)
 THROTTLE_USER_PER_MINUTE = env.int("THROTTLE_USER_PER_MINUTE", default=6_000)
 THROTTLE_BATCH_EVENTS_PER_MINUTE = env.int("THROTTLE_BATCH_EVENTS_PER_MINUTE", default=1_200_000)
 THROTTLE_ANONYMOUS_PER_MINUTE = env.int("THROTTLE_ANONYMOUS_PER_MINUTE", default=120)
+THROTTLE_DOCUMENTS_PER_MINUTE = env.int("THROTTLE_DOCUMENTS_PER_MINUTE", default=120)
 # Every limit keys on the client's address (billing_site.throttle.client_ip): with N reverse proxies in
 # front, the N-th address from the right of X-Forwarded-For; with 0, the connection's own address.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)

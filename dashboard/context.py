@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts.models import MANAGER_ROLES, Membership, Organization, Role, User
 from accounts.selectors import membership_list
+from billing_site.api.throttling import document_download_allowed
 from metering.subscription_selectors import past_due_exists
 
 SESSION_KEY = "dashboard_organization"
@@ -104,9 +105,10 @@ def secure_headers(response: _Response) -> _Response:
     return response
 
 
-def dashboard_view(*, managers_only: bool = False) -> Callable:
+def dashboard_view(*, managers_only: bool = False, document: bool = False) -> Callable:
     """Sign-in required; resolves `request.current`; answers the dashboard's own 404 page for any
-    object outside the current organization, and 403 to members on owner/admin pages."""
+    object outside the current organization, and 403 to members on owner/admin pages. A `document`
+    download (a rendered PDF or CSV) counts against the person's download limit (429 past it)."""
 
     def decorator(view: Callable) -> Callable:
         @login_required
@@ -118,6 +120,12 @@ def dashboard_view(*, managers_only: bool = False) -> Callable:
             request.current = current  # type: ignore[attr-defined]  # an attribute of ours, for page()
             if managers_only and not current.is_manager:
                 return page(request, "dashboard/403.html", status=403)
+            if document:
+                allowed, wait = document_download_allowed(user_id=current.user.pk)
+                if not allowed:
+                    refused = HttpResponse("Too many downloads: try again in a minute.", status=429, content_type="text/plain")
+                    refused["Retry-After"] = str(wait)
+                    return refused
             # Times on the page read in the person's own zone (its name is in every page's context).
             with timezone.override(user_zone(current.user)):
                 try:

@@ -20,6 +20,7 @@ from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
 from billing_site.api.limits import IDEMPOTENCY_HEADER
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
+from billing_site.api.throttling import DocumentRateThrottle, PrincipalRateThrottle
 from billing_site.errors import DomainError, ErrorCode, NotFound
 from billing_site.money import money_str
 from payments import auto_recharge, receipts, selectors, services
@@ -289,6 +290,7 @@ class PdfRenderer(BaseRenderer):
 
 class PaymentReceiptApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+    throttle_classes = [PrincipalRateThrottle, DocumentRateThrottle]
     renderer_classes = [JSONRenderer, PdfRenderer]
 
     @extend_schema(

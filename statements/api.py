@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.fields import Amount
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
+from billing_site.api.throttling import DocumentRateThrottle, PrincipalRateThrottle
 from billing_site.errors import NotFound
 from metering.models import Service
 from statements import render, selectors
@@ -139,6 +140,7 @@ class FileNegotiation(DefaultContentNegotiation):
 
 class StatementPdfApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+    throttle_classes = [PrincipalRateThrottle, DocumentRateThrottle]
     content_negotiation_class = FileNegotiation
 
     @extend_schema(
@@ -154,6 +156,7 @@ class StatementPdfApi(TenantMixin, APIView):
 
 class StatementCsvApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
+    throttle_classes = [PrincipalRateThrottle, DocumentRateThrottle]
     content_negotiation_class = FileNegotiation
 
     @extend_schema(

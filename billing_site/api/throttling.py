@@ -99,3 +99,22 @@ class AnonymousRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return getattr(self, "_wait", None)
+
+
+class DocumentRateThrottle(PrincipalRateThrottle):
+    """Downloads of rendered documents (receipts, statements) per minute per key or person: a PDF costs
+    tens of milliseconds of CPU, a hundred times an ordinary request."""
+
+    scope = "documents"
+
+    def limit(self, request) -> int:
+        return settings.THROTTLE_DOCUMENTS_PER_MINUTE
+
+
+def document_download_allowed(*, user_id: int) -> tuple[bool, int]:
+    """The same limit for a page's download (dashboard, signed in): (allowed, seconds to wait)."""
+    if not settings.THROTTLE_ENABLED:
+        return True, 0
+    return window_hit(
+        scope=DocumentRateThrottle.scope, ident=f"user:{user_id}", cost=1, limit=settings.THROTTLE_DOCUMENTS_PER_MINUTE
+    )

@@ -230,7 +230,7 @@ def payment(request, current, payment_id: int):
 
 @never_cache
 @require_GET
-@dashboard_view(managers_only=True)
+@dashboard_view(managers_only=True, document=True)
 def payment_receipt(request, current, payment_id: int):
     """The payment's receipt as a PDF download; the 404 page for another organization's payment and
     for one not credited (it has no receipt)."""

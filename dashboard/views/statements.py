@@ -38,14 +38,14 @@ def _statement(current, statement_id: int) -> Statement:
 
 
 @require_GET
-@dashboard_view(managers_only=True)
+@dashboard_view(managers_only=True, document=True)
 def statement_pdf(request, current, statement_id: int):
     statement = _statement(current, statement_id)
     return render.statement_download(statement=statement, fmt="pdf")
 
 
 @require_GET
-@dashboard_view(managers_only=True)
+@dashboard_view(managers_only=True, document=True)
 def statement_csv(request, current, statement_id: int):
     statement = _statement(current, statement_id)
     return render.statement_download(statement=statement, fmt="csv")
