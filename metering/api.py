@@ -24,6 +24,7 @@ from accounts.tenancy import TenantMixin
 from billing_site import keyset
 from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
 from billing_site.api.limits import IDEMPOTENCY_HEADER
+from billing_site.api.negotiation import FileNegotiation
 from billing_site.api.pagination import (
     CURSOR_PARAMETER,
     PAGE_PARAMETERS,
@@ -483,6 +484,7 @@ def _day(value: str | None, name: str) -> date | None:
 
 
 class UsageExportApi(TenantMixin, APIView):
+    content_negotiation_class = FileNegotiation
     permission_classes = [IsAuthenticated]
 
     @extend_schema(

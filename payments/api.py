@@ -9,7 +9,7 @@ from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +18,7 @@ from accounts import selectors as account_selectors
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.fields import IDEMPOTENCY_KEY_PARAMETER, Amount
 from billing_site.api.limits import IDEMPOTENCY_HEADER
+from billing_site.api.negotiation import FileNegotiation
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.staff import StaffMayChange
 from billing_site.api.throttling import DocumentRateThrottle, PrincipalRateThrottle
@@ -276,22 +277,10 @@ class ReceiptNotFound(NotFound):
     message = "This payment has no receipt: only credited payments have one."
 
 
-class PdfRenderer(BaseRenderer):
-    """Lets a client ask for `Accept: application/pdf`; the view answers the PDF itself."""
-
-    media_type = "application/pdf"
-    format = "pdf"
-    charset = None
-    render_style = "binary"
-
-    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
-        return data if isinstance(data, bytes) else b""
-
-
 class PaymentReceiptApi(TenantMixin, APIView):
     permission_classes = [IsAuthenticated, IsOrganizationManager]
     throttle_classes = [PrincipalRateThrottle, DocumentRateThrottle]
-    renderer_classes = [JSONRenderer, PdfRenderer]
+    content_negotiation_class = FileNegotiation
 
     @extend_schema(
         operation_id="v1_payments_receipt",

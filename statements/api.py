@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import IsAuthenticated
-from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.tenancy import IsOrganizationManager, TenantMixin
 from billing_site.api.fields import Amount
+from billing_site.api.negotiation import FileNegotiation
 from billing_site.api.pagination import PAGE_PARAMETERS, paginated, paginated_response
 from billing_site.api.throttling import DocumentRateThrottle, PrincipalRateThrottle
 from billing_site.errors import NotFound
@@ -125,17 +123,6 @@ class StatementDetailApi(TenantMixin, APIView):
     )
     def get(self, request: Request, statement_id: int) -> Response:
         return Response(StatementDetailOutput(_statement(self, statement_id)).data)
-
-
-class FileNegotiation(DefaultContentNegotiation):
-    """A file endpoint answers its file whatever `Accept` says (a client asking for application/pdf is
-    right to), and its errors in JSON, rather than refusing the request with 406."""
-
-    def select_renderer(
-        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, renderer.media_type
 
 
 class StatementPdfApi(TenantMixin, APIView):

@@ -196,6 +196,12 @@ def test_export_streams_the_filtered_records_as_csv(history, owner_client):
     assert records[1]["api_key"] == ""  # recorded with a JWT
 
 
+def test_export_answers_a_client_that_asks_for_csv_and_its_errors_in_json(history, owner_client):
+    rows = export_rows(owner_client.get(EXPORT, HTTP_ACCEPT="text/csv"))
+    assert rows[0] == EXPORT_COLUMNS and len(rows) == 6
+    assert_error(owner_client.get(f"{EXPORT}?from=nonsense", HTTP_ACCEPT="text/csv"), 400, "invalid_request")
+
+
 def test_export_of_everything(history, owner_client):
     rows = export_rows(owner_client.get(EXPORT))
 
