@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+from decimal import Decimal
 from typing import Literal
 
 from django.http import HttpResponse
 
 from billing_site.csv_stream import attachment_disposition, csv_cell
-from billing_site.money import money_display, money_str
+from billing_site.money import ZERO, money_display, money_str
 from billing_site.pdf import Document, Party, document_date, seller
 from statements.models import Statement
 from statements.selectors import statement_number_display, statement_period_display, statement_summary
@@ -80,6 +81,13 @@ def _customer(statement: Statement) -> Party:
     return Party(name=organization.billing_name or organization.name, lines=tuple(lines))
 
 
+def amount_shown(amount: Decimal, currency: str) -> str:
+    """An amount as the PDF prints it: rounded to the currency's usual decimals, except a movement too
+    small for them, which shows its own digits (up to 6) rather than a bare 0.00."""
+    rounded = money_display(amount, currency)
+    return money_display(amount, currency, precise=True) if amount and rounded == money_display(ZERO, currency) else rounded
+
+
 def statement_pdf(*, statement: Statement) -> bytes:
     """The statement as a PDF: number, month and issue date; seller and customer; the summary from the
     opening to the closing balance by category; usage by service; amounts via money_display."""
@@ -87,7 +95,7 @@ def statement_pdf(*, statement: Statement) -> bytes:
     summary = statement_summary(statement)
 
     def shown(amount):
-        return money_display(amount, currency)
+        return amount_shown(amount, currency)
 
     doc = Document(title="Statement", subject=f"Statement {number}, {period}")
     doc.heading(

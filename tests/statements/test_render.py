@@ -13,8 +13,7 @@ import pytest
 from pypdf import PdfReader
 
 from accounts.models import Organization
-from billing_site.money import money_display
-from statements.render import ROUNDING_NOTE, statement_csv, statement_pdf
+from statements.render import ROUNDING_NOTE, amount_shown, statement_csv, statement_pdf
 from statements.selectors import statement_summary
 from tests.statements.activity import month_activity, month_issue, services_priced
 
@@ -92,7 +91,7 @@ def test_the_pdf_shows_the_totals(issued):
         ("Closing balance", summary.closing_balance),
         *((row.label, row.amount) for row in summary.rows),
     ]:
-        shown = money_display(value, statement.currency)
+        shown = amount_shown(value, statement.currency)
         assert f"{label}{shown}" in text.replace(" ", "") or f"{label} {shown}" in text, (label, shown)
     assert "Usage by service" in text and "Vision" in text and "Speech" in text
     assert "Service Transfers Amount" in text  # the usage table itself, not only the summary
@@ -199,3 +198,14 @@ def test_the_pdf_names_both_parties(organization, settings):
     Organization.objects.filter(pk=organization.pk).update(billing_name="")
     statement.organization.refresh_from_db()
     assert "Acme" in PdfReader(io.BytesIO(statement_pdf(statement=statement))).pages[0].extract_text()
+
+
+def test_a_movement_smaller_than_a_cent_shows_its_digits_not_zero(organization):
+    """−0.001 of a service prints −$0.001 on the PDF (its row and its usage line), never $0.00."""
+    from tests.factories import ServiceFactory
+
+    tiny = ServiceFactory(slug="tiny", name="Tiny")
+    statement = statement_by_hand(organization, [("usage", tiny, "-0.001", 1), ("adjustment", None, "1", 1)])
+    text = PdfReader(io.BytesIO(statement_pdf(statement=statement))).pages[0].extract_text()
+    rows = text.splitlines()
+    assert [line for line in rows if "Tiny" in line] == ["Usage: Tiny −$0.001", "Tiny 1 −$0.001"]
