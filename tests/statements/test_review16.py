@@ -12,15 +12,20 @@ from django.db import IntegrityError, connection, transaction
 from pypdf import PdfReader
 
 from accounts.models import Organization
+from metering.models import CalcMethod, Service, UsageRecord
+from metering.retention import usage_retention_run
+from payments.models import Refund, Transfer, TransferKind
 from payments.receipts import receipt_get, receipt_pdf
 from statements.models import Statement, StatementLine
 from statements.render import statement_pdf
 from statements.services import statement_issue_next
-from tests.factories import wallet_fund
+from tests.conftest import key_client
+from tests.factories import service_with_price, wallet_fund
 from tests.payments.credit_world import clock_at
 from tests.payments.payment_helpers import settled_sandbox_payment
 from tests.payments.receipt_helpers import pdf_text
 from tests.payments.test_receipts_pdf import billing_set
+from tests.payments.test_refunds import refund
 from tests.statements.test_pages import staff, staff_groups  # noqa: F401 - a fixture
 from tests.statements.test_render import statement_by_hand
 
@@ -122,3 +127,53 @@ def test_a_line_cannot_be_added_to_an_issued_statement(organization):
         )
     assert StatementLine.objects.filter(statement=statement).count() == 1
     assert Statement.objects.get(pk=statement.pk).closing_balance == D("10")
+
+
+# --- Finding 4: "Usage (other)" counts every usage transfer of the month, not those it sums ---------------
+
+
+@pytest.mark.django_db
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: statement_figures gives the usage line without a service the count of ALL the month's usage "
+    "transfers, also those the service lines already count, when only part of a month's records were archived",
+)
+def test_the_usage_line_without_a_service_counts_only_the_transfers_it_sums(organization, live_key, tmp_path):
+    service_with_price(slug="ping", calc_method=CalcMethod.REQUEST, unit_price="0.01")
+    client = key_client(live_key.secret)
+    Organization.objects.filter(pk=organization.pk).update(created_at=JAN)
+    with clock_at(JAN + timedelta(days=3)):
+        wallet_fund(organization, "5")
+        assert client.post("/api/v1/usage/", {"service": "ping", "idempotency_key": "early"}, format="json").status_code == 201
+    with clock_at(JAN + timedelta(days=25)):
+        assert client.post("/api/v1/usage/", {"service": "ping", "idempotency_key": "late"}, format="json").status_code == 201
+    # Retention run on March 12th keeping 60 days: its cutoff (January 11th) falls inside January.
+    usage_retention_run(older_than_days=60, archive_dir=tmp_path, now=datetime(2026, 3, 12, 12, tzinfo=UTC))
+    assert UsageRecord.objects.filter(organization=organization).count() == 1
+
+    january = statement_issue_next(organization_id=organization.pk, now=datetime(2026, 2, 1, 2, tzinfo=UTC))
+
+    assert january is not None and january.closing_balance == D("4.98")
+    usage = {line.service_id: (line.amount, line.transfers) for line in january.lines.filter(kind=TransferKind.USAGE)}
+    ping = Service.objects.get(slug="ping").pk
+    assert usage == {ping: (D("-0.01"), 1), None: (D("-0.01"), 1)}  # two usage transfers in all, not three
+
+
+# --- Finding 5: a receipt dated a refund by when it was asked for, not when it returned the money ----------
+
+
+@pytest.mark.django_db
+def test_a_receipt_dates_a_refund_when_it_returned_the_money(organization, staff_user):
+    """A refund stays pending while its provider does not answer (the sweeper retries it), for days
+    maybe; the receipt printed the day it was asked for (Refund.created_at), while the statement lists
+    it in the month its ledger transfer moved the money. The receipt now prints the transfer's date."""
+    payment = settled_sandbox_payment(organization, "20.00")
+    done = refund(payment, "5.00", staff=staff_user)
+    moved = Transfer.objects.get(pk=done.transfer_id).created_at
+    asked = moved - timedelta(days=3)  # as if the provider had answered only three days later
+    Refund.objects.filter(pk=done.pk).update(created_at=asked)
+
+    text = pdf_text(receipt_pdf(receipt=receipt_get(organization_id=organization.pk, payment_id=payment.pk)))
+
+    assert f"{moved.day} {moved:%B %Y}" in text
+    assert f"{asked.day} {asked:%B %Y}" not in text
