@@ -18,7 +18,7 @@ from payments.models import Refund, Transfer, TransferKind
 from payments.receipts import receipt_get, receipt_pdf
 from statements.models import Statement, StatementLine
 from statements.render import statement_pdf
-from statements.services import statement_issue_next
+from statements.services import statement_issue_next, statements_issue_for_organization
 from tests.conftest import key_client
 from tests.factories import service_with_price, wallet_fund
 from tests.payments.credit_world import clock_at
@@ -177,3 +177,43 @@ def test_a_receipt_dates_a_refund_when_it_returned_the_money(organization, staff
 
     assert f"{moved.day} {moved:%B %Y}" in text
     assert f"{asked.day} {asked:%B %Y}" not in text
+
+
+# --- Finding 6: a broker outage as a statement is issued broke the issuing run after the commit -----------
+
+
+@pytest.fixture
+def broker_down(tmp_path):
+    """Celery's broker is a socket nobody listens on: publishing a task fails as when Redis is down."""
+    from billing_site.celery import app
+
+    saved = {name: app.conf[name] for name in ("broker_url", "task_always_eager", "broker_transport_options")}
+    app.pool.force_close_all()
+    app._pool = None
+    app.conf.broker_url = f"redis+socket://{tmp_path / 'nobody.sock'}"
+    app.conf.task_always_eager = False
+    app.conf.broker_transport_options = {"max_retries": 1}
+    app.amqp._producer_pool = None
+    try:
+        yield
+    finally:
+        app.pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+        for name, value in saved.items():
+            app.conf[name] = value
+
+
+@pytest.mark.django_db(transaction=True)
+def test_issuing_goes_on_when_the_broker_is_down_and_leaves_the_email_to_the_sweep(organization, broker_down, caplog):
+    """The signal's receiver queued the email task unguarded, after the statement's commit: with the
+    broker down, `statement_issue_next` raised although its statement was issued, so the run (the beat's
+    task, or `manage.py statements_issue`, the tool of an operator whose broker is down) stopped after
+    the first month. The email is left to the beat's sweep (statements_unemailed), as documented."""
+    Organization.objects.filter(pk=organization.pk).update(created_at=datetime(2026, 9, 3, tzinfo=UTC))
+
+    issued = statements_issue_for_organization(organization_id=organization.pk, now=datetime(2026, 12, 1, 2, tzinfo=UTC))
+
+    assert [f"{statement.period_start:%Y-%m}" for statement in issued] == ["2026-09", "2026-10", "2026-11"]
+    assert Statement.objects.filter(organization=organization, emailed_at__isnull=True).count() == 3
+    assert "could not queue the email of statement" in caplog.text
