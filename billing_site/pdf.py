@@ -6,7 +6,6 @@ Pure Python (fpdf2): nothing to install on the machine."""
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,10 @@ FONT = "DejaVu"
 INK = (33, 37, 41)
 MUTED = (108, 117, 125)
 RULE = (206, 212, 218)
+# fpdf2 writes the page count wherever its alias appears on a page, customers' text included: with the
+# default `{nb}`, a billing name "Acme {nb}" printed as "Acme 1". Control characters, which no customer
+# text may hold (billing_site/validators.py); two of them reserve room for two digits.
+PAGES_ALIAS = "\x1f\x1f"
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,7 @@ class Document(FPDF):
         self.set_margins(18, 18, 18)
         self.set_auto_page_break(auto=True, margin=20)
         self._footer_text = ""
-        # fpdf2 replaces its page-count alias anywhere on a page, customers' text included (a billing name
-        # "{nb}" printed as "1"): the alias is one they cannot guess.
-        self._pages_alias = f"{{nb:{secrets.token_hex(8)}}}"
-        self.alias_nb_pages(self._pages_alias, align="R")
+        self.alias_nb_pages(PAGES_ALIAS, align="R")
         self.add_page()
         self.set_text_color(*INK)
 
@@ -68,7 +68,7 @@ class Document(FPDF):
         self.set_font(FONT, "", 7.5)
         self.set_text_color(*MUTED)
         self.cell(0, 5, self._footer_text, align="L")
-        self.cell(0, 5, f"Page {self.page_no()} of {self._pages_alias}", align="R")
+        self.cell(0, 5, f"Page {self.page_no()} of {PAGES_ALIAS}", align="R")
         self.set_text_color(*INK)
 
     def footer_set(self, text: str) -> None:
