@@ -19,7 +19,7 @@ from metering.retention import usage_retention_run
 from payments import ledger
 from payments.models import Account, Payment, PaymentStatus, Receipt, Refund, Transfer, TransferKind
 from payments.receipts import receipt_get, receipt_pdf
-from payments.services import payments_sweep
+from payments.services import payment_settle, payments_sweep
 from statements.models import Statement, StatementLine
 from statements.render import statement_pdf
 from statements.services import statement_issue_next, statements_issue_for_organization
@@ -30,6 +30,7 @@ from tests.payments.payment_helpers import sandbox_payment, settled_sandbox_paym
 from tests.payments.receipt_helpers import pdf_text
 from tests.payments.test_receipts_pdf import billing_set
 from tests.payments.test_refunds import refund
+from tests.payments.test_settlement import stored_event
 from tests.statements.test_pages import staff, staff_groups  # noqa: F401 - a fixture
 from tests.statements.test_render import statement_by_hand
 
@@ -281,3 +282,19 @@ def test_a_payment_credited_by_the_previous_release_gets_its_receipt_from_the_sw
     payments_sweep()
 
     assert Receipt.objects.filter(payment=payment).exists()
+
+
+# --- Checked, no bug: the late-success path makes one receipt, numbered in credit order -------------------
+
+
+@pytest.mark.django_db
+def test_a_late_success_after_the_sweep_gave_up_gets_one_receipt_numbered_as_credited(organization):
+    late = sandbox_payment(organization, "10.00")
+    payments_sweep(now=timezone.now() + timedelta(days=2))  # gives up on it: canceled, expired
+    on_time = settled_sandbox_payment(organization, "3.00")
+
+    for _ in range(2):  # the provider says it again: still one credit, one receipt
+        payment_settle(event_id=stored_event(late).pk)
+
+    numbers = list(Receipt.objects.filter(organization=organization).order_by("number").values_list("payment_id", "number"))
+    assert numbers == [(on_time.pk, 1), (late.pk, 2)]
