@@ -105,7 +105,8 @@ class Document(FPDF):
             self.multi_cell(self.epw / 2 - 4, 5, party.name, new_x=XPos.LEFT, new_y=YPos.NEXT)
             self.set_font(FONT, "", 9)
             for line in party.lines:
-                self.multi_cell(self.epw / 2 - 4, 4.6, line, new_x=XPos.LEFT, new_y=YPos.NEXT)
+                # An address may hold a pasted tab (billing_site/validators.py), which the font has no glyph for.
+                self.multi_cell(self.epw / 2 - 4, 4.6, line.replace("\t", " "), new_x=XPos.LEFT, new_y=YPos.NEXT)
             bottom = max(bottom, self.get_y())
         self.set_xy(self.l_margin, bottom + 6)
 

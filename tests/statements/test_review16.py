@@ -298,3 +298,21 @@ def test_a_late_success_after_the_sweep_gave_up_gets_one_receipt_numbered_as_cre
 
     numbers = list(Receipt.objects.filter(organization=organization).order_by("number").values_list("payment_id", "number"))
     assert numbers == [(on_time.pk, 1), (late.pk, 2)]
+
+
+# --- Finding 9: a tab in the billing address (allowed) glued its words together in the PDFs ---------------
+
+
+@pytest.mark.django_db
+def test_a_tab_in_the_billing_address_prints_as_a_space(organization, caplog):
+    """The address validator keeps tabs, but DejaVu has no glyph for one: fpdf2 dropped it ("Unit\\t5"
+    printed "Unit5") and logged a missing glyph on every render."""
+    billing_set(organization, name="Tabby Ltd", address="Unit\t5\nHigh Street")
+
+    receipt = receipt_text(organization)
+    statement = pdf_text(statement_pdf(statement=statement_by_hand(organization, [("recharge", None, "5", 1)])))
+
+    for text in (receipt, statement):
+        assert "Unit 5" in text
+        assert "Unit5" not in text
+    assert "missing the following glyphs" not in caplog.text
