@@ -23,6 +23,10 @@ FONT = "DejaVu"
 INK = (33, 37, 41)
 MUTED = (108, 117, 125)
 RULE = (206, 212, 218)
+# fpdf2 writes the page count wherever its alias appears on a page, customers' text included: with the
+# default `{nb}`, a billing name "Acme {nb}" printed as "Acme 1". Control characters, which no customer
+# text may hold (billing_site/validators.py); two of them reserve room for two digits.
+PAGES_ALIAS = "\x1f\x1f"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Document(FPDF):
         self.set_margins(18, 18, 18)
         self.set_auto_page_break(auto=True, margin=20)
         self._footer_text = ""
+        self.alias_nb_pages(PAGES_ALIAS, align="R")
         self.add_page()
         self.set_text_color(*INK)
 
@@ -63,7 +68,7 @@ class Document(FPDF):
         self.set_font(FONT, "", 7.5)
         self.set_text_color(*MUTED)
         self.cell(0, 5, self._footer_text, align="L")
-        self.cell(0, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+        self.cell(0, 5, f"Page {self.page_no()} of {PAGES_ALIAS}", align="R")
         self.set_text_color(*INK)
 
     def footer_set(self, text: str) -> None:
@@ -100,7 +105,8 @@ class Document(FPDF):
             self.multi_cell(self.epw / 2 - 4, 5, party.name, new_x=XPos.LEFT, new_y=YPos.NEXT)
             self.set_font(FONT, "", 9)
             for line in party.lines:
-                self.multi_cell(self.epw / 2 - 4, 4.6, line, new_x=XPos.LEFT, new_y=YPos.NEXT)
+                # An address may hold a pasted tab (billing_site/validators.py), which the font has no glyph for.
+                self.multi_cell(self.epw / 2 - 4, 4.6, line.replace("\t", " "), new_x=XPos.LEFT, new_y=YPos.NEXT)
             bottom = max(bottom, self.get_y())
         self.set_xy(self.l_margin, bottom + 6)
 

@@ -6,7 +6,7 @@ that succeeded so far."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db.models import QuerySet
@@ -42,9 +42,19 @@ def receipt_list(*, organization_id: int) -> QuerySet[Receipt]:
 
 
 def receipt_refunds(*, payment_id: int) -> list[Refund]:
-    """The payment's succeeded refunds, oldest first: what the receipt lists (a pending or refused
-    refund returned nothing)."""
-    return list(Refund.objects.filter(payment_id=payment_id, status=RefundStatus.SUCCEEDED).order_by("created_at", "id"))
+    """The payment's succeeded refunds, in the order they returned the money: what the receipt lists
+    (a pending or refused refund returned nothing)."""
+    return list(
+        Refund.objects.filter(payment_id=payment_id, status=RefundStatus.SUCCEEDED)
+        .select_related("transfer")
+        .order_by("transfer__created_at", "id")
+    )
+
+
+def refund_date(refund: Refund) -> datetime:
+    """When a succeeded refund returned the money: its ledger transfer's time, the date the statement
+    lists it under (a refund may stay pending for days after it was asked for)."""
+    return refund.transfer.created_at if refund.transfer is not None else refund.created_at
 
 
 def receipt_number_display(number: int) -> str:
@@ -131,7 +141,7 @@ def receipt_pdf(*, receipt: Receipt) -> bytes:
         doc.columns(
             ["Date", "Reference", "Amount"],
             [
-                [document_date(refund.created_at), refund.provider_reference or "—", money_display(-refund.amount, currency)]
+                [document_date(refund_date(refund)), refund.provider_reference or "—", money_display(-refund.amount, currency)]
                 for refund in figures.refunds
             ],
             widths=[0.3, 0.45, 0.25],
@@ -142,7 +152,7 @@ def receipt_pdf(*, receipt: Receipt) -> bytes:
             [("Refunded", money_display(-figures.refunded, currency))],
             total=("Net paid", money_display(figures.net, currency)),
         )
-        exact += [(f"refund of {document_date(r.created_at)}", -r.amount) for r in figures.refunds]
+        exact += [(f"refund of {document_date(refund_date(r))}", -r.amount) for r in figures.refunds]
         exact += [("Refunded", -figures.refunded), ("Net paid", figures.net)]
 
     hidden = [(label, amount) for label, amount in exact if _hidden_digits(amount, currency)]

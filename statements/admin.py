@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib import admin
@@ -17,6 +18,7 @@ from statements.models import Statement, StatementLine
 from statements.selectors import statement_document_get, statement_number_display, statement_period_display
 
 MONTHS_IN_FILTER = 36
+PERIOD_VALUE = re.compile(r"(?P<year>[1-9][0-9]{3})-(?P<month>[0-9]{2})")
 
 
 class PeriodFilter(admin.SimpleListFilter):
@@ -33,10 +35,11 @@ class PeriodFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        year, _, month = value.partition("-")
-        if not (year.isdigit() and month.isdigit() and 1 <= int(month) <= 12):
+        # ASCII digits and a year a datetime can hold: a hand-typed `?period=` is never a server error.
+        match = PERIOD_VALUE.fullmatch(value)
+        if match is None or not 1 <= int(match["month"]) <= 12:
             return queryset.none()
-        return queryset.filter(period_start__year=int(year), period_start__month=int(month))
+        return queryset.filter(period_start__year=int(match["year"]), period_start__month=int(match["month"]))
 
 
 class StatementLineInline(ReadOnlyInline):

@@ -1,10 +1,13 @@
 """Celery tasks for statements: load by id, call a service, own the retry policy."""
 
+import logging
+
 from celery import shared_task
 from django.utils import timezone
 
 from statements import emails, selectors, services
 
+logger = logging.getLogger(__name__)
 TRANSIENT = (ConnectionError, TimeoutError, OSError)
 
 
@@ -37,5 +40,10 @@ def statement_email(statement_id: int) -> bool:
 
 
 def statement_email_enqueue(sender: object, *, statement_id: int, **kwargs: object) -> None:
-    """statement_issued_signal's receiver (it is sent after the statement's commit)."""
-    statement_email.delay(statement_id)
+    """statement_issued_signal's receiver (it is sent after the statement's commit). A broker that cannot
+    take the task must not fail the issuing run, whose statement is committed already: the beat task's
+    sweep (selectors.statements_unemailed) queues the email again."""
+    try:
+        statement_email.delay(statement_id)
+    except Exception:
+        logger.exception("could not queue the email of statement %s; the statements beat queues it again", statement_id)
