@@ -22,11 +22,24 @@ def immutable_table_sql(table: str) -> tuple[str, str]:
 # inserting transaction, which holds its lock until it ends, so concurrent inserts take turns and a
 # rolled-back insert takes its number back with it: no gaps, no repeats, whatever the caller sends.
 DOCUMENT_NUMBER_FUNCTIONS = """
+-- TG_ARGV: the kind of document, and the column that with organization_id names one (a receipt's
+-- payment, a statement's month). A BEFORE trigger runs before the unique indexes are checked, so a
+-- duplicate is refused here, under the counter's lock (every earlier insert of this organization's
+-- documents of this kind has ended, and each statement of this function sees what it committed):
+-- an INSERT … ON CONFLICT DO NOTHING that would insert nothing fails instead of taking a number.
 CREATE OR REPLACE FUNCTION tollgate_document_number() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    taken boolean;
 BEGIN
     INSERT INTO payments_documentcounter (organization_id, kind, last) VALUES (NEW.organization_id, TG_ARGV[0], 1)
     ON CONFLICT (organization_id, kind) DO UPDATE SET last = payments_documentcounter.last + 1
     RETURNING last INTO NEW.number;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I d WHERE d.organization_id = ($1).organization_id AND d.%I = ($1).%I)',
+                   TG_TABLE_NAME, TG_ARGV[1], TG_ARGV[1])
+       INTO taken USING NEW;
+    IF taken THEN
+        RAISE EXCEPTION 'a % for this % exists already', TG_ARGV[0], TG_ARGV[1] USING ERRCODE = 'unique_violation';
+    END IF;
     RETURN NEW;
 END $$;
 
@@ -55,10 +68,12 @@ DROP FUNCTION IF EXISTS tollgate_document_number() CASCADE;
 """
 
 
-def document_number_sql(table: str, kind: str) -> tuple[str, str]:
-    """(forward, reverse) SQL numbering `table`'s rows per organization as documents of `kind`."""
+def document_number_sql(table: str, kind: str, key: str) -> tuple[str, str]:
+    """(forward, reverse) SQL numbering `table`'s rows per organization as documents of `kind`, one
+    per organization and `key` column."""
     trigger = f"{table}_number"
     forward = (
-        f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION tollgate_document_number('{kind}');"
+        f"CREATE TRIGGER {trigger} BEFORE INSERT ON {table} FOR EACH ROW"
+        f" EXECUTE FUNCTION tollgate_document_number('{kind}', '{key}');"
     )
     return forward, f"DROP TRIGGER IF EXISTS {trigger} ON {table};"

@@ -71,7 +71,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(DOCUMENT_NUMBER_FUNCTIONS, reverse_sql=DOCUMENT_NUMBER_FUNCTIONS_REVERSE),
-        migrations.RunSQL(*document_number_sql("payments_receipt", "receipt")),
+        migrations.RunSQL(*document_number_sql("payments_receipt", "receipt", "payment_id")),
         migrations.RunSQL(*immutable_table_sql("payments_receipt")),
         migrations.RunSQL(RECEIPTS_BACKFILL, reverse_sql=migrations.RunSQL.noop),
     ]

@@ -21,6 +21,34 @@ END $$;
 CREATE TRIGGER statements_statement_guard BEFORE UPDATE OR DELETE ON statements_statement
 FOR EACH ROW EXECUTE FUNCTION tollgate_statement_guard();
 """
+# A statement's lines are inserted with it, in its transaction, and never after: the statement's insert
+# names itself for the rest of its transaction, and a line of any other statement is refused.
+STATEMENT_LINES_SEALED = """
+CREATE OR REPLACE FUNCTION tollgate_statement_opened() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('tollgate.statement_issuing', NEW.id::text, true);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER statements_statement_opened AFTER INSERT ON statements_statement
+FOR EACH ROW EXECUTE FUNCTION tollgate_statement_opened();
+
+CREATE OR REPLACE FUNCTION tollgate_statement_line_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.statement_id::text IS DISTINCT FROM NULLIF(current_setting('tollgate.statement_issuing', true), '') THEN
+        RAISE EXCEPTION 'statement % is issued: its lines are sealed', NEW.statement_id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER statements_statementline_sealed BEFORE INSERT ON statements_statementline
+FOR EACH ROW EXECUTE FUNCTION tollgate_statement_line_sealed();
+"""
+STATEMENT_LINES_SEALED_REVERSE = """
+DROP TRIGGER IF EXISTS statements_statementline_sealed ON statements_statementline;
+DROP FUNCTION IF EXISTS tollgate_statement_line_sealed();
+DROP TRIGGER IF EXISTS statements_statement_opened ON statements_statement;
+DROP FUNCTION IF EXISTS tollgate_statement_opened();
+"""
 STATEMENT_GUARD_REVERSE = """
 DROP TRIGGER IF EXISTS statements_statement_guard ON statements_statement;
 DROP FUNCTION IF EXISTS tollgate_statement_guard();
@@ -91,7 +119,8 @@ class Migration(migrations.Migration):
             model_name='statementline',
             constraint=models.UniqueConstraint(fields=('statement', 'position'), name='statement_line_position_once'),
         ),
-        migrations.RunSQL(*document_number_sql("statements_statement", "statement")),
+        migrations.RunSQL(*document_number_sql("statements_statement", "statement", "period_start")),
         migrations.RunSQL(STATEMENT_GUARD, reverse_sql=STATEMENT_GUARD_REVERSE),
         migrations.RunSQL(*immutable_table_sql("statements_statementline")),
+        migrations.RunSQL(STATEMENT_LINES_SEALED, reverse_sql=STATEMENT_LINES_SEALED_REVERSE),
     ]
