@@ -37,6 +37,25 @@ class Party:
     lines: tuple[str, ...] = ()
 
 
+def party_stored(party: Party) -> dict[str, object]:
+    """A party as a document stores it when issued (JSON), so a later change of details never alters it."""
+    return {"name": party.name, "lines": list(party.lines)}
+
+
+def party_loaded(stored: dict[str, object]) -> Party:
+    lines = stored.get("lines") or []
+    return Party(name=str(stored.get("name", "")), lines=tuple(str(line) for line in lines) if isinstance(lines, list) else ())
+
+
+def billed_to_party(*, name: str, billing_name: str, billing_address: str, tax_id: str) -> Party:
+    """The customer as documents print them: the billing name (else the organization's name), the
+    address's lines, then the tax id."""
+    lines = [line.strip() for line in billing_address.splitlines() if line.strip()]
+    if tax_id:
+        lines.append(f"Tax id: {tax_id}")
+    return Party(name=billing_name or name, lines=tuple(lines))
+
+
 def seller() -> Party:
     """The seller, from settings (SELLER_NAME, SELLER_ADDRESS with `\\n` between lines, SELLER_TAX_ID, SELLER_EMAIL)."""
     address = [line.strip() for line in settings.SELLER_ADDRESS.replace("\\n", "\n").splitlines() if line.strip()]
@@ -48,13 +67,14 @@ def seller() -> Party:
 class Document(FPDF):
     """One printed document. Build it with the methods below, then `bytes()` it."""
 
-    def __init__(self, *, title: str, subject: str) -> None:
+    def __init__(self, *, title: str, subject: str, issuer: Party) -> None:
         super().__init__(orientation="portrait", unit="mm", format="A4")
         self.add_font(FONT, "", str(FONTS_DIR / "DejaVuSans.ttf"))
         self.add_font(FONT, "B", str(FONTS_DIR / "DejaVuSans-Bold.ttf"))
         self.set_title(title)
         self.set_subject(subject)
-        self.set_author(settings.SELLER_NAME)
+        self.issuer = issuer  # the seller as the document was issued by them
+        self.set_author(issuer.name)
         self.set_creator("Tollgate")
         self.set_margins(18, 18, 18)
         self.set_auto_page_break(auto=True, margin=20)
@@ -79,7 +99,7 @@ class Document(FPDF):
         (label, value) right-aligned under the title: its number, date, period."""
         top = self.get_y()
         self.set_font(FONT, "B", 15)
-        self.cell(self.epw / 2, 9, settings.SELLER_NAME, new_x=XPos.RIGHT, new_y=YPos.TOP)
+        self.cell(self.epw / 2, 9, self.issuer.name, new_x=XPos.RIGHT, new_y=YPos.TOP)
         self.cell(self.epw / 2, 9, title, align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         self.set_font(FONT, "", 9)
         for label, value in facts:

@@ -31,13 +31,17 @@ class DocumentCounter(models.Model):
 
 
 class Receipt(models.Model):
-    """The receipt of one succeeded payment, made in the transaction that credits it. Immutable: what
-    it shows besides its number and date (amounts, billing details, refunds) is read when it is rendered."""
+    """The receipt of one succeeded payment, made in the transaction that credits it. Immutable: its
+    number, date and parties are fixed when it is issued; the payment and its refunds are read when it
+    is rendered."""
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="receipts")
     payment = models.OneToOneField("payments.Payment", on_delete=models.PROTECT, related_name="receipt")
     number = models.PositiveIntegerField(db_default=0, editable=False, help_text="Assigned by the database: 1, 2, 3…")
     issued_at = models.DateTimeField(default=timezone.now)
+    # The parties as they were when it was issued ({name, lines}): a later change never alters a receipt.
+    billed_to = models.JSONField(default=dict, editable=False)
+    seller = models.JSONField(default=dict, editable=False)
 
     class Meta:
         constraints = [

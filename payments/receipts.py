@@ -1,7 +1,7 @@
 """Receipts (docs/statements.md): one per credited payment, numbered by the database as the payment is
-credited (payments/document_models.py). What a receipt shows besides its number and date is read
-when it is rendered: the organization's billing details as they are now, the payment, and the refunds
-that succeeded so far."""
+credited (payments/document_models.py). The parties (the organization's billing details, the seller)
+are stored on the receipt as it is issued, so a later change of either never alters it; the payment
+and the refunds that succeeded so far are read when it is rendered."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 
 from accounts.models import Organization
 from billing_site.money import EXACT, ZERO, currency_exponent, money_display, money_str
-from billing_site.pdf import Document, Party, document_date, seller
+from billing_site.pdf import Document, Party, billed_to_party, document_date, party_loaded, party_stored, seller
 from payments.models import Payment, Receipt, Refund, RefundStatus
 
 RECEIPT_NUMBER_DIGITS = 6
@@ -68,12 +68,18 @@ def receipt_filename(*, receipt: Receipt) -> str:
 
 
 def billed_to(organization: Organization) -> Party:
-    """The customer as documents print it: the billing name (else the organization's name), the
-    address's lines, then the tax id."""
-    lines = [line.strip() for line in organization.billing_address.splitlines() if line.strip()]
-    if organization.tax_id:
-        lines.append(f"Tax id: {organization.tax_id}")
-    return Party(name=organization.billing_name or organization.name, lines=tuple(lines))
+    """The organization as documents print it now (documents store it when issued: `document_parties`)."""
+    return billed_to_party(
+        name=organization.name,
+        billing_name=organization.billing_name,
+        billing_address=organization.billing_address,
+        tax_id=organization.tax_id,
+    )
+
+
+def document_parties(organization: Organization) -> dict[str, dict[str, object]]:
+    """`billed_to` and `seller` as a receipt or statement stores them when it is issued."""
+    return {"billed_to": party_stored(billed_to(organization)), "seller": party_stored(seller())}
 
 
 @dataclass(frozen=True)
@@ -111,17 +117,19 @@ def receipt_pdf(*, receipt: Receipt) -> bytes:
     what they total and the net paid. Amounts display with the currency's usual decimals; when that
     hides digits, a note gives the exact figures."""
     payment: Payment = receipt.payment
-    organization: Organization = receipt.organization
     figures = receipt_figures(receipt=receipt)
     currency = figures.currency
     number = receipt_number_display(receipt.number)
 
-    doc = Document(title=f"Receipt {number}", subject=f"Receipt {number} for payment #{payment.pk}")
+    doc = Document(
+        title=f"Receipt {number}", subject=f"Receipt {number} for payment #{payment.pk}", issuer=party_loaded(receipt.seller)
+    )
     doc.heading(
         "Receipt",
         facts=[("Receipt no.", number), ("Date issued", document_date(receipt.issued_at)), ("Payment", f"#{payment.pk}")],
     )
-    doc.parties(("From", seller()), ("Billed to", billed_to(organization)))
+    customer = party_loaded(receipt.billed_to)
+    doc.parties(("From", doc.issuer), ("Billed to", customer))
 
     doc.section("Payment")
     paid_at = payment.settled_at or receipt.issued_at
@@ -164,9 +172,9 @@ def receipt_pdf(*, receipt: Receipt) -> bytes:
             muted=True,
         )
     doc.paragraph(
-        f"Payment #{payment.pk} credited your {organization.name} prepaid balance with "
+        f"Payment #{payment.pk} credited your prepaid balance with "
         f"{money_display(figures.amount, currency)}. Keep this receipt for your records.",
         muted=True,
     )
-    doc.footer_set(f"Receipt {number} · {organization.billing_name or organization.name}")
+    doc.footer_set(f"Receipt {number} · {customer.name}")
     return bytes(doc)

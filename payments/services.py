@@ -27,7 +27,7 @@ from accounts.selectors import API_KEYS
 from billing_site import locks, metrics
 from billing_site.errors import DomainError, ErrorCode, IdempotencyConflict, InvalidRequest
 from billing_site.money import ZERO, currency_exponent
-from payments import credits, ledger
+from payments import credits, ledger, receipts
 from payments.models import (
     GRANT_PRIORITY_DEFAULT,
     GRANT_PRIORITY_MAX,
@@ -308,7 +308,7 @@ def payment_settle(*, event_id: int) -> Payment | None:
                     status=PaymentStatus.SUCCEEDED, transfer_id=posting.transfer_id, settled_at=now, updated_at=now
                 )
                 # Its receipt, numbered by the database with the credit, so numbers follow settlements.
-                Receipt.objects.create(organization_id=payment.organization_id, payment_id=payment.pk, issued_at=now)
+                receipt_issue(payment=payment, now=now)
             else:
                 Payment.objects.filter(pk=payment.pk).update(status=OUTCOME_STATUS[outcome], settled_at=now, updated_at=now)
     except _NothingToDo:
@@ -323,6 +323,33 @@ def payment_settle(*, event_id: int) -> Payment | None:
     if payment.status == PaymentStatus.SUCCEEDED:
         metrics.amount_observed(metrics.RECHARGES, currency=payment.currency, amount=payment.amount)
     return payment
+
+
+def receipt_issue(*, payment: Payment, now: datetime) -> Receipt:
+    """The receipt of a credited payment, made out to its organization's billing details and the seller
+    as they are now; numbered by the database. Joins the caller's transaction (the credit's, or the
+    sweep's); a second receipt of one payment is refused (IntegrityError)."""
+    organization = Organization.objects.get(pk=payment.organization_id)
+    return Receipt.objects.create(
+        organization_id=organization.pk, payment_id=payment.pk, issued_at=now, **receipts.document_parties(organization)
+    )
+
+
+def receipts_missing_issue(*, now: datetime | None = None) -> int:
+    """Receipts for credited payments that have none: a payment credited by a worker of the release
+    before receipts existed, during the deploy that added them. Oldest credit first, each in its own
+    transaction; one a twin sweep made meanwhile is left to it."""
+    now = now or timezone.now()
+    issued = 0
+    missing = Payment.objects.filter(transfer__isnull=False, receipt__isnull=True).order_by("settled_at", "pk")
+    for payment in missing[:500]:
+        try:
+            with transaction.atomic(durable=True):
+                receipt_issue(payment=payment, now=now)
+        except IntegrityError:
+            continue
+        issued += 1
+    return issued
 
 
 EXPIRED_REASON = "expired before the payer finished"
@@ -367,7 +394,7 @@ def payments_sweep(*, now: datetime | None = None) -> dict[str, int]:
     canceled = Payment.objects.filter(status=PaymentStatus.PENDING, created_at__lt=now - settings.PAYMENT_PENDING_TTL).update(
         status=PaymentStatus.CANCELED, failure_reason=EXPIRED_REASON, updated_at=now
     )
-    return {"settled": settled, "canceled": canceled}
+    return {"settled": settled, "canceled": canceled, "receipts": receipts_missing_issue(now=now)}
 
 
 # --- Refunds ---------------------------------------------------------------------------------------------

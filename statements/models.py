@@ -24,6 +24,9 @@ class Statement(models.Model):
     opening_balance = MoneyField()
     closing_balance = MoneyField()
     issued_at = models.DateTimeField(default=timezone.now)
+    # The parties as they were when it was issued ({name, lines}): a later change never alters a statement.
+    billed_to = models.JSONField(default=dict, editable=False)
+    seller = models.JSONField(default=dict, editable=False)
     emailed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:

@@ -12,7 +12,7 @@ from django.http import HttpResponse
 
 from billing_site.csv_stream import attachment_disposition, csv_cell
 from billing_site.money import ZERO, money_display, money_str
-from billing_site.pdf import Document, Party, document_date, seller
+from billing_site.pdf import Document, document_date, party_loaded
 from statements.models import Statement
 from statements.selectors import statement_number_display, statement_period_display, statement_summary
 
@@ -73,14 +73,6 @@ def statement_csv(*, statement: Statement) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def _customer(statement: Statement) -> Party:
-    organization = statement.organization
-    lines = [line.strip() for line in organization.billing_address.splitlines() if line.strip()]
-    if organization.tax_id:
-        lines.append(f"Tax id: {organization.tax_id}")
-    return Party(name=organization.billing_name or organization.name, lines=tuple(lines))
-
-
 def amount_shown(amount: Decimal, currency: str) -> str:
     """An amount as the PDF prints it: rounded to the currency's usual decimals, except a movement too
     small for them, which shows its own digits (up to 6) rather than a bare 0.00."""
@@ -97,12 +89,12 @@ def statement_pdf(*, statement: Statement) -> bytes:
     def shown(amount):
         return amount_shown(amount, currency)
 
-    doc = Document(title="Statement", subject=f"Statement {number}, {period}")
+    doc = Document(title="Statement", subject=f"Statement {number}, {period}", issuer=party_loaded(statement.seller))
     doc.heading(
         "Statement",
         facts=[("Number", number), ("Period", period), ("Issued", document_date(statement.issued_at)), ("Currency", currency)],
     )
-    doc.parties(("From", seller()), ("To", _customer(statement)))
+    doc.parties(("From", doc.issuer), ("To", party_loaded(statement.billed_to)))
     doc.section("Summary")
     doc.amounts(
         [("Opening balance", shown(summary.opening_balance)), *((row.label, shown(row.amount)) for row in summary.rows)],

@@ -14,6 +14,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from billing_site import locks, metrics
 from billing_site.money import ZERO
+from payments import receipts
 from payments.models import DocumentKind, Wallet
 from statements.models import Statement, StatementLine
 from statements.selectors import statement_figures
@@ -78,6 +79,7 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
                 last.number,
                 last.closing_balance,
             )
+        organization = Organization.objects.get(pk=organization_id)
         statement = Statement.objects.create(
             organization_id=organization_id,
             period_start=start,
@@ -86,6 +88,7 @@ def statement_issue_next(*, organization_id: int, now: datetime | None = None) -
             opening_balance=figures.opening_balance,
             closing_balance=figures.closing_balance,
             issued_at=now,
+            **receipts.document_parties(organization),
         )
         StatementLine.objects.bulk_create(
             StatementLine(

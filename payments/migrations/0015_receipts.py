@@ -11,12 +11,37 @@ from billing_site.db_guards import (
     immutable_table_sql,
 )
 
-# Every payment credited before receipts existed gets one, numbered in the order they were credited.
-RECEIPTS_BACKFILL = """
-INSERT INTO payments_receipt (organization_id, payment_id, issued_at)
-SELECT organization_id, id, COALESCE(settled_at, updated_at) FROM payments_payment
- WHERE transfer_id IS NOT NULL ORDER BY COALESCE(settled_at, updated_at), id
-"""
+
+def receipts_backfill(apps, schema_editor):
+    """Every payment credited before receipts existed gets one, numbered in the order they were
+    credited, made out to the organization's details as they are now."""
+    from django.db.models.functions import Coalesce
+
+    from billing_site.pdf import billed_to_party, party_stored, seller
+
+    payment_model = apps.get_model("payments", "Payment")
+    receipt_model = apps.get_model("payments", "Receipt")
+    credited = (
+        payment_model.objects.filter(transfer__isnull=False)
+        .select_related("organization")
+        .annotate(credited_at=Coalesce("settled_at", "updated_at"))
+        .order_by("credited_at", "id")
+    )
+    for payment in credited.iterator():
+        organization = payment.organization
+        party = billed_to_party(
+            name=organization.name,
+            billing_name=organization.billing_name,
+            billing_address=organization.billing_address,
+            tax_id=organization.tax_id,
+        )
+        receipt_model.objects.create(
+            organization_id=organization.pk,
+            payment_id=payment.pk,
+            issued_at=payment.credited_at,
+            billed_to=party_stored(party),
+            seller=party_stored(seller()),
+        )
 
 
 class Migration(migrations.Migration):
@@ -50,6 +75,8 @@ class Migration(migrations.Migration):
                     models.PositiveIntegerField(db_default=0, editable=False, help_text="Assigned by the database: 1, 2, 3…"),
                 ),
                 ("issued_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("billed_to", models.JSONField(default=dict, editable=False)),
+                ("seller", models.JSONField(default=dict, editable=False)),
                 (
                     "organization",
                     models.ForeignKey(
@@ -73,5 +100,5 @@ class Migration(migrations.Migration):
         migrations.RunSQL(DOCUMENT_NUMBER_FUNCTIONS, reverse_sql=DOCUMENT_NUMBER_FUNCTIONS_REVERSE),
         migrations.RunSQL(*document_number_sql("payments_receipt", "receipt", "payment_id")),
         migrations.RunSQL(*immutable_table_sql("payments_receipt")),
-        migrations.RunSQL(RECEIPTS_BACKFILL, reverse_sql=migrations.RunSQL.noop),
+        migrations.RunPython(receipts_backfill, reverse_code=migrations.RunPython.noop),
     ]

@@ -11,9 +11,10 @@ STATEMENT_GUARD = """
 CREATE OR REPLACE FUNCTION tollgate_statement_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' OR (NEW.id, NEW.organization_id, NEW.number, NEW.period_start, NEW.period_end, NEW.currency,
-                            NEW.opening_balance, NEW.closing_balance, NEW.issued_at)
+                            NEW.opening_balance, NEW.closing_balance, NEW.issued_at, NEW.billed_to::text, NEW.seller::text)
        IS DISTINCT FROM (OLD.id, OLD.organization_id, OLD.number, OLD.period_start, OLD.period_end, OLD.currency,
-                         OLD.opening_balance, OLD.closing_balance, OLD.issued_at) THEN
+                         OLD.opening_balance, OLD.closing_balance, OLD.issued_at, OLD.billed_to::text, OLD.seller::text)
+       OR (OLD.emailed_at IS NOT NULL AND NEW.emailed_at IS DISTINCT FROM OLD.emailed_at) THEN
         RAISE EXCEPTION 'statements are immutable: % refused', TG_OP USING ERRCODE = 'integrity_constraint_violation';
     END IF;
     RETURN NEW;
@@ -77,6 +78,8 @@ class Migration(migrations.Migration):
                 ('opening_balance', models.DecimalField(decimal_places=12, max_digits=28)),
                 ('closing_balance', models.DecimalField(decimal_places=12, max_digits=28)),
                 ('issued_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ('billed_to', models.JSONField(default=dict, editable=False)),
+                ('seller', models.JSONField(default=dict, editable=False)),
                 ('emailed_at', models.DateTimeField(blank=True, editable=False, null=True)),
                 ('organization', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='statements', to='accounts.organization')),
             ],

@@ -88,14 +88,19 @@ def test_without_billing_details_the_organization_name_is_printed(organization, 
     assert "Tax id" not in text
 
 
-def test_billing_details_are_read_when_the_receipt_is_printed(organization):
+def test_a_receipt_keeps_the_billing_details_it_was_issued_with(organization, settings):
+    """An issued receipt is a document: a later change of the billing details or of the seller never
+    alters it; the next receipt carries the new ones."""
+    billing_set(organization, name="First Holdings", tax_id="XY-1")
     payment = settled_sandbox_payment(organization, "7.00")
-    assert "Renamed Holdings" not in text_of(payment)
-
-    billing_set(organization, name="Renamed Holdings", tax_id="XY-1")
+    billing_set(organization, name="Renamed Holdings", tax_id="XY-2")
+    settings.SELLER_NAME = "Renamed Seller"
 
     text = text_of(payment)
-    assert "Renamed Holdings" in text and "Tax id: XY-1" in text
+    assert "First Holdings" in text and "Tax id: XY-1" in text
+    assert "Renamed Holdings" not in text and "Renamed Seller" not in text
+    later = text_of(settled_sandbox_payment(organization, "8.00"))
+    assert "Renamed Holdings" in later and "Tax id: XY-2" in later and "Renamed Seller" in later
 
 
 def test_refunds_are_listed_with_the_refunded_total_and_the_net_paid(organization, staff_user):

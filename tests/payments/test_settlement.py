@@ -89,13 +89,13 @@ def test_sweep_settles_stored_but_unprocessed_events(organization):
     fresh = services.payments_sweep()  # younger than a minute: the worker may still be on it
     later = services.payments_sweep(now=timezone.now() + timedelta(seconds=61))
 
-    assert fresh == {"settled": 0, "canceled": 0}
-    assert later == {"settled": 2, "canceled": 0}
+    assert fresh == {"settled": 0, "canceled": 0, "receipts": 0}
+    assert later == {"settled": 2, "canceled": 0, "receipts": 0}
     assert_credited_once(payment)
     failed.refresh_from_db()
     assert failed.status == PaymentStatus.FAILED
     assert not WebhookEvent.objects.filter(processed_at__isnull=True).exists()
-    assert services.payments_sweep(now=timezone.now() + timedelta(seconds=61)) == {"settled": 0, "canceled": 0}
+    assert services.payments_sweep(now=timezone.now() + timedelta(seconds=61)) == {"settled": 0, "canceled": 0, "receipts": 0}
     assert wallet_of(organization).balance == D("40")
 
 
@@ -110,8 +110,8 @@ def test_sweep_cancels_pending_payments_older_than_the_ttl(organization, setting
     untouched = services.payments_sweep(now=now + timedelta(hours=2) - timedelta(seconds=5))
     swept = services.payments_sweep(now=now + timedelta(hours=2, seconds=1))
 
-    assert untouched == {"settled": 0, "canceled": 0}
-    assert swept == {"settled": 0, "canceled": 1}
+    assert untouched == {"settled": 0, "canceled": 0, "receipts": 0}
+    assert swept == {"settled": 0, "canceled": 1, "receipts": 0}
     stale.refresh_from_db()
     assert stale.status == PaymentStatus.CANCELED
     assert stale.failure_reason

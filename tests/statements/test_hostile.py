@@ -152,8 +152,8 @@ def test_an_explicit_number_is_overridden_by_the_trigger(issued):
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO statements_statement (organization_id, number, period_start, period_end, currency,"
-            " opening_balance, closing_balance, issued_at)"
-            " VALUES (%s, 77, '2030-01-01T00:00:00Z', '2030-02-01T00:00:00Z', 'USD', 0, 0, now()) RETURNING number",
+            " opening_balance, closing_balance, issued_at, billed_to, seller)"
+            " VALUES (%s, 77, '2030-01-01T00:00:00Z', '2030-02-01T00:00:00Z', 'USD', 0, 0, now(), '{}', '{}') RETURNING number",
             [issued.organization_id],
         )
         assert cursor.fetchone()[0] == 2
@@ -165,8 +165,8 @@ def test_an_explicit_receipt_number_is_overridden_by_the_trigger(organization):
     pending = sandbox_payment(organization, "6.00")
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO payments_receipt (organization_id, payment_id, number, issued_at) VALUES (%s, %s, 1000, now())"
-            " RETURNING number",
+            "INSERT INTO payments_receipt (organization_id, payment_id, number, issued_at, billed_to, seller)"
+            " VALUES (%s, %s, 1000, now(), '{}', '{}') RETURNING number",
             [organization.pk, pending.pk],
         )
         assert cursor.fetchone()[0] == 2

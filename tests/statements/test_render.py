@@ -105,6 +105,8 @@ def statement_by_hand(organization, lines, *, opening="0", currency="USD"):
     from statements.models import Statement, StatementLine
 
     total = sum((Decimal(amount) for _, _, amount, _ in lines), Decimal(opening))
+    from payments.receipts import document_parties
+
     statement = Statement.objects.create(
         organization=organization,
         period_start=datetime(2026, 11, 1, tzinfo=UTC),
@@ -112,6 +114,7 @@ def statement_by_hand(organization, lines, *, opening="0", currency="USD"):
         currency=currency,
         opening_balance=Decimal(opening),
         closing_balance=total,
+        **document_parties(organization),
     )
     for position, (kind, service, amount, transfers) in enumerate(lines, start=1):
         StatementLine.objects.create(
@@ -195,9 +198,13 @@ def test_the_pdf_names_both_parties(organization, settings):
         "€1,234.50",
     ]:
         assert expected in text, expected
-    Organization.objects.filter(pk=organization.pk).update(billing_name="")
-    statement.organization.refresh_from_db()
-    assert "Acme" in PdfReader(io.BytesIO(statement_pdf(statement=statement))).pages[0].extract_text()
+    # The parties are the statement's own, as they were when it was issued: a later change never alters it.
+    Organization.objects.filter(pk=organization.pk).update(billing_name="", billing_address="")
+    settings.SELLER_NAME = "Renamed Seller"
+    statement.refresh_from_db()
+    again = PdfReader(io.BytesIO(statement_pdf(statement=statement))).pages[0].extract_text()
+    assert "Ärzte Ωmega GmbH" in again and "Hauptstraße 5" in again and "Tollgate Ltd" in again
+    assert "Renamed Seller" not in again
 
 
 def test_a_movement_smaller_than_a_cent_shows_its_digits_not_zero(organization):
