@@ -68,13 +68,18 @@ def eager_settlement(settings, live_server):
     """Run Celery tasks inline and point the sandbox provider at the live server."""
     from billing_site.celery import app
 
+    # Celery's own override, undone after the test: reading `app.conf.task_always_eager` back would
+    # read the Django setting just set, and "restoring" that left every later test eager.
+    overridden, previous = "task_always_eager" in app.conf.changes, app.conf.changes.get("task_always_eager")
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.SITE_URL = live_server.url
     settings.SANDBOX_WEBHOOK_URL = live_server.url + "/api/v1/payments/webhooks/sandbox/"
-    previous = app.conf.task_always_eager
     app.conf.task_always_eager = True
     yield
-    app.conf.task_always_eager = previous
+    if overridden:
+        app.conf.task_always_eager = previous
+    else:
+        app.conf.changes.pop("task_always_eager", None)
 
 
 class Visitor:

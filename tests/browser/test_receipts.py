@@ -1,5 +1,6 @@
 """Receipts in Chromium: an owner sets the billing details in Settings, then downloads a receipt from
-the billing page's payment history; the file is a PDF whose text has the amount and those details."""
+the billing page's payment history; the file is a PDF whose text has the amount and those details
+(a receipt keeps the details it was issued with, so the payment is credited after they are saved)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ def test_an_owner_downloads_a_receipt_from_the_billing_page(visitor_factory, tmp
     owner = UserFactory(email="ada@example.com")
     organization = organization_create(name="Analytical Engines", owner=owner)
     settled_sandbox_payment(organization, "5.00")
-    payment = settled_sandbox_payment(organization, "1234.50")
-    sandbox_payment(organization, "9.00")  # pending: no receipt to offer
     visit = visitor_factory()
     log_in(visit, owner.email)
     page = visit.page
@@ -32,6 +31,8 @@ def test_an_owner_downloads_a_receipt_from_the_billing_page(visitor_factory, tmp
     form.get_by_label("Tax id").fill("PL1234567890")
     form.get_by_role("button", name="Save billing details").click()
     expect(page.locator(".flash-success")).to_contain_text("Billing details saved")
+    payment = settled_sandbox_payment(organization, "1234.50")
+    sandbox_payment(organization, "9.00")  # pending: no receipt to offer
 
     visit.goto("/dashboard/billing/")
     table = page.get_by_test_id("payments-table")
