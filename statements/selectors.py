@@ -43,37 +43,39 @@ class Figures:
 
 
 # The wallet's entries (the wallet row's and its stripes'), by their time: summed before the month
-# (opening) and before its end (closing), and in it by their transfer's kind.
-_KIND_TOTALS_SQL = """
-SELECT t.kind, SUM(e.amount), COUNT(DISTINCT t.id)
-  FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
- WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
- GROUP BY t.kind
+# (opening) and before its end (closing) in one pass over them.
+_BALANCES_SQL = """
+SELECT COALESCE(SUM(e.amount) FILTER (WHERE e.created_at < %(start)s), 0), COALESCE(SUM(e.amount), 0)
+  FROM payments_ledgerentry e
+ WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(end)s
 """
-_BALANCE_BEFORE_SQL = """
-SELECT COALESCE(SUM(e.amount), 0) FROM payments_ledgerentry e
- WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at < %(at)s
-"""
-# Usage by service: a usage transfer's records say which services it paid for (their costs sum to its
-# wallet leg); a volume true-up's transfer names its service. Records are found by the organization's
-# time index around the month (a record carries its transfer's time), then kept by transfer.
-_USAGE_BY_SERVICE_SQL = """
-WITH month AS (
-    SELECT DISTINCT e.transfer_id AS id
-      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id AND t.kind = 'usage'
+# The month's wallet entries with their transfer's kind, read once for both results: the totals by kind
+# (rows with by_service false), and usage by service (by_service true). A usage transfer's records say
+# which services it paid for (their costs sum to its wallet leg); a volume true-up's transfer names its
+# service. Records are found by the organization's time index around the month (a record carries its
+# transfer's time), then kept by transfer.
+_MONTH_SQL = """
+WITH month AS MATERIALIZED (
+    SELECT e.transfer_id, t.kind, e.amount
+      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id
      WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
+), used AS (
+    SELECT DISTINCT transfer_id AS id FROM month WHERE kind = 'usage'
 )
-SELECT service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM (
+SELECT false AS by_service, kind, NULL::bigint AS service_id, SUM(amount), COUNT(DISTINCT transfer_id)
+  FROM month GROUP BY kind
+UNION ALL
+SELECT true, 'usage', service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM (
     SELECT r.service_id, -r.cost AS amount, r.transfer_id FROM metering_usagerecord r
      WHERE r.organization_id = %(org)s AND r.created_at >= %(near_start)s AND r.created_at < %(near_end)s
-       AND NOT r.test AND r.transfer_id IN (SELECT id FROM month)
+       AND NOT r.test AND r.transfer_id IN (SELECT id FROM used)
     UNION ALL
     SELECT v.service_id, e.amount, v.transfer_id FROM metering_volumetrueup v
       JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
-     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM month)
+     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM used)
 ) attributed
 GROUP BY service_id
-ORDER BY service_id
+ORDER BY 1, 3
 """
 _RECORD_SLACK = timedelta(days=1)
 
@@ -83,20 +85,22 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
     of its entries before each instant) and one line per transfer kind, usage split by service. The
     lines sum exactly to closing − opening; a usage remainder no record names is a line without a
     service (none is expected)."""
-    params = {"org": organization_id, "start": start, "end": end}
+    params = {
+        "org": organization_id,
+        "start": start,
+        "end": end,
+        "near_start": start - _RECORD_SLACK,
+        "near_end": end + _RECORD_SLACK,
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": start})
-        opening = cursor.fetchone()[0]
-        cursor.execute(_BALANCE_BEFORE_SQL, {"org": organization_id, "at": end})
-        closing = cursor.fetchone()[0]
-        cursor.execute(_KIND_TOTALS_SQL, params)
-        by_kind = {kind: (amount, count) for kind, amount, count in cursor.fetchall()}
-        by_service: list[tuple[int, Decimal, int]] = []
-        if TransferKind.USAGE in by_kind:
-            cursor.execute(
-                _USAGE_BY_SERVICE_SQL, {**params, "near_start": start - _RECORD_SLACK, "near_end": end + _RECORD_SLACK}
-            )
-            by_service = cursor.fetchall()
+        cursor.execute(_BALANCES_SQL, params)
+        opening, closing = cursor.fetchone()
+        cursor.execute(_MONTH_SQL, params)
+        rows = cursor.fetchall()
+    by_kind = {kind: (amount, count) for by_service, kind, _, amount, count in rows if not by_service}
+    by_service: list[tuple[int, Decimal, int]] = [
+        (sid, amount, count) for by_service, _, sid, amount, count in rows if by_service
+    ]
     lines: list[FigureLine] = []
     for kind in [*KIND_ORDER, *sorted(set(by_kind) - set(KIND_ORDER))]:
         if kind not in by_kind:
