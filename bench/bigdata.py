@@ -39,6 +39,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from bench import env
 
@@ -168,7 +169,9 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
             return 1
         results[label] = loaded
         previous = label
+    load_average: dict[str, tuple[float, ...]] = {}
     if not args.load_only:
+        load_average["before"] = os.getloadavg()
         # Interleaved rounds (10k, 1M, 10M, 10k, …): a shared machine's load drifts, and each size should
         # see the same drift; every page's samples are pooled over the rounds.
         for round_number in range(args.rounds):
@@ -191,13 +194,23 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
                     if pooled is not page:
                         pooled["seconds"] = pooled["seconds"] + page["seconds"]
                         pooled["db_seconds"] = pooled["db_seconds"] + page["db_seconds"]
+        load_average["after"] = os.getloadavg()
+        print(
+            "\nload average (1, 5, 15 min) on "
+            f"{os.cpu_count()} cores: before the rounds {', '.join(f'{x:.2f}' for x in load_average['before'])}, "
+            f"after {', '.join(f'{x:.2f}' for x in load_average['after'])}"
+        )
         if "pages" in args.parts:
             report(list(results.values()), args)
         if "statements" in args.parts:
             report_statements(list(results.values()), args)
     summary = env.RESULTS_DIR / f"bigdata-{stamp}.json"
     summary.write_text(
-        json.dumps({"started_at": stamp, "args": vars(args), "sizes": list(results.values())}, indent=2, default=str)
+        json.dumps(
+            {"started_at": stamp, "args": vars(args), "load_average": load_average, "sizes": list(results.values())},
+            indent=2,
+            default=str,
+        )
     )
     print(f"\nJSON: {summary}")
     return 0
@@ -472,7 +485,7 @@ class _StatementClock(_DatabaseClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.statements: list[tuple[str, object, float]] = []
+        self.statements: list[tuple[str, Any, float]] = []
 
     def __call__(self, execute, sql, params, many, context):
         started = time.perf_counter()

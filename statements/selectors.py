@@ -85,7 +85,7 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
     of its entries before each instant) and one line per transfer kind, usage split by service. The
     lines sum exactly to closing − opening; a usage remainder no record names is a line without a
     service (none is expected)."""
-    params = {
+    params: dict[str, int | datetime] = {
         "org": organization_id,
         "start": start,
         "end": end,
