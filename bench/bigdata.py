@@ -8,6 +8,13 @@ organization and a small one, and the back office's changelists as a staff user,
 over the sizes. It prints p50/p95 per page and size, the database's share, the ratio of the largest
 size to the smallest, and the aims (docs/performance.md).
 
+It also times a statement's figures for last month (`statements.selectors.statement_figures`, all a
+statement's issuance computes: opening, closing, per-kind and per-service sums) for the same two
+organizations, in-process, against their limit in the same process and round: the same sums as the
+plainest SQL (two balance sums and one GROUP BY kind, no usage-by-service split), calls alternating.
+It checks both give the same figures, prints each of the statement's queries' share, the ratio
+figures / limit, and, at the largest size, the `EXPLAIN (ANALYZE, BUFFERS)` of the slowest query.
+
 Without DATABASE_URL each size has its own database on the embedded PostgreSQL
 (`tollgate_bigdata_10k`, `_1m`, `_10m`); a bigger one starts as a copy of the next smaller one
 (CREATE DATABASE … TEMPLATE) and grows from there, and every later run reuses them, so the code can be
@@ -16,6 +23,7 @@ the sizes in ascending order (its bench organizations are told apart by the slug
 
     make bench-bigdata                                      # 10k, 1M, 10M; 3 rounds of 20 requests per page
     make bench-bigdata BIGDATA_ARGS="--sizes 10k,1m --requests 20"
+    make bench-bigdata BIGDATA_ARGS="--sizes 10k,1m --parts statements --rounds 3 --requests 5"
     make bench-bigdata BIGDATA_ARGS="--drop"                # drop the big databases (~10 GB at 10M)
 """
 
@@ -28,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from bench import env
 
@@ -41,6 +51,12 @@ AIM_FLAT_RATIO = 2.0
 USAGE_PAGE_SIZE = 50
 # Pages that read no usage, ledger or rollup row: what this machine's load alone does to a page, in the same run.
 REFERENCE = "reference: "
+# A statement is computed by a background task, one organization at a time: beyond this for the largest
+# organization, the issuance's queries need a look (an index or a different plan).
+AIM_STATEMENT_P95_MS = 2000.0
+STATEMENT_FIGURES = "statement_figures(last month)"
+STATEMENT_LIMIT = "limit: the same sums, plainest SQL"
+PARTS = ("pages", "statements")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,11 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--drop", action="store_true", help="drop the big-data databases and exit")
     parser.add_argument("--rounds", type=int, default=3, help="measuring rounds, interleaved over the sizes (default 3)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"what to measure: any of {', '.join(PARTS)} (default: both)")
+    parser.add_argument("--explain", action="store_true", help=argparse.SUPPRESS)  # the worker explains the slowest query
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one size, in a process of its own
     parser.add_argument("--phase", choices=["load", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
+    args.parts = [p.strip().lower() for p in args.parts.split(",") if p.strip()]
+    if not args.parts or set(args.parts) - set(PARTS):
+        parser.error(f"--parts takes a list of {', '.join(PARTS)}")
     if not args.sizes or set(args.sizes) - set(SIZES) or [SIZES[s] for s in args.sizes] != sorted(SIZES[s] for s in args.sizes):
         parser.error(f"--sizes takes an ascending list of {', '.join(SIZES)}")
     if args.rounds < 1 or args.requests < 1 or args.organizations < 1 or not 0 < args.large_share < 1:
@@ -148,24 +169,48 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> int:
             return 1
         results[label] = loaded
         previous = label
+    load_average: dict[str, tuple[float, ...]] = {}
     if not args.load_only:
+        load_average["before"] = os.getloadavg()
         # Interleaved rounds (10k, 1M, 10M, 10k, …): a shared machine's load drifts, and each size should
         # see the same drift; every page's samples are pooled over the rounds.
         for round_number in range(args.rounds):
             for label in args.sizes:
                 print(f"\n--- round {round_number + 1} of {args.rounds}: {label} ---", flush=True)
-                measured = _run_worker(label, "measure", environments[label], argv, stamp)
+                # The slowest statement query is explained once: at the largest size, in the last round.
+                last = round_number == args.rounds - 1 and label == args.sizes[-1] and "statements" in args.parts
+                measured = _run_worker(label, "measure", environments[label], [*argv, "--explain"] if last else argv, stamp)
                 if measured is None:
                     return 1
+                for call in measured["statements"]:
+                    pooled = results[label].setdefault("statement_samples", {}).setdefault(f"{call['who']}|{call['call']}", call)
+                    if pooled is not call:
+                        for field in ("seconds", "db_seconds", "queries"):  # query_names: the same in every call
+                            pooled[field] = pooled[field] + call[field]
+                if measured.get("explain"):
+                    results[label]["statement_explain"] = measured["explain"]
                 for page in measured["pages"]:
                     pooled = results[label].setdefault("samples", {}).setdefault(f"{page['who']}|{page['page']}", dict(page))
                     if pooled is not page:
                         pooled["seconds"] = pooled["seconds"] + page["seconds"]
                         pooled["db_seconds"] = pooled["db_seconds"] + page["db_seconds"]
-        report(list(results.values()), args)
+        load_average["after"] = os.getloadavg()
+        print(
+            "\nload average (1, 5, 15 min) on "
+            f"{os.cpu_count()} cores: before the rounds {', '.join(f'{x:.2f}' for x in load_average['before'])}, "
+            f"after {', '.join(f'{x:.2f}' for x in load_average['after'])}"
+        )
+        if "pages" in args.parts:
+            report(list(results.values()), args)
+        if "statements" in args.parts:
+            report_statements(list(results.values()), args)
     summary = env.RESULTS_DIR / f"bigdata-{stamp}.json"
     summary.write_text(
-        json.dumps({"started_at": stamp, "args": vars(args), "sizes": list(results.values())}, indent=2, default=str)
+        json.dumps(
+            {"started_at": stamp, "args": vars(args), "load_average": load_average, "sizes": list(results.values())},
+            indent=2,
+            default=str,
+        )
     )
     print(f"\nJSON: {summary}")
     return 0
@@ -198,7 +243,12 @@ def worker(args: argparse.Namespace) -> int:
     target = SIZES[args.worker]
     if args.phase == "measure":
         data = bigdata_load.ensure_fixtures(small_organizations=args.organizations, quiet=True)
-        Path(args.out).write_text(json.dumps({"pages": measure(data, args)}, default=str))
+        measured: dict = {"pages": measure(data, args) if "pages" in args.parts else [], "statements": []}
+        if "statements" in args.parts:
+            measured["statements"] = measure_statements(data, args)
+            if args.explain:
+                measured["explain"] = explain_statement(data)
+        Path(args.out).write_text(json.dumps(measured, default=str))
         return 0
     call_command("migrate", interactive=False, verbosity=0)
     data = bigdata_load.ensure_fixtures(small_organizations=args.organizations)
@@ -219,6 +269,7 @@ def worker(args: argparse.Namespace) -> int:
     result["records"] = bigdata_load.loaded_records(data)
     result["sizes_on_disk"] = _table_sizes()
     print("bigdata: " + ", ".join(f"{k} {v}" for k, v in result["sizes_on_disk"].items()), flush=True)
+    result["statement_rows"] = _statement_rows(data)
     if args.verify:
         started = time.monotonic()
         invariants = fixtures.verify_organizations(data.organization_ids)
@@ -375,6 +426,157 @@ def _time(
     return {"who": who, "page": name, "path": path, "csv": csv, "deep_page": deep, "seconds": seconds, "db_seconds": db_seconds}
 
 
+# --- a statement's figures --------------------------------------------------------------------------------------
+
+# The limit: the sums a statement needs from the ledger, in the plainest SQL (no usage-by-service split).
+_LIMIT_BALANCE_SQL = (
+    "SELECT sum(amount) FROM payments_ledgerentry WHERE organization_id = %s AND account = 'wallet' AND created_at < %s"
+)
+_LIMIT_KINDS_SQL = (
+    "SELECT t.kind, sum(e.amount) FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id"
+    " WHERE e.organization_id = %s AND e.account = 'wallet' AND e.created_at >= %s AND e.created_at < %s GROUP BY t.kind"
+)
+
+
+def _statement_month() -> tuple[datetime, datetime]:
+    """Last month, UTC: [its first instant, the first of this month) (statements.services.month_start's
+    months, without Django: the orchestrator prints it too)."""
+    end = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (end - timedelta(days=1)).replace(day=1), end
+
+
+def _statement_limit(organization_id: int, start: datetime, end: datetime) -> tuple[Decimal, Decimal, dict[str, Decimal]]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(_LIMIT_BALANCE_SQL, [organization_id, start])
+        opening = cursor.fetchone()[0] or Decimal(0)
+        cursor.execute(_LIMIT_BALANCE_SQL, [organization_id, end])
+        closing = cursor.fetchone()[0] or Decimal(0)
+        cursor.execute(_LIMIT_KINDS_SQL, [organization_id, start, end])
+        return opening, closing, dict(cursor.fetchall())
+
+
+def _statement_rows(data) -> dict[str, dict[str, int]]:
+    """What last month's statement reads, per measured organization: its wallet entries up to the
+    month's end, those in the month, and the month's usage records."""
+    from django.db import connection
+
+    start, end = _statement_month()
+    rows = {}
+    with connection.cursor() as cursor:
+        for who, organization_id in (("large", data.large_id), ("small", data.small_id)):
+            cursor.execute(
+                "SELECT count(*), count(*) FILTER (WHERE created_at >= %s) FROM payments_ledgerentry"
+                " WHERE organization_id = %s AND account = 'wallet' AND created_at < %s",
+                [start, organization_id, end],
+            )
+            entries, in_month = cursor.fetchone()
+            cursor.execute(
+                "SELECT count(*) FROM metering_usagerecord WHERE organization_id = %s AND created_at >= %s AND created_at < %s",
+                [organization_id, start, end],
+            )
+            rows[who] = {"entries_before_end": entries, "entries_in_month": in_month, "records_in_month": cursor.fetchone()[0]}
+    return rows
+
+
+class _StatementClock(_DatabaseClock):
+    """A _DatabaseClock that also keeps each statement's SQL, parameters and time, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statements: list[tuple[str, Any, float]] = []
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.seconds += elapsed
+            self.statements.append((sql, params, elapsed))
+
+
+def measure_statements(data, args: argparse.Namespace) -> list[dict]:
+    """statement_figures for last month against its limit, for the large and the small organization:
+    first checked equal, then timed, the two calls alternating (each sees the same drift)."""
+    from statements.selectors import statement_figures
+
+    start, end = _statement_month()
+    calls = []
+    for who, organization_id in (("large", data.large_id), ("small", data.small_id)):
+
+        def figures(organization_id: int = organization_id):
+            return statement_figures(organization_id=organization_id, start=start, end=end)
+
+        def limit(organization_id: int = organization_id):
+            return _statement_limit(organization_id, start, end)
+
+        got, want = figures(), limit()
+        by_kind: dict[str, Decimal] = {}
+        for line in got.lines:
+            by_kind[line.kind] = by_kind.get(line.kind, Decimal(0)) + line.amount
+        if (got.opening_balance, got.closing_balance, by_kind) != want:
+            raise SystemExit(f"bigdata: statement_figures and the raw SQL disagree for {who}: {got} != {want}")
+        calls += _time_calls(who, {STATEMENT_FIGURES: figures, STATEMENT_LIMIT: limit}, args)
+    return calls
+
+
+def _time_calls(who: str, calls: dict, args: argparse.Namespace) -> list[dict]:
+    """Time each function of `calls` in-process, alternating between them, warm-up calls untimed."""
+    samples = {
+        name: {"who": who, "call": name, "seconds": [], "db_seconds": [], "queries": [], "query_names": []} for name in calls
+    }
+    from django.db import connection
+
+    for attempt in range(args.warmup + args.requests):
+        for name, function in calls.items():
+            clock = _StatementClock()
+            with connection.execute_wrapper(clock):
+                started = time.perf_counter()
+                function()
+                elapsed = time.perf_counter() - started
+            if attempt >= args.warmup:
+                samples[name]["seconds"].append(elapsed)
+                samples[name]["db_seconds"].append(clock.seconds)
+                samples[name]["queries"].append([seconds for _, _, seconds in clock.statements])
+                samples[name]["query_names"] = [_sql_label(sql) for sql, _, _ in clock.statements]
+    for sample in samples.values():
+        print(
+            f"  {who:<6} {sample['call']:<44} p50 {statistics.median(sample['seconds']) * 1000:8.2f} ms"
+            f"  (database {statistics.median(sample['db_seconds']) * 1000:6.2f} ms)",
+            flush=True,
+        )
+    return list(samples.values())
+
+
+def _sql_label(sql: str) -> str:
+    """A statement's first words, on one line: tells a call's statements apart in the report."""
+    words = " ".join(sql.split())
+    return words if len(words) <= 40 else words[:39] + "…"
+
+
+def explain_statement(data) -> dict:
+    """EXPLAIN (ANALYZE, BUFFERS) of statement_figures' slowest statement for the large organization."""
+    from django.db import connection
+
+    from statements.selectors import statement_figures
+
+    start, end = _statement_month()
+    clock = _StatementClock()
+    with connection.execute_wrapper(clock):
+        statement_figures(organization_id=data.large_id, start=start, end=end)
+    index = max(range(len(clock.statements)), key=lambda i: clock.statements[i][2])
+    sql, params, seconds = clock.statements[index]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    name = f"statement {index + 1} of {len(clock.statements)}, {_sql_label(sql)}"
+    print(f"\n  the slowest of statement_figures' statements for the large organization: {name} ({seconds * 1000:.1f} ms)")
+    print("\n".join("    " + line for line in plan.splitlines()), flush=True)
+    return {"query": name, "ms": round(seconds * 1000, 2), "plan": plan}
+
+
 # --- the report ------------------------------------------------------------------------------------------------
 
 
@@ -430,6 +632,74 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print(f"{missed} rows miss an aim" if missed else "every row meets its aims")
     deep = {r["size"]: sorted({(p["who"], p["deep_page"]) for p in r["samples"].values() if p["deep_page"]}) for r in results}
     print("deep pages (who, page number): " + "; ".join(f"{size}: {pages}" for size, pages in deep.items()))
+
+
+def report_statements(results: list[dict], args: argparse.Namespace) -> None:
+    labels = [r["size"] for r in results]
+    start, end = (moment.date() for moment in _statement_month())
+    print(
+        f"\nA statement's figures for {start} to {end} (exclusive), in-process: {STATEMENT_FIGURES} is "
+        f"statements.selectors.statement_figures (opening, closing, per-kind and per-service sums); its limit is the same "
+        f"sums as the plainest SQL (two balance sums and a GROUP BY kind, no usage-by-service split), checked equal to "
+        f"the figures. p50 / p95 in ms of {args.rounds} x {args.requests} calls each, alternating with the limit, rounds "
+        f"interleaved over the sizes; 'db' is the p50 of the time in the database's statements. Aim: p95 < "
+        f"{AIM_STATEMENT_P95_MS:.0f} ms for the large organization at {labels[-1]}."
+    )
+    for r in results:
+        rows = r.get("statement_rows", {})
+        print(
+            f"  {r['size']}: "
+            + "; ".join(
+                f"{who}: {n['entries_before_end']:,} wallet entries before the month's end, {n['entries_in_month']:,} "
+                f"in it, {n['records_in_month']:,} usage records in it"
+                for who, n in rows.items()
+            )
+        )
+    head = (
+        f"{'who':<6} {'call':<44}" + "".join(f" {label + ' p50/p95 (db)':>26}" for label in labels) + f" {'ratio p95':>10}  aim"
+    )
+    print(head)
+    print("-" * len(head))
+    pooled = [r["statement_samples"] for r in results]
+    for key, first in pooled[0].items():
+        cells = [p.get(key) for p in pooled]
+        text = "".join(
+            f" {_ms(c['seconds'], 50):8.1f}/{_ms(c['seconds'], 95):<7.1f} ({_ms(c['db_seconds'], 50):5.1f})"
+            if c
+            else f" {'-':>26}"
+            for c in cells
+        )
+        last = cells[-1]
+        ratio = f"{_ms(last['seconds'], 95) / _ms(first['seconds'], 95):9.2f}x" if last else f"{'-':>10}"
+        verdict = ""
+        if first["who"] == "large" and first["call"] == STATEMENT_FIGURES and last:
+            verdict = "met" if _ms(last["seconds"], 95) < AIM_STATEMENT_P95_MS else "NOT met"
+        print(f"{first['who']:<6} {first['call']:<44}{text} {ratio}  {verdict}")
+        if first["call"] == STATEMENT_FIGURES:
+            # Each of its statements' p50, in the order sent: where the time goes.
+            for index, name in enumerate(first["query_names"]):
+                parts = []
+                for c in cells:
+                    times = [q[index] for q in c["queries"] if len(q) > index] if c else []
+                    parts.append(f" {f'{statistics.median(times) * 1000:.1f} ms p50':>26}" if times else f" {'-':>26}")
+                print(f"{'':<6}   {name:<41}" + "".join(parts))
+    print(f"{'':<6} {'figures / limit, p50 (p95)':<44}", end="")
+    for who in ("large", "small"):
+        ratios = []
+        for p in pooled:
+            figures, limit = p.get(f"{who}|{STATEMENT_FIGURES}"), p.get(f"{who}|{STATEMENT_LIMIT}")
+            if figures and limit:
+                ratios.append(
+                    f"{_ms(figures['seconds'], 50) / _ms(limit['seconds'], 50):.2f}x"
+                    f" ({_ms(figures['seconds'], 95) / _ms(limit['seconds'], 95):.2f}x)"
+                )
+        print(f"\n{'':<6}   {who:<41}" + "".join(f" {ratio:>26}" for ratio in ratios), end="")
+    print()
+    for r in results:
+        if r.get("statement_explain"):
+            explain = r["statement_explain"]
+            print(f"\nat {r['size']}, the slowest statement for the large organization: {explain['query']} ({explain['ms']} ms)")
+            print("\n".join("    " + line for line in explain["plan"].splitlines()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -230,7 +230,7 @@ TRANSFER_COPY = "COPY payments_transfer (id, organization_id, kind, reference, c
 ENTRY_COPY = "COPY payments_ledgerentry (id, transfer_id, organization_id, account, amount, balance_after, created_at) FROM STDIN"
 
 _ROLLUP_SOURCE = """SELECT organization_id, service_id, (created_at AT TIME ZONE 'UTC')::date, test, count(*), sum(quantity),
-       sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)), sum(cost)
+       sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)), sum(cost), 0
   FROM metering_usagerecord WHERE id BETWEEN %(first)s AND %(last)s GROUP BY 1, 2, 3, 4"""
 _SPEND_SQL = """UPDATE accounts_apikey k SET spent = k.spent + s.total
   FROM (SELECT api_key_id, sum(cost) AS total FROM metering_usagerecord
