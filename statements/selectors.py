@@ -64,6 +64,11 @@ WITH month AS MATERIALIZED (
     SELECT v.service_id, e.amount, v.transfer_id FROM metering_volumetrueup v
       JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
      WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM usage_transfer)
+), unattributed AS (
+    SELECT paid.transfer_id, paid.amount - COALESCE(named.amount, 0) AS amount
+      FROM (SELECT transfer_id, SUM(amount) AS amount FROM month WHERE kind = 'usage' GROUP BY transfer_id) paid
+      LEFT JOIN (SELECT transfer_id, SUM(amount) AS amount FROM attributed GROUP BY transfer_id) named USING (transfer_id)
+     WHERE paid.amount <> COALESCE(named.amount, 0)
 )
 SELECT 'balance', NULL::text, NULL::bigint,
        COALESCE(SUM(e.amount) FILTER (WHERE e.created_at < %(start)s), 0), COALESCE(SUM(e.amount), 0)
@@ -73,6 +78,8 @@ UNION ALL
 SELECT 'kind', kind, NULL::bigint, SUM(amount), COUNT(DISTINCT transfer_id) FROM month GROUP BY kind
 UNION ALL
 SELECT 'service', NULL::text, service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM attributed GROUP BY service_id
+UNION ALL
+SELECT 'unattributed', NULL::text, NULL::bigint, SUM(amount), COUNT(*) FROM unattributed HAVING COUNT(*) > 0
 """
 _RECORD_SLACK = timedelta(days=1)
 
@@ -95,13 +102,16 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
     opening = closing = ZERO
     by_kind: dict[str, tuple[Decimal, int]] = {}
     by_service: list[tuple[int, Decimal, int]] = []
+    unattributed, unattributed_transfers = ZERO, 0
     for section, kind, service_id, amount, count in rows:
         if section == "balance":
             opening, closing = amount, count
         elif section == "kind":
             by_kind[kind] = (amount, int(count))
-        else:
+        elif section == "service":
             by_service.append((service_id, amount, int(count)))
+        else:
+            unattributed, unattributed_transfers = amount, int(count)
     by_service.sort()
     lines: list[FigureLine] = []
     for kind in [*KIND_ORDER, *sorted(set(by_kind) - set(KIND_ORDER))]:
@@ -115,9 +125,9 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
             lines.append(FigureLine(kind=kind, service_id=None, amount=amount, transfers=count))
             continue
         lines.extend(FigureLine(kind=kind, service_id=sid, amount=total, transfers=n) for sid, total, n in by_service if total)
-        rest = amount - sum((total for _, total, _ in by_service), ZERO)
-        if rest:
-            lines.append(FigureLine(kind=kind, service_id=None, amount=rest, transfers=count))
+        if unattributed_transfers:
+            # the usage transfers whose records do not account for all they took (their records archived)
+            lines.append(FigureLine(kind=kind, service_id=None, amount=unattributed, transfers=unattributed_transfers))
     return Figures(opening_balance=opening, closing_balance=closing, lines=tuple(lines))
 
 

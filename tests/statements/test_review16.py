@@ -133,11 +133,6 @@ def test_a_line_cannot_be_added_to_an_issued_statement(organization):
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: statement_figures gives the usage line without a service the count of ALL the month's usage "
-    "transfers, also those the service lines already count, when only part of a month's records were archived",
-)
 def test_the_usage_line_without_a_service_counts_only_the_transfers_it_sums(organization, live_key, tmp_path):
     service_with_price(slug="ping", calc_method=CalcMethod.REQUEST, unit_price="0.01")
     client = key_client(live_key.secret)
