@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.models import Membership, Role
 from billing_site.money import money_display
+from billing_site.pdf import party_loaded
 from statements import render
 from statements.models import Statement
 from statements.selectors import statement_document_get, statement_number_display, statement_period_display
@@ -33,10 +34,11 @@ def statement_recipients(*, organization_id: int) -> list[str]:
 def statement_email_message(*, statement: Statement, recipients: list[str]) -> EmailMessage:
     number, period, currency = statement_number_display(statement), statement_period_display(statement), statement.currency
     organization = statement.organization
+    issuer = party_loaded(statement.seller).name or settings.SELLER_NAME
     link = settings.SITE_URL.rstrip("/") + reverse("dashboard:statements")
     body = "\n".join(
         [
-            f"Your Tollgate statement {number} for {period} ({organization.name}) is attached, as a PDF and as a CSV.",
+            f"Your {issuer} statement {number} for {period} ({organization.name}) is attached, as a PDF and as a CSV.",
             "",
             f"Opening balance: {money_display(statement.opening_balance, currency)}",
             f"Closing balance: {money_display(statement.closing_balance, currency)}",
@@ -47,7 +49,7 @@ def statement_email_message(*, statement: Statement, recipients: list[str]) -> E
         ]
     )
     message = EmailMessage(
-        subject=f"Your Tollgate statement for {period} ({number})",
+        subject=f"Your {issuer} statement for {period} ({number})",
         body=body,
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=recipients,
