@@ -40,7 +40,7 @@ class Statement(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"statement {self.number} of {self.organization_id} ({self.period_start:%Y-%m})"
+        return f"S-{self.number:06d} ({self.period_start:%B %Y})"
 
 
 class StatementLine(models.Model):
