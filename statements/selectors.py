@@ -64,11 +64,6 @@ WITH month AS MATERIALIZED (
     SELECT v.service_id, e.amount, v.transfer_id FROM metering_volumetrueup v
       JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
      WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT id FROM usage_transfer)
-), unattributed AS (
-    SELECT paid.transfer_id, paid.amount - COALESCE(named.amount, 0) AS amount
-      FROM (SELECT transfer_id, SUM(amount) AS amount FROM month WHERE kind = 'usage' GROUP BY transfer_id) paid
-      LEFT JOIN (SELECT transfer_id, SUM(amount) AS amount FROM attributed GROUP BY transfer_id) named USING (transfer_id)
-     WHERE paid.amount <> COALESCE(named.amount, 0)
 )
 SELECT 'balance', NULL::text, NULL::bigint,
        COALESCE(SUM(e.amount) FILTER (WHERE e.created_at < %(start)s), 0), COALESCE(SUM(e.amount), 0)
@@ -78,10 +73,32 @@ UNION ALL
 SELECT 'kind', kind, NULL::bigint, SUM(amount), COUNT(DISTINCT transfer_id) FROM month GROUP BY kind
 UNION ALL
 SELECT 'service', NULL::text, service_id, SUM(amount), COUNT(DISTINCT transfer_id) FROM attributed GROUP BY service_id
-UNION ALL
-SELECT 'unattributed', NULL::text, NULL::bigint, SUM(amount), COUNT(*) FROM unattributed HAVING COUNT(*) > 0
+"""
+# How many of the month's usage transfers their records do not account for in full (their records
+# archived): asked only when the month's usage has such a remainder, which it normally has not.
+_UNATTRIBUTED_TRANSFERS_SQL = """
+WITH month AS (
+    SELECT e.transfer_id, e.amount
+      FROM payments_ledgerentry e JOIN payments_transfer t ON t.id = e.transfer_id AND t.kind = 'usage'
+     WHERE e.organization_id = %(org)s AND e.account = 'wallet' AND e.created_at >= %(start)s AND e.created_at < %(end)s
+), named AS (
+    SELECT r.transfer_id, -r.cost AS amount FROM metering_usagerecord r
+     WHERE r.organization_id = %(org)s AND r.created_at >= %(near_start)s AND r.created_at < %(near_end)s
+       AND NOT r.test AND r.transfer_id IN (SELECT transfer_id FROM month)
+    UNION ALL
+    SELECT v.transfer_id, e.amount FROM metering_volumetrueup v
+      JOIN payments_ledgerentry e ON e.transfer_id = v.transfer_id AND e.account = 'wallet'
+     WHERE v.organization_id = %(org)s AND v.transfer_id IN (SELECT transfer_id FROM month)
+)
+SELECT COUNT(*) FROM (SELECT transfer_id, SUM(amount) AS amount FROM month GROUP BY transfer_id) paid
+  LEFT JOIN (SELECT transfer_id, SUM(amount) AS amount FROM named GROUP BY transfer_id) named USING (transfer_id)
+ WHERE paid.amount <> COALESCE(named.amount, 0)
 """
 _RECORD_SLACK = timedelta(days=1)
+
+
+def _usage_total(rows: list[tuple[str, str | None, int | None, Decimal, Decimal]]) -> Decimal:
+    return sum((amount for section, kind, _, amount, _ in rows if section == "kind" and kind == TransferKind.USAGE), ZERO)
 
 
 def statement_figures(*, organization_id: int, start: datetime, end: datetime) -> Figures:
@@ -99,19 +116,21 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
     with connection.cursor() as cursor:
         cursor.execute(_FIGURES_SQL, params)
         rows = cursor.fetchall()
+        unattributed = _usage_total(rows) - sum((amount for section, _, _, amount, _ in rows if section == "service"), ZERO)
+        unattributed_transfers = 0
+        if unattributed:
+            cursor.execute(_UNATTRIBUTED_TRANSFERS_SQL, params)
+            unattributed_transfers = int(cursor.fetchone()[0])
     opening = closing = ZERO
     by_kind: dict[str, tuple[Decimal, int]] = {}
     by_service: list[tuple[int, Decimal, int]] = []
-    unattributed, unattributed_transfers = ZERO, 0
     for section, kind, service_id, amount, count in rows:
         if section == "balance":
             opening, closing = amount, count
         elif section == "kind":
             by_kind[kind] = (amount, int(count))
-        elif section == "service":
-            by_service.append((service_id, amount, int(count)))
         else:
-            unattributed, unattributed_transfers = amount, int(count)
+            by_service.append((service_id, amount, int(count)))
     by_service.sort()
     lines: list[FigureLine] = []
     for kind in [*KIND_ORDER, *sorted(set(by_kind) - set(KIND_ORDER))]:
@@ -125,7 +144,7 @@ def statement_figures(*, organization_id: int, start: datetime, end: datetime) -
             lines.append(FigureLine(kind=kind, service_id=None, amount=amount, transfers=count))
             continue
         lines.extend(FigureLine(kind=kind, service_id=sid, amount=total, transfers=n) for sid, total, n in by_service if total)
-        if unattributed_transfers:
+        if unattributed:
             # the usage transfers whose records do not account for all they took (their records archived)
             lines.append(FigureLine(kind=kind, service_id=None, amount=unattributed, transfers=unattributed_transfers))
     return Figures(opening_balance=opening, closing_balance=closing, lines=tuple(lines))
