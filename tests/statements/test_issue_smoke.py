@@ -44,6 +44,10 @@ def test_a_statement_refuses_any_change(organization):
     with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE payments_documentcounter SET last = last + 5")
     Statement.objects.filter(pk=statement.pk).update(emailed_at=datetime.now(UTC))
+    # emailed once: it can be neither cleared (a second email) nor moved
+    for again in (None, datetime.now(UTC) + timedelta(days=1)):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Statement.objects.filter(pk=statement.pk).update(emailed_at=again)
 
 
 def test_settlement_numbers_receipts(organization, api_client, eager_celery, django_capture_on_commit_callbacks):
