@@ -158,7 +158,7 @@ def statement_get(*, organization_id: int, statement_id: int) -> Statement | Non
     return Statement.objects.filter(organization_id=organization_id, pk=statement_id).prefetch_related("lines__service").first()
 
 
-# --- The statement's summary: its lines in the categories customers read (SPEC §10) -------------------
+# --- The statement's summary: its lines in the categories customers read (docs/statements.md) ---------
 
 # (category, label, kinds) in the order the summary shows them; usage gets one row per service.
 SUMMARY_CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -197,8 +197,8 @@ class Summary:
 
 
 def statement_summary(statement: Statement) -> Summary:
-    """The statement's lines in the SPEC's categories, every category present (0 without a line): recharges,
-    usage one row per service (a line without a service reads "Usage (other)"), subscription fees, credit
+    """The statement's lines in the categories of docs/statements.md, every category present (0 without a
+    line): recharges, usage one row per service (a line without a service reads "Usage (other)"), subscription fees, credit
     grants, redeemed codes, expired credit, refunds, adjustments, and "Other" for any further kind
     (rebalance, a kind added later), so no line is ever dropped. The rows sum exactly to closing − opening
     as the lines do."""

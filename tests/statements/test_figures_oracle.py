@@ -1,4 +1,4 @@
-"""Statements against the test's own books (SPEC §10): for several organizations and random months of
+"""Statements against the test's own books (docs/statements.md): for several organizations and random months of
 activity taken through the real services and API — recharges settled from the sandbox webhook, usage
 of several services (one by one, in batches mixing services, through a captured hold), test-key
 usage that must not count, staff adjustments both ways, refunds, credit grants and their write-off,

@@ -1,4 +1,4 @@
-"""Document numbers under concurrency (SPEC §10): statements issued by many issuers at once, the beat
+"""Document numbers under concurrency (docs/statements.md): statements issued by many issuers at once, the beat
 task run twice and at once, receipts of payments settled at once — numbers 1..N per organization,
 in order, without gaps or repeats, and a rolled-back insert leaves no gap. Real threads, real
 transactions."""
