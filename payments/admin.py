@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.dateparse import parse_date
@@ -497,9 +497,7 @@ class PaymentAdmin(ReadOnlyAdmin):
             receipt = receipts.receipt_get_for_staff(payment_id=payment_id)
         except Receipt.DoesNotExist as exc:
             raise Http404("This payment has no receipt.") from exc
-        response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
-        response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
-        return response
+        return receipts.receipt_download(receipt=receipt)
 
     @admin.display(description="amount", ordering="amount")
     def amount_shown(self, payment: Payment) -> str:

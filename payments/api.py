@@ -306,10 +306,7 @@ class PaymentReceiptApi(TenantMixin, APIView):
             receipt = receipts.receipt_get(organization_id=organization.pk, payment_id=payment_id)
         except Receipt.DoesNotExist as exc:
             raise ReceiptNotFound() from exc
-        response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
-        response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
-        response["Cache-Control"] = "private, no-store"
-        return response
+        return receipts.receipt_download(receipt=receipt)
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db.models import QuerySet
+from django.http import HttpResponse
 
 from accounts.models import Organization
+from billing_site.csv_stream import attachment_disposition
 from billing_site.money import EXACT, ZERO, currency_exponent, money_display, money_str
 from billing_site.pdf import Document, Party, billed_to_party, document_date, party_loaded, party_stored, seller
 from payments.models import Payment, Receipt, Refund, RefundStatus
@@ -65,6 +67,15 @@ def receipt_number_display(number: int) -> str:
 def receipt_filename(*, receipt: Receipt) -> str:
     """`receipt-<organization slug>-R-000042.pdf`."""
     return f"receipt-{receipt.organization.slug}-{receipt_number_display(receipt.number)}.pdf"
+
+
+def receipt_download(*, receipt: Receipt) -> HttpResponse:
+    """The receipt's PDF as an attachment (`receipt-<org slug>-R-000042.pdf`), never cached: what the
+    API, the dashboard and the back office answer."""
+    response = HttpResponse(receipt_pdf(receipt=receipt), content_type="application/pdf")
+    response["Content-Disposition"] = attachment_disposition(receipt_filename(receipt=receipt))
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 def billed_to(organization: Organization) -> Party:

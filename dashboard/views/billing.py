@@ -6,7 +6,7 @@ import uuid
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import timezone
@@ -238,9 +238,7 @@ def payment_receipt(request, current, payment_id: int):
         receipt = receipts.receipt_get(organization_id=current.organization.pk, payment_id=payment_id)
     except Receipt.DoesNotExist as exc:
         raise Http404 from exc
-    response = HttpResponse(receipts.receipt_pdf(receipt=receipt), content_type="application/pdf")
-    response["Content-Disposition"] = f'attachment; filename="{receipts.receipt_filename(receipt=receipt)}"'
-    return response
+    return receipts.receipt_download(receipt=receipt)
 
 
 @never_cache
