@@ -155,7 +155,12 @@ def statement_list(*, organization_id: int) -> QuerySet[Statement]:
 
 
 def statement_get(*, organization_id: int, statement_id: int) -> Statement | None:
-    return Statement.objects.filter(organization_id=organization_id, pk=statement_id).prefetch_related("lines__service").first()
+    return (
+        Statement.objects.filter(organization_id=organization_id, pk=statement_id)
+        .select_related("organization")
+        .prefetch_related("lines__service")
+        .first()
+    )
 
 
 # --- The statement's summary: its lines in the categories customers read (docs/statements.md) ---------
@@ -198,10 +203,10 @@ class Summary:
 
 def statement_summary(statement: Statement) -> Summary:
     """The statement's lines in the categories of docs/statements.md, every category present (0 without a
-    line): recharges, usage one row per service (a line without a service reads "Usage (other)"), subscription fees, credit
-    grants, redeemed codes, expired credit, refunds, adjustments, and "Other" for any further kind
-    (rebalance, a kind added later), so no line is ever dropped. The rows sum exactly to closing − opening
-    as the lines do."""
+    line): recharges, usage one row per service (a line without a service reads "Usage (other)"),
+    subscription fees, credit grants, redeemed codes, expired credit, refunds, adjustments, and "Other"
+    for any further kind (rebalance, a kind added later), so no line is ever dropped. The rows sum
+    exactly to closing − opening as the lines do."""
     lines = list(statement.lines.all())
     rows: list[SummaryRow] = []
     placed: set[int] = set()
