@@ -148,7 +148,7 @@ class Document(FPDF):
             self.set_text_color(*INK)
             self.multi_cell(self.epw * 0.7, 6, value, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
-    def amounts(self, rows: Sequence[tuple[str, str]], *, total: tuple[str, str] | None = None, note: str = "") -> None:
+    def amounts(self, rows: Sequence[tuple[str, str]], *, total: tuple[str, str] | None = None) -> None:
         """Label and amount rows (the amount right-aligned), then an optional bold total row."""
         self.set_font(FONT, "", 9.5)
         for label, amount in rows:
@@ -160,8 +160,6 @@ class Document(FPDF):
             self.set_font(FONT, "B", 10)
             self.cell(self.epw * 0.7, 7, total[0])
             self.cell(self.epw * 0.3, 7, total[1], align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-        if note:
-            self.paragraph(note, muted=True)
 
     def columns(
         self, header: Sequence[str], rows: Sequence[Sequence[str]], *, widths: Sequence[float], right: Sequence[bool]
