@@ -369,7 +369,7 @@ class BillingDetailsApi(TenantMixin, APIView):
         tags=["account"],
         summary="Set your billing details",
         description="Replaces all three fields (send an empty string to clear one); receipts and statements print "
-        "them from then on, including those already issued when downloaded again. Control characters (other than line "
+        "them from then on; a document already issued keeps the details it was issued with. Control characters (other than line "
         "breaks and tabs in the address) and invisible formatting characters are refused: 400 `invalid_request` naming "
         "each faulty field, and nothing changes. Owners and admins only.",
         examples=[

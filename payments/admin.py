@@ -168,7 +168,7 @@ ORGANIZATION_KEPT = (
     "Remove its members or revoke its API keys instead."
 )
 RECENT_ROWS = 10
-ORGANIZATION_BILLING = "Printed on the organization's receipts and statements (also those already issued, when downloaded again)."
+ORGANIZATION_BILLING = "Printed on the organization's receipts and statements issued from now on (issued ones keep theirs)."
 
 
 @admin.register(Organization)
