@@ -180,9 +180,14 @@ def test_a_receipt_dates_a_refund_when_it_returned_the_money(organization, staff
 @pytest.fixture
 def broker_down(tmp_path):
     """Celery's broker is a socket nobody listens on: publishing a task fails as when Redis is down."""
+    from kombu import pools as kombu_pools
+
     from billing_site.celery import app
 
-    saved = {name: app.conf[name] for name in ("broker_url", "task_always_eager", "broker_transport_options")}
+    # Celery's own overrides, undone after the test (reading `app.conf[name]` back would read the Django
+    # settings, and writing that back would pin it over every later test's settings).
+    names = ("broker_url", "task_always_eager", "broker_transport_options")
+    saved = {name: (name in app.conf.changes, app.conf.changes.get(name)) for name in names}
     app.pool.force_close_all()
     app._pool = None
     app.conf.broker_url = f"redis+socket://{tmp_path / 'nobody.sock'}"
@@ -192,11 +197,16 @@ def broker_down(tmp_path):
     try:
         yield
     finally:
-        app.pool.force_close_all()
+        # kombu keeps its connection and producer pools globally, by broker: the one closed above would
+        # otherwise be handed to the next test that queues a task ("Acquire on closed pool").
+        kombu_pools.reset()
         app._pool = None
         app.amqp._producer_pool = None
-        for name, value in saved.items():
-            app.conf[name] = value
+        for name, (overridden, value) in saved.items():
+            if overridden:
+                app.conf[name] = value
+            else:
+                app.conf.changes.pop(name, None)
 
 
 @pytest.mark.django_db(transaction=True)
