@@ -282,7 +282,8 @@ class _NothingToDo(Exception):
 def payment_settle(*, event_id: int) -> Payment | None:
     """Apply a stored notification: credit the wallet and mark the payment succeeded, or mark it
     failed / canceled. At most once per payment, however often it runs (docs/contract.md §2.5)."""
-    event = WebhookEvent.objects.select_related("payment").filter(pk=event_id).first()
+    # the organization too: the receipt is made out to it, and read here rather than under the locks
+    event = WebhookEvent.objects.select_related("payment__organization").filter(pk=event_id).first()
     if event is None or event.payment is None:
         return None
     payment = event.payment
@@ -326,10 +327,10 @@ def payment_settle(*, event_id: int) -> Payment | None:
 
 
 def receipt_issue(*, payment: Payment, now: datetime) -> Receipt:
-    """The receipt of a credited payment, made out to its organization's billing details and the seller
-    as they are now; numbered by the database. Joins the caller's transaction (the credit's, or the
-    sweep's); a second receipt of one payment is refused (IntegrityError)."""
-    organization = Organization.objects.get(pk=payment.organization_id)
+    """The receipt of a credited payment, made out to its organization's billing details (as loaded with
+    the payment) and the seller as they are now; numbered by the database. Joins the caller's
+    transaction (the credit's, or the sweep's); a second receipt of one payment is refused (IntegrityError)."""
+    organization = payment.organization
     return Receipt.objects.create(
         organization_id=organization.pk, payment_id=payment.pk, issued_at=now, **receipts.document_parties(organization)
     )
@@ -341,7 +342,11 @@ def receipts_missing_issue(*, now: datetime | None = None) -> int:
     transaction; one a twin sweep made meanwhile is left to it."""
     now = now or timezone.now()
     issued = 0
-    missing = Payment.objects.filter(transfer__isnull=False, receipt__isnull=True).order_by("settled_at", "pk")
+    missing = (
+        Payment.objects.filter(transfer__isnull=False, receipt__isnull=True)
+        .select_related("organization")
+        .order_by("settled_at", "pk")
+    )
     for payment in missing[:500]:
         try:
             with transaction.atomic(durable=True):
